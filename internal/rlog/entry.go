@@ -1,0 +1,168 @@
+// Package rlog defines the replication log's entries: what one write is,
+// in the form every node executes identically, and how it is encoded on
+// disk and on the wire.
+//
+// An entry is a whole client request (one or several statements, one
+// atomic unit) plus the time and random seed the master chose for it. The
+// body is encoded once by the master and stored and shipped as is.
+package rlog
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// Entry is one write at one position of the log.
+type Entry struct {
+	Index  uint64          `json:"i"`
+	TimeMs int64           `json:"t"` // the master's clock, ms since 1970, for 'now'
+	Seed   int64           `json:"r"` // seed of random() and randomblob()
+	Body   json.RawMessage `json:"b"` // EncodeStatements output
+}
+
+// Statement is one SQL string (it may hold several statements) and its
+// parameters. Values are nil, int64, float64, string or []byte.
+type Statement struct {
+	SQL   string
+	Pos   []any
+	Named map[string]any
+}
+
+type wireStatement struct {
+	Q string                     `json:"q"`
+	P []json.RawMessage          `json:"p,omitempty"`
+	N map[string]json.RawMessage `json:"n,omitempty"`
+}
+
+// EncodeStatements encodes statements for an entry body. Values keep their
+// exact SQLite type: integers as JSON numbers, reals as {"r":x}, text as
+// strings, blobs as {"b":"base64"}, NULL as null.
+func EncodeStatements(stmts []Statement) ([]byte, error) {
+	ws := make([]wireStatement, len(stmts))
+	for i, s := range stmts {
+		ws[i].Q = s.SQL
+		for _, v := range s.Pos {
+			b, err := EncodeValue(v)
+			if err != nil {
+				return nil, err
+			}
+			ws[i].P = append(ws[i].P, b)
+		}
+		if len(s.Named) > 0 {
+			ws[i].N = make(map[string]json.RawMessage, len(s.Named))
+			for k, v := range s.Named {
+				b, err := EncodeValue(v)
+				if err != nil {
+					return nil, err
+				}
+				ws[i].N[k] = b
+			}
+		}
+	}
+	return json.Marshal(ws)
+}
+
+// DecodeStatements reverses EncodeStatements.
+func DecodeStatements(body []byte) ([]Statement, error) {
+	var ws []wireStatement
+	if err := json.Unmarshal(body, &ws); err != nil {
+		return nil, fmt.Errorf("decode entry body: %w", err)
+	}
+	out := make([]Statement, len(ws))
+	for i, w := range ws {
+		out[i].SQL = w.Q
+		for _, p := range w.P {
+			v, err := DecodeValue(p)
+			if err != nil {
+				return nil, err
+			}
+			out[i].Pos = append(out[i].Pos, v)
+		}
+		if len(w.N) > 0 {
+			out[i].Named = make(map[string]any, len(w.N))
+			for k, p := range w.N {
+				v, err := DecodeValue(p)
+				if err != nil {
+					return nil, err
+				}
+				out[i].Named[k] = v
+			}
+		}
+	}
+	return out, nil
+}
+
+// EncodeValue encodes one typed value.
+func EncodeValue(v any) ([]byte, error) {
+	switch x := v.(type) {
+	case nil:
+		return []byte("null"), nil
+	case int64:
+		return strconv.AppendInt(nil, x, 10), nil
+	case int:
+		return strconv.AppendInt(nil, int64(x), 10), nil
+	case bool:
+		if x {
+			return []byte("1"), nil
+		}
+		return []byte("0"), nil
+	case float64:
+		switch {
+		case math.IsInf(x, 1):
+			return []byte(`{"r":"inf"}`), nil
+		case math.IsInf(x, -1):
+			return []byte(`{"r":"-inf"}`), nil
+		case math.IsNaN(x):
+			return []byte("null"), nil // SQLite stores NaN as NULL
+		}
+		b := []byte(`{"r":`)
+		b = strconv.AppendFloat(b, x, 'g', -1, 64)
+		return append(b, '}'), nil
+	case string:
+		return json.Marshal(x)
+	case []byte:
+		return []byte(`{"b":"` + base64.StdEncoding.EncodeToString(x) + `"}`), nil
+	default:
+		return nil, fmt.Errorf("cannot encode a value of type %T", v)
+	}
+}
+
+// DecodeValue reverses EncodeValue.
+func DecodeValue(b []byte) (any, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("empty value")
+	}
+	switch b[0] {
+	case 'n':
+		return nil, nil
+	case '"':
+		var s string
+		err := json.Unmarshal(b, &s)
+		return s, err
+	case '{':
+		var o struct {
+			R json.RawMessage `json:"r"`
+			B *string         `json:"b"`
+		}
+		if err := json.Unmarshal(b, &o); err != nil {
+			return nil, err
+		}
+		if o.B != nil {
+			return base64.StdEncoding.DecodeString(*o.B)
+		}
+		switch string(o.R) {
+		case `"inf"`:
+			return math.Inf(1), nil
+		case `"-inf"`:
+			return math.Inf(-1), nil
+		}
+		return strconv.ParseFloat(string(o.R), 64)
+	default:
+		return strconv.ParseInt(string(b), 10, 64)
+	}
+}

@@ -1,0 +1,469 @@
+// Package sqlite is the thin layer between the project and the SQLite C
+// library that github.com/mattn/go-sqlite3 compiles into every binary.
+//
+// The driver is used to open connections (DSN pragmas, functions, the
+// authorizer); this package steps statements itself, because the driver
+// converts TEXT and INTEGER values in columns declared TIMESTAMP, DATETIME,
+// DATE or BOOLEAN into Go types and cannot give them back unchanged, and it
+// does not expose where one statement of a multi-statement string ends. Both
+// matter here: values must round-trip exactly, and every statement of a
+// string must be classified on its own.
+package sqlite
+
+/*
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct sqlite3 sqlite3;
+typedef struct sqlite3_stmt sqlite3_stmt;
+typedef struct sqlite3_backup sqlite3_backup;
+typedef long long sqlite3_int64;
+
+extern int sqlite3_prepare_v2(sqlite3*, const char*, int, sqlite3_stmt**, const char**);
+extern int sqlite3_step(sqlite3_stmt*);
+extern int sqlite3_reset(sqlite3_stmt*);
+extern int sqlite3_finalize(sqlite3_stmt*);
+extern int sqlite3_column_count(sqlite3_stmt*);
+extern const char *sqlite3_column_name(sqlite3_stmt*, int);
+extern const char *sqlite3_column_decltype(sqlite3_stmt*, int);
+extern int sqlite3_column_type(sqlite3_stmt*, int);
+extern sqlite3_int64 sqlite3_column_int64(sqlite3_stmt*, int);
+extern double sqlite3_column_double(sqlite3_stmt*, int);
+extern const unsigned char *sqlite3_column_text(sqlite3_stmt*, int);
+extern const void *sqlite3_column_blob(sqlite3_stmt*, int);
+extern int sqlite3_column_bytes(sqlite3_stmt*, int);
+extern int sqlite3_bind_parameter_count(sqlite3_stmt*);
+extern const char *sqlite3_bind_parameter_name(sqlite3_stmt*, int);
+extern int sqlite3_bind_int64(sqlite3_stmt*, int, sqlite3_int64);
+extern int sqlite3_bind_double(sqlite3_stmt*, int, double);
+extern int sqlite3_bind_null(sqlite3_stmt*, int);
+extern int sqlite3_bind_text(sqlite3_stmt*, int, const char*, int, void(*)(void*));
+extern int sqlite3_bind_blob(sqlite3_stmt*, int, const void*, int, void(*)(void*));
+extern int sqlite3_bind_zeroblob(sqlite3_stmt*, int, int);
+extern int sqlite3_stmt_readonly(sqlite3_stmt*);
+extern int sqlite3_stmt_isexplain(sqlite3_stmt*);
+extern sqlite3_int64 sqlite3_changes64(sqlite3*);
+extern sqlite3_int64 sqlite3_last_insert_rowid(sqlite3*);
+extern int sqlite3_get_autocommit(sqlite3*);
+extern void sqlite3_interrupt(sqlite3*);
+extern const char *sqlite3_errmsg(sqlite3*);
+extern int sqlite3_extended_errcode(sqlite3*);
+extern sqlite3_backup *sqlite3_backup_init(sqlite3*, const char*, sqlite3*, const char*);
+extern int sqlite3_backup_step(sqlite3_backup*, int);
+extern int sqlite3_backup_finish(sqlite3_backup*);
+extern int sqlite3_wal_checkpoint_v2(sqlite3*, const char*, int, int*, int*);
+
+static int ddb_bind_text(sqlite3_stmt *s, int i, const char *p, int n) {
+	return sqlite3_bind_text(s, i, p, n, (void(*)(void*))-1);
+}
+static int ddb_bind_blob(sqlite3_stmt *s, int i, const void *p, int n) {
+	return sqlite3_bind_blob(s, i, p, n, (void(*)(void*))-1);
+}
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	sqlite3 "github.com/mattn/go-sqlite3"
+)
+
+// emptyCString is a valid pointer to bind empty text with (a NULL pointer
+// would bind NULL instead).
+var emptyCString = C.CString("")
+
+// Result codes used by callers.
+const (
+	codeOK   = 0
+	codeRow  = 100
+	codeDone = 101
+)
+
+// Error is an error reported by SQLite, with its extended result code.
+type Error struct {
+	Code     int // primary result code (extended & 0xff)
+	Extended int
+	Msg      string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// Primary result codes callers distinguish.
+const (
+	ErrCodeError      = 1
+	ErrCodeAuth       = 23
+	ErrCodeInterrupt  = 9
+	ErrCodeBusy       = 5
+	ErrCodeConstraint = 19
+	ErrCodeTooBig     = 18
+	ErrCodeRange      = 25
+)
+
+// IsCode reports whether err is a SQLite error with the given primary code.
+func IsCode(err error, code int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Conn is one SQLite connection opened by the driver. A Conn is not safe for
+// concurrent use; callers serialise access to it.
+type Conn struct {
+	db     *C.sqlite3
+	Driver *sqlite3.SQLiteConn
+	auth   func(op int, arg1, arg2, dbName string) int
+}
+
+// Wrap takes over a driver connection. It installs an authorizer that calls
+// whatever SetAuthorizer last set (nothing by default).
+func Wrap(dc *sqlite3.SQLiteConn) *Conn {
+	// The driver keeps the sqlite3* handle in an unexported field; it is the
+	// same C pointer this package's cgo code works with.
+	f := reflect.ValueOf(dc).Elem().FieldByName("db")
+	if !f.IsValid() {
+		panic("go-sqlite3 no longer has the db field this package reads")
+	}
+	c := &Conn{db: *(**C.sqlite3)(unsafe.Pointer(f.UnsafeAddr())), Driver: dc}
+	dc.RegisterAuthorizer(func(op int, a1, a2, db string) int {
+		if c.auth == nil {
+			return 0
+		}
+		return c.auth(op, a1, a2, db)
+	})
+	return c
+}
+
+// SetAuthorizer sets the function consulted for every action while a
+// statement is prepared; nil allows everything. It returns the previous one.
+func (c *Conn) SetAuthorizer(f func(op int, arg1, arg2, dbName string) int) func(int, string, string, string) int {
+	old := c.auth
+	c.auth = f
+	return old
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.Driver.Close() }
+
+func (c *Conn) lastError() error {
+	ext := int(C.sqlite3_extended_errcode(c.db))
+	return &Error{Code: ext & 0xff, Extended: ext, Msg: C.GoString(C.sqlite3_errmsg(c.db))}
+}
+
+// InTransaction reports whether a transaction is open on the connection.
+func (c *Conn) InTransaction() bool { return C.sqlite3_get_autocommit(c.db) == 0 }
+
+// Interrupt stops whatever the connection is running; safe from any goroutine.
+func (c *Conn) Interrupt() { C.sqlite3_interrupt(c.db) }
+
+// Args are the parameters of one request: positional values for ? and ?NNN,
+// and named values for :name, @name and $name. Values are nil, int64,
+// float64, string or []byte.
+type Args struct {
+	Pos   []any
+	Named map[string]any
+}
+
+// Empty reports whether there are no parameters.
+func (a Args) Empty() bool { return len(a.Pos) == 0 && len(a.Named) == 0 }
+
+// Stmt is one prepared statement.
+type Stmt struct {
+	c    *Conn
+	s    *C.sqlite3_stmt
+	SQL  string // the text of this statement alone
+	Tail string // what follows it in the string it was prepared from
+}
+
+// Prepare compiles the first statement of sql. It returns a nil Stmt (and no
+// error) when sql holds only white space and comments; Tail is then empty.
+func (c *Conn) Prepare(sql string) (*Stmt, error) {
+	if len(sql) == 0 {
+		return nil, nil
+	}
+	csql := C.CString(sql)
+	defer C.free(unsafe.Pointer(csql))
+	var s *C.sqlite3_stmt
+	var tail *C.char
+	if rv := C.sqlite3_prepare_v2(c.db, csql, C.int(len(sql)), &s, &tail); rv != codeOK {
+		return nil, c.lastError()
+	}
+	consumed := len(sql)
+	if tail != nil {
+		consumed = int(uintptr(unsafe.Pointer(tail)) - uintptr(unsafe.Pointer(csql)))
+	}
+	rest := strings.TrimSpace(sql[consumed:])
+	if s == nil {
+		if rest != "" { // cannot happen: SQLite consumed only blanks
+			return c.Prepare(rest)
+		}
+		return nil, nil
+	}
+	return &Stmt{c: c, s: s, SQL: strings.TrimSpace(sql[:consumed]), Tail: rest}, nil
+}
+
+// Close finalizes the statement.
+func (s *Stmt) Close() {
+	if s != nil && s.s != nil {
+		C.sqlite3_finalize(s.s)
+		s.s = nil
+	}
+}
+
+// Readonly reports whether the statement makes no direct change to the database.
+func (s *Stmt) Readonly() bool { return C.sqlite3_stmt_readonly(s.s) != 0 }
+
+// IsExplain reports whether the statement is an EXPLAIN.
+func (s *Stmt) IsExplain() bool { return C.sqlite3_stmt_isexplain(s.s) != 0 }
+
+// ParamCount is the number of parameters the statement takes.
+func (s *Stmt) ParamCount() int { return int(C.sqlite3_bind_parameter_count(s.s)) }
+
+// Bind binds parameters. Unnamed ? parameters take values from pos in
+// order; ?NNN takes pos[NNN-1]; named ones look up named with or without
+// their prefix character. It returns how many positional values the
+// statement used.
+func (s *Stmt) Bind(pos []any, named map[string]any) (int, error) {
+	n := s.ParamCount()
+	used := 0
+	for i := 1; i <= n; i++ {
+		cname := C.sqlite3_bind_parameter_name(s.s, C.int(i))
+		var v any
+		switch {
+		case cname == nil:
+			if used >= len(pos) {
+				return 0, fmt.Errorf("statement %q needs more positional parameters than the %d given", abbreviate(s.SQL), len(pos))
+			}
+			v = pos[used]
+			used++
+		default:
+			name := C.GoString(cname)
+			if name[0] == '?' {
+				k, err := strconv.Atoi(name[1:])
+				if err != nil || k < 1 || k > len(pos) {
+					return 0, fmt.Errorf("parameter %s has no value (%d positional parameters given)", name, len(pos))
+				}
+				v = pos[k-1]
+				if k > used {
+					used = k
+				}
+			} else {
+				var ok bool
+				if v, ok = named[name]; !ok {
+					if v, ok = named[name[1:]]; !ok {
+						return 0, fmt.Errorf("named parameter %s has no value", name)
+					}
+				}
+			}
+		}
+		if err := s.bindOne(i, v); err != nil {
+			return 0, err
+		}
+	}
+	return used, nil
+}
+
+func (s *Stmt) bindOne(i int, v any) error {
+	var rv C.int
+	switch x := v.(type) {
+	case nil:
+		rv = C.sqlite3_bind_null(s.s, C.int(i))
+	case int64:
+		rv = C.sqlite3_bind_int64(s.s, C.int(i), C.sqlite3_int64(x))
+	case int:
+		rv = C.sqlite3_bind_int64(s.s, C.int(i), C.sqlite3_int64(x))
+	case bool:
+		b := 0
+		if x {
+			b = 1
+		}
+		rv = C.sqlite3_bind_int64(s.s, C.int(i), C.sqlite3_int64(b))
+	case float64:
+		rv = C.sqlite3_bind_double(s.s, C.int(i), C.double(x))
+	case string:
+		if len(x) == 0 {
+			rv = C.ddb_bind_text(s.s, C.int(i), emptyCString, 0)
+		} else {
+			p := C.CString(x)
+			rv = C.ddb_bind_text(s.s, C.int(i), p, C.int(len(x)))
+			C.free(unsafe.Pointer(p))
+		}
+	case []byte:
+		if len(x) == 0 {
+			rv = C.sqlite3_bind_zeroblob(s.s, C.int(i), 0)
+		} else {
+			p := C.CBytes(x)
+			rv = C.ddb_bind_blob(s.s, C.int(i), p, C.int(len(x)))
+			C.free(p)
+		}
+	default:
+		return fmt.Errorf("cannot bind a value of type %T", v)
+	}
+	if rv != codeOK {
+		return s.c.lastError()
+	}
+	return nil
+}
+
+// Columns returns the result column names and declared types.
+func (s *Stmt) Columns() (names, decl []string) {
+	n := int(C.sqlite3_column_count(s.s))
+	names = make([]string, n)
+	decl = make([]string, n)
+	for i := 0; i < n; i++ {
+		names[i] = C.GoString(C.sqlite3_column_name(s.s, C.int(i)))
+		if d := C.sqlite3_column_decltype(s.s, C.int(i)); d != nil {
+			decl[i] = C.GoString(d)
+		}
+	}
+	return names, decl
+}
+
+// Step advances the statement. It returns true when a row is ready.
+func (s *Stmt) Step() (bool, error) {
+	switch rv := C.sqlite3_step(s.s); rv {
+	case codeRow:
+		return true, nil
+	case codeDone:
+		return false, nil
+	default:
+		err := s.c.lastError()
+		C.sqlite3_reset(s.s)
+		return false, err
+	}
+}
+
+// Row reads the current row's values: nil, int64, float64, string or []byte.
+func (s *Stmt) Row(dst []any) []any {
+	n := int(C.sqlite3_column_count(s.s))
+	dst = dst[:0]
+	for i := 0; i < n; i++ {
+		ci := C.int(i)
+		switch C.sqlite3_column_type(s.s, ci) {
+		case 1: // SQLITE_INTEGER
+			dst = append(dst, int64(C.sqlite3_column_int64(s.s, ci)))
+		case 2: // SQLITE_FLOAT
+			dst = append(dst, float64(C.sqlite3_column_double(s.s, ci)))
+		case 3: // SQLITE_TEXT
+			p := C.sqlite3_column_text(s.s, ci)
+			nb := C.sqlite3_column_bytes(s.s, ci)
+			dst = append(dst, C.GoStringN((*C.char)(unsafe.Pointer(p)), nb))
+		case 4: // SQLITE_BLOB
+			p := C.sqlite3_column_blob(s.s, ci)
+			nb := C.sqlite3_column_bytes(s.s, ci)
+			if p == nil || nb == 0 {
+				dst = append(dst, []byte{})
+			} else {
+				dst = append(dst, C.GoBytes(p, nb))
+			}
+		default:
+			dst = append(dst, nil)
+		}
+	}
+	return dst
+}
+
+// Changes is the number of rows the last finished INSERT, UPDATE or DELETE changed.
+func (c *Conn) Changes() int64 { return int64(C.sqlite3_changes64(c.db)) }
+
+// LastInsertID is the rowid of the most recent successful INSERT on the connection.
+func (c *Conn) LastInsertID() int64 { return int64(C.sqlite3_last_insert_rowid(c.db)) }
+
+// Watch arranges for ctx's end to interrupt the connection until stop is called.
+func (c *Conn) Watch(ctx context.Context) (stop func() bool) {
+	if ctx == nil || ctx.Done() == nil {
+		return func() bool { return true }
+	}
+	return context.AfterFunc(ctx, c.Interrupt)
+}
+
+// ExecScript runs every statement of sql with no parameters (for the
+// project's own schema and housekeeping statements).
+func (c *Conn) ExecScript(sql string) error {
+	for sql != "" {
+		st, err := c.Prepare(sql)
+		if err != nil {
+			return fmt.Errorf("%s: %w", abbreviate(sql), err)
+		}
+		if st == nil {
+			return nil
+		}
+		for {
+			more, err := st.Step()
+			if err != nil {
+				st.Close()
+				return fmt.Errorf("%s: %w", abbreviate(st.SQL), err)
+			}
+			if !more {
+				break
+			}
+		}
+		sql = st.Tail
+		st.Close()
+	}
+	return nil
+}
+
+// QueryRow runs one statement with positional args and returns its first
+// row (nil when there is none).
+func (c *Conn) QueryRow(sql string, args ...any) ([]any, error) {
+	st, err := c.Prepare(sql)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("empty statement")
+	}
+	defer st.Close()
+	if _, err := st.Bind(args, nil); err != nil {
+		return nil, err
+	}
+	ok, err := st.Step()
+	if err != nil || !ok {
+		return nil, err
+	}
+	return st.Row(nil), nil
+}
+
+// Backup copies the whole main database of src into the main database of c
+// in one step, as one consistent read of src.
+func (c *Conn) Backup(src *Conn) error {
+	main := C.CString("main")
+	defer C.free(unsafe.Pointer(main))
+	b := C.sqlite3_backup_init(c.db, main, src.db, main)
+	if b == nil {
+		return c.lastError()
+	}
+	rv := C.sqlite3_backup_step(b, -1)
+	frv := C.sqlite3_backup_finish(b)
+	if rv != codeDone {
+		return fmt.Errorf("backup step: %w", &Error{Code: int(rv) & 0xff, Extended: int(rv), Msg: fmt.Sprintf("backup failed with code %d", int(rv))})
+	}
+	if frv != codeOK {
+		return c.lastError()
+	}
+	return nil
+}
+
+// Checkpoint runs a WAL checkpoint in the given mode (0 passive, 1 full,
+// 2 restart, 3 truncate).
+func (c *Conn) Checkpoint(mode int) error {
+	main := C.CString("main")
+	defer C.free(unsafe.Pointer(main))
+	if rv := C.sqlite3_wal_checkpoint_v2(c.db, main, C.int(mode), nil, nil); rv != codeOK {
+		return c.lastError()
+	}
+	return nil
+}
+
+func abbreviate(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 80 {
+		return s[:77] + "..."
+	}
+	return s
+}

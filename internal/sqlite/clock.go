@@ -1,0 +1,132 @@
+package sqlite
+
+/*
+#include <stdlib.h>
+#include <string.h>
+
+typedef long long sqlite3_int64;
+typedef struct sqlite3_file sqlite3_file;
+typedef struct sqlite3_vfs sqlite3_vfs;
+typedef void (*sqlite3_syscall_ptr)(void);
+struct sqlite3_vfs {
+	int iVersion;
+	int szOsFile;
+	int mxPathname;
+	sqlite3_vfs *pNext;
+	const char *zName;
+	void *pAppData;
+	int (*xOpen)(sqlite3_vfs*, const char*, sqlite3_file*, int, int*);
+	int (*xDelete)(sqlite3_vfs*, const char*, int);
+	int (*xAccess)(sqlite3_vfs*, const char*, int, int*);
+	int (*xFullPathname)(sqlite3_vfs*, const char*, int, char*);
+	void *(*xDlOpen)(sqlite3_vfs*, const char*);
+	void (*xDlError)(sqlite3_vfs*, int, char*);
+	void (*(*xDlSym)(sqlite3_vfs*, void*, const char*))(void);
+	void (*xDlClose)(sqlite3_vfs*, void*);
+	int (*xRandomness)(sqlite3_vfs*, int, char*);
+	int (*xSleep)(sqlite3_vfs*, int);
+	int (*xCurrentTime)(sqlite3_vfs*, double*);
+	int (*xGetLastError)(sqlite3_vfs*, int, char*);
+	int (*xCurrentTimeInt64)(sqlite3_vfs*, sqlite3_int64*);
+	int (*xSetSystemCall)(sqlite3_vfs*, const char*, sqlite3_syscall_ptr);
+	sqlite3_syscall_ptr (*xGetSystemCall)(sqlite3_vfs*, const char*);
+	const char *(*xNextSystemCall)(sqlite3_vfs*, const char*);
+};
+extern sqlite3_vfs *sqlite3_vfs_find(const char*);
+extern int sqlite3_vfs_register(sqlite3_vfs*, int);
+extern int sqlite3_vfs_unregister(sqlite3_vfs*);
+
+// A clock VFS is a copy of the default VFS (pAppData and szOsFile included,
+// which the unix VFS relies on) whose clock can be pinned. Everything but
+// the clock is the default VFS's own code.
+typedef struct {
+	sqlite3_vfs base;
+	sqlite3_vfs *orig;
+	sqlite3_int64 pinned; // Julian day in milliseconds; 0 = not pinned
+} ddb_clock_vfs;
+
+static int ddb_clock_now64(sqlite3_vfs *p, sqlite3_int64 *out) {
+	ddb_clock_vfs *v = (ddb_clock_vfs*)p;
+	if (v->pinned) { *out = v->pinned; return 0; }
+	if (v->orig->iVersion >= 2 && v->orig->xCurrentTimeInt64) return v->orig->xCurrentTimeInt64(v->orig, out);
+	double d; int rc = v->orig->xCurrentTime(v->orig, &d);
+	*out = (sqlite3_int64)(d * 86400000.0);
+	return rc;
+}
+
+static int ddb_clock_now(sqlite3_vfs *p, double *out) {
+	sqlite3_int64 t; int rc = ddb_clock_now64(p, &t);
+	*out = t / 86400000.0;
+	return rc;
+}
+
+static ddb_clock_vfs *ddb_clock_new(const char *name) {
+	sqlite3_vfs *orig = sqlite3_vfs_find(0);
+	if (!orig) return 0;
+	ddb_clock_vfs *v = (ddb_clock_vfs*)calloc(1, sizeof(ddb_clock_vfs));
+	if (!v) return 0;
+	memcpy(&v->base, orig, sizeof(sqlite3_vfs));
+	v->orig = orig;
+	v->base.pNext = 0;
+	v->base.zName = strdup(name);
+	v->base.xCurrentTime = ddb_clock_now;
+	if (v->base.iVersion >= 2) v->base.xCurrentTimeInt64 = ddb_clock_now64;
+	if (sqlite3_vfs_register(&v->base, 0) != 0) { free((void*)v->base.zName); free(v); return 0; }
+	return v;
+}
+
+static void ddb_clock_free(ddb_clock_vfs *v) {
+	sqlite3_vfs_unregister(&v->base);
+	free((void*)v->base.zName);
+	free(v);
+}
+*/
+import "C"
+
+import (
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+)
+
+// unixEpochJulianMs is the Julian day number of 1970-01-01 00:00 UTC, in ms.
+const unixEpochJulianMs = 210866760000000
+
+var clockSeq atomic.Uint64
+
+// Clock is a VFS, registered under Name, that behaves exactly like the
+// default VFS except that its clock can be pinned. SQLite asks the VFS of
+// a connection for "now" (CURRENT_TIMESTAMP, CURRENT_DATE, CURRENT_TIME and
+// every date/time function given 'now', in defaults and triggers too), so a
+// connection opened with ?vfs=Name sees the pinned time. Only the goroutine
+// using that connection may pin or unpin.
+type Clock struct {
+	Name string
+	v    *C.ddb_clock_vfs
+}
+
+// NewClock registers a new clock VFS.
+func NewClock() (*Clock, error) {
+	name := fmt.Sprintf("ddb-clock-%d", clockSeq.Add(1))
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	v := C.ddb_clock_new(cname)
+	if v == nil {
+		return nil, fmt.Errorf("register VFS %s: failed", name)
+	}
+	return &Clock{Name: name, v: v}, nil
+}
+
+// Pin makes "now" be unixMs (milliseconds since 1970) until Unpin.
+func (c *Clock) Pin(unixMs int64) { c.v.pinned = C.sqlite3_int64(unixMs + unixEpochJulianMs) }
+
+// Unpin returns the clock to real time.
+func (c *Clock) Unpin() { c.v.pinned = 0 }
+
+// Close unregisters the VFS. Every connection using it must be closed first.
+func (c *Clock) Close() {
+	if c.v != nil {
+		C.ddb_clock_free(c.v)
+		c.v = nil
+	}
+}

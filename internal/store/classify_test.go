@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"ddb/internal/rlog"
+)
+
+// classifierCorpus: each statement and what SQLite's authorizer makes of it.
+// forbidden means a 403 for every client on every node.
+var classifierCorpus = []struct {
+	sql       string
+	kind      Kind
+	forbidden bool
+}{
+	{"SELECT * FROM users", KindRead, false},
+	{"select id from USERS where id = 1", KindRead, false},
+	{"WITH x AS (SELECT 1) SELECT * FROM x", KindRead, false},
+	{"WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM c LIMIT 5) SELECT n FROM c", KindRead, false},
+	{"SELECT count(*) FROM users; SELECT 1", KindRead, false},
+	{"EXPLAIN QUERY PLAN SELECT * FROM users", KindRead, false},
+	{"PRAGMA table_info(users)", KindRead, false},
+	{"PRAGMA user_version", KindRead, false},
+	{"PRAGMA integrity_check", KindRead, false},
+	{"SELECT name FROM sqlite_master", KindRead, false},
+	{"  -- comment\n SELECT 1 /* trailing */", KindRead, false},
+	{"INSERT INTO users (username) VALUES ('a')", KindWrite, false},
+	{"insert into users(username) values('a') returning id", KindWrite, false},
+	{"UPDATE users SET email = 'x'", KindWrite, false},
+	{"DELETE FROM users", KindWrite, false},
+	{"REPLACE INTO users (id, username) VALUES (1, 'b')", KindWrite, false},
+	{"WITH x AS (SELECT 'w' AS u) INSERT INTO users (username) SELECT u FROM x", KindWrite, false},
+	{"SELECT 1; DELETE FROM users", KindWrite, false},
+	{"EXPLAIN INSERT INTO users (username) VALUES ('a')", KindWrite, false},
+	{"REINDEX users", KindWrite, false},
+	{"CREATE TABLE t (x)", KindSchema, false},
+	{"create table IF NOT EXISTS t2 (x)", KindSchema, false},
+	{"CrEaTe TaBlE t3 (x)", KindSchema, false},
+	{"/* hidden */ CREATE TABLE t4 (x)", KindSchema, false},
+	{"-- hidden\nDROP TABLE users", KindSchema, false},
+	{"SELECT 1; DROP TABLE users", KindSchema, false},
+	{"SELECT 1;\n\n  /* x */ ALTER TABLE users ADD COLUMN age INTEGER", KindSchema, false},
+	{"EXPLAIN CREATE TABLE t5 (x)", KindSchema, false},
+	{"EXPLAIN QUERY PLAN DROP TABLE users", KindSchema, false},
+	{"CREATE INDEX i ON users(email)", KindSchema, false},
+	{"CREATE UNIQUE INDEX IF NOT EXISTS i2 ON users(email)", KindSchema, false},
+	{"CREATE VIEW v AS SELECT * FROM users", KindSchema, false},
+	{"CREATE TRIGGER tr AFTER INSERT ON users BEGIN UPDATE users SET email = 'x' WHERE id = new.id; END", KindSchema, false},
+	{"CREATE VIRTUAL TABLE f USING fts4(body)", KindSchema, false},
+	{"ALTER TABLE users RENAME TO people", KindSchema, false},
+	{"ANALYZE", KindSchema, false},
+	{"CREATE TABLE t6 AS SELECT * FROM users", KindSchema, false},
+	{"ATTACH DATABASE '/etc/passwd' AS p", KindSchema, true},
+	{"attach '/tmp/other.db' as o", KindSchema, true},
+	{"DETACH DATABASE main", KindSchema, true},
+	{"VACUUM", KindSchema, true},
+	{"VACUUM INTO '/tmp/copy.db'", KindSchema, true},
+	{"SELECT load_extension('/tmp/evil.so')", KindRead, true},
+	{"PRAGMA writable_schema = ON", KindWrite, true},
+	{"PRAGMA journal_mode = DELETE", KindWrite, true},
+	{"PRAGMA synchronous = OFF", KindWrite, true},
+	{"PRAGMA foreign_keys = OFF", KindWrite, true},
+	{"PRAGMA schema_version = 5", KindWrite, true},
+	{"BEGIN", KindWrite, true},
+	{"COMMIT", KindWrite, true},
+	{"SAVEPOINT a", KindWrite, true},
+	{"CREATE TEMP TABLE tt (x)", KindSchema, true},
+	{"CREATE TEMPORARY VIEW tv AS SELECT 1", KindSchema, true},
+	{"SELECT * FROM _ddb_log", KindRead, true},
+	{"SELECT * FROM _DDB_META", KindRead, true},
+	{"INSERT INTO _ddb_log VALUES (1, 1, 1, 'x')", KindWrite, true},
+	{"DELETE FROM _ddb_meta", KindWrite, true},
+	{"DROP TABLE _ddb_log", KindSchema, true},
+	{"CREATE TRIGGER evil AFTER INSERT ON _ddb_log BEGIN SELECT 1; END", KindSchema, true},
+	{"CREATE TABLE _ddb_mine (x)", KindSchema, true},
+	{"PRAGMA table_info(_ddb_log)", KindRead, true},
+	{"SELECT 1; ATTACH 'x.db' AS x", KindSchema, true},
+	{"CREATE DATABASE shop", KindSchema, true},
+	{"DROP DATABASE shop", KindSchema, true},
+}
+
+func TestClassifierCorpus(t *testing.T) {
+	s := openTemp(t, "c.db")
+	mustCommit(t, s, time.Now, "CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, email TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)")
+	if len(classifierCorpus) < 40 {
+		t.Fatalf("corpus has %d statements; keep at least 40", len(classifierCorpus))
+	}
+	for _, c := range classifierCorpus {
+		kind, err := s.Classify(context.Background(), []rlog.Statement{{SQL: c.sql}})
+		var fe *ForbiddenError
+		if c.forbidden {
+			if !errors.As(err, &fe) {
+				t.Errorf("%q: want forbidden, got kind %v err %v", c.sql, kind, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: unexpected error %v", c.sql, err)
+			continue
+		}
+		if kind != c.kind {
+			t.Errorf("%q: kind %v, want %v", c.sql, kind, c.kind)
+		}
+	}
+}
+
+func TestWriterEnforcesThePolicyAtExecutionTime(t *testing.T) {
+	s := openTemp(t, "w.db")
+	mustCommit(t, s, time.Now, "CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT)")
+	for _, c := range classifierCorpus {
+		if !c.forbidden && c.kind != KindSchema {
+			continue
+		}
+		out := s.CommitBatch([]*Request{{Stmts: []rlog.Statement{{SQL: c.sql}}, AllowSchema: false}}, time.Now)
+		var fe *ForbiddenError
+		var sd *SchemaDeniedError
+		if !errors.As(out[0].Err, &fe) && !errors.As(out[0].Err, &sd) {
+			t.Errorf("%q from a slave: want refused, got %v", c.sql, out[0].Err)
+		}
+	}
+	// A schema change created after classification cannot smuggle writes
+	// to internal tables through a trigger either.
+	out := s.CommitBatch([]*Request{{Stmts: []rlog.Statement{{SQL: "CREATE TRIGGER t AFTER INSERT ON users BEGIN DELETE FROM _ddb_log; END"}}, AllowSchema: true}}, time.Now)
+	var fe *ForbiddenError
+	if !errors.As(out[0].Err, &fe) {
+		t.Fatalf("trigger on internal table: %v", out[0].Err)
+	}
+	if s.Applied() != 1 {
+		t.Fatalf("refused requests reached the log: applied %d", s.Applied())
+	}
+}

@@ -1,0 +1,247 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"ddb/internal/rlog"
+)
+
+func openTemp(t *testing.T, name string) *Store {
+	t.Helper()
+	s, err := Open(Options{Path: filepath.Join(t.TempDir(), name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func fixedClock(t time.Time) Now { return func() time.Time { return t } }
+
+func stmts(sqls ...string) []rlog.Statement {
+	out := make([]rlog.Statement, len(sqls))
+	for i, q := range sqls {
+		out[i] = rlog.Statement{SQL: q}
+	}
+	return out
+}
+
+func mustCommit(t *testing.T, s *Store, now Now, sqls ...string) []Outcome {
+	t.Helper()
+	var reqs []*Request
+	for _, q := range sqls {
+		reqs = append(reqs, &Request{Ctx: context.Background(), Stmts: stmts(q), AllowSchema: true})
+	}
+	out := s.CommitBatch(reqs, now)
+	for i, o := range out {
+		if o.Err != nil {
+			t.Fatalf("request %d (%s): %v", i, sqls[i], o.Err)
+		}
+	}
+	return out
+}
+
+func dump(t *testing.T, s *Store, table string) [][]any {
+	t.Helper()
+	res, err := s.Read(context.Background(), stmts("SELECT * FROM "+table+" ORDER BY rowid"), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res[0].Rows
+}
+
+func TestDeterministicFunctionsGiveIdenticalValuesWhenReplayedLater(t *testing.T) {
+	master := openTemp(t, "slave0.db")
+	slave := openTemp(t, "slave1.db")
+	pinned := time.Date(2001, 2, 3, 4, 5, 6, 789e6, time.UTC)
+	mustCommit(t, master, fixedClock(pinned),
+		"CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, email TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+		"CREATE TABLE r (a, b, c, d, e, f, g, h, i, j, k DEFAULT CURRENT_DATE, l DEFAULT CURRENT_TIME)",
+		"CREATE TABLE audit (what TEXT, at TEXT)",
+		"CREATE TRIGGER stamp AFTER INSERT ON users BEGIN INSERT INTO audit VALUES (new.username, CURRENT_TIMESTAMP || ' ' || random()); END",
+		"CREATE VIEW v AS SELECT datetime('now') AS n",
+	)
+	mustCommit(t, master, fixedClock(pinned),
+		"INSERT INTO users (username, email) VALUES ('ann', 'ann@example.com')",
+		"INSERT INTO r (a,b,c,d,e,f,g,h,i,j) VALUES (random(), randomblob(8), datetime('now'), strftime('%s','now'), julianday('now'), unixepoch(), date(), time('now'), strftime('%f','now'), unixepoch('now','subsec'))",
+		"INSERT INTO r (a) SELECT random() FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)",
+	)
+	users := dump(t, master, "users")
+	if got := users[0][3]; got != "2001-02-03 04:05:06" {
+		t.Fatalf("created_at = %v, want the master's pinned time", got)
+	}
+	r := dump(t, master, "r")
+	if r[0][2] != "2001-02-03 04:05:06" || r[0][3] != "981173106" || r[0][6] != "2001-02-03" || r[0][10] != "2001-02-03" || r[0][11] != "04:05:06" {
+		t.Fatalf("date functions did not use the pinned time: %v", r[0])
+	}
+	if r[1][0] == r[2][0] {
+		t.Fatalf("random() repeated within a statement: %v", r)
+	}
+
+	entries, err := master.LogRange(context.Background(), 1, 100, 0)
+	if err != nil || len(entries) != 8 {
+		t.Fatalf("log: %d entries, %v", len(entries), err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n, err := slave.Apply(entries); err != nil || n != 8 {
+		t.Fatalf("apply: %d %v", n, err)
+	}
+	for _, table := range []string{"users", "r", "audit", "sqlite_master"} {
+		if a, b := dump(t, master, table), dump(t, slave, table); !reflect.DeepEqual(a, b) {
+			t.Fatalf("table %s differs:\nmaster %v\nslave  %v", table, a, b)
+		}
+	}
+}
+
+func TestApplySkipsDuplicatesAndStopsAtGaps(t *testing.T) {
+	master := openTemp(t, "m.db")
+	slave := openTemp(t, "s.db")
+	mustCommit(t, master, time.Now, "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)")
+	e, _ := master.LogRange(context.Background(), 1, 10, 0)
+	if n, _ := slave.Apply(e[:2]); n != 2 {
+		t.Fatalf("applied %d", n)
+	}
+	if n, _ := slave.Apply(e[3:]); n != 2 { // gap: entry 3 missing
+		t.Fatalf("applied past a gap: %d", n)
+	}
+	if n, _ := slave.Apply(e); n != 4 { // 1 and 2 again: skipped
+		t.Fatalf("applied %d", n)
+	}
+	if got := dump(t, slave, "t"); len(got) != 3 {
+		t.Fatalf("rows %v", got)
+	}
+}
+
+func TestFailingRequestFailsAloneAndLeavesNothingBehind(t *testing.T) {
+	s := openTemp(t, "a.db")
+	mustCommit(t, s, time.Now, "CREATE TABLE t (x INTEGER PRIMARY KEY, y)")
+	reqs := []*Request{
+		{Stmts: stmts("INSERT INTO t VALUES (1, 'a')")},
+		{Stmts: stmts("INSERT INTO t VALUES (2, 'b')", "INSERT INTO t VALUES (1, 'dup')")},
+		{Stmts: stmts("INSERT INTO t VALUES (3, 'c')")},
+		{Stmts: stmts("INSERT OR ROLLBACK INTO t VALUES (3, 'rolls back the transaction')")},
+		{Stmts: stmts("INSERT INTO t VALUES (4, 'd')")},
+	}
+	out := s.CommitBatch(reqs, time.Now)
+	if out[0].Err != nil || out[2].Err != nil || out[4].Err != nil {
+		t.Fatalf("good requests failed: %+v", out)
+	}
+	if out[1].Err == nil || out[3].Err == nil {
+		t.Fatalf("bad requests succeeded: %+v", out)
+	}
+	got := dump(t, s, "t")
+	want := [][]any{{int64(1), "a"}, {int64(3), "c"}, {int64(4), "d"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("rows %v, want %v", got, want)
+	}
+	if out[0].Index != 2 || out[2].Index != 3 || out[4].Index != 4 || s.Applied() != 4 {
+		t.Fatalf("indexes %d %d %d applied %d", out[0].Index, out[2].Index, out[4].Index, s.Applied())
+	}
+}
+
+func TestValuesComeBackExactlyAsStored(t *testing.T) {
+	s := openTemp(t, "v.db")
+	mustCommit(t, s, time.Now, "CREATE TABLE t (a TIMESTAMP, b BOOLEAN, c DATE, d BLOB, e REAL, f)")
+	out := s.CommitBatch([]*Request{{Stmts: []rlog.Statement{{
+		SQL: "INSERT INTO t VALUES (?, ?, ?, ?, ?, :f)",
+		Pos: []any{"not a time", int64(2), int64(1700000000), []byte{0, 1, 2}, 1.5}, Named: map[string]any{"f": nil},
+	}}}}, time.Now)
+	if out[0].Err != nil {
+		t.Fatal(out[0].Err)
+	}
+	got := dump(t, s, "t")[0]
+	want := []any{"not a time", int64(2), int64(1700000000), []byte{0, 1, 2}, 1.5, nil}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %#v want %#v", got, want)
+	}
+}
+
+func TestSnapshotRestoresIdenticalContentAndIndex(t *testing.T) {
+	master := openTemp(t, "m.db")
+	slave := openTemp(t, "s.db")
+	mustCommit(t, master, time.Now, "CREATE TABLE t (x)", "INSERT INTO t VALUES (randomblob(100))", "INSERT INTO t VALUES (2)")
+	path, idx, err := master.Snapshot(context.Background(), t.TempDir())
+	if err != nil || idx != 3 {
+		t.Fatalf("snapshot %d %v", idx, err)
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	n, err := slave.Restore(f, t.TempDir())
+	if err != nil || n != 3 || slave.Applied() != 3 {
+		t.Fatalf("restore %d %v", n, err)
+	}
+	if !reflect.DeepEqual(dump(t, master, "t"), dump(t, slave, "t")) {
+		t.Fatal("content differs after restore")
+	}
+	// The log continues from the snapshot's index.
+	mustCommit(t, master, time.Now, "INSERT INTO t VALUES (3)")
+	e, _ := master.LogRange(context.Background(), 4, 10, 0)
+	if n, err := slave.Apply(e); err != nil || n != 4 {
+		t.Fatalf("apply after restore %d %v", n, err)
+	}
+}
+
+func TestDurableAcrossReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Path: filepath.Join(dir, "d.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, time.Now, "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)")
+	s.Close()
+	s2, err := Open(Options{Path: filepath.Join(dir, "d.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if s2.Applied() != 2 || len(dump(t, s2, "t")) != 1 {
+		t.Fatalf("applied %d", s2.Applied())
+	}
+}
+
+func TestReadRefusesWritesWithoutChangingAnything(t *testing.T) {
+	s := openTemp(t, "r.db")
+	mustCommit(t, s, time.Now, "CREATE TABLE t (x)")
+	_, err := s.Read(context.Background(), stmts("SELECT 1; INSERT INTO t VALUES (1)"), Limits{})
+	var nr *NotReadError
+	if !errors.As(err, &nr) || nr.Kind != KindWrite {
+		t.Fatalf("err = %v", err)
+	}
+	if len(dump(t, s, "t")) != 0 {
+		t.Fatal("read path wrote")
+	}
+}
+
+func TestResultLimitsNameTheLimit(t *testing.T) {
+	s := openTemp(t, "l.db")
+	_, err := s.Read(context.Background(), stmts("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 100) SELECT x FROM c"), Limits{MaxRows: 10})
+	var tl *ResultTooLargeError
+	if !errors.As(err, &tl) || !strings.Contains(tl.Error(), "10 rows") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestQueryIsInterruptedAtItsDeadline(t *testing.T) {
+	s := openTemp(t, "q.db")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Read(ctx, stmts("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c"), Limits{})
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("err = %v after %v", err, time.Since(start))
+	}
+	// The connection is usable at once.
+	if _, err := s.Read(context.Background(), stmts("SELECT 1"), Limits{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var _ = fmt.Sprintf

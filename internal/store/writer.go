@@ -1,0 +1,374 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"ddb/internal/rlog"
+)
+
+// Request is one client write: its statements run as one atomic unit.
+type Request struct {
+	Ctx         context.Context
+	Stmts       []rlog.Statement
+	AllowSchema bool // false for writes that entered at a slave
+	Collect     bool // return rows (a write sent as "query", e.g. RETURNING)
+	Limits      Limits
+}
+
+// Outcome is what happened to one Request of a batch.
+type Outcome struct {
+	Index   uint64 // log index; 0 when Err is set
+	Results []Result
+	Err     error
+}
+
+// Now is the clock a batch takes entry times from; tests replace it.
+type Now func() time.Time
+
+// CommitBatch runs requests in one SQLite transaction, each in its own
+// savepoint so one failing request fails alone, appends one log entry per
+// successful request in the same transaction, and commits once (one fsync
+// for the whole batch). Entries get consecutive indexes after Applied().
+func (s *Store) CommitBatch(reqs []*Request, now Now) []Outcome {
+	out := make([]Outcome, len(reqs))
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		for i := range out {
+			out[i].Err = ErrClosed
+		}
+		return out
+	}
+	pending := make([]int, 0, len(reqs))
+	for i := range reqs {
+		pending = append(pending, i)
+	}
+	for len(pending) > 0 {
+		aborted, err := s.commitOnce(reqs, out, pending, now)
+		if err != nil {
+			for _, i := range pending {
+				if out[i].Err == nil {
+					out[i] = Outcome{Err: err}
+				}
+			}
+			return out
+		}
+		if aborted < 0 {
+			return out
+		}
+		// A statement of request `aborted` rolled back the whole
+		// transaction (ON CONFLICT ROLLBACK, RAISE(ROLLBACK)). It alone
+		// fails; run the others again in a fresh transaction.
+		next := pending[:0:0]
+		for _, i := range pending {
+			if i != aborted {
+				out[i] = Outcome{}
+				next = append(next, i)
+			}
+		}
+		pending = next
+	}
+	return out
+}
+
+func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now Now) (aborted int, err error) {
+	w := s.w
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return -1, fmt.Errorf("begin: %w", err)
+	}
+	defer s.leave()
+	index := s.applied.Load()
+	for _, i := range pending {
+		req := reqs[i]
+		t, seed := now().UnixMilli(), randomSeed()
+		s.enter(t, seed)
+		if err := s.internal("SAVEPOINT req"); err != nil {
+			s.internal("ROLLBACK")
+			return -1, fmt.Errorf("savepoint: %w", err)
+		}
+		p := policyClient
+		if !req.AllowSchema {
+			p = policyClientNoSchema
+		}
+		results, err := s.runRequest(req.Ctx, req, p)
+		if err == nil {
+			var body []byte
+			if body, err = rlog.EncodeStatements(req.Stmts); err == nil {
+				s.wauth.reset(policyReplica)
+				err = s.insertLog(index+1, t, seed, body)
+			}
+		}
+		if err != nil {
+			if !w.InTransaction() {
+				out[i] = Outcome{Err: err}
+				return i, nil
+			}
+			if rerr := s.internal("ROLLBACK TO req; RELEASE req"); rerr != nil {
+				s.internal("ROLLBACK")
+				return -1, fmt.Errorf("roll back failed request: %w", rerr)
+			}
+			out[i] = Outcome{Err: err}
+			continue
+		}
+		if err := s.internal("RELEASE req"); err != nil {
+			s.internal("ROLLBACK")
+			return -1, fmt.Errorf("release savepoint: %w", err)
+		}
+		index++
+		out[i] = Outcome{Index: index, Results: results}
+	}
+	s.leave()
+	if err := s.setApplied(index); err != nil {
+		s.internal("ROLLBACK")
+		return -1, err
+	}
+	if err := s.internal("COMMIT"); err != nil {
+		s.internal("ROLLBACK")
+		return -1, fmt.Errorf("commit: %w", err)
+	}
+	s.applied.Store(index)
+	return -1, nil
+}
+
+// internal runs the store's own bookkeeping SQL on the writer.
+func (s *Store) internal(sql string) error {
+	s.wauth.reset(policyReplica)
+	return s.w.ExecScript(sql)
+}
+
+func (s *Store) runRequest(ctx context.Context, req *Request, p policy) ([]Result, error) {
+	results := make([]Result, 0, len(req.Stmts))
+	for _, st := range req.Stmts {
+		s.wauth.reset(p)
+		r, err := run(ctx, s.w, &s.wauth, st, req.Collect, req.Limits)
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func (s *Store) insertLog(index uint64, t, seed int64, body []byte) error {
+	s.wauth.reset(policyReplica)
+	st, err := s.w.Prepare("INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (?, ?, ?, ?)")
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(index), t, seed, body}, nil); err != nil {
+		return err
+	}
+	if _, err := st.Step(); err != nil {
+		return fmt.Errorf("append log entry %d: %w", index, err)
+	}
+	return nil
+}
+
+func (s *Store) setApplied(index uint64) error {
+	s.wauth.reset(policyReplica)
+	st, err := s.w.Prepare("UPDATE _ddb_meta SET value = ? WHERE key = 'applied'")
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(index)}, nil); err != nil {
+		return err
+	}
+	if _, err := st.Step(); err != nil {
+		return fmt.Errorf("record applied index %d: %w", index, err)
+	}
+	return nil
+}
+
+// ErrDiverged means an entry failed on this node although it succeeded on
+// the master: the replica no longer matches and needs a snapshot.
+var ErrDiverged = errors.New("replica diverged from the master")
+
+// Apply applies entries in index order, exactly once: entries at or below
+// Applied() are skipped, and application stops at the first gap. The
+// applied index is stored in the same transaction. It returns the new
+// applied index.
+func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return 0, ErrClosed
+	}
+	applied := s.applied.Load()
+	i := 0
+	for i < len(entries) && entries[i].Index <= applied {
+		i++
+	}
+	if i == len(entries) || entries[i].Index != applied+1 {
+		return applied, nil
+	}
+	w := s.w
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return applied, fmt.Errorf("begin: %w", err)
+	}
+	defer s.leave()
+	index := applied
+	for ; i < len(entries) && entries[i].Index == index+1; i++ {
+		e := entries[i]
+		stmts, err := rlog.DecodeStatements(e.Body)
+		if err != nil {
+			s.internal("ROLLBACK")
+			return applied, fmt.Errorf("entry %d: %w", e.Index, err)
+		}
+		s.enter(e.TimeMs, e.Seed)
+		for _, st := range stmts {
+			s.wauth.reset(policyReplica)
+			if _, err := run(context.Background(), w, &s.wauth, st, false, Limits{}); err != nil {
+				if w.InTransaction() {
+					s.internal("ROLLBACK")
+				}
+				return applied, fmt.Errorf("apply entry %d: %v: %w", e.Index, err, ErrDiverged)
+			}
+		}
+		index++
+	}
+	s.leave()
+	s.wauth.reset(policyReplica)
+	if err := s.setApplied(index); err != nil {
+		s.internal("ROLLBACK")
+		return applied, err
+	}
+	if err := s.internal("COMMIT"); err != nil {
+		s.internal("ROLLBACK")
+		return applied, fmt.Errorf("commit: %w", err)
+	}
+	s.applied.Store(index)
+	return index, nil
+}
+
+// LogRange returns up to max entries starting at index from (fewer when the
+// log ends, or when maxBytes of bodies is reached).
+func (s *Store) LogRange(ctx context.Context, from uint64, max, maxBytes int) ([]rlog.Entry, error) {
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	st, err := r.c.Prepare("SELECT idx, time_ms, seed, body FROM _ddb_log WHERE idx >= ? ORDER BY idx LIMIT ?")
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(from), int64(max)}, nil); err != nil {
+		return nil, err
+	}
+	var out []rlog.Entry
+	size := 0
+	row := make([]any, 0, 4)
+	for {
+		more, err := st.Step()
+		if err != nil {
+			return nil, err
+		}
+		if !more {
+			break
+		}
+		row = st.Row(row)
+		body, _ := row[3].([]byte)
+		if s, ok := row[3].(string); ok {
+			body = []byte(s)
+		}
+		out = append(out, rlog.Entry{Index: uint64(row[0].(int64)), TimeMs: row[1].(int64), Seed: row[2].(int64), Body: body})
+		size += len(body)
+		if maxBytes > 0 && size >= maxBytes {
+			break
+		}
+	}
+	return out, nil
+}
+
+// FirstLogIndex is the oldest index still in the log (Applied()+1 when the
+// log is empty).
+func (s *Store) FirstLogIndex(ctx context.Context) (uint64, error) {
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	row, err := r.c.QueryRow("SELECT min(idx) FROM _ddb_log")
+	if err != nil {
+		return 0, err
+	}
+	if v, ok := row[0].(int64); ok {
+		return uint64(v), nil
+	}
+	return s.applied.Load() + 1, nil
+}
+
+// TruncateLog deletes entries below index before.
+func (s *Store) TruncateLog(before uint64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	s.wauth.reset(policyReplica)
+	st, err := s.w.Prepare("DELETE FROM _ddb_log WHERE idx < ?")
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(before)}, nil); err != nil {
+		return err
+	}
+	_, err = st.Step()
+	return err
+}
+
+// Members returns the slaves recorded as members of the cluster, by id.
+func (s *Store) Members(ctx context.Context) (map[int]string, error) {
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	st, err := r.c.Prepare("SELECT id, url FROM _ddb_members")
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	m := map[int]string{}
+	for {
+		more, err := st.Step()
+		if err != nil {
+			return nil, err
+		}
+		if !more {
+			return m, nil
+		}
+		row := st.Row(nil)
+		m[int(row[0].(int64))], _ = row[1].(string)
+	}
+}
+
+// SetMember records slave id at url.
+func (s *Store) SetMember(id int, url string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	s.wauth.reset(policyReplica)
+	st, err := s.w.Prepare("INSERT INTO _ddb_members(id, url) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET url = excluded.url")
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(id), url}, nil); err != nil {
+		return err
+	}
+	_, err = st.Step()
+	return err
+}
