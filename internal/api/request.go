@@ -1,0 +1,251 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"ddb/internal/cluster"
+	"ddb/internal/rlog"
+)
+
+// Request is a decoded, validated client request (SPEC section 2).
+type Request struct {
+	Command      string // "exec" or "query"
+	Stmts        []rlog.Statement
+	Multi        bool // sent as "queries"
+	IsReplicated bool
+	Ack          string
+	Consistency  string
+	MinIndex     uint64
+	Format       string
+	perms        map[string]bool // the user's, when a users file is in force
+}
+
+// BadRequest is a client error worth a 400 with its message.
+type BadRequest struct{ Msg string }
+
+func (e *BadRequest) Error() string { return e.Msg }
+
+func bad(format string, args ...any) error { return &BadRequest{Msg: fmt.Sprintf(format, args...)} }
+
+// DecodeRequest parses and validates a request body. Unknown fields are
+// ignored (older clients send extra ones); every known field must have the
+// documented type.
+func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&raw); err != nil {
+		if len(bytes.TrimSpace(body)) == 0 {
+			return nil, bad("empty request body: send a JSON object such as {\"command\": \"query\", \"query\": \"SELECT 1\"}")
+		}
+		return nil, bad("malformed JSON: %v", err)
+	}
+	if raw == nil {
+		return nil, bad("the request body must be a JSON object")
+	}
+	if dec.More() {
+		return nil, bad("malformed JSON: more than one JSON value in the body")
+	}
+	r := &Request{Ack: defaultAck, Consistency: "local", Format: "objects"}
+	str := func(field string) (string, bool, error) {
+		v, ok := raw[field]
+		if !ok || string(v) == "null" {
+			return "", false, nil
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return "", true, bad("%q must be a string", field)
+		}
+		return s, true, nil
+	}
+	boolean := func(field string) (bool, error) {
+		v, ok := raw[field]
+		if !ok || string(v) == "null" {
+			return false, nil
+		}
+		var b bool
+		if err := json.Unmarshal(v, &b); err != nil {
+			return false, bad("%q must be true or false", field)
+		}
+		return b, nil
+	}
+	cmd, ok, err := str("command")
+	if err != nil {
+		return nil, err
+	}
+	if !ok || cmd == "" {
+		return nil, bad(`missing "command": use "exec" or "query"`)
+	}
+	r.Command = strings.ToLower(strings.TrimSpace(cmd))
+	if r.Command != "exec" && r.Command != "query" {
+		return nil, bad(`unknown command %q: use "exec" or "query"`, cmd)
+	}
+	if _, err := boolean("is_master"); err != nil { // accepted and ignored
+		return nil, err
+	}
+	if r.IsReplicated, err = boolean("is_replicated"); err != nil {
+		return nil, err
+	}
+	if s, ok, err := str("ack"); err != nil {
+		return nil, err
+	} else if ok {
+		if !cluster.ValidAck(s) {
+			return nil, bad(`"ack" must be "master", "quorum" or "all", not %q`, s)
+		}
+		r.Ack = s
+	}
+	if s, ok, err := str("consistency"); err != nil {
+		return nil, err
+	} else if ok {
+		if s != "local" && s != "strong" {
+			return nil, bad(`"consistency" must be "local" or "strong", not %q`, s)
+		}
+		r.Consistency = s
+	}
+	if s, ok, err := str("format"); err != nil {
+		return nil, err
+	} else if ok {
+		if s != "objects" && s != "columns" {
+			return nil, bad(`"format" must be "objects" or "columns", not %q`, s)
+		}
+		r.Format = s
+	}
+	if v, ok := raw["min_index"]; ok && string(v) != "null" {
+		n, err := strconv.ParseUint(strings.TrimSpace(string(v)), 10, 64)
+		if err != nil {
+			return nil, bad(`"min_index" must be a non-negative whole number`)
+		}
+		r.MinIndex = n
+	}
+	q, hasQuery, err := str("query")
+	if err != nil {
+		return nil, err
+	}
+	qs, hasQueries := raw["queries"]
+	if hasQueries && string(qs) == "null" {
+		hasQueries = false
+	}
+	switch {
+	case hasQuery && hasQueries:
+		return nil, bad(`send either "query" or "queries", not both`)
+	case hasQueries:
+		var items []json.RawMessage
+		if err := json.Unmarshal(qs, &items); err != nil {
+			return nil, bad(`"queries" must be an array of {"query": ..., "params": ...} objects`)
+		}
+		if len(items) == 0 {
+			return nil, bad(`"queries" is empty`)
+		}
+		for i, it := range items {
+			var item struct {
+				Query  *string         `json:"query"`
+				Params json.RawMessage `json:"params"`
+			}
+			if err := json.Unmarshal(it, &item); err != nil {
+				return nil, bad(`"queries"[%d] must be an object with a string "query" and optional "params"`, i)
+			}
+			if item.Query == nil || strings.TrimSpace(*item.Query) == "" {
+				return nil, bad(`"queries"[%d] has no "query"`, i)
+			}
+			st, err := statement(*item.Query, item.Params)
+			if err != nil {
+				return nil, bad(`"queries"[%d]: %v`, i, err)
+			}
+			r.Stmts = append(r.Stmts, st)
+		}
+		r.Multi = true
+	default:
+		if strings.TrimSpace(q) == "" {
+			return nil, bad(`missing "query": the SQL statement to run`)
+		}
+		st, err := statement(q, raw["params"])
+		if err != nil {
+			return nil, err
+		}
+		r.Stmts = []rlog.Statement{st}
+	}
+	return r, nil
+}
+
+func statement(sql string, params json.RawMessage) (rlog.Statement, error) {
+	st := rlog.Statement{SQL: sql}
+	p := bytes.TrimSpace(params)
+	if len(p) == 0 || string(p) == "null" {
+		return st, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.UseNumber()
+	switch p[0] {
+	case '[':
+		var vals []any
+		if err := dec.Decode(&vals); err != nil {
+			return st, bad(`"params" is not valid JSON: %v`, err)
+		}
+		for i, v := range vals {
+			x, err := paramValue(v)
+			if err != nil {
+				return st, bad(`"params"[%d]: %v`, i, err)
+			}
+			st.Pos = append(st.Pos, x)
+		}
+	case '{':
+		var vals map[string]any
+		if err := dec.Decode(&vals); err != nil {
+			return st, bad(`"params" is not valid JSON: %v`, err)
+		}
+		st.Named = make(map[string]any, len(vals))
+		for k, v := range vals {
+			x, err := paramValue(v)
+			if err != nil {
+				return st, bad(`"params".%s: %v`, k, err)
+			}
+			st.Named[k] = x
+		}
+	default:
+		return st, bad(`"params" must be an array (for ?) or an object (for :name, @name, $name)`)
+	}
+	return st, nil
+}
+
+func paramValue(v any) (any, error) {
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case bool:
+		if x {
+			return int64(1), nil
+		}
+		return int64(0), nil
+	case string:
+		return x, nil
+	case json.Number:
+		s := x.String()
+		if !strings.ContainsAny(s, ".eE") {
+			if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+				return n, nil
+			}
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return nil, fmt.Errorf("number %s is out of range", s)
+		}
+		return f, nil
+	}
+	return nil, fmt.Errorf("a parameter must be a number, string, boolean or null, not %T", jsonKind(v))
+}
+
+type jsonObjectOrArray struct{}
+
+func jsonKind(v any) any {
+	switch v.(type) {
+	case map[string]any:
+		return map[string]any{}
+	case []any:
+		return []any{}
+	}
+	return jsonObjectOrArray{}
+}

@@ -1,0 +1,307 @@
+// Package api is a node's HTTP face: the client protocol (SPEC section 2),
+// the authenticated node-to-node endpoints, the operations endpoints, and
+// the HTTP implementation of replication.Transport.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"strconv"
+	"time"
+
+	"ddb/internal/cluster"
+	"ddb/internal/replication"
+	"ddb/internal/store"
+)
+
+// Server serves one node.
+type Server struct {
+	cfg       *cluster.Config
+	st        *store.Store
+	master    *replication.Master // nil on slaves
+	slave     *replication.Slave  // nil on the master
+	auth      *cluster.Auth
+	users     *Users // nil: no client authentication
+	masterURL string
+	sem       chan struct{}
+	metrics   *Metrics
+	mux       *http.ServeMux
+	logf      func(string, ...any)
+	started   time.Time
+}
+
+// NewServer builds the handler for a node. Exactly one of master and slave is set.
+func NewServer(cfg *cluster.Config, st *store.Store, master *replication.Master, slave *replication.Slave, auth *cluster.Auth, users *Users) *Server {
+	s := &Server{cfg: cfg, st: st, master: master, slave: slave, auth: auth, users: users,
+		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
+		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
+	s.mux.HandleFunc("/", s.handleClient)
+	s.mux.HandleFunc("/query", s.handleClient)
+	s.mux.HandleFunc("/status", s.handleStatus)
+	s.mux.HandleFunc("/health", s.handleHealth)
+	s.mux.HandleFunc("/metrics", s.handleMetrics)
+	s.mux.HandleFunc("/_ddb/append", s.peer(s.handleAppend))
+	s.mux.HandleFunc("/_ddb/snapshot", s.handleSnapshot)
+	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
+	s.mux.HandleFunc("/_ddb/readindex", s.peer(s.handleReadIndex))
+	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// errQueryDeadline: a statement ran past -query-timeout and was interrupted.
+var errQueryDeadline = errors.New("the query ran past its deadline and was stopped")
+
+func (s *Server) isMaster() bool { return s.master != nil }
+
+func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if r.URL.Path != "/" && r.URL.Path != "/query" {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s: send queries to POST / or POST /query", r.URL.Path))
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeError(w, http.StatusMethodNotAllowed, "use POST with a JSON body")
+		return
+	}
+	select {
+	case s.sem <- struct{}{}:
+		defer func() { <-s.sem }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		s.metrics.Request("overload", http.StatusServiceUnavailable, time.Since(start))
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many requests in progress (limit %d); retry shortly", s.cfg.MaxConcurrent))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			s.metrics.Request("invalid", http.StatusRequestEntityTooLarge, time.Since(start))
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "could not read the request body: "+err.Error())
+		return
+	}
+	var perms map[string]bool
+	if s.users != nil {
+		var status int
+		var msg string
+		if perms, status, msg = s.users.check(w, r, ""); status != 0 {
+			s.metrics.Request("unauthorized", status, time.Since(start))
+			writeError(w, status, msg)
+			return
+		}
+	}
+	req, err := DecodeRequest(body, s.cfg.Ack)
+	if err != nil {
+		s.metrics.Request("invalid", http.StatusBadRequest, time.Since(start))
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.IsReplicated {
+		// The original's loop-stopping flag: honoured only on requests a
+		// peer signed with the cluster secret.
+		if err := s.verifyPeer(r, body); err != nil {
+			s.logf("refused is_replicated request from %s: %v", r.RemoteAddr, err)
+			s.metrics.Request(req.Command, http.StatusForbidden, time.Since(start))
+			writeError(w, http.StatusForbidden, "is_replicated is reserved for authenticated node-to-node requests: "+err.Error())
+			return
+		}
+	}
+	req.perms = perms
+	status, out := s.serve(r.Context(), req)
+	s.metrics.Request(req.Command, status, time.Since(start))
+	writeJSON(w, status, out)
+}
+
+// serve runs a decoded request and returns the status and body.
+func (s *Server) serve(ctx context.Context, req *Request) (int, []byte) {
+	fail := func(err error) (int, []byte) {
+		st, msg := s.statusOf(err)
+		if st == http.StatusInternalServerError {
+			s.logf("internal error: %v", err)
+		}
+		if st >= 500 {
+			s.metrics.Error()
+		}
+		return st, append(append([]byte(`{"error":`), appendString(nil, msg)...), "}\n"...)
+	}
+	if !s.permitted(req, req.Command) {
+		return fail(&permissionError{perm: map[string]string{"exec": PermExecute, "query": PermQuery}[req.Command]})
+	}
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	lim := store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}
+	if req.Command == "query" {
+		if err := s.waitReadable(ctx, req); err != nil {
+			return fail(err)
+		}
+		results, err := s.st.Read(qctx, req.Stmts, lim)
+		var nr *store.NotReadError
+		switch {
+		case errors.As(err, &nr):
+			if !s.permitted(req, "exec") {
+				return fail(&permissionError{perm: PermExecute})
+			}
+			return s.write(ctx, req, true, fail)
+		case err != nil:
+			return fail(s.deadline(qctx, err))
+		}
+		return http.StatusOK, s.queryBody(req, results, s.st.Applied())
+	}
+	if !s.isMaster() {
+		kind, err := s.st.Classify(qctx, req.Stmts)
+		var fe *store.ForbiddenError
+		switch {
+		case errors.As(err, &fe):
+			return fail(err)
+		case err == nil && kind == store.KindSchema:
+			return fail(&store.SchemaDeniedError{})
+		case err == nil && kind == store.KindRead:
+			results, err := s.st.Read(qctx, req.Stmts, lim)
+			if err != nil {
+				return fail(s.deadline(qctx, err))
+			}
+			return http.StatusOK, s.execBody(req, results, s.st.Applied())
+		}
+		// A write, or a statement that cannot be compiled here yet (it
+		// may use a table an earlier statement creates): the master decides.
+	}
+	return s.write(ctx, req, false, fail)
+}
+
+// permitted reports whether the request's user may run command.
+func (s *Server) permitted(req *Request, command string) bool {
+	if s.users == nil {
+		return true
+	}
+	if command == "exec" {
+		return has(req.perms, PermExecute)
+	}
+	return has(req.perms, PermQuery)
+}
+
+// permissionError: the user is authenticated but lacks a permission.
+type permissionError struct{ perm string }
+
+func (e *permissionError) Error() string {
+	return fmt.Sprintf("your user lacks the %q permission this request needs", e.perm)
+}
+
+func (s *Server) deadline(ctx context.Context, err error) error {
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("%w (limit %v)", errQueryDeadline, s.cfg.QueryTimeout)
+	}
+	return err
+}
+
+func (s *Server) write(ctx context.Context, req *Request, collect bool, fail func(error) (int, []byte)) (int, []byte) {
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	allowSchema := s.isMaster() && (req.perms == nil || has(req.perms, PermSchema))
+	sr := &store.Request{Ctx: qctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect,
+		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
+	var out store.Outcome
+	var err error
+	if s.isMaster() {
+		out, err = s.master.Write(ctx, sr, req.Ack)
+	} else {
+		out, err = s.slave.Write(ctx, sr, req.Ack)
+	}
+	if err != nil {
+		return fail(s.deadline(qctx, err))
+	}
+	s.metrics.Write()
+	if collect {
+		return http.StatusOK, s.queryBody(req, out.Results, out.Index)
+	}
+	return http.StatusOK, s.execBody(req, out.Results, out.Index)
+}
+
+// waitReadable applies consistency and min_index before a read.
+func (s *Server) waitReadable(ctx context.Context, req *Request) error {
+	want := req.MinIndex
+	if req.Consistency == "strong" {
+		var idx uint64
+		if s.isMaster() {
+			idx = s.master.HandleReadIndex()
+		} else {
+			var err error
+			if idx, err = s.slave.ReadIndex(ctx); err != nil {
+				return err
+			}
+		}
+		if idx > want {
+			want = idx
+		}
+	}
+	if want == 0 || s.st.Applied() >= want {
+		return nil
+	}
+	if s.isMaster() {
+		return s.master.WaitApplied(ctx, want, s.cfg.ReadTimeout)
+	}
+	return s.slave.WaitApplied(ctx, want, s.cfg.ReadTimeout)
+}
+
+func (s *Server) execBody(req *Request, results []store.Result, index uint64) []byte {
+	b := []byte(`{"status":"success",`)
+	if req.Multi {
+		b = append(b, `"results":[`...)
+		for i, r := range results {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"rows_affected":`...)
+			b = strconv.AppendInt(b, r.RowsAffected, 10)
+			b = append(b, `,"last_insert_id":`...)
+			b = strconv.AppendInt(b, r.LastInsertID, 10)
+			b = append(b, '}')
+		}
+		b = append(b, "],"...)
+	} else {
+		var r store.Result
+		if len(results) > 0 {
+			r = results[0]
+		}
+		b = append(b, `"rows_affected":`...)
+		b = strconv.AppendInt(b, r.RowsAffected, 10)
+		b = append(b, `,"last_insert_id":`...)
+		b = strconv.AppendInt(b, r.LastInsertID, 10)
+		b = append(b, ',')
+	}
+	b = append(b, `"index":`...)
+	b = strconv.AppendUint(b, index, 10)
+	return append(b, "}\n"...)
+}
+
+// queryBody: one statement gives its rows (an array of objects, or the
+// columns form); "queries" gives {"results": [...], "index": N}.
+func (s *Server) queryBody(req *Request, results []store.Result, index uint64) []byte {
+	if !req.Multi {
+		var r store.Result
+		if len(results) > 0 {
+			r = results[0]
+		}
+		return append(appendRows(nil, r, req.Format), '\n')
+	}
+	b := []byte(`{"results":[`)
+	for i, r := range results {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendRows(b, r, req.Format)
+	}
+	b = append(b, `],"index":`...)
+	b = strconv.AppendUint(b, index, 10)
+	return append(b, "}\n"...)
+}

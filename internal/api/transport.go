@@ -1,0 +1,197 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"ddb/internal/cluster"
+	"ddb/internal/replication"
+)
+
+// Transport is the HTTP implementation of replication.Transport: signed
+// JSON requests over kept-alive connections.
+type Transport struct {
+	client *http.Client
+	auth   *cluster.Auth
+	node   string
+}
+
+// NewTransport returns a transport that signs as node. tlsConfig may be nil.
+func NewTransport(auth *cluster.Auth, node string, tlsConfig *tls.Config) *Transport {
+	dialer := &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		DialContext:         dialer.DialContext,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 128,
+		IdleConnTimeout:     90 * time.Second,
+		TLSClientConfig:     tlsConfig,
+		TLSHandshakeTimeout: 5 * time.Second,
+	}
+	return &Transport{client: &http.Client{Transport: tr}, auth: auth, node: node}
+}
+
+// peerError is a peer's non-200 answer.
+type peerError struct {
+	status int
+	msg    string
+}
+
+func (e *peerError) Error() string { return fmt.Sprintf("peer answered %d: %s", e.status, e.msg) }
+
+func (t *Transport) post(ctx context.Context, url string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	t.auth.Sign(req, t.node, cluster.BodyHash(body))
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxPeerBody))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		json.Unmarshal(b, &e)
+		if e.Error == "" {
+			e.Error = string(b)
+		}
+		return &peerError{status: resp.StatusCode, msg: e.Error}
+	}
+	return json.Unmarshal(b, out)
+}
+
+// Append implements replication.Transport.
+func (t *Transport) Append(ctx context.Context, url string, req *replication.AppendRequest) (*replication.AppendResponse, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var resp replication.AppendResponse
+	return &resp, t.post(ctx, url+"/_ddb/append", body, &resp)
+}
+
+// InstallSnapshot implements replication.Transport: it hashes the file,
+// then streams it.
+func (t *Transport) InstallSnapshot(ctx context.Context, url string, index uint64, path string) (*replication.AppendResponse, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/_ddb/snapshot?index="+strconv.FormatUint(index, 10), f)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	t.auth.Sign(req, t.node, h.Sum(nil))
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return nil, &peerError{status: resp.StatusCode, msg: string(b)}
+	}
+	var out replication.AppendResponse
+	return &out, json.Unmarshal(b, &out)
+}
+
+// Forward implements replication.Transport. A request that never reached
+// the master is ErrUnavailable (503); one that reached it but got no answer
+// has an unknown outcome (504).
+func (t *Transport) Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var resp replication.ForwardResponse
+	if err := t.post(ctx, url+"/_ddb/forward", body, &resp); err != nil {
+		return nil, classifyForwardError(url, err)
+	}
+	return &resp, nil
+}
+
+func classifyForwardError(url string, err error) error {
+	var pe *peerError
+	if errors.As(err, &pe) {
+		if pe.status == http.StatusServiceUnavailable || pe.status == http.StatusConflict {
+			return &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot take writes: %s", url, pe.msg)}
+		}
+		return fmt.Errorf("the master at %s refused the forwarded write: %w", url, err)
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED) {
+		return &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot be reached: %v", url, err)}
+	}
+	return &replication.UnknownOutcomeError{Reason: fmt.Sprintf("the master at %s did not answer: %v", url, err)}
+}
+
+// ReadIndex implements replication.Transport.
+func (t *Transport) ReadIndex(ctx context.Context, url string) (uint64, error) {
+	var resp struct{ Index uint64 }
+	if err := t.post(ctx, url+"/_ddb/readindex", []byte("{}"), &resp); err != nil {
+		return 0, &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot confirm a strong read: %v", url, err)}
+	}
+	return resp.Index, nil
+}
+
+// Join implements replication.Transport.
+func (t *Transport) Join(ctx context.Context, url string, req *replication.JoinRequest) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	var out struct{}
+	return t.post(ctx, url+"/_ddb/join", body, &out)
+}
+
+// spooled is a request body saved to a temporary file.
+type spooled struct{ f *os.File }
+
+func spool(r io.Reader, dir string) (*spooled, error) {
+	f, err := os.CreateTemp(dir, "incoming-*.db")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return &spooled{f: f}, nil
+}
+
+func (s *spooled) close() {
+	s.f.Close()
+	os.Remove(s.f.Name())
+}

@@ -1,0 +1,309 @@
+package cluster
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Role is what a node is in the cluster.
+type Role string
+
+// The two roles.
+const (
+	Master Role = "master"
+	Slave  Role = "slave"
+)
+
+// Ack levels for writes.
+const (
+	AckMaster = "master"
+	AckQuorum = "quorum"
+	AckAll    = "all"
+)
+
+// ValidAck reports whether s is an acknowledgement level.
+func ValidAck(s string) bool { return s == AckMaster || s == AckQuorum || s == AckAll }
+
+// Config is everything one node needs to run. Build it with ParseArgs or by
+// hand (tests run several nodes in one process this way).
+type Config struct {
+	Role      Role
+	ID        int // 0 for the master, 1.. for slaves
+	NumSlaves int
+	Host      string // host name the nodes use to reach each other
+	Port      int    // base port
+	Dir       string // data directory
+	Secret    string // cluster secret ("" = resolve with ResolveSecret)
+	Ack       string // default ack level
+
+	SlaveURLs []string // master: explicit slave URLs (override the port arithmetic)
+	MasterURL string   // slave: explicit master URL
+	Listen    string   // explicit listen address (host:port)
+
+	AckTimeout     time.Duration // how long a write waits for its ack level
+	ReadTimeout    time.Duration // how long min_index / strong reads wait
+	QueryTimeout   time.Duration // a statement's deadline
+	MaxBodyBytes   int64
+	MaxResultRows  int
+	MaxResultBytes int
+	MaxConcurrent  int // client requests served at once; beyond: 503
+	LogKeep        uint64
+	Heartbeat      time.Duration
+	AuthFile       string // optional users file
+	TLSCert        string
+	TLSKey         string
+	TLSCA          string
+	Quiet          bool // no request logging
+}
+
+// Defaults fills zero fields.
+func (c *Config) Defaults() {
+	if c.Host == "" {
+		c.Host = "localhost"
+	}
+	if c.Port == 0 {
+		c.Port = 8080
+	}
+	if c.Dir == "" {
+		c.Dir = "."
+	}
+	if c.Ack == "" {
+		c.Ack = AckQuorum
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = 5 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 5 * time.Second
+	}
+	if c.QueryTimeout == 0 {
+		c.QueryTimeout = 30 * time.Second
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 16 << 20
+	}
+	if c.MaxResultRows == 0 {
+		c.MaxResultRows = 1_000_000
+	}
+	if c.MaxResultBytes == 0 {
+		c.MaxResultBytes = 256 << 20
+	}
+	if c.MaxConcurrent == 0 {
+		c.MaxConcurrent = 1024
+	}
+	if c.LogKeep == 0 {
+		c.LogKeep = 200_000
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 250 * time.Millisecond
+	}
+}
+
+func (c *Config) scheme() string {
+	if c.TLSCert != "" {
+		return "https"
+	}
+	return "http"
+}
+
+// URL is this node's own URL, as the other nodes reach it.
+func (c *Config) URL() string {
+	if c.Role == Master {
+		return c.MasterAddr()
+	}
+	if c.Listen != "" {
+		host, port, err := net.SplitHostPort(c.Listen)
+		if err == nil {
+			if host == "" || host == "0.0.0.0" || host == "::" {
+				host = c.Host
+			}
+			return fmt.Sprintf("%s://%s", c.scheme(), net.JoinHostPort(host, port))
+		}
+	}
+	return c.SlaveURL(c.ID)
+}
+
+// MasterAddr is the master's URL.
+func (c *Config) MasterAddr() string {
+	if c.MasterURL != "" {
+		return strings.TrimRight(c.MasterURL, "/")
+	}
+	return fmt.Sprintf("%s://%s", c.scheme(), net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
+}
+
+// SlaveURL is slave i's URL (explicit -slaves first, then the arithmetic).
+func (c *Config) SlaveURL(i int) string {
+	if i >= 1 && i <= len(c.SlaveURLs) {
+		return strings.TrimRight(c.SlaveURLs[i-1], "/")
+	}
+	return fmt.Sprintf("%s://%s", c.scheme(), net.JoinHostPort(c.Host, strconv.Itoa(c.Port+i)))
+}
+
+// ListenAddr is the address this node's HTTP server binds.
+func (c *Config) ListenAddr() string {
+	if c.Listen != "" {
+		return c.Listen
+	}
+	if c.Role == Master {
+		return ":" + strconv.Itoa(c.Port)
+	}
+	return ":" + strconv.Itoa(c.Port+c.ID)
+}
+
+// DBPath is the node's database file: slave<id>.db in Dir.
+func (c *Config) DBPath() string { return filepath.Join(c.Dir, fmt.Sprintf("slave%d.db", c.ID)) }
+
+// Name identifies the node in logs and peer headers.
+func (c *Config) Name() string {
+	if c.Role == Master {
+		return "master"
+	}
+	return fmt.Sprintf("slave%d", c.ID)
+}
+
+// SecretFile is where a local cluster keeps its generated secret.
+const SecretFile = "ddb-cluster.secret"
+
+// ResolveSecret returns the secret to use: the configured one, else
+// $DDB_CLUSTER_SECRET, else the secret file in Dir, created by the first
+// node that needs it. Nodes sharing one Dir thus agree with no setup.
+func ResolveSecret(configured, dir string) (string, error) {
+	if configured != "" {
+		return configured, nil
+	}
+	if env := os.Getenv("DDB_CLUSTER_SECRET"); env != "" {
+		return env, nil
+	}
+	path := filepath.Join(dir, SecretFile)
+	for attempt := 0; attempt < 50; attempt++ {
+		if b, err := os.ReadFile(path); err == nil {
+			if s := strings.TrimSpace(string(b)); s != "" {
+				return s, nil
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("read cluster secret %s: %w", path, err)
+		}
+		// Write the candidate to a temporary file, then hard-link it into
+		// place: the link fails if another node won the race, and a reader
+		// never sees a half-written file.
+		var raw [32]byte
+		if _, err := io.ReadFull(rand.Reader, raw[:]); err != nil {
+			return "", err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
+		tmp, err := os.CreateTemp(dir, ".secret-*")
+		if err != nil {
+			return "", fmt.Errorf("create cluster secret in %s: %w", dir, err)
+		}
+		tmp.WriteString(hex.EncodeToString(raw[:]) + "\n")
+		tmp.Chmod(0o600)
+		tmp.Sync()
+		tmp.Close()
+		err = os.Link(tmp.Name(), path)
+		os.Remove(tmp.Name())
+		if err != nil && !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("create cluster secret %s: %w", path, err)
+		}
+	}
+	return "", fmt.Errorf("cluster secret %s stays empty", path)
+}
+
+// ParseArgs parses a binary's flags and positional arguments. For the
+// master the positional arguments are <num_slaves>; for a slave
+// <slave_id> <num_slaves>. Flags may come before or after them.
+func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
+	c := &Config{Role: role}
+	fs := flag.NewFlagSet(string(role), flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&c.Port, "port", 8080, "base port: the master listens on it, slave i on port+i")
+	fs.StringVar(&c.Host, "host", "localhost", "host name the nodes use to reach each other")
+	fs.StringVar(&c.Dir, "dir", ".", "data directory for slave<i>.db and the cluster secret")
+	fs.StringVar(&c.Secret, "secret", "", "cluster secret for node-to-node requests (default $DDB_CLUSTER_SECRET, else a file in -dir)")
+	fs.StringVar(&c.Ack, "ack", AckQuorum, "default write acknowledgement: master, quorum or all")
+	fs.DurationVar(&c.AckTimeout, "ack-timeout", 5*time.Second, "how long a write waits for its acknowledgement level before 504")
+	fs.DurationVar(&c.ReadTimeout, "read-timeout", 5*time.Second, "how long min_index and strong reads wait before 504")
+	fs.DurationVar(&c.QueryTimeout, "query-timeout", 30*time.Second, "deadline of one request's SQL; SQLite is interrupted when it passes")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body", 16<<20, "largest request body in bytes (413 beyond)")
+	fs.IntVar(&c.MaxResultRows, "max-rows", 1_000_000, "most rows one query may return")
+	fs.IntVar(&c.MaxResultBytes, "max-result-bytes", 256<<20, "most bytes of values one query may return")
+	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 1024, "client requests served at once (503 with Retry-After beyond)")
+	fs.Uint64Var(&c.LogKeep, "log-keep", 200_000, "log entries the master keeps for catch-up; a slave further behind gets a snapshot")
+	fs.StringVar(&c.AuthFile, "auth", "", "users file (JSON: username, password, perms); without it anyone may use the API")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for the HTTP API and peer traffic")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
+	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
+	fs.BoolVar(&c.Quiet, "quiet", false, "do not log each request")
+	var slaves string
+	if role == Master {
+		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")
+	} else {
+		fs.StringVar(&c.MasterURL, "master", "", "the master's URL (instead of http://host:port)")
+		fs.StringVar(&c.Listen, "listen", "", "address to listen on (instead of :port+id)")
+	}
+	want := 1
+	usage := "usage: master [flags] <num_slaves>"
+	if role == Slave {
+		want = 2
+		usage = "usage: node [flags] <slave_id> <num_slaves>"
+	}
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, usage)
+		fs.PrintDefaults()
+	}
+	// Accept flags after the positional arguments too.
+	var pos []string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) != want {
+		fs.Usage()
+		return nil, fmt.Errorf("%s", usage)
+	}
+	nums := make([]int, len(pos))
+	for i, p := range pos {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%q is not a whole number; %s", p, usage)
+		}
+		nums[i] = n
+	}
+	if role == Master {
+		c.NumSlaves = nums[0]
+	} else {
+		c.ID, c.NumSlaves = nums[0], nums[1]
+		if c.ID < 1 {
+			return nil, fmt.Errorf("slave ids start at 1 (slave 0 is the master's database)")
+		}
+	}
+	if slaves != "" {
+		c.SlaveURLs = strings.Split(slaves, ",")
+		if c.NumSlaves < len(c.SlaveURLs) {
+			c.NumSlaves = len(c.SlaveURLs)
+		}
+	}
+	if !ValidAck(c.Ack) {
+		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)
+	}
+	c.Defaults()
+	return c, nil
+}

@@ -1,0 +1,184 @@
+// Package node assembles one node from its configuration: the store, the
+// replication role, the HTTP server, and a clean shutdown.
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"ddb/internal/api"
+	"ddb/internal/cluster"
+	"ddb/internal/replication"
+	"ddb/internal/store"
+)
+
+// Node is a running master or slave.
+type Node struct {
+	Config *cluster.Config
+	Store  *store.Store
+	master *replication.Master
+	slave  *replication.Slave
+	server *http.Server
+	ln     net.Listener
+	done   chan error
+	logger *log.Logger
+}
+
+// Start opens the node's database and starts serving. The caller stops it
+// with Shutdown.
+func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
+	cfg.Defaults()
+	if logOut == nil {
+		logOut = os.Stderr
+	}
+	logger := log.New(logOut, cfg.Name()+" ", log.LstdFlags|log.Lmicroseconds)
+	secret, err := cluster.ResolveSecret(cfg.Secret, cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	tlsServer, tlsClient, err := tlsConfigs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var users *api.Users
+	if cfg.AuthFile != "" {
+		if users, err = api.LoadUsers(cfg.AuthFile); err != nil {
+			return nil, err
+		}
+	}
+	st, err := store.Open(store.Options{Path: cfg.DBPath()})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr())
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("listen on %s: %w (is another node using this port?)", cfg.ListenAddr(), err)
+	}
+	if cfg.Port == 0 || cfg.Listen != "" {
+		// Port 0 / explicit listen: report the real address.
+		if cfg.Role == cluster.Slave && cfg.Listen != "" {
+			cfg.Listen = ln.Addr().String()
+		}
+	}
+	auth := cluster.NewAuth(secret, nil)
+	tr := api.NewTransport(auth, cfg.Name(), tlsClient)
+	n := &Node{Config: cfg, Store: st, ln: ln, done: make(chan error, 1), logger: logger}
+	if cfg.Role == cluster.Master {
+		slaves := map[int]string{}
+		for i := 1; i <= cfg.NumSlaves; i++ {
+			slaves[i] = cfg.SlaveURL(i)
+		}
+		n.master = replication.NewMaster(replication.MasterConfig{
+			URL: cfg.URL(), Slaves: slaves, AckTimeout: cfg.AckTimeout, Heartbeat: cfg.Heartbeat,
+			LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf,
+		}, st, tr, nil)
+	} else {
+		n.slave = replication.NewSlave(replication.SlaveConfig{
+			ID: cfg.ID, URL: cfg.URL(), MasterURL: cfg.MasterAddr(), AckTimeout: cfg.AckTimeout,
+			ReadTimeout: cfg.ReadTimeout, Heartbeat: cfg.Heartbeat, TempDir: cfg.Dir, Logf: logger.Printf,
+		}, st, tr, nil)
+	}
+	handler := api.NewServer(cfg, st, n.master, n.slave, auth, users)
+	n.server = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      cfg.QueryTimeout + cfg.AckTimeout + cfg.ReadTimeout + 10*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		TLSConfig:         tlsServer,
+		ErrorLog:          logger,
+	}
+	go func() {
+		var err error
+		if tlsServer != nil {
+			err = n.server.ServeTLS(ln, "", "")
+		} else {
+			err = n.server.Serve(ln)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		n.done <- err
+	}()
+	logger.Printf("%s serving %s on %s (database %s, log index %d)", cfg.Role, cfg.URL(), ln.Addr(), st.Path(), st.Applied())
+	return n, nil
+}
+
+// Addr is the address the node listens on.
+func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+
+// Done delivers the server's exit error.
+func (n *Node) Done() <-chan error { return n.done }
+
+// Shutdown stops accepting requests, lets in-flight ones finish (up to
+// ctx), stops replication and closes the database.
+func (n *Node) Shutdown(ctx context.Context) error {
+	err := n.server.Shutdown(ctx)
+	if n.master != nil {
+		n.master.Close()
+	}
+	if n.slave != nil {
+		n.slave.Close()
+	}
+	if cerr := n.Store.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	n.logger.Printf("stopped")
+	return err
+}
+
+// Run starts a node and serves until ctx ends, then shuts down cleanly.
+func Run(ctx context.Context, cfg *cluster.Config) error {
+	n, err := Start(cfg, os.Stderr)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-n.done:
+		if err != nil {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return n.Shutdown(sctx)
+}
+
+func tlsConfigs(cfg *cluster.Config) (server, client *tls.Config, err error) {
+	if cfg.TLSCert == "" && cfg.TLSKey == "" && cfg.TLSCA == "" {
+		return nil, nil, nil
+	}
+	if cfg.TLSCert == "" || cfg.TLSKey == "" {
+		return nil, nil, fmt.Errorf("-tls-cert and -tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load TLS key pair: %w", err)
+	}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.TLSCA != "" {
+		pem, err := os.ReadFile(cfg.TLSCA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read -tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("-tls-ca %s holds no PEM certificate", cfg.TLSCA)
+		}
+		client.RootCAs = pool
+	}
+	return server, client, nil
+}

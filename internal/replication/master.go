@@ -1,0 +1,460 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"ddb/internal/rlog"
+	"ddb/internal/store"
+)
+
+// MasterConfig configures a Master.
+type MasterConfig struct {
+	URL        string         // the master's own URL
+	Slaves     map[int]string // known slaves by id
+	AckTimeout time.Duration
+	Heartbeat  time.Duration
+	LogKeep    uint64 // entries kept for catch-up
+	TempDir    string // where snapshots are written
+	MaxBatch   int    // requests per group commit (default 256)
+	ShipBatch  int    // entries per append (default 1024)
+	ShipBytes  int    // bytes of entries per append (default 4 MiB)
+	Logf       func(format string, args ...any)
+}
+
+// Master sequences writes and ships the log.
+type Master struct {
+	cfg   MasterConfig
+	st    *store.Store
+	tr    Transport
+	clock Clock
+
+	queue    chan *pendingWrite
+	progress Progress // any follower acked more, or the log grew
+
+	mu        sync.Mutex
+	followers map[int]*follower
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type pendingWrite struct {
+	req  *store.Request
+	done chan store.Outcome
+}
+
+type follower struct {
+	id          int
+	url         string
+	acked       uint64 // last index the slave confirmed applied
+	known       bool   // acked has been learned from the slave
+	reachable   bool
+	lastContact time.Time
+	lastError   string
+	snapshots   int
+	wake        chan struct{}
+	stop        context.CancelFunc
+}
+
+// NewMaster starts the master's writer, shippers and housekeeping.
+func NewMaster(cfg MasterConfig, st *store.Store, tr Transport, clock Clock) *Master {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
+	if cfg.ShipBatch <= 0 {
+		cfg.ShipBatch = 1024
+	}
+	if cfg.ShipBytes <= 0 {
+		cfg.ShipBytes = 4 << 20
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 250 * time.Millisecond
+	}
+	if cfg.AckTimeout <= 0 {
+		cfg.AckTimeout = 5 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = log.Printf
+	}
+	if clock == nil {
+		clock = RealClock{}
+	}
+	m := &Master{cfg: cfg, st: st, tr: tr, clock: clock, queue: make(chan *pendingWrite, 4096), followers: map[int]*follower{}}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	slaves := map[int]string{}
+	if stored, err := st.Members(m.ctx); err == nil {
+		for id, u := range stored {
+			slaves[id] = u
+		}
+	}
+	for id, u := range cfg.Slaves {
+		slaves[id] = u
+	}
+	for id, u := range slaves {
+		m.addFollower(id, u)
+	}
+	m.wg.Add(2)
+	go m.writeLoop()
+	go m.housekeeping()
+	return m
+}
+
+// Close stops the master's goroutines (the store stays open). Writes
+// already queued finish first.
+func (m *Master) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (m *Master) addFollower(id int, url string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f, ok := m.followers[id]; ok {
+		if f.url == url {
+			return
+		}
+		f.stop()
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	f := &follower{id: id, url: url, wake: make(chan struct{}, 1), stop: cancel}
+	m.followers[id] = f
+	m.wg.Add(1)
+	go m.ship(ctx, f)
+}
+
+// Write sequences one request and waits for its acknowledgement level.
+func (m *Master) Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+	p := &pendingWrite{req: req, done: make(chan store.Outcome, 1)}
+	select {
+	case m.queue <- p:
+	case <-ctx.Done():
+		return store.Outcome{}, ctx.Err()
+	case <-m.ctx.Done():
+		return store.Outcome{}, &UnavailableError{Reason: "the master is shutting down"}
+	}
+	// Once queued the write may commit, so wait for the writer's verdict
+	// even if the client has gone.
+	out := <-p.done
+	if out.Err != nil {
+		return out, out.Err
+	}
+	return out, m.WaitAck(ctx, out.Index, ack)
+}
+
+// WaitAck waits until index is acknowledged at level.
+func (m *Master) WaitAck(ctx context.Context, index uint64, level string) error {
+	if level == "master" {
+		return nil
+	}
+	ok, err := waitUntil(ctx, m.clock, &m.progress, m.cfg.AckTimeout, func() bool { return m.acked(index, level) })
+	if err != nil {
+		return &AckTimeoutError{Index: index, Level: level, After: m.cfg.AckTimeout}
+	}
+	if !ok {
+		return &AckTimeoutError{Index: index, Level: level, After: m.cfg.AckTimeout}
+	}
+	return nil
+}
+
+// acked reports whether index is applied on enough nodes for level.
+// quorum: a majority of all nodes, the master included; all: every slave.
+func (m *Master) acked(index uint64, level string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	have := 1 // the master committed it
+	for _, f := range m.followers {
+		if f.known && f.acked >= index {
+			have++
+		} else if level == "all" {
+			return false
+		}
+	}
+	if level == "all" {
+		return true
+	}
+	return have >= (len(m.followers)+1)/2+1
+}
+
+// writeLoop is the single writer: it takes whatever requests are queued,
+// commits them as one batch, answers each, and wakes the shippers.
+func (m *Master) writeLoop() {
+	defer m.wg.Done()
+	batch := make([]*pendingWrite, 0, m.cfg.MaxBatch)
+	reqs := make([]*store.Request, 0, m.cfg.MaxBatch)
+	for {
+		batch, reqs = batch[:0], reqs[:0]
+		select {
+		case p := <-m.queue:
+			batch = append(batch, p)
+		case <-m.ctx.Done():
+			m.drain()
+			return
+		}
+	fill:
+		for len(batch) < m.cfg.MaxBatch {
+			select {
+			case p := <-m.queue:
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		live := batch[:0]
+		for _, p := range batch {
+			if p.req.Ctx != nil && p.req.Ctx.Err() != nil {
+				p.done <- store.Outcome{Err: p.req.Ctx.Err()} // client gone before it ran: nothing happened
+				continue
+			}
+			live = append(live, p)
+			reqs = append(reqs, p.req)
+		}
+		if len(live) == 0 {
+			continue
+		}
+		outs := m.st.CommitBatch(reqs, m.clock.Now)
+		for i, p := range live {
+			p.done <- outs[i]
+		}
+		m.wakeAll()
+	}
+}
+
+func (m *Master) drain() {
+	for {
+		select {
+		case p := <-m.queue:
+			p.done <- store.Outcome{Err: &UnavailableError{Reason: "the master is shutting down"}}
+		default:
+			return
+		}
+	}
+}
+
+func (m *Master) wakeAll() {
+	m.mu.Lock()
+	for _, f := range m.followers {
+		select {
+		case f.wake <- struct{}{}:
+		default:
+		}
+	}
+	m.mu.Unlock()
+	m.progress.Notify()
+}
+
+// ship streams the log to one slave, from what it has acknowledged.
+func (m *Master) ship(ctx context.Context, f *follower) {
+	defer m.wg.Done()
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		m.mu.Lock()
+		known, next := f.known, f.acked+1
+		m.mu.Unlock()
+		last := m.st.Applied()
+		if known && next > last {
+			select {
+			case <-f.wake:
+			case <-m.clock.After(m.cfg.Heartbeat):
+			case <-ctx.Done():
+				return
+			}
+			last = m.st.Applied()
+		}
+		var entries []rlog.Entry
+		if known && next <= last {
+			first, err := m.st.FirstLogIndex(ctx)
+			if err != nil {
+				m.fail(f, fmt.Errorf("read log: %w", err))
+				continue
+			}
+			if next < first {
+				m.sendSnapshot(ctx, f)
+				continue
+			}
+			entries, err = m.st.LogRange(ctx, next, m.cfg.ShipBatch, m.cfg.ShipBytes)
+			if err != nil {
+				m.fail(f, fmt.Errorf("read log: %w", err))
+				continue
+			}
+		}
+		actx, cancel := context.WithTimeout(ctx, m.cfg.AckTimeout)
+		resp, err := m.tr.Append(actx, f.url, &AppendRequest{Master: m.cfg.URL, Entries: entries, Commit: m.st.Applied()})
+		cancel()
+		if err != nil {
+			m.fail(f, err)
+			select {
+			case <-m.clock.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			if backoff < time.Second {
+				backoff *= 2
+			}
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		m.ack(f, resp)
+		if resp.NeedSnapshot {
+			m.sendSnapshot(ctx, f)
+		}
+	}
+}
+
+func (m *Master) ack(f *follower, resp *AppendResponse) {
+	last := m.st.Applied()
+	m.mu.Lock()
+	if resp.Applied > last {
+		m.cfg.Logf("slave %d reports index %d but the log ends at %d: it has writes this master does not; not counting them", f.id, resp.Applied, last)
+		f.acked = last
+	} else {
+		f.acked = resp.Applied
+	}
+	f.known, f.reachable, f.lastContact, f.lastError = true, true, m.clock.Now(), ""
+	m.mu.Unlock()
+	m.progress.Notify()
+}
+
+func (m *Master) fail(f *follower, err error) {
+	m.mu.Lock()
+	if f.reachable || f.lastError == "" {
+		m.cfg.Logf("slave %d at %s: %v", f.id, f.url, err)
+	}
+	f.reachable, f.lastError = false, err.Error()
+	m.mu.Unlock()
+}
+
+func (m *Master) sendSnapshot(ctx context.Context, f *follower) {
+	path, index, err := m.st.Snapshot(ctx, m.cfg.TempDir)
+	if err != nil {
+		m.fail(f, fmt.Errorf("make snapshot: %w", err))
+		return
+	}
+	defer os.Remove(path)
+	m.cfg.Logf("sending slave %d a snapshot at index %d", f.id, index)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	resp, err := m.tr.InstallSnapshot(sctx, f.url, index, path)
+	if err != nil {
+		m.fail(f, fmt.Errorf("install snapshot: %w", err))
+		select {
+		case <-m.clock.After(time.Second):
+		case <-ctx.Done():
+		}
+		return
+	}
+	m.mu.Lock()
+	f.snapshots++
+	m.mu.Unlock()
+	m.ack(f, resp)
+}
+
+// housekeeping truncates the log to LogKeep entries and checkpoints the WAL.
+func (m *Master) housekeeping() {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.clock.After(5 * time.Second):
+		case <-m.ctx.Done():
+			return
+		}
+		if keep, last := m.cfg.LogKeep, m.st.Applied(); keep > 0 && last > keep {
+			if err := m.st.TruncateLog(last - keep + 1); err != nil {
+				m.cfg.Logf("truncate log: %v", err)
+			}
+		}
+	}
+}
+
+// HandleForward runs a write that entered at a slave.
+func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *ForwardResponse {
+	stmts, err := rlog.DecodeStatements(req.Body)
+	if err != nil {
+		return &ForwardResponse{Error: &WireError{Kind: "param", Message: err.Error()}}
+	}
+	out, err := m.Write(ctx, &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: false, Collect: req.Collect}, req.Ack)
+	resp := &ForwardResponse{Index: out.Index}
+	if err != nil {
+		resp.Error = ToWireError(err)
+		return resp
+	}
+	if resp.Results, err = EncodeResults(out.Results); err != nil {
+		resp.Error = ToWireError(err)
+	}
+	return resp
+}
+
+// HandleReadIndex returns the index every acknowledged write is at or below.
+func (m *Master) HandleReadIndex() uint64 { return m.st.Applied() }
+
+// HandleJoin adds (or moves) a slave.
+func (m *Master) HandleJoin(req *JoinRequest) error {
+	if req.ID < 1 || req.URL == "" {
+		return fmt.Errorf("join needs a slave id >= 1 and a URL")
+	}
+	if err := m.st.SetMember(req.ID, req.URL); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	f, ok := m.followers[req.ID]
+	same := ok && f.url == req.URL
+	m.mu.Unlock()
+	if !same {
+		m.cfg.Logf("slave %d joined at %s", req.ID, req.URL)
+		m.addFollower(req.ID, req.URL)
+	}
+	return nil
+}
+
+// FollowerStatus is what the master knows of one slave.
+type FollowerStatus struct {
+	ID          int     `json:"id"`
+	URL         string  `json:"url"`
+	Acked       uint64  `json:"acked_index"`
+	Lag         uint64  `json:"lag"`
+	Reachable   bool    `json:"reachable"`
+	LastContact string  `json:"last_contact,omitempty"`
+	SecondsAgo  float64 `json:"seconds_since_contact,omitempty"`
+	LastError   string  `json:"last_error,omitempty"`
+	Snapshots   int     `json:"snapshots_sent"`
+}
+
+// Followers reports every slave, by id.
+func (m *Master) Followers() []FollowerStatus {
+	last := m.st.Applied()
+	now := m.clock.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]FollowerStatus, 0, len(m.followers))
+	for _, f := range m.followers {
+		s := FollowerStatus{ID: f.id, URL: f.url, Acked: f.acked, Reachable: f.reachable, LastError: f.lastError, Snapshots: f.snapshots}
+		if last > f.acked {
+			s.Lag = last - f.acked
+		}
+		if !f.lastContact.IsZero() {
+			s.LastContact = f.lastContact.UTC().Format(time.RFC3339Nano)
+			s.SecondsAgo = now.Sub(f.lastContact).Seconds()
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// WaitApplied waits until the master's own database is at index.
+func (m *Master) WaitApplied(ctx context.Context, index uint64, timeout time.Duration) error {
+	ok, err := waitUntil(ctx, m.clock, &m.progress, timeout, func() bool { return m.st.Applied() >= index })
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return &WaitTimeoutError{Want: index, Have: m.st.Applied(), After: timeout}
+	}
+	return nil
+}

@@ -1,0 +1,233 @@
+// Package replication turns the nodes' databases into one replicated
+// database. The master sequences every write (from any node) into one
+// durable log, in the same transaction as the change; one shipper per
+// slave streams the log from that slave's acknowledged index; slaves apply
+// it in order, exactly once, and acknowledge; writers wait for their ack
+// level. Slaves forward writes to the master and answer only once they
+// have applied them themselves.
+//
+// Nodes talk through the Transport interface: HTTP in production (package
+// api), in memory in tests, so the protocol is tested without sockets.
+package replication
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"ddb/internal/rlog"
+	"ddb/internal/store"
+)
+
+// AppendRequest carries log entries (possibly none: a heartbeat) from the
+// master to a slave.
+type AppendRequest struct {
+	Master  string       `json:"master"`
+	Entries []rlog.Entry `json:"entries"`
+	Commit  uint64       `json:"commit"` // the master's last index
+}
+
+// AppendResponse is the slave's acknowledgement.
+type AppendResponse struct {
+	Applied      uint64 `json:"applied"`
+	NeedSnapshot bool   `json:"need_snapshot,omitempty"`
+	Error        string `json:"error,omitempty"`
+}
+
+// ForwardRequest is a client write that entered at a slave.
+type ForwardRequest struct {
+	Origin  int             `json:"origin"`
+	Body    json.RawMessage `json:"body"` // rlog.EncodeStatements
+	Collect bool            `json:"collect,omitempty"`
+	Ack     string          `json:"ack"`
+}
+
+// ForwardResponse is the master's answer to a forwarded write.
+type ForwardResponse struct {
+	Index   uint64       `json:"index"`
+	Results []WireResult `json:"results,omitempty"`
+	Error   *WireError   `json:"error,omitempty"`
+}
+
+// WireResult is a store.Result with exactly typed values.
+type WireResult struct {
+	Columns      []string            `json:"columns,omitempty"`
+	Types        []string            `json:"types,omitempty"`
+	Rows         [][]json.RawMessage `json:"rows,omitempty"`
+	HasRows      bool                `json:"has_rows,omitempty"`
+	RowsAffected int64               `json:"rows_affected"`
+	LastInsertID int64               `json:"last_insert_id"`
+}
+
+// WireError carries an error's kind across a forward.
+type WireError struct {
+	Kind    string `json:"kind"`
+	Message string `json:"message"`
+	Index   uint64 `json:"index,omitempty"`
+}
+
+// JoinRequest announces a slave to the master.
+type JoinRequest struct {
+	ID  int    `json:"id"`
+	URL string `json:"url"`
+}
+
+// Transport carries the protocol between nodes.
+type Transport interface {
+	Append(ctx context.Context, slaveURL string, req *AppendRequest) (*AppendResponse, error)
+	InstallSnapshot(ctx context.Context, slaveURL string, index uint64, snapshot string) (*AppendResponse, error)
+	Forward(ctx context.Context, masterURL string, req *ForwardRequest) (*ForwardResponse, error)
+	ReadIndex(ctx context.Context, masterURL string) (uint64, error)
+	Join(ctx context.Context, masterURL string, req *JoinRequest) error
+}
+
+// SlaveHandler is what a slave serves to the master.
+type SlaveHandler interface {
+	HandleAppend(req *AppendRequest) *AppendResponse
+	HandleSnapshot(index uint64, r io.Reader) (*AppendResponse, error)
+}
+
+// MasterHandler is what the master serves to slaves.
+type MasterHandler interface {
+	HandleForward(ctx context.Context, req *ForwardRequest) *ForwardResponse
+	HandleReadIndex() uint64
+	HandleJoin(req *JoinRequest) error
+}
+
+// ErrUnavailable means the master cannot be reached (or this node cannot
+// serve yet): writes and strong reads answer 503.
+var ErrUnavailable = errors.New("the master cannot be reached")
+
+// UnavailableError wraps ErrUnavailable with the reason.
+type UnavailableError struct{ Reason string }
+
+func (e *UnavailableError) Error() string { return e.Reason }
+func (e *UnavailableError) Unwrap() error { return ErrUnavailable }
+
+// AckTimeoutError: the write is committed on the master at Index, but its
+// acknowledgement level was not reached in time. It will still replicate.
+type AckTimeoutError struct {
+	Index uint64
+	Level string
+	After time.Duration
+}
+
+func (e *AckTimeoutError) Error() string {
+	return fmt.Sprintf("write committed on the master at index %d, but not acknowledged at level %q within %v; it stays committed and keeps replicating", e.Index, e.Level, e.After)
+}
+
+// UnknownOutcomeError: the request reached the master but no answer came
+// back; the write may or may not be committed.
+type UnknownOutcomeError struct{ Reason string }
+
+func (e *UnknownOutcomeError) Error() string {
+	return "outcome unknown: " + e.Reason + "; check with a read before retrying"
+}
+
+// WaitTimeoutError: a min_index or strong read waited too long.
+type WaitTimeoutError struct {
+	Want, Have uint64
+	After      time.Duration
+}
+
+func (e *WaitTimeoutError) Error() string {
+	return fmt.Sprintf("this node has applied index %d, not %d, after waiting %v", e.Have, e.Want, e.After)
+}
+
+// EncodeResults converts store results for the wire.
+func EncodeResults(rs []store.Result) ([]WireResult, error) {
+	out := make([]WireResult, len(rs))
+	for i, r := range rs {
+		w := WireResult{Columns: r.Columns, Types: r.Types, HasRows: r.HasRows, RowsAffected: r.RowsAffected, LastInsertID: r.LastInsertID}
+		for _, row := range r.Rows {
+			wr := make([]json.RawMessage, len(row))
+			for j, v := range row {
+				b, err := rlog.EncodeValue(v)
+				if err != nil {
+					return nil, err
+				}
+				wr[j] = b
+			}
+			w.Rows = append(w.Rows, wr)
+		}
+		out[i] = w
+	}
+	return out, nil
+}
+
+// DecodeResults reverses EncodeResults.
+func DecodeResults(ws []WireResult) ([]store.Result, error) {
+	out := make([]store.Result, len(ws))
+	for i, w := range ws {
+		r := store.Result{Columns: w.Columns, Types: w.Types, HasRows: w.HasRows, RowsAffected: w.RowsAffected, LastInsertID: w.LastInsertID}
+		if w.HasRows {
+			r.Rows = make([][]any, 0, len(w.Rows))
+		}
+		for _, wr := range w.Rows {
+			row := make([]any, len(wr))
+			for j, b := range wr {
+				v, err := rlog.DecodeValue(b)
+				if err != nil {
+					return nil, err
+				}
+				row[j] = v
+			}
+			r.Rows = append(r.Rows, row)
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// ToWireError describes err for a forward response.
+func ToWireError(err error) *WireError {
+	var (
+		fe *store.ForbiddenError
+		sd *store.SchemaDeniedError
+		se *store.SQLError
+		pe *store.ParamError
+		tl *store.ResultTooLargeError
+		at *AckTimeoutError
+	)
+	switch {
+	case errors.As(err, &fe):
+		return &WireError{Kind: "forbidden", Message: fe.Reason}
+	case errors.As(err, &sd):
+		return &WireError{Kind: "schema", Message: sd.Statement}
+	case errors.As(err, &se):
+		return &WireError{Kind: "sql", Message: se.Error()}
+	case errors.As(err, &pe):
+		return &WireError{Kind: "param", Message: pe.Msg}
+	case errors.As(err, &tl):
+		return &WireError{Kind: "too_large", Message: tl.What}
+	case errors.As(err, &at):
+		return &WireError{Kind: "ack_timeout", Message: at.Level, Index: at.Index}
+	case errors.Is(err, ErrUnavailable):
+		return &WireError{Kind: "unavailable", Message: err.Error()}
+	}
+	return &WireError{Kind: "internal", Message: err.Error()}
+}
+
+// FromWireError turns a forward response's error back into the error type.
+func FromWireError(w *WireError, ackTimeout time.Duration) error {
+	switch w.Kind {
+	case "forbidden":
+		return &store.ForbiddenError{Reason: w.Message}
+	case "schema":
+		return &store.SchemaDeniedError{Statement: w.Message}
+	case "sql":
+		return &store.SQLError{Err: errors.New(w.Message)}
+	case "param":
+		return &store.ParamError{Msg: w.Message}
+	case "too_large":
+		return &store.ResultTooLargeError{What: w.Message}
+	case "ack_timeout":
+		return &AckTimeoutError{Index: w.Index, Level: w.Message, After: ackTimeout}
+	case "unavailable":
+		return &UnavailableError{Reason: w.Message}
+	}
+	return errors.New(w.Message)
+}
