@@ -88,7 +88,7 @@ func appendRows(b []byte, r store.Result, format string) []byte {
 	}
 	// Each name once, at its first place, with its last value.
 	type field struct {
-		key []byte
+		key  []byte
 		from int
 	}
 	var fields []field

@@ -35,8 +35,8 @@ const Window = 30 * time.Second
 // cannot be lifted onto another request (any change breaks it) nor
 // replayed (the nonce is remembered until the timestamp is too old).
 type Auth struct {
-	key  []byte
-	now  func() time.Time
+	key     []byte
+	now     func() time.Time
 	mu      sync.Mutex
 	seen    map[string]struct{} // nonces since rotated
 	prev    map[string]struct{} // nonces of the window before
