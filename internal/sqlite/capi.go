@@ -66,6 +66,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -466,4 +467,16 @@ func abbreviate(s string) string {
 		return s[:77] + "..."
 	}
 	return s
+}
+
+// Open opens the database file at path through the driver, with params as
+// URI query parameters (the driver's own such as _journal_mode, and
+// SQLite's such as mode=ro or vfs=NAME).
+func Open(path string, params url.Values) (*Conn, error) {
+	u := url.URL{Scheme: "file", Opaque: (&url.URL{Path: path}).EscapedPath(), RawQuery: params.Encode()}
+	dc, err := (&sqlite3.SQLiteDriver{}).Open(u.String())
+	if err != nil {
+		return nil, err
+	}
+	return Wrap(dc.(*sqlite3.SQLiteConn)), nil
 }

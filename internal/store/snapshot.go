@@ -31,7 +31,7 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 			os.Remove(path)
 		}
 	}()
-	dst, err := openConn(fileURI(path, url.Values{"_journal_mode": {"DELETE"}, "_synchronous": {"OFF"}}))
+	dst, err := openConn(path, url.Values{"_journal_mode": {"DELETE"}, "_synchronous": {"OFF"}})
 	if err != nil {
 		return "", 0, err
 	}
@@ -79,7 +79,7 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	if err := f.Close(); err != nil {
 		return 0, err
 	}
-	src, err := openConn(fileURI(path, url.Values{"mode": {"ro"}}))
+	src, err := openConn(path, url.Values{"mode": {"ro"}})
 	if err != nil {
 		return 0, fmt.Errorf("open snapshot: %w", err)
 	}

@@ -24,8 +24,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	sqlite3 "github.com/mattn/go-sqlite3"
-
 	"ddb/internal/rlog"
 	"ddb/internal/sqlite"
 )
@@ -62,18 +60,7 @@ CREATE TABLE IF NOT EXISTS _ddb_members (id INTEGER PRIMARY KEY, url TEXT NOT NU
 INSERT OR IGNORE INTO _ddb_meta(key, value) VALUES ('applied', 0);
 `
 
-func fileURI(path string, params url.Values) string {
-	u := url.URL{Scheme: "file", Opaque: (&url.URL{Path: path}).EscapedPath(), RawQuery: params.Encode()}
-	return u.String()
-}
-
-func openConn(dsn string) (*sqlite.Conn, error) {
-	dc, err := (&sqlite3.SQLiteDriver{}).Open(dsn)
-	if err != nil {
-		return nil, err
-	}
-	return sqlite.Wrap(dc.(*sqlite3.SQLiteConn)), nil
-}
+func openConn(path string, params url.Values) (*sqlite.Conn, error) { return sqlite.Open(path, params) }
 
 // Open opens (creating if needed) the database at opts.Path.
 func Open(opts Options) (*Store, error) {
@@ -95,10 +82,10 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{path: abs, clock: clock, readers: make(chan *reader, opts.ReadConns)}
-	w, err := openConn(fileURI(abs, url.Values{
+	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},
-	}))
+	})
 	if err != nil {
 		clock.Close()
 		return nil, fmt.Errorf("open %s: %w", abs, err)
@@ -109,7 +96,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	for i := 0; i < opts.ReadConns; i++ {
-		r, err := openConn(fileURI(abs, url.Values{"mode": {"ro"}, "_busy_timeout": {"10000"}}))
+		r, err := openConn(abs, url.Values{"mode": {"ro"}, "_busy_timeout": {"10000"}})
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("open read connection to %s: %w", abs, err)

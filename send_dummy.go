@@ -1,0 +1,45 @@
+// send_dummy sends the original project's example requests to the master
+// (create the users table, insert a user, read the table back) and prints
+// what the node answered.
+//
+//	go run send_dummy.go [-url http://localhost:8080]
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	target := flag.String("url", "http://localhost:8080", "node to send the requests to")
+	flag.Parse()
+	requests := []string{
+		`{"command": "exec", "query": "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, email TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)", "is_master": false}`,
+		fmt.Sprintf(`{"command": "exec", "query": "INSERT INTO users (username, email) VALUES (?, ?)", "params": ["user_%d", "user_%d@example.com"], "is_master": false}`, time.Now().Unix(), time.Now().Unix()),
+		`{"command": "query", "query": "SELECT * FROM users ORDER BY id DESC LIMIT 5"}`,
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	failed := false
+	for _, body := range requests {
+		fmt.Printf("POST %s\n%s\n", *target, body)
+		resp, err := client.Post(*target, "application/json", bytes.NewBufferString(body))
+		if err != nil {
+			fmt.Printf("error: %v\n(is the master running? go run ./master 2)\n\n", err)
+			os.Exit(1)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Printf("-> %s\n%s\n", resp.Status, bytes.TrimSpace(b))
+		if resp.StatusCode != http.StatusOK {
+			failed = true
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
