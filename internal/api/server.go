@@ -52,6 +52,9 @@ func NewServer(cfg *cluster.Config, st *store.Store, master *replication.Master,
 	return s
 }
 
+// SetLogf sets where the server logs (refused requests, internal errors).
+func (s *Server) SetLogf(f func(string, ...any)) { s.logf = f }
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 

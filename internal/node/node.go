@@ -89,6 +89,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		}, st, tr, nil)
 	}
 	handler := api.NewServer(cfg, st, n.master, n.slave, auth, users)
+	handler.SetLogf(logger.Printf)
 	n.server = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,

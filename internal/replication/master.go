@@ -34,8 +34,9 @@ type Master struct {
 	tr    Transport
 	clock Clock
 
-	queue    chan *pendingWrite
-	progress Progress // any follower acked more, or the log grew
+	queue       chan *pendingWrite
+	progress    Progress // any follower acked more, or the log grew
+	truncatedTo uint64   // the log starts here (writer goroutine only)
 
 	mu        sync.Mutex
 	followers map[int]*follower
@@ -223,6 +224,27 @@ func (m *Master) writeLoop() {
 			p.done <- outs[i]
 		}
 		m.wakeAll()
+		m.truncate()
+	}
+}
+
+// truncate keeps the log at about LogKeep entries. It runs in the writer
+// goroutine, in steps of an eighth of LogKeep, so each delete is short.
+func (m *Master) truncate() {
+	keep, last := m.cfg.LogKeep, m.st.Applied()
+	if keep == 0 || last <= keep {
+		return
+	}
+	step := keep/8 + 1
+	if step > 4096 {
+		step = 4096
+	}
+	if target := last - keep + 1; target >= m.truncatedTo+step {
+		if err := m.st.TruncateLog(target); err != nil {
+			m.cfg.Logf("truncate log: %v", err)
+			return
+		}
+		m.truncatedTo = target
 	}
 }
 
@@ -355,19 +377,19 @@ func (m *Master) sendSnapshot(ctx context.Context, f *follower) {
 	m.ack(f, resp)
 }
 
-// housekeeping truncates the log to LogKeep entries and checkpoints the WAL.
+// housekeeping checkpoints the WAL now and then, so it does not grow
+// without bound under a steady write load (SQLite's automatic checkpoint
+// can be starved by long reads).
 func (m *Master) housekeeping() {
 	defer m.wg.Done()
 	for {
 		select {
-		case <-m.clock.After(5 * time.Second):
+		case <-m.clock.After(10 * time.Second):
 		case <-m.ctx.Done():
 			return
 		}
-		if keep, last := m.cfg.LogKeep, m.st.Applied(); keep > 0 && last > keep {
-			if err := m.st.TruncateLog(last - keep + 1); err != nil {
-				m.cfg.Logf("truncate log: %v", err)
-			}
+		if err := m.st.Checkpoint(); err != nil {
+			m.cfg.Logf("checkpoint: %v", err)
 		}
 	}
 }

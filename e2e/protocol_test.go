@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"bytes"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ddb/internal/testcluster"
+)
+
+const originalCreate = `{
+  "command": "exec",
+  "query": "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, email TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+  "is_master": false
+}`
+
+func TestOriginalReadmeFlowWorksUnchanged(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	r, err := c.Post(0, originalCreate)
+	if err != nil || r.Status != 200 || !strings.Contains(string(r.Body), `"status":"success"`) {
+		t.Fatalf("create on master: %v %v", r, err)
+	}
+	r, _ = c.Post(1, originalCreate)
+	if r.Status != 403 || !strings.Contains(string(r.Body), c.URL(0)) {
+		t.Fatalf("create on slave: want 403 naming %s, got %v", c.URL(0), r)
+	}
+	forged := strings.Replace(originalCreate, `"is_master": false`, `"is_master": true`, 1)
+	if r, _ = c.Post(2, forged); r.Status != 403 {
+		t.Fatalf("is_master: true from a client must grant nothing: %v", r)
+	}
+	for id := 0; id <= 2; id++ {
+		c.Exec(id, "INSERT INTO users (username, email) VALUES (?, ?)", "user"+string(rune('a'+id)), "u@example.com")
+	}
+	for id := 0; id <= 2; id++ {
+		if rows := c.Query(id, "SELECT * FROM users ORDER BY id"); len(rows) != 3 {
+			t.Fatalf("node %d sees %d rows, want 3 (a write answers only once the receiving node applied it, and reads are local)", id, len(rows))
+		}
+	}
+	c.WaitConverged(10e9, 1, 2)
+	dbs := requireIdentical(t, c, 0, 1, 2)
+	if ts := dbs[0].Table("users").Rows[0][3]; ts == nil {
+		t.Fatal("created_at default was not filled")
+	}
+
+	// show_all, as the README runs it, prints the tables and the verdict.
+	cmd := exec.Command("go", "run", filepath.Join("show_all", "main.go"), "-dir", c.Dir, "3")
+	cmd.Dir = testcluster.RepoRoot()
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "VERDICT: all 3 databases are identical") || !strings.Contains(string(out), "username") {
+		t.Fatalf("show_all: %v\n%s", err, out)
+	}
+}
+
+func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
+	c := testcluster.Start(t, 1, "-max-body", "65536")
+	c.Exec(0, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+	c.Exec(0, "INSERT INTO t VALUES (1, 'one')")
+	huge := `{"command":"exec","query":"INSERT INTO t (v) VALUES ('` + strings.Repeat("x", 70000) + `')"}`
+	cases := []struct {
+		name, body string
+		node       int
+		status     int
+		mention    string
+	}{
+		{"malformed JSON", `{"command": "exec", "query": `, 0, 400, "malformed JSON"},
+		{"not an object", `["exec"]`, 0, 400, "JSON"},
+		{"empty body", ``, 0, 400, "empty"},
+		{"unknown command", `{"command":"drop","query":"SELECT 1"}`, 0, 400, "unknown command"},
+		{"missing command", `{"query":"SELECT 1"}`, 0, 400, "command"},
+		{"missing query", `{"command":"query"}`, 0, 400, "query"},
+		{"empty query", `{"command":"exec","query":"   "}`, 0, 400, "query"},
+		{"query of wrong type", `{"command":"exec","query":42}`, 0, 400, "string"},
+		{"params of wrong type", `{"command":"query","query":"SELECT ?","params":"x"}`, 0, 400, "params"},
+		{"nested param", `{"command":"query","query":"SELECT ?","params":[{"a":1}]}`, 0, 400, "params"},
+		{"is_master of wrong type", `{"command":"exec","query":"SELECT 1","is_master":"yes"}`, 0, 400, "is_master"},
+		{"bad ack", `{"command":"exec","query":"SELECT 1","ack":"some"}`, 0, 400, "ack"},
+		{"bad format", `{"command":"query","query":"SELECT 1","format":"xml"}`, 0, 400, "format"},
+		{"bad min_index", `{"command":"query","query":"SELECT 1","min_index":-1}`, 0, 400, "min_index"},
+		{"both query and queries", `{"command":"exec","query":"SELECT 1","queries":[{"query":"SELECT 1"}]}`, 0, 400, "either"},
+		{"syntax error", `{"command":"exec","query":"INSRT INTO t VALUES (2, 'x')"}`, 0, 400, "syntax"},
+		{"constraint", `{"command":"exec","query":"INSERT INTO t VALUES (1, 'dup')"}`, 0, 400, "UNIQUE"},
+		{"missing parameter", `{"command":"exec","query":"INSERT INTO t VALUES (?, ?)","params":[5]}`, 0, 400, "parameter"},
+		{"create database", `{"command":"exec","query":"CREATE DATABASE shop"}`, 0, 403, "DATABASE"},
+		{"attach", `{"command":"exec","query":"ATTACH '/etc/passwd' AS p"}`, 0, 403, "ATTACH"},
+		{"vacuum into", `{"command":"exec","query":"VACUUM INTO '/tmp/x.db'"}`, 0, 403, "not allowed"},
+		{"writable_schema", `{"command":"exec","query":"PRAGMA writable_schema = ON"}`, 0, 403, "PRAGMA"},
+		{"internal table", `{"command":"query","query":"SELECT * FROM _ddb_log"}`, 0, 403, "internal"},
+		{"forged replication flag", `{"command":"exec","query":"DELETE FROM t","is_replicated":true}`, 1, 403, "is_replicated"},
+		{"schema on slave hidden after comment", `{"command":"exec","query":"/* x */ DROP TABLE t"}`, 1, 403, c.URL(0)},
+		{"schema on slave hidden after a read", `{"command":"exec","query":"SELECT 1; drop table t"}`, 1, 403, c.URL(0)},
+		{"huge body", huge, 0, 413, "larger"},
+		{"error mid-transaction", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (3, NULL)"}]}`, 0, 400, "NOT NULL"},
+		{"error mid-transaction via slave", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (1, 'dup')"}]}`, 1, 400, "UNIQUE"},
+	}
+	for _, tc := range cases {
+		r, err := c.Post(tc.node, tc.body)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if r.Status != tc.status || !bytes.HasPrefix(r.Body, []byte(`{"error":`)) || !strings.Contains(strings.ToLower(string(r.Body)), strings.ToLower(tc.mention)) {
+			t.Errorf("%s: got %v, want %d mentioning %q", tc.name, r, tc.status, tc.mention)
+		}
+	}
+	for _, m := range []string{http.MethodGet, http.MethodPut} {
+		req, _ := http.NewRequest(m, c.URL(0)+"/", nil)
+		resp, err := c.Client.Do(req)
+		if err != nil || resp.StatusCode != 405 {
+			t.Errorf("%s /: %v %v", m, resp.StatusCode, err)
+		}
+	}
+	resp, err := c.Client.Post(c.URL(0)+"/nowhere", "application/json", strings.NewReader("{}"))
+	if err != nil || resp.StatusCode != 404 {
+		t.Errorf("unknown path: %v %v", resp.StatusCode, err)
+	}
+	c.WaitConverged(10e9, 1)
+	for id := 0; id <= 1; id++ {
+		rows := c.Query(id, "SELECT id, v FROM t ORDER BY id")
+		if len(rows) != 1 || rows[0]["v"] != "one" {
+			t.Fatalf("node %d: bad requests changed the table: %v", id, rows)
+		}
+	}
+	if st := c.Query(0, "SELECT count(*) AS n FROM sqlite_master WHERE name = 't'"); st[0]["n"].(float64) != 1 {
+		t.Fatal("table t is gone")
+	}
+}
+
+func TestResultFormatsAndValueEncodings(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	c.Exec(0, "CREATE TABLE v (i INTEGER, r REAL, s TEXT, b BLOB, n, ts TIMESTAMP)")
+	c.Exec(1, "INSERT INTO v VALUES (42, 1.5, 'text', x'00ff', NULL, 'not a date')")
+	for id := 0; id <= 1; id++ {
+		r, _ := c.Post(id, `{"command":"query","query":"SELECT i, r, s, b, n, ts, 1 AS i FROM v","format":"columns"}`)
+		want := `{"columns":["i","r","s","b","n","ts","i"],"types":["INTEGER","REAL","TEXT","BLOB","","TIMESTAMP",""],"rows":[[42,1.5,"text","AP8=",null,"not a date",1]]}`
+		if r.Status != 200 || strings.TrimSpace(string(r.Body)) != want {
+			t.Fatalf("node %d columns: %v\nwant %s", id, r, want)
+		}
+		r, _ = c.Post(id, `{"command":"query","query":"SELECT s, i FROM v WHERE i = :i","params":{"i":42}}`)
+		if strings.TrimSpace(string(r.Body)) != `[{"s":"text","i":42}]` {
+			t.Fatalf("node %d objects keep column order: %v", id, r)
+		}
+	}
+	r, _ := c.Post(1, `{"command":"query","query":"INSERT INTO v (i) VALUES (7) RETURNING i * 2 AS doubled"}`)
+	if r.Status != 200 || strings.TrimSpace(string(r.Body)) != `[{"doubled":14}]` {
+		t.Fatalf("write sent as query: %v", r)
+	}
+	r, _ = c.Post(1, `{"command":"exec","queries":[{"query":"INSERT INTO v (i) VALUES (?)","params":[8]},{"query":"UPDATE v SET s = 'x' WHERE i >= 7"}]}`)
+	if r.Status != 200 || !strings.Contains(string(r.Body), `"results":[{"rows_affected":1,"last_insert_id":3},{"rows_affected":3,`) {
+		t.Fatalf("queries: %v", r)
+	}
+}
