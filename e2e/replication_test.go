@@ -85,47 +85,88 @@ func TestNondeterministicFunctionsAreIdenticalOnEveryNodeIncludingLateReplay(t *
 }
 
 // A slave killed with SIGKILL misses 10,000 writes and catches up from the
-// log when it returns; a slave behind the retained log gets a snapshot.
+// log when it returns; when the log no longer reaches back to it, it gets
+// a snapshot.
 func TestSlaveCatchesUpFromTheLogAndFromASnapshot(t *testing.T) {
-	c := testcluster.Start(t, 2, "-log-keep", "2000")
+	c := testcluster.Start(t, 2, "-log-keep", "12000")
 	c.Exec(0, "CREATE TABLE k (id INTEGER PRIMARY KEY, v TEXT)")
 	c.WaitConverged(10*time.Second, 1, 2)
+	write := func(n, offset int) {
+		t.Helper()
+		per := n / 16
+		_, failures, err := load(16, 0, per, func(client, i int) error {
+			return insertRow(c, [2]int{0, 2}[client%2], "k", int64(offset+client*per+i), "quorum")
+		})
+		if failures > 0 {
+			t.Fatalf("%d writes failed: %v", failures, err)
+		}
+	}
+	snapshots := func(slave int) float64 {
+		st, _ := c.Status(0)
+		for _, s := range st["slaves"].([]any) {
+			if m := s.(map[string]any); m["id"].(float64) == float64(slave) {
+				return m["snapshots_sent"].(float64)
+			}
+		}
+		t.Fatalf("no slave %d in %v", slave, st)
+		return 0
+	}
 
+	// 10,000 entries behind, all still in the log: catch-up from the log.
 	c.Node(1).Kill()
-	_, failures, err := load(16, 0, 625, func(client, i int) error {
-		return insertRow(c, [2]int{0, 2}[client%2], "k", int64(client*1000+i), "quorum")
-	})
-	if failures > 0 {
-		t.Fatalf("%d writes failed: %v", failures, err)
-	}
-	if n := count(t, c, 0, "k"); n != 10000 {
-		t.Fatalf("master has %d rows", n)
-	}
-	// 10,000 entries behind with 2,000 kept: slave 1 needs a snapshot.
+	write(10000, 0)
 	c.StartNode(1)
 	c.WaitHealthy(1)
 	c.WaitConverged(30*time.Second, 1, 2)
 	requireIdentical(t, c, 0, 1, 2)
-	st, _ := c.Status(0)
-	if snaps := st["slaves"].([]any)[0].(map[string]any)["snapshots_sent"].(float64); snaps < 1 {
-		t.Fatalf("slave 1 caught up without a snapshot although the log was truncated: %v", st)
+	if n := count(t, c, 1, "k"); n != 10000 || snapshots(1) != 0 {
+		t.Fatalf("slave 1: %d rows, %v snapshots (want 10000 rows from the log alone)", n, snapshots(1))
 	}
 
-	// Within the retained log: catch-up from the log alone.
-	c.Node(2).Kill()
-	for i := 0; i < 500; i++ {
-		if err := insertRow(c, i%2, "k", int64(100000+i), "quorum"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.StartNode(2)
-	c.WaitHealthy(2)
+	// 13,000 more while it is down again: the log (12,000 kept) no longer
+	// reaches back to it, so it needs a snapshot.
+	c.Node(1).Kill()
+	write(13008, 1_000_000)
+	c.StartNode(1)
+	c.WaitHealthy(1)
 	c.WaitConverged(30*time.Second, 1, 2)
 	requireIdentical(t, c, 0, 1, 2)
-	st, _ = c.Status(0)
-	if snaps := st["slaves"].([]any)[1].(map[string]any)["snapshots_sent"].(float64); snaps != 0 {
-		t.Fatalf("slave 2 got a snapshot although the log reached back far enough")
+	if snapshots(1) < 1 {
+		t.Fatal("slave 1 caught up without a snapshot although the log was truncated past it")
 	}
+	if n := count(t, c, 1, "k"); n != 23008 {
+		t.Fatalf("slave 1 has %d rows", n)
+	}
+}
+
+// The original measured 95% errors with 16 concurrent writers on one
+// node. Here: none, and every acknowledged row survives kill -9.
+func TestSixteenWritersOnOneNodeGetNoErrorsAndSurviveKill9(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE one (id INTEGER PRIMARY KEY, v TEXT)")
+	var mu sync.Mutex
+	acked := 0
+	calls, failures, firstErr := load(16, 10*time.Second, 0, func(client, i int) error {
+		if err := insertRow(c, 0, "one", int64(client*10_000_000+i), "quorum"); err != nil {
+			return err
+		}
+		mu.Lock()
+		acked++
+		mu.Unlock()
+		return nil
+	})
+	t.Logf("%d writes to the master in 10s from 16 clients, %d failed", calls, failures)
+	if failures > 0 {
+		t.Fatalf("%d of %d writes failed; first: %v", failures, calls, firstErr)
+	}
+	c.Node(0).Kill()
+	c.StartNode(0)
+	c.WaitHealthy(0)
+	if n := count(t, c, 0, "one"); n != int64(acked) {
+		t.Fatalf("after kill -9 the master has %d rows, %d were acknowledged", n, acked)
+	}
+	c.WaitConverged(30*time.Second, 1, 2)
+	requireIdentical(t, c, 0, 1, 2)
 }
 
 // kill -9 of the master under a quorum write load: every write answered
