@@ -49,12 +49,12 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request, body []byt
 		writeError(w, http.StatusConflict, "this node is the master; it does not take appends")
 		return
 	}
-	var req replication.AppendRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	req, err := replication.DecodeAppend(body)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad append: "+err.Error())
 		return
 	}
-	b, _ := json.Marshal(s.slave.HandleAppend(&req))
+	b, _ := json.Marshal(s.slave.HandleAppend(req))
 	writeJSON(w, http.StatusOK, b)
 }
 

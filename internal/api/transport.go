@@ -56,6 +56,9 @@ func (t *Transport) post(ctx context.Context, url string, body []byte, out any) 
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if body[0] != '{' {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
 	t.auth.Sign(req, t.node, cluster.BodyHash(body))
 	resp, err := t.client.Do(req)
 	if err != nil {
@@ -79,12 +82,8 @@ func (t *Transport) post(ctx context.Context, url string, body []byte, out any) 
 
 // Append implements replication.Transport.
 func (t *Transport) Append(ctx context.Context, url string, req *replication.AppendRequest) (*replication.AppendResponse, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
 	var resp replication.AppendResponse
-	return &resp, t.post(ctx, url+"/_ddb/append", body, &resp)
+	return &resp, t.post(ctx, url+"/_ddb/append", replication.EncodeAppend(req), &resp)
 }
 
 // InstallSnapshot implements replication.Transport: it hashes the file,

@@ -63,7 +63,8 @@ type Config struct {
 	TLSCert        string
 	TLSKey         string
 	TLSCA          string
-	Quiet          bool // no request logging
+	Quiet          bool   // no request logging
+	Pprof          string // address to serve Go profiles on ("" = off)
 }
 
 // Defaults fills zero fields.
@@ -245,6 +246,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
 	fs.BoolVar(&c.Quiet, "quiet", false, "do not log each request")
+	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
 	var slaves string
 	if role == Master {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")

@@ -12,6 +12,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -99,6 +100,14 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		MaxHeaderBytes:    64 << 10,
 		TLSConfig:         tlsServer,
 		ErrorLog:          logger,
+	}
+	if cfg.Pprof != "" {
+		go func() {
+			mux := http.NewServeMux()
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			logger.Printf("profiles on http://%s/debug/pprof/: %v", cfg.Pprof, http.ListenAndServe(cfg.Pprof, mux))
+		}()
 	}
 	go func() {
 		var err error

@@ -34,6 +34,7 @@ type Master struct {
 	tr    Transport
 	clock Clock
 
+	tail        *tail // recent entries, for shippers
 	queue       chan *pendingWrite
 	progress    Progress // any follower acked more, or the log grew
 	truncatedTo uint64   // the log starts here (writer goroutine only)
@@ -87,7 +88,8 @@ func NewMaster(cfg MasterConfig, st *store.Store, tr Transport, clock Clock) *Ma
 	if clock == nil {
 		clock = RealClock{}
 	}
-	m := &Master{cfg: cfg, st: st, tr: tr, clock: clock, queue: make(chan *pendingWrite, 4096), followers: map[int]*follower{}}
+	m := &Master{cfg: cfg, st: st, tr: tr, clock: clock, queue: make(chan *pendingWrite, 4096), followers: map[int]*follower{},
+		tail: newTail(1<<17, 64<<20)}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	slaves := map[int]string{}
 	if stored, err := st.Members(m.ctx); err == nil {
@@ -220,6 +222,13 @@ func (m *Master) writeLoop() {
 			continue
 		}
 		outs := m.st.CommitBatch(reqs, m.clock.Now)
+		committed := make([]rlog.Entry, 0, len(outs))
+		for _, o := range outs {
+			if o.Err == nil {
+				committed = append(committed, o.Entry)
+			}
+		}
+		m.tail.add(committed)
 		for i, p := range live {
 			p.done <- outs[i]
 		}
@@ -300,7 +309,10 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 				m.sendSnapshot(ctx, f)
 				continue
 			}
-			entries, err = m.st.LogRange(ctx, next, m.cfg.ShipBatch, m.cfg.ShipBytes)
+			var ok bool
+			if entries, ok = m.tail.get(next, m.cfg.ShipBatch, m.cfg.ShipBytes); !ok {
+				entries, err = m.st.LogRange(ctx, next, m.cfg.ShipBatch, m.cfg.ShipBytes)
+			}
 			if err != nil {
 				m.fail(f, fmt.Errorf("read log: %w", err))
 				continue

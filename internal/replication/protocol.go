@@ -12,6 +12,7 @@ package replication
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -230,4 +231,71 @@ func FromWireError(w *WireError, ackTimeout time.Duration) error {
 		return &UnavailableError{Reason: w.Message}
 	}
 	return errors.New(w.Message)
+}
+
+// EncodeAppend frames an AppendRequest compactly for the wire: a header
+// (commit index, master URL) then each entry as index, time, seed, body
+// length and body. Entry bodies are copied as they are, never re-parsed.
+func EncodeAppend(req *AppendRequest) []byte {
+	n := 8 + 4 + len(req.Master) + 4
+	for _, e := range req.Entries {
+		n += 28 + len(e.Body)
+	}
+	b := make([]byte, 0, n)
+	b = binary.BigEndian.AppendUint64(b, req.Commit)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(req.Master)))
+	b = append(b, req.Master...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(req.Entries)))
+	for _, e := range req.Entries {
+		b = binary.BigEndian.AppendUint64(b, e.Index)
+		b = binary.BigEndian.AppendUint64(b, uint64(e.TimeMs))
+		b = binary.BigEndian.AppendUint64(b, uint64(e.Seed))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(e.Body)))
+		b = append(b, e.Body...)
+	}
+	return b
+}
+
+// ErrBadFrame is a malformed append frame.
+var ErrBadFrame = errors.New("malformed append frame")
+
+// DecodeAppend reverses EncodeAppend. Entry bodies alias b.
+func DecodeAppend(b []byte) (*AppendRequest, error) {
+	var req AppendRequest
+	if len(b) < 12 {
+		return nil, ErrBadFrame
+	}
+	req.Commit = binary.BigEndian.Uint64(b)
+	ml := int(binary.BigEndian.Uint32(b[8:]))
+	b = b[12:]
+	if ml > len(b) {
+		return nil, ErrBadFrame
+	}
+	req.Master, b = string(b[:ml]), b[ml:]
+	if len(b) < 4 {
+		return nil, ErrBadFrame
+	}
+	n := int(binary.BigEndian.Uint32(b))
+	b = b[4:]
+	if n > len(b)/28 {
+		return nil, ErrBadFrame
+	}
+	req.Entries = make([]rlog.Entry, 0, n)
+	for i := 0; i < n; i++ {
+		if len(b) < 28 {
+			return nil, ErrBadFrame
+		}
+		e := rlog.Entry{Index: binary.BigEndian.Uint64(b), TimeMs: int64(binary.BigEndian.Uint64(b[8:])), Seed: int64(binary.BigEndian.Uint64(b[16:]))}
+		bl := int(binary.BigEndian.Uint32(b[24:]))
+		b = b[28:]
+		if bl > len(b) {
+			return nil, ErrBadFrame
+		}
+		e.Body, b = b[:bl:bl], b[bl:]
+		req.Entries = append(req.Entries, e)
+	}
+	if len(b) != 0 {
+		return nil, ErrBadFrame
+	}
+	return &req, nil
 }

@@ -22,6 +22,7 @@ typedef long long sqlite3_int64;
 extern int sqlite3_prepare_v2(sqlite3*, const char*, int, sqlite3_stmt**, const char**);
 extern int sqlite3_step(sqlite3_stmt*);
 extern int sqlite3_reset(sqlite3_stmt*);
+extern int sqlite3_clear_bindings(sqlite3_stmt*);
 extern int sqlite3_finalize(sqlite3_stmt*);
 extern int sqlite3_column_count(sqlite3_stmt*);
 extern const char *sqlite3_column_name(sqlite3_stmt*, int);
@@ -118,6 +119,44 @@ type Conn struct {
 	db     *C.sqlite3
 	Driver *sqlite3.SQLiteConn
 	auth   func(op int, arg1, arg2, dbName string) int
+	cache  map[string]*CachedStmt
+}
+
+// CachedStmt is a prepared statement kept for reuse, with whatever the
+// caller learned when it was prepared.
+type CachedStmt struct {
+	Stmt *Stmt
+	Meta any
+}
+
+// maxCached bounds the statement cache of one connection.
+const maxCached = 256
+
+// Cached returns the statement cached under key, reset and ready to bind,
+// or nil. It stays owned by the connection: callers must not close it.
+func (c *Conn) Cached(key string) *CachedStmt {
+	e := c.cache[key]
+	if e != nil {
+		e.Stmt.Reset()
+	}
+	return e
+}
+
+// Cache keeps a single-statement Stmt under key; the connection owns it from now on.
+func (c *Conn) Cache(key string, st *Stmt, meta any) {
+	if c.cache == nil || len(c.cache) >= maxCached {
+		c.DropCache()
+		c.cache = map[string]*CachedStmt{}
+	}
+	c.cache[key] = &CachedStmt{Stmt: st, Meta: meta}
+}
+
+// DropCache finalizes every cached statement.
+func (c *Conn) DropCache() {
+	for _, e := range c.cache {
+		e.Stmt.Close()
+	}
+	c.cache = nil
 }
 
 // Wrap takes over a driver connection. It installs an authorizer that calls
@@ -148,7 +187,10 @@ func (c *Conn) SetAuthorizer(f func(op int, arg1, arg2, dbName string) int) func
 }
 
 // Close closes the connection.
-func (c *Conn) Close() error { return c.Driver.Close() }
+func (c *Conn) Close() error {
+	c.DropCache()
+	return c.Driver.Close()
+}
 
 func (c *Conn) lastError() error {
 	ext := int(C.sqlite3_extended_errcode(c.db))
@@ -213,6 +255,12 @@ func (s *Stmt) Close() {
 		C.sqlite3_finalize(s.s)
 		s.s = nil
 	}
+}
+
+// Reset makes the statement ready to run again, with no parameters bound.
+func (s *Stmt) Reset() {
+	C.sqlite3_reset(s.s)
+	C.sqlite3_clear_bindings(s.s)
 }
 
 // Readonly reports whether the statement makes no direct change to the database.
@@ -380,6 +428,39 @@ func (c *Conn) Watch(ctx context.Context) (stop func() bool) {
 		return func() bool { return true }
 	}
 	return context.AfterFunc(ctx, c.Interrupt)
+}
+
+// Exec runs one statement with positional args through the statement
+// cache (for the project's own frequent statements).
+func (c *Conn) Exec(sql string, args ...any) error {
+	e := c.Cached(sql)
+	if e == nil {
+		st, err := c.Prepare(sql)
+		if err != nil {
+			return fmt.Errorf("%s: %w", abbreviate(sql), err)
+		}
+		if st == nil || st.Tail != "" {
+			st.Close()
+			return fmt.Errorf("Exec takes exactly one statement: %s", abbreviate(sql))
+		}
+		c.Cache(sql, st, nil)
+		e = c.cache[sql]
+	}
+	if len(args) > 0 {
+		if _, err := e.Stmt.Bind(args, nil); err != nil {
+			return err
+		}
+	}
+	for {
+		more, err := e.Stmt.Step()
+		if err != nil {
+			return fmt.Errorf("%s: %w", abbreviate(sql), err)
+		}
+		if !more {
+			e.Stmt.Reset()
+			return nil
+		}
+	}
 }
 
 // ExecScript runs every statement of sql with no parameters (for the

@@ -44,7 +44,8 @@ type Store struct {
 	wauth   authState
 	rng     *rand.Rand // random()/randomblob() source while an entry runs
 	readers chan *reader
-	applied atomic.Uint64 // last log index applied (committed) here
+	applied  atomic.Uint64 // last log index applied (committed) here
+	logStart atomic.Uint64 // oldest index kept in _ddb_log
 	closed  atomic.Bool
 }
 
@@ -118,6 +119,12 @@ func (s *Store) initWriter() error {
 	}
 	if v, ok := row[0].(int64); ok {
 		s.applied.Store(uint64(v))
+	}
+	s.logStart.Store(s.applied.Load() + 1)
+	if row, err := s.w.QueryRow(`SELECT min(idx) FROM _ddb_log`); err == nil {
+		if v, ok := row[0].(int64); ok {
+			s.logStart.Store(uint64(v))
+		}
 	}
 	// random() and randomblob() draw from the entry's seed, so every node
 	// computes the same values. The clock VFS does the same for 'now'.
@@ -223,27 +230,49 @@ func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, c
 	for sql != "" {
 		p := a.policy
 		a.reset(p)
-		stmt, err := c.Prepare(sql)
-		if err != nil {
-			return res, a.prepareError(sql, err)
+		// Single statements are kept prepared per policy: the authorizer
+		// ran when they were compiled (and runs again if SQLite recompiles
+		// them after a schema change).
+		key := string(rune('0'+p)) + sql
+		var stmt *sqlite.Stmt
+		cached := false
+		if e := c.Cached(key); e != nil {
+			stmt, a.kind, cached = e.Stmt, e.Meta.(Kind), true
+		} else {
+			var err error
+			stmt, err = c.Prepare(sql)
+			if err != nil {
+				return res, a.prepareError(sql, err)
+			}
+			if stmt == nil {
+				break
+			}
+			if p != policyReplica && !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
+				stmt.Close()
+				// Only statements the authorizer does not see at all get here
+				// (VACUUM): refuse what we cannot classify.
+				return res, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
+			}
+			if stmt.Tail == "" && a.kind != KindSchema && len(a.triggerOn) == 0 {
+				c.Cache(key, stmt, a.kind)
+				cached = true
+			}
 		}
-		if stmt == nil {
-			break
-		}
-		if p != policyReplica && !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
-			stmt.Close()
-			// Only statements the authorizer does not see at all get here
-			// (VACUUM): refuse what we cannot classify.
-			return res, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
+		release := func() {
+			if cached {
+				stmt.Reset() // an unfinished statement would hold its read transaction
+			} else {
+				stmt.Close()
+			}
 		}
 		used, err := stmt.Bind(pos, st.Named)
 		if err != nil {
-			stmt.Close()
+			release()
 			return res, &ParamError{Msg: err.Error()}
 		}
 		pos = pos[used:]
 		r, err := step(ctx, c, stmt, collect, lim)
-		stmt.Close()
+		release()
 		if err != nil {
 			return res, err
 		}

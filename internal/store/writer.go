@@ -23,6 +23,7 @@ type Outcome struct {
 	Index   uint64 // log index; 0 when Err is set
 	Results []Result
 	Err     error
+	Entry   rlog.Entry // the log entry written (when Err is nil)
 }
 
 // Now is the clock a batch takes entry times from; tests replace it.
@@ -94,8 +95,8 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 			p = policyClientNoSchema
 		}
 		results, err := s.runRequest(req.Ctx, req, p)
+		var body []byte
 		if err == nil {
-			var body []byte
 			if body, err = rlog.EncodeStatements(req.Stmts); err == nil {
 				s.wauth.reset(policyReplica)
 				err = s.insertLog(index+1, t, seed, body)
@@ -106,7 +107,7 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 				out[i] = Outcome{Err: err}
 				return i, nil
 			}
-			if rerr := s.internal("ROLLBACK TO req; RELEASE req"); rerr != nil {
+			if rerr := s.internal("ROLLBACK TO req", "RELEASE req"); rerr != nil {
 				s.internal("ROLLBACK")
 				return -1, fmt.Errorf("roll back failed request: %w", rerr)
 			}
@@ -118,7 +119,7 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 			return -1, fmt.Errorf("release savepoint: %w", err)
 		}
 		index++
-		out[i] = Outcome{Index: index, Results: results}
+		out[i] = Outcome{Index: index, Results: results, Entry: rlog.Entry{Index: index, TimeMs: t, Seed: seed, Body: body}}
 	}
 	s.leave()
 	if err := s.setApplied(index); err != nil {
@@ -133,10 +134,16 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 	return -1, nil
 }
 
-// internal runs the store's own bookkeeping SQL on the writer.
-func (s *Store) internal(sql string) error {
+// internal runs the store's own bookkeeping statements on the writer,
+// through its statement cache.
+func (s *Store) internal(sqls ...string) error {
 	s.wauth.reset(policyReplica)
-	return s.w.ExecScript(sql)
+	for _, q := range sqls {
+		if err := s.w.Exec(q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Store) runRequest(ctx context.Context, req *Request, p policy) ([]Result, error) {
@@ -154,15 +161,7 @@ func (s *Store) runRequest(ctx context.Context, req *Request, p policy) ([]Resul
 
 func (s *Store) insertLog(index uint64, t, seed int64, body []byte) error {
 	s.wauth.reset(policyReplica)
-	st, err := s.w.Prepare("INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (?, ?, ?, ?)")
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if _, err := st.Bind([]any{int64(index), t, seed, body}, nil); err != nil {
-		return err
-	}
-	if _, err := st.Step(); err != nil {
+	if err := s.w.Exec("INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (?, ?, ?, ?)", int64(index), t, seed, body); err != nil {
 		return fmt.Errorf("append log entry %d: %w", index, err)
 	}
 	return nil
@@ -170,15 +169,7 @@ func (s *Store) insertLog(index uint64, t, seed int64, body []byte) error {
 
 func (s *Store) setApplied(index uint64) error {
 	s.wauth.reset(policyReplica)
-	st, err := s.w.Prepare("UPDATE _ddb_meta SET value = ? WHERE key = 'applied'")
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if _, err := st.Bind([]any{int64(index)}, nil); err != nil {
-		return err
-	}
-	if _, err := st.Step(); err != nil {
+	if err := s.w.Exec("UPDATE _ddb_meta SET value = ? WHERE key = 'applied'", int64(index)); err != nil {
 		return fmt.Errorf("record applied index %d: %w", index, err)
 	}
 	return nil
@@ -287,24 +278,8 @@ func (s *Store) LogRange(ctx context.Context, from uint64, max, maxBytes int) ([
 	return out, nil
 }
 
-// FirstLogIndex is the oldest index still in the log (Applied()+1 when the
-// log is empty).
-func (s *Store) FirstLogIndex(ctx context.Context) (uint64, error) {
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer s.putReader(r)
-	r.auth.reset(policyReplica)
-	row, err := r.c.QueryRow("SELECT min(idx) FROM _ddb_log")
-	if err != nil {
-		return 0, err
-	}
-	if v, ok := row[0].(int64); ok {
-		return uint64(v), nil
-	}
-	return s.applied.Load() + 1, nil
-}
+// FirstLogIndex is the oldest index still in the log.
+func (s *Store) FirstLogIndex(ctx context.Context) (uint64, error) { return s.logStart.Load(), nil }
 
 // TruncateLog deletes entries below index before.
 func (s *Store) TruncateLog(before uint64) error {
@@ -314,16 +289,13 @@ func (s *Store) TruncateLog(before uint64) error {
 		return ErrClosed
 	}
 	s.wauth.reset(policyReplica)
-	st, err := s.w.Prepare("DELETE FROM _ddb_log WHERE idx < ?")
-	if err != nil {
+	if err := s.w.Exec("DELETE FROM _ddb_log WHERE idx < ?", int64(before)); err != nil {
 		return err
 	}
-	defer st.Close()
-	if _, err := st.Bind([]any{int64(before)}, nil); err != nil {
-		return err
+	if before > s.logStart.Load() {
+		s.logStart.Store(before)
 	}
-	_, err = st.Step()
-	return err
+	return nil
 }
 
 // Members returns the slaves recorded as members of the cluster, by id.

@@ -377,3 +377,6 @@ func (c *Cluster) WaitConverged(timeout time.Duration, ids ...int) {
 
 // DBPath is node id's database file.
 func (c *Cluster) DBPath(id int) string { return filepath.Join(c.Dir, fmt.Sprintf("slave%d.db", id)) }
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }

@@ -1,0 +1,327 @@
+// Command bench measures a cluster and reports every result as a ratio to
+// two ceilings measured in the same run with the same client: a no-op HTTP
+// server, and the same inserts into an in-process SQLite database with the
+// same durability settings.
+//
+//	go run ./bench                          # starts 1 master + 2 slaves (processes) in a temp dir
+//	go run ./bench -duration 3s -workloads insert,read
+//	go run ./bench -urls http://m:8080,http://s1:8081,http://s2:8082   # an existing cluster
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"math"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"ddb/internal/bench"
+	"ddb/internal/testcluster"
+)
+
+func main() {
+	clients := flag.Int("clients", 16, "concurrent HTTP clients")
+	duration := flag.Duration("duration", 10*time.Second, "how long each workload runs")
+	workloads := flag.String("workloads", "insert,insert-ack-master,insert-slaves,read,mixed,tx,lag,catchup", "workloads to run, comma-separated (also: soak)")
+	urls := flag.String("urls", "", "comma-separated URLs of an existing cluster, master first (default: start one)")
+	catchup := flag.Int("catchup", 100000, "entries a slave is behind in the catchup workload")
+	soak := flag.Duration("soak", 10*time.Minute, "length of the soak workload (memory growth under sustained load)")
+	markdown := flag.Bool("markdown", false, "print the table as Markdown")
+	flag.Parse()
+	log.SetFlags(0)
+
+	var tb testcluster.Standalone
+	defer tb.Close()
+	var c *testcluster.Cluster
+	nodes := strings.Split(*urls, ",")
+	if *urls == "" {
+		log.Printf("starting 1 master + 2 slaves (separate processes)...")
+		c = testcluster.Start(&tb, 2)
+		nodes = []string{c.URL(0), c.URL(1), c.URL(2)}
+	}
+	for i := range nodes {
+		nodes[i] = strings.TrimRight(nodes[i], "/") + "/"
+	}
+	hc := bench.Client(*clients)
+	must := func(body string) {
+		if _, err := bench.Post(hc, nodes[0], []byte(body)); err != nil {
+			tb.Fatalf("setup: %v", err)
+		}
+	}
+	must(`{"command":"exec","query":"CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, c INTEGER, v TEXT)"}`)
+
+	var results []bench.Result
+	add := func(r bench.Result) {
+		results = append(results, r)
+		log.Printf("%-44s %9.0f ops/s  p50 %-9v p99 %-9v errors %d %s", r.Name, r.Rate(), r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Errors, r.Note)
+		if r.FirstErr != "" {
+			log.Printf("    first error: %s", r.FirstErr)
+		}
+	}
+
+	// Ceilings, measured in this run with the same client.
+	noopURL, stopNoop, err := bench.NoopServer()
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	noop := bench.Run("no-op HTTP server (ceiling)", *clients, *duration, func(cl, i int) error {
+		_, err := bench.Post(hc, noopURL, bench.InsertBody(cl, i))
+		return err
+	})
+	stopNoop()
+	add(noop)
+	dir := tb.TempDir()
+	sq, err := bench.SQLiteCeiling(dir, *clients, *duration)
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	add(sq)
+
+	want := map[string]bool{}
+	for _, w := range strings.Split(*workloads, ",") {
+		want[strings.TrimSpace(w)] = true
+	}
+	var insertRate float64
+	if want["insert"] {
+		r := bench.Run("insert via master (ack=quorum)", *clients, *duration, func(cl, i int) error {
+			_, err := bench.Post(hc, nodes[0], bench.InsertBody(cl, i))
+			return err
+		})
+		insertRate = r.Rate()
+		add(r)
+	}
+	if want["insert-ack-master"] {
+		add(bench.Run("insert via master (ack=master)", *clients, *duration, func(cl, i int) error {
+			b, _ := json.Marshal(map[string]any{"command": "exec", "query": "INSERT INTO bench (c, v) VALUES (?, ?)", "params": []any{cl, fmt.Sprintf("value %d/%d", cl, i)}, "ack": "master"})
+			_, err := bench.Post(hc, nodes[0], b)
+			return err
+		}))
+	}
+	if want["insert-slaves"] && len(nodes) > 1 {
+		add(bench.Run("insert via slaves, forwarded (ack=quorum)", *clients, *duration, func(cl, i int) error {
+			_, err := bench.Post(hc, nodes[1+cl%(len(nodes)-1)], bench.InsertBody(cl, i))
+			return err
+		}))
+	}
+	rows := 10000
+	if want["read"] || want["mixed"] {
+		for i := 0; i < rows; i += 500 {
+			var qs []string
+			for j := 0; j < 500; j++ {
+				qs = append(qs, fmt.Sprintf(`{"query":"INSERT INTO bench (c, v) VALUES (-1, 'seed %d')"}`, i+j))
+			}
+			must(`{"command":"exec","queries":[` + strings.Join(qs, ",") + `]}`)
+		}
+	}
+	readBody := func() []byte {
+		return []byte(fmt.Sprintf(`{"command":"query","query":"SELECT id, c, v FROM bench WHERE id = ?","params":[%d]}`, bench.RandomID(rows)))
+	}
+	if want["read"] {
+		add(bench.Run("primary-key read, one node", *clients, *duration, func(cl, i int) error {
+			_, err := bench.Post(hc, nodes[0], readBody())
+			return err
+		}))
+	}
+	if want["mixed"] {
+		add(bench.Run("mixed 90% read / 10% insert, all nodes", *clients, *duration, func(cl, i int) error {
+			n := nodes[(cl+i)%len(nodes)]
+			if i%10 == 0 {
+				_, err := bench.Post(hc, n, bench.InsertBody(cl, i))
+				return err
+			}
+			_, err := bench.Post(hc, n, readBody())
+			return err
+		}))
+	}
+	if want["tx"] {
+		r := bench.Run("transaction of 5 inserts via master", *clients, *duration, func(cl, i int) error {
+			var qs []string
+			for j := 0; j < 5; j++ {
+				qs = append(qs, fmt.Sprintf(`{"query":"INSERT INTO bench (c, v) VALUES (?, ?)","params":[%d,"tx %d/%d"]}`, cl, i, j))
+			}
+			_, err := bench.Post(hc, nodes[0], []byte(`{"command":"exec","queries":[`+strings.Join(qs, ",")+`]}`))
+			return err
+		})
+		r.Note = fmt.Sprintf("(%.0f rows/s)", 5*r.Rate())
+		add(r)
+	}
+	if want["lag"] && len(nodes) > 1 {
+		add(lag(nodes, *clients, *duration, insertRate/2))
+	}
+	if want["catchup"] && c != nil {
+		add(catchUp(&tb, c, nodes, *clients, *catchup))
+	}
+	if want["soak"] && c != nil {
+		add(soakRun(c, nodes, *clients, *soak))
+	}
+	printTable(results, noop, sq, *clients, *markdown)
+}
+
+// lag writes at a fixed rate with ack=master and, for each write, asks
+// slave 1 for the write's index with min_index: the time from the master's
+// answer to the slave's is the replication lag (plus one local round trip).
+func lag(nodes []string, clients int, d time.Duration, rate float64) bench.Result {
+	client := bench.Client(clients)
+	if rate <= 0 {
+		rate = 1000
+	}
+	interval := time.Duration(float64(time.Second) / rate)
+	tokens := make(chan struct{}, clients)
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				select {
+				case tokens <- struct{}{}:
+				default:
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	var mu sync.Mutex
+	var lags []time.Duration
+	r := bench.Run(fmt.Sprintf("replication lag at %.0f writes/s (half max)", rate), clients, d, func(cl, i int) error {
+		<-tokens
+		body := []byte(fmt.Sprintf(`{"command":"exec","query":"INSERT INTO bench (c, v) VALUES (?, 'lag')","params":[%d],"ack":"master"}`, cl))
+		b, err := bench.Post(client, nodes[0], body)
+		if err != nil {
+			return err
+		}
+		var res struct{ Index uint64 }
+		json.Unmarshal(b, &res)
+		t0 := time.Now()
+		_, err = bench.Post(client, nodes[1], []byte(fmt.Sprintf(`{"command":"query","query":"SELECT 1","min_index":%d}`, res.Index)))
+		mu.Lock()
+		lags = append(lags, time.Since(t0))
+		mu.Unlock()
+		return err
+	})
+	close(stop)
+	r.Latencies = sortDurations(lags)
+	r.Note = "(latencies are the lag)"
+	return r
+}
+
+func sortDurations(d []time.Duration) []time.Duration {
+	out := append([]time.Duration(nil), d...)
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// catchUp stops slave 2, writes n entries, restarts it and times how long
+// it takes to apply them all.
+func catchUp(tb *testcluster.Standalone, c *testcluster.Cluster, nodes []string, clients, n int) bench.Result {
+	client := bench.Client(clients)
+	c.Node(2).Kill()
+	per := n / clients
+	var wg sync.WaitGroup
+	for cl := 0; cl < clients; cl++ {
+		wg.Add(1)
+		go func(cl int) {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				bench.Post(client, nodes[0], bench.InsertBody(cl, i))
+			}
+		}(cl)
+	}
+	wg.Wait()
+	target := c.Applied(0)
+	start := time.Now()
+	c.StartNode(2)
+	for c.Applied(2) < target {
+		time.Sleep(5 * time.Millisecond)
+		if time.Since(start) > 5*time.Minute {
+			tb.Fatalf("slave 2 did not catch up in 5 minutes")
+		}
+	}
+	d := time.Since(start)
+	return bench.Result{Name: fmt.Sprintf("catch-up of a slave %d entries behind", per*clients), Ops: int64(per * clients), Duration: d,
+		Latencies: []time.Duration{d}, Note: fmt.Sprintf("(%.2fs from restart to fully applied)", d.Seconds())}
+}
+
+// soakRun keeps an insert/read load on for d and samples the master's RSS.
+func soakRun(c *testcluster.Cluster, nodes []string, clients int, d time.Duration) bench.Result {
+	client := bench.Client(clients)
+	pid := c.Node(0).Pid()
+	var first, peak, last int64
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				rss := bench.RSS(pid)
+				if first == 0 {
+					first = rss
+				}
+				if rss > peak {
+					peak = rss
+				}
+				last = rss
+			case <-stop:
+				return
+			}
+		}
+	}()
+	r := bench.Run(fmt.Sprintf("soak: %v of 50/50 insert/read", d), clients, d, func(cl, i int) error {
+		if i%2 == 0 {
+			_, err := bench.Post(client, nodes[0], bench.InsertBody(cl, i))
+			return err
+		}
+		_, err := bench.Post(client, nodes[0], []byte(fmt.Sprintf(`{"command":"query","query":"SELECT * FROM bench WHERE id = %d"}`, bench.RandomID(1000))))
+		return err
+	})
+	close(stop)
+	growth := 0.0
+	if first > 0 {
+		growth = 100 * float64(last-first) / float64(first)
+	}
+	r.Note = fmt.Sprintf("(master RSS first %d MiB, peak %d MiB, last %d MiB: %+.1f%%)", first>>20, peak>>20, last>>20, growth)
+	return r
+}
+
+func printTable(results []bench.Result, noop, sq bench.Result, clients int, md bool) {
+	fmt.Println()
+	fmt.Printf("%d clients, %d CPUs. Ratios are to the no-op HTTP ceiling (%.0f ops/s) and the in-process SQLite ceiling (%.0f ops/s) measured in this run.\n\n", clients, numCPU(), noop.Rate(), sq.Rate())
+	if md {
+		fmt.Println("| workload | ops/s | vs no-op HTTP | vs SQLite | p50 | p99 | p999 | errors |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
+	} else {
+		fmt.Printf("%-46s %10s %8s %8s %10s %10s %10s %7s\n", "workload", "ops/s", "/no-op", "/sqlite", "p50", "p99", "p999", "errors")
+	}
+	for _, r := range results {
+		rn, rs := ratio(r.Rate(), noop.Rate()), ratio(r.Rate(), sq.Rate())
+		if md {
+			fmt.Printf("| %s %s | %.0f | %s | %s | %v | %v | %v | %d |\n", r.Name, r.Note, r.Rate(), rn, rs, r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Pct(99.9).Round(time.Microsecond), r.Errors)
+		} else {
+			fmt.Printf("%-46s %10.0f %8s %8s %10v %10v %10v %7d %s\n", r.Name, r.Rate(), rn, rs, r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Pct(99.9).Round(time.Microsecond), r.Errors, r.Note)
+		}
+	}
+}
+
+func ratio(a, b float64) string {
+	if b == 0 || math.IsNaN(a/b) {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*a/b)
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	n := strings.Count(string(b), "processor\t:")
+	if n == 0 {
+		return 1
+	}
+	return n
+}

@@ -1,0 +1,187 @@
+// Package bench measures a cluster: throughput and latency of the
+// workloads users run, replication lag and catch-up, each reported as a
+// ratio to two ceilings measured in the same run with the same client — a
+// no-op HTTP server, and the same inserts into an in-process SQLite with
+// the same durability settings.
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ddb/internal/sqlite"
+)
+
+// Result is one workload's measurement.
+type Result struct {
+	Name      string
+	Ops       int64
+	Errors    int64
+	FirstErr  string
+	Duration  time.Duration
+	Latencies []time.Duration // sorted
+	Note      string
+}
+
+// Rate is operations per second.
+func (r Result) Rate() float64 { return float64(r.Ops) / r.Duration.Seconds() }
+
+// Pct is the p-th percentile latency (p in 0..100).
+func (r Result) Pct(p float64) time.Duration {
+	if len(r.Latencies) == 0 {
+		return 0
+	}
+	i := int(float64(len(r.Latencies)-1) * p / 100)
+	return r.Latencies[i]
+}
+
+// Client is an HTTP client tuned like a load generator: kept-alive
+// connections, one per concurrent client.
+func Client(clients int) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		MaxIdleConns: clients * 4, MaxIdleConnsPerHost: clients * 2, IdleConnTimeout: time.Minute,
+		DialContext: (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	}}
+}
+
+// Run calls op from `clients` goroutines for d and measures every call.
+func Run(name string, clients int, d time.Duration, op func(client int, i int) error) Result {
+	var ops, errs atomic.Int64
+	var mu sync.Mutex
+	var first string
+	lats := make([][]time.Duration, clients)
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			l := make([]time.Duration, 0, 1<<14)
+			for i := 0; time.Now().Before(deadline); i++ {
+				t0 := time.Now()
+				err := op(c, i)
+				l = append(l, time.Since(t0))
+				ops.Add(1)
+				if err != nil {
+					errs.Add(1)
+					mu.Lock()
+					if first == "" {
+						first = err.Error()
+					}
+					mu.Unlock()
+				}
+			}
+			lats[c] = l
+		}(c)
+	}
+	wg.Wait()
+	r := Result{Name: name, Ops: ops.Load(), Errors: errs.Load(), FirstErr: first, Duration: time.Since(start)}
+	for _, l := range lats {
+		r.Latencies = append(r.Latencies, l...)
+	}
+	sort.Slice(r.Latencies, func(i, j int) bool { return r.Latencies[i] < r.Latencies[j] })
+	return r
+}
+
+// Post sends body to url and fails on a non-200 answer.
+func Post(c *http.Client, url string, body []byte) ([]byte, error) {
+	resp, err := c.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != 200 {
+		return b, fmt.Errorf("%d %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return b, nil
+}
+
+// InsertBody is the single-row insert every write workload sends.
+func InsertBody(client, i int) []byte {
+	b, _ := json.Marshal(map[string]any{"command": "exec", "query": "INSERT INTO bench (c, v) VALUES (?, ?)", "params": []any{client, fmt.Sprintf("value %d/%d", client, i)}})
+	return b
+}
+
+// NoopServer is the HTTP ceiling: a server that reads the body and answers
+// a fixed exec response, doing nothing else.
+func NoopServer() (url string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	answer := []byte(`{"status":"success","rows_affected":1,"last_insert_id":1,"index":1}` + "\n")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(answer)
+	})}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String() + "/", func() { srv.Close() }, nil
+}
+
+// SQLiteCeiling runs the same inserts straight into an in-process SQLite
+// database (WAL, synchronous=FULL, as the nodes use), one autocommit
+// transaction each, from `clients` goroutines sharing one connection.
+func SQLiteCeiling(dir string, clients int, d time.Duration) (Result, error) {
+	c, err := sqlite.Open(filepath.Join(dir, "ceiling.db"), url.Values{"_journal_mode": {"WAL"}, "_synchronous": {"FULL"}})
+	if err != nil {
+		return Result{}, err
+	}
+	defer c.Close()
+	if err := c.ExecScript("CREATE TABLE bench (id INTEGER PRIMARY KEY, c INTEGER, v TEXT)"); err != nil {
+		return Result{}, err
+	}
+	st, err := c.Prepare("INSERT INTO bench (c, v) VALUES (?, ?)")
+	if err != nil {
+		return Result{}, err
+	}
+	defer st.Close()
+	var mu sync.Mutex
+	return Run("sqlite ceiling (in-process inserts)", clients, d, func(client, i int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		st.Reset()
+		if _, err := st.Bind([]any{int64(client), fmt.Sprintf("value %d/%d", client, i)}, nil); err != nil {
+			return err
+		}
+		_, err := st.Step()
+		return err
+	}), nil
+}
+
+// RSS is the resident memory of process pid in bytes (Linux), 0 if unknown.
+func RSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:")), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// RandomID picks a row id in [1, n].
+func RandomID(n int) int64 { return 1 + rand.Int64N(int64(n)) }

@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"ddb/internal/rlog"
+)
+
+func BenchmarkClassify(b *testing.B) {
+	s, _ := Open(Options{Path: b.TempDir() + "/b.db"})
+	defer s.Close()
+	s.CommitBatch([]*Request{{Stmts: stmts("CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT, email TEXT)"), AllowSchema: true}}, time.Now)
+	q := []rlog.Statement{{SQL: "INSERT INTO users (username, email) VALUES (?, ?)"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Classify(context.Background(), q); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCommitBatch16 is one group commit of 16 single-row inserts
+// (one fsync), as the master's writer runs it under 16 concurrent clients.
+func BenchmarkCommitBatch16(b *testing.B) {
+	s, _ := Open(Options{Path: b.TempDir() + "/b.db"})
+	defer s.Close()
+	s.CommitBatch([]*Request{{Stmts: stmts("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"), AllowSchema: true}}, time.Now)
+	reqs := make([]*Request, 16)
+	for i := range reqs {
+		reqs[i] = &Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO t (v) VALUES (?)", Pos: []any{fmt.Sprint(i)}}}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, o := range s.CommitBatch(reqs, time.Now) {
+			if o.Err != nil {
+				b.Fatal(o.Err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N*16)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// BenchmarkApplyBatch1000 is a slave applying one shipped batch of 1000 entries.
+func BenchmarkApplyBatch1000(b *testing.B) {
+	m, _ := Open(Options{Path: b.TempDir() + "/m.db"})
+	defer m.Close()
+	m.CommitBatch([]*Request{{Stmts: stmts("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, at TEXT DEFAULT CURRENT_TIMESTAMP)"), AllowSchema: true}}, time.Now)
+	var reqs []*Request
+	for i := 0; i < 1000; i++ {
+		reqs = append(reqs, &Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO t (v) VALUES (?)", Pos: []any{fmt.Sprint(i)}}}})
+	}
+	m.CommitBatch(reqs, time.Now)
+	entries, _ := m.LogRange(context.Background(), 1, 2000, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		s, _ := Open(Options{Path: fmt.Sprintf("%s/s%d.db", b.TempDir(), b.N)})
+		b.StartTimer()
+		if n, err := s.Apply(entries); err != nil || n != 1001 {
+			b.Fatal(n, err)
+		}
+		b.StopTimer()
+		s.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.N*1001)/b.Elapsed().Seconds(), "entries/s")
+}
