@@ -17,7 +17,9 @@ type tail struct {
 	maxBytes   int
 }
 
-func newTail(maxEntries, maxBytes int) *tail { return &tail{maxEntries: maxEntries, maxBytes: maxBytes} }
+func newTail(maxEntries, maxBytes int) *tail {
+	return &tail{maxEntries: maxEntries, maxBytes: maxBytes}
+}
 
 // add appends entries (consecutive, after the last one held). A gap resets
 // the tail, which then refills from what comes next.

@@ -37,16 +37,16 @@ type Options struct {
 
 // Store is a node's database. Its zero value is not usable; call Open.
 type Store struct {
-	path    string
-	clock   *sqlite.Clock
-	wmu     sync.Mutex // held by whoever uses w
-	w       *sqlite.Conn
-	wauth   authState
-	rng     *rand.Rand // random()/randomblob() source while an entry runs
-	readers chan *reader
+	path     string
+	clock    *sqlite.Clock
+	wmu      sync.Mutex // held by whoever uses w
+	w        *sqlite.Conn
+	wauth    authState
+	rng      *rand.Rand // random()/randomblob() source while an entry runs
+	readers  chan *reader
 	applied  atomic.Uint64 // last log index applied (committed) here
 	logStart atomic.Uint64 // oldest index kept in _ddb_log
-	closed  atomic.Bool
+	closed   atomic.Bool
 }
 
 type reader struct {
