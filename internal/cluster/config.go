@@ -49,6 +49,7 @@ type Config struct {
 	SlaveURLs []string // master: explicit slave URLs (override the port arithmetic)
 	MasterURL string   // slave: explicit master URL
 	Listen    string   // explicit listen address (host:port)
+	Advertise string   // slave: the URL the master should use to reach it
 
 	AckTimeout     time.Duration // how long a write waits for its ack level
 	ReadTimeout    time.Duration // how long min_index / strong reads wait
@@ -65,6 +66,11 @@ type Config struct {
 	TLSCA          string
 	Quiet          bool   // no request logging
 	Pprof          string // address to serve Go profiles on ("" = off)
+
+	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG. It
+	// exists only so the fault-injection suite can prove that each of its
+	// checkers catches a broken guarantee; never set it otherwise.
+	InjectBug string
 }
 
 // Defaults fills zero fields.
@@ -121,6 +127,9 @@ func (c *Config) scheme() string {
 func (c *Config) URL() string {
 	if c.Role == Master {
 		return c.MasterAddr()
+	}
+	if c.Advertise != "" {
+		return strings.TrimRight(c.Advertise, "/")
 	}
 	if c.Listen != "" {
 		host, port, err := net.SplitHostPort(c.Listen)
@@ -253,6 +262,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	} else {
 		fs.StringVar(&c.MasterURL, "master", "", "the master's URL (instead of http://host:port)")
 		fs.StringVar(&c.Listen, "listen", "", "address to listen on (instead of :port+id)")
+		fs.StringVar(&c.Advertise, "advertise", "", "URL the master should use to reach this slave (default: from -host and the port, or -listen)")
 	}
 	want := 1
 	usage := "usage: master [flags] <num_slaves>"
@@ -306,6 +316,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	if !ValidAck(c.Ack) {
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)
 	}
+	c.InjectBug = os.Getenv("DDB_INJECT_BUG")
 	c.Defaults()
 	return c, nil
 }

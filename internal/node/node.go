@@ -56,7 +56,10 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 			return nil, err
 		}
 	}
-	st, err := store.Open(store.Options{Path: cfg.DBPath()})
+	if cfg.InjectBug != "" {
+		logger.Printf("WARNING: deliberate defect %q switched on (DDB_INJECT_BUG); this node breaks its guarantees", cfg.InjectBug)
+	}
+	st, err := store.Open(store.Options{Path: cfg.DBPath(), InjectBug: cfg.InjectBug})
 	if err != nil {
 		return nil, err
 	}
@@ -81,12 +84,12 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		}
 		n.master = replication.NewMaster(replication.MasterConfig{
 			URL: cfg.URL(), Slaves: slaves, AckTimeout: cfg.AckTimeout, Heartbeat: cfg.Heartbeat,
-			LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf,
+			LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
 		}, st, tr, nil)
 	} else {
 		n.slave = replication.NewSlave(replication.SlaveConfig{
 			ID: cfg.ID, URL: cfg.URL(), MasterURL: cfg.MasterAddr(), AckTimeout: cfg.AckTimeout,
-			ReadTimeout: cfg.ReadTimeout, Heartbeat: cfg.Heartbeat, TempDir: cfg.Dir, Logf: logger.Printf,
+			ReadTimeout: cfg.ReadTimeout, Heartbeat: cfg.Heartbeat, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
 		}, st, tr, nil)
 	}
 	handler := api.NewServer(cfg, st, n.master, n.slave, auth, users)

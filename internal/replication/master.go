@@ -25,6 +25,9 @@ type MasterConfig struct {
 	ShipBatch  int    // entries per append (default 1024)
 	ShipBytes  int    // bytes of entries per append (default 4 MiB)
 	Logf       func(format string, args ...any)
+	// InjectBug "ack-before-commit" answers writes before they are
+	// committed. Only for proving the fault-injection checkers work.
+	InjectBug string
 }
 
 // Master sequences writes and ships the log.
@@ -134,6 +137,9 @@ func (m *Master) addFollower(id int, url string) {
 
 // Write sequences one request and waits for its acknowledgement level.
 func (m *Master) Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+	if m.cfg.InjectBug == "ack-before-commit" {
+		req.Ctx = context.Background() // commit later, whatever the client does
+	}
 	p := &pendingWrite{req: req, done: make(chan store.Outcome, 1)}
 	select {
 	case m.queue <- p:
@@ -141,6 +147,10 @@ func (m *Master) Write(ctx context.Context, req *store.Request, ack string) (sto
 		return store.Outcome{}, ctx.Err()
 	case <-m.ctx.Done():
 		return store.Outcome{}, &UnavailableError{Reason: "the master is shutting down"}
+	}
+	if m.cfg.InjectBug == "ack-before-commit" {
+		go func() { <-p.done }()
+		return store.Outcome{Index: m.st.Applied() + 1, Results: []store.Result{{}}}, nil
 	}
 	// Once queued the write may commit, so wait for the writer's verdict
 	// even if the client has gone.

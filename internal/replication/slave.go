@@ -23,6 +23,9 @@ type SlaveConfig struct {
 	Heartbeat   time.Duration // the master's heartbeat interval
 	TempDir     string
 	Logf        func(format string, args ...any)
+	// InjectBug "stale-strong-read" answers strong reads without asking the
+	// master. Only for proving the fault-injection checkers work.
+	InjectBug string
 }
 
 // Slave applies the master's log and forwards writes to it.
@@ -193,6 +196,9 @@ func (s *Slave) Write(ctx context.Context, req *store.Request, ack string) (stor
 // ReadIndex asks the master for the index that covers every acknowledged
 // write (for strong reads).
 func (s *Slave) ReadIndex(ctx context.Context) (uint64, error) {
+	if s.cfg.InjectBug == "stale-strong-read" {
+		return 0, nil
+	}
 	if why := s.masterSilent(); why != "" {
 		return 0, &UnavailableError{Reason: why}
 	}

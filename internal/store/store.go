@@ -33,6 +33,12 @@ type Options struct {
 	Path        string // database file
 	ReadConns   int    // size of the read-only pool (default 4)
 	Synchronous string // PRAGMA synchronous for the writer (default FULL)
+	// InjectBug: "skip-entry" (Apply records every 50th entry as applied
+	// without running it), "partial-apply" (Apply runs only the first
+	// statement of a multi-statement entry) or "unpinned-clock" (Apply runs
+	// entries with the local clock). Only for proving the fault-injection
+	// checkers work.
+	InjectBug string
 }
 
 // Store is a node's database. Its zero value is not usable; call Open.
@@ -47,6 +53,7 @@ type Store struct {
 	applied  atomic.Uint64 // last log index applied (committed) here
 	logStart atomic.Uint64 // oldest index kept in _ddb_log
 	closed   atomic.Bool
+	bug      string // Options.InjectBug
 }
 
 type reader struct {
@@ -82,7 +89,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{path: abs, clock: clock, readers: make(chan *reader, opts.ReadConns)}
+	s := &Store{path: abs, clock: clock, readers: make(chan *reader, opts.ReadConns), bug: opts.InjectBug}
 	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},

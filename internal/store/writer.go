@@ -211,6 +211,15 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 			return applied, fmt.Errorf("entry %d: %w", e.Index, err)
 		}
 		s.enter(e.TimeMs, e.Seed)
+		if s.bug == "unpinned-clock" {
+			s.clock.Unpin()
+		}
+		if s.bug == "skip-entry" && e.Index%50 == 0 {
+			stmts = nil
+		}
+		if s.bug == "partial-apply" && len(stmts) > 1 {
+			stmts = stmts[:1]
+		}
 		for _, st := range stmts {
 			s.wauth.reset(policyReplica)
 			if _, err := run(context.Background(), w, &s.wauth, st, false, Limits{}); err != nil {

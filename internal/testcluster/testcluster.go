@@ -94,7 +94,9 @@ type Cluster struct {
 	Dir    string
 	Port   int
 	Slaves int
-	Extra  []string // flags given to every node
+	Extra  []string         // flags given to every node
+	Env    []string         // extra environment for every node (KEY=value)
+	Flags  map[int][]string // extra flags for one node
 	bin    string
 	nodes  map[int]*Proc
 	Client *http.Client
@@ -133,7 +135,7 @@ func New(t TB, slaves int, extra ...string) *Cluster {
 		t.Fatalf("%v", err)
 	}
 	c := &Cluster{t: t, Dir: t.TempDir(), Port: port, Slaves: slaves, Extra: extra, bin: bin,
-		nodes: map[int]*Proc{}, Client: &http.Client{Timeout: 30 * time.Second}}
+		nodes: map[int]*Proc{}, Flags: map[int][]string{}, Client: &http.Client{Timeout: 30 * time.Second}}
 	t.Cleanup(func() {
 		for _, p := range c.nodes {
 			p.Kill()
@@ -159,6 +161,7 @@ func (c *Cluster) StartNode(id int, extra ...string) *Proc {
 	c.t.Helper()
 	args := []string{"-port", strconv.Itoa(c.Port), "-host", "127.0.0.1", "-dir", c.Dir, "-quiet"}
 	args = append(args, c.Extra...)
+	args = append(args, c.Flags[id]...)
 	args = append(args, extra...)
 	bin := filepath.Join(c.bin, "master")
 	if id == 0 {
@@ -173,6 +176,7 @@ func (c *Cluster) StartNode(id int, extra ...string) *Proc {
 		c.t.Fatalf("%v", err)
 	}
 	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), c.Env...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.Dir = c.Dir
 	if err := p.cmd.Start(); err != nil {

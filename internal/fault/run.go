@@ -1,0 +1,378 @@
+package fault
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"ddb/internal/inspect"
+	"ddb/internal/testcluster"
+)
+
+// Options configure one run.
+type Options struct {
+	Seed       uint64
+	Duration   time.Duration // how long workloads and faults run
+	FaultEvery time.Duration // mean time between faults (0: no faults)
+	Faults     []string      // fault kinds to draw from (default: all)
+	Workloads  []string      // default: append, bank, register, determinism
+	Clients    int           // clients per workload (default 4)
+	Bug        string        // DDB_INJECT_BUG for every node (tests of the checkers)
+	KeepDir    string        // where a failing run's files are kept (default: the temp dir)
+	Logf       func(string, ...any)
+}
+
+// AllFaults are the fault kinds.
+var AllFaults = []string{"kill", "kill-master", "pause", "isolate", "isolate-slave", "split", "one-way", "delay", "wipe"}
+
+// AllWorkloads are the workloads.
+var AllWorkloads = []string{"append", "bank", "register", "determinism"}
+
+// Report is what a run found.
+type Report struct {
+	Seed      uint64
+	Faults    []string // what was injected, when
+	Ops       map[string]int
+	Anomalies []string
+	Kept      string // folder with logs, histories and databases (failing runs)
+}
+
+// run is one run's state.
+type run struct {
+	t       testcluster.TB
+	o       Options
+	c       *testcluster.Cluster
+	rng     *rand.Rand
+	start   time.Time
+	toSlave map[int]*Link // master -> slave i
+	toMast  map[int]*Link // slave i -> master
+	http    *http.Client
+
+	mu        sync.Mutex
+	anomalies []string
+	faults    []string
+	ops       map[string]int
+	appended  map[int64]string // append workload: id -> ok, unknown or failed
+	regOps    []porcupine.Operation
+}
+
+func (r *run) anomaly(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.anomalies) < 200 {
+		r.anomalies = append(r.anomalies, fmt.Sprintf(format, args...))
+	}
+}
+
+func (r *run) count(w string) {
+	r.mu.Lock()
+	r.ops[w]++
+	r.mu.Unlock()
+}
+
+func (r *run) logf(format string, args ...any) {
+	if r.o.Logf != nil {
+		r.o.Logf("[%6.1fs] "+format, append([]any{time.Since(r.start).Seconds()}, args...)...)
+	}
+}
+
+// Run starts a cluster of a master and two slaves behind proxies, runs the
+// workloads under faults, heals everything, and checks.
+func Run(t testcluster.TB, o Options) Report {
+	if o.Clients == 0 {
+		o.Clients = 4
+	}
+	if len(o.Faults) == 0 {
+		o.Faults = AllFaults
+	}
+	if len(o.Workloads) == 0 {
+		o.Workloads = AllWorkloads
+	}
+	r := &run{t: t, o: o, rng: rand.New(rand.NewPCG(o.Seed, o.Seed^0xfa17)), start: time.Now(),
+		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, ops: map[string]int{}, appended: map[int64]string{},
+		http: &http.Client{Timeout: 15 * time.Second}}
+	r.logf("seed %d: %v of %v with faults %v every ~%v", o.Seed, o.Workloads, o.Duration, o.Faults, o.FaultEvery)
+	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000")
+	if o.Bug != "" {
+		r.c.Env = []string{"DDB_INJECT_BUG=" + o.Bug}
+	}
+	for i := 1; i <= 2; i++ {
+		a, err := NewLink(fmt.Sprintf("master->slave%d", i), fmt.Sprintf("127.0.0.1:%d", r.c.Port+i))
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		b, err := NewLink(fmt.Sprintf("slave%d->master", i), fmt.Sprintf("127.0.0.1:%d", r.c.Port))
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		r.toSlave[i], r.toMast[i] = a, b
+		t.Cleanup(a.Close)
+		t.Cleanup(b.Close)
+		r.c.Flags[i] = []string{"-master", b.URL(), "-advertise", a.URL()}
+	}
+	r.c.Flags[0] = []string{"-slaves", r.toSlave[1].URL() + "," + r.toSlave[2].URL()}
+	for i := 0; i <= 2; i++ {
+		r.c.StartNode(i)
+	}
+	r.c.WaitReady()
+	r.setup()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	work := map[string]func(int, <-chan struct{}){
+		"append": r.appendClient, "bank": r.bankClient, "register": r.registerClient, "determinism": r.determinismClient,
+	}
+	for _, w := range o.Workloads {
+		for cl := 0; cl < o.Clients; cl++ {
+			wg.Add(1)
+			go func(f func(int, <-chan struct{}), cl int) { defer wg.Done(); f(cl, stop) }(work[w], cl)
+		}
+	}
+	faultsDone := make(chan struct{})
+	go func() { defer close(faultsDone); r.faultLoop(stop) }()
+	time.Sleep(o.Duration)
+	close(stop)
+	<-faultsDone
+	wg.Wait()
+	r.heal()
+	r.check()
+	rep := Report{Seed: o.Seed, Faults: r.faults, Ops: r.ops, Anomalies: r.anomalies}
+	if len(rep.Anomalies) > 0 {
+		rep.Kept = r.keep()
+	}
+	return rep
+}
+
+func (r *run) post(node int, body map[string]any) (int, []byte, error) {
+	b, _ := json.Marshal(body)
+	resp, err := r.http.Post(r.c.URL(node)+"/", "application/json", bytes.NewReader(b))
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, out, err
+}
+
+func (r *run) setup() {
+	stmts := []string{
+		"CREATE TABLE append_log (id INTEGER PRIMARY KEY, client INTEGER, n INTEGER)",
+		"CREATE TABLE bank (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)",
+		"CREATE TABLE reg (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
+		"CREATE TABLE det (id INTEGER PRIMARY KEY, r INTEGER DEFAULT (random()), b BLOB DEFAULT (randomblob(8)), at TEXT DEFAULT CURRENT_TIMESTAMP, ms TEXT)",
+		"CREATE TRIGGER det_stamp AFTER INSERT ON det BEGIN UPDATE det SET ms = ms || ' ' || strftime('%H:%M:%f', 'now') WHERE id = new.id; END",
+	}
+	for _, q := range stmts {
+		if st, b, err := r.post(0, map[string]any{"command": "exec", "query": q}); err != nil || st != 200 {
+			r.t.Fatalf("setup %q: %d %s %v", q, st, b, err)
+		}
+	}
+	var qs []map[string]any
+	for i := 0; i < bankAccounts; i++ {
+		qs = append(qs, map[string]any{"query": "INSERT INTO bank VALUES (?, ?)", "params": []any{i, bankTotal / bankAccounts}})
+	}
+	if st, b, err := r.post(0, map[string]any{"command": "exec", "queries": qs}); err != nil || st != 200 {
+		r.t.Fatalf("setup bank: %d %s %v", st, b, err)
+	}
+	r.c.WaitConverged(30*time.Second, 1, 2)
+}
+
+// faultLoop injects one fault at a time, drawn from the seed, until stop.
+func (r *run) faultLoop(stop <-chan struct{}) {
+	if r.o.FaultEvery <= 0 {
+		<-stop
+		return
+	}
+	for {
+		gap := r.o.FaultEvery/2 + time.Duration(r.rng.Int64N(int64(r.o.FaultEvery)))
+		select {
+		case <-stop:
+			return
+		case <-time.After(gap):
+		}
+		kind := r.o.Faults[r.rng.IntN(len(r.o.Faults))]
+		hold := 300*time.Millisecond + time.Duration(r.rng.Int64N(int64(1700*time.Millisecond)))
+		node := r.rng.IntN(3)
+		slave := 1 + r.rng.IntN(2)
+		desc := ""
+		switch kind {
+		case "kill", "kill-master":
+			if kind == "kill-master" {
+				node = 0
+			}
+			desc = fmt.Sprintf("kill -9 node %d, restart after %v", node, hold.Round(time.Millisecond))
+			r.note(desc)
+			r.c.Node(node).Kill()
+			time.Sleep(hold)
+			r.c.StartNode(node)
+		case "pause":
+			desc = fmt.Sprintf("SIGSTOP node %d for %v", node, hold.Round(time.Millisecond))
+			r.note(desc)
+			r.c.Node(node).Pause()
+			time.Sleep(hold)
+			r.c.Node(node).Resume()
+		case "isolate", "isolate-slave":
+			if kind == "isolate-slave" {
+				node = slave
+			}
+			links := r.linksOf(node)
+			desc = fmt.Sprintf("isolate node %d for %v", node, hold.Round(time.Millisecond))
+			r.note(desc)
+			for _, l := range links {
+				l.Cut()
+			}
+			time.Sleep(hold)
+			for _, l := range links {
+				l.Heal()
+			}
+		case "split":
+			desc = fmt.Sprintf("split the slaves from the master for %v", hold.Round(time.Millisecond))
+			r.note(desc)
+			r.eachLink((*Link).Cut)
+			time.Sleep(hold)
+			r.eachLink((*Link).Heal)
+		case "one-way":
+			l := r.toSlave[slave]
+			if r.rng.IntN(2) == 0 {
+				l = r.toMast[slave]
+			}
+			desc = fmt.Sprintf("cut %s (one way) for %v", l.Name, hold.Round(time.Millisecond))
+			r.note(desc)
+			l.Cut()
+			time.Sleep(hold)
+			l.Heal()
+		case "delay":
+			d := time.Duration(5+r.rng.IntN(60)) * time.Millisecond
+			desc = fmt.Sprintf("delay every link by %v for %v", d, hold.Round(time.Millisecond))
+			r.note(desc)
+			r.eachLink(func(l *Link) { l.Delay(d) })
+			time.Sleep(hold)
+			r.eachLink((*Link).Heal)
+		case "wipe":
+			desc = fmt.Sprintf("wipe slave %d (kill, delete its database) and let it rejoin", slave)
+			r.note(desc)
+			r.c.Node(slave).Kill()
+			for _, suf := range []string{"", "-wal", "-shm"} {
+				os.Remove(r.c.DBPath(slave) + suf)
+			}
+			time.Sleep(hold / 2)
+			r.c.StartNode(slave)
+		}
+	}
+}
+
+func (r *run) note(desc string) {
+	r.logf("fault: %s", desc)
+	r.mu.Lock()
+	r.faults = append(r.faults, fmt.Sprintf("t=%.1fs %s", time.Since(r.start).Seconds(), desc))
+	r.mu.Unlock()
+}
+
+func (r *run) linksOf(node int) []*Link {
+	if node == 0 {
+		return []*Link{r.toSlave[1], r.toSlave[2], r.toMast[1], r.toMast[2]}
+	}
+	return []*Link{r.toSlave[node], r.toMast[node]}
+}
+
+func (r *run) eachLink(f func(*Link)) {
+	for i := 1; i <= 2; i++ {
+		f(r.toSlave[i])
+		f(r.toMast[i])
+	}
+}
+
+// heal undoes every fault and waits until all nodes have applied the
+// master's whole log.
+func (r *run) heal() {
+	r.eachLink((*Link).Heal)
+	for i := 0; i <= 2; i++ {
+		p := r.c.Node(i)
+		p.Resume()
+		if p.Exited() {
+			r.c.StartNode(i)
+		}
+	}
+	r.c.WaitReady()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		m := r.c.Applied(0)
+		if m > 0 && r.c.Applied(1) == m && r.c.Applied(2) == m {
+			r.logf("healed: every node at index %d", m)
+			return
+		}
+		if time.Now().After(deadline) {
+			r.anomaly("nodes did not converge after healing: master %d, slave1 %d, slave2 %d", m, r.c.Applied(1), r.c.Applied(2))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (r *run) check() {
+	var dbs []*inspect.Database
+	for i := 0; i <= 2; i++ {
+		d, err := inspect.Load(r.c.DBPath(i))
+		if err != nil {
+			r.anomaly("read node %d's database: %v", i, err)
+			return
+		}
+		dbs = append(dbs, d)
+	}
+	for _, d := range inspect.Compare(dbs, 10) {
+		r.anomaly("replicas differ: %s", d)
+	}
+	for _, w := range r.o.Workloads {
+		switch w {
+		case "append":
+			r.checkAppend(dbs)
+		case "bank":
+			r.checkBank(dbs)
+		case "register":
+			r.checkRegister()
+		}
+	}
+}
+
+// keep copies the cluster's folder (logs, databases) and the histories to a
+// folder that outlives the test, and returns its path.
+func (r *run) keep() string {
+	for i := 0; i <= 2; i++ {
+		r.c.Node(i).Kill()
+	}
+	base := r.o.KeepDir
+	if base == "" {
+		base = os.TempDir()
+	}
+	dir, err := os.MkdirTemp(base, fmt.Sprintf("ddb-fault-seed%d-", r.o.Seed))
+	if err != nil {
+		return ""
+	}
+	exec.Command("cp", "-r", r.c.Dir+"/.", dir).Run()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	summary := map[string]any{"seed": r.o.Seed, "options": fmt.Sprintf("%+v", r.o), "faults": r.faults, "ops": r.ops, "anomalies": r.anomalies}
+	b, _ := json.MarshalIndent(summary, "", "  ")
+	os.WriteFile(filepath.Join(dir, "report.json"), b, 0o644)
+	b, _ = json.MarshalIndent(r.regOps, "", " ")
+	os.WriteFile(filepath.Join(dir, "register-history.json"), b, 0o644)
+	var ids []string
+	for id, o := range r.appended {
+		ids = append(ids, fmt.Sprintf("%d %s", id, o))
+	}
+	sort.Strings(ids)
+	os.WriteFile(filepath.Join(dir, "append-history.txt"), []byte(strings.Join(ids, "\n")+"\n"), 0o644)
+	return dir
+}

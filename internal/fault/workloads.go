@@ -1,0 +1,280 @@
+package fault
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"ddb/internal/inspect"
+)
+
+const (
+	bankAccounts = 8
+	bankTotal    = 8000
+	regKeys      = 4
+)
+
+// Outcomes of a write, as a client knows them.
+const (
+	outOK      = "ok"      // answered 200: must be everywhere
+	outFailed  = "failed"  // refused before anything happened (4xx, or 503 from a node that never sent it)
+	outUnknown = "unknown" // timeout, connection lost, 504: may or may not be there
+)
+
+func outcome(status int, err error) string {
+	switch {
+	case err != nil:
+		return outUnknown
+	case status == 200:
+		return outOK
+	case status >= 400 && status < 500:
+		return outFailed
+	}
+	return outUnknown
+}
+
+// appendClient inserts rows with ids it chooses, at every node in turn.
+func (r *run) appendClient(cl int, stop <-chan struct{}) {
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		id := int64(cl)*1_000_000_000 + int64(i)
+		st, _, err := r.post((cl+i)%3, map[string]any{"command": "exec", "query": "INSERT INTO append_log (id, client, n) VALUES (?, ?, ?)", "params": []any{id, cl, i}})
+		r.mu.Lock()
+		r.appended[id] = outcome(st, err)
+		r.mu.Unlock()
+		r.count("append")
+		if err != nil || st != 200 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func (r *run) checkAppend(dbs []*inspect.Database) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for n, d := range dbs {
+		t := d.Table("append_log")
+		if t == nil {
+			r.anomalies = append(r.anomalies, fmt.Sprintf("append: table missing on node %d", n))
+			continue
+		}
+		have := map[int64]bool{}
+		for _, row := range t.Rows {
+			id := row[0].(int64)
+			o, sent := r.appended[id]
+			if !sent || o == outFailed {
+				r.anomalies = append(r.anomalies, fmt.Sprintf("append: node %d has row %d, which was never sent or was refused (%q)", n, id, o))
+			}
+			have[id] = true
+		}
+		missing := 0
+		for id, o := range r.appended {
+			if o == outOK && !have[id] {
+				if missing < 5 {
+					r.anomalies = append(r.anomalies, fmt.Sprintf("append: acknowledged row %d is missing on node %d", id, n))
+				}
+				missing++
+			}
+		}
+		if missing > 5 {
+			r.anomalies = append(r.anomalies, fmt.Sprintf("append: %d acknowledged rows missing on node %d in all", missing, n))
+		}
+	}
+}
+
+// bankClient moves money between accounts in one multi-statement
+// transaction, and reads the total (local or strong, at any node), which
+// must always be bankTotal.
+func (r *run) bankClient(cl int, stop <-chan struct{}) {
+	rng := rand.New(rand.NewPCG(r.o.Seed, uint64(cl)+100))
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		node := rng.IntN(3)
+		if i%2 == 0 {
+			a, b := rng.IntN(bankAccounts), rng.IntN(bankAccounts)
+			amt := 1 + rng.IntN(50)
+			st, _, err := r.post(node, map[string]any{"command": "exec", "queries": []map[string]any{
+				{"query": "UPDATE bank SET balance = balance - ? WHERE id = ?", "params": []any{amt, a}},
+				{"query": "UPDATE bank SET balance = balance + ? WHERE id = ?", "params": []any{amt, b}},
+			}})
+			if err != nil || st != 200 {
+				time.Sleep(20 * time.Millisecond)
+			}
+		} else {
+			consistency := "local"
+			if rng.IntN(2) == 0 {
+				consistency = "strong"
+			}
+			st, body, err := r.post(node, map[string]any{"command": "query", "query": "SELECT sum(balance) AS total, count(*) AS n FROM bank", "consistency": consistency})
+			if err == nil && st == 200 {
+				var rows []struct{ Total, N int64 }
+				if json.Unmarshal(body, &rows) != nil || len(rows) != 1 || rows[0].Total != bankTotal || rows[0].N != bankAccounts {
+					r.anomaly("bank: %s read on node %d saw %s (want total %d over %d accounts)", consistency, node, body, bankTotal, bankAccounts)
+				}
+			} else {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		r.count("bank")
+	}
+}
+
+func (r *run) checkBank(dbs []*inspect.Database) {
+	for n, d := range dbs {
+		t := d.Table("bank")
+		if t == nil {
+			r.anomaly("bank: table missing on node %d", n)
+			continue
+		}
+		var sum int64
+		for _, row := range t.Rows {
+			sum += row[1].(int64)
+		}
+		if sum != bankTotal || len(t.Rows) != bankAccounts {
+			r.anomaly("bank: node %d ends with total %d over %d accounts (want %d over %d)", n, sum, len(t.Rows), bankTotal, bankAccounts)
+		}
+	}
+}
+
+// Register operations, for porcupine.
+type regInput struct {
+	Write bool  `json:"write"`
+	Key   int   `json:"key"`
+	Value int64 `json:"value"`
+}
+
+type regOutput struct {
+	Value   int64 `json:"value"`
+	Unknown bool  `json:"unknown"`
+}
+
+// registerModel: each key holds the last value written (0: none).
+var registerModel = porcupine.Model{
+	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
+		by := map[int][]porcupine.Operation{}
+		for _, op := range h {
+			k := op.Input.(regInput).Key
+			by[k] = append(by[k], op)
+		}
+		var out [][]porcupine.Operation
+		for _, ops := range by {
+			out = append(out, ops)
+		}
+		return out
+	},
+	Init: func() any { return int64(0) },
+	Step: func(state, input, output any) (bool, any) {
+		in, out := input.(regInput), output.(regOutput)
+		if in.Write {
+			return true, in.Value
+		}
+		return out.Value == state.(int64), state
+	},
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(regInput), output.(regOutput)
+		if in.Write {
+			return fmt.Sprintf("write(%d, %d) unknown=%v", in.Key, in.Value, out.Unknown)
+		}
+		return fmt.Sprintf("read(%d) -> %d", in.Key, out.Value)
+	},
+}
+
+// registerClient writes unique values to a few keys and reads them with
+// consistency=strong, at every node, recording the history.
+func (r *run) registerClient(cl int, stop <-chan struct{}) {
+	rng := rand.New(rand.NewPCG(r.o.Seed, uint64(cl)+200))
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		node := rng.IntN(3)
+		key := rng.IntN(regKeys)
+		call := time.Since(r.start).Nanoseconds()
+		if rng.IntN(2) == 0 {
+			v := int64(cl+1)*1_000_000 + int64(i)
+			st, _, err := r.post(node, map[string]any{"command": "exec", "query": "INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", "params": []any{key, v}})
+			ret := time.Since(r.start).Nanoseconds()
+			o := outcome(st, err)
+			if o != outFailed {
+				op := porcupine.Operation{ClientId: cl, Input: regInput{Write: true, Key: key, Value: v}, Call: call, Output: regOutput{}, Return: ret}
+				if o == outUnknown {
+					// It may take effect at any time from now on.
+					op.Output, op.Return = regOutput{Unknown: true}, math.MaxInt64/2
+				}
+				r.mu.Lock()
+				r.regOps = append(r.regOps, op)
+				r.mu.Unlock()
+			}
+			if o != outOK {
+				time.Sleep(20 * time.Millisecond)
+			}
+		} else {
+			st, body, err := r.post(node, map[string]any{"command": "query", "query": "SELECT v FROM reg WHERE k = ?", "params": []any{key}, "consistency": "strong"})
+			ret := time.Since(r.start).Nanoseconds()
+			if err == nil && st == 200 {
+				var rows []struct{ V int64 }
+				if json.Unmarshal(body, &rows) != nil {
+					r.anomaly("register: unreadable answer %s", body)
+					continue
+				}
+				var v int64
+				if len(rows) == 1 {
+					v = rows[0].V
+				}
+				r.mu.Lock()
+				r.regOps = append(r.regOps, porcupine.Operation{ClientId: cl, Input: regInput{Key: key}, Call: call, Output: regOutput{Value: v}, Return: ret})
+				r.mu.Unlock()
+			} else {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		r.count("register")
+	}
+}
+
+func (r *run) checkRegister() {
+	r.mu.Lock()
+	ops := append([]porcupine.Operation(nil), r.regOps...)
+	r.mu.Unlock()
+	res := porcupine.CheckOperationsTimeout(registerModel, ops, 60*time.Second)
+	switch res {
+	case porcupine.Illegal:
+		r.anomaly("register: the history of %d strong reads and writes is not linearizable", len(ops))
+	case porcupine.Unknown:
+		r.logf("register: linearizability check timed out on %d operations (inconclusive)", len(ops))
+	default:
+		r.logf("register: %d operations, linearizable", len(ops))
+	}
+}
+
+// determinismClient writes rows whose values come from random(),
+// randomblob(), CURRENT_TIMESTAMP defaults and a trigger using 'now', at
+// every node; the replicas must still be identical at the end.
+func (r *run) determinismClient(cl int, stop <-chan struct{}) {
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		st, _, err := r.post((cl+i)%3, map[string]any{"command": "exec", "query": "INSERT INTO det (ms) VALUES (strftime('%Y-%m-%d %H:%M:%f', 'now') || ' ' || random())"})
+		if err != nil || st != 200 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		r.count("determinism")
+	}
+}
