@@ -97,6 +97,7 @@ type Cluster struct {
 	Extra  []string         // flags given to every node
 	Env    []string         // extra environment for every node (KEY=value)
 	Flags  map[int][]string // extra flags for one node
+	Scheme string           // "http" (default) or "https"
 	bin    string
 	nodes  map[int]*Proc
 	Client *http.Client
@@ -154,7 +155,13 @@ func New(t TB, slaves int, extra ...string) *Cluster {
 }
 
 // URL is node id's URL (0 = master).
-func (c *Cluster) URL(id int) string { return fmt.Sprintf("http://127.0.0.1:%d", c.Port+id) }
+func (c *Cluster) URL(id int) string {
+	scheme := c.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	return fmt.Sprintf("%s://127.0.0.1:%d", scheme, c.Port+id)
+}
 
 // StartNode starts node id (0 = master) with the cluster's flags.
 func (c *Cluster) StartNode(id int, extra ...string) *Proc {
