@@ -64,6 +64,7 @@ type follower struct {
 	lastContact time.Time
 	lastError   string
 	snapshots   int
+	ackSeq      uint64 // sequence number of the latest append answer recorded
 	wake        chan struct{}
 	stop        context.CancelFunc
 }
@@ -290,70 +291,130 @@ func (m *Master) wakeAll() {
 	m.progress.Notify()
 }
 
-// ship streams the log to one slave, from what it has acknowledged.
+// shipWindow is how many appends may be in flight to one slave: the next
+// batch travels while the slave applies and fsyncs the previous one.
+const shipWindow = 4
+
+type shipResult struct {
+	seq  uint64
+	last uint64 // last index the append carried (0: none)
+	resp *AppendResponse
+	err  error
+}
+
+// ship streams the log to one slave, from what it has acknowledged, with
+// up to shipWindow appends in flight. Any error or gap makes it start over
+// from the slave's acknowledged index (the slave skips what it has).
 func (m *Master) ship(ctx context.Context, f *follower) {
 	defer m.wg.Done()
+	results := make(chan shipResult, shipWindow)
+	var seq, sent uint64
+	inflight := 0
+	resync, needSnapshot := true, false
 	backoff := 50 * time.Millisecond
+	var retryAt time.Time
+	send := func(entries []rlog.Entry) {
+		seq++
+		r := shipResult{seq: seq}
+		if len(entries) > 0 {
+			r.last = entries[len(entries)-1].Index
+		}
+		inflight++
+		go func() {
+			actx, cancel := context.WithTimeout(ctx, m.cfg.AckTimeout)
+			r.resp, r.err = m.tr.Append(actx, f.url, &AppendRequest{Master: m.cfg.URL, Entries: entries, Commit: m.st.Applied()})
+			cancel()
+			results <- r
+		}()
+	}
 	for ctx.Err() == nil {
 		m.mu.Lock()
-		known, next := f.known, f.acked+1
+		known, acked := f.known, f.acked
 		m.mu.Unlock()
-		last := m.st.Applied()
-		if known && next > last {
-			select {
-			case <-f.wake:
-			case <-m.clock.After(m.cfg.Heartbeat):
-			case <-ctx.Done():
-				return
-			}
-			last = m.st.Applied()
-		}
-		var entries []rlog.Entry
-		if known && next <= last {
-			first, err := m.st.FirstLogIndex(ctx)
-			if err != nil {
-				m.fail(f, fmt.Errorf("read log: %w", err))
-				continue
-			}
-			if next < first {
+		if inflight == 0 {
+			if needSnapshot {
 				m.sendSnapshot(ctx, f)
+				needSnapshot, resync = false, true
 				continue
 			}
-			var ok bool
-			if entries, ok = m.tail.get(next, m.cfg.ShipBatch, m.cfg.ShipBytes); !ok {
-				entries, err = m.st.LogRange(ctx, next, m.cfg.ShipBatch, m.cfg.ShipBytes)
-			}
-			if err != nil {
-				m.fail(f, fmt.Errorf("read log: %w", err))
-				continue
+			if resync {
+				sent, resync = acked, false
 			}
 		}
-		actx, cancel := context.WithTimeout(ctx, m.cfg.AckTimeout)
-		resp, err := m.tr.Append(actx, f.url, &AppendRequest{Master: m.cfg.URL, Entries: entries, Commit: m.st.Applied()})
-		cancel()
-		if err != nil {
-			m.fail(f, err)
-			select {
-			case <-m.clock.After(backoff):
-			case <-ctx.Done():
-				return
+		last := m.st.Applied()
+		canSend := !resync && !m.clock.Now().Before(retryAt)
+		switch {
+		case canSend && !known && inflight == 0:
+			send(nil) // learn where the slave is
+		case canSend && known && sent < last && inflight < shipWindow:
+			next := sent + 1
+			if first, _ := m.st.FirstLogIndex(ctx); next < first {
+				needSnapshot, resync = true, true
+				continue
 			}
-			if backoff < time.Second {
-				backoff *= 2
+			entries, ok := m.tail.get(next, m.cfg.ShipBatch, m.cfg.ShipBytes)
+			if !ok {
+				var err error
+				if entries, err = m.st.LogRange(ctx, next, m.cfg.ShipBatch, m.cfg.ShipBytes); err != nil || len(entries) == 0 {
+					m.fail(f, fmt.Errorf("read log from %d: %v", next, err))
+					resync, retryAt = true, m.clock.Now().Add(backoff)
+					continue
+				}
 			}
+			send(entries)
+			sent = entries[len(entries)-1].Index
 			continue
 		}
-		backoff = 50 * time.Millisecond
-		m.ack(f, resp)
-		if resp.NeedSnapshot {
-			m.sendSnapshot(ctx, f)
+		var timer <-chan time.Time
+		switch {
+		case m.clock.Now().Before(retryAt):
+			timer = m.clock.After(retryAt.Sub(m.clock.Now()))
+		case inflight == 0:
+			timer = m.clock.After(m.cfg.Heartbeat)
+		}
+		select {
+		case r := <-results:
+			inflight--
+			switch {
+			case r.err != nil:
+				m.fail(f, r.err)
+				resync, retryAt = true, m.clock.Now().Add(backoff)
+				if backoff < time.Second {
+					backoff *= 2
+				}
+			default:
+				backoff = 50 * time.Millisecond
+				m.ack(f, r.seq, r.resp)
+				if r.resp.NeedSnapshot {
+					needSnapshot, resync = true, true
+				} else if r.resp.Applied < r.last {
+					resync = true // a gap or a failure on the slave: start over from what it has
+				}
+			}
+		case <-f.wake:
+		case <-timer:
+			if known && inflight == 0 && !resync && sent >= m.st.Applied() {
+				send(nil) // heartbeat: the slave knows the master is alive
+			}
+		case <-ctx.Done():
+			return
 		}
 	}
 }
 
-func (m *Master) ack(f *follower, resp *AppendResponse) {
+// ack records a slave's answer. Answers to earlier appends than one
+// already recorded carry nothing new and are ignored; a later answer may
+// lower the index (the slave lost its data and starts again).
+func (m *Master) ack(f *follower, seq uint64, resp *AppendResponse) {
 	last := m.st.Applied()
 	m.mu.Lock()
+	if seq != 0 && seq < f.ackSeq {
+		m.mu.Unlock()
+		return
+	}
+	if seq != 0 {
+		f.ackSeq = seq
+	}
 	if resp.Applied > last {
 		m.cfg.Logf("slave %d reports index %d but the log ends at %d: it has writes this master does not; not counting them", f.id, resp.Applied, last)
 		f.acked = last
@@ -396,7 +457,7 @@ func (m *Master) sendSnapshot(ctx context.Context, f *follower) {
 	m.mu.Lock()
 	f.snapshots++
 	m.mu.Unlock()
-	m.ack(f, resp)
+	m.ack(f, 0, resp)
 }
 
 // housekeeping checkpoints the WAL now and then, so it does not grow

@@ -192,6 +192,7 @@ func TestReorderedDuplicatedAndGappedBatchesApplyExactlyOnce(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(7, 7))
 	s := h.slaves[1]
+	s.cfg.GapWait = -1 // this test sends gaps on purpose
 	for round := 0; round < 400 && h.stores[1].Applied() < 201; round++ {
 		// A random window of entries, sometimes shuffled, sometimes repeated.
 		a := rng.IntN(len(entries))

@@ -22,6 +22,7 @@ type SlaveConfig struct {
 	ReadTimeout time.Duration // waiting to apply what the master committed
 	Heartbeat   time.Duration // the master's heartbeat interval
 	TempDir     string
+	GapWait     time.Duration // how long an append after a gap waits for the missing one (default 500ms; <0: not at all)
 	Logf        func(format string, args ...any)
 	// InjectBug "stale-strong-read" answers strong reads without asking the
 	// master. Only for proving the fault-injection checkers work.
@@ -62,6 +63,9 @@ func NewSlave(cfg SlaveConfig, st *store.Store, tr Transport, clock Clock) *Slav
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
+	}
+	if cfg.GapWait == 0 {
+		cfg.GapWait = 500 * time.Millisecond
 	}
 	if clock == nil {
 		clock = RealClock{}
@@ -106,6 +110,12 @@ func (s *Slave) joinLoop() {
 // HandleAppend applies the entries it can (in order, skipping duplicates,
 // stopping at a gap) and reports the applied index.
 func (s *Slave) HandleAppend(req *AppendRequest) *AppendResponse {
+	if len(req.Entries) > 0 && req.Entries[0].Index > s.st.Applied()+1 && s.cfg.GapWait > 0 {
+		// The master pipelines appends; an earlier one may still be on its
+		// way or being applied. Wait for it briefly rather than report a gap.
+		first := req.Entries[0].Index
+		waitUntil(context.Background(), s.clock, &s.progress, s.cfg.GapWait, func() bool { return s.st.Applied()+1 >= first })
+	}
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
 	s.mu.Lock()
