@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -213,7 +214,7 @@ func (a *authState) prepareError(sql string, err error) error {
 		return &SchemaDeniedError{Statement: abbreviate(sql)}
 	}
 	if db := databaseCommand(sql); db != "" {
-		return &ForbiddenError{Reason: db}
+		return &SQLError{Err: errors.New(db)}
 	}
 	return &SQLError{Err: err}
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,8 +79,17 @@ var classifierCorpus = []struct {
 	{"CREATE TABLE _ddb_mine (x)", KindSchema, true},
 	{"PRAGMA table_info(_ddb_log)", KindRead, true},
 	{"SELECT 1; ATTACH 'x.db' AS x", KindSchema, true},
-	{"CREATE DATABASE shop", KindSchema, true},
-	{"DROP DATABASE shop", KindSchema, true},
+}
+
+func TestCreateAndDropDatabaseAreExplained(t *testing.T) {
+	s := openTemp(t, "d.db")
+	for _, q := range []string{"CREATE DATABASE shop", "/* x */ drop database shop"} {
+		_, err := s.Classify(context.Background(), []rlog.Statement{{SQL: q}})
+		var se *SQLError
+		if !errors.As(err, &se) || !strings.Contains(se.Error(), "each node binds to one SQLite database") {
+			t.Errorf("%q: %v", q, err)
+		}
+	}
 }
 
 func TestClassifierCorpus(t *testing.T) {
