@@ -6,26 +6,10 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"ddb/internal/cluster"
 	"ddb/internal/node"
 )
 
-func main() {
-	cfg, err := cluster.ParseArgs(cluster.Slave, os.Args[1:], os.Stderr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := node.Run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "node:", err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(node.Main(cluster.Slave, os.Args[1:])) }

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"ddb/internal/api"
@@ -194,4 +196,21 @@ func tlsConfigs(cfg *cluster.Config) (server, client *tls.Config, err error) {
 		client.RootCAs = pool
 	}
 	return server, client, nil
+}
+
+// Main is a node binary's whole main: parse the arguments for role, run
+// until SIGINT or SIGTERM, and return the exit code.
+func Main(role cluster.Role, args []string) int {
+	cfg, err := cluster.ParseArgs(role, args, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", cfg.Name(), err)
+		return 1
+	}
+	return 0
 }
