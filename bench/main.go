@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log"
 	"math"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -55,8 +56,27 @@ func main() {
 	}
 	must(`{"command":"exec","query":"CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, c INTEGER, v TEXT)"}`)
 
+	// settle waits until every node has applied the master's log, so a
+	// workload does not start behind the previous one's replication backlog.
+	settle := func() {
+		deadline := time.Now().Add(2 * time.Minute)
+		for time.Now().Before(deadline) {
+			want := applied(hc, nodes[0])
+			ok := true
+			for _, n := range nodes[1:] {
+				if applied(hc, n) < want {
+					ok = false
+				}
+			}
+			if ok {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	var results []bench.Result
 	add := func(r bench.Result) {
+		defer settle()
 		results = append(results, r)
 		log.Printf("%-44s %9.0f ops/s  p50 %-9v p99 %-9v errors %d %s", r.Name, r.Rate(), r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Errors, r.Note)
 		if r.FirstErr != "" {
@@ -210,6 +230,20 @@ func lag(nodes []string, clients int, d time.Duration, rate float64) bench.Resul
 	r.Latencies = sortDurations(lags)
 	r.Note = "(latencies are the lag)"
 	return r
+}
+
+// applied is a node's applied index from /status (0 if unknown).
+func applied(hc *http.Client, nodeURL string) uint64 {
+	resp, err := hc.Get(nodeURL + "status")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Applied uint64 `json:"applied_index"`
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	return st.Applied
 }
 
 func sortDurations(d []time.Duration) []time.Duration {

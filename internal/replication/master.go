@@ -66,6 +66,7 @@ type follower struct {
 	snapshots   int
 	ackSeq      uint64 // sequence number of the latest append answer recorded
 	wake        chan struct{}
+	rejoin      chan struct{} // the slave announced itself: retry now
 	stop        context.CancelFunc
 }
 
@@ -130,7 +131,7 @@ func (m *Master) addFollower(id int, url string) {
 		f.stop()
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	f := &follower{id: id, url: url, wake: make(chan struct{}, 1), stop: cancel}
+	f := &follower{id: id, url: url, wake: make(chan struct{}, 1), rejoin: make(chan struct{}, 1), stop: cancel}
 	m.followers[id] = f
 	m.wg.Add(1)
 	go m.ship(ctx, f)
@@ -387,9 +388,7 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 			case r.err != nil:
 				m.fail(f, r.err)
 				resync, retryAt = true, m.clock.Now().Add(backoff)
-				if backoff < time.Second {
-					backoff *= 2
-				}
+				backoff = min(2*backoff, time.Second)
 			default:
 				backoff = 50 * time.Millisecond
 				m.ack(f, r.seq, r.resp)
@@ -400,6 +399,8 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 				}
 			}
 		case <-f.wake:
+		case <-f.rejoin:
+			retryAt, backoff = time.Time{}, 50*time.Millisecond
 		case <-timer:
 			if known && inflight == 0 && !resync && sent >= m.st.Applied() {
 				send(nil) // heartbeat: the slave knows the master is alive
@@ -517,6 +518,12 @@ func (m *Master) HandleJoin(req *JoinRequest) error {
 	m.mu.Lock()
 	f, ok := m.followers[req.ID]
 	same := ok && f.url == req.URL
+	if same {
+		select {
+		case f.rejoin <- struct{}{}: // it just started: no need to wait out the retry backoff
+		default:
+		}
+	}
 	m.mu.Unlock()
 	if !same {
 		m.cfg.Logf("slave %d joined at %s", req.ID, req.URL)
