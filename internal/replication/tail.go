@@ -18,7 +18,9 @@ type tail struct {
 	maxBytes   int
 }
 
-func newTail(maxEntries, maxBytes int) *tail { return &tail{maxEntries: maxEntries, maxBytes: maxBytes} }
+func newTail(maxEntries, maxBytes int) *tail {
+	return &tail{maxEntries: maxEntries, maxBytes: maxBytes}
+}
 
 func entrySize(e rlog.Entry) int { return len(e.Body) + 32 }
 
