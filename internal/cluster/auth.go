@@ -94,8 +94,11 @@ func (a *Auth) Verify(r *http.Request, bodyHash []byte) error {
 	if sig == "" || ts == "" || nonce == "" {
 		return ErrNoSignature
 	}
-	got, err := hex.DecodeString(sig)
-	if err != nil || !hmac.Equal(got, a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, bodyHash)) {
+	// Exactly one encoding of the signature is accepted (lowercase hex),
+	// compared in constant time: a signature cannot be re-encoded into a
+	// "different" request.
+	want := hex.EncodeToString(a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, bodyHash))
+	if !hmac.Equal([]byte(sig), []byte(want)) {
 		return ErrBadSignature
 	}
 	ms, err := strconv.ParseInt(ts, 10, 64)

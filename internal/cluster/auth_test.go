@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -130,5 +131,16 @@ func TestArgumentsFollowTheOriginalCommands(t *testing.T) {
 	}
 	if _, err := ParseArgs(Slave, []string{"0", "2"}, &sink); err == nil {
 		t.Error("slave id 0 accepted")
+	}
+}
+
+// Found by FuzzVerify: hex decoding ignored case, so a genuine signature
+// re-encoded in upper case passed as a different header value.
+func TestSignatureHasExactlyOneAcceptedEncoding(t *testing.T) {
+	a := NewAuth("s3cret", nil)
+	r := signed(a, "x")
+	r.Header.Set(HeaderSignature, strings.ToUpper(r.Header.Get(HeaderSignature)))
+	if err := a.Verify(r, BodyHash([]byte("x"))); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("upper-case signature: %v", err)
 	}
 }
