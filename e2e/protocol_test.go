@@ -96,6 +96,8 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 		{"schema on slave hidden after comment", `{"command":"exec","query":"/* x */ DROP TABLE t"}`, 1, 403, c.URL(0)},
 		{"schema on slave hidden after a read", `{"command":"exec","query":"SELECT 1; drop table t"}`, 1, 403, c.URL(0)},
 		{"huge body", huge, 0, 413, "larger"},
+		{"NUL character in SQL (once crashed a node)", `{"command":"exec","query":"SELECT 1;\u0000 DROP TABLE t"}`, 0, 400, "NUL"},
+		{"NUL character in SQL at a slave", `{"command":"query","query":"\u0000EINDEX t"}`, 1, 400, "NUL"},
 		{"error mid-transaction", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (3, NULL)"}]}`, 0, 400, "NOT NULL"},
 		{"error mid-transaction via slave", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (1, 'dup')"}]}`, 1, 400, "UNIQUE"},
 	}

@@ -228,6 +228,11 @@ func (c *Conn) Prepare(sql string) (*Stmt, error) {
 	if len(sql) == 0 {
 		return nil, nil
 	}
+	if strings.IndexByte(sql, 0) >= 0 {
+		// SQLite stops reading at a NUL; what follows would never be
+		// compiled (nor classified), so refuse the whole text.
+		return nil, &Error{Code: ErrCodeError, Extended: ErrCodeError, Msg: "SQL text contains a NUL character"}
+	}
 	csql := C.CString(sql)
 	defer C.free(unsafe.Pointer(csql))
 	var s *C.sqlite3_stmt
@@ -241,8 +246,11 @@ func (c *Conn) Prepare(sql string) (*Stmt, error) {
 	}
 	rest := strings.TrimSpace(sql[consumed:])
 	if s == nil {
-		if rest != "" { // cannot happen: SQLite consumed only blanks
+		if rest != "" && consumed > 0 {
 			return c.Prepare(rest)
+		}
+		if rest != "" {
+			return nil, &Error{Code: ErrCodeError, Extended: ErrCodeError, Msg: "SQLite could not read the SQL text"}
 		}
 		return nil, nil
 	}

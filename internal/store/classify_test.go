@@ -142,3 +142,20 @@ func TestWriterEnforcesThePolicyAtExecutionTime(t *testing.T) {
 		t.Fatalf("refused requests reached the log: applied %d", s.Applied())
 	}
 }
+
+// Found by FuzzClassify: a NUL byte in the SQL text sent Prepare into an
+// endless recursion that crashed the node.
+func TestSQLWithANulCharacterIsRefusedNotFatal(t *testing.T) {
+	s := openTemp(t, "n.db")
+	for _, q := range []string{"\x00EINDEX usRrs", "SELECT 1;\x00 DROP TABLE x", "SELECT '\x00'"} {
+		if _, err := s.Classify(context.Background(), []rlog.Statement{{SQL: q}}); err == nil {
+			t.Errorf("%q classified", q)
+		}
+		if _, err := s.Read(context.Background(), []rlog.Statement{{SQL: q}}, Limits{}); err == nil {
+			t.Errorf("%q read", q)
+		}
+		if out := s.CommitBatch([]*Request{{Stmts: []rlog.Statement{{SQL: q}}, AllowSchema: true}}, time.Now); out[0].Err == nil {
+			t.Errorf("%q written", q)
+		}
+	}
+}
