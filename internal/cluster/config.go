@@ -64,7 +64,6 @@ type Config struct {
 	TLSCert        string
 	TLSKey         string
 	TLSCA          string
-	Quiet          bool   // no request logging
 	Pprof          string // address to serve Go profiles on ("" = off)
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG. It
@@ -254,7 +253,6 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for the HTTP API and peer traffic")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
-	fs.BoolVar(&c.Quiet, "quiet", false, "do not log each request")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
 	var slaves string
 	if role == Master {

@@ -166,7 +166,7 @@ func (c *Cluster) URL(id int) string {
 // StartNode starts node id (0 = master) with the cluster's flags.
 func (c *Cluster) StartNode(id int, extra ...string) *Proc {
 	c.t.Helper()
-	args := []string{"-port", strconv.Itoa(c.Port), "-host", "127.0.0.1", "-dir", c.Dir, "-quiet"}
+	args := []string{"-port", strconv.Itoa(c.Port), "-host", "127.0.0.1", "-dir", c.Dir}
 	args = append(args, c.Extra...)
 	args = append(args, c.Flags[id]...)
 	args = append(args, extra...)
