@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"ddb/internal/store"
 )
 
 // Clock is the time source of the replication logic; tests use a fake one.
@@ -68,4 +70,17 @@ func waitUntil(ctx context.Context, clock Clock, p *Progress, timeout time.Durat
 			return false, ctx.Err()
 		}
 	}
+}
+
+// waitApplied waits until st has applied index, re-checking at each Notify
+// of p; it gives a WaitTimeoutError after timeout.
+func waitApplied(ctx context.Context, clock Clock, p *Progress, st *store.Store, index uint64, timeout time.Duration) error {
+	ok, err := waitUntil(ctx, clock, p, timeout, func() bool { return st.Applied() >= index })
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return &WaitTimeoutError{Want: index, Have: st.Applied(), After: timeout}
+	}
+	return nil
 }

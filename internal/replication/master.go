@@ -569,12 +569,5 @@ func (m *Master) Followers() []FollowerStatus {
 
 // WaitApplied waits until the master's own database is at index.
 func (m *Master) WaitApplied(ctx context.Context, index uint64, timeout time.Duration) error {
-	ok, err := waitUntil(ctx, m.clock, &m.progress, timeout, func() bool { return m.st.Applied() >= index })
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return &WaitTimeoutError{Want: index, Have: m.st.Applied(), After: timeout}
-	}
-	return nil
+	return waitApplied(ctx, m.clock, &m.progress, m.st, index, timeout)
 }

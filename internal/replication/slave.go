@@ -219,14 +219,7 @@ func (s *Slave) ReadIndex(ctx context.Context) (uint64, error) {
 
 // WaitApplied waits until this slave has applied index.
 func (s *Slave) WaitApplied(ctx context.Context, index uint64, timeout time.Duration) error {
-	ok, err := waitUntil(ctx, s.clock, &s.progress, timeout, func() bool { return s.st.Applied() >= index })
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return &WaitTimeoutError{Want: index, Have: s.st.Applied(), After: timeout}
-	}
-	return nil
+	return waitApplied(ctx, s.clock, &s.progress, s.st, index, timeout)
 }
 
 // SlaveStatus is what a slave knows of its replication.
