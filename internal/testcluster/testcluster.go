@@ -391,3 +391,11 @@ func (c *Cluster) DBPath(id int) string { return filepath.Join(c.Dir, fmt.Sprint
 
 // Pid is the process id.
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// ExitCode is the process's exit code once it has ended (-1 if killed by a signal or still running).
+func (p *Proc) ExitCode() int {
+	if !p.Exited() {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
