@@ -48,7 +48,7 @@ func Load(path string) (*Database, error) {
 			d.Applied = uint64(v)
 		}
 	}
-	objs, err := all(c, "SELECT type, name, coalesce(sql, '') FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+	objs, err := c.All("SELECT type, name, coalesce(sql, '') FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
 	if err != nil {
 		return nil, fmt.Errorf("%s: read schema: %w", path, err)
 	}
@@ -115,25 +115,6 @@ func (b byKey) Less(i, j int) bool { return b.t.Keys[i] < b.t.Keys[j] }
 func (b byKey) Swap(i, j int) {
 	b.t.Keys[i], b.t.Keys[j] = b.t.Keys[j], b.t.Keys[i]
 	b.t.Rows[i], b.t.Rows[j] = b.t.Rows[j], b.t.Rows[i]
-}
-
-func all(c *sqlite.Conn, q string) ([][]any, error) {
-	st, err := c.Prepare(q)
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	var out [][]any
-	for {
-		more, err := st.Step()
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			return out, nil
-		}
-		out = append(out, st.Row(nil))
-	}
 }
 
 func encodeRow(row []any) string {

@@ -519,6 +519,29 @@ func (c *Conn) QueryRow(sql string, args ...any) ([]any, error) {
 	return st.Row(nil), nil
 }
 
+// All runs one statement with positional args and returns every row.
+func (c *Conn) All(sql string, args ...any) ([][]any, error) {
+	st, err := c.Prepare(sql)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("empty statement")
+	}
+	defer st.Close()
+	if _, err := st.Bind(args, nil); err != nil {
+		return nil, err
+	}
+	var out [][]any
+	for {
+		more, err := st.Step()
+		if err != nil || !more {
+			return out, err
+		}
+		out = append(out, st.Row(nil))
+	}
+}
+
 // Backup copies the whole main database of src into the main database of c
 // in one step, as one consistent read of src.
 func (c *Conn) Backup(src *Conn) error {

@@ -247,18 +247,11 @@ func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, c
 			stmt, a.kind, cached = e.Stmt, e.Meta.(Kind), true
 		} else {
 			var err error
-			stmt, err = c.Prepare(sql)
-			if err != nil {
-				return res, a.prepareError(sql, err)
+			if stmt, err = prepare(c, a, sql); err != nil {
+				return res, err
 			}
 			if stmt == nil {
 				break
-			}
-			if p != policyReplica && !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
-				stmt.Close()
-				// Only statements the authorizer does not see at all get here
-				// (VACUUM): refuse what we cannot classify.
-				return res, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
 			}
 			if stmt.Tail == "" && a.kind != KindSchema && len(a.triggerOn) == 0 {
 				c.Cache(key, stmt, a.kind)
@@ -299,6 +292,23 @@ func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, c
 		return res, &ParamError{Msg: fmt.Sprintf("%d positional parameters were given that no statement uses", len(pos))}
 	}
 	return res, nil
+}
+
+// prepare compiles the first statement of sql under the authorizer state a
+// (already reset to its policy) and turns a refusal into the client's error.
+// A statement that changes something although the authorizer saw no
+// change is refused too: only statements the authorizer does not see at
+// all (VACUUM) get there, and what cannot be classified is not run.
+func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
+	stmt, err := c.Prepare(sql)
+	if err != nil {
+		return nil, a.prepareError(sql, err)
+	}
+	if stmt != nil && a.policy != policyReplica && !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
+		stmt.Close()
+		return nil, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
+	}
+	return stmt, nil
 }
 
 // checkTriggerBodies compiles (never runs) an INSERT, UPDATE and DELETE on
@@ -425,18 +435,14 @@ func (s *Store) Classify(ctx context.Context, stmts []rlog.Statement) (Kind, err
 		sql := st.SQL
 		for sql != "" {
 			r.auth.reset(policyClient)
-			stmt, err := r.c.Prepare(sql)
+			stmt, err := prepare(r.c, &r.auth, sql)
 			if err != nil {
-				return kind, r.auth.prepareError(sql, err)
+				return kind, err
 			}
 			if stmt == nil {
 				break
 			}
 			k := r.auth.kind
-			if !stmt.Readonly() && k == KindRead && !stmt.IsExplain() {
-				stmt.Close()
-				return kind, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
-			}
 			if k > kind {
 				kind = k
 			}

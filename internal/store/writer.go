@@ -315,23 +315,15 @@ func (s *Store) Members(ctx context.Context) (map[int]string, error) {
 	}
 	defer s.putReader(r)
 	r.auth.reset(policyReplica)
-	st, err := r.c.Prepare("SELECT id, url FROM _ddb_members")
+	rows, err := r.c.All("SELECT id, url FROM _ddb_members")
 	if err != nil {
 		return nil, err
 	}
-	defer st.Close()
-	m := map[int]string{}
-	for {
-		more, err := st.Step()
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			return m, nil
-		}
-		row := st.Row(nil)
+	m := make(map[int]string, len(rows))
+	for _, row := range rows {
 		m[int(row[0].(int64))], _ = row[1].(string)
 	}
+	return m, nil
 }
 
 // SetMember records slave id at url.
