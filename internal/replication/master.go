@@ -357,7 +357,7 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 			// With an append already in flight, another goes only when a
 			// whole batch is waiting.
 			next := sent + 1
-			if first, _ := m.st.FirstLogIndex(ctx); next < first {
+			if next < m.st.FirstLogIndex() {
 				needSnapshot, resync = true, true
 				continue
 			}

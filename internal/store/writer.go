@@ -288,7 +288,7 @@ func (s *Store) LogRange(ctx context.Context, from uint64, max, maxBytes int) ([
 }
 
 // FirstLogIndex is the oldest index still in the log.
-func (s *Store) FirstLogIndex(ctx context.Context) (uint64, error) { return s.logStart.Load(), nil }
+func (s *Store) FirstLogIndex() uint64 { return s.logStart.Load() }
 
 // TruncateLog deletes entries below index before.
 func (s *Store) TruncateLog(before uint64) error {
