@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"syscall"
@@ -130,9 +131,32 @@ func (t *Transport) Forward(ctx context.Context, url string, req *replication.Fo
 	}
 	var resp replication.ForwardResponse
 	if err := t.post(ctx, url+"/_ddb/forward", body, &resp); err != nil {
-		return nil, classifyForwardError(url, err)
+		err = classifyForwardError(url, err)
+		var uo *replication.UnknownOutcomeError
+		if errors.As(err, &uo) && refused(url) {
+			// The connection broke and the master now refuses connections:
+			// it is down (typically a kept-alive connection its death had
+			// just closed). Say so at once, without hiding that a request
+			// it received before going down may be committed.
+			return nil, &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s is down (%v); if it received this write before going down, the write may be committed: read before retrying", url, err)}
+		}
+		return nil, err
 	}
 	return &resp, nil
+}
+
+// refused reports whether a fresh connection to the URL's host is refused.
+func refused(rawURL string) bool {
+	u, err := neturl.Parse(rawURL)
+	if err != nil {
+		return false
+	}
+	c, err := net.DialTimeout("tcp", u.Host, 300*time.Millisecond)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 func classifyForwardError(url string, err error) error {
