@@ -25,8 +25,10 @@ type MasterConfig struct {
 	ShipBatch  int    // entries per append (default 1024)
 	ShipBytes  int    // bytes of entries per append (default 4 MiB)
 	Logf       func(format string, args ...any)
-	// InjectBug "ack-before-commit" answers writes before they are
-	// committed. Only for proving the fault-injection checkers work.
+	// InjectBug "ack-before-commit" answers writes as soon as they are
+	// queued and, like an asynchronous commit, lets the writer flush the
+	// queue only every 100 ms, so a kill -9 always loses acknowledged
+	// writes. Only for proving the fault-injection checkers work.
 	InjectBug string
 }
 
@@ -211,6 +213,9 @@ func (m *Master) writeLoop() {
 		case <-m.ctx.Done():
 			m.drain()
 			return
+		}
+		if m.cfg.InjectBug == "ack-before-commit" {
+			time.Sleep(100 * time.Millisecond) // the deliberate defect: acknowledged, not yet durable
 		}
 	fill:
 		for len(batch) < m.cfg.MaxBatch {
