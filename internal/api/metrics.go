@@ -110,6 +110,13 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	if s.master != nil {
 		b.WriteString("# HELP ddb_replication_lag_entries Entries a slave is behind the master.\n# TYPE ddb_replication_lag_entries gauge\n")
 		b.WriteString("# HELP ddb_slave_reachable 1 when the master reaches the slave.\n# TYPE ddb_slave_reachable gauge\n")
+		ps := s.master.Pipeline()
+		fmt.Fprintf(&b, "# HELP ddb_group_commits_total Group commits (one SQLite transaction and fsync each).\n# TYPE ddb_group_commits_total counter\nddb_group_commits_total %d\n", ps.Commits)
+		fmt.Fprintf(&b, "# HELP ddb_group_commit_requests_total Write requests carried by group commits.\n# TYPE ddb_group_commit_requests_total counter\nddb_group_commit_requests_total %d\n", ps.CommitRequests)
+		fmt.Fprintf(&b, "# HELP ddb_group_commit_seconds_total Wall time spent in group commits.\n# TYPE ddb_group_commit_seconds_total counter\nddb_group_commit_seconds_total %g\n", ps.CommitSeconds)
+		fmt.Fprintf(&b, "# HELP ddb_appends_total Appends of log entries sent to slaves.\n# TYPE ddb_appends_total counter\nddb_appends_total %d\n", ps.Appends)
+		fmt.Fprintf(&b, "# HELP ddb_append_entries_total Log entries carried by appends.\n# TYPE ddb_append_entries_total counter\nddb_append_entries_total %d\n", ps.AppendEntries)
+		fmt.Fprintf(&b, "# HELP ddb_append_seconds_total Round-trip time of appends, summed.\n# TYPE ddb_append_seconds_total counter\nddb_append_seconds_total %g\n", ps.AppendSeconds)
 		for _, f := range s.master.Followers() {
 			fmt.Fprintf(&b, "ddb_replication_lag_entries{slave=\"%d\"} %d\n", f.ID, f.Lag)
 			r := 0

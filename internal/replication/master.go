@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"ddb/internal/rlog"
@@ -47,9 +48,37 @@ type Master struct {
 	mu        sync.Mutex
 	followers map[int]*follower
 
+	stats pipelineStats
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+}
+
+// pipelineStats counts where a write's time goes on the master, for
+// /metrics: group commits (requests and wall time each) and appends
+// (entries and round-trip time each).
+type pipelineStats struct {
+	commits, commitRequests, commitNanos atomic.Uint64
+	appends, appendEntries, appendNanos  atomic.Uint64
+}
+
+// PipelineStats is a snapshot of the master's pipeline counters.
+type PipelineStats struct {
+	Commits, CommitRequests uint64
+	CommitSeconds           float64
+	Appends, AppendEntries  uint64
+	AppendSeconds           float64
+}
+
+// Pipeline returns the master's group-commit and shipping counters.
+func (m *Master) Pipeline() PipelineStats {
+	return PipelineStats{
+		Commits: m.stats.commits.Load(), CommitRequests: m.stats.commitRequests.Load(),
+		CommitSeconds: time.Duration(m.stats.commitNanos.Load()).Seconds(),
+		Appends:       m.stats.appends.Load(), AppendEntries: m.stats.appendEntries.Load(),
+		AppendSeconds: time.Duration(m.stats.appendNanos.Load()).Seconds(),
+	}
 }
 
 type pendingWrite struct {
@@ -238,7 +267,11 @@ func (m *Master) writeLoop() {
 		if len(live) == 0 {
 			continue
 		}
+		t0 := time.Now()
 		outs := m.st.CommitBatch(reqs, m.clock.Now)
+		m.stats.commits.Add(1)
+		m.stats.commitRequests.Add(uint64(len(reqs)))
+		m.stats.commitNanos.Add(uint64(time.Since(t0)))
 		committed := make([]rlog.Entry, 0, len(outs))
 		for _, o := range outs {
 			if o.Err == nil {
@@ -334,8 +367,14 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 		inflight++
 		go func() {
 			actx, cancel := context.WithTimeout(ctx, m.cfg.AckTimeout)
+			t0 := time.Now()
 			r.resp, r.err = m.tr.Append(actx, f.url, &AppendRequest{Master: m.cfg.URL, Entries: entries, Commit: m.st.Applied()})
 			cancel()
+			if len(entries) > 0 {
+				m.stats.appends.Add(1)
+				m.stats.appendEntries.Add(uint64(len(entries)))
+				m.stats.appendNanos.Add(uint64(time.Since(t0)))
+			}
 			results <- r
 		}()
 	}

@@ -172,6 +172,15 @@ func TestConcurrentWritesAtEveryNodeReplicateInOneOrder(t *testing.T) {
 	if h.mstore.Applied() != 1+12*40 {
 		t.Fatalf("log has %d entries", h.mstore.Applied())
 	}
+	// The pipeline counters behind /metrics add up: every write went
+	// through exactly one group commit, and every entry reached both slaves.
+	ps := h.master.Pipeline()
+	if ps.CommitRequests != 1+12*40 || ps.Commits == 0 || ps.Commits > ps.CommitRequests || ps.CommitSeconds <= 0 {
+		t.Fatalf("group commit counters: %+v", ps)
+	}
+	if ps.AppendEntries < 2*(1+12*40) || ps.Appends == 0 || ps.Appends > ps.AppendEntries || ps.AppendSeconds <= 0 {
+		t.Fatalf("append counters: %+v", ps)
+	}
 }
 
 func TestReorderedDuplicatedAndGappedBatchesApplyExactlyOnce(t *testing.T) {
