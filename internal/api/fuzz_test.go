@@ -1,6 +1,7 @@
 package api
 
 import (
+	"reflect"
 	"testing"
 )
 
@@ -21,6 +22,16 @@ func FuzzDecodeRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
+		// The fast path answers only what the full decoder answers the same.
+		if fast := decodeFast(body, "quorum"); fast != nil {
+			full, err := decodeFull(body, "quorum")
+			if err != nil {
+				t.Fatalf("fast path accepted what the full decoder refuses (%v): %+v", err, fast)
+			}
+			if !reflect.DeepEqual(fast, full) {
+				t.Fatalf("decoders disagree:\nfast %+v\nfull %+v", fast, full)
+			}
+		}
 		r, err := DecodeRequest(body, "quorum")
 		if err != nil {
 			if _, ok := err.(*BadRequest); !ok {

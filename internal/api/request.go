@@ -33,8 +33,17 @@ func bad(format string, args ...any) error { return &BadRequest{Msg: fmt.Sprintf
 
 // DecodeRequest parses and validates a request body. Unknown fields are
 // ignored (older clients send extra ones); every known field must have the
-// documented type.
+// documented type. The common shape takes a one-pass fast path
+// (decodeFast); everything else, errors included, the full decoder.
 func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
+	if r := decodeFast(body, defaultAck); r != nil {
+		return r, nil
+	}
+	return decodeFull(body, defaultAck)
+}
+
+// decodeFull is the reference decoder: any JSON, every error message.
+func decodeFull(body []byte, defaultAck string) (*Request, error) {
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -80,9 +89,8 @@ func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
 	if !ok || cmd == "" {
 		return nil, bad(`missing "command": use "exec" or "query"`)
 	}
-	r.Command = strings.ToLower(strings.TrimSpace(cmd))
-	if r.Command != "exec" && r.Command != "query" {
-		return nil, bad(`unknown command %q: use "exec" or "query"`, cmd)
+	if err := r.setCommand(cmd); err != nil {
+		return nil, err
 	}
 	if _, err := boolean("is_master"); err != nil { // accepted and ignored
 		return nil, err
@@ -93,26 +101,23 @@ func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
 	if s, ok, err := str("ack"); err != nil {
 		return nil, err
 	} else if ok {
-		if !cluster.ValidAck(s) {
-			return nil, bad(`"ack" must be "master", "quorum" or "all", not %q`, s)
+		if err := r.setAck(s); err != nil {
+			return nil, err
 		}
-		r.Ack = s
 	}
 	if s, ok, err := str("consistency"); err != nil {
 		return nil, err
 	} else if ok {
-		if s != "local" && s != "strong" {
-			return nil, bad(`"consistency" must be "local" or "strong", not %q`, s)
+		if err := r.setConsistency(s); err != nil {
+			return nil, err
 		}
-		r.Consistency = s
 	}
 	if s, ok, err := str("format"); err != nil {
 		return nil, err
 	} else if ok {
-		if s != "objects" && s != "columns" {
-			return nil, bad(`"format" must be "objects" or "columns", not %q`, s)
+		if err := r.setFormat(s); err != nil {
+			return nil, err
 		}
-		r.Format = s
 	}
 	if v, ok := raw["min_index"]; ok && string(v) != "null" {
 		n, err := strconv.ParseUint(strings.TrimSpace(string(v)), 10, 64)
@@ -169,6 +174,38 @@ func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
 		r.Stmts = []rlog.Statement{st}
 	}
 	return r, nil
+}
+
+func (r *Request) setCommand(cmd string) error {
+	r.Command = strings.ToLower(strings.TrimSpace(cmd))
+	if r.Command != "exec" && r.Command != "query" {
+		return bad(`unknown command %q: use "exec" or "query"`, cmd)
+	}
+	return nil
+}
+
+func (r *Request) setAck(s string) error {
+	if !cluster.ValidAck(s) {
+		return bad(`"ack" must be "master", "quorum" or "all", not %q`, s)
+	}
+	r.Ack = s
+	return nil
+}
+
+func (r *Request) setConsistency(s string) error {
+	if s != "local" && s != "strong" {
+		return bad(`"consistency" must be "local" or "strong", not %q`, s)
+	}
+	r.Consistency = s
+	return nil
+}
+
+func (r *Request) setFormat(s string) error {
+	if s != "objects" && s != "columns" {
+		return bad(`"format" must be "objects" or "columns", not %q`, s)
+	}
+	r.Format = s
+	return nil
 }
 
 func statement(sql string, params json.RawMessage) (rlog.Statement, error) {

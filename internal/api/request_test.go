@@ -65,3 +65,50 @@ func TestRowsKeepColumnOrderAndExactTypes(t *testing.T) {
 		t.Fatalf("empty: %s", got)
 	}
 }
+
+// The common request shapes take the one-pass fast path and decode exactly
+// as the full decoder does; the rest fall back to it.
+func TestFastDecoderTakesTheCommonShapesAndAgreesWithTheFullDecoder(t *testing.T) {
+	fast := []string{
+		`{"command":"exec","query":"CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)","is_master":false}`,
+		`{"command":"exec","query":"INSERT INTO bench (c, v) VALUES (?, ?)","params":[3,"value 3/17"]}`,
+		` { "command" : "Query" , "query" : "SELECT id, c, v FROM bench WHERE id = ?" , "params" : [ 42 ] } ` + "\n",
+		`{"command":"query","query":"SELECT :a, :b, :c","params":{"a":-1.5e3,"b":null,"c":"é"},"consistency":"strong","min_index":12,"format":"columns"}`,
+		`{"command":"exec","query":"INSERT INTO t VALUES (?, ?, ?)","params":[true,false,9223372036854775807],"ack":"all","is_replicated":false}`,
+		`{"command":"query","query":"SELECT 1","params":[],"ack":null,"format":null}`,
+		`{"command":"query","query":"SELECT 1","params":{}}`,
+	}
+	for _, body := range fast {
+		got := decodeFast([]byte(body), "quorum")
+		if got == nil {
+			t.Errorf("fast path not taken for %s", body)
+			continue
+		}
+		want, err := decodeFull([]byte(body), "quorum")
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\nfast %+v\nfull %+v %v", body, got, want, err)
+		}
+	}
+	slow := []string{
+		`{"command":"exec","queries":[{"query":"DELETE FROM t"}]}`,  // several statements
+		`{"command":"exec","query":"SELECT \"x\""}`,                 // escapes
+		`{"command":"exec","query":"x","extra":1}`,                  // unknown field
+		`{"command":"exec","query":"x","query":"y"}`,                // repeated field
+		`{"command":"exec","query":"x","params":[[1]]}`,             // nested
+		`{"command":"exec","query":"x","params":[1e400]}`,           // out of range
+		`{"command":"exec","query":"x","params":[01]}`,              // not JSON
+		`{"command":"exec","query":"x","ack":"some"}`,               // invalid value
+		`{"command":"exec","query":"x","min_index":-1}`,             // invalid value
+		`{"command":"exec","query":"x"} {}`,                         // trailing value
+		`{"command":"exec","query":"` + string([]byte{0xff}) + `"}`, // invalid UTF-8
+		`{"command":"exec","query":"x","params":{"a":1,"a":2}}`,     // repeated name
+		`{"command":"exec","query":"x","is_master":tru}`,            // truncated literal
+		`{"command":"exec","query":"   "}`,                          // blank query
+		`{"command":"exec","query":"x"`,                             // truncated
+	}
+	for _, body := range slow {
+		if got := decodeFast([]byte(body), "quorum"); got != nil {
+			t.Errorf("fast path took %s: %+v", body, got)
+		}
+	}
+}
