@@ -170,6 +170,15 @@ func (m *Master) addFollower(id int, url string) {
 
 // Write sequences one request and waits for its acknowledgement level.
 func (m *Master) Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+	return m.write(ctx, req, ack, 0)
+}
+
+// write is Write for a request that entered at slave origin (0: at the
+// master). That slave answers its client only once it has applied the
+// write itself, so it counts as acknowledged here: with one master and
+// two slaves, a forwarded quorum write needs no other slave, and the
+// master answers the forward as soon as it has committed.
+func (m *Master) write(ctx context.Context, req *store.Request, ack string, origin int) (store.Outcome, error) {
 	if m.cfg.InjectBug == "ack-before-commit" {
 		req.Ctx = context.Background() // commit later, whatever the client does
 	}
@@ -191,15 +200,20 @@ func (m *Master) Write(ctx context.Context, req *store.Request, ack string) (sto
 	if out.Err != nil {
 		return out, out.Err
 	}
-	return out, m.WaitAck(ctx, out.Index, ack)
+	return out, m.waitAck(ctx, out.Index, ack, origin)
 }
 
 // WaitAck waits until index is acknowledged at level.
 func (m *Master) WaitAck(ctx context.Context, index uint64, level string) error {
+	return m.waitAck(ctx, index, level, 0)
+}
+
+// waitAck is WaitAck counting slave origin (if not 0) as acknowledged.
+func (m *Master) waitAck(ctx context.Context, index uint64, level string, origin int) error {
 	if level == "master" {
 		return nil
 	}
-	ok, err := waitUntil(ctx, m.clock, &m.progress, m.cfg.AckTimeout, func() bool { return m.acked(index, level) })
+	ok, err := waitUntil(ctx, m.clock, &m.progress, m.cfg.AckTimeout, func() bool { return m.acked(index, level, origin) })
 	if err != nil {
 		return &AckTimeoutError{Index: index, Level: level, After: m.cfg.AckTimeout}
 	}
@@ -211,12 +225,13 @@ func (m *Master) WaitAck(ctx context.Context, index uint64, level string) error 
 
 // acked reports whether index is applied on enough nodes for level.
 // quorum: a majority of all nodes, the master included; all: every slave.
-func (m *Master) acked(index uint64, level string) bool {
+// Slave origin (if not 0) counts as having it: it waits for it itself.
+func (m *Master) acked(index uint64, level string, origin int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	have := 1 // the master committed it
 	for _, f := range m.followers {
-		if f.known && f.acked >= index {
+		if (f.known && f.acked >= index) || f.id == origin {
 			have++
 		} else if level == "all" {
 			return false
@@ -536,7 +551,7 @@ func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *Forwar
 	if err != nil {
 		return &ForwardResponse{Error: &WireError{Kind: "param", Message: err.Error()}}
 	}
-	out, err := m.Write(ctx, &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: false, Collect: req.Collect}, req.Ack)
+	out, err := m.write(ctx, &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: false, Collect: req.Collect}, req.Ack, req.Origin)
 	resp := &ForwardResponse{Index: out.Index}
 	if err != nil {
 		resp.Error = ToWireError(err)

@@ -387,3 +387,44 @@ func TestForwardedWriteAnswersOnlyOnceTheSlaveHasApplied(t *testing.T) {
 		t.Fatalf("master gone: %v", err)
 	}
 }
+
+// A write forwarded by a slave counts that slave toward its ack level (it
+// answers only once it has applied the write), and nothing more: with one
+// master and two slaves the master alone plus the forwarder are a quorum,
+// with four slaves they are not.
+func TestForwardedWriteCountsItsSlaveTowardTheQuorumAndNoOtherNode(t *testing.T) {
+	h := newHarness(t, 2, 0)
+	h.mustWrite(0, "CREATE TABLE t (x)")
+	h.converged()
+	// Slave 2 is cut off; slave 1 applies appends but the master never
+	// hears back, so only the forwarder itself can vouch for its write.
+	h.net.SetFaults(Faults{
+		Drop:      func(url string) bool { return url == slaveURL(2) },
+		DropReply: func(url string) bool { return url == slaveURL(1) },
+	})
+	out, err := h.write(1, "INSERT INTO t VALUES (1)")
+	if err != nil {
+		t.Fatalf("forwarded quorum write with master + forwarder: %v", err)
+	}
+	if h.stores[1].Applied() < out.Index {
+		t.Fatalf("slave 1 answered at applied %d before its write's index %d", h.stores[1].Applied(), out.Index)
+	}
+	// Written at the master, the same write needs a slave's answer.
+	var ackErr *AckTimeoutError
+	if _, err := h.write(0, "INSERT INTO t VALUES (2)"); !errors.As(err, &ackErr) {
+		t.Fatalf("quorum write at the master without any slave's answer: %v", err)
+	}
+
+	big := newHarness(t, 4, 0)
+	big.mustWrite(0, "CREATE TABLE t (x)")
+	big.converged()
+	cut := map[string]bool{slaveURL(2): true, slaveURL(3): true, slaveURL(4): true}
+	big.net.SetFaults(Faults{Drop: func(url string) bool { return cut[url] }})
+	if _, err := big.write(1, "INSERT INTO t VALUES (1)"); !errors.As(err, &ackErr) {
+		t.Fatalf("forwarded quorum write with 2 of 5 nodes: %v", err)
+	}
+	big.net.SetFaults(Faults{Drop: func(url string) bool { return url == slaveURL(3) || url == slaveURL(4) }})
+	if _, err := big.write(1, "INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatalf("forwarded quorum write with 3 of 5 nodes: %v", err)
+	}
+}

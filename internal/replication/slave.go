@@ -196,9 +196,12 @@ func (s *Slave) Write(ctx context.Context, req *store.Request, ack string) (stor
 	if err != nil {
 		return store.Outcome{}, err
 	}
+	// The master counted this slave as acknowledging the write (see
+	// Master.write), so the answer waits until it really has: that gives
+	// the client read-your-writes here and completes the ack level.
 	out := store.Outcome{Index: resp.Index, Results: results}
-	if err := s.WaitApplied(ctx, resp.Index, s.cfg.ReadTimeout); err != nil {
-		return out, &AckTimeoutError{Index: resp.Index, Level: "applied on the slave that received it", After: s.cfg.ReadTimeout}
+	if err := s.WaitApplied(ctx, resp.Index, s.cfg.AckTimeout); err != nil {
+		return out, &AckTimeoutError{Index: resp.Index, Level: ack + ", applied on the slave that received it", After: s.cfg.AckTimeout}
 	}
 	return out, nil
 }
