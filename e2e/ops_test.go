@@ -68,18 +68,33 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 			Reachable bool   `json:"reachable"`
 		} `json:"slaves"`
 	}
-	code, body := get(t, c, 0, "/status")
-	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
-		t.Fatalf("master status: %d %v %s", code, err, body)
-	}
-	if st.Role != "master" || st.Applied != want || len(st.Slaves) != 2 {
-		t.Fatalf("master status: %s", body)
-	}
-	for _, s := range st.Slaves {
-		if s.Acked != want || s.Lag != 0 || !s.Reachable {
-			t.Fatalf("slave %d in master status: %s", s.ID, body)
+	// The slaves have applied everything; their answers reach the master
+	// a moment later.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get(t, c, 0, "/status")
+		if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
+			t.Fatalf("master status: %d %v %s", code, err, body)
 		}
+		if st.Role != "master" || st.Applied != want || len(st.Slaves) != 2 {
+			t.Fatalf("master status: %s", body)
+		}
+		current := true
+		for _, s := range st.Slaves {
+			if s.Acked != want || s.Lag != 0 || !s.Reachable {
+				current = false
+			}
+		}
+		if current {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("master status never showed both slaves current: %s", body)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
+	var code int
+	var body string
 	code, body = get(t, c, 1, "/status")
 	if !strings.Contains(body, `"role": "slave"`) || !strings.Contains(body, `"applied_index": `+strconv.FormatUint(want, 10)) {
 		t.Fatalf("slave status: %d %s", code, body)
@@ -110,7 +125,7 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 	// and stays healthy itself.
 	c.Node(2).Kill()
 	c.Exec(0, "INSERT INTO o (v) VALUES ('after')")
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		_, text = get(t, c, 0, "/metrics")
 		if metric(t, text, `ddb_slave_reachable{slave="2"}`) == 0 && metric(t, text, `ddb_replication_lag_entries{slave="2"}`) >= 1 {
