@@ -23,52 +23,83 @@ func (RealClock) Now() time.Time { return time.Now() }
 // After returns time.After(d).
 func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// Progress lets goroutines wait for "something advanced" without polling:
-// Changed returns a channel that is closed at the next Notify.
+// Progress lets goroutines wait for their own condition without polling.
+// Each waiter registers its condition; Notify, called after every change
+// that could satisfy one, re-checks the conditions and wakes only the
+// waiters whose condition now holds. (Waking every waiter at every change
+// — a commit, an acknowledgement — cost the master a goroutine wake-up per
+// waiting client per change.)
 type Progress struct {
-	mu sync.Mutex
-	ch chan struct{}
+	mu      sync.Mutex
+	waiters []*waiter
 }
 
-// Changed returns the channel closed by the next Notify.
-func (p *Progress) Changed() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ch == nil {
-		p.ch = make(chan struct{})
-	}
-	return p.ch
+type waiter struct {
+	cond func() bool
+	done chan struct{}
 }
 
-// Notify wakes every waiter.
+// Notify wakes the waiters whose condition holds now.
 func (p *Progress) Notify() {
 	p.mu.Lock()
-	if p.ch != nil {
-		close(p.ch)
-		p.ch = nil
+	defer p.mu.Unlock()
+	keep := p.waiters[:0]
+	for _, w := range p.waiters {
+		if w.cond() {
+			close(w.done)
+		} else {
+			keep = append(keep, w)
+		}
 	}
+	clear(p.waiters[len(keep):])
+	p.waiters = keep
+}
+
+func (p *Progress) add(w *waiter) {
+	p.mu.Lock()
+	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
 }
 
-// waitUntil waits until cond() holds, re-checking at every Notify of p, for
-// at most timeout. It returns false on timeout and ctx's error when ctx ends.
+func (p *Progress) remove(w *waiter) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, x := range p.waiters {
+		if x == w {
+			last := len(p.waiters) - 1
+			p.waiters[i] = p.waiters[last]
+			p.waiters[last] = nil
+			p.waiters = p.waiters[:last]
+			return
+		}
+	}
+}
+
+// waitUntil waits until cond() holds, for at most timeout: cond is checked
+// now and then at each Notify of p that could make it true. It returns
+// false on timeout and ctx's error when ctx ends. cond must be cheap and
+// must not call into p.
 func waitUntil(ctx context.Context, clock Clock, p *Progress, timeout time.Duration, cond func() bool) (bool, error) {
-	var deadline <-chan time.Time
-	for {
-		ch := p.Changed()
-		if cond() {
-			return true, nil
-		}
-		if deadline == nil {
-			deadline = clock.After(timeout)
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			return cond(), nil
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
+	if cond() {
+		return true, nil
+	}
+	w := &waiter{cond: cond, done: make(chan struct{})}
+	p.add(w)
+	// A change between the first check and the registration had no waiter
+	// to wake: check again now that a Notify will see this one.
+	if cond() {
+		p.remove(w)
+		return true, nil
+	}
+	select {
+	case <-w.done:
+		return true, nil
+	case <-clock.After(timeout):
+		p.remove(w)
+		return cond(), nil
+	case <-ctx.Done():
+		p.remove(w)
+		return false, ctx.Err()
 	}
 }
 
