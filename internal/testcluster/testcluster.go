@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -64,10 +65,14 @@ func Binaries() (string, error) {
 	return binDir, buildErr
 }
 
-// FreeBasePort finds a port p such that p .. p+n are all free.
+// FreeBasePort finds a port p such that p .. p+n are all free. It picks
+// below the kernel's ephemeral range: a port inside it can be taken by any
+// outgoing connection while a killed node is down, and its restart would
+// then fail with "address already in use".
 func FreeBasePort(n int) (int, error) {
+	lo := ephemeralStart() - n - 1
 	for attempt := 0; attempt < 200; attempt++ {
-		base := 20000 + rand.IntN(40000)
+		base := 10000 + rand.IntN(lo-10000)
 		ok := true
 		var lns []net.Listener
 		for i := 0; i <= n; i++ {
@@ -86,6 +91,20 @@ func FreeBasePort(n int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no run of %d free ports found", n+1)
+}
+
+// ephemeralStart is the first port of the kernel's range for outgoing
+// connections (Linux), 32768 when it cannot be read.
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 12000 {
+				return v
+			}
+		}
+	}
+	return 32768
 }
 
 // Cluster is a master and its slaves running as processes.
