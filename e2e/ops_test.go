@@ -93,9 +93,7 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var code int
-	var body string
-	code, body = get(t, c, 1, "/status")
+	code, body := get(t, c, 1, "/status")
 	if !strings.Contains(body, `"role": "slave"`) || !strings.Contains(body, `"applied_index": `+strconv.FormatUint(want, 10)) {
 		t.Fatalf("slave status: %d %s", code, body)
 	}

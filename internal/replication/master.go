@@ -203,21 +203,14 @@ func (m *Master) write(ctx context.Context, req *store.Request, ack string, orig
 	return out, m.waitAck(ctx, out.Index, ack, origin)
 }
 
-// WaitAck waits until index is acknowledged at level.
-func (m *Master) WaitAck(ctx context.Context, index uint64, level string) error {
-	return m.waitAck(ctx, index, level, 0)
-}
-
-// waitAck is WaitAck counting slave origin (if not 0) as acknowledged.
+// waitAck waits until index is acknowledged at level, counting slave
+// origin (if not 0) as having it.
 func (m *Master) waitAck(ctx context.Context, index uint64, level string, origin int) error {
 	if level == "master" {
 		return nil
 	}
 	ok, err := waitUntil(ctx, m.clock, &m.progress, m.cfg.AckTimeout, func() bool { return m.acked(index, level, origin) })
-	if err != nil {
-		return &AckTimeoutError{Index: index, Level: level, After: m.cfg.AckTimeout}
-	}
-	if !ok {
+	if err != nil || !ok {
 		return &AckTimeoutError{Index: index, Level: level, After: m.cfg.AckTimeout}
 	}
 	return nil
