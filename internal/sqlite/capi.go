@@ -498,9 +498,9 @@ func (c *Conn) ExecScript(sql string) error {
 	return nil
 }
 
-// QueryRow runs one statement with positional args and returns its first
-// row (nil when there is none).
-func (c *Conn) QueryRow(sql string, args ...any) ([]any, error) {
+// prepareBound prepares the first statement of sql (uncached) and binds
+// positional args; the caller closes it.
+func (c *Conn) prepareBound(sql string, args []any) (*Stmt, error) {
 	st, err := c.Prepare(sql)
 	if err != nil {
 		return nil, err
@@ -508,10 +508,21 @@ func (c *Conn) QueryRow(sql string, args ...any) ([]any, error) {
 	if st == nil {
 		return nil, errors.New("empty statement")
 	}
-	defer st.Close()
 	if _, err := st.Bind(args, nil); err != nil {
+		st.Close()
 		return nil, err
 	}
+	return st, nil
+}
+
+// QueryRow runs one statement with positional args and returns its first
+// row (nil when there is none).
+func (c *Conn) QueryRow(sql string, args ...any) ([]any, error) {
+	st, err := c.prepareBound(sql, args)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
 	ok, err := st.Step()
 	if err != nil || !ok {
 		return nil, err
@@ -521,17 +532,11 @@ func (c *Conn) QueryRow(sql string, args ...any) ([]any, error) {
 
 // All runs one statement with positional args and returns every row.
 func (c *Conn) All(sql string, args ...any) ([][]any, error) {
-	st, err := c.Prepare(sql)
+	st, err := c.prepareBound(sql, args)
 	if err != nil {
 		return nil, err
 	}
-	if st == nil {
-		return nil, errors.New("empty statement")
-	}
 	defer st.Close()
-	if _, err := st.Bind(args, nil); err != nil {
-		return nil, err
-	}
 	var out [][]any
 	for {
 		more, err := st.Step()
