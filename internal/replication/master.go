@@ -550,7 +550,7 @@ func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *Forwar
 		resp.Error = ToWireError(err)
 		return resp
 	}
-	if resp.Results, err = EncodeResults(out.Results); err != nil {
+	if resp.Results, err = store.EncodeResults(out.Results); err != nil {
 		resp.Error = ToWireError(err)
 	}
 	return resp

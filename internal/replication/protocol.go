@@ -54,14 +54,7 @@ type ForwardResponse struct {
 }
 
 // WireResult is a store.Result with exactly typed values.
-type WireResult struct {
-	Columns      []string            `json:"columns,omitempty"`
-	Types        []string            `json:"types,omitempty"`
-	Rows         [][]json.RawMessage `json:"rows,omitempty"`
-	HasRows      bool                `json:"has_rows,omitempty"`
-	RowsAffected int64               `json:"rows_affected"`
-	LastInsertID int64               `json:"last_insert_id"`
-}
+type WireResult = store.WireResult
 
 // WireError carries an error's kind across a forward.
 type WireError struct {
@@ -136,51 +129,6 @@ type WaitTimeoutError struct {
 
 func (e *WaitTimeoutError) Error() string {
 	return fmt.Sprintf("this node has applied index %d, not %d, after waiting %v", e.Have, e.Want, e.After)
-}
-
-// EncodeResults converts store results for the wire.
-func EncodeResults(rs []store.Result) ([]WireResult, error) {
-	out := make([]WireResult, len(rs))
-	for i, r := range rs {
-		w := WireResult{Columns: r.Columns, Types: r.Types, HasRows: r.HasRows, RowsAffected: r.RowsAffected, LastInsertID: r.LastInsertID}
-		for _, row := range r.Rows {
-			wr := make([]json.RawMessage, len(row))
-			for j, v := range row {
-				b, err := rlog.EncodeValue(v)
-				if err != nil {
-					return nil, err
-				}
-				wr[j] = b
-			}
-			w.Rows = append(w.Rows, wr)
-		}
-		out[i] = w
-	}
-	return out, nil
-}
-
-// DecodeResults reverses EncodeResults.
-func DecodeResults(ws []WireResult) ([]store.Result, error) {
-	out := make([]store.Result, len(ws))
-	for i, w := range ws {
-		r := store.Result{Columns: w.Columns, Types: w.Types, HasRows: w.HasRows, RowsAffected: w.RowsAffected, LastInsertID: w.LastInsertID}
-		if w.HasRows {
-			r.Rows = make([][]any, 0, len(w.Rows))
-		}
-		for _, wr := range w.Rows {
-			row := make([]any, len(wr))
-			for j, b := range wr {
-				v, err := rlog.DecodeValue(b)
-				if err != nil {
-					return nil, err
-				}
-				row[j] = v
-			}
-			r.Rows = append(r.Rows, row)
-		}
-		out[i] = r
-	}
-	return out, nil
 }
 
 // ToWireError describes err for a forward response.

@@ -192,7 +192,7 @@ func (s *Slave) Write(ctx context.Context, req *store.Request, ack string) (stor
 	if resp.Error != nil {
 		return store.Outcome{Index: resp.Index}, FromWireError(resp.Error, s.cfg.AckTimeout)
 	}
-	results, err := DecodeResults(resp.Results)
+	results, err := store.DecodeResults(resp.Results)
 	if err != nil {
 		return store.Outcome{}, err
 	}

@@ -166,3 +166,44 @@ func DecodeValue(b []byte) (any, error) {
 		return strconv.ParseInt(string(b), 10, 64)
 	}
 }
+
+// MaxRequestIDLen bounds a client's request_id.
+const MaxRequestIDLen = 128
+
+// EncodeWrite encodes one write for an entry body: its statements and, when
+// requestID is set, the idempotency key every node records with it. Without
+// a key the body is EncodeStatements' array, as before keys existed.
+func EncodeWrite(requestID string, stmts []Statement) ([]byte, error) {
+	s, err := EncodeStatements(stmts)
+	if err != nil || requestID == "" {
+		return s, err
+	}
+	id, err := json.Marshal(requestID)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, len(s)+len(id)+16)
+	b = append(b, `{"id":`...)
+	b = append(b, id...)
+	b = append(b, `,"s":`...)
+	b = append(b, s...)
+	return append(b, '}'), nil
+}
+
+// DecodeWrite reverses EncodeWrite.
+func DecodeWrite(body []byte) (requestID string, stmts []Statement, err error) {
+	b := bytes.TrimSpace(body)
+	if len(b) > 0 && b[0] == '{' {
+		var w struct {
+			ID string          `json:"id"`
+			S  json.RawMessage `json:"s"`
+		}
+		if err := json.Unmarshal(b, &w); err != nil {
+			return "", nil, fmt.Errorf("decode entry body: %w", err)
+		}
+		stmts, err := DecodeStatements(w.S)
+		return w.ID, stmts, err
+	}
+	stmts, err = DecodeStatements(b)
+	return "", stmts, err
+}

@@ -157,6 +157,31 @@ func judge(op int, a1, a2 string) (Kind, string) {
 	return KindWrite, fmt.Sprintf("operation %d is not allowed", op)
 }
 
+// pragmasOfSchema are the pragmas whose answer depends on the schema
+// alone, and so is the same on every node.
+var pragmasOfSchema = map[string]bool{
+	"table_info": true, "table_xinfo": true, "table_list": true, "index_list": true,
+	"index_info": true, "index_xinfo": true, "foreign_key_list": true, "foreign_key_check": true,
+}
+
+// nondeterministic explains a read whose value differs between nodes with
+// identical content: where pages lie in the file (sqlite_schema.rootpage),
+// and pragmas about the file or the process (page_count, freelist_count,
+// database_list with the file's path, data_version, ...), read through
+// their table-valued functions.
+func nondeterministic(op int, a1, a2 string) string {
+	if op != sqlite3.SQLITE_READ {
+		return ""
+	}
+	if isSchemaTable(a1) && strings.EqualFold(a2, "rootpage") {
+		return a1 + ".rootpage (where a table's pages lie in the file)"
+	}
+	if name, ok := strings.CutPrefix(strings.ToLower(a1), "pragma_"); ok && !pragmasOfSchema[name] {
+		return "the pragma " + name + " (a property of this node's file or process)"
+	}
+	return ""
+}
+
 // policy says which actions the authorizer refuses while a statement is compiled.
 type policy int
 
@@ -175,12 +200,23 @@ type authState struct {
 	denied    Kind   // set with deniedSet when the policy refused a kind
 	deniedSet bool
 	triggerOn []string // tables that got a trigger: its body is checked after
+	// nondet names the first thing the statement reads whose value is not
+	// the same on every node (see nondeterministic); a write may not use it.
+	nondet              string
+	prevUpdatedRootpage bool // the previous action was SQLite's own UPDATE of sqlite_schema.rootpage
 }
 
 func (a *authState) reset(p policy) { *a = authState{policy: p} }
 
 func (a *authState) authorize(op int, a1, a2, _ string) int {
 	k, why := judge(op, a1, a2)
+	// DROP TABLE moves root pages with a nested UPDATE of sqlite_schema
+	// that reads rootpage in its WHERE: that read is SQLite's own.
+	own := op == sqlite3.SQLITE_READ && a.prevUpdatedRootpage
+	a.prevUpdatedRootpage = op == sqlite3.SQLITE_UPDATE && isSchemaTable(a1) && strings.EqualFold(a2, "rootpage")
+	if a.nondet == "" && !own {
+		a.nondet = nondeterministic(op, a1, a2)
+	}
 	if op == sqlite3.SQLITE_CREATE_TRIGGER {
 		a.triggerOn = append(a.triggerOn, a2)
 	}

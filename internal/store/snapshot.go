@@ -97,7 +97,7 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	if s.w == nil {
 		return 0, ErrClosed
 	}
-	s.wauth.reset(policyReplica)
+	s.wconn.auth.reset(policyReplica)
 	if err := s.w.Backup(src); err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}

@@ -43,34 +43,76 @@ type Options struct {
 
 // Store is a node's database. Its zero value is not usable; call Open.
 type Store struct {
-	path     string
-	clock    *sqlite.Clock
-	wmu      sync.Mutex // held by whoever uses w
-	w        *sqlite.Conn
-	wauth    authState
-	rng      *rand.Rand // random()/randomblob() source while an entry runs
-	readers  chan *reader
-	applied  atomic.Uint64 // last log index applied (committed) here
-	logStart atomic.Uint64 // oldest index kept in _ddb_log
-	closed   atomic.Bool
-	bug      string // Options.InjectBug
+	path      string
+	clock     *sqlite.Clock
+	wmu       sync.Mutex // held by whoever uses w
+	w         *sqlite.Conn
+	wconn     *conn      // w with its state; nil once closed
+	entry     entryState // the writer's per-entry connection state
+	rng       *rand.Rand // random()/randomblob() source while an entry runs
+	entering  bool       // lockEntries holds SQLite's generator
+	readers   chan *conn
+	nreaders  int
+	applied   atomic.Uint64 // last log index applied (committed) here
+	logStart  atomic.Uint64 // oldest index kept in _ddb_log
+	schemaGen atomic.Uint64 // bumped by every schema change; see conn.gen
+	closed    atomic.Bool
+	bug       string // Options.InjectBug
 }
 
-type reader struct {
+// conn is one connection with what the store keeps beside it.
+type conn struct {
 	c    *sqlite.Conn
 	auth authState
+	// gen is the schema generation the connection's statement cache was
+	// built under. A schema change bumps Store.schemaGen, and the next use
+	// of every connection drops its cached statements, with the statement
+	// kinds learned when they were compiled.
+	gen uint64
+	// entry is the writer's per-entry state (nil on read connections): the
+	// counters an answer reports are the statement's own, and the SQL
+	// functions that expose connection state see only the entry's.
+	entry *entryState
+}
+
+// entryState is what the writer connection tracks for the entry it runs,
+// so that changes(), total_changes() and last_insert_rowid() depend on the
+// entry alone, as if every entry ran on a fresh connection: the same on
+// the node that took the write, on every replica, and on a replay.
+type entryState struct {
+	lastID    int64 // rowid of the entry's latest insert (0: none yet)
+	totalBase int64 // sqlite3_total_changes when the entry began
 }
 
 const schemaSQL = `
 CREATE TABLE IF NOT EXISTS _ddb_meta (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS _ddb_log (idx INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, seed INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS _ddb_members (id INTEGER PRIMARY KEY, url TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ddb_requests (id TEXT PRIMARY KEY, idx INTEGER NOT NULL, time_ms INTEGER NOT NULL, result BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS _ddb_requests_time ON _ddb_requests(time_ms);
 INSERT OR IGNORE INTO _ddb_meta(key, value) VALUES ('applied', 0);
 `
 
-func openConn(path string, params url.Values) (*sqlite.Conn, error) { return sqlite.Open(path, params) }
+// connPragmas are run on every connection the store opens. Temporary
+// files live in memory: SQLite names a temporary file with its process-wide
+// random generator, which the writer pins while it runs an entry.
+const connPragmas = "PRAGMA temp_store = MEMORY"
 
-// Open opens (creating if needed) the database at opts.Path.
+func openConn(path string, params url.Values) (*sqlite.Conn, error) {
+	c, err := sqlite.Open(path, params)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ExecScript(connPragmas); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Open opens (creating if needed) the database at opts.Path. It refuses a
+// database that fails SQLite's integrity check, or whose replication log
+// and applied index disagree, and then changes nothing.
 func Open(opts Options) (*Store, error) {
 	if opts.ReadConns <= 0 {
 		opts.ReadConns = 4
@@ -78,6 +120,7 @@ func Open(opts Options) (*Store, error) {
 	if opts.Synchronous == "" {
 		opts.Synchronous = "FULL"
 	}
+	sqlite.UseUTC()
 	abs, err := filepath.Abs(opts.Path)
 	if err != nil {
 		return nil, err
@@ -85,11 +128,14 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
+	if err := checkFile(abs); err != nil {
+		return nil, err
+	}
 	clock, err := sqlite.NewClock()
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{path: abs, clock: clock, readers: make(chan *reader, opts.ReadConns), bug: opts.InjectBug}
+	s := &Store{path: abs, clock: clock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug}
 	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},
@@ -99,6 +145,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", abs, err)
 	}
 	s.w = w
+	s.wconn = &conn{c: w, entry: &s.entry}
 	if err := s.initWriter(); err != nil {
 		s.Close()
 		return nil, err
@@ -109,11 +156,74 @@ func Open(opts Options) (*Store, error) {
 			s.Close()
 			return nil, fmt.Errorf("open read connection to %s: %w", abs, err)
 		}
-		rd := &reader{c: r}
+		rd := &conn{c: r}
 		r.SetAuthorizer(rd.auth.authorize)
+		if err := registerRandom(r, rand.New(rand.NewChaCha8(cryptoSeed()))); err != nil {
+			r.Close()
+			s.Close()
+			return nil, err
+		}
 		s.readers <- rd
+		s.nreaders++
 	}
 	return s, nil
+}
+
+func cryptoSeed() (seed [32]byte) {
+	_, _ = crand.Read(seed[:])
+	return seed
+}
+
+// registerRandom makes random() and randomblob() draw from rng instead of
+// SQLite's process-wide generator, which the writer pins to each entry's
+// seed: no other connection may draw from it.
+func registerRandom(c *sqlite.Conn, rng *rand.Rand) error {
+	if err := c.Driver.RegisterFunc("random", func() int64 { return int64(rng.Uint64()) }, false); err != nil {
+		return err
+	}
+	return c.Driver.RegisterFunc("randomblob", func(n int64) []byte {
+		if n < 1 {
+			n = 1
+		}
+		b := make([]byte, n)
+		for i := 0; i < len(b); i += 8 {
+			var w [8]byte
+			binary.LittleEndian.PutUint64(w[:], rng.Uint64())
+			copy(b[i:], w[:])
+		}
+		return b
+	}, false)
+}
+
+// checkFile refuses to open a database that is not whole: SQLite's
+// integrity check must pass, on a read-only connection that changes
+// nothing (a leftover WAL that does not belong to the file shows up here
+// as corruption).
+func checkFile(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}})
+	if err != nil {
+		return fmt.Errorf("open %s to check it: %w", path, err)
+	}
+	defer c.Close()
+	rows, err := c.All("PRAGMA quick_check")
+	if err == nil && len(rows) == 1 && rows[0][0] == "ok" {
+		return nil
+	}
+	var problems []string
+	for i, r := range rows {
+		if i == 5 {
+			problems = append(problems, "...")
+			break
+		}
+		problems = append(problems, fmt.Sprint(r[0]))
+	}
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	return fmt.Errorf("%s fails SQLite's integrity check (%s); the node will not start on it. Restore it from a healthy replica (docs/REPLICATION.md, \"Restoring a node\"); if a -wal file from another database was left beside it, that is the cause", path, strings.Join(problems, "; "))
 }
 
 func (s *Store) initWriter() error {
@@ -128,35 +238,54 @@ func (s *Store) initWriter() error {
 		s.applied.Store(uint64(v))
 	}
 	s.logStart.Store(s.applied.Load() + 1)
-	if row, err := s.w.QueryRow(`SELECT min(idx) FROM _ddb_log`); err == nil {
-		if v, ok := row[0].(int64); ok {
-			s.logStart.Store(uint64(v))
+	row, err = s.w.QueryRow(`SELECT min(idx), max(idx) FROM _ddb_log`)
+	if err != nil {
+		return fmt.Errorf("read the log's bounds: %w", err)
+	}
+	if lo, ok := row[0].(int64); ok {
+		hi := row[1].(int64)
+		if uint64(hi) != s.applied.Load() {
+			return fmt.Errorf("%s: its log ends at index %d but its data is at index %d; the file was changed outside the database or mixed with another node's. Restore it from a healthy replica (docs/REPLICATION.md)", s.path, hi, s.applied.Load())
 		}
+		s.logStart.Store(uint64(lo))
 	}
 	// random() and randomblob() draw from the entry's seed, so every node
 	// computes the same values. The clock VFS does the same for 'now'.
 	s.rng = rand.New(rand.NewPCG(1, 2))
-	if err := s.w.Driver.RegisterFunc("random", func() int64 { return int64(s.rng.Uint64()) }, false); err != nil {
+	if err := registerRandom(s.w, rand.New(randSource{s})); err != nil {
 		return err
 	}
-	if err := s.w.Driver.RegisterFunc("randomblob", func(n int64) []byte {
-		if n < 1 {
-			n = 1
+	// Connection state, pinned to the entry (see entryState).
+	w, e := s.w, &s.entry
+	for name, f := range map[string]func() int64{
+		"last_insert_rowid": func() int64 {
+			if v := w.LastInsertID(); v != 0 {
+				return v
+			}
+			return e.lastID
+		},
+		"changes": func() int64 {
+			if w.TotalChanges() > e.totalBase {
+				return w.Changes()
+			}
+			return 0
+		},
+		"total_changes": func() int64 { return w.TotalChanges() - e.totalBase },
+	} {
+		if err := w.Driver.RegisterFunc(name, f, false); err != nil {
+			return fmt.Errorf("register %s: %w", name, err)
 		}
-		b := make([]byte, n)
-		for i := 0; i < len(b); i += 8 {
-			var w [8]byte
-			binary.LittleEndian.PutUint64(w[:], s.rng.Uint64())
-			copy(b[i:], w[:])
-		}
-		return b
-	}, false); err != nil {
-		return err
 	}
-	s.w.SetAuthorizer(s.wauth.authorize)
-	s.wauth.reset(policyReplica)
+	s.w.SetAuthorizer(s.wconn.auth.authorize)
+	s.wconn.auth.reset(policyReplica)
 	return nil
 }
+
+// randSource draws from the store's current entry generator (s.rng is
+// replaced for every entry).
+type randSource struct{ s *Store }
+
+func (r randSource) Uint64() uint64 { return r.s.rng.Uint64() }
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
@@ -164,27 +293,28 @@ func (s *Store) Path() string { return s.path }
 // Applied is the last log index committed to this database.
 func (s *Store) Applied() uint64 { return s.applied.Load() }
 
-// Close closes every connection.
+// Close closes every connection: the read connections first, then the
+// writer after a checkpoint, so the last close folds the WAL into the
+// database file and removes it. A cleanly stopped node leaves one
+// self-contained file.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
 	var errs []error
+	for i := 0; i < s.nreaders; i++ {
+		r := <-s.readers // waits for reads in progress
+		errs = append(errs, r.c.Close())
+	}
 	s.wmu.Lock()
 	if s.w != nil {
+		if err := s.w.Checkpoint(3); err != nil {
+			errs = append(errs, fmt.Errorf("checkpoint on close: %w", err))
+		}
 		errs = append(errs, s.w.Close())
-		s.w = nil
+		s.w, s.wconn = nil, nil
 	}
 	s.wmu.Unlock()
-	for {
-		select {
-		case r := <-s.readers:
-			errs = append(errs, r.c.Close())
-			continue
-		default:
-		}
-		break
-	}
 	s.clock.Close()
 	return errors.Join(errs...)
 }
@@ -192,19 +322,23 @@ func (s *Store) Close() error {
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("database is closed")
 
-func (s *Store) getReader(ctx context.Context) (*reader, error) {
+func (s *Store) getReader(ctx context.Context) (*conn, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
 	select {
 	case r := <-s.readers:
+		if s.closed.Load() {
+			s.readers <- r
+			return nil, ErrClosed
+		}
 		return r, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
 
-func (s *Store) putReader(r *reader) { s.readers <- r }
+func (s *Store) putReader(r *conn) { s.readers <- r }
 
 // Result is what one client statement produced.
 type Result struct {
@@ -227,19 +361,25 @@ type ResultTooLargeError struct{ What string }
 
 func (e *ResultTooLargeError) Error() string { return "result too large: " + e.What }
 
-// run executes every statement in st.SQL on c, in order, with the
-// authorizer state a (already reset to the wanted policy). The result is
-// the last statement's; rows are collected when collect is set.
-func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, collect bool, lim Limits) (Result, error) {
+// run executes every statement in st.SQL on cn, in order, with its
+// authorizer state (already reset to the wanted policy). The result is the
+// last statement's; rows are collected when collect is set.
+func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bool, lim Limits) (Result, error) {
 	var res Result
+	c, a := cn.c, &cn.auth
+	if gen := s.schemaGen.Load(); cn.gen != gen {
+		c.DropCache()
+		cn.gen = gen
+	}
 	sql, pos := st.SQL, st.Pos
 	ran := 0
 	for sql != "" {
 		p := a.policy
 		a.reset(p)
 		// Single statements are kept prepared per policy: the authorizer
-		// ran when they were compiled (and runs again if SQLite recompiles
-		// them after a schema change).
+		// ran when they were compiled. A schema change empties the cache
+		// (see conn.gen), so a kept statement never outlives the schema it
+		// was classified under.
 		key := string(rune('0'+p)) + sql
 		var stmt *sqlite.Stmt
 		cached := false
@@ -258,6 +398,7 @@ func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, c
 				cached = true
 			}
 		}
+		kind := a.kind
 		release := func() {
 			if cached {
 				stmt.Reset() // an unfinished statement would hold its read transaction
@@ -271,8 +412,15 @@ func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, c
 			return res, &ParamError{Msg: err.Error()}
 		}
 		pos = pos[used:]
-		r, err := step(ctx, c, stmt, collect, lim)
+		r, err := step(ctx, cn, stmt, collect, lim)
 		release()
+		if kind == KindSchema {
+			// Every connection drops its statements before its next use;
+			// this one at once, for the rest of its transaction.
+			s.schemaGen.Add(1)
+			c.DropCache()
+			cn.gen = s.schemaGen.Load()
+		}
 		if err != nil {
 			return res, err
 		}
@@ -298,15 +446,24 @@ func run(ctx context.Context, c *sqlite.Conn, a *authState, st rlog.Statement, c
 // (already reset to its policy) and turns a refusal into the client's error.
 // A statement that changes something although the authorizer saw no
 // change is refused too: only statements the authorizer does not see at
-// all (VACUUM) get there, and what cannot be classified is not run.
+// all (VACUUM) get there, and what cannot be classified is not run. So is
+// a change computed from something that differs between nodes (see
+// authState.nondet).
 func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 	stmt, err := c.Prepare(sql)
 	if err != nil {
 		return nil, a.prepareError(sql, err)
 	}
-	if stmt != nil && a.policy != policyReplica && !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
+	if stmt == nil || a.policy == policyReplica {
+		return stmt, nil
+	}
+	if !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
 		stmt.Close()
 		return nil, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
+	}
+	if a.nondet != "" && a.kind >= KindWrite {
+		stmt.Close()
+		return nil, &ForbiddenError{Reason: a.nondet + ": it differs from node to node, so a write may not use it (a read may)"}
 	}
 	return stmt, nil
 }
@@ -314,7 +471,8 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 // checkTriggerBodies compiles (never runs) an INSERT, UPDATE and DELETE on
 // every table that just got a trigger. SQLite compiles a trigger's body only
 // when its table is written, so this is when the authorizer sees what the
-// body does; a body that touches forbidden objects fails the CREATE TRIGGER.
+// body does; a body that touches forbidden objects, or reads something that
+// differs between nodes, fails the CREATE TRIGGER.
 func checkTriggerBodies(c *sqlite.Conn, a *authState) error {
 	if a.policy == policyReplica || len(a.triggerOn) == 0 {
 		return nil
@@ -330,36 +488,57 @@ func checkTriggerBodies(c *sqlite.Conn, a *authState) error {
 			if err != nil && a.forbidden != "" {
 				return &ForbiddenError{Reason: "trigger body: " + a.forbidden}
 			}
+			if a.nondet != "" {
+				return &ForbiddenError{Reason: "trigger body: " + a.nondet + ": it differs from node to node, so a write may not use it"}
+			}
 		}
 	}
 	a.reset(p)
 	return nil
 }
 
-func step(ctx context.Context, c *sqlite.Conn, stmt *sqlite.Stmt, collect bool, lim Limits) (Result, error) {
+// step runs a bound statement. The column names and declared types are
+// read only once SQLite has run it: a statement compiled before a schema
+// change is compiled again by its first step, and only then describes the
+// rows it returns. On the writer, the answer's counters are the
+// statement's own: rows it changed (not its triggers', not an earlier
+// statement's) and the rowid it inserted, 0 for anything else.
+func step(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, lim Limits) (Result, error) {
 	var res Result
-	names, decl := stmt.Columns()
-	if len(names) > 0 {
-		res.HasRows = true
-		res.Columns, res.Types = names, decl
-		res.Rows = [][]any{}
+	c := cn.c
+	var total0 int64
+	if cn.entry != nil {
+		total0 = c.TotalChanges()
+		c.SetLastInsertID(0)
 	}
 	stop := c.Watch(ctx)
 	defer stop()
 	size := 0
+	first := true
 	for {
 		more, err := stmt.Step()
 		if err != nil {
 			if sqlite.IsCode(err, sqlite.ErrCodeInterrupt) && ctx != nil && ctx.Err() != nil {
 				return res, fmt.Errorf("query stopped: %w", ctx.Err())
 			}
+			if cn.auth.forbidden != "" && sqlite.IsCode(err, sqlite.ErrCodeAuth) {
+				return res, &ForbiddenError{Reason: cn.auth.forbidden}
+			}
 			return res, &SQLError{Err: err}
+		}
+		if first {
+			first = false
+			if names, decl := stmt.Columns(); len(names) > 0 {
+				res.HasRows = true
+				res.Columns, res.Types = names, decl
+				res.Rows = [][]any{}
+			}
 		}
 		if !more {
 			break
 		}
 		if collect && res.HasRows {
-			row := stmt.Row(make([]any, 0, len(names)))
+			row := stmt.Row(make([]any, 0, len(res.Columns)))
 			if lim.MaxRows > 0 && len(res.Rows) >= lim.MaxRows {
 				return res, &ResultTooLargeError{What: fmt.Sprintf("more than %d rows (limit); add LIMIT or narrow the query", lim.MaxRows)}
 			}
@@ -372,9 +551,14 @@ func step(ctx context.Context, c *sqlite.Conn, stmt *sqlite.Stmt, collect bool, 
 			res.Rows = append(res.Rows, row)
 		}
 	}
-	if !stmt.Readonly() {
-		res.RowsAffected = c.Changes()
-		res.LastInsertID = c.LastInsertID()
+	if cn.entry != nil {
+		if c.TotalChanges() > total0 {
+			res.RowsAffected = c.Changes()
+		}
+		if id := c.LastInsertID(); id != 0 {
+			res.LastInsertID = id
+			cn.entry.lastID = id
+		}
 	}
 	return res, nil
 }
@@ -411,7 +595,7 @@ func (s *Store) Read(ctx context.Context, stmts []rlog.Statement, lim Limits) ([
 	out := make([]Result, 0, len(stmts))
 	for _, st := range stmts {
 		r.auth.reset(policyReadOnly)
-		res, err := run(ctx, r.c, &r.auth, st, true, lim)
+		res, err := s.run(ctx, r, st, true, lim)
 		if err != nil {
 			return nil, err
 		}
@@ -459,10 +643,30 @@ func randomSeed() int64 {
 	return int64(binary.LittleEndian.Uint64(b[:]))
 }
 
-// enter pins the writer's clock and random source to an entry's.
+// enter pins everything an entry's execution may depend on to the entry:
+// the clock, the random seed (of random(), randomblob() and SQLite's own
+// generator) and the connection state. The caller holds wmu and has called
+// lockEntries.
 func (s *Store) enter(timeMs, seed int64) {
 	s.clock.Pin(timeMs)
 	s.rng = rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
+	sqlite.SeedPRNG(seed)
+	s.w.SetLastInsertID(0)
+	s.entry = entryState{totalBase: s.w.TotalChanges()}
 }
 
-func (s *Store) leave() { s.clock.Unpin() }
+// lockEntries takes SQLite's process-wide generator for this writer's
+// transaction; leave gives it back.
+func (s *Store) lockEntries() {
+	sqlite.LockPRNG()
+	s.entering = true
+}
+
+// leave unpins what enter pinned; safe to call more than once.
+func (s *Store) leave() {
+	s.clock.Unpin()
+	if s.entering {
+		s.entering = false
+		sqlite.UnlockPRNG()
+	}
+}

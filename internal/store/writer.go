@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -16,6 +17,11 @@ type Request struct {
 	AllowSchema bool // false for writes that entered at a slave
 	Collect     bool // return rows (a write sent as "query", e.g. RETURNING)
 	Limits      Limits
+	// RequestID, when set, is the write's idempotency key: a write with a
+	// key already recorded is not run again, and its outcome is the first
+	// one's (see Outcome.Duplicate). Every node records the key with the
+	// entry, in the same transaction.
+	RequestID string
 }
 
 // Outcome is what happened to one Request of a batch.
@@ -23,7 +29,10 @@ type Outcome struct {
 	Index   uint64 // log index; 0 when Err is set
 	Results []Result
 	Err     error
-	Entry   rlog.Entry // the log entry written (when Err is nil)
+	Entry   rlog.Entry // the log entry written (when Err is nil and not Duplicate)
+	// Duplicate: the request's RequestID was already recorded; Index and
+	// Results are those of the first time, and nothing was written now.
+	Duplicate bool
 }
 
 // Now is the clock a batch takes entry times from; tests replace it.
@@ -75,15 +84,48 @@ func (s *Store) CommitBatch(reqs []*Request, now Now) []Outcome {
 	return out
 }
 
+// beginEntries opens the writer's transaction for a run of entries and
+// takes SQLite's process-wide generator for it. Before any entry runs, it
+// writes a page of the transaction to the WAL: the first WAL write of a
+// transaction may draw from the generator (a new WAL header's salt), and
+// whether it does depends on this node's checkpoints, which differ between
+// nodes. After this, nothing but the entries draws from it.
+func (s *Store) beginEntries() error {
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	err := s.setApplied(s.applied.Load())
+	if err == nil {
+		err = s.w.FlushCache()
+	}
+	if err != nil {
+		s.internal("ROLLBACK")
+		return fmt.Errorf("begin: %w", err)
+	}
+	s.lockEntries()
+	return nil
+}
+
 func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now Now) (aborted int, err error) {
 	w := s.w
-	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-		return -1, fmt.Errorf("begin: %w", err)
+	if err := s.beginEntries(); err != nil {
+		return -1, err
 	}
 	defer s.leave()
 	index := s.applied.Load()
 	for _, i := range pending {
 		req := reqs[i]
+		if req.RequestID != "" {
+			first, found, err := s.recorded(req.RequestID)
+			if err != nil {
+				s.internal("ROLLBACK")
+				return -1, err
+			}
+			if found {
+				out[i] = first
+				continue
+			}
+		}
 		t, seed := now().UnixMilli(), randomSeed()
 		s.enter(t, seed)
 		if err := s.internal("SAVEPOINT req"); err != nil {
@@ -94,13 +136,16 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 		if !req.AllowSchema {
 			p = policyClientNoSchema
 		}
-		results, err := s.runRequest(req.Ctx, req, p)
+		collect := req.Collect || req.RequestID != ""
+		results, err := s.runRequest(req.Ctx, req.Stmts, p, collect, req.Limits)
 		var body []byte
 		if err == nil {
-			if body, err = rlog.EncodeStatements(req.Stmts); err == nil {
-				s.wauth.reset(policyReplica)
+			if body, err = rlog.EncodeWrite(req.RequestID, req.Stmts); err == nil {
 				err = s.insertLog(index+1, t, seed, body)
 			}
+		}
+		if err == nil && req.RequestID != "" {
+			err = s.record(req.RequestID, index+1, t, results)
 		}
 		if err != nil {
 			if !w.InTransaction() {
@@ -119,6 +164,9 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 			return -1, fmt.Errorf("release savepoint: %w", err)
 		}
 		index++
+		if !req.Collect {
+			results = dropRows(results)
+		}
 		out[i] = Outcome{Index: index, Results: results, Entry: rlog.Entry{Index: index, TimeMs: t, Seed: seed, Body: body}}
 	}
 	s.leave()
@@ -134,10 +182,65 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 	return -1, nil
 }
 
+// dropRows forgets the rows of results a client did not ask for (they were
+// collected only to be remembered with a request id).
+func dropRows(rs []Result) []Result {
+	for i := range rs {
+		rs[i].Rows = nil
+	}
+	return rs
+}
+
+// requestKeep is how long a request id is remembered, by the entries' own
+// clock, so that every node forgets the same ids at the same entry.
+const requestKeep = 24 * time.Hour
+
+// recorded looks up a request id in the writer's transaction.
+func (s *Store) recorded(id string) (Outcome, bool, error) {
+	s.wconn.auth.reset(policyReplica)
+	row, err := s.w.QueryRow("SELECT idx, result FROM _ddb_requests WHERE id = ?", id)
+	if err != nil || row == nil {
+		return Outcome{}, false, err
+	}
+	var ws []WireResult
+	b, _ := row[1].([]byte)
+	if err := json.Unmarshal(b, &ws); err != nil {
+		return Outcome{}, false, fmt.Errorf("request %q: decode its recorded result: %w", id, err)
+	}
+	results, err := DecodeResults(ws)
+	if err != nil {
+		return Outcome{}, false, err
+	}
+	return Outcome{Index: uint64(row[0].(int64)), Results: results, Duplicate: true}, true, nil
+}
+
+// record remembers a request id with its entry's index and results, and
+// every 1024 entries forgets ids older than requestKeep.
+func (s *Store) record(id string, index uint64, timeMs int64, results []Result) error {
+	ws, err := EncodeResults(results)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(ws)
+	if err != nil {
+		return err
+	}
+	s.wconn.auth.reset(policyReplica)
+	if err := s.w.Exec("INSERT INTO _ddb_requests(id, idx, time_ms, result) VALUES (?, ?, ?, ?)", id, int64(index), timeMs, b); err != nil {
+		return fmt.Errorf("record request %q: %w", id, err)
+	}
+	if index%1024 == 0 {
+		if err := s.w.Exec("DELETE FROM _ddb_requests WHERE time_ms < ?", timeMs-requestKeep.Milliseconds()); err != nil {
+			return fmt.Errorf("forget old request ids: %w", err)
+		}
+	}
+	return nil
+}
+
 // internal runs the store's own bookkeeping statements on the writer,
 // through its statement cache.
 func (s *Store) internal(sqls ...string) error {
-	s.wauth.reset(policyReplica)
+	s.wconn.auth.reset(policyReplica)
 	for _, q := range sqls {
 		if err := s.w.Exec(q); err != nil {
 			return err
@@ -146,11 +249,11 @@ func (s *Store) internal(sqls ...string) error {
 	return nil
 }
 
-func (s *Store) runRequest(ctx context.Context, req *Request, p policy) ([]Result, error) {
-	results := make([]Result, 0, len(req.Stmts))
-	for _, st := range req.Stmts {
-		s.wauth.reset(p)
-		r, err := run(ctx, s.w, &s.wauth, st, req.Collect, req.Limits)
+func (s *Store) runRequest(ctx context.Context, stmts []rlog.Statement, p policy, collect bool, lim Limits) ([]Result, error) {
+	results := make([]Result, 0, len(stmts))
+	for _, st := range stmts {
+		s.wconn.auth.reset(p)
+		r, err := s.run(ctx, s.wconn, st, collect, lim)
 		if err != nil {
 			return nil, err
 		}
@@ -160,7 +263,7 @@ func (s *Store) runRequest(ctx context.Context, req *Request, p policy) ([]Resul
 }
 
 func (s *Store) insertLog(index uint64, t, seed int64, body []byte) error {
-	s.wauth.reset(policyReplica)
+	s.wconn.auth.reset(policyReplica)
 	if err := s.w.Exec("INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (?, ?, ?, ?)", int64(index), t, seed, body); err != nil {
 		return fmt.Errorf("append log entry %d: %w", index, err)
 	}
@@ -168,7 +271,7 @@ func (s *Store) insertLog(index uint64, t, seed int64, body []byte) error {
 }
 
 func (s *Store) setApplied(index uint64) error {
-	s.wauth.reset(policyReplica)
+	s.wconn.auth.reset(policyReplica)
 	if err := s.w.Exec("UPDATE _ddb_meta SET value = ? WHERE key = 'applied'", int64(index)); err != nil {
 		return fmt.Errorf("record applied index %d: %w", index, err)
 	}
@@ -198,14 +301,14 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 		return applied, nil
 	}
 	w := s.w
-	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-		return applied, fmt.Errorf("begin: %w", err)
+	if err := s.beginEntries(); err != nil {
+		return applied, err
 	}
 	defer s.leave()
 	index := applied
 	for ; i < len(entries) && entries[i].Index == index+1; i++ {
 		e := entries[i]
-		stmts, err := rlog.DecodeStatements(e.Body)
+		id, stmts, err := rlog.DecodeWrite(e.Body)
 		if err != nil {
 			s.internal("ROLLBACK")
 			return applied, fmt.Errorf("entry %d: %w", e.Index, err)
@@ -220,19 +323,20 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 		if s.bug == "partial-apply" && len(stmts) > 1 {
 			stmts = stmts[:1]
 		}
-		for _, st := range stmts {
-			s.wauth.reset(policyReplica)
-			if _, err := run(context.Background(), w, &s.wauth, st, false, Limits{}); err != nil {
-				if w.InTransaction() {
-					s.internal("ROLLBACK")
-				}
-				return applied, fmt.Errorf("apply entry %d: %v: %w", e.Index, err, ErrDiverged)
+		s.wconn.auth.reset(policyReplica)
+		results, err := s.runRequest(context.Background(), stmts, policyReplica, id != "", Limits{})
+		if err == nil && id != "" {
+			err = s.record(id, e.Index, e.TimeMs, results)
+		}
+		if err != nil {
+			if w.InTransaction() {
+				s.internal("ROLLBACK")
 			}
+			return applied, fmt.Errorf("apply entry %d: %v: %w", e.Index, err, ErrDiverged)
 		}
 		index++
 	}
 	s.leave()
-	s.wauth.reset(policyReplica)
 	if err := s.setApplied(index); err != nil {
 		s.internal("ROLLBACK")
 		return applied, err
@@ -297,7 +401,7 @@ func (s *Store) TruncateLog(before uint64) error {
 	if s.w == nil {
 		return ErrClosed
 	}
-	s.wauth.reset(policyReplica)
+	s.wconn.auth.reset(policyReplica)
 	if err := s.w.Exec("DELETE FROM _ddb_log WHERE idx < ?", int64(before)); err != nil {
 		return err
 	}
@@ -333,7 +437,7 @@ func (s *Store) SetMember(id int, url string) error {
 	if s.w == nil {
 		return ErrClosed
 	}
-	s.wauth.reset(policyReplica)
+	s.wconn.auth.reset(policyReplica)
 	st, err := s.w.Prepare("INSERT INTO _ddb_members(id, url) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET url = excluded.url")
 	if err != nil {
 		return err
