@@ -48,7 +48,7 @@ func Load(path string) (*Database, error) {
 			d.Applied = uint64(v)
 		}
 	}
-	objs, err := c.All("SELECT type, name, coalesce(sql, '') FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+	objs, err := c.All("SELECT type, name, coalesce(sql, '') FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND (name NOT LIKE 'sqlite\\_%' ESCAPE '\\' OR name IN ('sqlite_sequence', 'sqlite_stat1', 'sqlite_stat4')) ORDER BY name")
 	if err != nil {
 		return nil, fmt.Errorf("%s: read schema: %w", path, err)
 	}
@@ -58,7 +58,13 @@ func Load(path string) (*Database, error) {
 		if typ != "table" || strings.HasPrefix(strings.ToUpper(sql), "CREATE VIRTUAL") {
 			continue
 		}
-		t, err := loadTable(c, name)
+		where := ""
+		if strings.HasPrefix(name, "sqlite_stat") {
+			// SQLite's statistics, but not those of the tables the
+			// project keeps for itself, whose content is the node's own.
+			where = ` WHERE tbl NOT LIKE '\_ddb\_%' ESCAPE '\'`
+		}
+		t, err := loadTable(c, name, where)
 		if err != nil {
 			return nil, fmt.Errorf("%s: table %s: %w", path, name, err)
 		}
@@ -69,13 +75,16 @@ func Load(path string) (*Database, error) {
 
 func quote(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
 
-func loadTable(c *sqlite.Conn, name string) (*Table, error) {
+func loadTable(c *sqlite.Conn, name, where string) (*Table, error) {
 	t := &Table{Name: name}
-	withRowid := true
+	// Statistics rows are compared by content: ANALYZE numbers them in an
+	// order that counts the project's own tables too.
+	withRowid := where == ""
 	st, err := c.Prepare("SELECT rowid, * FROM " + quote(name) + " ORDER BY rowid")
-	if err != nil {
+	if err != nil || !withRowid {
+		st.Close()
 		withRowid = false
-		if st, err = c.Prepare("SELECT * FROM " + quote(name)); err != nil {
+		if st, err = c.Prepare("SELECT * FROM " + quote(name) + where); err != nil {
 			return nil, err
 		}
 	}

@@ -176,6 +176,10 @@ func nondeterministic(op int, a1, a2 string) string {
 	if isSchemaTable(a1) && strings.EqualFold(a2, "rootpage") {
 		return a1 + ".rootpage (where a table's pages lie in the file)"
 	}
+	switch strings.ToLower(a1) {
+	case "sqlite_stat1", "sqlite_stat4":
+		return a1 + " (ANALYZE's statistics count the project's own tables, whose content is each node's own)"
+	}
 	if name, ok := strings.CutPrefix(strings.ToLower(a1), "pragma_"); ok && !pragmasOfSchema[name] {
 		return "the pragma " + name + " (a property of this node's file or process)"
 	}

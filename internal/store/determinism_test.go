@@ -1,0 +1,325 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"ddb/internal/inspect"
+	"ddb/internal/rlog"
+)
+
+// replicate applies every entry of the log of from, one entry per
+// transaction, to each of to.
+func replicate(t *testing.T, from *Store, to ...*Store) {
+	t.Helper()
+	entries, err := from.LogRange(context.Background(), 1, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range to {
+		for _, e := range entries {
+			if _, err := s.Apply([]rlog.Entry{e}); err != nil {
+				t.Fatalf("apply entry %d: %v", e.Index, err)
+			}
+		}
+		if s.Applied() != from.Applied() {
+			t.Fatalf("replica at %d, leader at %d", s.Applied(), from.Applied())
+		}
+	}
+}
+
+// sameContent fails unless every store's file holds the same user content
+// (SQLite's own sqlite_sequence and sqlite_stat tables included).
+func sameContent(t *testing.T, stores ...*Store) {
+	t.Helper()
+	var dbs []*inspect.Database
+	for _, s := range stores {
+		d, err := inspect.Load(s.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		dbs = append(dbs, d)
+	}
+	if diffs := inspect.Compare(dbs, 10); len(diffs) > 0 {
+		t.Fatalf("replicas differ:\n%s", strings.Join(diffs, "\n"))
+	}
+}
+
+func TestConnectionStateFunctionsAreTheSameOnEveryReplica(t *testing.T) {
+	leader, replica := openTemp(t, "leader.db"), openTemp(t, "replica.db")
+	now := fixedClock(time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC))
+	mustCommit(t, leader, now,
+		"CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT)",
+		"CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER, c INTEGER, tc INTEGER)",
+		"CREATE TABLE seen (lid INTEGER, c INTEGER, tc INTEGER)",
+		"CREATE TABLE other (x)")
+	// The leader's connection has history the replica's lacks.
+	mustCommit(t, leader, now, "INSERT INTO other VALUES (1), (2), (3)", "UPDATE other SET x = x + 1")
+	out := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts(
+		"INSERT INTO parent (name) VALUES ('p')",
+		"INSERT INTO child (parent_id, c, tc) VALUES (last_insert_rowid(), changes(), total_changes())",
+		"INSERT INTO seen VALUES (last_insert_rowid(), changes(), total_changes())",
+	)}, {Ctx: context.Background(), Stmts: stmts("INSERT INTO seen VALUES (last_insert_rowid(), changes(), total_changes())")}}, now)
+	for _, o := range out {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+	}
+	// The replica gets the entries in other transactions, after other work.
+	mustCommitOn(t, replica)
+	replicate(t, leader, replica)
+	sameContent(t, leader, replica)
+	// And the values are those of a fresh connection running the entry.
+	want := [][]any{{int64(1), int64(1), int64(2)}, {int64(0), int64(0), int64(0)}}
+	if got := dump(t, replica, "seen"); !reflect.DeepEqual(got, want) {
+		t.Fatalf("seen = %v, want %v", got, want)
+	}
+	if got := dump(t, replica, "child"); !reflect.DeepEqual(got[0][1], int64(1)) {
+		t.Fatalf("child's parent_id = %v, want the parent's id 1", got[0][1])
+	}
+}
+
+// mustCommitOn gives a replica's writer a connection history of its own
+// (it never happens on a real replica, whose writer only applies, but a
+// restarted leader or a replica that became leader has one).
+func mustCommitOn(t *testing.T, s *Store) {
+	t.Helper()
+	if _, err := s.Read(context.Background(), stmts("SELECT changes(), last_insert_rowid(), total_changes()"), Limits{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRandomRowidAfterTheLargestRowidIsTheSameOnEveryReplica(t *testing.T) {
+	leader, replica := openTemp(t, "leader.db"), openTemp(t, "replica.db")
+	now := fixedClock(time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC))
+	mustCommit(t, leader, now, "CREATE TABLE t (v)", "INSERT INTO t (rowid, v) VALUES (9223372036854775807, 'max')")
+	for i := 0; i < 20; i++ {
+		mustCommit(t, leader, now, "INSERT INTO t (v) VALUES ('picked at random')")
+	}
+	// Another connection of the process draws from SQLite's generator
+	// meanwhile (as another store of a test process would).
+	other := openTemp(t, "other.db")
+	mustCommit(t, other, now, "CREATE TABLE t (v)", "INSERT INTO t (rowid, v) VALUES (9223372036854775807, 'max')", "INSERT INTO t (v) VALUES (1)")
+	replicate(t, leader, replica)
+	sameContent(t, leader, replica)
+}
+
+func TestLocaltimeIsUTCOnEveryNode(t *testing.T) {
+	s := openTemp(t, "a.db")
+	res, err := s.Read(context.Background(), stmts("SELECT datetime(0, 'unixepoch', 'localtime'), datetime(0, 'unixepoch', 'utc')"), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res[0].Rows[0]; got[0] != "1970-01-01 00:00:00" || got[1] != "1970-01-01 00:00:00" {
+		t.Fatalf("localtime/utc of the epoch = %v, want UTC for both", got)
+	}
+}
+
+func TestAnswerCountersAreTheStatementsOwn(t *testing.T) {
+	s := openTemp(t, "a.db")
+	now := fixedClock(time.Now())
+	out := mustCommit(t, s, now,
+		"CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, email TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)")
+	if r := out[0].Results[0]; r.RowsAffected != 0 || r.LastInsertID != 0 {
+		t.Fatalf("CREATE TABLE answered rows_affected %d, last_insert_id %d; want 0, 0", r.RowsAffected, r.LastInsertID)
+	}
+	out = mustCommit(t, s, now, "INSERT INTO users (username) VALUES ('a'), ('b')")
+	if r := out[0].Results[0]; r.RowsAffected != 2 || r.LastInsertID != 2 {
+		t.Fatalf("INSERT answered %d, %d; want 2, 2", r.RowsAffected, r.LastInsertID)
+	}
+	out = mustCommit(t, s, now, "UPDATE users SET email = 'x' WHERE id = 1", "UPDATE users SET email = 'y' WHERE id = 99", "CREATE INDEX users_email ON users(email)")
+	for i, want := range []int64{1, 0, 0} {
+		if r := out[i].Results[0]; r.RowsAffected != want || r.LastInsertID != 0 {
+			t.Fatalf("statement %d answered %d, %d; want %d, 0", i, r.RowsAffected, r.LastInsertID, want)
+		}
+	}
+}
+
+func TestWritesMayNotReadWhatDiffersBetweenNodes(t *testing.T) {
+	s := openTemp(t, "a.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, s, now, "CREATE TABLE u (x)", "CREATE VIEW roots AS SELECT rootpage FROM sqlite_schema", "ANALYZE")
+	for _, q := range []string{
+		"INSERT INTO u SELECT rootpage FROM sqlite_schema",
+		"INSERT INTO u SELECT * FROM roots",
+		"INSERT INTO u SELECT page_count FROM pragma_page_count()",
+		"INSERT INTO u SELECT file FROM pragma_database_list",
+		"INSERT INTO u SELECT stat FROM sqlite_stat1",
+		"UPDATE u SET x = (SELECT freelist_count FROM pragma_freelist_count)",
+		"CREATE TABLE v AS SELECT data_version FROM pragma_data_version",
+		"CREATE TRIGGER tr AFTER INSERT ON u BEGIN INSERT INTO u SELECT rootpage FROM sqlite_schema; END",
+	} {
+		out := s.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts(q), AllowSchema: true}}, now)
+		var fe *ForbiddenError
+		if !errors.As(out[0].Err, &fe) || !strings.Contains(fe.Reason, "differs from node to node") {
+			t.Errorf("%s: got %v, want a refusal naming what differs between nodes", q, out[0].Err)
+		}
+	}
+	// Reads may, and so may writes reading what depends on the schema alone.
+	if _, err := s.Read(context.Background(), stmts("SELECT rootpage FROM sqlite_schema", "SELECT * FROM pragma_page_count()"), Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, now, "INSERT INTO u SELECT name FROM pragma_table_info('u')", "DROP VIEW roots")
+}
+
+func TestRequestIDAppliesOnceAndAnswersTheFirstOutcome(t *testing.T) {
+	leader, replica := openTemp(t, "leader.db"), openTemp(t, "replica.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, leader, now, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+	req := func() *Request {
+		return &Request{Ctx: context.Background(), Stmts: stmts("INSERT INTO t (v) VALUES (random()) RETURNING id, v"), Collect: true, RequestID: "req-1"}
+	}
+	first := leader.CommitBatch([]*Request{req(), req()}, now) // twice in one batch
+	again := leader.CommitBatch([]*Request{req()}, now)        // and once more later
+	if first[0].Err != nil || first[0].Duplicate || !first[1].Duplicate || !again[0].Duplicate {
+		t.Fatalf("outcomes: %+v / %+v", first, again)
+	}
+	for _, o := range []Outcome{first[1], again[0]} {
+		if o.Index != first[0].Index || !reflect.DeepEqual(o.Results, first[0].Results) {
+			t.Fatalf("duplicate answered %d %v, first %d %v", o.Index, o.Results, first[0].Index, first[0].Results)
+		}
+	}
+	if n := len(dump(t, leader, "t")); n != 1 {
+		t.Fatalf("%d rows, want 1", n)
+	}
+	// A replica records the id with the entry: were it to lead, it would
+	// answer a retry the same way.
+	replicate(t, leader, replica)
+	dup := replica.CommitBatch([]*Request{req()}, now)
+	if !dup[0].Duplicate || dup[0].Index != first[0].Index || !reflect.DeepEqual(dup[0].Results, first[0].Results) {
+		t.Fatalf("replica answered %+v, want the first outcome %+v", dup[0], first[0])
+	}
+}
+
+func TestCleanCloseLeavesOneSelfContainedFile(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Path: filepath.Join(dir, "a.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, fixedClock(time.Now()), "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)")
+	if _, err := s.Read(context.Background(), stmts("SELECT * FROM t"), Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Stat(filepath.Join(dir, "a.db"+suffix)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a.db%s is left after a clean close (%v)", suffix, err)
+		}
+	}
+	d, err := inspect.Load(filepath.Join(dir, "a.db"))
+	if err != nil || d.RowCount() != 1 {
+		t.Fatalf("the file alone holds %v rows (%v), want 1", d, err)
+	}
+}
+
+func TestOpenRefusesAFileWithAnotherDatabasesWAL(t *testing.T) {
+	dir := t.TempDir()
+	now := fixedClock(time.Now())
+	// b.db is a live node's database, with a WAL of its own.
+	b, err := Open(Options{Path: filepath.Join(dir, "b.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, b, now, "CREATE TABLE small (x)", "INSERT INTO small VALUES (1)")
+	a, err := Open(Options{Path: filepath.Join(dir, "a.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30; i++ {
+		mustCommit(t, a, now, "CREATE TABLE IF NOT EXISTS big (x)", "INSERT INTO big SELECT randomblob(3000) FROM (SELECT 1 UNION SELECT 2 UNION SELECT 3)")
+	}
+	a.Close()
+	for i := 0; i < 30; i++ {
+		mustCommit(t, b, now, "INSERT INTO small SELECT randomblob(2000)")
+	}
+	if err := b.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		mustCommit(t, b, now, "INSERT INTO small SELECT randomblob(2000)")
+	}
+	wal, err := os.ReadFile(filepath.Join(dir, "b.db-wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	// Restored by copying another node's file over it, the old WAL left behind.
+	data, err := os.ReadFile(filepath.Join(dir, "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "b.db"), data, 0o644)
+	os.WriteFile(filepath.Join(dir, "b.db-wal"), wal, 0o644)
+	before, _ := os.ReadFile(filepath.Join(dir, "b.db"))
+	_, err = Open(Options{Path: filepath.Join(dir, "b.db")})
+	if err == nil || !strings.Contains(err.Error(), "integrity check") {
+		t.Fatalf("Open = %v, want a refusal naming the failed integrity check", err)
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, "b.db"))
+	if !reflect.DeepEqual(before, after) {
+		t.Fatal("the refused file was changed")
+	}
+}
+
+func TestOpenRefusesALogThatDisagreesWithTheData(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, fixedClock(time.Now()), "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)")
+	s.wconn.auth.reset(policyReplica)
+	if err := s.w.Exec("UPDATE _ddb_meta SET value = 1 WHERE key = 'applied'"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "its log ends at index 2 but its data is at index 1") {
+		t.Fatalf("Open = %v, want a refusal naming the disagreement", err)
+	}
+}
+
+func TestAnswersAfterASchemaChangeDescribeTheCurrentColumns(t *testing.T) {
+	s := openTemp(t, "a.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, s, now, "CREATE TABLE t (id INTEGER PRIMARY KEY, a, b, c)", "INSERT INTO t VALUES (1, 'A', 'B', 'C')")
+	read := func() Result {
+		t.Helper()
+		res, err := s.Read(context.Background(), stmts("SELECT * FROM t"), Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[0]
+	}
+	returning := func() Result {
+		t.Helper()
+		out := s.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts("UPDATE t SET a = a RETURNING *"), Collect: true}}, now)
+		if out[0].Err != nil {
+			t.Fatal(out[0].Err)
+		}
+		return out[0].Results[0]
+	}
+	// Every read connection and the writer compile and cache the statements.
+	for i := 0; i < 8; i++ {
+		read()
+		returning()
+	}
+	mustCommit(t, s, now, "ALTER TABLE t DROP COLUMN b", "ALTER TABLE t ADD COLUMN z DEFAULT 'zzz'")
+	want := []string{"id", "a", "c", "z"}
+	for i := 0; i < 8; i++ {
+		for _, r := range []Result{read(), returning()} {
+			if !reflect.DeepEqual(r.Columns, want) || len(r.Rows[0]) != len(want) || r.Rows[0][3] != "zzz" {
+				t.Fatalf("answer after the change: columns %v, row %v; want columns %v", r.Columns, r.Rows, want)
+			}
+		}
+	}
+}
