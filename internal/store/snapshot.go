@@ -31,7 +31,10 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 			os.Remove(path)
 		}
 	}()
-	dst, err := openConn(path, url.Values{"_journal_mode": {"DELETE"}, "_synchronous": {"OFF"}})
+	// No journal: the copy is discarded on any failure, and a journal's
+	// header would draw from SQLite's process-wide generator, which the
+	// writer pins while it runs entries.
+	dst, err := openConn(path, url.Values{"_journal_mode": {"OFF"}, "_synchronous": {"OFF"}})
 	if err != nil {
 		return "", 0, err
 	}
@@ -40,7 +43,10 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 	if err := dst.Backup(r.c); err != nil {
 		return "", 0, fmt.Errorf("copy database: %w", err)
 	}
-	if err := dst.ExecScript("PRAGMA journal_mode=DELETE; DELETE FROM _ddb_log; VACUUM"); err != nil {
+	// The log's entries are not needed (the copy's applied index says
+	// where it stands). No VACUUM: it may renumber the rowids of tables
+	// without an INTEGER PRIMARY KEY, and the copy must be row for row.
+	if err := dst.ExecScript("DELETE FROM _ddb_log"); err != nil {
 		return "", 0, fmt.Errorf("compact snapshot: %w", err)
 	}
 	index, err = appliedOf(dst)
@@ -104,7 +110,9 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	if err := s.w.ExecScript(schemaSQL); err != nil {
 		return 0, err
 	}
+	s.schemaGen.Add(1) // the whole schema may have changed
 	s.applied.Store(index)
+	s.logStart.Store(index + 1)
 	return index, nil
 }
 

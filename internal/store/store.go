@@ -35,8 +35,10 @@ type Options struct {
 	Synchronous string // PRAGMA synchronous for the writer (default FULL)
 	// InjectBug: "skip-entry" (Apply records every 50th entry as applied
 	// without running it), "partial-apply" (Apply runs only the first
-	// statement of a multi-statement entry) or "unpinned-clock" (Apply runs
-	// entries with the local clock). Only for proving the fault-injection
+	// statement of a multi-statement entry), "unpinned-clock" (Apply runs
+	// entries with the local clock), "unpinned-prng" (SQLite's generator
+	// is not seeded from the entry) or "unpinned-state" (changes(),
+	// last_insert_rowid() and total_changes() see the connection's past). Only for proving the fault-injection
 	// checkers work.
 	InjectBug string
 }
@@ -76,9 +78,10 @@ type conn struct {
 }
 
 // entryState is what the writer connection tracks for the entry it runs,
-// so that changes(), total_changes() and last_insert_rowid() depend on the
-// entry alone, as if every entry ran on a fresh connection: the same on
-// the node that took the write, on every replica, and on a replay.
+// so that total_changes() and last_insert_rowid() depend on the entry
+// alone, as if every entry ran on a fresh connection: the same on the node
+// that took the write, on every replica, and on a replay. (changes() is
+// reset to 0 when an entry begins, and is then SQLite's own.)
 type entryState struct {
 	lastID    int64 // rowid of the entry's latest insert (0: none yet)
 	totalBase int64 // sqlite3_total_changes when the entry began
@@ -244,7 +247,11 @@ func (s *Store) initWriter() error {
 	}
 	if lo, ok := row[0].(int64); ok {
 		hi := row[1].(int64)
-		if uint64(hi) != s.applied.Load() {
+		// The log and the change it records commit together: a log that
+		// runs ahead of the data means the file was put together from
+		// pieces. (A log that ends before the data is fine: a node that
+		// only applied entries keeps none.)
+		if uint64(hi) > s.applied.Load() {
 			return fmt.Errorf("%s: its log ends at index %d but its data is at index %d; the file was changed outside the database or mixed with another node's. Restore it from a healthy replica (docs/REPLICATION.md)", s.path, hi, s.applied.Load())
 		}
 		s.logStart.Store(uint64(lo))
@@ -255,7 +262,7 @@ func (s *Store) initWriter() error {
 	if err := registerRandom(s.w, rand.New(randSource{s})); err != nil {
 		return err
 	}
-	// Connection state, pinned to the entry (see entryState).
+	// Connection state, pinned to the entry (see entryState and enter).
 	w, e := s.w, &s.entry
 	for name, f := range map[string]func() int64{
 		"last_insert_rowid": func() int64 {
@@ -263,12 +270,6 @@ func (s *Store) initWriter() error {
 				return v
 			}
 			return e.lastID
-		},
-		"changes": func() int64 {
-			if w.TotalChanges() > e.totalBase {
-				return w.Changes()
-			}
-			return 0
 		},
 		"total_changes": func() int64 { return w.TotalChanges() - e.totalBase },
 	} {
@@ -643,16 +644,29 @@ func randomSeed() int64 {
 	return int64(binary.LittleEndian.Uint64(b[:]))
 }
 
+// resetChanges changes no row, which sets changes() to 0.
+const resetChanges = "UPDATE _ddb_meta SET value = value WHERE 0"
+
 // enter pins everything an entry's execution may depend on to the entry:
 // the clock, the random seed (of random(), randomblob() and SQLite's own
 // generator) and the connection state. The caller holds wmu and has called
 // lockEntries.
-func (s *Store) enter(timeMs, seed int64) {
+func (s *Store) enter(timeMs, seed int64) error {
 	s.clock.Pin(timeMs)
 	s.rng = rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
-	sqlite.SeedPRNG(seed)
-	s.w.SetLastInsertID(0)
-	s.entry = entryState{totalBase: s.w.TotalChanges()}
+	if s.bug != "unpinned-prng" {
+		sqlite.SeedPRNG(seed)
+	}
+	if s.bug != "unpinned-state" {
+		// changes() is SQLite's own: a statement that changes no row
+		// sets it to 0, as on a fresh connection.
+		if err := s.internal(resetChanges); err != nil {
+			return fmt.Errorf("reset the connection's counters: %w", err)
+		}
+		s.w.SetLastInsertID(0)
+		s.entry = entryState{totalBase: s.w.TotalChanges()}
+	}
+	return nil
 }
 
 // lockEntries takes SQLite's process-wide generator for this writer's

@@ -127,10 +127,13 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 			}
 		}
 		t, seed := now().UnixMilli(), randomSeed()
-		s.enter(t, seed)
 		if err := s.internal("SAVEPOINT req"); err != nil {
 			s.internal("ROLLBACK")
 			return -1, fmt.Errorf("savepoint: %w", err)
+		}
+		if err := s.enter(t, seed); err != nil {
+			s.internal("ROLLBACK")
+			return -1, err
 		}
 		p := policyClient
 		if !req.AllowSchema {
@@ -313,7 +316,10 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 			s.internal("ROLLBACK")
 			return applied, fmt.Errorf("entry %d: %w", e.Index, err)
 		}
-		s.enter(e.TimeMs, e.Seed)
+		if err := s.enter(e.TimeMs, e.Seed); err != nil {
+			s.internal("ROLLBACK")
+			return applied, err
+		}
 		if s.bug == "unpinned-clock" {
 			s.clock.Unpin()
 		}

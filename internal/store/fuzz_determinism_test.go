@@ -1,0 +1,578 @@
+package store
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"ddb/internal/inspect"
+)
+
+// The determinism fuzzer: a leader store runs random write workloads (the
+// grammar below: DML with subqueries, RETURNING, UPSERT, CTEs, triggers,
+// views, generated columns, AUTOINCREMENT, WITHOUT ROWID, rowids at the
+// maximum, JSON and date/time functions with their modifiers, functions
+// that expose connection state, and random schema changes), and replicas
+// apply its log in other groupings, after reads of their own, through
+// restarts and re-snapshots. In the end every replica, and a replay of the
+// whole log into an empty database, must hold exactly the leader's content.
+//
+// A short run is part of go test. The long run:
+//
+//	DDB_DETERMINISM_LONG=30m go test ./internal/store -run TestDeterminismFuzz -v -timeout 0
+//
+// Seeds are fixed unless -seed is given (or DDB_SEED); a failure prints the
+// seed and the statements that ran, to reproduce it.
+
+var fuzzSeed = flag.Uint64("seed", 0, "seed of the determinism fuzzer (0: fixed seeds, or $DDB_SEED)")
+
+func firstSeed() uint64 {
+	if *fuzzSeed != 0 {
+		return *fuzzSeed
+	}
+	if v := os.Getenv("DDB_SEED"); v != "" {
+		var s uint64
+		fmt.Sscan(v, &s)
+		return s
+	}
+	return 20261127
+}
+
+func TestDeterminismFuzz(t *testing.T) {
+	long, _ := time.ParseDuration(os.Getenv("DDB_DETERMINISM_LONG"))
+	seed := firstSeed()
+	if long == 0 {
+		for i := uint64(0); i < 3; i++ {
+			if r := runDeterminism(t, seed+i, 250, ""); r.diverged != "" {
+				t.Fatalf("seed %d: %s", seed+i, r.diverged)
+			}
+		}
+		return
+	}
+	deadline := time.Now().Add(long)
+	var runs, steps, entries int
+	for ; time.Now().Before(deadline); seed++ {
+		r := runDeterminism(t, seed, 2000, "")
+		runs++
+		steps += r.steps
+		entries += r.entries
+		if r.diverged != "" {
+			t.Fatalf("seed %d: %s", seed, r.diverged)
+		}
+		t.Logf("seed %d: %d steps, %d entries, %d restarts, %d snapshots, %d refused or failed: identical", seed, r.steps, r.entries, r.restarts, r.snapshots, r.failed)
+	}
+	t.Logf("%d runs, %d steps, %d log entries, 0 divergences", runs, steps, entries)
+}
+
+// TestDeterminismFuzzCatchesAnUnpinnedSource proves the fuzzer can fail:
+// with each source of nondeterminism unpinned on the replicas in turn, it
+// reports a divergence.
+func TestDeterminismFuzzCatchesAnUnpinnedSource(t *testing.T) {
+	for _, bug := range []string{"unpinned-prng", "unpinned-state", "unpinned-clock"} {
+		t.Run(bug, func(t *testing.T) {
+			seed := firstSeed()
+			for i := uint64(0); i < 5; i++ {
+				if r := runDeterminism(t, seed+i, 250, bug); r.diverged != "" {
+					return
+				}
+			}
+			t.Fatalf("five runs with %s on the replicas found no divergence", bug)
+		})
+	}
+}
+
+type determinismRun struct {
+	steps, entries, restarts, snapshots, failed int
+	diverged                                    string
+}
+
+func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string) (r determinismRun) {
+	t.Helper()
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(seed, seed^0xdeadbeef))
+	open := func(name, bug string) *Store {
+		s, err := Open(Options{Path: filepath.Join(dir, name), Synchronous: "OFF", InjectBug: bug})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	leader := open("leader.db", "")
+	replicas := []*Store{open("r1.db", replicaBug), open("r2.db", replicaBug)}
+	names := []string{"r1.db", "r2.db"}
+	defer func() {
+		leader.Close()
+		for _, s := range replicas {
+			s.Close()
+		}
+	}()
+	g := newGrammar(rng)
+	var history []string
+	clock := time.Date(2031, 3, 30, 23, 59, 58, 0, time.UTC)
+	now := func() time.Time { return clock }
+	catchUp := func(s *Store, chunk int) {
+		for s.Applied() < leader.Applied() {
+			es, err := leader.LogRange(context.Background(), s.Applied()+1, chunk, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Apply(es); err != nil {
+				if os.Getenv("DDB_FUZZ_DEBUG") != "" {
+					for _, e := range es {
+						fmt.Printf("entry %d: %s\n", e.Index, e.Body)
+					}
+					l, _ := leader.Read(context.Background(), stmts("SELECT rowid, * FROM t6"), Limits{})
+					x, _ := s.Read(context.Background(), stmts("SELECT rowid, * FROM t6"), Limits{})
+					fmt.Printf("leader t6 now: %v\nreplica t6 at %d: %v\n", l[0].Rows, s.Applied(), x[0].Rows)
+					all, _ := leader.LogRange(context.Background(), 1, 1000, 0)
+					for _, e := range all {
+						if strings.Contains(string(e.Body), "t6") {
+							fmt.Printf("  log %d: %s\n", e.Index, e.Body)
+						}
+					}
+				}
+				r.diverged = fmt.Sprintf("replica failed to apply: %v\n%s", err, tail(history))
+				return
+			}
+		}
+	}
+	for r.steps = 0; r.steps < steps && r.diverged == ""; r.steps++ {
+		clock = clock.Add(time.Duration(rng.IntN(90000)) * time.Millisecond)
+		switch x := rng.IntN(100); {
+		case x < 80:
+			n := 1 + rng.IntN(3)
+			clear(g.changes)
+			reqs := make([]*Request, n)
+			for i := range reqs {
+				sqls := g.request()
+				history = append(history, strings.Join(sqls, "; "))
+				reqs[i] = &Request{Ctx: context.Background(), Stmts: stmts(sqls...), AllowSchema: true, Collect: rng.IntN(2) == 0}
+				if rng.IntN(4) == 0 {
+					reqs[i].RequestID = fmt.Sprintf("rid-%d", rng.IntN(50))
+				}
+			}
+			for i, o := range leader.CommitBatch(reqs, now) {
+				if o.Err != nil {
+					r.failed++
+					history[len(history)-n+i] += "  -- failed: " + o.Err.Error()
+				} else {
+					g.commit(history[len(history)-n+i])
+				}
+			}
+		case x < 88:
+			i := rng.IntN(len(replicas))
+			catchUp(replicas[i], 1+rng.IntN(7))
+		case x < 93:
+			// A replica reads on its own: its connections' state moves.
+			i := rng.IntN(len(replicas))
+			replicas[i].Read(context.Background(), stmts(g.read()), Limits{})
+		case x < 96:
+			i := rng.IntN(len(replicas))
+			replicas[i].Close()
+			replicas[i] = open(names[i], replicaBug)
+			r.restarts++
+		case x < 98:
+			i := rng.IntN(len(replicas))
+			path, _, err := leader.Snapshot(context.Background(), dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := replicas[i].Restore(f, dir); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			os.Remove(path)
+			r.snapshots++
+		default:
+			leader.Close()
+			leader = open("leader.db", "")
+			r.restarts++
+		}
+	}
+	if r.diverged != "" {
+		return r
+	}
+	for _, s := range replicas {
+		catchUp(s, 1000)
+	}
+	replay := open("replay.db", replicaBug)
+	defer replay.Close()
+	catchUp(replay, 1<<20)
+	r.entries = int(leader.Applied())
+	all := append([]*Store{leader, replay}, replicas...)
+	var dbs []*inspect.Database
+	for _, s := range all {
+		d, err := inspect.Load(s.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		dbs = append(dbs, d)
+	}
+	if diffs := inspect.Compare(dbs, 8); len(diffs) > 0 && os.Getenv("DDB_FUZZ_DEBUG") != "" {
+		all, _ := leader.LogRange(context.Background(), 1, 100000, 0)
+		for _, e := range all {
+			fmt.Printf("  log %d t=%s: %s\n", e.Index, time.UnixMilli(e.TimeMs).UTC().Format(time.DateTime), e.Body)
+		}
+	}
+	if diffs := inspect.Compare(dbs, 8); len(diffs) > 0 {
+		r.diverged = fmt.Sprintf("after %d entries the replicas differ from the leader:\n%s\nlast statements:\n%s", r.entries, strings.Join(diffs, "\n"), tail(history))
+	}
+	return r
+}
+
+func tail(h []string) string {
+	if len(h) > 40 {
+		h = h[len(h)-40:]
+	}
+	return strings.Join(h, "\n")
+}
+
+// grammar writes random SQL against a model of the schema it created.
+// The model is approximate (a statement may still fail, which is part of
+// the workload: failed writes must leave no trace anywhere).
+type grammar struct {
+	rng      *rand.Rand
+	tables   map[string]*gtable
+	views    []string
+	triggers []string
+	indexes  []string
+	n        int
+	pending  func() // model change of the request being built
+	changes  map[string]func()
+}
+
+type gtable struct {
+	name     string
+	cols     []string // user columns (generated ones excluded)
+	rowid    bool     // has a rowid
+	autoinc  bool
+	generate bool
+}
+
+func newGrammar(rng *rand.Rand) *grammar {
+	return &grammar{rng: rng, tables: map[string]*gtable{}, changes: map[string]func(){}}
+}
+
+func (g *grammar) pick(xs ...string) string { return xs[g.rng.IntN(len(xs))] }
+
+// commit applies the model change of a request that succeeded.
+func (g *grammar) commit(sql string) {
+	if f, ok := g.changes[sql]; ok {
+		f()
+		delete(g.changes, sql)
+	}
+}
+
+func (g *grammar) table() *gtable {
+	if len(g.tables) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(g.tables))
+	for n := range g.tables {
+		names = append(names, n)
+	}
+	sortStrings(names)
+	return g.tables[names[g.rng.IntN(len(names))]]
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+var (
+	timeModifiers = []string{"'+1 day'", "'-3 hours'", "'+45 minutes'", "'+1.5 seconds'", "'start of month'", "'start of year'",
+		"'start of day'", "'weekday 0'", "'weekday 3'", "'localtime'", "'utc'", "'unixepoch'", "'subsec'", "'+1 month'",
+		"'-1 year'", "'auto'", "'ceiling'", "'floor'", "'+0001-02-03 04:05:06.789'"}
+	timeFuncs = []string{"datetime", "date", "time", "julianday", "unixepoch", "strftime('%Y-%m-%d %H:%M:%f %j %w %s',"}
+)
+
+func (g *grammar) timeExpr() string {
+	f := g.pick(timeFuncs...)
+	arg := g.pick("'now'", "'now'", "'2024-02-29 12:00:00'", "1700000000", "CURRENT_TIMESTAMP")
+	var mods []string
+	for i := g.rng.IntN(3); i > 0; i-- {
+		m := g.pick(timeModifiers...)
+		if m == "'unixepoch'" || m == "'auto'" {
+			continue // valid only right after a number
+		}
+		mods = append(mods, m)
+	}
+	args := arg
+	if len(mods) > 0 {
+		args += ", " + strings.Join(mods, ", ")
+	}
+	if strings.HasSuffix(f, ",") {
+		return f + " " + args + ")"
+	}
+	return f + "(" + args + ")"
+}
+
+func (g *grammar) expr(t *gtable) string {
+	switch g.rng.IntN(22) {
+	case 0:
+		return g.pick("random()", "abs(random()) % 1000", "random() / 7.0")
+	case 1:
+		return g.pick("randomblob(8)", "hex(randomblob(4))", "zeroblob(3)", "x'00ff10'")
+	case 2:
+		return g.pick("changes()", "total_changes()", "last_insert_rowid()")
+	case 3, 4:
+		return g.timeExpr()
+	case 5:
+		return g.pick("CURRENT_TIMESTAMP", "CURRENT_DATE", "CURRENT_TIME")
+	case 6:
+		return g.pick(`json_object('a', random(), 'b', json_array(1, 2.5, 'x', NULL))`, `json_extract('{"a":[1,{"b":2}]}', '$.a[1].b')`,
+			`json_set('{"a":1}', '$.b', datetime('now'))`, `json_patch('{"a":1,"b":2}', '{"b":null,"c":3}')`, `json_valid('{"a":')`,
+			`(SELECT json_group_array(value) FROM json_each('[3,1,2]'))`, `json_insert('[1,2]', '$[#]', changes())`, `jsonb_array(1, 'x')`)
+	case 7:
+		return g.pick("9223372036854775807", "-9223372036854775808", "0", "-1", "1e308", "-0.0", "4.9e-324", "''", "'text'", "NULL", "'ünïcødé'")
+	case 8:
+		return g.pick("printf('%d-%s-%.3f', random() % 100, 'x', 2.0/3)", "upper('abc') || lower('DEF')", "substr('abcdef', 2, 3)",
+			"replace('aaa', 'a', 'b')", "trim('  x ')", "instr('hello', 'l')", "unicode('é')", "char(65, 66)", "quote(x'01')",
+			"round(random() / 1e15, 2)", "format('%q', 'it''s')", "concat('a', NULL, 1)", "concat_ws('-', 1, 2)", "unhex('41')",
+			"iif(random() > 0, 'pos', 'neg')", "nullif(1, 1)", "coalesce(NULL, 2)", "typeof(random() / 3.0)", "likely(1)", "max(1, 2, 3)")
+	case 9:
+		if t != nil && len(t.cols) > 0 {
+			return g.pick(t.cols...)
+		}
+		return "1"
+	case 10:
+		if o := g.table(); o != nil && len(o.cols) > 0 {
+			return fmt.Sprintf("(SELECT %s FROM %s ORDER BY 1 LIMIT 1)", g.pick(o.cols...), o.name)
+		}
+		return "2"
+	case 11:
+		if o := g.table(); o != nil {
+			return g.pick(fmt.Sprintf("(SELECT count(*) FROM %s)", o.name), fmt.Sprintf("(SELECT max(rowid) FROM %s)", o.name),
+				fmt.Sprintf("(SELECT group_concat(quote(%s), ',') FROM %s)", g.pick(append(o.cols, "1")...), o.name))
+		}
+		return "3"
+	case 12:
+		return g.pick("sqlite_version() IS NOT NULL", "length(randomblob(5))", "typeof(changes())")
+	default:
+		return fmt.Sprint(g.rng.IntN(1000) - 500)
+	}
+}
+
+func (g *grammar) values(t *gtable, cols []string) string {
+	vals := make([]string, len(cols))
+	for i := range vals {
+		vals[i] = g.expr(t)
+	}
+	return "(" + strings.Join(vals, ", ") + ")"
+}
+
+func (g *grammar) someCols(t *gtable) []string {
+	var out []string
+	for _, c := range t.cols {
+		if g.rng.IntN(3) > 0 {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 && len(t.cols) > 0 {
+		out = t.cols[:1]
+	}
+	return out
+}
+
+func (g *grammar) returning(t *gtable) string {
+	return g.pick("", "", " RETURNING *", " RETURNING rowid, changes(), last_insert_rowid()", " RETURNING "+g.expr(t))
+}
+
+// request is one client request: one or a few statements.
+func (g *grammar) request() []string {
+	if len(g.tables) < 2 || g.rng.IntN(8) == 0 {
+		return []string{g.schemaChange()}
+	}
+	if g.rng.IntN(6) == 0 {
+		// A parent and a child pointing at it, in one transaction.
+		p, c := g.table(), g.table()
+		if len(p.cols) > 0 && len(c.cols) > 0 {
+			return []string{
+				fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.name, p.cols[0], g.expr(p)),
+				fmt.Sprintf("INSERT INTO %s (%s) VALUES (last_insert_rowid())", c.name, c.cols[0]),
+				fmt.Sprintf("UPDATE %s SET %s = changes() + total_changes() WHERE rowid = last_insert_rowid()", c.name, c.cols[0]),
+			}
+		}
+	}
+	n := 1 + g.rng.IntN(2)
+	out := make([]string, n)
+	for i := range out {
+		out[i] = g.dml()
+	}
+	return out
+}
+
+func (g *grammar) dml() string {
+	t := g.table()
+	if len(t.cols) == 0 {
+		return fmt.Sprintf("INSERT INTO %s DEFAULT VALUES", t.name)
+	}
+	cols := g.someCols(t)
+	list := strings.Join(cols, ", ")
+	switch g.rng.IntN(14) {
+	case 0, 1, 2:
+		rows := []string{g.values(t, cols)}
+		for i := g.rng.IntN(3); i > 0; i-- {
+			rows = append(rows, g.values(t, cols))
+		}
+		return fmt.Sprintf("INSERT %sINTO %s (%s) VALUES %s%s", g.pick("", "", "OR REPLACE ", "OR IGNORE "), t.name, list, strings.Join(rows, ", "), g.returning(t))
+	case 3:
+		if t.rowid {
+			return fmt.Sprintf("INSERT INTO %s (rowid, %s) VALUES (%s, %s)%s", t.name, cols[0], g.pick("9223372036854775807", "9223372036854775806", "-9223372036854775808", "1"), g.expr(t), g.returning(t))
+		}
+		return fmt.Sprintf("INSERT OR IGNORE INTO %s (%s) VALUES %s", t.name, list, g.values(t, cols))
+	case 4:
+		o := g.table()
+		src := make([]string, len(cols))
+		for i := range src {
+			src[i] = g.expr(o)
+		}
+		return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s %s LIMIT %d", t.name, list, strings.Join(src, ", "), o.name,
+			g.pick("", "ORDER BY rowid", "WHERE rowid % 2 = 0", "ORDER BY random()"), 1+g.rng.IntN(5))
+	case 5:
+		return fmt.Sprintf("WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < %d) INSERT INTO %s (%s) SELECT %s FROM cnt",
+			1+g.rng.IntN(6), t.name, cols[0], g.pick("x", "x * random()", "datetime('now', '+' || x || ' days')", "json_array(x, changes())"))
+	case 6:
+		return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT DO %s%s", t.name, list, g.values(t, cols),
+			g.pick("NOTHING", fmt.Sprintf("UPDATE SET %s = excluded.%s || 'u'", cols[0], cols[0])), g.returning(t))
+	case 7, 8:
+		return fmt.Sprintf("UPDATE %s SET %s = %s %s%s", t.name, g.pick(t.cols...), g.expr(t),
+			g.pick("", "WHERE rowid % 3 = 0", "WHERE "+g.pick(t.cols...)+" IS NULL", "WHERE rowid IN (SELECT rowid FROM "+t.name+" ORDER BY random() LIMIT 2)", "LIMIT 2"), g.returning(t))
+	case 9:
+		return fmt.Sprintf("DELETE FROM %s %s%s", t.name, g.pick("WHERE rowid % 4 = 1", "WHERE rowid IN (SELECT rowid FROM "+t.name+" ORDER BY random() LIMIT 1)", "LIMIT 3", "WHERE typeof("+cols[0]+") = 'blob'"), g.returning(t))
+	case 10:
+		return fmt.Sprintf("REPLACE INTO %s (%s) VALUES %s", t.name, list, g.values(t, cols))
+	case 11:
+		if len(g.views) > 0 {
+			return fmt.Sprintf("INSERT INTO %s (%s) SELECT * FROM (SELECT %s FROM %s LIMIT %d)", t.name, cols[0], "1", g.pick(g.views...), 1+g.rng.IntN(3))
+		}
+		return fmt.Sprintf("INSERT INTO %s DEFAULT VALUES", t.name)
+	default:
+		return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s%s", t.name, list, g.values(t, cols), g.returning(t))
+	}
+}
+
+func (g *grammar) read() string {
+	t := g.table()
+	if t == nil {
+		return "SELECT changes(), random(), last_insert_rowid()"
+	}
+	return g.pick(
+		fmt.Sprintf("SELECT *, changes(), last_insert_rowid(), random() FROM %s", t.name),
+		fmt.Sprintf("SELECT * FROM (SELECT 1 AS a, 2 AS a, 3 AS a, 4 AS a, 5 AS a, 6 AS a) JOIN %s LIMIT 2", t.name),
+		"SELECT randomblob(16), datetime('now', 'localtime')",
+	)
+}
+
+// schemaChange creates, alters or drops something. Its model change is
+// recorded under the statement's text and applied if it succeeds.
+func (g *grammar) schemaChange() string {
+	g.n++
+	name := fmt.Sprintf("t%d", g.n)
+	var sql string
+	var change func()
+	t := g.table()
+	switch x := g.rng.IntN(20); {
+	case x < 6 || t == nil:
+		nt := &gtable{name: name, rowid: true}
+		var defs []string
+		switch g.rng.IntN(5) {
+		case 0:
+			defs = append(defs, "id INTEGER PRIMARY KEY AUTOINCREMENT")
+			nt.autoinc = true
+		case 1:
+			defs = append(defs, "id INTEGER PRIMARY KEY")
+		case 2:
+			nt.rowid = false
+		}
+		nc := 1 + g.rng.IntN(4)
+		for i := 0; i < nc; i++ {
+			c := fmt.Sprintf("c%d", i)
+			nt.cols = append(nt.cols, c)
+			defs = append(defs, c+" "+g.pick("", "TEXT", "INTEGER", "REAL", "BLOB", "TIMESTAMP", "DATETIME DEFAULT CURRENT_TIMESTAMP",
+				"TEXT DEFAULT (datetime('now', 'localtime'))", "INTEGER DEFAULT (random())", "BLOB DEFAULT (randomblob(4))", "JSON"))
+		}
+		if g.rng.IntN(3) == 0 {
+			defs = append(defs, fmt.Sprintf("g AS (quote(c0) || '!') %s", g.pick("VIRTUAL", "STORED")))
+		}
+		if !nt.rowid {
+			defs = append(defs, "PRIMARY KEY (c0)")
+			sql = fmt.Sprintf("CREATE TABLE %s (%s) WITHOUT ROWID", name, strings.Join(defs, ", "))
+		} else {
+			sql = fmt.Sprintf("CREATE TABLE %s (%s)", name, strings.Join(defs, ", "))
+		}
+		change = func() { g.tables[name] = nt }
+	case x < 8:
+		// Five or more columns of one name make SQLite name them at random.
+		c := g.pick(append(t.cols, "rowid")...)
+		sql = fmt.Sprintf("CREATE TABLE %s AS SELECT %s, %s, %s, %s, %s, %s FROM %s", name, c, c, c, c, c, g.expr(t), t.name)
+		change = func() { g.tables[name] = &gtable{name: name, rowid: true} }
+	case x < 10:
+		c := fmt.Sprintf("x%d", g.n)
+		sql = fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", t.name, c, g.pick("", "DEFAULT 7", "TEXT DEFAULT 'zzz'", "INTEGER"))
+		change = func() { t.cols = append(t.cols, c) }
+	case x < 11 && len(t.cols) > 1:
+		c := t.cols[len(t.cols)-1]
+		sql = fmt.Sprintf("ALTER TABLE %s DROP COLUMN %s", t.name, c)
+		change = func() { t.cols = t.cols[:len(t.cols)-1] }
+	case x < 12 && len(t.cols) > 0:
+		i := g.rng.IntN(len(t.cols))
+		c := fmt.Sprintf("r%d", g.n)
+		sql = fmt.Sprintf("ALTER TABLE %s RENAME COLUMN %s TO %s", t.name, t.cols[i], c)
+		change = func() { t.cols[i] = c }
+	case x < 13:
+		sql = fmt.Sprintf("ALTER TABLE %s RENAME TO %s", t.name, name)
+		old := t.name
+		change = func() { delete(g.tables, old); t.name = name; g.tables[name] = t }
+	case x < 15:
+		a := g.table()
+		sql = fmt.Sprintf("CREATE TRIGGER tr%d AFTER %s ON %s BEGIN INSERT INTO %s (%s) VALUES (%s); END", g.n, g.pick("INSERT", "UPDATE", "DELETE"), t.name,
+			a.name, g.pick(append(a.cols, "rowid")...), g.pick("changes()", "last_insert_rowid()", "random()", "datetime('now')", "total_changes()", "json_array(changes(), random())"))
+		change = func() { g.triggers = append(g.triggers, fmt.Sprintf("tr%d", g.n)) }
+		if a == t {
+			return g.schemaChange() // no recursion through one table
+		}
+	case x < 16:
+		sql = fmt.Sprintf("CREATE VIEW v%d AS SELECT rowid AS r, * FROM %s WHERE rowid %% 2 = 0", g.n, t.name)
+		change = func() { g.views = append(g.views, fmt.Sprintf("v%d", g.n)) }
+	case x < 17 && len(t.cols) > 0:
+		sql = fmt.Sprintf("CREATE INDEX i%d ON %s (%s)", g.n, t.name, g.pick(t.cols...))
+		change = func() { g.indexes = append(g.indexes, fmt.Sprintf("i%d", g.n)) }
+	case x < 18:
+		sql = "ANALYZE"
+	case x < 19 && len(g.tables) > 3:
+		sql = "DROP TABLE " + t.name
+		change = func() { delete(g.tables, t.name) }
+	default:
+		if len(g.views) > 0 {
+			v := g.views[0]
+			sql = "DROP VIEW " + v
+			change = func() { g.views = g.views[1:] }
+		} else if len(g.triggers) > 0 {
+			tr := g.triggers[0]
+			sql = "DROP TRIGGER " + tr
+			change = func() { g.triggers = g.triggers[1:] }
+		} else {
+			sql = "ANALYZE " + t.name
+		}
+	}
+	if change != nil {
+		g.changes[sql] = change
+	}
+	return sql
+}
+
