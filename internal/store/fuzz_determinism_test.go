@@ -575,4 +575,3 @@ func (g *grammar) schemaChange() string {
 	}
 	return sql
 }
-
