@@ -67,6 +67,14 @@ func isSchemaTable(name string) bool {
 	return false
 }
 
+func isStatTable(name string) bool {
+	switch strings.ToLower(name) {
+	case "sqlite_stat1", "sqlite_stat4":
+		return true
+	}
+	return false
+}
+
 // Pragmas clients may run. Those in pragmaWithArg take a name or number as
 // argument and only inspect; the rest are allowed only without an argument,
 // which reads the setting.
@@ -108,6 +116,9 @@ func judge(op int, a1, a2 string) (Kind, string) {
 			return KindWrite, fmt.Sprintf("table %s is internal to the database and cannot be changed", a1)
 		case isSchemaTable(a1):
 			// SQLite records every schema change as a write to sqlite_schema.
+			return KindSchema, ""
+		case isStatTable(a1):
+			// Statistics steer the query planner like the schema does.
 			return KindSchema, ""
 		}
 		return KindWrite, ""
@@ -176,9 +187,8 @@ func nondeterministic(op int, a1, a2 string) string {
 	if isSchemaTable(a1) && strings.EqualFold(a2, "rootpage") {
 		return a1 + ".rootpage (where a table's pages lie in the file)"
 	}
-	switch strings.ToLower(a1) {
-	case "sqlite_stat1", "sqlite_stat4":
-		return a1 + " (ANALYZE's statistics count the project's own tables, whose content is each node's own)"
+	if isStatTable(a1) && strings.EqualFold(a2, "rowid") {
+		return a1 + ".rowid (ANALYZE numbers its rows counting the project's own tables, which differ between nodes)"
 	}
 	if name, ok := strings.CutPrefix(strings.ToLower(a1), "pragma_"); ok && !pragmasOfSchema[name] {
 		return "the pragma " + name + " (a property of this node's file or process)"

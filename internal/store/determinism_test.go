@@ -155,7 +155,7 @@ func TestWritesMayNotReadWhatDiffersBetweenNodes(t *testing.T) {
 		"INSERT INTO u SELECT * FROM roots",
 		"INSERT INTO u SELECT page_count FROM pragma_page_count()",
 		"INSERT INTO u SELECT file FROM pragma_database_list",
-		"INSERT INTO u SELECT stat FROM sqlite_stat1",
+		"INSERT INTO u SELECT rowid FROM sqlite_stat1",
 		"UPDATE u SET x = (SELECT freelist_count FROM pragma_freelist_count)",
 		"CREATE TABLE v AS SELECT data_version FROM pragma_data_version",
 		"CREATE TRIGGER tr AFTER INSERT ON u BEGIN INSERT INTO u SELECT rootpage FROM sqlite_schema; END",

@@ -33,6 +33,9 @@ type Options struct {
 	Path        string // database file
 	ReadConns   int    // size of the read-only pool (default 4)
 	Synchronous string // PRAGMA synchronous for the writer (default FULL)
+	// Seeds gives each new entry its random seed (default: from the
+	// operating system's generator). Tests fix it to replay a run exactly.
+	Seeds func() int64
 	// InjectBug: "skip-entry" (Apply records every 50th entry as applied
 	// without running it), "partial-apply" (Apply runs only the first
 	// statement of a multi-statement entry), "unpinned-clock" (Apply runs
@@ -60,6 +63,7 @@ type Store struct {
 	schemaGen atomic.Uint64 // bumped by every schema change; see conn.gen
 	closed    atomic.Bool
 	bug       string // Options.InjectBug
+	seeds     func() int64
 }
 
 // conn is one connection with what the store keeps beside it.
@@ -83,8 +87,9 @@ type conn struct {
 // that took the write, on every replica, and on a replay. (changes() is
 // reset to 0 when an entry begins, and is then SQLite's own.)
 type entryState struct {
-	lastID    int64 // rowid of the entry's latest insert (0: none yet)
-	totalBase int64 // sqlite3_total_changes when the entry began
+	lastID        int64 // rowid of the entry's latest insert (0: none yet)
+	totalBase     int64 // sqlite3_total_changes when the entry began
+	schemaChanged bool  // the entry changed the schema or the statistics
 }
 
 const schemaSQL = `
@@ -138,7 +143,10 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{path: abs, clock: clock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug}
+	if opts.Seeds == nil {
+		opts.Seeds = randomSeed
+	}
+	s := &Store{path: abs, clock: clock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds}
 	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},
@@ -421,6 +429,9 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			s.schemaGen.Add(1)
 			c.DropCache()
 			cn.gen = s.schemaGen.Load()
+			if cn.entry != nil {
+				cn.entry.schemaChanged = true
+			}
 		}
 		if err != nil {
 			return res, err
@@ -665,6 +676,36 @@ func (s *Store) enter(timeMs, seed int64) error {
 		}
 		s.w.SetLastInsertID(0)
 		s.entry = entryState{totalBase: s.w.TotalChanges()}
+	}
+	return nil
+}
+
+// afterEntry: an entry that changed the schema or the statistics makes
+// the writer load the schema afresh from the file, as a node that just
+// started does. SQLite updates its in-memory schema incrementally, and the
+// query plans it then chooses (which rows an unordered LIMIT takes, in
+// what order random() is called) depend on that history; loaded afresh,
+// they depend on the file's content alone, the same on every node however
+// its entries were grouped into transactions or interrupted by restarts.
+func (s *Store) afterEntry() error {
+	if !s.entry.schemaChanged || s.bug == "incremental-schema" {
+		return nil
+	}
+	s.entry.schemaChanged = false
+	s.wconn.auth.reset(policyReplica)
+	// ANALYZE also measured the project's own tables, whose content is the
+	// node's own: their rows go, so the statistics are the same everywhere.
+	row, err := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'")
+	if err != nil {
+		return err
+	}
+	if row[0].(int64) > 0 {
+		if err := s.w.Exec(`DELETE FROM sqlite_stat1 WHERE tbl LIKE '\_ddb\_%' ESCAPE '\'`); err != nil {
+			return fmt.Errorf("drop the statistics of internal tables: %w", err)
+		}
+	}
+	if err := s.w.ExecScript("PRAGMA writable_schema = RESET"); err != nil {
+		return fmt.Errorf("reload the schema: %w", err)
 	}
 	return nil
 }

@@ -126,7 +126,7 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 				continue
 			}
 		}
-		t, seed := now().UnixMilli(), randomSeed()
+		t, seed := now().UnixMilli(), s.seeds()
 		if err := s.internal("SAVEPOINT req"); err != nil {
 			s.internal("ROLLBACK")
 			return -1, fmt.Errorf("savepoint: %w", err)
@@ -141,6 +141,9 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 		}
 		collect := req.Collect || req.RequestID != ""
 		results, err := s.runRequest(req.Ctx, req.Stmts, p, collect, req.Limits)
+		if err == nil {
+			err = s.afterEntry()
+		}
 		var body []byte
 		if err == nil {
 			if body, err = rlog.EncodeWrite(req.RequestID, req.Stmts); err == nil {
@@ -331,6 +334,9 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 		}
 		s.wconn.auth.reset(policyReplica)
 		results, err := s.runRequest(context.Background(), stmts, policyReplica, id != "", Limits{})
+		if err == nil {
+			err = s.afterEntry()
+		}
 		if err == nil && id != "" {
 			err = s.record(id, e.Index, e.TimeMs, results)
 		}
