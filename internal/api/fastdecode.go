@@ -53,7 +53,7 @@ func decodeFast(body []byte, defaultAck string) *Request {
 				}
 			} else {
 				switch bit {
-				case fieldCommand, fieldQuery, fieldAck, fieldConsistency, fieldFormat:
+				case fieldCommand, fieldQuery, fieldAck, fieldConsistency, fieldFormat, fieldRequestID:
 					v, ok := s.str()
 					if !ok {
 						return nil
@@ -70,6 +70,8 @@ func decodeFast(body []byte, defaultAck string) *Request {
 						err = r.setConsistency(v)
 					case fieldFormat:
 						err = r.setFormat(v)
+					case fieldRequestID:
+						err = r.setRequestID(v)
 					}
 					if err != nil {
 						return nil
@@ -126,12 +128,13 @@ const (
 	fieldMinIndex
 	fieldIsMaster
 	fieldIsReplicated
+	fieldRequestID
 )
 
 var fastFields = map[string]uint16{
 	"command": fieldCommand, "query": fieldQuery, "params": fieldParams, "ack": fieldAck,
 	"consistency": fieldConsistency, "format": fieldFormat, "min_index": fieldMinIndex,
-	"is_master": fieldIsMaster, "is_replicated": fieldIsReplicated,
+	"is_master": fieldIsMaster, "is_replicated": fieldIsReplicated, "request_id": fieldRequestID,
 }
 
 // scanner reads JSON tokens from b at i; every method reports false for

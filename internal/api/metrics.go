@@ -162,18 +162,44 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeValue(w, http.StatusOK, st)
 }
 
+// handleHealth is readiness: 200 when this node can serve writes at its
+// default ack level (and reads), 503 with the reason otherwise. A load
+// balancer sends traffic only to ready nodes; /livez says whether the
+// process should be restarted, which is another question.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	if _, err := s.st.Read(r.Context(), nil, storeLimitsNone); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
 		return
 	}
-	if s.slave != nil {
-		if st := s.slave.Status(); st.Diverged != "" {
-			writeError(w, http.StatusServiceUnavailable, "replica is waiting for a snapshot: "+st.Diverged)
-			return
+	why := ""
+	if s.master != nil {
+		why = s.master.Ready(s.cfg.Ack)
+	} else {
+		st := s.slave.Status()
+		switch {
+		case st.Diverged != "":
+			why = "replica is waiting for a snapshot: " + st.Diverged
+		case !st.Reachable && st.SecondsAgo == 0:
+			why = "has not heard from the master at " + st.MasterURL + " yet"
+		case !st.Reachable:
+			why = fmt.Sprintf("the master at %s has not been heard from for %.1fs: writes cannot be served", st.MasterURL, st.SecondsAgo)
 		}
 	}
+	if why != "" {
+		writeError(w, http.StatusServiceUnavailable, "not ready: "+why)
+		return
+	}
 	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+string(s.cfg.Role)+`"}`+"\n"))
+}
+
+// handleLive is liveness: 200 while the process serves HTTP and can read
+// its database, whatever the rest of the cluster does.
+func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.st.Read(r.Context(), nil, storeLimitsNone); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"alive"}`+"\n"))
 }
 
 var storeLimitsNone = store.Limits{}

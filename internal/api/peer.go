@@ -3,6 +3,7 @@ package api
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -130,7 +131,7 @@ func (s *Server) handleReadIndex(w http.ResponseWriter, r *http.Request, body []
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request, body []byte) {
 	if s.master == nil {
-		writeError(w, http.StatusConflict, "this node is not the master")
+		writeError(w, http.StatusServiceUnavailable, "this node is not the master")
 		return
 	}
 	var req replication.JoinRequest
@@ -139,6 +140,11 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request, body []byte)
 		return
 	}
 	if err := s.master.HandleJoin(&req); err != nil {
+		var inUse *replication.IDInUseError
+		if errors.As(err, &inUse) {
+			writeError(w, http.StatusConflict, err.Error())
+			return
+		}
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}

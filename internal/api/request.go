@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"ddb/internal/cluster"
 	"ddb/internal/rlog"
@@ -21,6 +22,7 @@ type Request struct {
 	Consistency  string
 	MinIndex     uint64
 	Format       string
+	RequestID    string          // idempotency key of a write ("" if none)
 	perms        map[string]bool // the user's, when a users file is in force
 }
 
@@ -39,7 +41,64 @@ func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
 	if r := decodeFast(body, defaultAck); r != nil {
 		return r, nil
 	}
+	if err := checkText(body); err != nil {
+		return nil, err
+	}
 	return decodeFull(body, defaultAck)
+}
+
+// checkText refuses text that Go's JSON decoder would silently replace by
+// U+FFFD: bytes that are not UTF-8, and \u escapes of UTF-16 surrogates
+// that do not form a pair. What a client sends is stored exactly, or not
+// at all.
+func checkText(body []byte) error {
+	if !utf8.Valid(body) {
+		i := 0
+		for i < len(body) {
+			r, n := utf8.DecodeRune(body[i:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			i += n
+		}
+		return bad("the request body is not valid UTF-8 (byte %d): send text as UTF-8, and binary values as blobs", i)
+	}
+	for i := 0; i < len(body); i++ {
+		if body[i] != '\\' {
+			continue
+		}
+		i++
+		if i >= len(body) || body[i] != 'u' {
+			continue // \" \\ \n ...: one escaped character
+		}
+		hi, ok := hex4(body, i+1)
+		if !ok {
+			continue // malformed: the decoder says so
+		}
+		i += 4
+		switch {
+		case hi >= 0xDC00 && hi <= 0xDFFF:
+			return bad("invalid JSON string: \\u%04x is the second half of a UTF-16 surrogate pair without its first half", hi)
+		case hi >= 0xD800 && hi <= 0xDBFF:
+			lo, ok := rune(0), i+2 < len(body) && body[i+1] == '\\' && body[i+2] == 'u'
+			if ok {
+				lo, ok = hex4(body, i+3)
+			}
+			if !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return bad("invalid JSON string: \\u%04x is the first half of a UTF-16 surrogate pair without its second half", hi)
+			}
+			i += 6
+		}
+	}
+	return nil
+}
+
+func hex4(b []byte, at int) (rune, bool) {
+	if at+4 > len(b) {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(string(b[at:at+4]), 16, 32)
+	return rune(v), err == nil
 }
 
 // decodeFull is the reference decoder: any JSON, every error message.
@@ -116,6 +175,13 @@ func decodeFull(body []byte, defaultAck string) (*Request, error) {
 		return nil, err
 	} else if ok {
 		if err := r.setFormat(s); err != nil {
+			return nil, err
+		}
+	}
+	if s, ok, err := str("request_id"); err != nil {
+		return nil, err
+	} else if ok {
+		if err := r.setRequestID(s); err != nil {
 			return nil, err
 		}
 	}
@@ -197,6 +263,14 @@ func (r *Request) setConsistency(s string) error {
 		return bad(`"consistency" must be "local" or "strong", not %q`, s)
 	}
 	r.Consistency = s
+	return nil
+}
+
+func (r *Request) setRequestID(s string) error {
+	if len(s) > rlog.MaxRequestIDLen {
+		return bad(`"request_id" is longer than %d characters`, rlog.MaxRequestIDLen)
+	}
+	r.RequestID = s
 	return nil
 }
 

@@ -5,11 +5,13 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -43,6 +45,8 @@ func NewServer(cfg *cluster.Config, st *store.Store, master *replication.Master,
 	s.mux.HandleFunc("/query", s.handleClient)
 	s.mux.HandleFunc("/status", s.handleStatus)
 	s.mux.HandleFunc("/health", s.handleHealth)
+	s.mux.HandleFunc("/livez", s.handleLive)
+	s.mux.HandleFunc("/remove", s.handleRemove)
 	s.mux.HandleFunc("/metrics", s.handleMetrics)
 	s.mux.HandleFunc("/_ddb/append", s.peer(s.handleAppend))
 	s.mux.HandleFunc("/_ddb/snapshot", s.handleSnapshot)
@@ -74,16 +78,13 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "use POST with a JSON body")
 		return
 	}
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	default:
-		w.Header().Set("Retry-After", "1")
-		s.metrics.Request("overload", http.StatusServiceUnavailable, time.Since(start))
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many requests in progress (limit %d); retry shortly", s.cfg.MaxConcurrent))
-		return
-	}
+	// The body is read before the request takes one of the -max-concurrent
+	// places, under a short deadline: a client that trickles its body
+	// holds nothing the others need, and is cut off.
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
@@ -91,7 +92,17 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes))
 			return
 		}
-		writeError(w, http.StatusBadRequest, "could not read the request body: "+err.Error())
+		s.metrics.Request("invalid", http.StatusRequestTimeout, time.Since(start))
+		writeError(w, http.StatusRequestTimeout, fmt.Sprintf("could not read the request body within %v: %v", s.cfg.BodyTimeout, err))
+		return
+	}
+	select {
+	case s.sem <- struct{}{}:
+		defer func() { <-s.sem }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		s.metrics.Request("overload", http.StatusServiceUnavailable, time.Since(start))
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many requests in progress (limit %d); retry shortly", s.cfg.MaxConcurrent))
 		return
 	}
 	var perms map[string]bool
@@ -121,14 +132,38 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	req.perms = perms
-	status, out := s.serve(r.Context(), req)
+	status, out, index := s.serveSafely(r.Context(), req)
 	s.metrics.Request(req.Command, status, time.Since(start))
+	if index > 0 {
+		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	}
 	writeJSON(w, status, out)
 }
 
-// serve runs a decoded request and returns the status and body.
-func (s *Server) serve(ctx context.Context, req *Request) (int, []byte) {
-	fail := func(err error) (int, []byte) {
+// IndexHeader carries, on every successful answer, the log index it
+// reflects: a write's own index (whatever command carried it), or the
+// index this node had applied when it read. A later query's min_index set
+// to it reads at least that.
+const IndexHeader = "X-Ddb-Index"
+
+// serveSafely is serve, with a panic turned into a 500 that is logged and
+// answered: a committed write's answer is never dropped without a word.
+func (s *Server) serveSafely(ctx context.Context, req *Request) (status int, body []byte, index uint64) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.logf("internal error serving %s: %v\n%s", req.Command, p, debug.Stack())
+			s.metrics.Error()
+			status, index = http.StatusInternalServerError, 0
+			body = append(append([]byte(`{"error":`), appendString(nil, fmt.Sprintf("internal error: %v; this is a bug, please report it", p))...), "}\n"...)
+		}
+	}()
+	return s.serve(ctx, req)
+}
+
+// serve runs a decoded request and returns the status, the body and the
+// index the answer reflects.
+func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) {
+	fail := func(err error) (int, []byte, uint64) {
 		st, msg := s.statusOf(err)
 		if st == http.StatusInternalServerError {
 			s.logf("internal error: %v", err)
@@ -136,7 +171,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte) {
 		if st >= 500 {
 			s.metrics.Error()
 		}
-		return st, append(append([]byte(`{"error":`), appendString(nil, msg)...), "}\n"...)
+		return st, append(append([]byte(`{"error":`), appendString(nil, msg)...), "}\n"...), 0
 	}
 	if !s.permitted(req, req.Command) {
 		return fail(&permissionError{perm: map[string]string{"exec": PermExecute, "query": PermQuery}[req.Command]})
@@ -159,7 +194,8 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte) {
 		case err != nil:
 			return fail(s.deadline(qctx, err))
 		}
-		return http.StatusOK, s.queryBody(req, results, s.st.Applied())
+		applied := s.st.Applied()
+		return http.StatusOK, s.queryBody(req, results, applied), applied
 	}
 	if !s.isMaster() {
 		kind, err := s.st.Classify(qctx, req.Stmts)
@@ -174,7 +210,8 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte) {
 			if err != nil {
 				return fail(s.deadline(qctx, err))
 			}
-			return http.StatusOK, s.execBody(req, results, s.st.Applied())
+			applied := s.st.Applied()
+			return http.StatusOK, s.execBody(req, results, applied), applied
 		}
 		// A write, or a statement that cannot be compiled here yet (it
 		// may use a table an earlier statement creates): the master decides.
@@ -207,11 +244,11 @@ func (s *Server) deadline(ctx context.Context, err error) error {
 	return err
 }
 
-func (s *Server) write(ctx context.Context, req *Request, collect bool, fail func(error) (int, []byte)) (int, []byte) {
+func (s *Server) write(ctx context.Context, req *Request, collect bool, fail func(error) (int, []byte, uint64)) (status int, body []byte, index uint64) {
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
 	allowSchema := s.isMaster() && (req.perms == nil || has(req.perms, PermSchema))
-	sr := &store.Request{Ctx: qctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect,
+	sr := &store.Request{Ctx: qctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
 		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
 	var out store.Outcome
 	var err error
@@ -224,10 +261,21 @@ func (s *Server) write(ctx context.Context, req *Request, collect bool, fail fun
 		return fail(s.deadline(qctx, err))
 	}
 	s.metrics.Write()
+	// The write is committed: whatever happens while its answer is
+	// built, the client learns its index.
+	defer func() {
+		if p := recover(); p != nil {
+			s.logf("internal error answering the write at index %d: %v\n%s", out.Index, p, debug.Stack())
+			s.metrics.Error()
+			status, index = http.StatusInternalServerError, out.Index
+			body = fmt.Appendf(nil, "{\"error\":%s,\"index\":%d}\n",
+				appendString(nil, fmt.Sprintf("the write is committed at index %d, but its answer could not be built: %v; this is a bug, please report it", out.Index, p)), out.Index)
+		}
+	}()
 	if collect {
-		return http.StatusOK, s.queryBody(req, out.Results, out.Index)
+		return http.StatusOK, s.queryBody(req, out.Results, out.Index), out.Index
 	}
-	return http.StatusOK, s.execBody(req, out.Results, out.Index)
+	return http.StatusOK, s.execBody(req, out.Results, out.Index), out.Index
 }
 
 // waitReadable applies consistency and min_index before a read.
@@ -307,4 +355,40 @@ func (s *Server) queryBody(req *Request, results []store.Result, index uint64) [
 	b = append(b, `],"index":`...)
 	b = strconv.AppendUint(b, index, 10)
 	return append(b, "}\n"...)
+}
+
+// handleRemove takes a learner out of the membership (POST {"id": N} to
+// the master). With a users file it needs the "remove" permission.
+func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeError(w, http.StatusMethodNotAllowed, `use POST with {"id": N}`)
+		return
+	}
+	if s.users != nil {
+		if _, status, msg := s.users.check(w, r, PermRemove); status != 0 {
+			writeError(w, status, msg)
+			return
+		}
+	}
+	if s.master == nil {
+		writeError(w, http.StatusForbidden, "membership changes go to the master: send this request to "+s.masterURL)
+		return
+	}
+	var req struct {
+		ID *int `json:"id"`
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+	if err == nil {
+		err = json.Unmarshal(body, &req)
+	}
+	if err != nil || req.ID == nil {
+		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the slave to remove`)
+		return
+	}
+	if err := s.master.Remove(*req.ID); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
 }

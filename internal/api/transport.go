@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	neturl "net/url"
 	"os"
 	"strconv"
 	"syscall"
@@ -131,32 +130,9 @@ func (t *Transport) Forward(ctx context.Context, url string, req *replication.Fo
 	}
 	var resp replication.ForwardResponse
 	if err := t.post(ctx, url+"/_ddb/forward", body, &resp); err != nil {
-		err = classifyForwardError(url, err)
-		var uo *replication.UnknownOutcomeError
-		if errors.As(err, &uo) && refused(url) {
-			// The connection broke and the master now refuses connections:
-			// it is down (typically a kept-alive connection its death had
-			// just closed). Say so at once, without hiding that a request
-			// it received before going down may be committed.
-			return nil, &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s is down (%v); if it received this write before going down, the write may be committed: read before retrying", url, err)}
-		}
-		return nil, err
+		return nil, classifyForwardError(url, err)
 	}
 	return &resp, nil
-}
-
-// refused reports whether a fresh connection to the URL's host is refused.
-func refused(rawURL string) bool {
-	u, err := neturl.Parse(rawURL)
-	if err != nil {
-		return false
-	}
-	c, err := net.DialTimeout("tcp", u.Host, 300*time.Millisecond)
-	if err == nil {
-		c.Close()
-		return false
-	}
-	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 func classifyForwardError(url string, err error) error {
@@ -190,7 +166,12 @@ func (t *Transport) Join(ctx context.Context, url string, req *replication.JoinR
 		return err
 	}
 	var out struct{}
-	return t.post(ctx, url+"/_ddb/join", body, &out)
+	err = t.post(ctx, url+"/_ddb/join", body, &out)
+	var pe *peerError
+	if errors.As(err, &pe) && (pe.status == http.StatusConflict || pe.status == http.StatusBadRequest) {
+		return &replication.JoinRefusedError{Reason: pe.msg}
+	}
+	return err
 }
 
 // spooled is a request body saved to a temporary file.

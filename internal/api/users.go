@@ -19,6 +19,7 @@ const (
 	PermQuery   = "query"   // reads
 	PermSchema  = "schema"  // schema changes (with execute)
 	PermStatus  = "status"  // /status and /metrics
+	PermRemove  = "remove"  // taking a learner out of the membership
 )
 
 // Users is the optional users file: HTTP Basic authentication and

@@ -55,6 +55,7 @@ type Config struct {
 	ReadTimeout    time.Duration // how long min_index / strong reads wait
 	QueryTimeout   time.Duration // a statement's deadline
 	MaxBodyBytes   int64
+	BodyTimeout    time.Duration // how long a client may take to send its body
 	MaxResultRows  int
 	MaxResultBytes int
 	MaxConcurrent  int // client requests served at once; beyond: 503
@@ -97,6 +98,9 @@ func (c *Config) Defaults() {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 16 << 20
+	}
+	if c.BodyTimeout == 0 {
+		c.BodyTimeout = 10 * time.Second
 	}
 	if c.MaxResultRows == 0 {
 		c.MaxResultRows = 1_000_000
@@ -245,6 +249,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", 5*time.Second, "how long min_index and strong reads wait before 504")
 	fs.DurationVar(&c.QueryTimeout, "query-timeout", 30*time.Second, "deadline of one request's SQL; SQLite is interrupted when it passes")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", 16<<20, "largest request body in bytes (413 beyond)")
+	fs.DurationVar(&c.BodyTimeout, "body-timeout", 10*time.Second, "how long a client may take to send its request body (408 beyond); slow senders are cut off")
 	fs.IntVar(&c.MaxResultRows, "max-rows", 1_000_000, "most rows one query may return")
 	fs.IntVar(&c.MaxResultBytes, "max-result-bytes", 256<<20, "most bytes of values one query may return")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 1024, "client requests served at once (503 with Retry-After beyond)")

@@ -87,6 +87,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		n.master = replication.NewMaster(replication.MasterConfig{
 			URL: cfg.URL(), Slaves: slaves, AckTimeout: cfg.AckTimeout, Heartbeat: cfg.Heartbeat,
 			LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
+			Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes},
 		}, st, tr, nil)
 	} else {
 		n.slave = replication.NewSlave(replication.SlaveConfig{
@@ -159,16 +160,25 @@ func Run(ctx context.Context, cfg *cluster.Config) error {
 	if err != nil {
 		return err
 	}
+	var fatal <-chan error
+	if n.slave != nil {
+		fatal = n.slave.Fatal()
+	}
+	var ferr error
 	select {
 	case <-ctx.Done():
 	case err := <-n.done:
 		if err != nil {
 			return err
 		}
+	case ferr = <-fatal:
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return n.Shutdown(sctx)
+	if err := n.Shutdown(sctx); err != nil && ferr == nil {
+		return err
+	}
+	return ferr
 }
 
 func tlsConfigs(cfg *cluster.Config) (server, client *tls.Config, err error) {

@@ -6,6 +6,7 @@ import (
 	"log"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,11 +21,12 @@ type MasterConfig struct {
 	Slaves     map[int]string // known slaves by id
 	AckTimeout time.Duration
 	Heartbeat  time.Duration
-	LogKeep    uint64 // entries kept for catch-up
-	TempDir    string // where snapshots are written
-	MaxBatch   int    // requests per group commit (default 256)
-	ShipBatch  int    // entries per append (default 1024)
-	ShipBytes  int    // bytes of entries per append (default 4 MiB)
+	LogKeep    uint64       // entries kept for catch-up
+	Limits     store.Limits // what a forwarded write may return (RETURNING), as for the master's own clients
+	TempDir    string       // where snapshots are written
+	MaxBatch   int          // requests per group commit (default 256)
+	ShipBatch  int          // entries per append (default 1024)
+	ShipBytes  int          // bytes of entries per append (default 4 MiB)
 	Logf       func(format string, args ...any)
 	// InjectBug "ack-before-commit" answers writes as soon as they are
 	// queued and, like an asynchronous commit, lets the writer flush the
@@ -89,6 +91,7 @@ type pendingWrite struct {
 type follower struct {
 	id          int
 	url         string
+	voter       bool // counts toward the quorum (configured on the master's command line)
 	acked       uint64 // last index the slave confirmed applied
 	known       bool   // acked has been learned from the slave
 	reachable   bool
@@ -137,7 +140,8 @@ func NewMaster(cfg MasterConfig, st *store.Store, tr Transport, clock Clock) *Ma
 		slaves[id] = u
 	}
 	for id, u := range slaves {
-		m.addFollower(id, u)
+		_, voter := cfg.Slaves[id]
+		m.addFollower(id, u, voter)
 	}
 	m.wg.Add(2)
 	go m.writeLoop()
@@ -152,7 +156,7 @@ func (m *Master) Close() {
 	m.wg.Wait()
 }
 
-func (m *Master) addFollower(id int, url string) {
+func (m *Master) addFollower(id int, url string, voter bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if f, ok := m.followers[id]; ok {
@@ -162,7 +166,7 @@ func (m *Master) addFollower(id int, url string) {
 		f.stop()
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	f := &follower{id: id, url: url, wake: make(chan struct{}, 1), rejoin: make(chan struct{}, 1), stop: cancel}
+	f := &follower{id: id, url: url, voter: voter, wake: make(chan struct{}, 1), rejoin: make(chan struct{}, 1), stop: cancel}
 	m.followers[id] = f
 	m.wg.Add(1)
 	go m.ship(ctx, f)
@@ -216,14 +220,20 @@ func (m *Master) waitAck(ctx context.Context, index uint64, level string, origin
 	return nil
 }
 
-// acked reports whether index is applied on enough nodes for level.
-// quorum: a majority of all nodes, the master included; all: every slave.
-// Slave origin (if not 0) counts as having it: it waits for it itself.
+// acked reports whether index is applied on enough voters for level.
+// quorum: a majority of the voters, the master included; all: every
+// voter. Learners (slaves that joined on their own) never count: a process
+// started once cannot change what a majority is. Slave origin (if not 0)
+// counts as having it: it waits for it itself.
 func (m *Master) acked(index uint64, level string, origin int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	have := 1 // the master committed it
+	have, voters := 1, 1 // the master committed it
 	for _, f := range m.followers {
+		if !f.voter {
+			continue
+		}
+		voters++
 		if (f.known && f.acked >= index) || f.id == origin {
 			have++
 		} else if level == "all" {
@@ -233,7 +243,36 @@ func (m *Master) acked(index uint64, level string, origin int) bool {
 	if level == "all" {
 		return true
 	}
-	return have >= (len(m.followers)+1)/2+1
+	return have >= voters/2+1
+}
+
+// Ready explains why the master cannot acknowledge writes at level now
+// ("" when it can): too few voters are reachable.
+func (m *Master) Ready(level string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	reachable, voters := 1, 1
+	var down []string
+	for _, f := range m.followers {
+		if !f.voter {
+			continue
+		}
+		voters++
+		if f.reachable {
+			reachable++
+		} else {
+			down = append(down, fmt.Sprintf("slave %d (%s)", f.id, f.url))
+		}
+	}
+	sort.Strings(down)
+	need := voters/2 + 1
+	if level == "all" {
+		need = voters
+	}
+	if reachable >= need {
+		return ""
+	}
+	return fmt.Sprintf("writes at ack level %q need %d of the %d voting nodes, and only %d are reachable (unreachable: %s)", level, need, voters, reachable, strings.Join(down, ", "))
 }
 
 // writeLoop is the single writer: it takes whatever requests are queued,
@@ -544,7 +583,8 @@ func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *Forwar
 	if err != nil {
 		return &ForwardResponse{Error: &WireError{Kind: "param", Message: err.Error()}}
 	}
-	out, err := m.write(ctx, &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: false, Collect: req.Collect}, req.Ack, req.Origin)
+	out, err := m.write(ctx, &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: false, Collect: req.Collect,
+		Limits: m.cfg.Limits, RequestID: req.RequestID}, req.Ack, req.Origin)
 	resp := &ForwardResponse{Index: out.Index}
 	if err != nil {
 		resp.Error = ToWireError(err)
@@ -559,16 +599,36 @@ func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *Forwar
 // HandleReadIndex returns the index every acknowledged write is at or below.
 func (m *Master) HandleReadIndex() uint64 { return m.st.Applied() }
 
-// HandleJoin adds (or moves) a slave.
+// IDInUseError refuses a join: a live node already holds the id.
+type IDInUseError struct {
+	ID  int
+	URL string
+}
+
+func (e *IDInUseError) Error() string {
+	return fmt.Sprintf("slave id %d is already held by the live node at %s: start this node with another id, or stop that one first", e.ID, e.URL)
+}
+
+// HandleJoin adds a slave, or moves one whose node is not live any more
+// to a new URL. A slave the master's command line does not name joins as
+// a learner: it gets the log but never counts toward the quorum.
 func (m *Master) HandleJoin(req *JoinRequest) error {
 	if req.ID < 1 || req.URL == "" {
 		return fmt.Errorf("join needs a slave id >= 1 and a URL")
 	}
+	m.mu.Lock()
+	f, ok := m.followers[req.ID]
+	if ok && f.url != req.URL && f.reachable && m.clock.Now().Sub(f.lastContact) < 8*m.cfg.Heartbeat+time.Second {
+		m.mu.Unlock()
+		m.cfg.Logf("refused a join as slave %d from %s: that id is held by the live node at %s", req.ID, req.URL, f.url)
+		return &IDInUseError{ID: req.ID, URL: f.url}
+	}
+	m.mu.Unlock()
 	if err := m.st.SetMember(req.ID, req.URL); err != nil {
 		return err
 	}
 	m.mu.Lock()
-	f, ok := m.followers[req.ID]
+	f, ok = m.followers[req.ID]
 	same := ok && f.url == req.URL
 	if same {
 		select {
@@ -578,9 +638,39 @@ func (m *Master) HandleJoin(req *JoinRequest) error {
 	}
 	m.mu.Unlock()
 	if !same {
-		m.cfg.Logf("slave %d joined at %s", req.ID, req.URL)
-		m.addFollower(req.ID, req.URL)
+		_, voter := m.cfg.Slaves[req.ID]
+		role := "as a voter"
+		if !voter {
+			role = "as a learner (it gets the log, and does not count toward the quorum)"
+		}
+		m.cfg.Logf("slave %d joined at %s %s", req.ID, req.URL, role)
+		m.addFollower(req.ID, req.URL, voter)
 	}
+	return nil
+}
+
+// Remove takes a slave out of the membership: the master stops shipping to
+// it and forgets it. A voter cannot be removed (it is on the master's
+// command line); stop it and restart the master with fewer slaves.
+func (m *Master) Remove(id int) error {
+	m.mu.Lock()
+	f, ok := m.followers[id]
+	m.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no slave %d in the membership", id)
+	}
+	if f.voter {
+		return fmt.Errorf("slave %d is a voter named on the master's command line; remove it by restarting the master with fewer slaves", id)
+	}
+	if err := m.st.RemoveMember(id); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.followers, id)
+	m.mu.Unlock()
+	f.stop()
+	m.cfg.Logf("slave %d (%s) removed from the membership", id, f.url)
+	m.progress.Notify()
 	return nil
 }
 
@@ -595,6 +685,7 @@ type FollowerStatus struct {
 	SecondsAgo  float64 `json:"seconds_since_contact,omitempty"`
 	LastError   string  `json:"last_error,omitempty"`
 	Snapshots   int     `json:"snapshots_sent"`
+	Voter       bool    `json:"voter"`
 }
 
 // Followers reports every slave, by id.
@@ -605,7 +696,7 @@ func (m *Master) Followers() []FollowerStatus {
 	defer m.mu.Unlock()
 	out := make([]FollowerStatus, 0, len(m.followers))
 	for _, f := range m.followers {
-		s := FollowerStatus{ID: f.id, URL: f.url, Acked: f.acked, Reachable: f.reachable, LastError: f.lastError, Snapshots: f.snapshots}
+		s := FollowerStatus{ID: f.id, URL: f.url, Acked: f.acked, Reachable: f.reachable, LastError: f.lastError, Snapshots: f.snapshots, Voter: f.voter}
 		if last > f.acked {
 			s.Lag = last - f.acked
 		}

@@ -44,6 +44,10 @@ type ForwardRequest struct {
 	Body    json.RawMessage `json:"body"` // rlog.EncodeStatements
 	Collect bool            `json:"collect,omitempty"`
 	Ack     string          `json:"ack"`
+	// RequestID is the write's idempotency key: the client's, or one the
+	// slave made. A forward sent again (after a broken connection) with
+	// the same key applies at most once.
+	RequestID string `json:"request_id"`
 }
 
 // ForwardResponse is the master's answer to a forwarded write.
@@ -62,6 +66,12 @@ type WireError struct {
 	Message string `json:"message"`
 	Index   uint64 `json:"index,omitempty"`
 }
+
+// JoinRefusedError: the master will not take this slave (its id is held
+// by a live node, or the request is invalid). Retrying cannot help.
+type JoinRefusedError struct{ Reason string }
+
+func (e *JoinRefusedError) Error() string { return "the master refused this node: " + e.Reason }
 
 // JoinRequest announces a slave to the master.
 type JoinRequest struct {
@@ -115,10 +125,16 @@ func (e *AckTimeoutError) Error() string {
 
 // UnknownOutcomeError: the request reached the master but no answer came
 // back; the write may or may not be committed.
-type UnknownOutcomeError struct{ Reason string }
+type UnknownOutcomeError struct {
+	Reason    string
+	RequestID string // the client's idempotency key, if it sent one
+}
 
 func (e *UnknownOutcomeError) Error() string {
-	return "outcome unknown: " + e.Reason + "; check with a read before retrying"
+	if e.RequestID != "" {
+		return "outcome unknown: " + e.Reason + "; the write may be committed. Send it again with the same request_id (" + e.RequestID + "): it applies at most once"
+	}
+	return "outcome unknown: " + e.Reason + "; the write may be committed. Check with a read before retrying, or send writes with a request_id, which makes a retry safe"
 }
 
 // WaitTimeoutError: a min_index or strong read waited too long.

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -45,10 +46,16 @@ type Slave struct {
 	joined       bool
 	diverged     string
 
+	fatal chan error // the master refused this node
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
+
+// Fatal delivers the error that makes this slave unable to serve at all
+// (the master refused it); the node then stops.
+func (s *Slave) Fatal() <-chan error { return s.fatal }
 
 // NewSlave starts a slave (it announces itself to the master in the background).
 func NewSlave(cfg SlaveConfig, st *store.Store, tr Transport, clock Clock) *Slave {
@@ -70,7 +77,7 @@ func NewSlave(cfg SlaveConfig, st *store.Store, tr Transport, clock Clock) *Slav
 	if clock == nil {
 		clock = RealClock{}
 	}
-	s := &Slave{cfg: cfg, st: st, tr: tr, clock: clock}
+	s := &Slave{cfg: cfg, st: st, tr: tr, clock: clock, fatal: make(chan error, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.joinLoop()
@@ -90,6 +97,12 @@ func (s *Slave) joinLoop() {
 		ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 		err := s.tr.Join(ctx, s.cfg.MasterURL, &JoinRequest{ID: s.cfg.ID, URL: s.cfg.URL})
 		cancel()
+		var refused *JoinRefusedError
+		if errors.As(err, &refused) {
+			s.cfg.Logf("%v", err)
+			s.fatal <- err
+			return
+		}
 		if err == nil {
 			s.mu.Lock()
 			s.joined = true
@@ -173,8 +186,15 @@ func (s *Slave) masterSilent() string {
 	return ""
 }
 
+// forwardRetry is how long a forward is tried again after a broken or
+// refused connection before the client gets its answer (a master that
+// restarts is usually back by then).
+const forwardRetry = 2 * time.Second
+
 // Write forwards a write to the master and answers once this slave has
-// applied it, so the client reads its own write here.
+// applied it, so the client reads its own write here. The forward carries
+// an idempotency key (the client's request_id, or one made here), so it is
+// sent again when a connection breaks: it applies at most once.
 func (s *Slave) Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
 	if why := s.masterSilent(); why != "" {
 		return store.Outcome{}, &UnavailableError{Reason: why}
@@ -183,10 +203,34 @@ func (s *Slave) Write(ctx context.Context, req *store.Request, ack string) (stor
 	if err != nil {
 		return store.Outcome{}, &store.ParamError{Msg: err.Error()}
 	}
-	fctx, cancel := context.WithTimeout(ctx, s.cfg.AckTimeout+2*time.Second)
-	resp, err := s.tr.Forward(fctx, s.cfg.MasterURL, &ForwardRequest{Origin: s.cfg.ID, Body: body, Collect: req.Collect, Ack: ack})
-	cancel()
+	fwd := &ForwardRequest{Origin: s.cfg.ID, Body: body, Collect: req.Collect, Ack: ack, RequestID: req.RequestID}
+	if fwd.RequestID == "" {
+		fwd.RequestID = newRequestID(s.cfg.ID)
+	}
+	var resp *ForwardResponse
+	var unknown *UnknownOutcomeError // an earlier attempt may have been committed
+	retryUntil := s.clock.Now().Add(min(forwardRetry, s.cfg.AckTimeout))
+	for delay := 50 * time.Millisecond; ; delay = min(2*delay, 500*time.Millisecond) {
+		fctx, cancel := context.WithTimeout(ctx, s.cfg.AckTimeout+2*time.Second)
+		resp, err = s.tr.Forward(fctx, s.cfg.MasterURL, fwd)
+		cancel()
+		var uo *UnknownOutcomeError
+		if errors.As(err, &uo) {
+			unknown = uo
+		}
+		retry := err != nil && (unknown != nil || errors.Is(err, ErrUnavailable)) && ctx.Err() == nil
+		if !retry || s.clock.Now().Add(delay).After(retryUntil) {
+			break
+		}
+		select {
+		case <-s.clock.After(delay):
+		case <-ctx.Done():
+		}
+	}
 	if err != nil {
+		if unknown != nil {
+			return store.Outcome{}, &UnknownOutcomeError{Reason: unknown.Reason, RequestID: req.RequestID}
+		}
 		return store.Outcome{}, err
 	}
 	if resp.Error != nil {
@@ -204,6 +248,14 @@ func (s *Slave) Write(ctx context.Context, req *store.Request, ack string) (stor
 		return out, &AckTimeoutError{Index: resp.Index, Level: ack + ", applied on the slave that received it", After: s.cfg.AckTimeout}
 	}
 	return out, nil
+}
+
+// newRequestID makes an idempotency key for a forward whose client sent
+// none: the slave's id and 128 random bits.
+func newRequestID(slave int) string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return fmt.Sprintf("ddb-slave%d-%x", slave, b)
 }
 
 // ReadIndex asks the master for the index that covers every acknowledged

@@ -82,6 +82,7 @@ var fuzzRegressions = []struct {
 	// TestChangesInsideATriggerIsTheSameOnEveryReplica, which it found.
 	{20261129, 250, "changes() in a trigger saw the connection's past", "unpinned-state"},
 	{1017, 1000, "query plans followed the connection's incremental schema, not the file's", "incremental-schema"},
+	{5012, 2000, "a failed ALTER TABLE, rolled back, left the leader planning with another schema state", "incremental-schema"},
 }
 
 func TestDeterminismFuzzRegressions(t *testing.T) {
@@ -261,6 +262,9 @@ func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string) (r 
 		all, _ := leader.LogRange(context.Background(), 1, 100000, 0)
 		for _, e := range all {
 			fmt.Printf("  log %d t=%s: %s\n", e.Index, time.UnixMilli(e.TimeMs).UTC().Format(time.DateTime), e.Body)
+		}
+		for _, h := range history {
+			fmt.Printf("  history: %s\n", h)
 		}
 	}
 	if diffs := inspect.Compare(dbs, 8); len(diffs) > 0 {

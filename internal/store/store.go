@@ -48,22 +48,27 @@ type Options struct {
 
 // Store is a node's database. Its zero value is not usable; call Open.
 type Store struct {
-	path      string
-	clock     *sqlite.Clock
-	wmu       sync.Mutex // held by whoever uses w
-	w         *sqlite.Conn
-	wconn     *conn      // w with its state; nil once closed
-	entry     entryState // the writer's per-entry connection state
-	rng       *rand.Rand // random()/randomblob() source while an entry runs
-	entering  bool       // lockEntries holds SQLite's generator
-	readers   chan *conn
-	nreaders  int
-	applied   atomic.Uint64 // last log index applied (committed) here
-	logStart  atomic.Uint64 // oldest index kept in _ddb_log
-	schemaGen atomic.Uint64 // bumped by every schema change; see conn.gen
-	closed    atomic.Bool
-	bug       string // Options.InjectBug
-	seeds     func() int64
+	path     string
+	clock    *sqlite.Clock
+	wmu      sync.Mutex // held by whoever uses w
+	w        *sqlite.Conn
+	wconn    *conn      // w with its state; nil once closed
+	entry    entryState // the writer's per-entry connection state
+	rng      *rand.Rand // random()/randomblob() source while an entry runs
+	entering bool       // lockEntries holds SQLite's generator
+	// schemaDirty: a statement that changes the schema or the statistics
+	// ran on the writer (and may have failed and been rolled back) since
+	// the writer last loaded the schema afresh.
+	schemaDirty bool
+	readers     chan *conn
+	nreaders    int
+	applied     atomic.Uint64 // last log index applied (committed) here
+	logStart    atomic.Uint64 // oldest index kept in _ddb_log
+	schemaGen   atomic.Uint64 // bumped by every schema change; see conn.gen
+	closed      atomic.Bool
+	bug         string // Options.InjectBug
+	seeds       func() int64
+	lock        *os.File // flock held on the database file while open
 }
 
 // conn is one connection with what the store keeps beside it.
@@ -87,9 +92,8 @@ type conn struct {
 // that took the write, on every replica, and on a replay. (changes() is
 // reset to 0 when an entry begins, and is then SQLite's own.)
 type entryState struct {
-	lastID        int64 // rowid of the entry's latest insert (0: none yet)
-	totalBase     int64 // sqlite3_total_changes when the entry began
-	schemaChanged bool  // the entry changed the schema or the statistics
+	lastID    int64 // rowid of the entry's latest insert (0: none yet)
+	totalBase int64 // sqlite3_total_changes when the entry began
 }
 
 const schemaSQL = `
@@ -139,20 +143,26 @@ func Open(opts Options) (*Store, error) {
 	if err := checkFile(abs); err != nil {
 		return nil, err
 	}
+	lock, err := lockFile(abs)
+	if err != nil {
+		return nil, err
+	}
 	clock, err := sqlite.NewClock()
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	if opts.Seeds == nil {
 		opts.Seeds = randomSeed
 	}
-	s := &Store{path: abs, clock: clock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds}
+	s := &Store{path: abs, clock: clock, lock: lock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds}
 	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},
 	})
 	if err != nil {
 		clock.Close()
+		lock.Close()
 		return nil, fmt.Errorf("open %s: %w", abs, err)
 	}
 	s.w = w
@@ -325,6 +335,9 @@ func (s *Store) Close() error {
 	}
 	s.wmu.Unlock()
 	s.clock.Close()
+	if s.lock != nil {
+		errs = append(errs, s.lock.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -430,7 +443,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			c.DropCache()
 			cn.gen = s.schemaGen.Load()
 			if cn.entry != nil {
-				cn.entry.schemaChanged = true
+				s.schemaDirty = true
 			}
 		}
 		if err != nil {
@@ -680,18 +693,20 @@ func (s *Store) enter(timeMs, seed int64) error {
 	return nil
 }
 
-// afterEntry: an entry that changed the schema or the statistics makes
-// the writer load the schema afresh from the file, as a node that just
-// started does. SQLite updates its in-memory schema incrementally, and the
+// afterEntry: after a statement that changed the schema or the statistics
+// (or tried to, and was rolled back), the writer loads the schema afresh
+// from the file, as a node that just started does. SQLite updates its
+// in-memory schema incrementally, and resets it on a rollback, and the
 // query plans it then chooses (which rows an unordered LIMIT takes, in
 // what order random() is called) depend on that history; loaded afresh,
 // they depend on the file's content alone, the same on every node however
-// its entries were grouped into transactions or interrupted by restarts.
+// its entries were grouped into transactions, interrupted by restarts, or
+// mixed with requests that failed.
 func (s *Store) afterEntry() error {
-	if !s.entry.schemaChanged || s.bug == "incremental-schema" {
+	if !s.schemaDirty || s.bug == "incremental-schema" {
 		return nil
 	}
-	s.entry.schemaChanged = false
+	s.schemaDirty = false
 	s.wconn.auth.reset(policyReplica)
 	// ANALYZE also measured the project's own tables, whose content is the
 	// node's own: their rows go, so the statistics are the same everywhere.

@@ -98,6 +98,9 @@ func (s *Store) beginEntries() error {
 	if err == nil {
 		err = s.w.FlushCache()
 	}
+	if err == nil {
+		err = s.afterEntry() // a transaction rolled back after a schema change
+	}
 	if err != nil {
 		s.internal("ROLLBACK")
 		return fmt.Errorf("begin: %w", err)
@@ -161,6 +164,10 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 			if rerr := s.internal("ROLLBACK TO req", "RELEASE req"); rerr != nil {
 				s.internal("ROLLBACK")
 				return -1, fmt.Errorf("roll back failed request: %w", rerr)
+			}
+			if rerr := s.afterEntry(); rerr != nil {
+				s.internal("ROLLBACK")
+				return -1, rerr
 			}
 			out[i] = Outcome{Err: err}
 			continue
@@ -460,4 +467,15 @@ func (s *Store) SetMember(id int, url string) error {
 	}
 	_, err = st.Step()
 	return err
+}
+
+// RemoveMember forgets slave id.
+func (s *Store) RemoveMember(id int) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	return s.w.Exec("DELETE FROM _ddb_members WHERE id = ?", int64(id))
 }
