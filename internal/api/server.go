@@ -84,8 +84,10 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-	rc.SetReadDeadline(time.Time{})
 	if err != nil {
+		// The connection is closed after the answer: what is left of the
+		// body is never read (waiting for it is what a slow sender wants).
+		w.Header().Set("Connection", "close")
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
 			s.metrics.Request("invalid", http.StatusRequestEntityTooLarge, time.Since(start))
@@ -96,6 +98,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestTimeout, fmt.Sprintf("could not read the request body within %v: %v", s.cfg.BodyTimeout, err))
 		return
 	}
+	rc.SetReadDeadline(time.Time{})
 	select {
 	case s.sem <- struct{}{}:
 		defer func() { <-s.sem }()

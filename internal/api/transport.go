@@ -11,8 +11,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -129,8 +131,22 @@ func (t *Transport) Forward(ctx context.Context, url string, req *replication.Fo
 		return nil, err
 	}
 	var resp replication.ForwardResponse
+	// Whether the request was written whole decides what a broken
+	// connection means: unwritten, the master cannot have run it (it reads
+	// the whole body first), so it was not applied; written, it may have.
+	var wrote atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
+		if i.Err == nil {
+			wrote.Store(true)
+		}
+	}})
 	if err := t.post(ctx, url+"/_ddb/forward", body, &resp); err != nil {
-		return nil, classifyForwardError(url, err)
+		err = classifyForwardError(url, err)
+		var uo *replication.UnknownOutcomeError
+		if errors.As(err, &uo) && !wrote.Load() {
+			return nil, &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot be reached (the write was not sent: %s)", url, uo.Reason)}
+		}
+		return nil, err
 	}
 	return &resp, nil
 }

@@ -91,7 +91,7 @@ type pendingWrite struct {
 type follower struct {
 	id          int
 	url         string
-	voter       bool // counts toward the quorum (configured on the master's command line)
+	voter       bool   // counts toward the quorum (configured on the master's command line)
 	acked       uint64 // last index the slave confirmed applied
 	known       bool   // acked has been learned from the slave
 	reachable   bool
@@ -485,8 +485,11 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 				m.ack(f, r.seq, r.resp)
 				if r.resp.NeedSnapshot {
 					needSnapshot, resync = true, true
-				} else if r.resp.Applied < r.last {
-					resync = true // a gap or a failure on the slave: start over from what it has
+				} else if r.resp.Applied < r.last || (inflight == 0 && r.resp.Applied < sent) {
+					// A gap or a failure on the slave, or a slave that lost
+					// its data (a heartbeat's answer is behind what was
+					// sent): start over from what it has.
+					resync = true
 				}
 			}
 		case <-f.wake:

@@ -120,6 +120,8 @@ type Cluster struct {
 	bin    string
 	nodes  map[int]*Proc
 	Client *http.Client
+	// spawned counts processes started, to name extra ones' logs.
+	spawned int
 }
 
 // Proc is one node process.
@@ -185,6 +187,15 @@ func (c *Cluster) URL(id int) string {
 // StartNode starts node id (0 = master) with the cluster's flags.
 func (c *Cluster) StartNode(id int, extra ...string) *Proc {
 	c.t.Helper()
+	p := c.Spawn(id, extra...)
+	c.nodes[id] = p
+	return p
+}
+
+// Spawn starts another process for node id (a second one, say) without
+// making it the cluster's node id; it is killed when the test ends.
+func (c *Cluster) Spawn(id int, extra ...string) *Proc {
+	c.t.Helper()
 	args := []string{"-port", strconv.Itoa(c.Port), "-host", "127.0.0.1", "-dir", c.Dir}
 	args = append(args, c.Extra...)
 	args = append(args, c.Flags[id]...)
@@ -196,7 +207,11 @@ func (c *Cluster) StartNode(id int, extra ...string) *Proc {
 		bin = filepath.Join(c.bin, "node")
 		args = append(args, strconv.Itoa(id), strconv.Itoa(c.Slaves))
 	}
+	c.spawned++
 	p := &Proc{ID: id, URL: c.URL(id), Args: args, Log: filepath.Join(c.Dir, fmt.Sprintf("node%d.log", id))}
+	if _, taken := c.nodes[id]; taken && c.spawned > 1 {
+		p.Log = filepath.Join(c.Dir, fmt.Sprintf("node%d-%d.log", id, c.spawned))
+	}
 	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		c.t.Fatalf("%v", err)
@@ -210,7 +225,7 @@ func (c *Cluster) StartNode(id int, extra ...string) *Proc {
 	}
 	p.done = make(chan struct{})
 	go func() { p.cmd.Wait(); logf.Close(); close(p.done) }()
-	c.nodes[id] = p
+	c.t.Cleanup(p.Kill)
 	return p
 }
 
@@ -264,12 +279,14 @@ func (c *Cluster) WaitReady() {
 	}
 }
 
-// WaitHealthy waits until node id answers /health with 200.
+// WaitHealthy waits until node id is up: it answers /livez with 200 (its
+// process serves and its database opened; /health, readiness, also needs
+// the rest of the cluster).
 func (c *Cluster) WaitHealthy(id int) {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := c.Client.Get(c.URL(id) + "/health")
+		resp, err := c.Client.Get(c.URL(id) + "/livez")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -289,6 +306,7 @@ func (c *Cluster) WaitHealthy(id int) {
 type Response struct {
 	Status int
 	Body   []byte
+	Header http.Header
 }
 
 // JSON decodes the body into v.
@@ -304,7 +322,7 @@ func (c *Cluster) Post(id int, body string) (Response, error) {
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return Response{Status: resp.StatusCode, Body: b}, err
+	return Response{Status: resp.StatusCode, Body: b, Header: resp.Header}, err
 }
 
 // Do sends a request object to node id.
@@ -403,6 +421,12 @@ func (c *Cluster) WaitConverged(timeout time.Duration, ids ...int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Secret is the cluster secret the nodes created in Dir.
+func (c *Cluster) Secret() string {
+	b, _ := os.ReadFile(filepath.Join(c.Dir, "ddb-cluster.secret"))
+	return strings.TrimSpace(string(b))
 }
 
 // DBPath is node id's database file.
