@@ -104,11 +104,21 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 		return 0, ErrClosed
 	}
 	s.wconn.auth.reset(policyReplica)
+	// The file keeps its own id (see checkFile), not the snapshot's.
+	own, err := s.w.QueryRow("SELECT value FROM _ddb_meta WHERE key = 'file_id'")
+	if err != nil {
+		return 0, err
+	}
 	if err := s.w.Backup(src); err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}
 	if err := s.w.ExecScript(schemaSQL); err != nil {
 		return 0, err
+	}
+	if own != nil {
+		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_meta(key, value) VALUES ('file_id', ?)", own[0]); err != nil {
+			return 0, err
+		}
 	}
 	s.schemaGen.Add(1) // the whole schema may have changed
 	s.applied.Store(index)

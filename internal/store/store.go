@@ -190,6 +190,13 @@ func Open(opts Options) (*Store, error) {
 	return s, nil
 }
 
+// newFileID makes a database's own id (see checkFile).
+func newFileID() string {
+	var b [12]byte
+	_, _ = crand.Read(b[:])
+	return fmt.Sprintf("%x", b)
+}
+
 func cryptoSeed() (seed [32]byte) {
 	_, _ = crand.Read(seed[:])
 	return seed
@@ -217,12 +224,30 @@ func registerRandom(c *sqlite.Conn, rng *rand.Rand) error {
 }
 
 // checkFile refuses to open a database that is not whole: SQLite's
-// integrity check must pass, on a read-only connection that changes
-// nothing (a leftover WAL that does not belong to the file shows up here
-// as corruption).
+// integrity check must pass, and a WAL beside the file must belong to it.
+// It reads on read-only connections and changes nothing.
+//
+// A WAL is replayed into whatever file stands beside it. One left behind
+// by another database (a file copied over a dead node's) either corrupts
+// the copy, which the integrity check catches, or hides it entirely behind
+// the other database's pages, which the file id catches: every database
+// records a random id of its own, and the file alone (read with
+// immutable=1, which ignores the WAL) must carry the same id as the file
+// with its WAL.
 func checkFile(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	restore := "Restore it from a healthy replica (docs/REPLICATION.md, \"Restoring a node\")"
+	if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() > 0 {
+		alone, err := fileID(path, url.Values{"immutable": {"1"}})
+		if err != nil {
+			return fmt.Errorf("read %s without its WAL: %w", path, err)
+		}
+		withWAL, err := fileID(path, url.Values{"mode": {"ro"}})
+		if alone != "" && err == nil && withWAL != alone {
+			return fmt.Errorf("%s-wal belongs to another database than %s (file id %q, the file's is %q): it was probably left beside a file copied from another node. The node will not start on it. Remove %s-wal and %s-shm if the file alone is what you want, or %s", path, path, withWAL, alone, path, path, restore)
+		}
 	}
 	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}})
 	if err != nil {
@@ -244,12 +269,36 @@ func checkFile(path string) error {
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
-	return fmt.Errorf("%s fails SQLite's integrity check (%s); the node will not start on it. Restore it from a healthy replica (docs/REPLICATION.md, \"Restoring a node\"); if a -wal file from another database was left beside it, that is the cause", path, strings.Join(problems, "; "))
+	return fmt.Errorf("%s fails SQLite's integrity check (%s); the node will not start on it. If a -wal file from another database was left beside it, that is the cause. %s", path, strings.Join(problems, "; "), restore)
+}
+
+// fileID reads the database's own id ("" when it has none yet).
+func fileID(path string, params url.Values) (string, error) {
+	c, err := sqlite.Open(path, params)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	row, err := c.QueryRow("SELECT value FROM _ddb_meta WHERE key = 'file_id'")
+	if err != nil {
+		if strings.Contains(err.Error(), "no such table") {
+			return "", nil
+		}
+		return "", err
+	}
+	if row == nil {
+		return "", nil
+	}
+	id, _ := row[0].(string)
+	return id, nil
 }
 
 func (s *Store) initWriter() error {
 	if err := s.w.ExecScript(schemaSQL); err != nil {
 		return fmt.Errorf("create internal tables: %w", err)
+	}
+	if err := s.w.Exec("INSERT OR IGNORE INTO _ddb_meta(key, value) VALUES ('file_id', ?)", newFileID()); err != nil {
+		return fmt.Errorf("record the file's id: %w", err)
 	}
 	row, err := s.w.QueryRow(`SELECT value FROM _ddb_meta WHERE key='applied'`)
 	if err != nil {
