@@ -365,3 +365,31 @@ func TestChangesInsideATriggerIsTheSameOnEveryReplica(t *testing.T) {
 	replicate(t, leader, replica, batched)
 	sameContent(t, leader, replica, batched)
 }
+
+func TestOpenRefusesAFileThatFailsTheIntegrityCheck(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, fixedClock(time.Now()), "CREATE TABLE t (x)", "CREATE INDEX tx ON t (x)",
+		"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO t SELECT i FROM n")
+	s.Close()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Scribble over the middle of the file: index and table pages.
+	for i := len(b) / 2; i < len(b)/2+4096; i++ {
+		b[i] = 0x5a
+	}
+	os.WriteFile(path, b, 0o644)
+	if _, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "integrity check") {
+		t.Fatalf("Open = %v, want a refusal naming the failed integrity check", err)
+	}
+	after, _ := os.ReadFile(path)
+	if !reflect.DeepEqual(b, after) {
+		t.Fatal("the refused file was changed")
+	}
+}
