@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -117,7 +118,10 @@ func (s *Server) handleForward(w http.ResponseWriter, r *http.Request, body []by
 	if !cluster.ValidAck(req.Ack) {
 		req.Ack = s.cfg.Ack
 	}
-	b, _ := json.Marshal(s.master.HandleForward(r.Context(), &req))
+	// The same deadline as for the master's own clients' SQL.
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	b, _ := json.Marshal(s.master.HandleForward(ctx, &req))
 	writeJSON(w, http.StatusOK, b)
 }
 

@@ -109,7 +109,10 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := s.w.Backup(src); err != nil {
+	sqlite.LockPRNG() // the copy's WAL writes may salt a new WAL header
+	err = s.w.Backup(src)
+	sqlite.UnlockPRNG()
+	if err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}
 	if err := s.w.ExecScript(schemaSQL); err != nil {

@@ -376,9 +376,13 @@ func (s *Store) Close() error {
 	}
 	s.wmu.Lock()
 	if s.w != nil {
+		// A TRUNCATE checkpoint salts the next WAL header from SQLite's
+		// process-wide generator: not while another store's entry runs.
+		sqlite.LockPRNG()
 		if err := s.w.Checkpoint(3); err != nil {
 			errs = append(errs, fmt.Errorf("checkpoint on close: %w", err))
 		}
+		sqlite.UnlockPRNG()
 		errs = append(errs, s.w.Close())
 		s.w, s.wconn = nil, nil
 	}
