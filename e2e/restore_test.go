@@ -18,12 +18,7 @@ import (
 // rebuilt cluster holds the chosen slave's data, is whole, and takes
 // writes that continue its ids.
 func TestRestoreRecipeFromTheDocsRebuildsTheMaster(t *testing.T) {
-	c := testcluster.Start(t, 2)
-	c.Exec(0, "CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT)")
-	for i := 0; i < 63; i++ {
-		c.Exec(i%3, "INSERT INTO r (v) VALUES (?)", fmt.Sprint(i))
-	}
-	c.WaitConverged(10*time.Second, 1, 2)
+	c := clusterWith63Rows(t)
 	c.Node(0).Kill() // the master dies: slave0.db-wal stays beside slave0.db
 	if _, err := os.Stat(c.DBPath(0) + "-wal"); err != nil {
 		t.Fatalf("the killed master left no WAL to trip over: %v", err)
@@ -105,12 +100,7 @@ func copyFile(t *testing.T, from, to string) {
 // on a corrupt database and took writes. Now it refuses to start, says
 // why, and changes nothing.
 func TestMasterRefusesToStartOnAFileWithAnotherDatabasesWAL(t *testing.T) {
-	c := testcluster.Start(t, 2)
-	c.Exec(0, "CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT)")
-	for i := 0; i < 63; i++ {
-		c.Exec(i%3, "INSERT INTO r (v) VALUES (?)", fmt.Sprint(i))
-	}
-	c.WaitConverged(10*time.Second, 1, 2)
+	c := clusterWith63Rows(t)
 	c.Node(0).Kill()
 	c.Node(1).Stop()
 	copyFile(t, c.DBPath(1), c.DBPath(0)) // slave0.db-wal stays
@@ -138,4 +128,17 @@ func containsAll(s string, parts ...string) bool {
 		}
 	}
 	return true
+}
+
+// clusterWith63Rows starts a master and two slaves holding table r with
+// 63 rows written through every node.
+func clusterWith63Rows(t *testing.T) *testcluster.Cluster {
+	t.Helper()
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT)")
+	for i := 0; i < 63; i++ {
+		c.Exec(i%3, "INSERT INTO r (v) VALUES (?)", fmt.Sprint(i))
+	}
+	c.WaitConverged(10*time.Second, 1, 2)
+	return c
 }
