@@ -142,8 +142,14 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 		if !req.AllowSchema {
 			p = policyClientNoSchema
 		}
-		collect := req.Collect || req.RequestID != ""
-		results, err := s.runRequest(req.Ctx, req.Stmts, p, collect, req.Limits)
+		// Rows are kept with a request id (every node keeps the same, so
+		// whichever answers a retry answers it whole); the limits on rows
+		// are those of the client's request, with or without an id.
+		collect, lim := req.Collect || req.RequestID != "", req.Limits
+		if !req.Collect {
+			lim = Limits{}
+		}
+		results, err := s.runRequest(req.Ctx, req.Stmts, p, collect, lim)
 		if err == nil {
 			err = s.afterEntry()
 		}
