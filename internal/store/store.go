@@ -40,9 +40,11 @@ type Options struct {
 	// without running it), "partial-apply" (Apply runs only the first
 	// statement of a multi-statement entry), "unpinned-clock" (Apply runs
 	// entries with the local clock), "unpinned-prng" (SQLite's generator
-	// is not seeded from the entry) or "unpinned-state" (changes(),
-	// last_insert_rowid() and total_changes() see the connection's past). Only for proving the fault-injection
-	// checkers work.
+	// is not seeded from the entry), "unpinned-state" (changes(),
+	// last_insert_rowid() and total_changes() see the connection's past)
+	// or "incremental-schema" (the writer keeps SQLite's incrementally
+	// updated schema after schema changes). Only for proving that the
+	// fault-injection checkers and the determinism fuzzer work.
 	InjectBug string
 }
 
