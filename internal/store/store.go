@@ -296,7 +296,7 @@ func fileID(path string, params url.Values) (string, error) {
 }
 
 func (s *Store) initWriter() error {
-	if err := s.w.ExecScript(schemaSQL); err != nil {
+	if err := s.w.ExecScript(schemaSQL + raftSchemaSQL); err != nil {
 		return fmt.Errorf("create internal tables: %w", err)
 	}
 	if err := s.w.Exec("INSERT OR IGNORE INTO _ddb_meta(key, value) VALUES ('file_id', ?)", newFileID()); err != nil {

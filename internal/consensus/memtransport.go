@@ -1,0 +1,80 @@
+package consensus
+
+import (
+	"context"
+	"sync"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+)
+
+// MemNetwork connects nodes in one process, for tests: every node has an
+// ordered inbox, and links can be cut and healed.
+type MemNetwork struct {
+	mu    sync.Mutex
+	nodes map[uint64]*Node
+	inbox map[uint64]chan pb.Message
+	cut   map[[2]uint64]bool
+}
+
+// NewMemNetwork returns an empty network.
+func NewMemNetwork() *MemNetwork {
+	return &MemNetwork{nodes: map[uint64]*Node{}, inbox: map[uint64]chan pb.Message{}, cut: map[[2]uint64]bool{}}
+}
+
+// Transport returns the transport node id sends through.
+func (m *MemNetwork) Transport(id uint64) Transport { return memTransport{m: m, from: id} }
+
+// Attach delivers messages for id to n (nil detaches: the node is down).
+func (m *MemNetwork) Attach(id uint64, n *Node) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.inbox[id]; ok {
+		close(old)
+		delete(m.inbox, id)
+	}
+	delete(m.nodes, id)
+	if n == nil {
+		return
+	}
+	in := make(chan pb.Message, 4096)
+	m.nodes[id], m.inbox[id] = n, in
+	go func() {
+		for msg := range in {
+			n.Step(context.Background(), msg)
+		}
+	}()
+}
+
+// Cut drops every message between a and b, both ways, until Heal.
+func (m *MemNetwork) Cut(a, b uint64) {
+	m.mu.Lock()
+	m.cut[[2]uint64{a, b}], m.cut[[2]uint64{b, a}] = true, true
+	m.mu.Unlock()
+}
+
+// Heal restores every link.
+func (m *MemNetwork) Heal() {
+	m.mu.Lock()
+	clear(m.cut)
+	m.mu.Unlock()
+}
+
+type memTransport struct {
+	m    *MemNetwork
+	from uint64
+}
+
+func (t memTransport) Send(msgs []pb.Message) {
+	t.m.mu.Lock()
+	defer t.m.mu.Unlock()
+	for _, msg := range msgs {
+		in, ok := t.m.inbox[msg.To]
+		if !ok || t.m.cut[[2]uint64{t.from, msg.To}] {
+			continue
+		}
+		select {
+		case in <- msg:
+		default: // a full inbox drops, as a congested network would
+		}
+	}
+}

@@ -1,0 +1,281 @@
+package consensus
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+
+	"ddb/internal/store"
+)
+
+// Transport delivers Raft messages to other nodes. Send must not block on
+// the network: a message that cannot be delivered is dropped (Raft
+// retries).
+type Transport interface {
+	Send(msgs []pb.Message)
+}
+
+// Config configures a Node.
+type Config struct {
+	ID uint64
+	// Voters and Learners form the configuration the cluster starts with,
+	// the first time it starts (later, the log's configuration rules).
+	Voters, Learners []uint64
+	// Applied is the last log index the database has applied: Raft gives
+	// nothing at or below it to apply again.
+	Applied uint64
+	// ElectionTick and HeartbeatTick count ticks (default 10 and 1: with
+	// a tick of 100 ms, an election timeout near 1 s).
+	ElectionTick, HeartbeatTick int
+	// Ticks drives Raft's clock: one tick per value received. Production
+	// passes a time.Ticker's channel; tests, one of their own.
+	Ticks <-chan time.Time
+	// Apply applies one committed entry's data, in log order, and returns
+	// what the proposer is answered.
+	Apply func(index uint64, data []byte) any
+	// Logf logs (default: nothing).
+	Logf func(format string, args ...any)
+}
+
+// Node is one member of a Raft group.
+type Node struct {
+	cfg     Config
+	rn      raft.Node
+	storage *Storage
+	tr      Transport
+
+	applied atomic.Uint64
+
+	mu      sync.Mutex
+	waiting map[uint64]chan Applied // proposal id -> its proposer
+
+	stopc chan struct{}
+	done  chan struct{}
+	err   error
+}
+
+// Applied is what a proposer learns once its proposal is applied.
+type Applied struct {
+	Index  uint64
+	Result any
+}
+
+// ErrStopped: the node stopped before the proposal was applied.
+var ErrStopped = errors.New("the node stopped")
+
+// Start opens the node's Raft state from its database and starts its loop.
+func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Node, error) {
+	if cfg.ElectionTick == 0 {
+		cfg.ElectionTick = 10
+	}
+	if cfg.HeartbeatTick == 0 {
+		cfg.HeartbeatTick = 1
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	storage, err := OpenStorage(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	rc := &raft.Config{
+		ID:              cfg.ID,
+		ElectionTick:    cfg.ElectionTick,
+		HeartbeatTick:   cfg.HeartbeatTick,
+		Storage:         storage,
+		Applied:         cfg.Applied,
+		MaxSizePerMsg:   1 << 20,
+		MaxInflightMsgs: 256,
+		CheckQuorum:     true,
+		PreVote:         true,
+		ReadOnlyOption:  raft.ReadOnlySafe,
+		Logger:          quietLogger{},
+	}
+	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]chan Applied{}, stopc: make(chan struct{}), done: make(chan struct{})}
+	n.applied.Store(cfg.Applied)
+	hard, _, _ := storage.InitialState()
+	last, _ := storage.LastIndex()
+	if raft.IsEmptyHardState(hard) && last == 0 {
+		var peers []raft.Peer
+		for _, id := range cfg.Voters {
+			peers = append(peers, raft.Peer{ID: id})
+		}
+		n.rn = raft.StartNode(rc, peers)
+		if len(cfg.Learners) > 0 {
+			go n.addLearners(cfg.Learners)
+		}
+	} else {
+		n.rn = raft.RestartNode(rc)
+	}
+	go n.run()
+	return n, nil
+}
+
+func (n *Node) addLearners(ids []uint64) {
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		n.rn.ProposeConfChange(ctx, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: id})
+		cancel()
+	}
+}
+
+// Step hands the node a message another node sent it.
+func (n *Node) Step(ctx context.Context, m pb.Message) error { return n.rn.Step(ctx, m) }
+
+// Status is Raft's view of the node.
+func (n *Node) Status() raft.Status { return n.rn.Status() }
+
+// AppliedIndex is the last index this node applied.
+func (n *Node) AppliedIndex() uint64 { return n.applied.Load() }
+
+// Stop stops the node's loop and fails proposals still waiting.
+func (n *Node) Stop() {
+	select {
+	case <-n.stopc:
+	default:
+		close(n.stopc)
+	}
+	<-n.done
+	n.rn.Stop()
+}
+
+// Propose submits data to the log and waits until this node has applied
+// it, returning its index and the Apply result. A proposal whose outcome
+// cannot be known (the node stopped, the context ended after proposing)
+// returns an error; the entry may still be committed.
+func (n *Node) Propose(ctx context.Context, data []byte) (Applied, error) {
+	id := proposalID()
+	ch := make(chan Applied, 1)
+	n.mu.Lock()
+	n.waiting[id] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.waiting, id)
+		n.mu.Unlock()
+	}()
+	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
+	framed = append(framed, data...)
+	if err := n.rn.Propose(ctx, framed); err != nil {
+		return Applied{}, fmt.Errorf("propose: %w", err)
+	}
+	select {
+	case a := <-ch:
+		return a, nil
+	case <-ctx.Done():
+		return Applied{}, ctx.Err()
+	case <-n.done:
+		return Applied{}, ErrStopped
+	}
+}
+
+func proposalID() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:]) | 1 // never 0
+}
+
+func (n *Node) run() {
+	defer close(n.done)
+	for {
+		select {
+		case <-n.cfg.Ticks:
+			n.rn.Tick()
+		case rd := <-n.rn.Ready():
+			if err := n.handle(rd); err != nil {
+				n.cfg.Logf("raft node %d stops: %v", n.cfg.ID, err)
+				n.err = err
+				return
+			}
+			n.rn.Advance()
+		case <-n.stopc:
+			return
+		}
+	}
+}
+
+// handle processes one Ready in the order Raft requires: the entries and
+// hard state are durable before any message goes out (a vote or an
+// acknowledgement must never outrun the disk), then the committed entries
+// are applied. (Letting the leader send appends while it writes its own
+// copy, Raft thesis 10.2.1, is a later optimisation.)
+func (n *Node) handle(rd raft.Ready) error {
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		return errors.New("raft snapshots are not supported yet")
+	}
+	if err := n.storage.Save(rd.Entries, rd.HardState); err != nil {
+		return fmt.Errorf("persist raft log: %w", err)
+	}
+	n.tr.Send(rd.Messages)
+	for _, e := range rd.CommittedEntries {
+		if err := n.apply(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Node) apply(e pb.Entry) error {
+	switch e.Type {
+	case pb.EntryConfChange:
+		var cc pb.ConfChange
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return fmt.Errorf("entry %d: %w", e.Index, err)
+		}
+		cs := n.rn.ApplyConfChange(cc)
+		if err := n.storage.SetConfState(*cs); err != nil {
+			return err
+		}
+	case pb.EntryConfChangeV2:
+		var cc pb.ConfChangeV2
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return fmt.Errorf("entry %d: %w", e.Index, err)
+		}
+		cs := n.rn.ApplyConfChange(cc)
+		if err := n.storage.SetConfState(*cs); err != nil {
+			return err
+		}
+	case pb.EntryNormal:
+		if e.Index <= n.applied.Load() || len(e.Data) < 8 {
+			break // already applied, or a new leader's empty entry
+		}
+		id := binary.BigEndian.Uint64(e.Data)
+		result := n.cfg.Apply(e.Index, e.Data[8:])
+		n.mu.Lock()
+		ch := n.waiting[id]
+		n.mu.Unlock()
+		if ch != nil {
+			ch <- Applied{Index: e.Index, Result: result}
+		}
+	}
+	if e.Index > n.applied.Load() {
+		n.applied.Store(e.Index)
+	}
+	return nil
+}
+
+// quietLogger discards Raft's own logging (the node logs what matters).
+type quietLogger struct{}
+
+func (quietLogger) Debug(...any)            {}
+func (quietLogger) Debugf(string, ...any)   {}
+func (quietLogger) Error(...any)            {}
+func (quietLogger) Errorf(string, ...any)   {}
+func (quietLogger) Info(...any)             {}
+func (quietLogger) Infof(string, ...any)    {}
+func (quietLogger) Warning(...any)          {}
+func (quietLogger) Warningf(string, ...any) {}
+func (quietLogger) Fatal(v ...any)          { panic(fmt.Sprint(v...)) }
+func (quietLogger) Fatalf(f string, v ...any) {
+	panic(fmt.Sprintf(f, v...))
+}
+func (quietLogger) Panic(v ...any)            { panic(fmt.Sprint(v...)) }
+func (quietLogger) Panicf(f string, v ...any) { panic(fmt.Sprintf(f, v...)) }

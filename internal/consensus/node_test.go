@@ -1,0 +1,227 @@
+package consensus
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3"
+
+	"ddb/internal/store"
+)
+
+// group is a Raft group of in-process nodes over real SQLite files and a
+// MemNetwork, with a clock the test drives tick by tick.
+type group struct {
+	t     *testing.T
+	dir   string
+	net   *MemNetwork
+	ids   []uint64
+	nodes map[uint64]*Node
+	st    map[uint64]*store.Store
+	ticks map[uint64]chan time.Time
+
+	mu      sync.Mutex
+	applied map[uint64][]string // per node, the data it applied, in order
+	last    map[uint64]uint64   // per node, the index it applied last (its "database")
+}
+
+func newGroup(t *testing.T, n int) *group {
+	g := &group{t: t, dir: t.TempDir(), net: NewMemNetwork(), nodes: map[uint64]*Node{}, st: map[uint64]*store.Store{},
+		ticks: map[uint64]chan time.Time{}, applied: map[uint64][]string{}, last: map[uint64]uint64{}}
+	for i := 1; i <= n; i++ {
+		g.ids = append(g.ids, uint64(i))
+	}
+	for _, id := range g.ids {
+		g.start(id)
+	}
+	t.Cleanup(func() {
+		for id := range g.nodes {
+			g.stop(id)
+		}
+	})
+	return g
+}
+
+func (g *group) start(id uint64) {
+	st, err := store.Open(store.Options{Path: filepath.Join(g.dir, fmt.Sprintf("n%d.db", id)), Synchronous: "OFF"})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	ticks := make(chan time.Time)
+	n, err := Start(context.Background(), st, g.net.Transport(id), Config{
+		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id),
+		Apply: func(index uint64, data []byte) any {
+			g.mu.Lock()
+			g.applied[id] = append(g.applied[id], string(data))
+			g.last[id] = index
+			g.mu.Unlock()
+			return "applied " + string(data)
+		},
+	})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.nodes[id], g.st[id], g.ticks[id] = n, st, ticks
+	g.net.Attach(id, n)
+}
+
+func (g *group) lastApplied(id uint64) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.last[id]
+}
+
+func (g *group) appliedBy(id uint64) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.applied[id]...)
+}
+
+func (g *group) stop(id uint64) {
+	g.net.Attach(id, nil)
+	g.nodes[id].Stop()
+	g.st[id].Close()
+	delete(g.nodes, id)
+}
+
+// tick advances every running node's clock by one tick, and lets the
+// messages it caused be delivered.
+func (g *group) tick() {
+	for id := range g.nodes {
+		g.ticks[id] <- time.Time{}
+	}
+	time.Sleep(time.Millisecond)
+}
+
+func (g *group) leader() uint64 {
+	for id, n := range g.nodes {
+		if n.Status().RaftState == raft.StateLeader {
+			return id
+		}
+	}
+	return 0
+}
+
+func (g *group) waitLeader(maxTicks int) uint64 {
+	g.t.Helper()
+	for i := 0; i < maxTicks; i++ {
+		if l := g.leader(); l != 0 {
+			return l
+		}
+		g.tick()
+	}
+	g.t.Fatalf("no leader after %d ticks", maxTicks)
+	return 0
+}
+
+func (g *group) propose(id uint64, data string) Applied {
+	g.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := g.nodes[id].Propose(ctx, []byte(data))
+	if err != nil {
+		g.t.Fatalf("propose %q at node %d: %v", data, id, err)
+	}
+	return a
+}
+
+func (g *group) waitApplied(ids []uint64, want []string) {
+	g.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok := true
+		for _, id := range ids {
+			if !reflect.DeepEqual(g.appliedBy(id), want) {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, id := range ids {
+				g.t.Logf("node %d applied %d entries", id, len(g.appliedBy(id)))
+			}
+			g.t.Fatalf("nodes %v did not apply the %d entries", ids, len(want))
+		}
+		g.tick()
+	}
+}
+
+func TestRaftGroupElectsReplicatesAndSurvivesTheLeadersLoss(t *testing.T) {
+	g := newGroup(t, 3)
+	leader := g.waitLeader(100)
+	var want []string
+	for i := 0; i < 30; i++ {
+		d := fmt.Sprintf("w%d", i)
+		a := g.propose(leader, d)
+		if a.Result != "applied "+d || a.Index == 0 {
+			t.Fatalf("proposal %s answered %+v", d, a)
+		}
+		want = append(want, d)
+	}
+	g.waitApplied(g.ids, want)
+
+	// The leader goes away: the others elect one of themselves and go on.
+	g.stop(leader)
+	var rest []uint64
+	for _, id := range g.ids {
+		if id != leader {
+			rest = append(rest, id)
+		}
+	}
+	next := g.waitLeader(100)
+	if next == leader {
+		t.Fatal("the stopped node still leads")
+	}
+	for i := 30; i < 40; i++ {
+		d := fmt.Sprintf("w%d", i)
+		g.propose(next, d)
+		want = append(want, d)
+	}
+	g.waitApplied(rest, want)
+
+	// The old leader restarts from its database: it applies only what it
+	// had not applied yet, and catches up.
+	g.start(leader)
+	g.waitApplied(g.ids, want)
+}
+
+func TestRaftMinorityLeaderCommitsNothing(t *testing.T) {
+	g := newGroup(t, 3)
+	leader := g.waitLeader(100)
+	g.propose(leader, "before")
+	for _, id := range g.ids {
+		if id != leader {
+			g.net.Cut(leader, id)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	ticking := make(chan struct{})
+	go func() {
+		defer close(ticking)
+		for ctx.Err() == nil {
+			g.tick()
+		}
+	}()
+	if _, err := g.nodes[leader].Propose(ctx, []byte("cut off")); err == nil {
+		t.Fatal("a leader cut off from the majority committed a proposal")
+	}
+	<-ticking
+	g.net.Heal()
+	l := g.waitLeader(200)
+	g.propose(l, "after")
+	var all []uint64
+	all = append(all, g.ids...)
+	want := []string{"before", "after"}
+	if got := g.appliedBy(l); len(got) == 3 && got[1] == "cut off" {
+		t.Fatalf("the cut-off proposal was applied: %v", got)
+	}
+	g.waitApplied(all, want)
+}

@@ -1,0 +1,203 @@
+// Package consensus runs etcd's Raft library (go.etcd.io/raft/v3) over a
+// node's SQLite database: the log and Raft's state are kept in the
+// database's own tables (store.SaveRaft), and every Ready is handled in
+// the order Raft requires: persist entries and hard state, apply what is
+// committed, send messages, Advance.
+//
+// This package is the consensus core the replication of the project moves
+// to; nodes talk through the Transport interface (HTTP in production, in
+// memory in tests), and time passes through Tick, so the protocol is
+// tested in-process and deterministically.
+package consensus
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+
+	"ddb/internal/store"
+)
+
+// Storage is raft.Storage over a node's database. It keeps the log in
+// memory as well (Raft asks for terms and recent entries far more often
+// than it appends), and writes through to the database: an entry is in
+// memory only once it is durable.
+type Storage struct {
+	st *store.Store
+
+	mu        sync.Mutex
+	hard      pb.HardState
+	conf      pb.ConfState
+	snapIndex uint64
+	snapTerm  uint64
+	ents      []pb.Entry // the log after snapIndex, in order
+}
+
+var _ raft.Storage = (*Storage)(nil)
+
+// OpenStorage loads the log and Raft's state from the database.
+func OpenStorage(ctx context.Context, st *store.Store) (*Storage, error) {
+	rs, err := st.LoadRaftState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &Storage{st: st, snapIndex: rs.SnapIndex, snapTerm: rs.SnapTerm}
+	if rs.HardState != nil {
+		if err := s.hard.Unmarshal(rs.HardState); err != nil {
+			return nil, err
+		}
+	}
+	if rs.ConfState != nil {
+		if err := s.conf.Unmarshal(rs.ConfState); err != nil {
+			return nil, err
+		}
+	}
+	last, err := st.RaftLastIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if last > s.snapIndex {
+		stored, err := st.RaftEntries(ctx, s.snapIndex+1, last+1, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range stored {
+			s.ents = append(s.ents, pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data})
+		}
+	}
+	return s, nil
+}
+
+// InitialState implements raft.Storage.
+func (s *Storage) InitialState() (pb.HardState, pb.ConfState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hard, s.conf, nil
+}
+
+// Entries implements raft.Storage.
+func (s *Storage) Entries(lo, hi, maxSize uint64) ([]pb.Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if lo <= s.snapIndex {
+		return nil, raft.ErrCompacted
+	}
+	if hi > s.lastIndex()+1 || lo > hi {
+		return nil, raft.ErrUnavailable
+	}
+	ents := s.ents[lo-s.snapIndex-1 : hi-s.snapIndex-1]
+	var size uint64
+	for i, e := range ents {
+		size += uint64(e.Size())
+		if i > 0 && maxSize > 0 && size > maxSize {
+			ents = ents[:i]
+			break
+		}
+	}
+	out := make([]pb.Entry, len(ents))
+	copy(out, ents)
+	return out, nil
+}
+
+// Term implements raft.Storage.
+func (s *Storage) Term(i uint64) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case i == s.snapIndex:
+		return s.snapTerm, nil
+	case i < s.snapIndex:
+		return 0, raft.ErrCompacted
+	case i > s.lastIndex():
+		return 0, raft.ErrUnavailable
+	}
+	return s.ents[i-s.snapIndex-1].Term, nil
+}
+
+// LastIndex implements raft.Storage.
+func (s *Storage) LastIndex() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastIndex(), nil
+}
+
+func (s *Storage) lastIndex() uint64 { return s.snapIndex + uint64(len(s.ents)) }
+
+// FirstIndex implements raft.Storage.
+func (s *Storage) FirstIndex() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapIndex + 1, nil
+}
+
+// Snapshot implements raft.Storage. Snapshots are not taken yet: the log
+// is kept whole.
+func (s *Storage) Snapshot() (pb.Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.snapIndex == 0 {
+		return pb.Snapshot{Metadata: pb.SnapshotMetadata{ConfState: s.conf}}, nil
+	}
+	return pb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
+}
+
+// Save makes entries and the hard state durable (one transaction), then
+// makes them visible to Raft.
+func (s *Storage) Save(entries []pb.Entry, hard pb.HardState) error {
+	var hs []byte
+	s.mu.Lock()
+	changed := !raft.IsEmptyHardState(hard) && !isHardStateEqual(hard, s.hard)
+	s.mu.Unlock()
+	if changed {
+		var err error
+		if hs, err = hard.Marshal(); err != nil {
+			return err
+		}
+	}
+	stored := make([]store.RaftEntry, len(entries))
+	for i, e := range entries {
+		stored[i] = store.RaftEntry{Index: e.Index, Term: e.Term, Type: int(e.Type), Data: e.Data}
+	}
+	if err := s.st.SaveRaft(stored, hs); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if changed {
+		s.hard = hard
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	first := entries[0].Index
+	switch {
+	case first <= s.snapIndex:
+		return errors.New("raft: appending entries a snapshot already covers")
+	case first > s.lastIndex()+1:
+		return errors.New("raft: appending entries after a gap in the log")
+	}
+	s.ents = append(s.ents[:first-s.snapIndex-1], entries...)
+	return nil
+}
+
+// SetConfState records the configuration the applied log has reached.
+func (s *Storage) SetConfState(cs pb.ConfState) error {
+	b, err := cs.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := s.st.SetRaftConfState(b); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.conf = cs
+	s.mu.Unlock()
+	return nil
+}
+
+func isHardStateEqual(a, b pb.HardState) bool {
+	return a.Term == b.Term && a.Vote == b.Vote && a.Commit == b.Commit
+}

@@ -1,0 +1,221 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// The consensus log lives in the node's database, beside the data: its
+// entries and its state (Raft's hard state and configuration, and where
+// the log starts after a snapshot) are written by the writer connection,
+// in the same kind of transaction as the changes they carry, so that one
+// fsync makes both durable.
+
+const raftSchemaSQL = `
+CREATE TABLE IF NOT EXISTS _ddb_raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL, data BLOB);
+CREATE TABLE IF NOT EXISTS _ddb_raft_state (key TEXT PRIMARY KEY, value BLOB);
+`
+
+// RaftEntry is one consensus log entry as it is stored.
+type RaftEntry struct {
+	Index, Term uint64
+	Type        int
+	Data        []byte
+}
+
+// RaftState is the consensus state kept beside the log: the encoded hard
+// state and configuration, and the index and term of the last entry a
+// snapshot replaced (0, 0 when the log is whole).
+type RaftState struct {
+	HardState, ConfState []byte
+	SnapIndex, SnapTerm  uint64
+}
+
+// ErrRaftCompacted: the entry asked for precedes the log's first entry.
+var ErrRaftCompacted = errors.New("raft log entry compacted")
+
+// LoadRaftState reads the consensus state.
+func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
+	var st RaftState
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return st, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	rows, err := r.c.All("SELECT key, value FROM _ddb_raft_state")
+	if err != nil {
+		return st, fmt.Errorf("read raft state: %w", err)
+	}
+	for _, row := range rows {
+		switch row[0] {
+		case "hard_state":
+			st.HardState, _ = row[1].([]byte)
+		case "conf_state":
+			st.ConfState, _ = row[1].([]byte)
+		case "snap_index":
+			v, _ := row[1].(int64)
+			st.SnapIndex = uint64(v)
+		case "snap_term":
+			v, _ := row[1].(int64)
+			st.SnapTerm = uint64(v)
+		}
+	}
+	return st, nil
+}
+
+// RaftLastIndex is the index of the log's last entry (the snapshot's index
+// when the log holds none after it).
+func (s *Store) RaftLastIndex(ctx context.Context) (uint64, error) {
+	st, err := s.LoadRaftState(ctx)
+	if err != nil {
+		return 0, err
+	}
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	row, err := r.c.QueryRow("SELECT max(idx) FROM _ddb_raft_log")
+	if err != nil {
+		return 0, err
+	}
+	if v, ok := row[0].(int64); ok && uint64(v) > st.SnapIndex {
+		return uint64(v), nil
+	}
+	return st.SnapIndex, nil
+}
+
+// RaftEntries returns the entries in [lo, hi), at most maxBytes of data
+// (but at least one entry).
+func (s *Store) RaftEntries(ctx context.Context, lo, hi, maxBytes uint64) ([]RaftEntry, error) {
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	st, err := r.c.Prepare("SELECT idx, term, type, data FROM _ddb_raft_log WHERE idx >= ? AND idx < ? ORDER BY idx")
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(lo), int64(hi)}, nil); err != nil {
+		return nil, err
+	}
+	var out []RaftEntry
+	var size uint64
+	for {
+		more, err := st.Step()
+		if err != nil {
+			return nil, err
+		}
+		if !more {
+			break
+		}
+		row := st.Row(nil)
+		e := RaftEntry{Index: uint64(row[0].(int64)), Term: uint64(row[1].(int64)), Type: int(row[2].(int64))}
+		e.Data, _ = row[3].([]byte)
+		if len(out) > 0 && maxBytes > 0 && size+uint64(len(e.Data)) > maxBytes {
+			break
+		}
+		size += uint64(len(e.Data))
+		out = append(out, e)
+	}
+	if len(out) > 0 && out[0].Index != lo {
+		return nil, ErrRaftCompacted
+	}
+	return out, nil
+}
+
+// SaveRaft makes entries and the hard state durable in one transaction.
+// Entries replace whatever the log holds from their first index on (a new
+// leader overwrote an uncommitted suffix). hardState is nil when it did
+// not change.
+func (s *Store) SaveRaft(entries []RaftEntry, hardState []byte) error {
+	if len(entries) == 0 && hardState == nil {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := s.saveRaft(entries, hardState); err != nil {
+		s.internal("ROLLBACK")
+		return err
+	}
+	if err := s.internal("COMMIT"); err != nil {
+		s.internal("ROLLBACK")
+		return fmt.Errorf("commit raft log: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) saveRaft(entries []RaftEntry, hardState []byte) error {
+	s.wconn.auth.reset(policyReplica)
+	if len(entries) > 0 {
+		if err := s.w.Exec("DELETE FROM _ddb_raft_log WHERE idx >= ?", int64(entries[0].Index)); err != nil {
+			return fmt.Errorf("truncate raft log at %d: %w", entries[0].Index, err)
+		}
+		for _, e := range entries {
+			data := e.Data
+			if data == nil {
+				data = []byte{}
+			}
+			if err := s.w.Exec("INSERT INTO _ddb_raft_log(idx, term, type, data) VALUES (?, ?, ?, ?)", int64(e.Index), int64(e.Term), int64(e.Type), data); err != nil {
+				return fmt.Errorf("append raft entry %d: %w", e.Index, err)
+			}
+		}
+	}
+	if hardState != nil {
+		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", hardState); err != nil {
+			return fmt.Errorf("save raft hard state: %w", err)
+		}
+	}
+	return nil
+}
+
+// SetRaftConfState records the cluster configuration the log has reached.
+func (s *Store) SetRaftConfState(confState []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	return s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('conf_state', ?)", confState)
+}
+
+// CompactRaft drops the log's entries up to and including index, whose
+// term is term: a snapshot at that index replaces them.
+func (s *Store) CompactRaft(index, term uint64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{"DELETE FROM _ddb_raft_log WHERE idx <= ?", []any{int64(index)}},
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
+	} {
+		if err := s.w.Exec(q.sql, q.args...); err != nil {
+			s.internal("ROLLBACK")
+			return fmt.Errorf("compact raft log at %d: %w", index, err)
+		}
+	}
+	return s.internal("COMMIT")
+}
