@@ -170,40 +170,60 @@ func DecodeValue(b []byte) (any, error) {
 // MaxRequestIDLen bounds a client's request_id.
 const MaxRequestIDLen = 128
 
-// EncodeWrite encodes one write for an entry body: its statements and, when
-// requestID is set, the idempotency key every node records with it. Without
-// a key the body is EncodeStatements' array, as before keys existed.
-func EncodeWrite(requestID string, stmts []Statement) ([]byte, error) {
-	s, err := EncodeStatements(stmts)
-	if err != nil || requestID == "" {
+// Write is one client write as a log entry carries it: the statements
+// and every choice their execution depends on besides the entry's time
+// and seed, so that every node applying the entry does exactly the same.
+type Write struct {
+	RequestID   string      // idempotency key ("" for none)
+	Stmts       []Statement // run in order, as one atomic unit
+	AllowSchema bool        // schema changes are allowed (the write entered at the leader)
+	Collect     bool        // rows are returned (a write sent as a query, RETURNING)
+	MaxRows     int         // limits on the rows returned (0: none)
+	MaxBytes    int
+}
+
+// Encode encodes the write for an entry body. A write with no key and no
+// choices is EncodeStatements' array, as before writes had them.
+func (w *Write) Encode() ([]byte, error) {
+	s, err := EncodeStatements(w.Stmts)
+	if err != nil || (w.RequestID == "" && !w.AllowSchema && !w.Collect && w.MaxRows == 0 && w.MaxBytes == 0) {
 		return s, err
 	}
-	id, err := json.Marshal(requestID)
-	if err != nil {
-		return nil, err
+	return json.Marshal(wireWrite{ID: w.RequestID, S: s, Schema: w.AllowSchema, Collect: w.Collect, MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
+}
+
+type wireWrite struct {
+	ID       string          `json:"id,omitempty"`
+	S        json.RawMessage `json:"s"`
+	Schema   bool            `json:"schema,omitempty"`
+	Collect  bool            `json:"collect,omitempty"`
+	MaxRows  int             `json:"max_rows,omitempty"`
+	MaxBytes int             `json:"max_bytes,omitempty"`
+}
+
+// DecodeWriteEntry reverses Write.Encode.
+func DecodeWriteEntry(body []byte) (Write, error) {
+	b := bytes.TrimSpace(body)
+	if len(b) > 0 && b[0] == '{' {
+		var ww wireWrite
+		if err := json.Unmarshal(b, &ww); err != nil {
+			return Write{}, fmt.Errorf("decode entry body: %w", err)
+		}
+		stmts, err := DecodeStatements(ww.S)
+		return Write{RequestID: ww.ID, Stmts: stmts, AllowSchema: ww.Schema, Collect: ww.Collect, MaxRows: ww.MaxRows, MaxBytes: ww.MaxBytes}, err
 	}
-	b := make([]byte, 0, len(s)+len(id)+16)
-	b = append(b, `{"id":`...)
-	b = append(b, id...)
-	b = append(b, `,"s":`...)
-	b = append(b, s...)
-	return append(b, '}'), nil
+	stmts, err := DecodeStatements(b)
+	return Write{Stmts: stmts}, err
+}
+
+// EncodeWrite encodes one write for an entry body: its statements and,
+// when requestID is set, the idempotency key every node records with it.
+func EncodeWrite(requestID string, stmts []Statement) ([]byte, error) {
+	return (&Write{RequestID: requestID, Stmts: stmts}).Encode()
 }
 
 // DecodeWrite reverses EncodeWrite.
 func DecodeWrite(body []byte) (requestID string, stmts []Statement, err error) {
-	b := bytes.TrimSpace(body)
-	if len(b) > 0 && b[0] == '{' {
-		var w struct {
-			ID string          `json:"id"`
-			S  json.RawMessage `json:"s"`
-		}
-		if err := json.Unmarshal(b, &w); err != nil {
-			return "", nil, fmt.Errorf("decode entry body: %w", err)
-		}
-		stmts, err := DecodeStatements(w.S)
-		return w.ID, stmts, err
-	}
-	stmts, err = DecodeStatements(b)
-	return "", stmts, err
+	w, err := DecodeWriteEntry(body)
+	return w.RequestID, w.Stmts, err
 }

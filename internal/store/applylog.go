@@ -1,0 +1,157 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"ddb/internal/rlog"
+)
+
+// ApplyLog applies committed log entries whose bodies are rlog.Write
+// encodings, in index order, exactly once, in one transaction with the
+// applied index: the way every node applies under consensus, where an
+// entry is in the log before anything ran it.
+//
+// An entry's failure is its outcome, not the node's: a write whose SQL
+// fails (a constraint, a forbidden statement, a result over its limits)
+// is rolled back alone, on every node alike, and its error is returned in
+// its Outcome. A write whose statement rolls back the whole transaction
+// (ON CONFLICT ROLLBACK, RAISE(ROLLBACK)) fails alone as well: the
+// entries before it are applied again in a fresh transaction, which
+// gives the same results, since everything they depend on is pinned.
+//
+// Entries at or below Applied() are skipped; application stops at a gap.
+// The error is for the node itself (its database failed); the entries
+// whose outcomes were returned are applied.
+func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return nil, ErrClosed
+	}
+	applied := s.applied.Load()
+	for len(entries) > 0 && entries[0].Index <= applied {
+		entries = entries[1:]
+	}
+	n := 0
+	for n < len(entries) && entries[n].Index == applied+uint64(n)+1 {
+		n++
+	}
+	entries = entries[:n]
+	if n == 0 {
+		return nil, nil
+	}
+	writes := make([]rlog.Write, n)
+	for i, e := range entries {
+		// A body no node can read holds no statement: it fails the same
+		// way everywhere.
+		writes[i], _ = rlog.DecodeWriteEntry(e.Body)
+	}
+	aborting := map[int]error{}
+	for {
+		out, aborted, err := s.applyOnce(entries, writes, aborting)
+		if err != nil {
+			return nil, err
+		}
+		if aborted == nil {
+			return out, nil
+		}
+		aborting[aborted.at] = aborted.err
+	}
+}
+
+// abortedAt is the write that rolled back the whole transaction it ran in.
+type abortedAt struct {
+	at  int
+	err error
+}
+
+func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting map[int]error) (out []Outcome, aborted *abortedAt, err error) {
+	if err := s.beginEntries(); err != nil {
+		return nil, nil, err
+	}
+	defer s.leave()
+	out = make([]Outcome, len(entries))
+	for i, e := range entries {
+		w := writes[i]
+		if err, ok := aborting[i]; ok {
+			out[i] = Outcome{Index: e.Index, Err: err}
+			continue
+		}
+		if w.RequestID != "" {
+			first, found, err := s.recorded(w.RequestID)
+			if err != nil {
+				s.internal("ROLLBACK")
+				return nil, nil, err
+			}
+			if found {
+				out[i] = first
+				continue
+			}
+		}
+		if err := s.internal("SAVEPOINT req"); err != nil {
+			s.internal("ROLLBACK")
+			return nil, nil, fmt.Errorf("savepoint: %w", err)
+		}
+		if err := s.enter(e.TimeMs, e.Seed); err != nil {
+			s.internal("ROLLBACK")
+			return nil, nil, err
+		}
+		p := policyClient
+		if !w.AllowSchema {
+			p = policyClientNoSchema
+		}
+		lim := Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes}
+		if !w.Collect {
+			lim = Limits{}
+		}
+		var results []Result
+		if len(w.Stmts) == 0 {
+			err = &ParamError{Msg: "the log entry holds no statement"}
+		} else {
+			results, err = s.runRequest(context.Background(), w.Stmts, p, w.Collect || w.RequestID != "", lim)
+		}
+		if err == nil {
+			err = s.afterEntry()
+		}
+		if err == nil && w.RequestID != "" {
+			err = s.record(w.RequestID, e.Index, e.TimeMs, results)
+		}
+		if err != nil {
+			if !s.w.InTransaction() {
+				s.afterEntry()
+				return nil, &abortedAt{at: i, err: err}, nil // it rolled back everything: it fails alone
+			}
+			if rerr := s.internal("ROLLBACK TO req", "RELEASE req"); rerr != nil {
+				s.internal("ROLLBACK")
+				return nil, nil, fmt.Errorf("roll back failed entry %d: %w", e.Index, rerr)
+			}
+			if rerr := s.afterEntry(); rerr != nil {
+				s.internal("ROLLBACK")
+				return nil, nil, rerr
+			}
+			out[i] = Outcome{Index: e.Index, Err: err}
+			continue
+		}
+		if err := s.internal("RELEASE req"); err != nil {
+			s.internal("ROLLBACK")
+			return nil, nil, fmt.Errorf("release savepoint: %w", err)
+		}
+		if !w.Collect {
+			results = dropRows(results)
+		}
+		out[i] = Outcome{Index: e.Index, Results: results}
+	}
+	s.leave()
+	last := entries[len(entries)-1].Index
+	if err := s.setApplied(last); err != nil {
+		s.internal("ROLLBACK")
+		return nil, nil, err
+	}
+	if err := s.internal("COMMIT"); err != nil {
+		s.internal("ROLLBACK")
+		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	s.applied.Store(last)
+	return out, nil, nil
+}
