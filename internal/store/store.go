@@ -731,7 +731,9 @@ const resetChanges = "UPDATE _ddb_meta SET value = value WHERE 0"
 // generator) and the connection state. The caller holds wmu and has called
 // lockEntries.
 func (s *Store) enter(timeMs, seed int64) error {
-	s.clock.Pin(timeMs)
+	if s.bug != "unpinned-clock" {
+		s.clock.Pin(timeMs)
+	}
 	s.rng = rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
 	if s.bug != "unpinned-prng" {
 		sqlite.SeedPRNG(seed)

@@ -336,9 +336,6 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 			s.internal("ROLLBACK")
 			return applied, err
 		}
-		if s.bug == "unpinned-clock" {
-			s.clock.Unpin()
-		}
 		if s.bug == "skip-entry" && e.Index%50 == 0 {
 			stmts = nil
 		}
