@@ -38,9 +38,11 @@ type Config struct {
 	// Ticks drives Raft's clock: one tick per value received. Production
 	// passes a time.Ticker's channel; tests, one of their own.
 	Ticks <-chan time.Time
-	// Apply applies one committed entry's data, in log order, and returns
-	// what the proposer is answered.
-	Apply func(index uint64, data []byte) any
+	// Apply applies committed entries, in log order (one call per Ready,
+	// so a node can apply them in one transaction), and returns what each
+	// entry's proposer is answered. Entries that are not proposals come
+	// with nil data: they only move the applied index.
+	Apply func(entries []Entry) []any
 	// Logf logs (default: nothing).
 	Logf func(format string, args ...any)
 }
@@ -60,6 +62,12 @@ type Node struct {
 	stopc chan struct{}
 	done  chan struct{}
 	err   error
+}
+
+// Entry is one committed proposal: its log index and the data proposed.
+type Entry struct {
+	Index uint64
+	Data  []byte
 }
 
 // Applied is what a proposer learns once its proposal is applied.
@@ -215,50 +223,63 @@ func (n *Node) handle(rd raft.Ready) error {
 		return fmt.Errorf("persist raft log: %w", err)
 	}
 	n.tr.Send(rd.Messages)
-	for _, e := range rd.CommittedEntries {
-		if err := n.apply(e); err != nil {
-			return err
-		}
-	}
-	return nil
+	return n.apply(rd.CommittedEntries)
 }
 
-func (n *Node) apply(e pb.Entry) error {
-	switch e.Type {
-	case pb.EntryConfChange:
-		var cc pb.ConfChange
-		if err := cc.Unmarshal(e.Data); err != nil {
-			return fmt.Errorf("entry %d: %w", e.Index, err)
+// apply applies committed entries: configuration changes to Raft, and
+// every entry, in order, to the database in one Apply call, so that the
+// database's applied index covers each index of the log (an entry that is
+// not a proposal, such as a new leader's empty entry or a configuration
+// change, reaches Apply with nil data).
+func (n *Node) apply(ents []pb.Entry) error {
+	var run []Entry
+	var ids []uint64
+	for _, e := range ents {
+		if e.Index <= n.applied.Load() {
+			continue // applied before a restart
 		}
-		cs := n.rn.ApplyConfChange(cc)
-		if err := n.storage.SetConfState(*cs); err != nil {
-			return err
+		var id uint64
+		var data []byte
+		switch e.Type {
+		case pb.EntryConfChange:
+			var cc pb.ConfChange
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return fmt.Errorf("entry %d: %w", e.Index, err)
+			}
+			if err := n.storage.SetConfState(*n.rn.ApplyConfChange(cc)); err != nil {
+				return err
+			}
+		case pb.EntryConfChangeV2:
+			var cc pb.ConfChangeV2
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return fmt.Errorf("entry %d: %w", e.Index, err)
+			}
+			if err := n.storage.SetConfState(*n.rn.ApplyConfChange(cc)); err != nil {
+				return err
+			}
+		case pb.EntryNormal:
+			if len(e.Data) >= 8 {
+				id, data = binary.BigEndian.Uint64(e.Data), e.Data[8:]
+			}
 		}
-	case pb.EntryConfChangeV2:
-		var cc pb.ConfChangeV2
-		if err := cc.Unmarshal(e.Data); err != nil {
-			return fmt.Errorf("entry %d: %w", e.Index, err)
-		}
-		cs := n.rn.ApplyConfChange(cc)
-		if err := n.storage.SetConfState(*cs); err != nil {
-			return err
-		}
-	case pb.EntryNormal:
-		if e.Index <= n.applied.Load() || len(e.Data) < 8 {
-			break // already applied, or a new leader's empty entry
-		}
-		id := binary.BigEndian.Uint64(e.Data)
-		result := n.cfg.Apply(e.Index, e.Data[8:])
-		n.mu.Lock()
-		ch := n.waiting[id]
-		n.mu.Unlock()
-		if ch != nil {
-			ch <- Applied{Index: e.Index, Result: result}
+		run = append(run, Entry{Index: e.Index, Data: data})
+		ids = append(ids, id)
+	}
+	if len(run) == 0 {
+		return nil
+	}
+	results := n.cfg.Apply(run)
+	if len(results) != len(run) {
+		return fmt.Errorf("apply answered %d results for %d entries", len(results), len(run))
+	}
+	n.mu.Lock()
+	for i, e := range run {
+		if ch := n.waiting[ids[i]]; ch != nil && ids[i] != 0 {
+			ch <- Applied{Index: e.Index, Result: results[i]}
 		}
 	}
-	if e.Index > n.applied.Load() {
-		n.applied.Store(e.Index)
-	}
+	n.mu.Unlock()
+	n.applied.Store(run[len(run)-1].Index)
 	return nil
 }
 

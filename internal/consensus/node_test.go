@@ -55,12 +55,20 @@ func (g *group) start(id uint64) {
 	ticks := make(chan time.Time)
 	n, err := Start(context.Background(), st, g.net.Transport(id), Config{
 		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id),
-		Apply: func(index uint64, data []byte) any {
+		Apply: func(ents []Entry) []any {
 			g.mu.Lock()
-			g.applied[id] = append(g.applied[id], string(data))
-			g.last[id] = index
-			g.mu.Unlock()
-			return "applied " + string(data)
+			defer g.mu.Unlock()
+			var out []any
+			for _, e := range ents {
+				g.last[id] = e.Index
+				if e.Data == nil {
+					out = append(out, nil)
+					continue
+				}
+				g.applied[id] = append(g.applied[id], string(e.Data))
+				out = append(out, "applied "+string(e.Data))
+			}
+			return out
 		},
 	})
 	if err != nil {
