@@ -12,6 +12,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 
 	"ddb/internal/store"
 )
@@ -43,6 +44,12 @@ type Config struct {
 	// entry's proposer is answered. Entries that are not proposals come
 	// with nil data: they only move the applied index.
 	Apply func(entries []Entry) []any
+	// Preferred is the node that should lead whenever it is up and caught
+	// up (the master); 0: no preference. The leader hands leadership to it
+	// once it has held the leader's whole log for PreferredAfter ticks in a
+	// row (default: 2 election timeouts), so leadership never flaps.
+	Preferred      uint64
+	PreferredAfter int
 	// Logf logs (default: nothing).
 	Logf func(format string, args ...any)
 }
@@ -58,6 +65,9 @@ type Node struct {
 
 	mu      sync.Mutex
 	waiting map[uint64]chan Applied // proposal id -> its proposer
+	reads   map[string]chan uint64  // read request context -> its reader
+
+	caughtUp int // ticks the preferred leader has held the whole log (run goroutine only)
 
 	stopc chan struct{}
 	done  chan struct{}
@@ -107,7 +117,11 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		ReadOnlyOption:  raft.ReadOnlySafe,
 		Logger:          quietLogger{},
 	}
-	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]chan Applied{}, stopc: make(chan struct{}), done: make(chan struct{})}
+	if cfg.PreferredAfter == 0 {
+		cfg.PreferredAfter = 2 * cfg.ElectionTick
+	}
+	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]chan Applied{}, reads: map[string]chan uint64{},
+		stopc: make(chan struct{}), done: make(chan struct{})}
 	n.applied.Store(cfg.Applied)
 	hard, _, _ := storage.InitialState()
 	last, _ := storage.LastIndex()
@@ -197,6 +211,7 @@ func (n *Node) run() {
 		select {
 		case <-n.cfg.Ticks:
 			n.rn.Tick()
+			n.leadPreferred()
 		case rd := <-n.rn.Ready():
 			if err := n.handle(rd); err != nil {
 				n.cfg.Logf("raft node %d stops: %v", n.cfg.ID, err)
@@ -223,7 +238,72 @@ func (n *Node) handle(rd raft.Ready) error {
 		return fmt.Errorf("persist raft log: %w", err)
 	}
 	n.tr.Send(rd.Messages)
+	if len(rd.ReadStates) > 0 {
+		n.mu.Lock()
+		for _, r := range rd.ReadStates {
+			if ch := n.reads[string(r.RequestCtx)]; ch != nil {
+				ch <- r.Index
+			}
+		}
+		n.mu.Unlock()
+	}
 	return n.apply(rd.CommittedEntries)
+}
+
+// ReadIndex returns an index such that every write acknowledged before the
+// call is at or below it, confirmed with a majority (Raft's ReadIndex): a
+// read that waits until this node has applied it reflects all of them.
+// Without a leader reachable through a majority it fails when ctx ends.
+func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
+	var key [16]byte
+	_, _ = rand.Read(key[:])
+	ch := make(chan uint64, 1)
+	n.mu.Lock()
+	n.reads[string(key[:])] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.reads, string(key[:]))
+		n.mu.Unlock()
+	}()
+	if err := n.rn.ReadIndex(ctx, key[:]); err != nil {
+		return 0, err
+	}
+	select {
+	case idx := <-ch:
+		return idx, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.done:
+		return 0, ErrStopped
+	}
+}
+
+// leadPreferred, on the leader, hands leadership to the preferred node once
+// it has held the whole log for PreferredAfter ticks in a row.
+func (n *Node) leadPreferred() {
+	p := n.cfg.Preferred
+	if p == 0 || p == n.cfg.ID {
+		return
+	}
+	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		n.caughtUp = 0
+		return
+	}
+	pr, ok := st.Progress[p]
+	// (RecentActive is not asked: the leader clears it every election
+	// timeout, whatever the follower does.)
+	if !ok || pr.IsLearner || pr.Match < st.Commit || pr.State != tracker.StateReplicate {
+		n.caughtUp = 0
+		return
+	}
+	n.caughtUp++
+	if n.caughtUp >= n.cfg.PreferredAfter {
+		n.caughtUp = 0
+		n.cfg.Logf("node %d hands leadership back to the preferred leader %d", n.cfg.ID, p)
+		n.rn.TransferLeadership(context.Background(), n.cfg.ID, p)
+	}
 }
 
 // apply applies committed entries: configuration changes to Raft, and

@@ -25,16 +25,21 @@ type group struct {
 	st    map[uint64]*store.Store
 	ticks map[uint64]chan time.Time
 
+	preferred uint64 // every node's Config.Preferred
+
 	mu      sync.Mutex
 	applied map[uint64][]string // per node, the data it applied, in order
 	last    map[uint64]uint64   // per node, the index it applied last (its "database")
 }
 
-func newGroup(t *testing.T, n int) *group {
+func newGroup(t *testing.T, n int, preferred ...uint64) *group {
 	g := &group{t: t, dir: t.TempDir(), net: NewMemNetwork(), nodes: map[uint64]*Node{}, st: map[uint64]*store.Store{},
 		ticks: map[uint64]chan time.Time{}, applied: map[uint64][]string{}, last: map[uint64]uint64{}}
 	for i := 1; i <= n; i++ {
 		g.ids = append(g.ids, uint64(i))
+	}
+	if len(preferred) > 0 {
+		g.preferred = preferred[0]
 	}
 	for _, id := range g.ids {
 		g.start(id)
@@ -54,7 +59,7 @@ func (g *group) start(id uint64) {
 	}
 	ticks := make(chan time.Time)
 	n, err := Start(context.Background(), st, g.net.Transport(id), Config{
-		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id),
+		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred,
 		Apply: func(ents []Entry) []any {
 			g.mu.Lock()
 			defer g.mu.Unlock()
@@ -232,4 +237,79 @@ func TestRaftMinorityLeaderCommitsNothing(t *testing.T) {
 		t.Fatalf("the cut-off proposal was applied: %v", got)
 	}
 	g.waitApplied(all, want)
+}
+
+func TestPreferredLeaderLeadsAgainOnceCaughtUpAndDoesNotFlap(t *testing.T) {
+	g := newGroup(t, 3, 1)
+	waitLeads := func(id uint64, maxTicks int) {
+		t.Helper()
+		for i := 0; i < maxTicks; i++ {
+			if g.leader() == id {
+				return
+			}
+			g.tick()
+		}
+		t.Fatalf("node %d does not lead after %d ticks (leader: %d)", id, maxTicks, g.leader())
+	}
+	waitLeads(1, 200)
+	g.propose(1, "a")
+	g.stop(1)
+	other := g.waitLeader(100)
+	for i := 0; i < 20; i++ {
+		g.propose(other, fmt.Sprintf("b%d", i))
+	}
+	g.start(1)
+	waitLeads(1, 200)
+	for i := 0; i < 100; i++ {
+		g.tick()
+		if l := g.leader(); l != 1 && l != 0 {
+			t.Fatalf("leadership moved to %d after returning to the preferred leader", l)
+		}
+	}
+	want := []string{"a"}
+	for i := 0; i < 20; i++ {
+		want = append(want, fmt.Sprintf("b%d", i))
+	}
+	g.waitApplied(g.ids, want)
+}
+
+func TestReadIndexCoversAcknowledgedWritesAndNeedsAMajority(t *testing.T) {
+	g := newGroup(t, 3)
+	leader := g.waitLeader(100)
+	a := g.propose(leader, "x")
+	follower := g.ids[0]
+	if follower == leader {
+		follower = g.ids[1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ticking := make(chan struct{})
+	stop := make(chan struct{})
+	go func() {
+		defer close(ticking)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				g.tick()
+			}
+		}
+	}()
+	idx, err := g.nodes[follower].ReadIndex(ctx)
+	if err != nil || idx < a.Index {
+		t.Fatalf("read index at a follower: %d, %v; the write is at %d", idx, err, a.Index)
+	}
+	for _, id := range g.ids {
+		if id != follower {
+			g.net.Cut(follower, id)
+		}
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if idx, err := g.nodes[follower].ReadIndex(short); err == nil {
+		t.Fatalf("a node cut off from the majority confirmed read index %d", idx)
+	}
+	close(stop)
+	<-ticking
 }
