@@ -115,7 +115,10 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		CheckQuorum:     true,
 		PreVote:         true,
 		ReadOnlyOption:  raft.ReadOnlySafe,
-		Logger:          quietLogger{},
+		// Proposals are made on the leader only: a follower forwards the
+		// client's write itself (and answers once it has applied it).
+		DisableProposalForwarding: true,
+		Logger:                    quietLogger{},
 	}
 	if cfg.PreferredAfter == 0 {
 		cfg.PreferredAfter = 2 * cfg.ElectionTick

@@ -2,130 +2,240 @@ package consensus
 
 import (
 	"context"
-	"encoding/binary"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/raft/v3"
+
 	"ddb/internal/inspect"
 	"ddb/internal/rlog"
 	"ddb/internal/store"
 )
 
-// sqlApply applies committed proposals to a node's database with
-// store.ApplyLog. A proposal's data is the leader's time and seed for the
-// entry, then the encoded write.
-func sqlApply(st *store.Store) func([]Entry) []any {
-	return func(ents []Entry) []any {
-		log := make([]rlog.Entry, len(ents))
-		for i, e := range ents {
-			log[i] = rlog.Entry{Index: e.Index}
-			if len(e.Data) >= 16 {
-				log[i].TimeMs = int64(binary.BigEndian.Uint64(e.Data))
-				log[i].Seed = int64(binary.BigEndian.Uint64(e.Data[8:]))
-				log[i].Body = e.Data[16:]
+// replicas is a group of Replicas over real SQLite files and a MemNetwork,
+// ticked by the test (in the background while it runs).
+type replicas struct {
+	t     *testing.T
+	dir   string
+	net   *MemNetwork
+	ids   []uint64
+	r     map[uint64]*Replica
+	st    map[uint64]*store.Store
+	ticks map[uint64]chan time.Time
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func newReplicas(t *testing.T, n int) *replicas {
+	g := &replicas{t: t, dir: t.TempDir(), net: NewMemNetwork(), r: map[uint64]*Replica{}, st: map[uint64]*store.Store{},
+		ticks: map[uint64]chan time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for i := 1; i <= n; i++ {
+		g.ids = append(g.ids, uint64(i))
+		g.ticks[uint64(i)] = make(chan time.Time)
+	}
+	for _, id := range g.ids {
+		g.start(id)
+	}
+	go func() {
+		defer close(g.done)
+		for {
+			select {
+			case <-g.stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			for _, id := range g.ids {
+				select {
+				case g.ticks[id] <- time.Time{}:
+				case <-time.After(10 * time.Millisecond): // a stopped node takes no ticks
+				}
 			}
 		}
-		out, err := st.ApplyLog(log)
+	}()
+	t.Cleanup(func() {
+		close(g.stop)
+		<-g.done
+		for id := range g.r {
+			g.kill(id)
+		}
+	})
+	return g
+}
+
+func (g *replicas) start(id uint64) {
+	st, err := store.Open(store.Options{Path: filepath.Join(g.dir, fmt.Sprintf("n%d.db", id)), Synchronous: "OFF"})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Node: Config{ID: id, Voters: g.ids, Ticks: g.ticks[id]}})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.r[id], g.st[id] = r, st
+	g.net.Attach(id, r.Node())
+}
+
+func (g *replicas) kill(id uint64) {
+	g.net.Attach(id, nil)
+	g.r[id].Stop()
+	g.st[id].Close()
+	delete(g.r, id)
+}
+
+func (g *replicas) leader() uint64 {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for id, r := range g.r {
+			if r.Node().Status().RaftState == raft.StateLeader {
+				return id
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	g.t.Fatal("no leader")
+	return 0
+}
+
+func (g *replicas) write(id uint64, rid, sql string, schema bool) (store.Outcome, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return g.r[id].Write(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: sql}}, AllowSchema: schema, RequestID: rid, Collect: true})
+}
+
+func (g *replicas) mustWrite(id uint64, sql string) store.Outcome {
+	g.t.Helper()
+	o, err := g.write(id, "", sql, true)
+	if err != nil {
+		g.t.Fatalf("%s on node %d: %v", sql, id, err)
+	}
+	return o
+}
+
+func (g *replicas) identical() {
+	g.t.Helper()
+	var dbs []*inspect.Database
+	for _, id := range g.ids {
+		d, err := inspect.Load(g.st[id].Path())
 		if err != nil {
-			panic(err) // the node's own database failed: it cannot go on
+			g.t.Fatal(err)
 		}
-		results := make([]any, len(ents))
-		for _, o := range out {
-			results[o.Index-ents[0].Index] = o
-		}
-		return results
+		dbs = append(dbs, d)
+	}
+	if diffs := inspect.Compare(dbs, 5); len(diffs) > 0 {
+		g.t.Fatalf("databases differ:\n%s", strings.Join(diffs, "\n"))
 	}
 }
 
-func sqlProposal(t *testing.T, seed int64, sql string, schema bool) []byte {
-	t.Helper()
-	b, err := (&rlog.Write{Stmts: []rlog.Statement{{SQL: sql}}, AllowSchema: schema}).Encode()
-	if err != nil {
-		t.Fatal(err)
+func (g *replicas) converge() {
+	g.t.Helper()
+	l := g.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for id, r := range g.r {
+		if err := r.WaitApplied(ctx, g.st[l].Applied()); err != nil {
+			g.t.Fatalf("node %d stays at %d, the leader is at %d", id, g.st[id].Applied(), g.st[l].Applied())
+		}
 	}
-	data := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixMilli()))
-	data = binary.BigEndian.AppendUint64(data, uint64(seed))
-	return append(data, b...)
 }
 
 // Three nodes replicate SQL through Raft: every node applies the same
 // entries with the leader's time and seed, through a leader's loss and a
 // restart, and ends with the same database, row for row.
-func TestRaftReplicatesSQLToIdenticalDatabases(t *testing.T) {
-	g := &group{t: t, dir: t.TempDir(), net: NewMemNetwork(), nodes: map[uint64]*Node{}, st: map[uint64]*store.Store{},
-		ticks: map[uint64]chan time.Time{}, applied: map[uint64][]string{}, last: map[uint64]uint64{}}
-	g.ids = []uint64{1, 2, 3}
-	start := func(id uint64) {
-		st, err := store.Open(store.Options{Path: filepath.Join(g.dir, fmt.Sprintf("n%d.db", id)), Synchronous: "OFF"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ticks := make(chan time.Time)
-		n, err := Start(context.Background(), st, g.net.Transport(id), Config{ID: id, Voters: g.ids, Ticks: ticks, Applied: st.Applied(), Apply: sqlApply(st)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.nodes[id], g.st[id], g.ticks[id] = n, st, ticks
-		g.net.Attach(id, n)
-	}
-	for _, id := range g.ids {
-		start(id)
-	}
-	t.Cleanup(func() {
-		for id := range g.nodes {
-			g.stop(id)
-		}
-	})
-	propose := func(id uint64, seed int64, sql string, schema bool) store.Outcome {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		a, err := g.nodes[id].Propose(ctx, sqlProposal(t, seed, sql, schema))
-		if err != nil {
-			t.Fatalf("propose %q: %v", sql, err)
-		}
-		return a.Result.(store.Outcome)
-	}
-	leader := g.waitLeader(100)
-	propose(leader, 1, "CREATE TABLE p (id INTEGER PRIMARY KEY, r, at DEFAULT CURRENT_TIMESTAMP)", true)
-	propose(leader, 2, "CREATE TABLE c (id INTEGER PRIMARY KEY, p, n)", true)
+func TestReplicasReplicateSQLToIdenticalDatabases(t *testing.T) {
+	g := newReplicas(t, 3)
+	l := g.leader()
+	g.mustWrite(l, "CREATE TABLE p (id INTEGER PRIMARY KEY, r, at DEFAULT CURRENT_TIMESTAMP)")
+	g.mustWrite(l, "CREATE TABLE c (id INTEGER PRIMARY KEY, p, n)")
 	for i := 0; i < 20; i++ {
-		o := propose(leader, int64(10+i), "INSERT INTO p (r) VALUES (random())", false)
-		if o.Err != nil || o.Results[0].LastInsertID != int64(i+1) {
+		if o := g.mustWrite(l, "INSERT INTO p (r) VALUES (random())"); o.Results[0].LastInsertID != int64(i+1) {
 			t.Fatalf("insert %d: %+v", i, o)
 		}
 	}
-	if o := propose(leader, 50, "INSERT INTO p (id) VALUES (1)", false); o.Err == nil || !strings.Contains(o.Err.Error(), "UNIQUE") {
-		t.Fatalf("a failing write answered %+v", o)
+	if _, err := g.write(l, "", "INSERT INTO p (id) VALUES (1)", false); err == nil || !strings.Contains(err.Error(), "UNIQUE") {
+		t.Fatalf("a failing write answered %v", err)
 	}
-	g.stop(leader)
-	next := g.waitLeader(100)
+	g.kill(l)
+	next := g.leader()
 	for i := 0; i < 10; i++ {
-		propose(next, int64(100+i), "INSERT INTO c (p, n) VALUES ((SELECT max(id) FROM p), changes())", false)
+		g.mustWrite(next, "INSERT INTO c (p, n) VALUES ((SELECT max(id) FROM p), changes())")
 	}
-	start(leader)
-	deadline := time.Now().Add(10 * time.Second)
-	for g.st[leader].Applied() < g.st[next].Applied() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the restarted node is at %d, the leader at %d", g.st[leader].Applied(), g.st[next].Applied())
-		}
-		g.tick()
+	g.start(l)
+	g.converge()
+	g.identical()
+}
+
+// The seam the HTTP layer uses: writes only on the leader (a follower
+// says who leads), strong reads anywhere through ReadIndex, request ids
+// applied once, and an outcome the proposer could not learn is reported
+// as unknown.
+func TestReplicaWritesReadsAndRetries(t *testing.T) {
+	g := newReplicas(t, 3)
+	l := g.leader()
+	f := g.ids[0]
+	if f == l {
+		f = g.ids[1]
 	}
-	var dbs []*inspect.Database
+	g.mustWrite(l, "CREATE TABLE k (id INTEGER PRIMARY KEY, v)")
+	var nl *NotLeaderError
+	if _, err := g.write(f, "", "INSERT INTO k (v) VALUES (1)", false); !errors.As(err, &nl) || nl.Leader != l {
+		t.Fatalf("a write at a follower: %v; want NotLeaderError naming %d", err, l)
+	}
+	first, err := g.write(l, "r1", "INSERT INTO k (v) VALUES (random()) RETURNING id, v", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := g.write(l, "r1", "INSERT INTO k (v) VALUES (random()) RETURNING id, v", false)
+	if err != nil || !again.Duplicate || again.Index != first.Index || fmt.Sprint(again.Results) != fmt.Sprint(first.Results) {
+		t.Fatalf("a retry: %+v %v; first %+v", again, err, first)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	idx, err := g.r[f].ReadIndex(ctx)
+	if err != nil || idx < first.Index {
+		t.Fatalf("read index at a follower: %d %v", idx, err)
+	}
+	if err := g.r[f].WaitApplied(ctx, idx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := g.st[f].Read(ctx, []rlog.Statement{{SQL: "SELECT count(*) FROM k"}}, store.Limits{})
+	if err != nil || res[0].Rows[0][0] != int64(1) {
+		t.Fatalf("strong read at the follower: %v %v", res, err)
+	}
+	// The leader is cut off: its write's outcome is unknown, it never
+	// commits, and a retry with the same id at the new leader applies once.
 	for _, id := range g.ids {
-		d, err := inspect.Load(g.st[id].Path())
-		if err != nil {
-			t.Fatal(err)
+		if id != l {
+			g.net.Cut(l, id)
 		}
-		dbs = append(dbs, d)
 	}
-	if diffs := inspect.Compare(dbs, 5); len(diffs) > 0 {
-		t.Fatalf("databases differ:\n%s", strings.Join(diffs, "\n"))
+	short, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel2()
+	_, err = g.r[l].Write(short, &store.Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO k (v) VALUES ('cut off')"}}, RequestID: "r2"})
+	var uo *UnknownOutcomeError
+	if !errors.As(err, &uo) && !errors.As(err, &nl) {
+		t.Fatalf("a write at a cut-off leader: %v", err)
 	}
-	if dbs[0].RowCount() != 30 {
-		t.Fatalf("%d rows, want 30", dbs[0].RowCount())
+	g.net.Heal()
+	var o store.Outcome
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o, err = g.write(g.leader(), "r2", "INSERT INTO k (v) VALUES ('cut off')", false)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.converge()
+	g.identical()
+	res, _ = g.st[l].Read(context.Background(), []rlog.Statement{{SQL: "SELECT count(*) FROM k WHERE v = 'cut off'"}}, store.Limits{})
+	if res[0].Rows[0][0] != int64(1) {
+		t.Fatalf("the write sent twice with request id r2 is there %v times (outcome %+v)", res[0].Rows[0][0], o)
 	}
 }

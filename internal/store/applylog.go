@@ -21,8 +21,9 @@ import (
 // gives the same results, since everything they depend on is pinned.
 //
 // Entries at or below Applied() are skipped; application stops at a gap.
-// The error is for the node itself (its database failed); the entries
-// whose outcomes were returned are applied.
+// The outcomes are those of the entries applied, in order (a duplicate's
+// Index is its first time's). The error is for the node itself (its
+// database failed); the entries whose outcomes were returned are applied.
 func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()

@@ -1,0 +1,186 @@
+package consensus
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/raft/v3"
+
+	"ddb/internal/rlog"
+	"ddb/internal/store"
+)
+
+// Replica is one node's database replicated through Raft: the leader turns
+// a client write into a log entry (with its time and random seed), every
+// node applies committed entries with store.ApplyLog, and the node that
+// proposed answers once it has applied the entry.
+type Replica struct {
+	node  *Node
+	st    *store.Store
+	now   func() time.Time
+	seeds func() int64
+
+	mu      sync.Mutex
+	waiters []applyWaiter // waiting for the applied index to reach theirs
+}
+
+type applyWaiter struct {
+	index uint64
+	ch    chan struct{}
+}
+
+// ReplicaConfig configures a Replica; Node is the Raft configuration
+// (its Apply and Applied are set by the Replica).
+type ReplicaConfig struct {
+	Node  Config
+	Now   func() time.Time // the clock entries take their time from (default time.Now)
+	Seeds func() int64     // random seeds of entries (default: the OS's generator)
+}
+
+// StartReplica starts the node over st.
+func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg ReplicaConfig) (*Replica, error) {
+	r := &Replica{st: st, now: cfg.Now, seeds: cfg.Seeds}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.seeds == nil {
+		r.seeds = func() int64 { return int64(proposalID()) }
+	}
+	cfg.Node.Applied = st.Applied()
+	cfg.Node.Apply = r.apply
+	n, err := Start(ctx, st, tr, cfg.Node)
+	if err != nil {
+		return nil, err
+	}
+	r.node = n
+	return r, nil
+}
+
+// Node is the Raft node under the replica.
+func (r *Replica) Node() *Node { return r.node }
+
+// Stop stops the node (the database stays open).
+func (r *Replica) Stop() { r.node.Stop() }
+
+// NotLeaderError: writes go to the leader, which this node is not.
+type NotLeaderError struct{ Leader uint64 } // 0: no leader known
+
+func (e *NotLeaderError) Error() string {
+	if e.Leader == 0 {
+		return "no leader is known: an election is under way, or a majority cannot be reached; retry shortly"
+	}
+	return fmt.Sprintf("this node does not lead; node %d does", e.Leader)
+}
+
+// UnknownOutcomeError: the write was proposed but its outcome did not come
+// back in time; it may still be committed.
+type UnknownOutcomeError struct{ Err error }
+
+func (e *UnknownOutcomeError) Error() string {
+	return "the write was proposed, but its outcome is unknown (" + e.Err.Error() + "); it may be committed"
+}
+
+func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
+
+// Write runs a client write through the log, on the leader. It answers
+// once this node has applied the entry: with its results, or with the
+// error the write gave (the same on every node).
+func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome, error) {
+	st := r.node.Status()
+	if st.RaftState != raft.StateLeader {
+		return store.Outcome{}, &NotLeaderError{Leader: st.Lead}
+	}
+	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
+		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes}
+	body, err := w.Encode()
+	if err != nil {
+		return store.Outcome{}, &store.ParamError{Msg: err.Error()}
+	}
+	data := binary.BigEndian.AppendUint64(make([]byte, 0, 16+len(body)), uint64(r.now().UnixMilli()))
+	data = binary.BigEndian.AppendUint64(data, uint64(r.seeds()))
+	data = append(data, body...)
+	a, err := r.node.Propose(ctx, data)
+	switch {
+	case errors.Is(err, raft.ErrProposalDropped):
+		return store.Outcome{}, &NotLeaderError{Leader: r.node.Status().Lead}
+	case err != nil:
+		return store.Outcome{}, &UnknownOutcomeError{Err: err}
+	}
+	out, _ := a.Result.(store.Outcome)
+	return out, out.Err
+}
+
+// ReadIndex is an index covering every write acknowledged before the call
+// (confirmed with a majority).
+func (r *Replica) ReadIndex(ctx context.Context) (uint64, error) { return r.node.ReadIndex(ctx) }
+
+// WaitApplied waits until this node's database has applied index.
+func (r *Replica) WaitApplied(ctx context.Context, index uint64) error {
+	if r.st.Applied() >= index {
+		return nil
+	}
+	ch := make(chan struct{})
+	r.mu.Lock()
+	r.waiters = append(r.waiters, applyWaiter{index: index, ch: ch})
+	r.mu.Unlock()
+	if r.st.Applied() >= index {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		r.mu.Lock()
+		for i, w := range r.waiters {
+			if w.ch == ch {
+				r.waiters = append(r.waiters[:i], r.waiters[i+1:]...)
+				break
+			}
+		}
+		r.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// apply is the node's Apply: committed entries into the database, in one
+// transaction per Ready.
+func (r *Replica) apply(ents []Entry) []any {
+	log := make([]rlog.Entry, len(ents))
+	for i, e := range ents {
+		log[i] = rlog.Entry{Index: e.Index}
+		if len(e.Data) >= 16 {
+			log[i].TimeMs = int64(binary.BigEndian.Uint64(e.Data))
+			log[i].Seed = int64(binary.BigEndian.Uint64(e.Data[8:]))
+			log[i].Body = e.Data[16:]
+		}
+	}
+	first := r.st.Applied() + 1 // ApplyLog skips what the database already holds
+	out, err := r.st.ApplyLog(log)
+	if err != nil {
+		// This node's own database failed: it cannot go on applying.
+		panic(fmt.Sprintf("apply entries %d..%d: %v", ents[0].Index, ents[len(ents)-1].Index, err))
+	}
+	results := make([]any, len(ents))
+	for i, e := range ents {
+		if e.Index >= first && int(e.Index-first) < len(out) {
+			results[i] = out[e.Index-first]
+		}
+	}
+	applied := r.st.Applied()
+	r.mu.Lock()
+	kept := r.waiters[:0]
+	for _, w := range r.waiters {
+		if w.index <= applied {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	r.waiters = kept
+	r.mu.Unlock()
+	return results
+}
