@@ -383,3 +383,6 @@ func (quietLogger) Fatalf(f string, v ...any) {
 }
 func (quietLogger) Panic(v ...any)            { panic(fmt.Sprint(v...)) }
 func (quietLogger) Panicf(f string, v ...any) { panic(fmt.Sprintf(f, v...)) }
+
+// ReportUnreachable tells Raft that a message to id could not be sent.
+func (n *Node) ReportUnreachable(id uint64) { n.rn.ReportUnreachable(id) }
