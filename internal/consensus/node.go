@@ -27,9 +27,14 @@ type Transport interface {
 // Config configures a Node.
 type Config struct {
 	ID uint64
-	// Voters and Learners form the configuration the cluster starts with,
-	// the first time it starts (later, the log's configuration rules).
-	Voters, Learners []uint64
+	// Voters form the configuration the cluster starts with, the first
+	// time it starts (later, the log's configuration rules). A node that
+	// joins a running cluster starts with none, and waits for the leader
+	// to add it (AddLearner).
+	Voters []uint64
+	// OnConfChange is told of every configuration change the log applies,
+	// with its context (the URL of a node being added); may be nil.
+	OnConfChange func(cc pb.ConfChange)
 	// Applied is the last log index the database has applied: Raft gives
 	// nothing at or below it to apply again.
 	Applied uint64
@@ -63,9 +68,10 @@ type Node struct {
 
 	applied atomic.Uint64
 
-	mu      sync.Mutex
-	waiting map[uint64]chan Applied // proposal id -> its proposer
-	reads   map[string]chan uint64  // read request context -> its reader
+	mu          sync.Mutex
+	waiting     map[uint64]chan Applied // proposal id -> its proposer
+	reads       map[string]chan uint64  // read request context -> its reader
+	confWaiters []confWaiter
 
 	caughtUp int // ticks the preferred leader has held the whole log (run goroutine only)
 
@@ -128,28 +134,63 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	n.applied.Store(cfg.Applied)
 	hard, _, _ := storage.InitialState()
 	last, _ := storage.LastIndex()
-	if raft.IsEmptyHardState(hard) && last == 0 {
+	if raft.IsEmptyHardState(hard) && last == 0 && len(cfg.Voters) > 0 {
 		var peers []raft.Peer
 		for _, id := range cfg.Voters {
 			peers = append(peers, raft.Peer{ID: id})
 		}
 		n.rn = raft.StartNode(rc, peers)
-		if len(cfg.Learners) > 0 {
-			go n.addLearners(cfg.Learners)
-		}
 	} else {
-		n.rn = raft.RestartNode(rc)
+		n.rn = raft.RestartNode(rc) // restarting, or joining: the leader adds it
 	}
 	go n.run()
 	return n, nil
 }
 
-func (n *Node) addLearners(ids []uint64) {
-	for _, id := range ids {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		n.rn.ProposeConfChange(ctx, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: id})
-		cancel()
+// ChangeMembership proposes a configuration change on the leader and
+// waits until this node has applied it: AddLearnerNode (context: the new
+// node's URL), AddNode (a learner becomes a voter), RemoveNode.
+func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
+	if st := n.rn.Status(); st.RaftState != raft.StateLeader {
+		return &NotLeaderError{Leader: st.Lead}
 	}
+	ch := make(chan struct{}, 1)
+	n.mu.Lock()
+	n.confWaiters = append(n.confWaiters, confWaiter{cc: cc, ch: ch})
+	n.mu.Unlock()
+	if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
+		return fmt.Errorf("propose configuration change: %w", err)
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.done:
+		return ErrStopped
+	}
+}
+
+type confWaiter struct {
+	cc pb.ConfChange
+	ch chan struct{}
+}
+
+func (n *Node) confApplied(cc pb.ConfChange) {
+	if n.cfg.OnConfChange != nil {
+		n.cfg.OnConfChange(cc)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	kept := n.confWaiters[:0]
+	for _, w := range n.confWaiters {
+		if w.cc.Type == cc.Type && w.cc.NodeID == cc.NodeID {
+			w.ch <- struct{}{}
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	n.confWaiters = kept
 }
 
 // Step hands the node a message another node sent it.
@@ -332,6 +373,7 @@ func (n *Node) apply(ents []pb.Entry) error {
 			if err := n.storage.SetConfState(*n.rn.ApplyConfChange(cc)); err != nil {
 				return err
 			}
+			n.confApplied(cc)
 		case pb.EntryConfChangeV2:
 			var cc pb.ConfChangeV2
 			if err := cc.Unmarshal(e.Data); err != nil {

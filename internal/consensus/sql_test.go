@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
 
 	"ddb/internal/inspect"
 	"ddb/internal/rlog"
@@ -28,14 +30,26 @@ type replicas struct {
 	ticks map[uint64]chan time.Time
 	stop  chan struct{}
 	done  chan struct{}
+	tmu   sync.Mutex // guards ids and ticks against the ticking goroutine
+}
+
+// clock gives node id a tick channel of its own and makes it a member of
+// the group (the ticking goroutine ticks every member).
+func (g *replicas) clock(id uint64) chan time.Time {
+	g.tmu.Lock()
+	defer g.tmu.Unlock()
+	if _, ok := g.ticks[id]; !ok {
+		g.ticks[id] = make(chan time.Time)
+		g.ids = append(g.ids, id)
+	}
+	return g.ticks[id]
 }
 
 func newReplicas(t *testing.T, n int) *replicas {
 	g := &replicas{t: t, dir: t.TempDir(), net: NewMemNetwork(), r: map[uint64]*Replica{}, st: map[uint64]*store.Store{},
 		ticks: map[uint64]chan time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
 	for i := 1; i <= n; i++ {
-		g.ids = append(g.ids, uint64(i))
-		g.ticks[uint64(i)] = make(chan time.Time)
+		g.clock(uint64(i))
 	}
 	for _, id := range g.ids {
 		g.start(id)
@@ -48,9 +62,15 @@ func newReplicas(t *testing.T, n int) *replicas {
 				return
 			case <-time.After(time.Millisecond):
 			}
+			g.tmu.Lock()
+			var chans []chan time.Time
 			for _, id := range g.ids {
+				chans = append(chans, g.ticks[id])
+			}
+			g.tmu.Unlock()
+			for _, ch := range chans {
 				select {
-				case g.ticks[id] <- time.Time{}:
+				case ch <- time.Time{}:
 				case <-time.After(10 * time.Millisecond): // a stopped node takes no ticks
 				}
 			}
@@ -71,7 +91,8 @@ func (g *replicas) start(id uint64) {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Node: Config{ID: id, Voters: g.ids, Ticks: g.ticks[id]}})
+	voters := []uint64{1, 2, 3}
+	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Node: Config{ID: id, Voters: voters[:min(3, len(g.ids))], Ticks: g.clock(id)}})
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -237,5 +258,85 @@ func TestReplicaWritesReadsAndRetries(t *testing.T) {
 	res, _ = g.st[l].Read(context.Background(), []rlog.Statement{{SQL: "SELECT count(*) FROM k WHERE v = 'cut off'"}}, store.Limits{})
 	if res[0].Rows[0][0] != int64(1) {
 		t.Fatalf("the write sent twice with request id r2 is there %v times (outcome %+v)", res[0].Rows[0][0], o)
+	}
+}
+
+// A node that joins a running cluster is added as a learner by a
+// deliberate request: it receives the whole log, does not count toward
+// the quorum, can be promoted to a voter, and removed.
+func TestJoiningNodeIsALearnerUntilPromoted(t *testing.T) {
+	g := newReplicas(t, 3)
+	l := g.leader()
+	g.mustWrite(l, "CREATE TABLE j (v)")
+	g.mustWrite(l, "INSERT INTO j VALUES (1)")
+	var urls sync.Map
+	// Node 4 starts with no configuration: it waits to be added.
+	st, err := store.Open(store.Options{Path: filepath.Join(g.dir, "n4.db"), Synchronous: "OFF"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r4, err := StartReplica(context.Background(), st, g.net.Transport(4), ReplicaConfig{Node: Config{ID: 4, Ticks: g.clock(4),
+		OnConfChange: func(cc pb.ConfChange) { urls.Store(cc.NodeID, string(cc.Context)) }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.r[4], g.st[4] = r4, st
+	g.net.Attach(4, r4.Node())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var nl *NotLeaderError
+	other := g.ids[0]
+	if other == l {
+		other = g.ids[1]
+	}
+	if err := g.r[other].Node().ChangeMembership(ctx, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: 4}); !errors.As(err, &nl) {
+		t.Fatalf("a membership change at a follower: %v", err)
+	}
+	if err := g.r[l].Node().ChangeMembership(ctx, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: 4, Context: []byte("http://node4")}); err != nil {
+		t.Fatal(err)
+	}
+	g.converge()
+	if u, _ := urls.Load(uint64(4)); u != "http://node4" {
+		t.Fatalf("the new node learned its own URL as %v", u)
+	}
+	cfg := g.r[l].Node().Status().Config
+	if _, ok := cfg.Learners[4]; !ok {
+		t.Fatalf("node 4 is not a learner: %v", cfg)
+	}
+	// With node 4 and one voter down, the other two voters still commit.
+	down := g.ids[0]
+	if down == l {
+		down = g.ids[1]
+	}
+	g.kill(4)
+	g.mustWrite(l, "INSERT INTO j VALUES (2)")
+	g.kill(down)
+	g.mustWrite(l, "INSERT INTO j VALUES (3)")
+	g.start(down)
+	// Promote node 4 once it is back, then remove it.
+	st, err = store.Open(store.Options{Path: filepath.Join(g.dir, "n4.db"), Synchronous: "OFF"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r4, err = StartReplica(context.Background(), st, g.net.Transport(4), ReplicaConfig{Node: Config{ID: 4, Ticks: g.clock(4)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.r[4], g.st[4] = r4, st
+	g.net.Attach(4, r4.Node())
+	l = g.leader()
+	if err := g.r[l].Node().ChangeMembership(ctx, pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.r[l].Node().Status().Config.Voters[0][4]; !ok {
+		t.Fatalf("node 4 was not promoted: %v", g.r[l].Node().Status().Config)
+	}
+	g.converge()
+	g.identical()
+	if err := g.r[l].Node().ChangeMembership(ctx, pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.r[l].Node().Status().Config.Voters[0][4]; ok {
+		t.Fatal("node 4 is still a voter after its removal")
 	}
 }
