@@ -393,3 +393,31 @@ func TestOpenRefusesAFileThatFailsTheIntegrityCheck(t *testing.T) {
 		t.Fatal("the refused file was changed")
 	}
 }
+
+// The limits on rows hold for a request as a whole, on every path: two
+// statements of 60 rows each pass a 100-row limit neither does alone.
+func TestResultLimitsHoldForTheWholeRequest(t *testing.T) {
+	s := openTemp(t, "a.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, s, now, "CREATE TABLE l (v)",
+		"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 60) INSERT INTO l SELECT x FROM n")
+	lim := Limits{MaxRows: 100}
+	var tl *ResultTooLargeError
+	if _, err := s.Read(context.Background(), stmts("SELECT * FROM l", "SELECT * FROM l"), lim); !errors.As(err, &tl) {
+		t.Fatalf("a read of 120 rows in two statements: %v", err)
+	}
+	if _, err := s.Read(context.Background(), stmts("SELECT * FROM l; SELECT * FROM l"), lim); !errors.As(err, &tl) {
+		t.Fatalf("a read of 120 rows in one string: %v", err)
+	}
+	out := s.CommitBatch([]*Request{{Ctx: context.Background(), Collect: true, Limits: lim,
+		Stmts: stmts("UPDATE l SET v = v RETURNING v", "UPDATE l SET v = v + 1 RETURNING v")}}, now)
+	if !errors.As(out[0].Err, &tl) {
+		t.Fatalf("a transaction returning 120 rows: %v", out[0].Err)
+	}
+	if got := dump(t, s, "l"); got[0][0] != int64(1) {
+		t.Fatalf("the refused transaction changed rows: %v", got[0])
+	}
+	if _, err := s.Read(context.Background(), stmts("SELECT * FROM l LIMIT 50", "SELECT * FROM l LIMIT 50"), lim); err != nil {
+		t.Fatalf("100 rows in two statements: %v", err)
+	}
+}

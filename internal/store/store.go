@@ -433,6 +433,29 @@ type Limits struct {
 	MaxBytes int // approximate size of the values; 0 = unlimited
 }
 
+// budget is what one request may still return: its limits hold for all
+// its statements together, whatever path it takes (a read, a write's
+// RETURNING, a transaction of several statements).
+type budget struct {
+	lim         Limits
+	rows, bytes int
+}
+
+// spend counts one more row, or says which limit it would pass.
+func (b *budget) spend(row []any) error {
+	if b.lim.MaxRows > 0 && b.rows >= b.lim.MaxRows {
+		return &ResultTooLargeError{What: fmt.Sprintf("more than %d rows (limit); add LIMIT or narrow the query", b.lim.MaxRows)}
+	}
+	b.rows++
+	if b.lim.MaxBytes > 0 {
+		b.bytes += rowSize(row)
+		if b.bytes > b.lim.MaxBytes {
+			return &ResultTooLargeError{What: fmt.Sprintf("more than %d bytes of values (limit); select fewer rows or columns", b.lim.MaxBytes)}
+		}
+	}
+	return nil
+}
+
 // ResultTooLargeError says which result limit a query hit.
 type ResultTooLargeError struct{ What string }
 
@@ -441,7 +464,7 @@ func (e *ResultTooLargeError) Error() string { return "result too large: " + e.W
 // run executes every statement in st.SQL on cn, in order, with its
 // authorizer state (already reset to the wanted policy). The result is the
 // last statement's; rows are collected when collect is set.
-func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bool, lim Limits) (Result, error) {
+func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bool, b *budget) (Result, error) {
 	var res Result
 	c, a := cn.c, &cn.auth
 	if gen := s.schemaGen.Load(); cn.gen != gen {
@@ -489,7 +512,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			return res, &ParamError{Msg: err.Error()}
 		}
 		pos = pos[used:]
-		r, err := step(ctx, cn, stmt, collect, lim)
+		r, err := step(ctx, cn, stmt, collect, b)
 		release()
 		if kind == KindSchema {
 			// Every connection drops its statements before its next use;
@@ -583,7 +606,7 @@ func checkTriggerBodies(c *sqlite.Conn, a *authState) error {
 // rows it returns. On the writer, the answer's counters are the
 // statement's own: rows it changed (not its triggers', not an earlier
 // statement's) and the rowid it inserted, 0 for anything else.
-func step(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, lim Limits) (Result, error) {
+func step(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, b *budget) (Result, error) {
 	var res Result
 	c := cn.c
 	var total0 int64
@@ -593,7 +616,6 @@ func step(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, lim Li
 	}
 	stop := c.Watch(ctx)
 	defer stop()
-	size := 0
 	first := true
 	for {
 		more, err := stmt.Step()
@@ -619,14 +641,8 @@ func step(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, lim Li
 		}
 		if collect && res.HasRows {
 			row := stmt.Row(make([]any, 0, len(res.Columns)))
-			if lim.MaxRows > 0 && len(res.Rows) >= lim.MaxRows {
-				return res, &ResultTooLargeError{What: fmt.Sprintf("more than %d rows (limit); add LIMIT or narrow the query", lim.MaxRows)}
-			}
-			if lim.MaxBytes > 0 {
-				size += rowSize(row)
-				if size > lim.MaxBytes {
-					return res, &ResultTooLargeError{What: fmt.Sprintf("more than %d bytes of values (limit); select fewer rows or columns", lim.MaxBytes)}
-				}
+			if err := b.spend(row); err != nil {
+				return res, err
 			}
 			res.Rows = append(res.Rows, row)
 		}
@@ -673,9 +689,10 @@ func (s *Store) Read(ctx context.Context, stmts []rlog.Statement, lim Limits) ([
 	}
 	defer s.putReader(r)
 	out := make([]Result, 0, len(stmts))
+	b := &budget{lim: lim}
 	for _, st := range stmts {
 		r.auth.reset(policyReadOnly)
-		res, err := s.run(ctx, r, st, true, lim)
+		res, err := s.run(ctx, r, st, true, b)
 		if err != nil {
 			return nil, err
 		}

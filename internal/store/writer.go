@@ -270,9 +270,10 @@ func (s *Store) internal(sqls ...string) error {
 
 func (s *Store) runRequest(ctx context.Context, stmts []rlog.Statement, p policy, collect bool, lim Limits) ([]Result, error) {
 	results := make([]Result, 0, len(stmts))
+	b := &budget{lim: lim}
 	for _, st := range stmts {
 		s.wconn.auth.reset(p)
-		r, err := s.run(ctx, s.wconn, st, collect, lim)
+		r, err := s.run(ctx, s.wconn, st, collect, b)
 		if err != nil {
 			return nil, err
 		}
