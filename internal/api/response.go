@@ -162,10 +162,10 @@ func (s *Server) statusOf(err error) (int, string) {
 		return http.StatusForbidden, fe.Reason
 	case errors.As(err, &pm):
 		return http.StatusForbidden, pm.Error()
-	case errors.As(err, &sd) && s.isMaster():
+	case errors.As(err, &sd) && s.isLeader():
 		return http.StatusForbidden, "your user lacks the \"schema\" permission that schema changes need"
 	case errors.As(err, &sd):
-		return http.StatusForbidden, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the master: send this request to " + s.masterURL
+		return http.StatusForbidden, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the master: send this request to " + s.repl.LeaderURL()
 	case errors.As(err, &se):
 		return http.StatusBadRequest, se.Error()
 	case errors.As(err, &pe):

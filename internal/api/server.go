@@ -24,8 +24,9 @@ import (
 type Server struct {
 	cfg       *cluster.Config
 	st        *store.Store
-	master    *replication.Master // nil on slaves
-	slave     *replication.Slave  // nil on the master
+	repl      replication.Replicator // the client protocol's only view of replication
+	master    *replication.Master    // nil on slaves: peer endpoints, status
+	slave     *replication.Slave     // nil on the master: peer endpoints, status
 	auth      *cluster.Auth
 	users     *Users // nil: no client authentication
 	masterURL string
@@ -38,7 +39,11 @@ type Server struct {
 
 // NewServer builds the handler for a node. Exactly one of master and slave is set.
 func NewServer(cfg *cluster.Config, st *store.Store, master *replication.Master, slave *replication.Slave, auth *cluster.Auth, users *Users) *Server {
-	s := &Server{cfg: cfg, st: st, master: master, slave: slave, auth: auth, users: users,
+	var repl replication.Replicator = slave
+	if master != nil {
+		repl = master
+	}
+	s := &Server{cfg: cfg, st: st, repl: repl, master: master, slave: slave, auth: auth, users: users,
 		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
 	s.mux.HandleFunc("/", s.handleClient)
@@ -65,7 +70,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // errQueryDeadline: a statement ran past -query-timeout and was interrupted.
 var errQueryDeadline = errors.New("the query ran past its deadline and was stopped")
 
-func (s *Server) isMaster() bool { return s.master != nil }
+func (s *Server) isLeader() bool { return s.repl.IsLeader() }
 
 func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -200,7 +205,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		applied := s.st.Applied()
 		return http.StatusOK, s.queryBody(req, results, applied), applied
 	}
-	if !s.isMaster() {
+	if !s.isLeader() {
 		kind, err := s.st.Classify(qctx, req.Stmts)
 		var fe *store.ForbiddenError
 		switch {
@@ -250,16 +255,10 @@ func (s *Server) deadline(ctx context.Context, err error) error {
 func (s *Server) write(ctx context.Context, req *Request, collect bool, fail func(error) (int, []byte, uint64)) (status int, body []byte, index uint64) {
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
-	allowSchema := s.isMaster() && (req.perms == nil || has(req.perms, PermSchema))
+	allowSchema := s.isLeader() && (req.perms == nil || has(req.perms, PermSchema))
 	sr := &store.Request{Ctx: qctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
 		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
-	var out store.Outcome
-	var err error
-	if s.isMaster() {
-		out, err = s.master.Write(ctx, sr, req.Ack)
-	} else {
-		out, err = s.slave.Write(ctx, sr, req.Ack)
-	}
+	out, err := s.repl.Write(ctx, sr, req.Ack)
 	if err != nil {
 		return fail(s.deadline(qctx, err))
 	}
@@ -285,14 +284,9 @@ func (s *Server) write(ctx context.Context, req *Request, collect bool, fail fun
 func (s *Server) waitReadable(ctx context.Context, req *Request) error {
 	want := req.MinIndex
 	if req.Consistency == "strong" {
-		var idx uint64
-		if s.isMaster() {
-			idx = s.master.HandleReadIndex()
-		} else {
-			var err error
-			if idx, err = s.slave.ReadIndex(ctx); err != nil {
-				return err
-			}
+		idx, err := s.repl.ReadIndex(ctx)
+		if err != nil {
+			return err
 		}
 		if idx > want {
 			want = idx
@@ -301,10 +295,7 @@ func (s *Server) waitReadable(ctx context.Context, req *Request) error {
 	if want == 0 || s.st.Applied() >= want {
 		return nil
 	}
-	if s.isMaster() {
-		return s.master.WaitApplied(ctx, want, s.cfg.ReadTimeout)
-	}
-	return s.slave.WaitApplied(ctx, want, s.cfg.ReadTimeout)
+	return s.repl.WaitApplied(ctx, want, s.cfg.ReadTimeout)
 }
 
 func (s *Server) execBody(req *Request, results []store.Result, index uint64) []byte {

@@ -602,6 +602,15 @@ func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *Forwar
 // HandleReadIndex returns the index every acknowledged write is at or below.
 func (m *Master) HandleReadIndex() uint64 { return m.st.Applied() }
 
+// ReadIndex implements Replicator: on the master, its own applied index.
+func (m *Master) ReadIndex(context.Context) (uint64, error) { return m.HandleReadIndex(), nil }
+
+// IsLeader implements Replicator: the master orders every write.
+func (m *Master) IsLeader() bool { return true }
+
+// LeaderURL implements Replicator.
+func (m *Master) LeaderURL() string { return m.cfg.URL }
+
 // IDInUseError refuses a join: a live node already holds the id.
 type IDInUseError struct {
 	ID  int

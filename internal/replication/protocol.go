@@ -88,6 +88,31 @@ type Transport interface {
 	Join(ctx context.Context, masterURL string, req *JoinRequest) error
 }
 
+// Replicator is all the HTTP layer's client protocol needs from
+// replication, whatever the engine: it never looks at roles beyond
+// IsLeader.
+type Replicator interface {
+	// Write runs a client write through the log and waits for its ack
+	// level (on a node that does not lead: forwards it, and answers once
+	// this node has applied it).
+	Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error)
+	// ReadIndex is an index covering every write acknowledged before the
+	// call.
+	ReadIndex(ctx context.Context) (uint64, error)
+	// WaitApplied waits (up to timeout) until this node has applied index.
+	WaitApplied(ctx context.Context, index uint64, timeout time.Duration) error
+	// IsLeader reports whether this node orders writes (and so accepts
+	// schema changes on the original protocol).
+	IsLeader() bool
+	// LeaderURL is the URL of the node that leads ("" if none is known).
+	LeaderURL() string
+}
+
+var (
+	_ Replicator = (*Master)(nil)
+	_ Replicator = (*Slave)(nil)
+)
+
 // SlaveHandler is what a slave serves to the master.
 type SlaveHandler interface {
 	HandleAppend(req *AppendRequest) *AppendResponse

@@ -272,6 +272,12 @@ func (s *Slave) ReadIndex(ctx context.Context) (uint64, error) {
 	return s.tr.ReadIndex(rctx, s.cfg.MasterURL)
 }
 
+// IsLeader implements Replicator: a slave never orders writes.
+func (s *Slave) IsLeader() bool { return false }
+
+// LeaderURL implements Replicator: the master's URL.
+func (s *Slave) LeaderURL() string { return s.cfg.MasterURL }
+
 // WaitApplied waits until this slave has applied index.
 func (s *Slave) WaitApplied(ctx context.Context, index uint64, timeout time.Duration) error {
 	return waitApplied(ctx, s.clock, &s.progress, s.st, index, timeout)
