@@ -39,9 +39,10 @@ func replicate(t *testing.T, from *Store, to ...*Store) {
 	}
 }
 
-// sameContent fails unless every store's file holds the same user content
-// (SQLite's own sqlite_sequence and sqlite_stat tables included).
-func sameContent(t *testing.T, stores ...*Store) {
+// differences lists how the stores' files differ from the first one's
+// (user content, SQLite's own sqlite_sequence and sqlite_stat tables
+// included); nil when they are identical.
+func differences(t *testing.T, limit int, stores ...*Store) []string {
 	t.Helper()
 	var dbs []*inspect.Database
 	for _, s := range stores {
@@ -51,7 +52,13 @@ func sameContent(t *testing.T, stores ...*Store) {
 		}
 		dbs = append(dbs, d)
 	}
-	if diffs := inspect.Compare(dbs, 10); len(diffs) > 0 {
+	return inspect.Compare(dbs, limit)
+}
+
+// sameContent fails unless every store's file holds the same content.
+func sameContent(t *testing.T, stores ...*Store) {
+	t.Helper()
+	if diffs := differences(t, 10, stores...); len(diffs) > 0 {
 		t.Fatalf("replicas differ:\n%s", strings.Join(diffs, "\n"))
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/inspect"
 	"ddb/internal/rlog"
 )
 
@@ -251,24 +250,8 @@ func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string) (r 
 	catchUp(replay, 1<<20)
 	r.entries = int(leader.Applied())
 	all := append([]*Store{leader, replay}, replicas...)
-	var dbs []*inspect.Database
-	for _, s := range all {
-		d, err := inspect.Load(s.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
-		dbs = append(dbs, d)
-	}
-	if diffs := inspect.Compare(dbs, 8); len(diffs) > 0 && os.Getenv("DDB_FUZZ_DEBUG") != "" {
-		all, _ := leader.LogRange(context.Background(), 1, 100000, 0)
-		for _, e := range all {
-			fmt.Printf("  log %d t=%s: %s\n", e.Index, time.UnixMilli(e.TimeMs).UTC().Format(time.DateTime), e.Body)
-		}
-		for _, h := range history {
-			fmt.Printf("  history: %s\n", h)
-		}
-	}
-	if diffs := inspect.Compare(dbs, 8); len(diffs) > 0 {
+	diffs := differences(t, 8, all...)
+	if len(diffs) > 0 {
 		r.diverged = fmt.Sprintf("after %d entries the replicas differ from the leader:\n%s\nlast statements:\n%s", r.entries, strings.Join(diffs, "\n"), tail(history))
 	}
 	return r
@@ -750,15 +733,7 @@ func runConsensusApply(t *testing.T, seed uint64, steps int, bug ...string) stri
 			return fmt.Sprintf("entry %d has other outcomes on other nodes:\n%s\n%s\n%s", idx, outcomes[0][idx], outcomes[1][idx], outcomes[2][idx])
 		}
 	}
-	var dbs []*inspect.Database
-	for _, s := range nodes {
-		d, err := inspect.Load(s.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
-		dbs = append(dbs, d)
-	}
-	if diffs := inspect.Compare(dbs, 8); len(diffs) > 0 {
+	if diffs := differences(t, 8, nodes...); len(diffs) > 0 {
 		return strings.Join(diffs, "\n")
 	}
 	return ""
