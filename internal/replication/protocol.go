@@ -133,7 +133,9 @@ var ErrUnavailable = errors.New("the master cannot be reached")
 // UnavailableError wraps ErrUnavailable with the reason.
 type UnavailableError struct{ Reason string }
 
-func (e *UnavailableError) Error() string { return e.Reason }
+func (e *UnavailableError) Error() string {
+	return e.Reason + "; nothing was applied: retry shortly (with the same request_id, if the write has one)"
+}
 func (e *UnavailableError) Unwrap() error { return ErrUnavailable }
 
 // AckTimeoutError: the write is committed on the master at Index, but its
@@ -196,7 +198,11 @@ func ToWireError(err error) *WireError {
 	case errors.As(err, &at):
 		return &WireError{Kind: "ack_timeout", Message: at.Level, Index: at.Index}
 	case errors.Is(err, ErrUnavailable):
-		return &WireError{Kind: "unavailable", Message: err.Error()}
+		msg := err.Error()
+		if ue := (*UnavailableError)(nil); errors.As(err, &ue) {
+			msg = ue.Reason // the receiver's UnavailableError says the rest
+		}
+		return &WireError{Kind: "unavailable", Message: msg}
 	}
 	return &WireError{Kind: "internal", Message: err.Error()}
 }
