@@ -42,8 +42,9 @@ type Options struct {
 	// entries with the local clock), "unpinned-prng" (SQLite's generator
 	// is not seeded from the entry), "unpinned-state" (changes(),
 	// last_insert_rowid() and total_changes() see the connection's past)
-	// or "incremental-schema" (the writer keeps SQLite's incrementally
-	// updated schema after schema changes). Only for proving that the
+	// "incremental-schema" (the writer keeps SQLite's incrementally
+	// updated schema after schema changes) or "stale-reader-stats" (read
+	// connections keep the statistics they loaded). Only for proving that the
 	// fault-injection checkers and the determinism fuzzer work.
 	InjectBug string
 }
@@ -470,6 +471,19 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 	if gen := s.schemaGen.Load(); cn.gen != gen {
 		c.DropCache()
 		cn.gen = gen
+		if cn.entry == nil && s.bug != "stale-reader-stats" {
+			// A read connection also loads the schema and the statistics
+			// afresh (SQLite reloads the schema when another connection
+			// changes it, but not the statistics ANALYZE gathered): it
+			// then plans as a connection opened now would.
+			p := cn.auth.policy
+			cn.auth.reset(policyReplica)
+			err := c.ExecScript("PRAGMA writable_schema = RESET")
+			cn.auth.reset(p)
+			if err != nil {
+				return res, fmt.Errorf("reload the schema: %w", err)
+			}
+		}
 	}
 	sql, pos := st.SQL, st.Pos
 	ran := 0
