@@ -184,3 +184,29 @@ func (r *Replica) apply(ents []Entry) []any {
 	r.mu.Unlock()
 	return results
 }
+
+// WaitDurableOnAllVoters waits, on the leader, until every voter holds the
+// log up to index on its disk (the "all" acknowledgement level).
+func (r *Replica) WaitDurableOnAllVoters(ctx context.Context, index uint64) error {
+	for {
+		st := r.node.Status()
+		if st.RaftState != raft.StateLeader {
+			return &NotLeaderError{Leader: st.Lead}
+		}
+		all := true
+		for id := range st.Config.Voters.IDs() {
+			if pr, ok := st.Progress[id]; !ok || pr.Match < index {
+				all = false
+				break
+			}
+		}
+		if all {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}

@@ -340,3 +340,29 @@ func TestJoiningNodeIsALearnerUntilPromoted(t *testing.T) {
 		t.Fatal("node 4 is still a voter after its removal")
 	}
 }
+
+func TestWaitDurableOnAllVotersWaitsForTheSlowestVoter(t *testing.T) {
+	g := newReplicas(t, 3)
+	l := g.leader()
+	o := g.mustWrite(l, "CREATE TABLE a (v)")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := g.r[l].WaitDurableOnAllVoters(ctx, o.Index); err != nil {
+		t.Fatal(err)
+	}
+	down := g.ids[0]
+	if down == l {
+		down = g.ids[1]
+	}
+	g.kill(down)
+	o = g.mustWrite(l, "INSERT INTO a VALUES (1)") // a quorum suffices for the write
+	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := g.r[l].WaitDurableOnAllVoters(short, o.Index); err == nil {
+		t.Fatal("a write was durable on all voters while one was down")
+	}
+	g.start(down)
+	if err := g.r[l].WaitDurableOnAllVoters(ctx, o.Index); err != nil {
+		t.Fatalf("after the voter's return: %v", err)
+	}
+}
