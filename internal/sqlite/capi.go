@@ -471,6 +471,36 @@ func (c *Conn) Exec(sql string, args ...any) error {
 	}
 }
 
+// QueryRowCached is QueryRow through the statement cache (for the
+// project's own frequent queries). The row is copied out before the
+// statement is reset.
+func (c *Conn) QueryRowCached(sql string, args ...any) ([]any, error) {
+	e := c.Cached(sql)
+	if e == nil {
+		st, err := c.Prepare(sql)
+		if err != nil {
+			return nil, err
+		}
+		if st == nil || st.Tail != "" {
+			st.Close()
+			return nil, fmt.Errorf("QueryRowCached takes exactly one statement: %s", abbreviate(sql))
+		}
+		c.Cache(sql, st, nil)
+		e = c.cache[sql]
+	}
+	defer e.Stmt.Reset()
+	if len(args) > 0 {
+		if _, err := e.Stmt.Bind(args, nil); err != nil {
+			return nil, err
+		}
+	}
+	ok, err := e.Stmt.Step()
+	if err != nil || !ok {
+		return nil, err
+	}
+	return e.Stmt.Row(nil), nil
+}
+
 // ExecScript runs every statement of sql with no parameters (for the
 // project's own schema and housekeeping statements).
 func (c *Conn) ExecScript(sql string) error {

@@ -217,7 +217,7 @@ const requestKeep = 24 * time.Hour
 // recorded looks up a request id in the writer's transaction.
 func (s *Store) recorded(id string) (Outcome, bool, error) {
 	s.wconn.auth.reset(policyReplica)
-	row, err := s.w.QueryRow("SELECT idx, result FROM _ddb_requests WHERE id = ?", id)
+	row, err := s.w.QueryRowCached("SELECT idx, result FROM _ddb_requests WHERE id = ?", id)
 	if err != nil || row == nil {
 		return Outcome{}, false, err
 	}
@@ -245,11 +245,13 @@ func (s *Store) record(id string, index uint64, timeMs int64, results []Result) 
 		return err
 	}
 	s.wconn.auth.reset(policyReplica)
-	if err := s.w.Exec("INSERT INTO _ddb_requests(id, idx, time_ms, result) VALUES (?, ?, ?, ?)", id, int64(index), timeMs, b); err != nil {
+	if err := s.w.Exec("INSERT INTO _ddb_requests(idx, id, time_ms, result) VALUES (?, ?, ?, ?)", int64(index), id, timeMs, b); err != nil {
 		return fmt.Errorf("record request %q: %w", id, err)
 	}
 	if index%1024 == 0 {
-		if err := s.w.Exec("DELETE FROM _ddb_requests WHERE time_ms < ?", timeMs-requestKeep.Milliseconds()); err != nil {
+		// Ids are kept in index order, which is time order: looking at the
+		// oldest 4096 is enough, and bounds the work.
+		if err := s.w.Exec("DELETE FROM _ddb_requests WHERE idx IN (SELECT idx FROM (SELECT idx, time_ms FROM _ddb_requests ORDER BY idx LIMIT 4096) WHERE time_ms < ?)", timeMs-requestKeep.Milliseconds()); err != nil {
 			return fmt.Errorf("forget old request ids: %w", err)
 		}
 	}
