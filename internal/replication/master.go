@@ -321,7 +321,7 @@ func (m *Master) writeLoop() {
 		m.stats.commitNanos.Add(uint64(time.Since(t0)))
 		committed := make([]rlog.Entry, 0, len(outs))
 		for _, o := range outs {
-			if o.Err == nil {
+			if o.Err == nil && !o.Duplicate { // a duplicate wrote no entry
 				committed = append(committed, o.Entry)
 			}
 		}

@@ -433,3 +433,58 @@ func TestForwardedWriteCountsItsSlaveTowardTheQuorumAndNoOtherNode(t *testing.T)
 		t.Fatalf("forwarded quorum write with 3 of 5 nodes: %v", err)
 	}
 }
+
+// A write sent again with its request id (a slave resending a forward, a
+// client retrying) is answered from the first time and writes no entry:
+// the log the master ships stays whole (it once took the duplicate's
+// empty entry into its in-memory tail and crashed the master).
+func TestRetriedRequestIDsShipNoEntry(t *testing.T) {
+	h := newHarness(t, 2, 1000)
+	h.mustWrite(0, "CREATE TABLE r (id INTEGER PRIMARY KEY, v)")
+	var first store.Outcome
+	for i := 0; i < 3; i++ {
+		reqs := []*store.Request{
+			{Ctx: context.Background(), Stmts: []rlog.Statement{{SQL: "INSERT INTO r (v) VALUES ('once')"}}, RequestID: "same"},
+			{Ctx: context.Background(), Stmts: []rlog.Statement{{SQL: "INSERT INTO r (v) VALUES (?)", Pos: []any{int64(i)}}}},
+		}
+		for j, req := range reqs {
+			out, err := h.master.Write(context.Background(), req, "quorum")
+			if err != nil {
+				t.Fatalf("write %d/%d: %v", i, j, err)
+			}
+			if j == 0 && i == 0 {
+				first = out
+			} else if j == 0 && (!out.Duplicate || out.Index != first.Index) {
+				t.Fatalf("retry %d answered %+v, first %+v", i, out, first)
+			}
+			tailIsWhole(t, h.master.tail)
+		}
+	}
+	h.converged()
+	if n := len(dumpRows(t, h.mstore, "r")); n != 4 {
+		t.Fatalf("%d rows, want 4", n)
+	}
+}
+
+// tailIsWhole fails unless the in-memory tail of the shipped log holds
+// real entries with consecutive indexes.
+func tailIsWhole(t *testing.T, tl *tail) {
+	t.Helper()
+	tl.mu.RLock()
+	defer tl.mu.RUnlock()
+	live := tl.entries[tl.head:]
+	for i, e := range live {
+		if e.Index == 0 || (i > 0 && e.Index != live[i-1].Index+1) {
+			t.Fatalf("the shipped log's tail holds entry %d at %d of %d", e.Index, i, len(live))
+		}
+	}
+}
+
+func dumpRows(t *testing.T, s *store.Store, table string) [][]any {
+	t.Helper()
+	res, err := s.Read(context.Background(), []rlog.Statement{{SQL: "SELECT * FROM " + table}}, store.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res[0].Rows
+}
