@@ -98,22 +98,11 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			s.internal("ROLLBACK")
 			return nil, nil, err
 		}
-		p := policyClient
-		if !w.AllowSchema {
-			p = policyClientNoSchema
-		}
-		lim := Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes}
-		if !w.Collect {
-			lim = Limits{}
-		}
 		var results []Result
 		if len(w.Stmts) == 0 {
 			err = &ParamError{Msg: "the log entry holds no statement"}
 		} else {
-			results, err = s.runRequest(context.Background(), w.Stmts, p, w.Collect || w.RequestID != "", lim)
-		}
-		if err == nil {
-			err = s.afterEntry()
+			results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
 		}
 		if err == nil && w.RequestID != "" {
 			err = s.record(w.RequestID, e.Index, e.TimeMs, results)
@@ -123,13 +112,8 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 				s.afterEntry()
 				return nil, &abortedAt{at: i, err: err}, nil // it rolled back everything: it fails alone
 			}
-			if rerr := s.internal("ROLLBACK TO req", "RELEASE req"); rerr != nil {
-				s.internal("ROLLBACK")
-				return nil, nil, fmt.Errorf("roll back failed entry %d: %w", e.Index, rerr)
-			}
-			if rerr := s.afterEntry(); rerr != nil {
-				s.internal("ROLLBACK")
-				return nil, nil, rerr
+			if rerr := s.rollbackEntry(); rerr != nil {
+				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, rerr)
 			}
 			out[i] = Outcome{Index: e.Index, Err: err}
 			continue

@@ -65,13 +65,9 @@ func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 	return st, nil
 }
 
-// RaftLastIndex is the index of the log's last entry (the snapshot's index
-// when the log holds none after it).
+// RaftLastIndex is the index of the last entry the log holds (0 when it
+// holds none: the log then ends at the snapshot's index).
 func (s *Store) RaftLastIndex(ctx context.Context) (uint64, error) {
-	st, err := s.LoadRaftState(ctx)
-	if err != nil {
-		return 0, err
-	}
 	r, err := s.getReader(ctx)
 	if err != nil {
 		return 0, err
@@ -82,10 +78,8 @@ func (s *Store) RaftLastIndex(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if v, ok := row[0].(int64); ok && uint64(v) > st.SnapIndex {
-		return uint64(v), nil
-	}
-	return st.SnapIndex, nil
+	v, _ := row[0].(int64)
+	return uint64(v), nil
 }
 
 // RaftEntries returns the entries in [lo, hi), at most maxBytes of data

@@ -579,9 +579,14 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 	}
 	if a.nondet != "" && a.kind >= KindWrite {
 		stmt.Close()
-		return nil, &ForbiddenError{Reason: a.nondet + ": it differs from node to node, so a write may not use it (a read may)"}
+		return nil, nondetError("", a.nondet)
 	}
 	return stmt, nil
+}
+
+// nondetError refuses a write that reads what (see authState.nondet).
+func nondetError(where, what string) error {
+	return &ForbiddenError{Reason: where + what + ": it differs from node to node, so a write may not use it (a read may)"}
 }
 
 // checkTriggerBodies compiles (never runs) an INSERT, UPDATE and DELETE on
@@ -605,7 +610,7 @@ func checkTriggerBodies(c *sqlite.Conn, a *authState) error {
 				return &ForbiddenError{Reason: "trigger body: " + a.forbidden}
 			}
 			if a.nondet != "" {
-				return &ForbiddenError{Reason: "trigger body: " + a.nondet + ": it differs from node to node, so a write may not use it"}
+				return nondetError("trigger body: ", a.nondet)
 			}
 		}
 	}

@@ -138,21 +138,7 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 			s.internal("ROLLBACK")
 			return -1, err
 		}
-		p := policyClient
-		if !req.AllowSchema {
-			p = policyClientNoSchema
-		}
-		// Rows are kept with a request id (every node keeps the same, so
-		// whichever answers a retry answers it whole); the limits on rows
-		// are those of the client's request, with or without an id.
-		collect, lim := req.Collect || req.RequestID != "", req.Limits
-		if !req.Collect {
-			lim = Limits{}
-		}
-		results, err := s.runRequest(req.Ctx, req.Stmts, p, collect, lim)
-		if err == nil {
-			err = s.afterEntry()
-		}
+		results, err := s.runWrite(req.Ctx, req.Stmts, req.AllowSchema, req.Collect, req.RequestID != "", req.Limits)
 		var body []byte
 		if err == nil {
 			if body, err = rlog.EncodeWrite(req.RequestID, req.Stmts); err == nil {
@@ -167,12 +153,7 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 				out[i] = Outcome{Err: err}
 				return i, nil
 			}
-			if rerr := s.internal("ROLLBACK TO req", "RELEASE req"); rerr != nil {
-				s.internal("ROLLBACK")
-				return -1, fmt.Errorf("roll back failed request: %w", rerr)
-			}
-			if rerr := s.afterEntry(); rerr != nil {
-				s.internal("ROLLBACK")
+			if rerr := s.rollbackEntry(); rerr != nil {
 				return -1, rerr
 			}
 			out[i] = Outcome{Err: err}
@@ -199,6 +180,40 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 	}
 	s.applied.Store(index)
 	return -1, nil
+}
+
+// runWrite runs one client write's statements inside the entry's
+// savepoint, under the policy its schema consent gives, then reloads the
+// schema if it changed it. Rows are kept with a request id (every node
+// keeps the same, so whichever answers a retry answers it whole); the
+// limits on rows are those of the client's request, with or without an id.
+func (s *Store) runWrite(ctx context.Context, stmts []rlog.Statement, allowSchema, collect, hasID bool, lim Limits) ([]Result, error) {
+	p := policyClient
+	if !allowSchema {
+		p = policyClientNoSchema
+	}
+	if !collect {
+		lim = Limits{}
+	}
+	results, err := s.runRequest(ctx, stmts, p, collect || hasID, lim)
+	if err == nil {
+		err = s.afterEntry()
+	}
+	return results, err
+}
+
+// rollbackEntry undoes a failed entry's savepoint and reloads the schema
+// if the entry touched it. On failure the whole transaction is rolled back.
+func (s *Store) rollbackEntry() error {
+	if err := s.internal("ROLLBACK TO req", "RELEASE req"); err != nil {
+		s.internal("ROLLBACK")
+		return fmt.Errorf("roll back failed entry: %w", err)
+	}
+	if err := s.afterEntry(); err != nil {
+		s.internal("ROLLBACK")
+		return err
+	}
+	return nil
 }
 
 // dropRows forgets the rows of results a client did not ask for (they were
