@@ -202,8 +202,8 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		case err != nil:
 			return fail(s.deadline(qctx, err))
 		}
-		applied := s.st.Applied()
-		return http.StatusOK, s.queryBody(req, results, applied), applied
+		seen := s.st.VisibleIndex() // covers what the read saw
+		return http.StatusOK, s.queryBody(req, results, seen), seen
 	}
 	if !s.isLeader() {
 		kind, err := s.st.Classify(qctx, req.Stmts)
@@ -218,8 +218,8 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 			if err != nil {
 				return fail(s.deadline(qctx, err))
 			}
-			applied := s.st.Applied()
-			return http.StatusOK, s.execBody(req, results, applied), applied
+			seen := s.st.VisibleIndex()
+			return http.StatusOK, s.execBody(req, results, seen), seen
 		}
 		// A write, or a statement that cannot be compiled here yet (it
 		// may use a table an earlier statement creates): the master decides.

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -66,6 +67,7 @@ type run struct {
 	ops       map[string]int
 	appended  map[int64]string // append workload: id -> ok, unknown or failed
 	regOps    []porcupine.Operation
+	regInfo   *porcupine.LinearizationInfo // of a history found not linearizable
 }
 
 func (r *run) anomaly(format string, args ...any) {
@@ -156,14 +158,21 @@ func Run(t testcluster.TB, o Options) Report {
 }
 
 func (r *run) post(node int, body map[string]any) (int, []byte, error) {
+	st, out, _, err := r.postIndex(node, body)
+	return st, out, err
+}
+
+// postIndex is post that also returns the answer's X-Ddb-Index (0: none).
+func (r *run) postIndex(node int, body map[string]any) (int, []byte, uint64, error) {
 	b, _ := json.Marshal(body)
 	resp, err := r.http.Post(r.c.URL(node)+"/", "application/json", bytes.NewReader(b))
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, 0, err
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, out, err
+	index, _ := strconv.ParseUint(resp.Header.Get("X-Ddb-Index"), 10, 64)
+	return resp.StatusCode, out, index, err
 }
 
 func (r *run) setup() {
@@ -368,6 +377,11 @@ func (r *run) keep() string {
 	os.WriteFile(filepath.Join(dir, "report.json"), b, 0o644)
 	b, _ = json.MarshalIndent(r.regOps, "", " ")
 	os.WriteFile(filepath.Join(dir, "register-history.json"), b, 0o644)
+	if r.regInfo != nil {
+		// porcupine's view of the history: the longest linearizable
+		// prefixes, and where each one gets stuck.
+		porcupine.VisualizePath(registerModel, *r.regInfo, filepath.Join(dir, "register-history.html"))
+	}
 	var ids []string
 	for id, o := range r.appended {
 		ids = append(ids, fmt.Sprintf("%d %s", id, o))

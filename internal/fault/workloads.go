@@ -158,6 +158,10 @@ type regInput struct {
 type regOutput struct {
 	Value   int64 `json:"value"`
 	Unknown bool  `json:"unknown"`
+	// Where the answer came from, for reading a failed history (the
+	// model ignores them): the node asked and the X-Ddb-Index it gave.
+	Node  int    `json:"node"`
+	Index uint64 `json:"index"`
 }
 
 // registerModel: each key holds the last value written (0: none).
@@ -185,9 +189,9 @@ var registerModel = porcupine.Model{
 	DescribeOperation: func(input, output any) string {
 		in, out := input.(regInput), output.(regOutput)
 		if in.Write {
-			return fmt.Sprintf("write(%d, %d) unknown=%v", in.Key, in.Value, out.Unknown)
+			return fmt.Sprintf("write(%d, %d) at node %d, index %d, unknown=%v", in.Key, in.Value, out.Node, out.Index, out.Unknown)
 		}
-		return fmt.Sprintf("read(%d) -> %d", in.Key, out.Value)
+		return fmt.Sprintf("read(%d) -> %d at node %d, index %d", in.Key, out.Value, out.Node, out.Index)
 	},
 }
 
@@ -206,14 +210,14 @@ func (r *run) registerClient(cl int, stop <-chan struct{}) {
 		call := time.Since(r.start).Nanoseconds()
 		if rng.IntN(2) == 0 {
 			v := int64(cl+1)*1_000_000 + int64(i)
-			st, _, err := r.post(node, map[string]any{"command": "exec", "query": "INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", "params": []any{key, v}})
+			st, _, index, err := r.postIndex(node, map[string]any{"command": "exec", "query": "INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", "params": []any{key, v}})
 			ret := time.Since(r.start).Nanoseconds()
 			o := outcome(st, err)
 			if o != outFailed {
-				op := porcupine.Operation{ClientId: cl, Input: regInput{Write: true, Key: key, Value: v}, Call: call, Output: regOutput{}, Return: ret}
+				op := porcupine.Operation{ClientId: cl, Input: regInput{Write: true, Key: key, Value: v}, Call: call, Output: regOutput{Node: node, Index: index}, Return: ret}
 				if o == outUnknown {
 					// It may take effect at any time from now on.
-					op.Output, op.Return = regOutput{Unknown: true}, math.MaxInt64/2
+					op.Output, op.Return = regOutput{Unknown: true, Node: node}, math.MaxInt64/2
 				}
 				r.mu.Lock()
 				r.regOps = append(r.regOps, op)
@@ -223,7 +227,7 @@ func (r *run) registerClient(cl int, stop <-chan struct{}) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		} else {
-			st, body, err := r.post(node, map[string]any{"command": "query", "query": "SELECT v FROM reg WHERE k = ?", "params": []any{key}, "consistency": "strong"})
+			st, body, index, err := r.postIndex(node, map[string]any{"command": "query", "query": "SELECT v FROM reg WHERE k = ?", "params": []any{key}, "consistency": "strong"})
 			ret := time.Since(r.start).Nanoseconds()
 			if err == nil && st == 200 {
 				var rows []struct{ V int64 }
@@ -236,7 +240,7 @@ func (r *run) registerClient(cl int, stop <-chan struct{}) {
 					v = rows[0].V
 				}
 				r.mu.Lock()
-				r.regOps = append(r.regOps, porcupine.Operation{ClientId: cl, Input: regInput{Key: key}, Call: call, Output: regOutput{Value: v}, Return: ret})
+				r.regOps = append(r.regOps, porcupine.Operation{ClientId: cl, Input: regInput{Key: key}, Call: call, Output: regOutput{Value: v, Node: node, Index: index}, Return: ret})
 				r.mu.Unlock()
 			} else {
 				time.Sleep(20 * time.Millisecond)
@@ -250,9 +254,12 @@ func (r *run) checkRegister() {
 	r.mu.Lock()
 	ops := append([]porcupine.Operation(nil), r.regOps...)
 	r.mu.Unlock()
-	res := porcupine.CheckOperationsTimeout(registerModel, ops, 60*time.Second)
+	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, 60*time.Second)
 	switch res {
 	case porcupine.Illegal:
+		r.mu.Lock()
+		r.regInfo = &info
+		r.mu.Unlock()
 		r.anomaly("register: the history of %d strong reads and writes is not linearizable", len(ops))
 	case porcupine.Unknown:
 		r.logf("register: linearizability check timed out on %d operations (inconclusive)", len(ops))

@@ -490,6 +490,11 @@ func (m *Master) ship(ctx context.Context, f *follower) {
 					// its data (a heartbeat's answer is behind what was
 					// sent): start over from what it has.
 					resync = true
+				} else if inflight == 0 && r.resp.Applied > sent && r.resp.Applied <= m.st.Applied() {
+					// The slave already has more than this loop sent (its
+					// first answer, after either side restarted): go on from
+					// there, rather than from 0, which would need a snapshot.
+					sent = r.resp.Applied
 				}
 			}
 		case <-f.wake:
@@ -599,10 +604,13 @@ func (m *Master) HandleForward(ctx context.Context, req *ForwardRequest) *Forwar
 	return resp
 }
 
-// HandleReadIndex returns the index every acknowledged write is at or below.
-func (m *Master) HandleReadIndex() uint64 { return m.st.Applied() }
+// HandleReadIndex returns an index at or above every write a reader, on any
+// node, may have seen: every acknowledged write, and every committed one
+// (the master's readers see a write from its COMMIT on, before it is
+// acknowledged; see store.VisibleIndex).
+func (m *Master) HandleReadIndex() uint64 { return m.st.VisibleIndex() }
 
-// ReadIndex implements Replicator: on the master, its own applied index.
+// ReadIndex implements Replicator: on the master, its own visible index.
 func (m *Master) ReadIndex(context.Context) (uint64, error) { return m.HandleReadIndex(), nil }
 
 // IsLeader implements Replicator: the master orders every write.

@@ -488,3 +488,31 @@ func dumpRows(t *testing.T, s *store.Store, table string) [][]any {
 	}
 	return res[0].Rows
 }
+
+// A restarted master learns where each slave is and ships from there. It
+// once shipped from index 0 after every restart, so a slave that was up to
+// date got a whole snapshot when the log had been truncated.
+func TestRestartedMasterSendsNoSnapshotToSlavesThatAreUpToDate(t *testing.T) {
+	h := newHarness(t, 2, 20)
+	h.mustWrite(0, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+	for i := 0; i < 100; i++ {
+		h.mustWrite(0, "INSERT INTO t (id) VALUES (?)", int64(i))
+	}
+	h.converged()
+	if first := h.mstore.FirstLogIndex(); first <= 1 {
+		t.Fatalf("the log was not truncated (first index %d)", first)
+	}
+	h.master.Close()
+	urls := map[int]string{1: slaveURL(1), 2: slaveURL(2)}
+	h.master = NewMaster(MasterConfig{URL: masterURL, Slaves: urls, AckTimeout: 2 * time.Second, LogKeep: 20, TempDir: h.dir, ShipBatch: 64, Logf: func(string, ...any) {}}, h.mstore, h.net, h.clock)
+	h.net.AddMaster(masterURL, h.master)
+	for i := 100; i < 110; i++ {
+		h.mustWrite(0, "INSERT INTO t (id) VALUES (?)", int64(i))
+	}
+	h.converged()
+	for _, f := range h.master.Followers() {
+		if f.Snapshots != 0 {
+			t.Fatalf("slave %d got %d snapshots from the restarted master; it needed none", f.ID, f.Snapshots)
+		}
+	}
+}

@@ -129,14 +129,8 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 	}
 	s.leave()
 	last := entries[len(entries)-1].Index
-	if err := s.setApplied(last); err != nil {
-		s.internal("ROLLBACK")
+	if err := s.commitAt(last); err != nil {
 		return nil, nil, err
 	}
-	if err := s.internal("COMMIT"); err != nil {
-		s.internal("ROLLBACK")
-		return nil, nil, fmt.Errorf("commit: %w", err)
-	}
-	s.applied.Store(last)
 	return out, nil, nil
 }

@@ -77,7 +77,12 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 		return 0, err
 	}
 	path := f.Name()
-	defer os.Remove(path)
+	defer func() {
+		// The copy is in WAL mode: reading it leaves its -wal and -shm.
+		for _, p := range []string{path, path + "-wal", path + "-shm"} {
+			os.Remove(p)
+		}
+	}()
 	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
 		return 0, fmt.Errorf("receive snapshot: %w", err)
@@ -125,6 +130,7 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	}
 	s.schemaGen.Add(1) // the whole schema may have changed
 	s.applied.Store(index)
+	s.visible.Store(index)
 	s.logStart.Store(index + 1)
 	return index, nil
 }

@@ -66,12 +66,17 @@ type Store struct {
 	readers     chan *conn
 	nreaders    int
 	applied     atomic.Uint64 // last log index applied (committed) here
-	logStart    atomic.Uint64 // oldest index kept in _ddb_log
-	schemaGen   atomic.Uint64 // bumped by every schema change; see conn.gen
-	closed      atomic.Bool
-	bug         string // Options.InjectBug
-	seeds       func() int64
-	lock        *os.File // flock held on the database file while open
+	// visible is at or above every index whose changes a reader may
+	// have seen: it is raised just before COMMIT, and applied just
+	// after. A read index or a read's token must cover what readers see,
+	// so it is taken from visible (see VisibleIndex).
+	visible   atomic.Uint64
+	logStart  atomic.Uint64 // oldest index kept in _ddb_log
+	schemaGen atomic.Uint64 // bumped by every schema change; see conn.gen
+	closed    atomic.Bool
+	bug       string // Options.InjectBug
+	seeds     func() int64
+	lock      *os.File // flock held on the database file while open
 }
 
 // conn is one connection with what the store keeps beside it.
@@ -309,6 +314,7 @@ func (s *Store) initWriter() error {
 	if v, ok := row[0].(int64); ok {
 		s.applied.Store(uint64(v))
 	}
+	s.visible.Store(s.applied.Load())
 	s.logStart.Store(s.applied.Load() + 1)
 	row, err = s.w.QueryRow(`SELECT min(idx), max(idx) FROM _ddb_log`)
 	if err != nil {
@@ -362,6 +368,14 @@ func (s *Store) Path() string { return s.path }
 
 // Applied is the last log index committed to this database.
 func (s *Store) Applied() uint64 { return s.applied.Load() }
+
+// VisibleIndex is at or above every log index whose changes a reader of
+// this database may already have seen. It runs ahead of Applied while a
+// commit is under way: SQLite shows a transaction to new readers the
+// moment its COMMIT is written, before Applied can be raised. The index a
+// strong read waits for, and the token a read answers with, come from
+// here, so no reader elsewhere is ever sent back before what one saw.
+func (s *Store) VisibleIndex() uint64 { return s.visible.Load() }
 
 // Close closes every connection: the read connections first, then the
 // writer after a checkpoint, so the last close folds the WAL into the

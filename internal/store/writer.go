@@ -170,16 +170,7 @@ func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now No
 		out[i] = Outcome{Index: index, Results: results, Entry: rlog.Entry{Index: index, TimeMs: t, Seed: seed, Body: body}}
 	}
 	s.leave()
-	if err := s.setApplied(index); err != nil {
-		s.internal("ROLLBACK")
-		return -1, err
-	}
-	if err := s.internal("COMMIT"); err != nil {
-		s.internal("ROLLBACK")
-		return -1, fmt.Errorf("commit: %w", err)
-	}
-	s.applied.Store(index)
-	return -1, nil
+	return -1, s.commitAt(index)
 }
 
 // runWrite runs one client write's statements inside the entry's
@@ -377,15 +368,9 @@ func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
 		index++
 	}
 	s.leave()
-	if err := s.setApplied(index); err != nil {
-		s.internal("ROLLBACK")
+	if err := s.commitAt(index); err != nil {
 		return applied, err
 	}
-	if err := s.internal("COMMIT"); err != nil {
-		s.internal("ROLLBACK")
-		return applied, fmt.Errorf("commit: %w", err)
-	}
-	s.applied.Store(index)
 	return index, nil
 }
 
@@ -500,3 +485,29 @@ func (s *Store) RemoveMember(id int) error {
 	s.wconn.auth.reset(policyReplica)
 	return s.w.Exec("DELETE FROM _ddb_members WHERE id = ?", int64(id))
 }
+
+// commitAt records index as applied and commits the writer's transaction.
+// SQLite shows the transaction to new readers as soon as its COMMIT is
+// written, before this returns, so the visible index is raised first (see
+// VisibleIndex) and lowered again if the commit fails (then nobody saw it).
+func (s *Store) commitAt(index uint64) error {
+	if err := s.setApplied(index); err != nil {
+		s.internal("ROLLBACK")
+		return err
+	}
+	s.visible.Store(index)
+	if err := s.internal("COMMIT"); err != nil {
+		s.internal("ROLLBACK")
+		s.visible.Store(s.applied.Load())
+		return fmt.Errorf("commit: %w", err)
+	}
+	if afterCommit != nil {
+		afterCommit(index)
+	}
+	s.applied.Store(index)
+	return nil
+}
+
+// afterCommit, when set (by tests), runs between a COMMIT and the raising
+// of Applied: the moment readers see what Applied does not cover yet.
+var afterCommit func(index uint64)
