@@ -107,7 +107,9 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "# HELP ddb_errors_total Requests answered with a 5xx status.\n# TYPE ddb_errors_total counter\nddb_errors_total %d\n", m.errors.Load())
 	fmt.Fprintf(&b, "# HELP ddb_peer_refused_total Node-to-node requests refused for a bad signature.\n# TYPE ddb_peer_refused_total counter\nddb_peer_refused_total %d\n", m.peerRefused.Load())
 	fmt.Fprintf(&b, "# HELP ddb_applied_index Last log index applied to this node's database.\n# TYPE ddb_applied_index gauge\nddb_applied_index %d\n", s.st.Applied())
-	if s.master != nil {
+	if s.eng != nil {
+		b.Write(s.eng.Metrics(nil))
+	} else if s.master != nil {
 		b.WriteString("# HELP ddb_replication_lag_entries Entries a slave is behind the master.\n# TYPE ddb_replication_lag_entries gauge\n")
 		b.WriteString("# HELP ddb_slave_reachable 1 when the master reaches the slave.\n# TYPE ddb_slave_reachable gauge\n")
 		ps := s.master.Pipeline()
@@ -153,7 +155,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"database":       s.st.Path(),
 		"uptime_seconds": time.Since(s.started).Seconds(),
 	}
-	if s.master != nil {
+	if s.eng != nil {
+		es := s.eng.Status()
+		st["role"] = es.Role
+		st["raft"] = es
+	} else if s.master != nil {
 		st["slaves"] = s.master.Followers()
 	} else {
 		st["master_url"] = s.masterURL
@@ -172,7 +178,9 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	why := ""
-	if s.master != nil {
+	if s.eng != nil {
+		why = s.eng.Ready()
+	} else if s.master != nil {
 		why = s.master.Ready(s.cfg.Ack)
 	} else {
 		st := s.slave.Status()
@@ -189,7 +197,11 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "not ready: "+why)
 		return
 	}
-	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+string(s.cfg.Role)+`"}`+"\n"))
+	role := string(s.cfg.Role)
+	if s.eng != nil {
+		role = s.eng.Status().Role
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+role+`"}`+"\n"))
 }
 
 // handleLive is liveness: 200 while the process serves HTTP and can read

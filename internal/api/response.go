@@ -165,7 +165,7 @@ func (s *Server) statusOf(err error) (int, string) {
 	case errors.As(err, &sd) && s.isLeader():
 		return http.StatusForbidden, "your user lacks the \"schema\" permission that schema changes need"
 	case errors.As(err, &sd):
-		return http.StatusForbidden, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the master: send this request to " + s.repl.LeaderURL()
+		return http.StatusForbidden, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the leader (normally the master): send this request to " + s.repl.LeaderURL()
 	case errors.As(err, &se):
 		return http.StatusBadRequest, se.Error()
 	case errors.As(err, &pe):

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"ddb/internal/cluster"
+	"ddb/internal/consensus"
 	"ddb/internal/replication"
 	"ddb/internal/store"
 )
@@ -27,6 +28,7 @@ type Server struct {
 	repl      replication.Replicator // the client protocol's only view of replication
 	master    *replication.Master    // nil on slaves: peer endpoints, status
 	slave     *replication.Slave     // nil on the master: peer endpoints, status
+	eng       *consensus.Engine      // set instead of master and slave under -engine raft
 	auth      *cluster.Auth
 	users     *Users // nil: no client authentication
 	masterURL string
@@ -364,6 +366,12 @@ func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
 			writeError(w, status, msg)
 			return
 		}
+	}
+	if s.eng != nil {
+		if id, ok := readID(w, r, "to remove"); ok {
+			s.removeRaft(w, r, id)
+		}
+		return
 	}
 	if s.master == nil {
 		writeError(w, http.StatusForbidden, "membership changes go to the master: send this request to "+s.masterURL)

@@ -215,3 +215,17 @@ func (s *spooled) close() {
 	s.f.Close()
 	os.Remove(s.f.Name())
 }
+
+// PostJSON posts in as JSON, signed, to url and decodes the answer into
+// out (for node-to-node calls that are not the client protocol's).
+func (t *Transport) PostJSON(ctx context.Context, url string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return t.post(ctx, url, body, out)
+}
+
+// Client is the HTTP client the transport sends with (kept-alive
+// connections, the node's TLS settings).
+func (t *Transport) Client() *http.Client { return t.client }

@@ -66,6 +66,10 @@ type Config struct {
 	TLSKey         string
 	TLSCA          string
 	Pprof          string // address to serve Go profiles on ("" = off)
+	// Engine is the replication engine: "log" (one fixed master orders
+	// every write) or "raft" (Raft consensus with failover; the master is
+	// the preferred leader).
+	Engine string
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG. It
 	// exists only so the fault-injection suite can prove that each of its
@@ -117,7 +121,16 @@ func (c *Config) Defaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 250 * time.Millisecond
 	}
+	if c.Engine == "" {
+		c.Engine = EngineLog
+	}
 }
+
+// The replication engines (-engine).
+const (
+	EngineLog  = "log"
+	EngineRaft = "raft"
+)
 
 func (c *Config) scheme() string {
 	if c.TLSCert != "" {
@@ -259,6 +272,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
+	fs.StringVar(&c.Engine, "engine", EngineLog, "replication engine: log (one fixed master) or raft (automatic failover, the master as the preferred leader); every node of a cluster uses the same")
 	var slaves string
 	if role == Master {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")
@@ -315,6 +329,9 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 		if c.NumSlaves < len(c.SlaveURLs) {
 			c.NumSlaves = len(c.SlaveURLs)
 		}
+	}
+	if c.Engine != EngineLog && c.Engine != EngineRaft {
+		return nil, fmt.Errorf("-engine must be log or raft, not %q", c.Engine)
 	}
 	if !ValidAck(c.Ack) {
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)

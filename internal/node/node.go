@@ -20,6 +20,7 @@ import (
 
 	"ddb/internal/api"
 	"ddb/internal/cluster"
+	"ddb/internal/consensus"
 	"ddb/internal/replication"
 	"ddb/internal/store"
 )
@@ -30,6 +31,7 @@ type Node struct {
 	Store  *store.Store
 	master *replication.Master
 	slave  *replication.Slave
+	eng    *consensus.Engine
 	server *http.Server
 	ln     net.Listener
 	done   chan error
@@ -79,23 +81,35 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	auth := cluster.NewAuth(secret, nil)
 	tr := api.NewTransport(auth, cfg.Name(), tlsClient)
 	n := &Node{Config: cfg, Store: st, ln: ln, done: make(chan error, 1), logger: logger}
-	if cfg.Role == cluster.Master {
-		slaves := map[int]string{}
-		for i := 1; i <= cfg.NumSlaves; i++ {
-			slaves[i] = cfg.SlaveURL(i)
+	var handler *api.Server
+	switch {
+	case cfg.Engine == cluster.EngineRaft:
+		n.eng, err = consensus.StartEngine(st, raftConfig(cfg, auth, tr, logger))
+		if err != nil {
+			ln.Close()
+			st.Close()
+			return nil, err
 		}
-		n.master = replication.NewMaster(replication.MasterConfig{
-			URL: cfg.URL(), Slaves: slaves, AckTimeout: cfg.AckTimeout, Heartbeat: cfg.Heartbeat,
-			LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
-			Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes},
-		}, st, tr, nil)
-	} else {
-		n.slave = replication.NewSlave(replication.SlaveConfig{
-			ID: cfg.ID, URL: cfg.URL(), MasterURL: cfg.MasterAddr(), AckTimeout: cfg.AckTimeout,
-			ReadTimeout: cfg.ReadTimeout, Heartbeat: cfg.Heartbeat, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
-		}, st, tr, nil)
+		handler = api.NewRaftServer(cfg, st, n.eng, auth, users)
+	default:
+		if cfg.Role == cluster.Master {
+			slaves := map[int]string{}
+			for i := 1; i <= cfg.NumSlaves; i++ {
+				slaves[i] = cfg.SlaveURL(i)
+			}
+			n.master = replication.NewMaster(replication.MasterConfig{
+				URL: cfg.URL(), Slaves: slaves, AckTimeout: cfg.AckTimeout, Heartbeat: cfg.Heartbeat,
+				LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
+				Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes},
+			}, st, tr, nil)
+		} else {
+			n.slave = replication.NewSlave(replication.SlaveConfig{
+				ID: cfg.ID, URL: cfg.URL(), MasterURL: cfg.MasterAddr(), AckTimeout: cfg.AckTimeout,
+				ReadTimeout: cfg.ReadTimeout, Heartbeat: cfg.Heartbeat, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
+			}, st, tr, nil)
+		}
+		handler = api.NewServer(cfg, st, n.master, n.slave, auth, users)
 	}
-	handler := api.NewServer(cfg, st, n.master, n.slave, auth, users)
 	handler.SetLogf(logger.Printf)
 	n.server = &http.Server{
 		Handler:           handler,
@@ -131,6 +145,30 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	return n, nil
 }
 
+// raftConfig places the node in the Raft group: the master is node 1
+// and the preferred leader, slave i is node i+1; the master and the first
+// four slaves vote. Every node knows the URLs the command line gives it
+// (all of them with the port arithmetic; with explicit addresses, the
+// master's list) and learns the others' when it announces itself.
+func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logger *log.Logger) consensus.EngineConfig {
+	peers := map[uint64]string{1: cfg.MasterAddr()}
+	if cfg.Role == cluster.Master || cfg.MasterURL == "" {
+		for i := 1; i <= cfg.NumSlaves; i++ {
+			peers[uint64(i+1)] = cfg.SlaveURL(i)
+		}
+	}
+	var voters []uint64
+	for id := uint64(1); id <= uint64(min(cfg.NumSlaves+1, 5)); id++ {
+		voters = append(voters, id)
+	}
+	return consensus.EngineConfig{
+		ID: uint64(cfg.ID + 1), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: 1,
+		AckTimeout: cfg.AckTimeout, ReadWait: min(cfg.ReadTimeout, 2*time.Second),
+		Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes},
+		Auth:   auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Logf: logger.Printf,
+	}
+}
+
 // Addr is the address the node listens on.
 func (n *Node) Addr() net.Addr { return n.ln.Addr() }
 
@@ -146,6 +184,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	}
 	if n.slave != nil {
 		n.slave.Close()
+	}
+	if n.eng != nil {
+		n.eng.Close()
 	}
 	if cerr := n.Store.Close(); cerr != nil && err == nil {
 		err = cerr

@@ -1,0 +1,130 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"time"
+
+	"ddb/internal/cluster"
+	"ddb/internal/consensus"
+	"ddb/internal/replication"
+	"ddb/internal/store"
+)
+
+// NewRaftServer builds the handler for a node that replicates through
+// Raft (-engine raft): the same client protocol and operations endpoints,
+// with the Raft engine's node-to-node endpoints.
+func NewRaftServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth *cluster.Auth, users *Users) *Server {
+	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, auth: auth, users: users,
+		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
+		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
+	s.mux.HandleFunc("/", s.handleClient)
+	s.mux.HandleFunc("/query", s.handleClient)
+	s.mux.HandleFunc("/status", s.handleStatus)
+	s.mux.HandleFunc("/health", s.handleHealth)
+	s.mux.HandleFunc("/livez", s.handleLive)
+	s.mux.HandleFunc("/remove", s.handleRemove)
+	s.mux.HandleFunc("/transfer", s.handleTransfer)
+	s.mux.HandleFunc("/metrics", s.handleMetrics)
+	s.mux.HandleFunc(consensus.RaftPath, eng.RaftHandler())
+	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleRaftForward))
+	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleRaftJoin))
+	return s
+}
+
+func (s *Server) handleRaftForward(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req replication.ForwardRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad forward: "+err.Error())
+		return
+	}
+	if !cluster.ValidAck(req.Ack) {
+		req.Ack = s.cfg.Ack
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
+	defer cancel()
+	b, _ := json.Marshal(s.eng.HandleForward(ctx, &req))
+	writeJSON(w, http.StatusOK, b)
+}
+
+func (s *Server) handleRaftJoin(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req consensus.JoinRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad join: "+err.Error())
+		return
+	}
+	resp, err := s.eng.HandleJoin(r.Context(), &req)
+	if err != nil {
+		var refused *replication.JoinRefusedError
+		if errors.As(err, &refused) {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	b, _ := json.Marshal(resp)
+	writeJSON(w, http.StatusOK, b)
+}
+
+// readID reads {"id": N} from a membership request.
+func readID(w http.ResponseWriter, r *http.Request, what string) (uint64, bool) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeError(w, http.StatusMethodNotAllowed, `use POST with {"id": N}`)
+		return 0, false
+	}
+	var req struct {
+		ID *uint64 `json:"id"`
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+	if err == nil {
+		err = json.Unmarshal(body, &req)
+	}
+	if err != nil || req.ID == nil || *req.ID == 0 {
+		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the node `+what)
+		return 0, false
+	}
+	return *req.ID, true
+}
+
+// handleTransfer hands leadership to another voter by hand (POST {"id": N}
+// to the leader). With a users file it needs the "remove" permission,
+// which covers membership and leadership changes.
+func (s *Server) handleTransfer(w http.ResponseWriter, r *http.Request) {
+	if s.users != nil {
+		if _, status, msg := s.users.check(w, r, PermRemove); status != 0 {
+			writeError(w, status, msg)
+			return
+		}
+	}
+	id, ok := readID(w, r, "to hand leadership to")
+	if !ok {
+		return
+	}
+	if !s.eng.IsLeader() {
+		writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.eng.LeaderURL())
+		return
+	}
+	if err := s.eng.TransferLeadership(r.Context(), id); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
+}
+
+func (s *Server) removeRaft(w http.ResponseWriter, r *http.Request, id uint64) {
+	if !s.eng.IsLeader() {
+		writeError(w, http.StatusForbidden, "membership changes go to the leader: send this request to "+s.eng.LeaderURL())
+		return
+	}
+	if err := s.eng.Remove(r.Context(), id); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
+}

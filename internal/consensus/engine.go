@@ -1,0 +1,576 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+
+	"ddb/internal/cluster"
+	"ddb/internal/replication"
+	"ddb/internal/rlog"
+	"ddb/internal/store"
+)
+
+// PeerCaller carries the node-to-node requests that are not Raft messages:
+// a write forwarded to the leader, and a node announcing itself. (HTTP in
+// production: api.Transport.)
+type PeerCaller interface {
+	Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error)
+	PostJSON(ctx context.Context, url string, in, out any) error
+}
+
+// EngineConfig configures a node's replication through Raft.
+type EngineConfig struct {
+	ID  uint64 // the master is 1, slave i is i+1
+	URL string // this node's URL, as the others reach it
+	// Peers are the URLs known at start (from the command line); nodes
+	// learn the others' when they join.
+	Peers map[uint64]string
+	// Voters is the configuration the cluster is created with (the
+	// master and the first slaves, up to five). A node that is not one
+	// of them joins as a learner.
+	Voters     []uint64
+	Preferred  uint64        // the master: leads whenever it is up and caught up
+	Tick       time.Duration // Raft's tick (default 100 ms; an election takes 10)
+	AckTimeout time.Duration // how long a write may wait for its ack level or a leader
+	ReadWait   time.Duration // how long a strong read waits for a read index
+	Limits     store.Limits  // result limits of forwarded writes
+	Auth       *cluster.Auth
+	Name       string // this node's name in signatures
+	Client     *http.Client
+	Calls      PeerCaller
+	Logf       func(string, ...any)
+}
+
+// Engine is a node's replicated database: the client protocol's writes and
+// strong reads, forwarding to whoever leads now, ack levels, membership,
+// and the node-to-node endpoints.
+type Engine struct {
+	cfg   EngineConfig
+	st    *store.Store
+	tr    *HTTPTransport
+	rep   *Replica
+	ticks *time.Ticker
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	forwards      atomic.Uint64 // request ids made here
+	boot          string
+	leaderChanges atomic.Uint64
+	lastLeader    atomic.Uint64
+}
+
+// StartEngine starts the node's Raft replica over st.
+func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
+	if cfg.Tick <= 0 {
+		cfg.Tick = 100 * time.Millisecond
+	}
+	if cfg.AckTimeout <= 0 {
+		cfg.AckTimeout = 5 * time.Second
+	}
+	if cfg.ReadWait <= 0 {
+		cfg.ReadWait = 2 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID())}
+	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Logf)
+	for id, u := range cfg.Peers {
+		if id != cfg.ID {
+			e.tr.SetPeer(id, u)
+		}
+	}
+	e.tr.SetPeer(cfg.ID, cfg.URL)
+	voters := cfg.Voters
+	isVoter := false
+	for _, v := range voters {
+		isVoter = isVoter || v == cfg.ID
+	}
+	if !isVoter {
+		voters = nil // a learner waits for the leader to add it
+	}
+	e.ticks = time.NewTicker(cfg.Tick)
+	ticks := make(chan time.Time)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for {
+			select {
+			case t := <-e.ticks.C:
+				select {
+				case ticks <- t:
+				case <-e.stop:
+					return
+				}
+			case <-e.stop:
+				return
+			}
+		}
+	}()
+	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Node: Config{
+		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Logf: cfg.Logf,
+		OnConfChange: e.confChanged,
+	}})
+	if err != nil {
+		close(e.stop)
+		e.wg.Wait()
+		e.tr.Close()
+		return nil, err
+	}
+	e.rep = rep
+	e.tr.SetUnreachable(rep.Node().ReportUnreachable)
+	e.wg.Add(1)
+	go e.announce(!isVoter)
+	return e, nil
+}
+
+// Close stops the node's Raft work (the database stays open).
+func (e *Engine) Close() {
+	close(e.stop)
+	e.ticks.Stop()
+	e.rep.Stop()
+	e.wg.Wait()
+	e.tr.Close()
+}
+
+// confChanged learns the URL a configuration change carries.
+func (e *Engine) confChanged(cc pb.ConfChange) {
+	if len(cc.Context) > 0 && cc.Type != pb.ConfChangeRemoveNode {
+		e.tr.SetPeer(cc.NodeID, string(cc.Context))
+	}
+}
+
+// JoinRequest is what a node tells the others at start: where it is. The
+// answer is every URL the receiver knows.
+type JoinRequest struct {
+	ID  uint64 `json:"id"`
+	URL string `json:"url"`
+}
+
+// JoinResponse lists the URLs of the nodes the receiver knows.
+type JoinResponse struct {
+	Peers map[uint64]string `json:"peers"`
+}
+
+// announce tells the known peers where this node is, and learns theirs,
+// until one answers (a learner: until the leader has added it).
+func (e *Engine) announce(learner bool) {
+	defer e.wg.Done()
+	delay := 200 * time.Millisecond
+	for {
+		done := false
+		for id, u := range e.peerURLs() {
+			if id == e.cfg.ID {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var resp JoinResponse
+			err := e.cfg.Calls.PostJSON(ctx, u+"/_ddb/join", &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL}, &resp)
+			cancel()
+			if err != nil {
+				continue
+			}
+			for pid, pu := range resp.Peers {
+				if pid != e.cfg.ID && pu != "" {
+					e.tr.SetPeer(pid, pu)
+				}
+			}
+			if !learner || e.inConfig() {
+				done = true
+			}
+		}
+		if done {
+			return
+		}
+		select {
+		case <-time.After(delay):
+		case <-e.stop:
+			return
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+func (e *Engine) inConfig() bool {
+	st := e.rep.Node().Status()
+	_, v := st.Config.Voters.IDs()[e.cfg.ID]
+	_, l := st.Config.Learners[e.cfg.ID]
+	return v || l
+}
+
+func (e *Engine) peerURLs() map[uint64]string {
+	e.tr.mu.Lock()
+	defer e.tr.mu.Unlock()
+	out := make(map[uint64]string, len(e.tr.peers))
+	for id, u := range e.tr.peers {
+		out[id] = u
+	}
+	return out
+}
+
+// HandleJoin records a node's URL and answers with the URLs known here. On
+// the leader, a node outside the configuration is added as a learner.
+func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, error) {
+	if req.ID == 0 || req.URL == "" {
+		return nil, &replication.JoinRefusedError{Reason: "a join needs the node's id and URL"}
+	}
+	if req.ID != e.cfg.ID {
+		e.tr.SetPeer(req.ID, req.URL)
+	}
+	st := e.rep.Node().Status()
+	_, voter := st.Config.Voters.IDs()[req.ID]
+	_, learner := st.Config.Learners[req.ID]
+	if !voter && !learner {
+		if st.RaftState != raft.StateLeader {
+			return nil, &replication.UnavailableError{Reason: "this node does not lead; the leader adds new nodes"}
+		}
+		e.cfg.Logf("node %d joins from %s as a learner", req.ID, req.URL)
+		cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+		defer cancel()
+		err := e.rep.Node().ChangeMembership(cctx, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)})
+		if err != nil {
+			return nil, &replication.UnavailableError{Reason: "adding the node: " + err.Error()}
+		}
+	}
+	return &JoinResponse{Peers: e.peerURLs()}, nil
+}
+
+// Remove takes a node out of the configuration (on the leader).
+func (e *Engine) Remove(ctx context.Context, id uint64) error {
+	if id == e.cfg.ID {
+		return errors.New("a node cannot remove itself: send the request to another node")
+	}
+	st := e.rep.Node().Status()
+	_, voter := st.Config.Voters.IDs()[id]
+	_, learner := st.Config.Learners[id]
+	if !voter && !learner {
+		return fmt.Errorf("node %d is not in the configuration", id)
+	}
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+	defer cancel()
+	return e.rep.Node().ChangeMembership(cctx, pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: id})
+}
+
+// TransferLeadership asks the leader to hand over to node id, and waits
+// (up to the ack timeout) until it has.
+func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
+	st := e.rep.Node().Status()
+	if st.RaftState != raft.StateLeader {
+		return &NotLeaderError{Leader: st.Lead}
+	}
+	if _, ok := st.Config.Voters.IDs()[id]; !ok {
+		return fmt.Errorf("node %d is not a voter", id)
+	}
+	e.rep.Node().rn.TransferLeadership(ctx, e.cfg.ID, id)
+	deadline := time.Now().Add(e.cfg.AckTimeout)
+	for time.Now().Before(deadline) {
+		if e.rep.Node().Status().Lead == id {
+			return nil
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return fmt.Errorf("node %d did not take over within %v", id, e.cfg.AckTimeout)
+}
+
+// RaftHandler serves Raft messages from the other nodes.
+func (e *Engine) RaftHandler() http.HandlerFunc {
+	return Handler(e.cfg.Auth, func() *Node { return e.rep.Node() }, e.cfg.Logf)
+}
+
+// IsLeader reports whether this node leads now.
+func (e *Engine) IsLeader() bool { return e.rep.Node().Status().RaftState == raft.StateLeader }
+
+// LeaderURL is the URL of the node that leads ("" if none is known).
+func (e *Engine) LeaderURL() string {
+	if lead := e.rep.Node().Status().Lead; lead != 0 {
+		return e.tr.Peer(lead)
+	}
+	return ""
+}
+
+func (e *Engine) newRequestID() string {
+	return fmt.Sprintf("~node%d-%s-%016x", e.cfg.ID, e.boot, e.forwards.Add(1))
+}
+
+// Write runs a client write through the log: proposed here when this node
+// leads, else forwarded to the leader; answered once this node has
+// applied it. During an election it waits for a leader (up to the ack
+// timeout); the write carries a request id, so a forward sent again
+// applies once.
+func (e *Engine) Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+	if req.RequestID == "" {
+		req.RequestID = e.newRequestID()
+	}
+	deadline := time.Now().Add(e.cfg.AckTimeout)
+	var unknown error // an earlier attempt may have been committed
+	for delay := 20 * time.Millisecond; ; delay = min(2*delay, 200*time.Millisecond) {
+		out, err, retry := e.writeOnce(ctx, req, ack)
+		if !retry {
+			return out, err
+		}
+		var uo *replication.UnknownOutcomeError
+		if errors.As(err, &uo) {
+			unknown = err
+		}
+		if ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
+			if unknown != nil {
+				return store.Outcome{}, &replication.UnknownOutcomeError{Reason: unknown.Error(), RequestID: req.RequestID}
+			}
+			return store.Outcome{}, err
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// writeOnce makes one attempt; retry says whether another may succeed.
+func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) (out store.Outcome, err error, retry bool) {
+	st := e.rep.Node().Status()
+	switch {
+	case st.RaftState == raft.StateLeader:
+		out, err = e.proposeHere(ctx, req, ack)
+		var nl *NotLeaderError
+		var uo *UnknownOutcomeError
+		switch {
+		case errors.As(err, &nl):
+			return out, &replication.UnavailableError{Reason: "leadership changed; retry"}, true
+		case errors.As(err, &uo):
+			return out, &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}, true
+		}
+		return out, err, false
+	case st.Lead == 0:
+		return out, &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}, true
+	}
+	url := e.tr.Peer(st.Lead)
+	if url == "" {
+		return out, &replication.UnavailableError{Reason: fmt.Sprintf("node %d leads, but its URL is not known here yet; retry shortly", st.Lead)}, true
+	}
+	body, err := rlog.EncodeStatements(req.Stmts)
+	if err != nil {
+		return out, &store.ParamError{Msg: err.Error()}, false
+	}
+	fctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout+2*time.Second)
+	resp, err := e.cfg.Calls.Forward(fctx, url, &replication.ForwardRequest{Origin: int(e.cfg.ID), Body: body, Collect: req.Collect, Ack: ack, RequestID: req.RequestID})
+	cancel()
+	if err != nil {
+		var uo *replication.UnknownOutcomeError
+		return out, err, errors.As(err, &uo) || errors.Is(err, replication.ErrUnavailable)
+	}
+	if resp.Error != nil {
+		err := replication.FromWireError(resp.Error, e.cfg.AckTimeout)
+		return store.Outcome{Index: resp.Index}, err, errors.Is(err, replication.ErrUnavailable)
+	}
+	results, err := store.DecodeResults(resp.Results)
+	if err != nil {
+		return out, err, false
+	}
+	out = store.Outcome{Index: resp.Index, Results: results}
+	// The client reads its own write here.
+	if err := e.WaitApplied(ctx, resp.Index, e.cfg.AckTimeout); err != nil {
+		return out, &replication.AckTimeoutError{Index: resp.Index, Level: ack + ", applied on the node that received it", After: e.cfg.AckTimeout}, false
+	}
+	return out, nil, false
+}
+
+// proposeHere proposes on this node (the leader) and waits for the ack
+// level: quorum is the proposal's own answer (committed by a majority and
+// applied here); all also waits until every voter holds the entry.
+func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+	defer cancel()
+	out, err := e.rep.Write(pctx, req)
+	if err != nil {
+		var nl *NotLeaderError
+		var uo *UnknownOutcomeError
+		if errors.As(err, &nl) || errors.As(err, &uo) || out.Index == 0 {
+			return out, err
+		}
+		return out, err // the write's own failure, the same on every node
+	}
+	if ack == "all" {
+		if err := e.rep.WaitDurableOnAllVoters(pctx, out.Index); err != nil {
+			return out, &replication.AckTimeoutError{Index: out.Index, Level: "all", After: e.cfg.AckTimeout}
+		}
+	}
+	return out, nil
+}
+
+// HandleForward runs a write a follower forwarded (on the leader).
+func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequest) *replication.ForwardResponse {
+	stmts, err := rlog.DecodeStatements(req.Body)
+	if err != nil {
+		return &replication.ForwardResponse{Error: &replication.WireError{Kind: "param", Message: err.Error()}}
+	}
+	if !e.IsLeader() {
+		return &replication.ForwardResponse{Error: replication.ToWireError(&replication.UnavailableError{Reason: "this node does not lead any more; retry"})}
+	}
+	out, err := e.proposeHere(ctx, &store.Request{Ctx: ctx, Stmts: stmts, Collect: req.Collect, Limits: e.cfg.Limits, RequestID: req.RequestID}, req.Ack)
+	var nl *NotLeaderError
+	var uo *UnknownOutcomeError
+	switch {
+	case errors.As(err, &nl):
+		err = &replication.UnavailableError{Reason: "leadership changed; retry"}
+	case errors.As(err, &uo):
+		err = &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}
+	}
+	resp := &replication.ForwardResponse{Index: out.Index}
+	if err != nil {
+		resp.Error = replication.ToWireError(err)
+		return resp
+	}
+	if resp.Results, err = store.EncodeResults(out.Results); err != nil {
+		resp.Error = replication.ToWireError(err)
+	}
+	return resp
+}
+
+// ReadIndex is an index covering every write acknowledged before the call,
+// confirmed by the leader with a majority. Without a leader: 503 at once;
+// with one that cannot confirm in time: 503 after ReadWait.
+func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
+	if e.rep.Node().Status().Lead == 0 {
+		return 0, &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
+	}
+	rctx, cancel := context.WithTimeout(ctx, e.cfg.ReadWait)
+	defer cancel()
+	idx, err := e.rep.ReadIndex(rctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, &replication.UnavailableError{Reason: fmt.Sprintf("the leader could not confirm a read index with a majority within %v: %v", e.cfg.ReadWait, err)}
+	}
+	return idx, nil
+}
+
+// WaitApplied waits (up to timeout) until this node has applied index.
+func (e *Engine) WaitApplied(ctx context.Context, index uint64, timeout time.Duration) error {
+	if e.st.Applied() >= index {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := e.rep.WaitApplied(wctx, index); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &replication.WaitTimeoutError{Want: index, Have: e.st.Applied(), After: timeout}
+	}
+	return nil
+}
+
+// NodeStatus is one node as the leader sees it.
+type NodeStatus struct {
+	ID        uint64 `json:"id"`
+	URL       string `json:"url"`
+	Voter     bool   `json:"voter"`
+	Match     uint64 `json:"acknowledged_index"`
+	Lag       uint64 `json:"lag"`
+	State     string `json:"state"`
+	Reachable bool   `json:"reachable"`
+}
+
+// Status is this node's view of the cluster (GET /status).
+type Status struct {
+	ID        uint64       `json:"id"`
+	URL       string       `json:"url"`
+	Role      string       `json:"role"` // leader, follower, candidate, learner
+	Preferred bool         `json:"preferred_leader"`
+	LeaderID  uint64       `json:"leader_id"`
+	LeaderURL string       `json:"leader_url"`
+	Term      uint64       `json:"term"`
+	Commit    uint64       `json:"commit_index"`
+	Applied   uint64       `json:"applied_index"`
+	Nodes     []NodeStatus `json:"nodes,omitempty"` // on the leader
+}
+
+// Status reports the node's Raft state.
+func (e *Engine) Status() Status {
+	st := e.rep.Node().Status()
+	s := Status{ID: e.cfg.ID, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred, LeaderID: st.Lead,
+		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied()}
+	if st.Lead != 0 {
+		s.LeaderURL = e.tr.Peer(st.Lead)
+	}
+	_, learner := st.Config.Learners[e.cfg.ID]
+	switch {
+	case st.RaftState == raft.StateLeader:
+		s.Role = "leader"
+	case learner:
+		s.Role = "learner"
+	case st.RaftState == raft.StateCandidate || st.RaftState == raft.StatePreCandidate:
+		s.Role = "candidate"
+	default:
+		s.Role = "follower"
+	}
+	if st.RaftState == raft.StateLeader {
+		for id, pr := range st.Progress {
+			ns := NodeStatus{ID: id, URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
+				Reachable: id == e.cfg.ID || pr.RecentActive || pr.State == tracker.StateReplicate}
+			if st.Commit > pr.Match {
+				ns.Lag = st.Commit - pr.Match
+			}
+			s.Nodes = append(s.Nodes, ns)
+		}
+		sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].ID < s.Nodes[j].ID })
+	}
+	if l := st.Lead; l != e.lastLeader.Load() {
+		e.lastLeader.Store(l)
+		if l != 0 {
+			e.leaderChanges.Add(1)
+		}
+	}
+	return s
+}
+
+// Ready says why this node cannot serve writes now ("" when it can).
+func (e *Engine) Ready() string {
+	st := e.rep.Node().Status()
+	if st.Lead == 0 {
+		return "no leader is known: an election is under way, or a majority of the voters cannot be reached"
+	}
+	if st.RaftState != raft.StateLeader && e.tr.Peer(st.Lead) == "" {
+		return fmt.Sprintf("node %d leads, but its URL is not known here yet", st.Lead)
+	}
+	return ""
+}
+
+// Metrics appends the engine's Prometheus metrics.
+func (e *Engine) Metrics(b []byte) []byte {
+	s := e.Status()
+	isLeader := 0
+	if s.Role == "leader" {
+		isLeader = 1
+	}
+	b = fmt.Appendf(b, "# HELP ddb_raft_term Current Raft term.\n# TYPE ddb_raft_term gauge\nddb_raft_term %d\n", s.Term)
+	b = fmt.Appendf(b, "# HELP ddb_raft_commit_index Last log index known committed.\n# TYPE ddb_raft_commit_index gauge\nddb_raft_commit_index %d\n", s.Commit)
+	b = fmt.Appendf(b, "# HELP ddb_raft_is_leader 1 on the node that leads.\n# TYPE ddb_raft_is_leader gauge\nddb_raft_is_leader %d\n", isLeader)
+	b = fmt.Appendf(b, "# HELP ddb_raft_leader_changes_total Leaders this node has seen take over (counted when observed).\n# TYPE ddb_raft_leader_changes_total counter\nddb_raft_leader_changes_total %d\n", e.leaderChanges.Load())
+	e.rep.Node().mu.Lock()
+	pending := len(e.rep.Node().waiting)
+	e.rep.Node().mu.Unlock()
+	b = fmt.Appendf(b, "# HELP ddb_raft_proposals_pending Proposals waiting to be applied.\n# TYPE ddb_raft_proposals_pending gauge\nddb_raft_proposals_pending %d\n", pending)
+	if len(s.Nodes) > 0 {
+		b = append(b, "# HELP ddb_replication_lag_entries Entries a node is behind the commit index (on the leader).\n# TYPE ddb_replication_lag_entries gauge\n"...)
+		for _, n := range s.Nodes {
+			b = fmt.Appendf(b, "ddb_replication_lag_entries{node=\"%d\"} %d\n", n.ID, n.Lag)
+		}
+	}
+	return b
+}
