@@ -40,7 +40,7 @@ type EngineConfig struct {
 	// of them joins as a learner.
 	Voters     []uint64
 	Preferred  uint64        // the master: leads whenever it is up and caught up
-	Tick       time.Duration // Raft's tick (default 100 ms; an election takes 10)
+	Tick       time.Duration // Raft's tick (default 100 ms; an election timeout is 7-14 ticks)
 	AckTimeout time.Duration // how long a write may wait for its ack level or a leader
 	ReadWait   time.Duration // how long a strong read waits for a read index
 	Limits     store.Limits  // result limits of forwarded writes
@@ -119,6 +119,11 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}()
 	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Node: Config{
 		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Logf: cfg.Logf,
+		// A follower starts an election after 7 to 14 ticks without a
+		// leader (Raft randomizes each timeout in [ElectionTick,
+		// 2*ElectionTick)): 0.7-1.4 s with 100 ms ticks, so a new leader
+		// is usually in place within 1.5 s of the old one's death.
+		ElectionTick: 7,
 		OnConfChange: e.confChanged,
 	}})
 	if err != nil {

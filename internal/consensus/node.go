@@ -323,6 +323,11 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	}
 }
 
+// caughtUpLag is how far behind the commit index the preferred leader may
+// be and still count as caught up (Raft's transfer then sends it the rest
+// before it takes over).
+const caughtUpLag = 1024
+
 // leadPreferred, on the leader, hands leadership to the preferred node once
 // it has held the whole log for PreferredAfter ticks in a row.
 func (n *Node) leadPreferred() {
@@ -338,7 +343,10 @@ func (n *Node) leadPreferred() {
 	pr, ok := st.Progress[p]
 	// (RecentActive is not asked: the leader clears it every election
 	// timeout, whatever the follower does.)
-	if !ok || pr.IsLearner || pr.Match < st.Commit || pr.State != tracker.StateReplicate {
+	// Caught up: in replicate state, and behind the commit index by no
+	// more than the entries in flight under load (an exact Match ==
+	// Commit is rarely seen at a tick while writes stream).
+	if !ok || pr.IsLearner || pr.Match+caughtUpLag < st.Commit || pr.State != tracker.StateReplicate {
 		n.caughtUp = 0
 		return
 	}
