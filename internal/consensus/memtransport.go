@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"os"
 	"sync"
 
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -10,6 +11,10 @@ import (
 // MemNetwork connects nodes in one process, for tests: every node has an
 // ordered inbox, and links can be cut and healed.
 type MemNetwork struct {
+	// Dir is where snapshots are copied on their way (default: the
+	// system's temporary directory).
+	Dir string
+
 	mu    sync.Mutex
 	nodes map[uint64]*Node
 	inbox map[uint64]chan pb.Message
@@ -68,6 +73,12 @@ func (t memTransport) Send(msgs []pb.Message) {
 	t.m.mu.Lock()
 	defer t.m.mu.Unlock()
 	for _, msg := range msgs {
+		if msg.Type == pb.MsgSnap {
+			if n := t.m.nodes[t.from]; n != nil {
+				go t.sendSnapshot(n, msg)
+			}
+			continue
+		}
 		in, ok := t.m.inbox[msg.To]
 		if !ok || t.m.cut[[2]uint64{t.from, msg.To}] {
 			continue
@@ -77,4 +88,35 @@ func (t memTransport) Send(msgs []pb.Message) {
 		default: // a full inbox drops, as a congested network would
 		}
 	}
+}
+
+// sendSnapshot sends a copy of the sender's database with the snapshot
+// message, as the HTTP transport does.
+func (t memTransport) sendSnapshot(from *Node, msg pb.Message) {
+	dir := t.m.Dir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	path, out, err := from.SnapshotToSend(context.Background(), msg, dir)
+	if err != nil {
+		from.ReportSnapshot(msg.To, false)
+		return
+	}
+	out.Snapshot.Data = []byte(path)
+	t.m.mu.Lock()
+	in, ok := t.m.inbox[msg.To]
+	if ok && !t.m.cut[[2]uint64{t.from, msg.To}] {
+		select {
+		case in <- out:
+		default:
+			ok = false
+		}
+	} else {
+		ok = false
+	}
+	t.m.mu.Unlock()
+	if !ok {
+		os.Remove(path)
+	}
+	from.ReportSnapshot(msg.To, ok)
 }

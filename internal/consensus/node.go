@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,17 @@ type Config struct {
 	PreferredAfter int
 	// Logf logs (default: nothing).
 	Logf func(format string, args ...any)
+	// ApplyRecordsConf: Apply records each entry's Conf (the configuration
+	// a configuration change reaches) in the database with the entry, so
+	// the node does not write it separately.
+	ApplyRecordsConf bool
+	// LogKeep is how many applied entries the log keeps for followers
+	// that fall behind; once it holds twice as many, it is compacted (0:
+	// never). A follower behind the kept log gets a snapshot.
+	LogKeep uint64
+	// Installed is told when a snapshot from the leader replaced the
+	// database (may be nil).
+	Installed func(index uint64)
 }
 
 // Node is one member of a Raft group.
@@ -66,7 +78,8 @@ type Node struct {
 	storage *Storage
 	tr      Transport
 
-	applied atomic.Uint64
+	applied   atomic.Uint64
+	installed atomic.Uint64 // snapshots installed since start
 
 	mu          sync.Mutex
 	waiting     map[uint64]chan Applied // proposal id -> its proposer
@@ -80,10 +93,13 @@ type Node struct {
 	err   error
 }
 
-// Entry is one committed proposal: its log index and the data proposed.
+// Entry is one committed entry: its log index and term, the data proposed
+// (nil for an entry that is not a proposal), and for a configuration
+// change the configuration it reaches (encoded).
 type Entry struct {
-	Index uint64
-	Data  []byte
+	Index, Term uint64
+	Data        []byte
+	Conf        []byte
 }
 
 // Applied is what a proposer learns once its proposal is applied.
@@ -276,7 +292,9 @@ func (n *Node) run() {
 // copy, Raft thesis 10.2.1, is a later optimisation.)
 func (n *Node) handle(rd raft.Ready) error {
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		return errors.New("raft snapshots are not supported yet")
+		if err := n.install(rd.Snapshot, rd.HardState); err != nil {
+			return fmt.Errorf("install snapshot at index %d: %w", rd.Snapshot.Metadata.Index, err)
+		}
 	}
 	if err := n.storage.Save(rd.Entries, rd.HardState); err != nil {
 		return fmt.Errorf("persist raft log: %w", err)
@@ -291,7 +309,92 @@ func (n *Node) handle(rd raft.Ready) error {
 		}
 		n.mu.Unlock()
 	}
-	return n.apply(rd.CommittedEntries)
+	if err := n.apply(rd.CommittedEntries); err != nil {
+		return err
+	}
+	return n.compact()
+}
+
+// install makes the snapshot Raft restored from (its data: the path of a
+// copy of the leader's database, received whole and verified) this node's
+// database, with this node's own term and vote, in one transaction.
+func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
+	path := string(snap.Data)
+	if path == "" {
+		return errors.New("the snapshot carries no database")
+	}
+	if raft.IsEmptyHardState(hard) {
+		hard = n.storage.HardState()
+	}
+	if hard.Commit < snap.Metadata.Index {
+		hard.Commit = snap.Metadata.Index
+	}
+	hb, err := hard.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := n.storage.st.InstallRaftSnapshot(path, snap.Metadata.Index, snap.Metadata.Term, hb); err != nil {
+		return err
+	}
+	n.storage.installed(snap.Metadata, hard)
+	n.applied.Store(snap.Metadata.Index)
+	n.installed.Add(1)
+	n.cfg.Logf("installed a snapshot of the leader's database at index %d", snap.Metadata.Index)
+	if n.cfg.Installed != nil {
+		n.cfg.Installed(snap.Metadata.Index)
+	}
+	return nil
+}
+
+// compact drops applied entries beyond the LogKeep the log keeps, once it
+// holds twice as many.
+func (n *Node) compact() error {
+	keep := n.cfg.LogKeep
+	if keep == 0 {
+		return nil
+	}
+	applied := n.applied.Load()
+	first, _ := n.storage.FirstIndex()
+	if applied+1 < first+2*keep {
+		return nil
+	}
+	return n.storage.Compact(applied - keep)
+}
+
+// SnapshotToSend turns Raft's request to send a snapshot into one that
+// carries a fresh copy of this node's database (written to a new file in
+// dir, which the caller sends and removes): the message then describes the
+// copy's own position in the log, which is at or after the compacted
+// position Raft asked for, and is what the follower restores to.
+func (n *Node) SnapshotToSend(ctx context.Context, m pb.Message, dir string) (path string, out pb.Message, err error) {
+	path, _, err = n.storage.st.Snapshot(ctx, dir)
+	if err != nil {
+		return "", m, err
+	}
+	pos, err := store.SnapshotPosition(path)
+	var cs pb.ConfState
+	if err == nil {
+		err = cs.Unmarshal(pos.Conf)
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", m, err
+	}
+	m.Snapshot = &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: pos.Index, Term: pos.Term, ConfState: cs}}
+	return path, m, nil
+}
+
+// SnapshotsInstalled counts the snapshots this node installed since it
+// started.
+func (n *Node) SnapshotsInstalled() uint64 { return n.installed.Load() }
+
+// ReportSnapshot tells Raft whether a snapshot reached follower id.
+func (n *Node) ReportSnapshot(id uint64, ok bool) {
+	st := raft.SnapshotFinish
+	if !ok {
+		st = raft.SnapshotFailure
+	}
+	n.rn.ReportSnapshot(id, st)
 }
 
 // ReadIndex returns an index such that every write acknowledged before the
@@ -371,14 +474,15 @@ func (n *Node) apply(ents []pb.Entry) error {
 			continue // applied before a restart
 		}
 		var id uint64
-		var data []byte
+		var data, conf []byte
+		var err error
 		switch e.Type {
 		case pb.EntryConfChange:
 			var cc pb.ConfChange
 			if err := cc.Unmarshal(e.Data); err != nil {
 				return fmt.Errorf("entry %d: %w", e.Index, err)
 			}
-			if err := n.storage.SetConfState(*n.rn.ApplyConfChange(cc)); err != nil {
+			if conf, err = n.confChange(cc); err != nil {
 				return err
 			}
 			n.confApplied(cc)
@@ -387,7 +491,7 @@ func (n *Node) apply(ents []pb.Entry) error {
 			if err := cc.Unmarshal(e.Data); err != nil {
 				return fmt.Errorf("entry %d: %w", e.Index, err)
 			}
-			if err := n.storage.SetConfState(*n.rn.ApplyConfChange(cc)); err != nil {
+			if conf, err = n.confChange(cc); err != nil {
 				return err
 			}
 		case pb.EntryNormal:
@@ -395,7 +499,7 @@ func (n *Node) apply(ents []pb.Entry) error {
 				id, data = binary.BigEndian.Uint64(e.Data), e.Data[8:]
 			}
 		}
-		run = append(run, Entry{Index: e.Index, Data: data})
+		run = append(run, Entry{Index: e.Index, Term: e.Term, Data: data, Conf: conf})
 		ids = append(ids, id)
 	}
 	if len(run) == 0 {
@@ -414,6 +518,16 @@ func (n *Node) apply(ents []pb.Entry) error {
 	n.mu.Unlock()
 	n.applied.Store(run[len(run)-1].Index)
 	return nil
+}
+
+// confChange applies a configuration change to Raft and returns the
+// configuration reached, encoded.
+func (n *Node) confChange(cc pb.ConfChangeI) ([]byte, error) {
+	cs := *n.rn.ApplyConfChange(cc)
+	if err := n.storage.SetConfState(cs, !n.cfg.ApplyRecordsConf); err != nil {
+		return nil, err
+	}
+	return cs.Marshal()
 }
 
 // quietLogger discards Raft's own logging (the node logs what matters).

@@ -52,6 +52,8 @@ func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg Replic
 	}
 	cfg.Node.Applied = st.Applied()
 	cfg.Node.Apply = r.apply
+	cfg.Node.ApplyRecordsConf = true
+	cfg.Node.Installed = func(uint64) { r.wake() }
 	n, err := Start(ctx, st, tr, cfg.Node)
 	if err != nil {
 		return nil, err
@@ -151,7 +153,7 @@ func (r *Replica) WaitApplied(ctx context.Context, index uint64) error {
 func (r *Replica) apply(ents []Entry) []any {
 	log := make([]rlog.Entry, len(ents))
 	for i, e := range ents {
-		log[i] = rlog.Entry{Index: e.Index}
+		log[i] = rlog.Entry{Index: e.Index, Term: e.Term, Conf: e.Conf}
 		if len(e.Data) >= 16 {
 			log[i].TimeMs = int64(binary.BigEndian.Uint64(e.Data))
 			log[i].Seed = int64(binary.BigEndian.Uint64(e.Data[8:]))
@@ -170,6 +172,12 @@ func (r *Replica) apply(ents []Entry) []any {
 			results[i] = out[e.Index-first]
 		}
 	}
+	r.wake()
+	return results
+}
+
+// wake releases the waiters whose index this node has applied.
+func (r *Replica) wake() {
 	applied := r.st.Applied()
 	r.mu.Lock()
 	kept := r.waiters[:0]
@@ -182,7 +190,6 @@ func (r *Replica) apply(ents []Entry) []any {
 	}
 	r.waiters = kept
 	r.mu.Unlock()
-	return results
 }
 
 // WaitDurableOnAllVoters waits, on the leader, until every voter holds the

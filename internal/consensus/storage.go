@@ -133,15 +133,52 @@ func (s *Storage) FirstIndex() (uint64, error) {
 	return s.snapIndex + 1, nil
 }
 
-// Snapshot implements raft.Storage. Snapshots are not taken yet: the log
-// is kept whole.
+// Snapshot implements raft.Storage: the position the log was compacted
+// at. Its data is the database itself, which the transport copies when it
+// sends a snapshot (and then describes the copy's own position instead;
+// see HTTPTransport and MemNetwork).
 func (s *Storage) Snapshot() (pb.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.snapIndex == 0 {
-		return pb.Snapshot{Metadata: pb.SnapshotMetadata{ConfState: s.conf}}, nil
+	return pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: s.snapIndex, Term: s.snapTerm, ConfState: s.conf}}, nil
+}
+
+// Compact drops the log's entries up to and including index (which this
+// node has applied): a snapshot of the database replaces them.
+func (s *Storage) Compact(index uint64) error {
+	s.mu.Lock()
+	if index <= s.snapIndex || index > s.lastIndex() {
+		s.mu.Unlock()
+		return nil
 	}
-	return pb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
+	term := s.ents[index-s.snapIndex-1].Term
+	s.mu.Unlock()
+	if err := s.st.CompactRaft(index, term); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ents = append([]pb.Entry(nil), s.ents[index-s.snapIndex:]...)
+	s.snapIndex, s.snapTerm = index, term
+	return nil
+}
+
+// installed makes the in-memory state match a snapshot just installed in
+// the database: the log starts after it, with its configuration.
+func (s *Storage) installed(meta pb.SnapshotMetadata, hard pb.HardState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ents = nil
+	s.snapIndex, s.snapTerm = meta.Index, meta.Term
+	s.conf = meta.ConfState
+	s.hard = hard
+}
+
+// HardState is the last hard state made durable.
+func (s *Storage) HardState() pb.HardState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hard
 }
 
 // Save makes entries and the hard state durable (one transaction), then
@@ -183,14 +220,18 @@ func (s *Storage) Save(entries []pb.Entry, hard pb.HardState) error {
 	return nil
 }
 
-// SetConfState records the configuration the applied log has reached.
-func (s *Storage) SetConfState(cs pb.ConfState) error {
-	b, err := cs.Marshal()
-	if err != nil {
-		return err
-	}
-	if err := s.st.SetRaftConfState(b); err != nil {
-		return err
+// SetConfState records the configuration the applied log has reached;
+// persist says whether to write it to the database here (a Replica writes
+// it with the entry's change instead, in the same transaction).
+func (s *Storage) SetConfState(cs pb.ConfState, persist bool) error {
+	if persist {
+		b, err := cs.Marshal()
+		if err != nil {
+			return err
+		}
+		if err := s.st.SetRaftConfState(b); err != nil {
+			return err
+		}
 	}
 	s.mu.Lock()
 	s.conf = cs

@@ -22,6 +22,12 @@ type Entry struct {
 	TimeMs int64           `json:"t"` // the master's clock, ms since 1970, for 'now'
 	Seed   int64           `json:"r"` // seed of random() and randomblob()
 	Body   json.RawMessage `json:"b"` // EncodeStatements output
+	// Under consensus: the entry's Raft term, and the configuration the
+	// log reaches with it (set on configuration changes). They are
+	// recorded with the entry's change, so a copy of the database says
+	// exactly where in the log it stands.
+	Term uint64 `json:"-"`
+	Conf []byte `json:"-"`
 }
 
 // Statement is one SQL string (it may hold several statements) and its

@@ -129,8 +129,35 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 	}
 	s.leave()
 	last := entries[len(entries)-1].Index
+	if err := s.recordLogPosition(entries); err != nil {
+		s.internal("ROLLBACK")
+		return nil, nil, err
+	}
 	if err := s.commitAt(last); err != nil {
 		return nil, nil, err
 	}
 	return out, nil, nil
+}
+
+// recordLogPosition records, with the entries' changes, the Raft term of
+// the last one and the configuration the last configuration change among
+// them reached: a copy of the database then carries its own place in the
+// log (see RaftPosition).
+func (s *Store) recordLogPosition(entries []rlog.Entry) error {
+	s.wconn.auth.reset(policyReplica)
+	last := entries[len(entries)-1]
+	if last.Term > 0 {
+		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('applied_term', ?)", int64(last.Term)); err != nil {
+			return fmt.Errorf("record applied term: %w", err)
+		}
+	}
+	for i := len(entries) - 1; i >= 0; i-- {
+		if entries[i].Conf != nil {
+			if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('conf_state', ?)", entries[i].Conf); err != nil {
+				return fmt.Errorf("record configuration: %w", err)
+			}
+			break
+		}
+	}
+	return nil
 }

@@ -46,7 +46,9 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 	// The log's entries are not needed (the copy's applied index says
 	// where it stands). No VACUUM: it may renumber the rowids of tables
 	// without an INTEGER PRIMARY KEY, and the copy must be row for row.
-	if err := dst.ExecScript("DELETE FROM _ddb_log"); err != nil {
+	// Nor the consensus log and this node's own Raft state (its term and
+	// vote): only where the copy stands in the log stays (see RaftPosition).
+	if err := dst.ExecScript("DELETE FROM _ddb_log; DELETE FROM _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term')"); err != nil {
 		return "", 0, fmt.Errorf("compact snapshot: %w", err)
 	}
 	index, err = appliedOf(dst)
@@ -72,23 +74,58 @@ func appliedOf(c *sqlite.Conn) (uint64, error) {
 // from r (as written by Snapshot), and returns the snapshot's applied
 // index. Readers see the old content until the copy is done, then the new.
 func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
-	f, err := os.CreateTemp(dir, "restore-*.db")
+	path, err := receive(r, dir)
 	if err != nil {
 		return 0, err
 	}
+	defer removeCopy(path)
+	return s.install(path, nil)
+}
+
+// receive copies r to a new file in dir.
+func receive(r io.Reader, dir string) (string, error) {
+	f, err := os.CreateTemp(dir, "restore-*.db")
+	if err != nil {
+		return "", err
+	}
 	path := f.Name()
-	defer func() {
-		// The copy is in WAL mode: reading it leaves its -wal and -shm.
-		for _, p := range []string{path, path + "-wal", path + "-shm"} {
-			os.Remove(p)
-		}
-	}()
 	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
-		return 0, fmt.Errorf("receive snapshot: %w", err)
+		removeCopy(path)
+		return "", fmt.Errorf("receive snapshot: %w", err)
 	}
 	if err := f.Close(); err != nil {
-		return 0, err
+		removeCopy(path)
+		return "", err
+	}
+	return path, nil
+}
+
+// removeCopy removes a snapshot copy; it is in WAL mode, so reading it
+// leaves its -wal and -shm beside it.
+func removeCopy(path string) {
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		os.Remove(p)
+	}
+}
+
+// install replaces the database's content with the snapshot file at path,
+// after prepare (if set) has adjusted the copy, and returns its applied
+// index. The copy becomes the database in one transaction.
+func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) error) (uint64, error) {
+	if prepare != nil {
+		c, err := openConn(path, url.Values{"_journal_mode": {"OFF"}, "_synchronous": {"OFF"}})
+		if err != nil {
+			return 0, fmt.Errorf("open snapshot: %w", err)
+		}
+		index, err := appliedOf(c)
+		if err == nil {
+			err = prepare(c, index)
+		}
+		c.Close()
+		if err != nil {
+			return 0, err
+		}
 	}
 	src, err := openConn(path, url.Values{"mode": {"ro"}})
 	if err != nil {
@@ -120,7 +157,7 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}
-	if err := s.w.ExecScript(schemaSQL); err != nil {
+	if err := s.w.ExecScript(schemaSQL + raftSchemaSQL); err != nil {
 		return 0, err
 	}
 	if own != nil {
@@ -133,6 +170,78 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	s.visible.Store(index)
 	s.logStart.Store(index + 1)
 	return index, nil
+}
+
+// RaftPosition is where a copy of the database stands in the consensus
+// log: its applied index, that entry's term, and the configuration the log
+// had reached there (encoded).
+type RaftPosition struct {
+	Index, Term uint64
+	Conf        []byte
+}
+
+// SnapshotPosition reads where the snapshot file at path stands.
+func SnapshotPosition(path string) (RaftPosition, error) {
+	var p RaftPosition
+	c, err := openConn(path, url.Values{"mode": {"ro"}})
+	if err != nil {
+		return p, err
+	}
+	defer c.Close()
+	if p.Index, err = appliedOf(c); err != nil {
+		return p, err
+	}
+	rows, err := c.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('applied_term', 'conf_state')")
+	if err != nil {
+		return p, err
+	}
+	for _, r := range rows {
+		switch r[0] {
+		case "applied_term":
+			v, _ := r[1].(int64)
+			p.Term = uint64(v)
+		case "conf_state":
+			p.Conf, _ = r[1].([]byte)
+		}
+	}
+	if p.Index > 0 && p.Term == 0 {
+		return p, fmt.Errorf("snapshot at index %d records no Raft term", p.Index)
+	}
+	return p, nil
+}
+
+// InstallRaftSnapshot makes the snapshot file at path (received from the
+// leader) this node's database, in one transaction: its data, and this
+// node's Raft state, which is hardState (this node's own term and vote,
+// and a commit index at least the snapshot's), with the log emptied up to
+// the snapshot's position. The snapshot must stand at index and term. The
+// file is consumed.
+func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState []byte) error {
+	defer removeCopy(path)
+	pos, err := SnapshotPosition(path)
+	if err != nil {
+		return err
+	}
+	if pos.Index != index || pos.Term != term {
+		return fmt.Errorf("the snapshot stands at index %d, term %d, not at %d, %d", pos.Index, pos.Term, index, term)
+	}
+	_, err = s.install(path, func(c *sqlite.Conn, _ uint64) error {
+		for _, q := range []struct {
+			sql  string
+			args []any
+		}{
+			{"DELETE FROM _ddb_raft_log", nil},
+			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", []any{hardState}},
+			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
+			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
+		} {
+			if err := c.Exec(q.sql, q.args...); err != nil {
+				return fmt.Errorf("prepare snapshot: %w", err)
+			}
+		}
+		return nil
+	})
+	return err
 }
 
 // Checkpoint copies the WAL back into the database file (PASSIVE mode: it
