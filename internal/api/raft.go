@@ -31,6 +31,7 @@ func NewRaftServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, 
 	s.mux.HandleFunc("/transfer", s.handleTransfer)
 	s.mux.HandleFunc("/metrics", s.handleMetrics)
 	s.mux.HandleFunc(consensus.RaftPath, eng.RaftHandler())
+	s.mux.HandleFunc(consensus.SnapshotPath, eng.SnapshotHandler())
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleRaftForward))
 	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleRaftJoin))
 	return s

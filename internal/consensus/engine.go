@@ -44,11 +44,15 @@ type EngineConfig struct {
 	AckTimeout time.Duration // how long a write may wait for its ack level or a leader
 	ReadWait   time.Duration // how long a strong read waits for a read index
 	Limits     store.Limits  // result limits of forwarded writes
-	Auth       *cluster.Auth
-	Name       string // this node's name in signatures
-	Client     *http.Client
-	Calls      PeerCaller
-	Logf       func(string, ...any)
+	Dir        string        // where snapshot copies are written (the data directory)
+	LogKeep    uint64        // applied entries the log keeps for followers behind (0: 200,000)
+	// MaxSnapshot is the largest snapshot this node accepts (0: 1 TiB).
+	MaxSnapshot int64
+	Auth        *cluster.Auth
+	Name        string // this node's name in signatures
+	Client      *http.Client
+	Calls       PeerCaller
+	Logf        func(string, ...any)
 }
 
 // Engine is a node's replicated database: the client protocol's writes and
@@ -82,6 +86,12 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.LogKeep == 0 {
+		cfg.LogKeep = 200_000
+	}
+	if cfg.MaxSnapshot == 0 {
+		cfg.MaxSnapshot = 1 << 40
 	}
 	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID())}
 	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Logf)
@@ -124,6 +134,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		// 2*ElectionTick)): 0.7-1.4 s with 100 ms ticks, so a new leader
 		// is usually in place within 1.5 s of the old one's death.
 		ElectionTick: 7,
+		LogKeep:      cfg.LogKeep,
 		OnConfChange: e.confChanged,
 	}})
 	if err != nil {
@@ -134,6 +145,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	e.rep = rep
 	e.tr.SetUnreachable(rep.Node().ReportUnreachable)
+	e.tr.SetSnapshots(rep.Node(), cfg.Dir)
 	e.wg.Add(1)
 	go e.announce(!isVoter)
 	return e, nil
@@ -294,6 +306,11 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 // RaftHandler serves Raft messages from the other nodes.
 func (e *Engine) RaftHandler() http.HandlerFunc {
 	return Handler(e.cfg.Auth, func() *Node { return e.rep.Node() }, e.cfg.Logf)
+}
+
+// SnapshotHandler serves snapshots the leader streams to this node.
+func (e *Engine) SnapshotHandler() http.HandlerFunc {
+	return SnapshotHandler(e.cfg.Auth, func() *Node { return e.rep.Node() }, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Logf)
 }
 
 // IsLeader reports whether this node leads now.

@@ -3,11 +3,15 @@ package consensus
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -71,6 +75,9 @@ type HTTPTransport struct {
 	down        map[uint64]bool // last send failed (logged once per change)
 	unreachable func(id uint64)
 	stop        chan struct{}
+	node        *Node           // for snapshots: the node whose database is copied
+	snapDir     string          // where snapshot copies are written
+	sending     map[uint64]bool // a snapshot to this peer is on its way
 }
 
 // NewHTTPTransport returns a transport; SetUnreachable tells it whom to
@@ -80,7 +87,7 @@ func NewHTTPTransport(auth *cluster.Auth, self string, client *http.Client, logf
 		logf = func(string, ...any) {}
 	}
 	return &HTTPTransport{auth: auth, self: self, client: client, logf: logf, peers: map[uint64]string{},
-		queues: map[uint64]chan pb.Message{}, down: map[uint64]bool{}, stop: make(chan struct{})}
+		queues: map[uint64]chan pb.Message{}, down: map[uint64]bool{}, stop: make(chan struct{}), sending: map[uint64]bool{}}
 }
 
 // SetPeer records (or moves) peer id's base URL.
@@ -104,6 +111,14 @@ func (t *HTTPTransport) SetUnreachable(f func(id uint64)) {
 	t.mu.Unlock()
 }
 
+// SetSnapshots lets the transport send snapshots of node's database,
+// copied to files in dir.
+func (t *HTTPTransport) SetSnapshots(node *Node, dir string) {
+	t.mu.Lock()
+	t.node, t.snapDir = node, dir
+	t.mu.Unlock()
+}
+
 // Close stops the senders.
 func (t *HTTPTransport) Close() { close(t.stop) }
 
@@ -112,6 +127,13 @@ func (t *HTTPTransport) Send(msgs []pb.Message) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, m := range msgs {
+		if m.Type == pb.MsgSnap {
+			if t.node != nil && !t.sending[m.To] {
+				t.sending[m.To] = true
+				go t.sendSnapshot(m)
+			}
+			continue
+		}
 		q, ok := t.queues[m.To]
 		if !ok {
 			q = make(chan pb.Message, 4096)
@@ -224,6 +246,167 @@ func Handler(auth *cluster.Auth, node func() *Node, logf func(string, ...any)) h
 		}
 		for _, m := range msgs {
 			n.Step(r.Context(), m)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// SnapshotPath is the HTTP path snapshots are streamed to.
+const SnapshotPath = "/_ddb/raft/snapshot"
+
+// Headers of a snapshot request: the Raft message (base64) and the
+// SHA-256 of the database copy that is the body (hex). The signature
+// covers both, so the receiver checks who sent the request before it
+// reads the body, and checks the body against the signed hash as it
+// arrives. A transfer may take as long as it needs: only its start is
+// within the signature's time window.
+const (
+	headerRaftMessage    = "X-Ddb-Raft-Message"
+	headerSnapshotSHA256 = "X-Ddb-Snapshot-Sha256"
+)
+
+func snapshotSigned(msg []byte, sum string) []byte {
+	return cluster.BodyHash(append(append([]byte(nil), msg...), sum...))
+}
+
+// sendSnapshot copies the node's database and streams it to m.To with
+// the message describing it, then tells Raft whether it arrived.
+func (t *HTTPTransport) sendSnapshot(m pb.Message) {
+	t.mu.Lock()
+	node, dir := t.node, t.snapDir
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(t.sending, m.To)
+		t.mu.Unlock()
+	}()
+	err := t.streamSnapshot(node, dir, m)
+	if err != nil {
+		t.logf("snapshot to node %d: %v", m.To, err)
+	}
+	node.ReportSnapshot(m.To, err == nil)
+}
+
+func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) error {
+	url := t.Peer(m.To)
+	if url == "" {
+		return fmt.Errorf("no address known for node %d", m.To)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Hour)
+	defer cancel()
+	path, out, err := node.SnapshotToSend(ctx, m, dir)
+	if err != nil {
+		return fmt.Errorf("copy the database: %w", err)
+	}
+	defer removeFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	msg, err := out.Marshal()
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+SnapshotPath, f)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
+	req.Header.Set(headerSnapshotSHA256, sum)
+	t.auth.Sign(req, t.self, snapshotSigned(msg, sum))
+	t.logf("sending node %d a snapshot at index %d (%d bytes)", m.To, out.Snapshot.Metadata.Index, size)
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("%s answered %s: %s", url, resp.Status, bytes.TrimSpace(b))
+	}
+	return nil
+}
+
+// SnapshotHandler serves SnapshotPath: it checks the signature over the
+// message and the body's hash before reading the body, receives the body
+// into a file in dir (at most maxBytes), checks it against the signed
+// hash, and hands the message to the node, which installs the copy.
+func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes int64, logf func(string, ...any)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			http.Error(w, "use POST", http.StatusMethodNotAllowed)
+			return
+		}
+		msg, err := base64.StdEncoding.DecodeString(r.Header.Get(headerRaftMessage))
+		sum := r.Header.Get(headerSnapshotSHA256)
+		if err != nil || len(sum) != 64 {
+			http.Error(w, "a snapshot request needs its message and hash headers", http.StatusBadRequest)
+			return
+		}
+		if err := auth.Verify(r, snapshotSigned(msg, sum)); err != nil {
+			if logf != nil {
+				logf("refused a snapshot from %s: %v", r.RemoteAddr, err)
+			}
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		if r.ContentLength > maxBytes {
+			http.Error(w, fmt.Sprintf("snapshot of %d bytes is over this node's limit of %d", r.ContentLength, maxBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
+		var m pb.Message
+		if err := m.Unmarshal(msg); err != nil || m.Type != pb.MsgSnap || m.Snapshot == nil {
+			http.Error(w, "the message is not a snapshot", http.StatusBadRequest)
+			return
+		}
+		n := node()
+		if n == nil {
+			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
+			return
+		}
+		f, err := os.CreateTemp(dir, "raft-snapshot-*.db")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		path := f.Name()
+		h := sha256.New()
+		got, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r.Body, maxBytes+1))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		switch {
+		case err != nil:
+			err = fmt.Errorf("receive snapshot: %w", err)
+		case got > maxBytes:
+			err = fmt.Errorf("snapshot over this node's limit of %d bytes", maxBytes)
+		case hex.EncodeToString(h.Sum(nil)) != sum:
+			err = errors.New("the snapshot does not match its signed hash")
+		}
+		if err != nil {
+			removeFile(path)
+			if logf != nil {
+				logf("snapshot from %s: %v", r.RemoteAddr, err)
+			}
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := n.StepSnapshot(r.Context(), m, path); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}

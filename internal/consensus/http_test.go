@@ -3,12 +3,17 @@ package consensus
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +21,7 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"ddb/internal/cluster"
+	"ddb/internal/inspect"
 	"ddb/internal/rlog"
 	"ddb/internal/store"
 )
@@ -141,5 +147,231 @@ func TestReplicasOverSignedHTTP(t *testing.T) {
 	resp.Body.Close()
 	if st := reps[1].Node().Status(); st.Term >= 99 {
 		t.Fatalf("a refused message moved the term to %d", st.Term)
+	}
+}
+
+// slowBody throttles a request body and, once the first bytes are read,
+// moves the receiver's clock past the signature window: the transfer then
+// "lasts" longer than the window, as a large snapshot over a slow link does.
+type slowBody struct {
+	r                io.ReadCloser
+	advance, restore func()
+	read             *atomic.Int64
+	once, done       sync.Once
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	b.once.Do(b.advance)
+	if len(p) > 4096 {
+		p = p[:4096]
+	}
+	time.Sleep(200 * time.Microsecond)
+	n, err := b.r.Read(p)
+	b.read.Add(int64(n))
+	if err != nil {
+		b.done.Do(b.restore)
+	}
+	return n, err
+}
+
+func (b *slowBody) Close() error {
+	b.done.Do(b.restore)
+	return b.r.Close()
+}
+
+// A follower behind the compacted log gets a snapshot streamed over signed
+// HTTP. The signature (over the message and the copy's hash) is checked
+// before the body is read, so a transfer that outlasts the signature's
+// window still installs; the body is checked against the signed hash, so
+// a tampered copy is refused; an unsigned request is refused unread.
+func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
+	const secret = "a cluster secret"
+	ids := []uint64{1, 2, 3}
+	var mu sync.Mutex
+	clock := time.Time{} // zero: the real time
+	now := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		if clock.IsZero() {
+			return time.Now()
+		}
+		return clock
+	}
+	recvAuth := cluster.NewAuth(secret, now) // node 3's, whose clock jumps
+	reps := map[uint64]*Replica{}
+	nodeOf := func(id uint64) func() *Node {
+		return func() *Node {
+			mu.Lock()
+			defer mu.Unlock()
+			if r := reps[id]; r != nil {
+				return r.Node()
+			}
+			return nil
+		}
+	}
+	dir := t.TempDir()
+	var read atomic.Int64
+	servers := map[uint64]*httptest.Server{}
+	for _, id := range ids {
+		auth := cluster.NewAuth(secret, nil)
+		if id == 3 {
+			auth = recvAuth
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc(RaftPath, Handler(auth, nodeOf(id), nil))
+		snap := SnapshotHandler(auth, nodeOf(id), dir, 1<<30, nil)
+		mux.HandleFunc(SnapshotPath, func(w http.ResponseWriter, r *http.Request) {
+			r.Body = &slowBody{r: r.Body, read: &read, advance: func() {
+				mu.Lock()
+				clock = time.Now().Add(3 * cluster.Window)
+				mu.Unlock()
+			}, restore: func() {
+				mu.Lock()
+				clock = time.Time{}
+				mu.Unlock()
+			}}
+			snap(w, r)
+		})
+		servers[id] = httptest.NewServer(mux)
+		defer servers[id].Close()
+	}
+	ticks := map[uint64]chan time.Time{}
+	stores := map[uint64]*store.Store{}
+	start := func(id uint64) {
+		tr := NewHTTPTransport(cluster.NewAuth(secret, nil), fmt.Sprintf("node%d", id), http.DefaultClient, nil)
+		t.Cleanup(tr.Close)
+		for _, p := range ids {
+			tr.SetPeer(p, servers[p].URL)
+		}
+		st, err := store.Open(store.Options{Path: filepath.Join(dir, fmt.Sprintf("n%d.db", id)), Synchronous: "OFF"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		tick := make(chan time.Time)
+		r, err := StartReplica(context.Background(), st, tr, ReplicaConfig{Node: Config{ID: id, Voters: ids, Ticks: tick, LogKeep: 20}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Stop)
+		tr.SetUnreachable(r.Node().ReportUnreachable)
+		tr.SetSnapshots(r.Node(), dir)
+		mu.Lock()
+		reps[id], stores[id], ticks[id] = r, st, tick
+		mu.Unlock()
+	}
+	start(1)
+	start(2)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			mu.Lock()
+			var chans []chan time.Time
+			for _, ch := range ticks {
+				chans = append(chans, ch)
+			}
+			mu.Unlock()
+			for _, ch := range chans {
+				select {
+				case ch <- time.Time{}:
+				case <-stop:
+					return
+				}
+			}
+		}
+	}()
+	var leader uint64
+	for deadline := time.Now().Add(10 * time.Second); leader == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, id := range []uint64{1, 2} {
+			if reps[id].Node().Status().RaftState == raft.StateLeader {
+				leader = id
+			}
+		}
+	}
+	if leader == 0 {
+		t.Fatal("no leader")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	write := func(q string) {
+		t.Helper()
+		if _, err := reps[leader].Write(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: q}}, AllowSchema: true}); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	write("CREATE TABLE big (id INTEGER PRIMARY KEY, b BLOB)")
+	for i := 0; i < 100; i++ {
+		write("INSERT INTO big (b) VALUES (randomblob(2000))")
+	}
+	if first, _ := reps[leader].Node().storage.FirstIndex(); first < 50 {
+		t.Fatalf("the log was not compacted (first index %d)", first)
+	}
+
+	// Refused unread: no signature.
+	resp, err := http.Post(servers[3].URL+SnapshotPath, "application/octet-stream", bytes.NewReader(make([]byte, 1<<20)))
+	if err != nil || resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("an unsigned snapshot: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if n := read.Load(); n != 0 {
+		t.Fatalf("%d bytes of an unsigned snapshot were read", n)
+	}
+
+	start(3)
+	for deadline := time.Now().Add(20 * time.Second); stores[3].Applied() < stores[leader].Applied() || reps[3].Node().SnapshotsInstalled() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node 3 stays at %d, the leader is at %d", stores[3].Applied(), stores[leader].Applied())
+		}
+	}
+	if n := reps[3].Node().SnapshotsInstalled(); n != 1 {
+		first, _ := reps[leader].Node().storage.FirstIndex()
+		t.Fatalf("node 3 installed %d snapshots, want 1 (node 3 at %d, leader %d at %d, its log from %d, now led by %d)", n, stores[3].Applied(), leader, stores[leader].Applied(), first, reps[3].Node().Status().Lead)
+	}
+	if read.Load() < 100*2000 {
+		t.Fatalf("only %d bytes went through the slow link", read.Load())
+	}
+	write("INSERT INTO big (b) VALUES (randomblob(10))")
+	for _, id := range ids {
+		if err := reps[id].WaitApplied(ctx, stores[leader].Applied()); err != nil {
+			t.Fatalf("node %d: %v", id, err)
+		}
+	}
+	var dbs []*inspect.Database
+	for _, id := range ids {
+		d, err := inspect.Load(stores[id].Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		dbs = append(dbs, d)
+	}
+	if diffs := inspect.Compare(dbs, 5); len(diffs) > 0 {
+		t.Fatalf("databases differ: %v", diffs)
+	}
+
+	// A tampered copy: signed hash of one body, another body sent.
+	msg, _ := (&pb.Message{Type: pb.MsgSnap, To: 3, From: leader, Term: 1, Snapshot: &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: 1, Term: 1}}}).Marshal()
+	good := bytes.Repeat([]byte("x"), 1000)
+	sum := sha256.Sum256(good)
+	req, _ := http.NewRequest(http.MethodPost, servers[3].URL+SnapshotPath, bytes.NewReader(bytes.Repeat([]byte("y"), 1000)))
+	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
+	req.Header.Set(headerSnapshotSHA256, hex.EncodeToString(sum[:]))
+	cluster.NewAuth(secret, nil).Sign(req, "node1", snapshotSigned(msg, hex.EncodeToString(sum[:])))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a tampered snapshot: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if n := reps[3].Node().SnapshotsInstalled(); n != 1 {
+		t.Fatalf("a tampered snapshot was installed")
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "raft-snapshot-*"))
+	if len(left) > 0 {
+		t.Fatalf("received snapshot files left behind: %v", left)
 	}
 }

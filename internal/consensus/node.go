@@ -80,6 +80,7 @@ type Node struct {
 
 	applied   atomic.Uint64
 	installed atomic.Uint64 // snapshots installed since start
+	receiving sync.Map      // path of a received snapshot -> *snapshotFile
 
 	mu          sync.Mutex
 	waiting     map[uint64]chan Applied // proposal id -> its proposer
@@ -323,6 +324,11 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 	if path == "" {
 		return errors.New("the snapshot carries no database")
 	}
+	if v, ok := n.receiving.Load(path); ok {
+		f := v.(*snapshotFile)
+		close(f.started)
+		defer close(f.done)
+	}
 	if raft.IsEmptyHardState(hard) {
 		hard = n.storage.HardState()
 	}
@@ -382,6 +388,46 @@ func (n *Node) SnapshotToSend(ctx context.Context, m pb.Message, dir string) (pa
 	}
 	m.Snapshot = &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: pos.Index, Term: pos.Term, ConfState: cs}}
 	return path, m, nil
+}
+
+// snapshotFile follows a received snapshot file from Step to its install.
+type snapshotFile struct{ started, done chan struct{} }
+
+// StepSnapshot hands Raft a snapshot message whose database was received
+// whole into the file at path. The file is removed once installed, or
+// after two minutes if Raft ignored the message (the node had caught up
+// otherwise meanwhile).
+func (n *Node) StepSnapshot(ctx context.Context, m pb.Message, path string) error {
+	f := &snapshotFile{started: make(chan struct{}), done: make(chan struct{})}
+	n.receiving.Store(path, f)
+	m.Snapshot.Data = []byte(path)
+	if err := n.rn.Step(ctx, m); err != nil {
+		n.receiving.Delete(path)
+		removeFile(path)
+		return err
+	}
+	go func() {
+		defer n.receiving.Delete(path)
+		defer removeFile(path)
+		select {
+		case <-f.started:
+		case <-time.After(2 * time.Minute):
+			return
+		case <-n.done:
+			return
+		}
+		select {
+		case <-f.done:
+		case <-n.done:
+		}
+	}()
+	return nil
+}
+
+func removeFile(path string) {
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		os.Remove(p)
+	}
 }
 
 // SnapshotsInstalled counts the snapshots this node installed since it
