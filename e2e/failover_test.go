@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -153,5 +156,106 @@ func TestRaftWritesResumeAfterEachOfTenMasterKills(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes acknowledged, %d rows", len(acked), len(rows))
+	requireIdentical(t, c, 0, 1, 2)
+}
+
+// A slave the master's command line does not name joins a running Raft
+// cluster as a learner: it receives a snapshot (the log was compacted past
+// it), then the log; it never counts toward the quorum; it can be removed.
+// A second process claiming a live node's id is refused and exits.
+func TestRaftLearnerJoinsThroughASnapshotAndTakenIDsAreRefused(t *testing.T) {
+	c := testcluster.Start(t, 2, "-engine", "raft", "-log-keep", "50", "-ack-timeout", "2s")
+	waitLeader(t, c, 0, 10*time.Second)
+	c.Exec(0, "CREATE TABLE j (id INTEGER PRIMARY KEY, v TEXT, r DEFAULT (random()))")
+	for i := 0; i < 300; i++ {
+		c.Exec(i%3, "INSERT INTO j (v) VALUES (?)", fmt.Sprint(i))
+	}
+	c.StartNode(3)
+	c.WaitHealthy(3)
+	deadline := time.Now().Add(20 * time.Second)
+	for raftRole(c, 3) != "learner" || c.Applied(3) < c.Applied(0) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node 3 is %q at index %d, the master at %d", raftRole(c, 3), c.Applied(3), c.Applied(0))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(c.Node(3).Log); !strings.Contains(string(b), "installed a snapshot") {
+		t.Fatalf("node 3 did not catch up from a snapshot:\n%s", b)
+	}
+	r, _ := c.Do(3, map[string]any{"command": "exec", "query": "INSERT INTO j (v) VALUES ('from the learner')", "ack": "all"})
+	if r.Status != 200 {
+		t.Fatalf("a write at the learner: %v", r)
+	}
+	c.WaitConverged(20*time.Second, 1, 2, 3)
+	requireIdentical(t, c, 0, 1, 2, 3)
+
+	// Another slave 1, in another directory, on another port: refused.
+	port, err := testcluster.FreeBasePort(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := c.Spawn(1, "-dir", t.TempDir(), "-secret", c.Secret(), "-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	for end := time.Now().Add(15 * time.Second); !dup.Exited() && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !dup.Exited() || dup.ExitCode() == 0 {
+		t.Fatalf("the duplicate slave 1 did not stop with an error (exited %v, code %d)", dup.Exited(), dup.ExitCode())
+	}
+	if b, _ := os.ReadFile(dup.Log); !strings.Contains(string(b), "held by the live node") {
+		t.Fatalf("the duplicate's log does not say why:\n%s", b)
+	}
+
+	// The learner does not count: with both voting slaves down, the
+	// master and the learner cannot commit.
+	c.Node(1).Kill()
+	c.Node(2).Kill()
+	r, _ = c.Do(0, map[string]any{"command": "exec", "query": "INSERT INTO j (v) VALUES ('no quorum')"})
+	if r.Status != 503 && r.Status != 504 {
+		t.Fatalf("a write without a quorum of voters answered %v", r)
+	}
+	c.StartNode(1)
+	c.StartNode(2)
+	waitLeader(t, c, 0, 30*time.Second)
+
+	// Removed by hand, through the leader.
+	resp, err := c.Client.Post(c.URL(0)+"/remove", "application/json", strings.NewReader(`{"id": 3}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("remove node 3: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	st, _ := c.Status(0)
+	for _, n := range st["raft"].(map[string]any)["nodes"].([]any) {
+		if n.(map[string]any)["id"].(float64) == 3 {
+			t.Fatalf("node 3 is still in the configuration: %v", st)
+		}
+	}
+	c.Exec(1, "INSERT INTO j (v) VALUES ('after the removal')")
+}
+
+// Leadership is handed over by hand (POST /transfer to the leader), and
+// comes back to the master on its own once it is caught up.
+func TestRaftLeadershipTransferByHandAndBackToTheMaster(t *testing.T) {
+	c := testcluster.Start(t, 2, "-engine", "raft")
+	waitLeader(t, c, 0, 10*time.Second)
+	c.Exec(0, "CREATE TABLE l (v)")
+	resp, err := c.Client.Post(c.URL(1)+"/transfer", "application/json", strings.NewReader(`{"id": 2}`))
+	if err != nil || resp.StatusCode != 403 {
+		t.Fatalf("a transfer sent to a follower: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = c.Client.Post(c.URL(0)+"/transfer", "application/json", strings.NewReader(`{"id": 2}`))
+	if err != nil || resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("transfer to slave 2: %v %s %v", resp, b, err)
+	}
+	resp.Body.Close()
+	if raftRole(c, 2) != "leader" {
+		t.Fatalf("slave 2 is %q after the transfer", raftRole(c, 2))
+	}
+	c.Exec(1, "INSERT INTO l VALUES ('led by slave 2')")
+	// The master is caught up: leadership comes back to it.
+	waitLeader(t, c, 0, 10*time.Second)
+	c.Exec(2, "INSERT INTO l VALUES ('led by the master again')")
+	c.WaitConverged(10*time.Second, 1, 2)
 	requireIdentical(t, c, 0, 1, 2)
 }

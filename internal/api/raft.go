@@ -62,7 +62,7 @@ func (s *Server) handleRaftJoin(w http.ResponseWriter, r *http.Request, body []b
 	if err != nil {
 		var refused *replication.JoinRefusedError
 		if errors.As(err, &refused) {
-			writeError(w, http.StatusBadRequest, err.Error())
+			writeError(w, http.StatusConflict, refused.Reason)
 			return
 		}
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -80,17 +80,17 @@ func readID(w http.ResponseWriter, r *http.Request, what string) (uint64, bool) 
 		return 0, false
 	}
 	var req struct {
-		ID *uint64 `json:"id"`
+		ID *int `json:"id"`
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
 	if err == nil {
 		err = json.Unmarshal(body, &req)
 	}
-	if err != nil || req.ID == nil || *req.ID == 0 {
-		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the node `+what)
+	if err != nil || req.ID == nil || *req.ID < 0 {
+		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the node `+what+` (0: the master, i: slave i)`)
 		return 0, false
 	}
-	return *req.ID, true
+	return consensus.NodeID(*req.ID), true
 }
 
 // handleTransfer hands leadership to another voter by hand (POST {"id": N}

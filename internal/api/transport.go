@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"ddb/internal/cluster"
+	"ddb/internal/consensus"
 	"ddb/internal/replication"
 )
 
@@ -216,14 +217,33 @@ func (s *spooled) close() {
 	os.Remove(s.f.Name())
 }
 
-// PostJSON posts in as JSON, signed, to url and decodes the answer into
-// out (for node-to-node calls that are not the client protocol's).
-func (t *Transport) PostJSON(ctx context.Context, url string, in, out any) error {
-	body, err := json.Marshal(in)
+// RaftJoin implements consensus.PeerCaller: 409 is a refusal.
+func (t *Transport) RaftJoin(ctx context.Context, url string, req *consensus.JoinRequest) (*consensus.JoinResponse, error) {
+	body, err := json.Marshal(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return t.post(ctx, url, body, out)
+	var resp consensus.JoinResponse
+	err = t.post(ctx, url+"/_ddb/join", body, &resp)
+	var pe *peerError
+	if errors.As(err, &pe) && (pe.status == http.StatusConflict || pe.status == http.StatusBadRequest) {
+		return nil, &replication.JoinRefusedError{Reason: pe.msg}
+	}
+	return &resp, err
+}
+
+// Live implements consensus.PeerCaller: the node at url answers /livez.
+func (t *Transport) Live(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/livez", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // Client is the HTTP client the transport sends with (kept-alive

@@ -25,7 +25,11 @@ import (
 // production: api.Transport.)
 type PeerCaller interface {
 	Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error)
-	PostJSON(ctx context.Context, url string, in, out any) error
+	// Join announces a node; a *replication.JoinRefusedError means it may
+	// not take part (its id is held by another live node).
+	RaftJoin(ctx context.Context, url string, req *JoinRequest) (*JoinResponse, error)
+	// Live reports whether a node answers at url.
+	Live(ctx context.Context, url string) bool
 }
 
 // EngineConfig configures a node's replication through Raft.
@@ -35,8 +39,8 @@ type EngineConfig struct {
 	// Peers are the URLs known at start (from the command line); nodes
 	// learn the others' when they join.
 	Peers map[uint64]string
-	// Voters is the configuration the cluster is created with (the
-	// master and the first slaves, up to five). A node that is not one
+	// Voters is the configuration the master creates the cluster with
+	// (itself and the first slaves, up to five). A node that is not one
 	// of them joins as a learner.
 	Voters     []uint64
 	Preferred  uint64        // the master: leads whenever it is up and caught up
@@ -71,7 +75,12 @@ type Engine struct {
 	boot          string
 	leaderChanges atomic.Uint64
 	lastLeader    atomic.Uint64
+	fatal         chan error
 }
+
+// Fatal delivers the error that keeps this node out of the cluster (its id
+// is held by another live node); the node then stops.
+func (e *Engine) Fatal() <-chan error { return e.fatal }
 
 // StartEngine starts the node's Raft replica over st.
 func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
@@ -93,7 +102,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	if cfg.MaxSnapshot == 0 {
 		cfg.MaxSnapshot = 1 << 40
 	}
-	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID())}
+	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID()), fatal: make(chan error, 1)}
 	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Logf)
 	for id, u := range cfg.Peers {
 		if id != cfg.ID {
@@ -101,13 +110,14 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		}
 	}
 	e.tr.SetPeer(cfg.ID, cfg.URL)
-	voters := cfg.Voters
-	isVoter := false
-	for _, v := range voters {
-		isVoter = isVoter || v == cfg.ID
-	}
-	if !isVoter {
-		voters = nil // a learner waits for the leader to add it
+	// Only the master creates the cluster's first configuration; every
+	// other node starts empty and learns it from the log the leader sends
+	// (it votes meanwhile, so the master can win the first election). A
+	// node the configuration does not name asks the leader to add it as a
+	// learner (see announce).
+	var voters []uint64
+	if cfg.ID == cfg.Preferred {
+		voters = cfg.Voters
 	}
 	e.ticks = time.NewTicker(cfg.Tick)
 	ticks := make(chan time.Time)
@@ -147,7 +157,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	e.tr.SetUnreachable(rep.Node().ReportUnreachable)
 	e.tr.SetSnapshots(rep.Node(), cfg.Dir)
 	e.wg.Add(1)
-	go e.announce(!isVoter)
+	go e.announce()
 	return e, nil
 }
 
@@ -180,20 +190,28 @@ type JoinResponse struct {
 }
 
 // announce tells the known peers where this node is, and learns theirs,
-// until one answers (a learner: until the leader has added it).
-func (e *Engine) announce(learner bool) {
+// until the node is in the configuration (a node the master's command line
+// did not name is then a learner the leader added).
+func (e *Engine) announce() {
 	defer e.wg.Done()
 	delay := 200 * time.Millisecond
 	for {
-		done := false
 		for id, u := range e.peerURLs() {
 			if id == e.cfg.ID {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			var resp JoinResponse
-			err := e.cfg.Calls.PostJSON(ctx, u+"/_ddb/join", &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL}, &resp)
+			resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL})
 			cancel()
+			var refused *replication.JoinRefusedError
+			if errors.As(err, &refused) {
+				e.cfg.Logf("%v", err)
+				select {
+				case e.fatal <- err:
+				default:
+				}
+				return
+			}
 			if err != nil {
 				continue
 			}
@@ -202,11 +220,8 @@ func (e *Engine) announce(learner bool) {
 					e.tr.SetPeer(pid, pu)
 				}
 			}
-			if !learner || e.inConfig() {
-				done = true
-			}
 		}
-		if done {
+		if e.inConfig() {
 			return
 		}
 		select {
@@ -241,6 +256,19 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 	if req.ID == 0 || req.URL == "" {
 		return nil, &replication.JoinRefusedError{Reason: "a join needs the node's id and URL"}
 	}
+	if req.ID == e.cfg.ID && req.URL != e.cfg.URL {
+		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is held by the live node at %s: start this node with another id, or stop that one first", req.ID, e.cfg.URL)}
+	}
+	if old := e.tr.Peer(req.ID); old != "" && old != req.URL && req.ID != e.cfg.ID {
+		// Another process claims a known id. It takes the id over only if
+		// the node at the known address is gone (the node moved).
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		live := e.cfg.Calls.Live(lctx, old)
+		cancel()
+		if live {
+			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is held by the live node at %s: start this node with another id, or stop that one first", req.ID, old)}
+		}
+	}
 	if req.ID != e.cfg.ID {
 		e.tr.SetPeer(req.ID, req.URL)
 	}
@@ -262,7 +290,8 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 	return &JoinResponse{Peers: e.peerURLs()}, nil
 }
 
-// Remove takes a node out of the configuration (on the leader).
+// Remove takes node id (a Raft id; see NodeID) out of the configuration
+// (on the leader).
 func (e *Engine) Remove(ctx context.Context, id uint64) error {
 	if id == e.cfg.ID {
 		return errors.New("a node cannot remove itself: send the request to another node")
@@ -271,14 +300,15 @@ func (e *Engine) Remove(ctx context.Context, id uint64) error {
 	_, voter := st.Config.Voters.IDs()[id]
 	_, learner := st.Config.Learners[id]
 	if !voter && !learner {
-		return fmt.Errorf("node %d is not in the configuration", id)
+		return fmt.Errorf("node %d is not in the configuration", int(id)-1)
 	}
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()
 	return e.rep.Node().ChangeMembership(cctx, pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: id})
 }
 
-// TransferLeadership asks the leader to hand over to node id, and waits
+// TransferLeadership asks the leader to hand over to node id (a Raft id;
+// see NodeID), and waits
 // (up to the ack timeout) until it has.
 func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 	st := e.rep.Node().Status()
@@ -286,7 +316,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 		return &NotLeaderError{Leader: st.Lead}
 	}
 	if _, ok := st.Config.Voters.IDs()[id]; !ok {
-		return fmt.Errorf("node %d is not a voter", id)
+		return fmt.Errorf("node %d is not a voter", int(id)-1)
 	}
 	e.rep.Node().rn.TransferLeadership(ctx, e.cfg.ID, id)
 	deadline := time.Now().Add(e.cfg.AckTimeout)
@@ -300,7 +330,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 			return ctx.Err()
 		}
 	}
-	return fmt.Errorf("node %d did not take over within %v", id, e.cfg.AckTimeout)
+	return fmt.Errorf("node %d did not take over within %v", int(id)-1, e.cfg.AckTimeout)
 }
 
 // RaftHandler serves Raft messages from the other nodes.
@@ -497,9 +527,10 @@ func (e *Engine) WaitApplied(ctx context.Context, index uint64, timeout time.Dur
 	return nil
 }
 
-// NodeStatus is one node as the leader sees it.
+// NodeStatus is one node as the leader sees it. Ids are those of the
+// command line: 0 for the master, i for slave i.
 type NodeStatus struct {
-	ID        uint64 `json:"id"`
+	ID        int    `json:"id"`
 	URL       string `json:"url"`
 	Voter     bool   `json:"voter"`
 	Match     uint64 `json:"acknowledged_index"`
@@ -508,27 +539,33 @@ type NodeStatus struct {
 	Reachable bool   `json:"reachable"`
 }
 
-// Status is this node's view of the cluster (GET /status).
+// Status is this node's view of the cluster (GET /status). Ids are those
+// of the command line: 0 for the master, i for slave i.
 type Status struct {
-	ID        uint64       `json:"id"`
+	ID        int          `json:"id"`
 	URL       string       `json:"url"`
 	Role      string       `json:"role"` // leader, follower, candidate, learner
 	Preferred bool         `json:"preferred_leader"`
-	LeaderID  uint64       `json:"leader_id"`
-	LeaderURL string       `json:"leader_url"`
+	LeaderID  *int         `json:"leader_id"` // null: no leader known
+	LeaderURL string       `json:"leader_url,omitempty"`
 	Term      uint64       `json:"term"`
 	Commit    uint64       `json:"commit_index"`
 	Applied   uint64       `json:"applied_index"`
 	Nodes     []NodeStatus `json:"nodes,omitempty"` // on the leader
 }
 
+// NodeID is the Raft id of the node a command line calls id (0: the
+// master, i: slave i).
+func NodeID(id int) uint64 { return uint64(id) + 1 }
+
 // Status reports the node's Raft state.
 func (e *Engine) Status() Status {
 	st := e.rep.Node().Status()
-	s := Status{ID: e.cfg.ID, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred, LeaderID: st.Lead,
+	s := Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
 		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied()}
 	if st.Lead != 0 {
-		s.LeaderURL = e.tr.Peer(st.Lead)
+		l := int(st.Lead) - 1
+		s.LeaderID, s.LeaderURL = &l, e.tr.Peer(st.Lead)
 	}
 	_, learner := st.Config.Learners[e.cfg.ID]
 	switch {
@@ -543,7 +580,7 @@ func (e *Engine) Status() Status {
 	}
 	if st.RaftState == raft.StateLeader {
 		for id, pr := range st.Progress {
-			ns := NodeStatus{ID: id, URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
+			ns := NodeStatus{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
 				Reachable: id == e.cfg.ID || pr.RecentActive || pr.State == tracker.StateReplicate}
 			if st.Commit > pr.Match {
 				ns.Lag = st.Commit - pr.Match

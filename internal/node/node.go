@@ -206,6 +206,9 @@ func Run(ctx context.Context, cfg *cluster.Config) error {
 	if n.slave != nil {
 		fatal = n.slave.Fatal()
 	}
+	if n.eng != nil {
+		fatal = n.eng.Fatal()
+	}
 	var ferr error
 	select {
 	case <-ctx.Done():
