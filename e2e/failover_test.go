@@ -13,28 +13,11 @@ import (
 	"ddb/internal/testcluster"
 )
 
-// raftRole is node id's Raft role ("" when it cannot be asked).
-func raftRole(c *testcluster.Cluster, id int) string {
-	st, err := c.Status(id)
-	if err != nil {
-		return ""
-	}
-	r, _ := st["raft"].(map[string]any)
-	role, _ := r["role"].(string)
-	return role
-}
+func raftRole(c *testcluster.Cluster, id int) string { return c.Role(id) }
 
-// waitLeader waits until node id leads and returns how long that took.
 func waitLeader(t *testing.T, c *testcluster.Cluster, id int, within time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for raftRole(c, id) != "leader" {
-		if time.Since(start) > within {
-			t.Fatalf("node %d does not lead after %v (role %q)", id, within, raftRole(c, id))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
+	return c.WaitLeader(id, within)
 }
 
 // The scenario of a new user: a master and two slaves, clients writing
@@ -220,7 +203,8 @@ func TestRaftLearnerJoinsThroughASnapshotAndTakenIDsAreRefused(t *testing.T) {
 	// Removed by hand, through the leader.
 	resp, err := c.Client.Post(c.URL(0)+"/remove", "application/json", strings.NewReader(`{"id": 3}`))
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("remove node 3: %v %v", resp, err)
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("remove node 3: %v %s %v", resp.Status, b, err)
 	}
 	resp.Body.Close()
 	st, _ := c.Status(0)

@@ -40,9 +40,9 @@ func metric(t *testing.T, text, name string) float64 {
 }
 
 // /status, /health and /metrics tell the truth about the cluster: the
-// applied index, each slave's acknowledged index, lag and reachability,
-// the request, group-commit and shipping counters; and they change when a
-// slave goes away.
+// leader, the term, the commit and applied index, each node's acknowledged
+// index, lag and reachability, the request and Raft counters; and they
+// change when a slave goes away.
 func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 	c := testcluster.Start(t, 2)
 	c.Exec(0, "CREATE TABLE o (id INTEGER PRIMARY KEY, v TEXT)")
@@ -51,24 +51,36 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 		c.Exec(i%3, "INSERT INTO o (v) VALUES (?)", "row")
 	}
 	c.WaitConverged(10*time.Second, 1, 2)
-	want := uint64(1 + writes)
+	want := c.Applied(0)
 
 	for id := 0; id <= 2; id++ {
 		if code, body := get(t, c, id, "/health"); code != 200 {
 			t.Fatalf("health of node %d: %d %s", id, code, body)
 		}
 	}
-	var st struct {
-		Role    string `json:"role"`
-		Applied uint64 `json:"applied_index"`
-		Slaves  []struct {
+	type raftStatus struct {
+		ID        int    `json:"id"`
+		Role      string `json:"role"`
+		Preferred bool   `json:"preferred_leader"`
+		LeaderID  *int   `json:"leader_id"`
+		LeaderURL string `json:"leader_url"`
+		Term      uint64 `json:"term"`
+		Commit    uint64 `json:"commit_index"`
+		Applied   uint64 `json:"applied_index"`
+		Nodes     []struct {
 			ID        int    `json:"id"`
-			Acked     uint64 `json:"acked_index"`
+			Voter     bool   `json:"voter"`
+			Acked     uint64 `json:"acknowledged_index"`
 			Lag       uint64 `json:"lag"`
 			Reachable bool   `json:"reachable"`
-		} `json:"slaves"`
+		} `json:"nodes"`
 	}
-	// The slaves have applied everything; their answers reach the master
+	var st struct {
+		Role    string     `json:"role"`
+		Applied uint64     `json:"applied_index"`
+		Raft    raftStatus `json:"raft"`
+	}
+	// The slaves have applied everything; their answers reach the leader
 	// a moment later.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -76,12 +88,14 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
 			t.Fatalf("master status: %d %v %s", code, err, body)
 		}
-		if st.Role != "master" || st.Applied != want || len(st.Slaves) != 2 {
+		r := st.Raft
+		if st.Role != "leader" || !r.Preferred || r.LeaderID == nil || *r.LeaderID != 0 || r.LeaderURL != c.URL(0) || r.Term < 2 ||
+			st.Applied < want || r.Commit < want || len(r.Nodes) != 3 {
 			t.Fatalf("master status: %s", body)
 		}
 		current := true
-		for _, s := range st.Slaves {
-			if s.Acked != want || s.Lag != 0 || !s.Reachable {
+		for _, n := range r.Nodes {
+			if !n.Voter || n.Acked != r.Commit || n.Lag != 0 || !n.Reachable {
 				current = false
 			}
 		}
@@ -89,50 +103,65 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("master status never showed both slaves current: %s", body)
+			t.Fatalf("master status never showed every node current: %s", body)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	code, body := get(t, c, 1, "/status")
-	if !strings.Contains(body, `"role": "slave"`) || !strings.Contains(body, `"applied_index": `+strconv.FormatUint(want, 10)) {
+	var fs struct {
+		Role string     `json:"role"`
+		Raft raftStatus `json:"raft"`
+	}
+	if err := json.Unmarshal([]byte(body), &fs); err != nil || fs.Role != "follower" || fs.Raft.LeaderID == nil || *fs.Raft.LeaderID != 0 || fs.Raft.Applied < want || len(fs.Raft.Nodes) != 0 {
 		t.Fatalf("slave status: %d %s", code, body)
 	}
 
 	_, text := get(t, c, 0, "/metrics")
-	if v := metric(t, text, "ddb_applied_index"); v != float64(want) {
+	if v := metric(t, text, "ddb_applied_index"); v < float64(want) {
 		t.Fatalf("ddb_applied_index %v, want %d", v, want)
 	}
-	// Writes entering at slaves are committed by the master too.
-	if v := metric(t, text, "ddb_group_commit_requests_total"); v != float64(want) {
-		t.Fatalf("ddb_group_commit_requests_total %v, want %d", v, want)
+	if v := metric(t, text, "ddb_raft_is_leader"); v != 1 {
+		t.Fatalf("ddb_raft_is_leader %v on the master", v)
 	}
-	if n := metric(t, text, "ddb_group_commits_total"); n < 1 || n > float64(want) {
-		t.Fatalf("ddb_group_commits_total %v", n)
+	if v := metric(t, text, "ddb_raft_term"); v < 2 {
+		t.Fatalf("ddb_raft_term %v", v)
 	}
-	if v := metric(t, text, "ddb_append_entries_total"); v < float64(2*want) {
-		t.Fatalf("ddb_append_entries_total %v, want at least %d (every entry to both slaves)", v, 2*want)
+	if v := metric(t, text, "ddb_raft_commit_index"); v < float64(want) {
+		t.Fatalf("ddb_raft_commit_index %v, want at least %d", v, want)
 	}
-	if v := metric(t, text, `ddb_replication_lag_entries{slave="2"}`); v != 0 {
+	if v := metric(t, text, `ddb_replication_lag_entries{node="2"}`); v != 0 {
 		t.Fatalf("lag of slave 2: %v", v)
 	}
 	if v := metric(t, text, `ddb_requests_total{command="exec",code="200"}`); v < 1 {
 		t.Fatalf("exec requests not counted:\n%s", text)
 	}
+	_, ftext := get(t, c, 1, "/metrics")
+	if v := metric(t, ftext, "ddb_raft_is_leader"); v != 0 {
+		t.Fatalf("ddb_raft_is_leader %v on a follower", v)
+	}
 
-	// Slave 2 goes away: the master reports it unreachable and lagging,
+	// Slave 2 goes away: the leader reports it unreachable and lagging,
 	// and stays healthy itself.
 	c.Node(2).Kill()
-	c.Exec(0, "INSERT INTO o (v) VALUES ('after')")
 	deadline = time.Now().Add(10 * time.Second)
 	for {
+		c.Exec(0, "INSERT INTO o (v) VALUES ('after')")
 		_, text = get(t, c, 0, "/metrics")
-		if metric(t, text, `ddb_slave_reachable{slave="2"}`) == 0 && metric(t, text, `ddb_replication_lag_entries{slave="2"}`) >= 1 {
+		_, body := get(t, c, 0, "/status")
+		json.Unmarshal([]byte(body), &st)
+		reachable := true
+		for _, n := range st.Raft.Nodes {
+			if n.ID == 2 {
+				reachable = n.Reachable
+			}
+		}
+		if !reachable && metric(t, text, `ddb_replication_lag_entries{node="2"}`) >= 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("slave 2 still reported reachable and current after being killed:\n%s", text)
+			t.Fatalf("slave 2 still reported reachable and current after being killed:\n%s\n%s", body, text)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 	}
 	if code, body := get(t, c, 0, "/health"); code != 200 {
 		t.Fatalf("master health with one slave down: %d %s", code, body)

@@ -58,7 +58,7 @@ func TestRestoreRecipeFromTheDocsRebuildsTheMaster(t *testing.T) {
 		c.StartNode(id)
 	}
 	c.WaitReady()
-	if got := c.Applied(0); got != bestIndex {
+	if got := c.Applied(0); got < bestIndex {
 		t.Fatalf("the rebuilt master is at index %d, the chosen slave was at %d", got, bestIndex)
 	}
 	r := c.Exec(1, "INSERT INTO r (v) VALUES ('after')")

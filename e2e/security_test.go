@@ -20,10 +20,11 @@ import (
 	"testing"
 	"time"
 
+	raftpb "go.etcd.io/raft/v3/raftpb"
 	"golang.org/x/crypto/bcrypt"
 
 	"ddb/internal/cluster"
-	"ddb/internal/replication"
+	"ddb/internal/consensus"
 	"ddb/internal/rlog"
 	"ddb/internal/testcluster"
 )
@@ -52,29 +53,37 @@ func TestForgedReplayedAndTamperedPeerRequestsChangeNothing(t *testing.T) {
 	}
 	auth := cluster.NewAuth(strings.TrimSpace(string(secret)), nil)
 	body, _ := rlog.EncodeStatements([]rlog.Statement{{SQL: "INSERT INTO p VALUES ('forged')"}})
-	evil := replication.EncodeAppend(&replication.AppendRequest{Entries: []rlog.Entry{{Index: c.Applied(1) + 1, Body: body}}})
+	// A forged leader's append, at a term far ahead, carrying a write.
+	evil, _ := consensus.EncodeMessages([]raftpb.Message{{Type: raftpb.MsgApp, To: 2, From: 1, Term: 1000, Index: c.Applied(1), LogTerm: 1000,
+		Entries: []raftpb.Entry{{Index: c.Applied(1) + 1, Term: 1000, Data: append(make([]byte, 24), body...)}}, Commit: c.Applied(1) + 1}})
 
-	if st := peerPost(t, c, 1, "/_ddb/append", evil, nil); st != 403 {
-		t.Fatalf("unsigned append: %d", st)
+	if st := peerPost(t, c, 1, consensus.RaftPath, evil, nil); st != 403 {
+		t.Fatalf("unsigned raft message: %d", st)
 	}
 	wrong := cluster.NewAuth("not the secret", nil)
-	if st := peerPost(t, c, 1, "/_ddb/append", evil, func(r *http.Request) { wrong.Sign(r, "master", cluster.BodyHash(evil)) }); st != 403 {
-		t.Fatalf("append signed with the wrong secret: %d", st)
+	if st := peerPost(t, c, 1, consensus.RaftPath, evil, func(r *http.Request) { wrong.Sign(r, "master", cluster.BodyHash(evil)) }); st != 403 {
+		t.Fatalf("raft message signed with the wrong secret: %d", st)
 	}
-	heartbeat := replication.EncodeAppend(&replication.AppendRequest{})
+	empty := []byte{}
 	var signed http.Header
-	if st := peerPost(t, c, 1, "/_ddb/append", heartbeat, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(heartbeat)); signed = r.Header.Clone() }); st != 200 {
-		t.Fatalf("a correctly signed heartbeat: %d", st)
+	if st := peerPost(t, c, 1, consensus.RaftPath, empty, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)); signed = r.Header.Clone() }); st != 204 {
+		t.Fatalf("a correctly signed (empty) request: %d", st)
 	}
-	if st := peerPost(t, c, 1, "/_ddb/append", heartbeat, func(r *http.Request) { r.Header = signed }); st != 403 {
+	if st := peerPost(t, c, 1, consensus.RaftPath, empty, func(r *http.Request) { r.Header = signed }); st != 403 {
 		t.Fatalf("replayed request: %d", st)
 	}
-	if st := peerPost(t, c, 1, "/_ddb/append", evil, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(heartbeat)) }); st != 403 {
+	if st := peerPost(t, c, 1, consensus.RaftPath, evil, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)) }); st != 403 {
 		t.Fatalf("tampered body: %d", st)
+	}
+	if st := peerPost(t, c, 1, consensus.SnapshotPath, []byte("not a database"), nil); st != 403 {
+		t.Fatalf("unsigned snapshot: %d", st)
 	}
 	fwd := []byte(`{"origin":1,"body":` + string(body) + `,"ack":"master"}`)
 	if st := peerPost(t, c, 0, "/_ddb/forward", fwd, nil); st != 403 {
 		t.Fatalf("forged forward to the master: %d", st)
+	}
+	if st := c.Role(1); st != "follower" {
+		t.Fatalf("slave 1 is %q after the forged messages", st)
 	}
 	r, _ := c.Post(1, `{"command":"exec","query":"INSERT INTO p VALUES ('forged')","is_replicated":true,"is_master":true}`)
 	if r.Status != 403 {
@@ -89,7 +98,7 @@ func TestForgedReplayedAndTamperedPeerRequestsChangeNothing(t *testing.T) {
 	b := new(bytes.Buffer)
 	b.ReadFrom(metrics.Body)
 	metrics.Body.Close()
-	if !strings.Contains(b.String(), "ddb_peer_refused_total 4") {
+	if !strings.Contains(b.String(), "ddb_peer_refused_total 5") {
 		t.Fatalf("refused peer requests are not counted:\n%s", b)
 	}
 }

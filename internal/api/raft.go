@@ -30,10 +30,11 @@ func NewRaftServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, 
 	s.mux.HandleFunc("/remove", s.handleRemove)
 	s.mux.HandleFunc("/transfer", s.handleTransfer)
 	s.mux.HandleFunc("/metrics", s.handleMetrics)
-	s.mux.HandleFunc(consensus.RaftPath, eng.RaftHandler())
-	s.mux.HandleFunc(consensus.SnapshotPath, eng.SnapshotHandler())
+	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
+	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleRaftForward))
 	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleRaftJoin))
+	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
 	return s
 }
 
@@ -128,4 +129,43 @@ func (s *Server) removeRaft(w http.ResponseWriter, r *http.Request, id uint64) {
 		return
 	}
 	writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
+}
+
+// handleApplied answers the leader's question for ack=all: has this node
+// applied {"index": N}? It waits up to -ack-timeout.
+func (s *Server) handleApplied(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req struct {
+		Index uint64 `json:"index"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request: "+err.Error())
+		return
+	}
+	if err := s.eng.WaitApplied(r.Context(), req.Index, s.cfg.AckTimeout); err != nil {
+		writeError(w, http.StatusGatewayTimeout, err.Error())
+		return
+	}
+	b, _ := json.Marshal(map[string]uint64{"applied": s.st.Applied()})
+	writeJSON(w, http.StatusOK, b)
+}
+
+// countRefused counts the requests h refuses for their signature (403).
+func (s *Server) countRefused(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		h(sw, r)
+		if sw.status == http.StatusForbidden {
+			s.metrics.PeerRefused()
+		}
+	}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
 }

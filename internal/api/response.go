@@ -164,6 +164,8 @@ func (s *Server) statusOf(err error) (int, string) {
 		return http.StatusForbidden, pm.Error()
 	case errors.As(err, &sd) && s.isLeader():
 		return http.StatusForbidden, "your user lacks the \"schema\" permission that schema changes need"
+	case errors.As(err, &sd) && s.repl.LeaderURL() == "":
+		return http.StatusServiceUnavailable, "schema changes run only on the leader, and no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"
 	case errors.As(err, &sd):
 		return http.StatusForbidden, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the leader (normally the master): send this request to " + s.repl.LeaderURL()
 	case errors.As(err, &se):

@@ -207,6 +207,12 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		seen := s.st.VisibleIndex() // covers what the read saw
 		return http.StatusOK, s.queryBody(req, results, seen), seen
 	}
+	if !s.isLeader() && s.repl.LeaderURL() == "" {
+		// An election is under way (at start, or after the leader died):
+		// wait for its outcome, so a schema change sent to the node that
+		// wins it is accepted, and any write goes to the new leader.
+		s.awaitLeader(ctx)
+	}
 	if !s.isLeader() {
 		kind, err := s.st.Classify(qctx, req.Stmts)
 		var fe *store.ForbiddenError
@@ -227,6 +233,14 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		// may use a table an earlier statement creates): the master decides.
 	}
 	return s.write(ctx, req, false, fail)
+}
+
+// awaitLeader waits until a leader is known, while an election may still
+// produce one (see consensus.Engine.WaitLeader).
+func (s *Server) awaitLeader(ctx context.Context) {
+	if s.eng != nil {
+		s.eng.WaitLeader(ctx)
+	}
 }
 
 // permitted reports whether the request's user may run command.

@@ -232,6 +232,16 @@ func (t *Transport) RaftJoin(ctx context.Context, url string, req *consensus.Joi
 	return &resp, err
 }
 
+// RemoteApplied implements consensus.PeerCaller.
+func (t *Transport) RemoteApplied(ctx context.Context, url string, index uint64) (uint64, error) {
+	body, _ := json.Marshal(map[string]uint64{"index": index})
+	var out struct {
+		Applied uint64 `json:"applied"`
+	}
+	err := t.post(ctx, url+"/_ddb/applied", body, &out)
+	return out.Applied, err
+}
+
 // Live implements consensus.PeerCaller: the node at url answers /livez.
 func (t *Transport) Live(ctx context.Context, url string) bool {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/livez", nil)

@@ -122,7 +122,7 @@ func (c *Config) Defaults() {
 		c.Heartbeat = 250 * time.Millisecond
 	}
 	if c.Engine == "" {
-		c.Engine = EngineLog
+		c.Engine = EngineRaft
 	}
 }
 
@@ -272,7 +272,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
-	fs.StringVar(&c.Engine, "engine", EngineLog, "replication engine: log (one fixed master) or raft (automatic failover, the master as the preferred leader); every node of a cluster uses the same")
+	fs.StringVar(&c.Engine, "engine", EngineRaft, "replication engine: log (one fixed master) or raft (automatic failover, the master as the preferred leader); every node of a cluster uses the same")
 	var slaves string
 	if role == Master {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")

@@ -30,6 +30,9 @@ type PeerCaller interface {
 	RaftJoin(ctx context.Context, url string, req *JoinRequest) (*JoinResponse, error)
 	// Live reports whether a node answers at url.
 	Live(ctx context.Context, url string) bool
+	// RemoteApplied waits (up to ctx) until the node at url has applied
+	// index, and returns the index it has applied.
+	RemoteApplied(ctx context.Context, url string, index uint64) (uint64, error)
 }
 
 // EngineConfig configures a node's replication through Raft.
@@ -52,11 +55,17 @@ type EngineConfig struct {
 	LogKeep    uint64        // applied entries the log keeps for followers behind (0: 200,000)
 	// MaxSnapshot is the largest snapshot this node accepts (0: 1 TiB).
 	MaxSnapshot int64
-	Auth        *cluster.Auth
-	Name        string // this node's name in signatures
-	Client      *http.Client
-	Calls       PeerCaller
-	Logf        func(string, ...any)
+	// InjectBug switches on a deliberate defect, for the fault-injection
+	// suite's proof that its checkers catch broken guarantees (never set
+	// otherwise): "ack-before-commit" (a write is answered before it is
+	// proposed, and proposed 100 ms later) or "stale-strong-read" (a
+	// strong read waits for nothing).
+	InjectBug string
+	Auth      *cluster.Auth
+	Name      string // this node's name in signatures
+	Client    *http.Client
+	Calls     PeerCaller
+	Logf      func(string, ...any)
 }
 
 // Engine is a node's replicated database: the client protocol's writes and
@@ -76,6 +85,32 @@ type Engine struct {
 	leaderChanges atomic.Uint64
 	lastLeader    atomic.Uint64
 	fatal         chan error
+	admitted      atomic.Bool  // this node's Raft takes messages (see JoinRequest.Fresh)
+	leaderSeen    atomic.Int64 // unix ns when a leader was last known here (checked every tick)
+}
+
+// electionWindow is how long an election normally takes at most (two
+// randomized timeouts of 0.7-1.4 s): a node without a leader for longer
+// answers writes and strong reads at once that no majority is reachable.
+const electionWindow = 2 * time.Second
+
+// WaitLeader waits until a leader is known. It gives up at once when
+// none has been known for the election window (no majority is reachable:
+// waiting would only hang the client), else when the window ends.
+func (e *Engine) WaitLeader(ctx context.Context) bool {
+	for {
+		if e.rep.Node().Status().Lead != 0 {
+			return true
+		}
+		if time.Since(time.Unix(0, e.leaderSeen.Load())) > electionWindow || ctx.Err() != nil {
+			return false
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // Fatal delivers the error that keeps this node out of the cluster (its id
@@ -103,6 +138,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		cfg.MaxSnapshot = 1 << 40
 	}
 	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID()), fatal: make(chan error, 1)}
+	e.leaderSeen.Store(time.Now().UnixNano()) // a node that starts gives the first election its window
 	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Logf)
 	for id, u := range cfg.Peers {
 		if id != cfg.ID {
@@ -114,10 +150,36 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	// other node starts empty and learns it from the log the leader sends
 	// (it votes meanwhile, so the master can win the first election). A
 	// node the configuration does not name asks the leader to add it as a
-	// learner (see announce).
+	// learner (see announce). A node without Raft state (a first start,
+	// or lost data) takes part once admitted (see JoinRequest.Fresh); so
+	// does a master without Raft state that finds a running cluster.
+	if from, err := st.ClaimRaftNode(cfg.ID); err != nil {
+		return nil, err
+	} else if from != 0 {
+		cfg.Logf("this database was copied from node %d: its data is kept, its Raft state (that node's) is not", int(from)-1)
+	}
+	fresh, err := st.RaftStateEmpty(context.Background())
+	if err != nil {
+		return nil, err
+	}
 	var voters []uint64
-	if cfg.ID == cfg.Preferred {
-		voters = cfg.Voters
+	applied := st.Applied()
+	e.admitted.Store(!fresh)
+	if fresh {
+		applied = 0 // its data, if any, is replaced by a snapshot
+		if cfg.ID == cfg.Preferred && !e.joinRound(true) {
+			e.admitted.Store(true)
+			voters = cfg.Voters
+			if st.Applied() > 0 {
+				// A database that replication without Raft built: the new
+				// log starts after it, as after a snapshot.
+				if err := seedRaft(st, voters); err != nil {
+					return nil, err
+				}
+				voters, applied = nil, st.Applied()
+				cfg.Logf("the log starts after the database's index %d", applied)
+			}
+		}
 	}
 	e.ticks = time.NewTicker(cfg.Tick)
 	ticks := make(chan time.Time)
@@ -127,6 +189,9 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		for {
 			select {
 			case t := <-e.ticks.C:
+				if e.rep != nil && e.rep.Node().Status().Lead != 0 {
+					e.leaderSeen.Store(t.UnixNano())
+				}
 				select {
 				case ticks <- t:
 				case <-e.stop:
@@ -137,7 +202,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 			}
 		}
 	}()
-	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Node: Config{
+	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Applied: &applied, Node: Config{
 		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Logf: cfg.Logf,
 		// A follower starts an election after 7 to 14 ticks without a
 		// leader (Raft randomizes each timeout in [ElectionTick,
@@ -182,46 +247,31 @@ func (e *Engine) confChanged(cc pb.ConfChange) {
 type JoinRequest struct {
 	ID  uint64 `json:"id"`
 	URL string `json:"url"`
+	// Fresh: the node holds no Raft state (first start, or its data was
+	// lost). It takes part only once admitted: a leader that counted its
+	// old log would otherwise send it a commit index it cannot have.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
-// JoinResponse lists the URLs of the nodes the receiver knows.
+// JoinResponse lists the URLs of the nodes the receiver knows, and says
+// whether the node may take part now and whether the cluster has a log.
 type JoinResponse struct {
-	Peers map[uint64]string `json:"peers"`
+	Peers    map[uint64]string `json:"peers"`
+	Admitted bool              `json:"admitted"`
+	Running  bool              `json:"running"` // the cluster has committed entries
+	Reason   string            `json:"reason,omitempty"`
 }
 
-// announce tells the known peers where this node is, and learns theirs,
-// until the node is in the configuration (a node the master's command line
-// did not name is then a learner the leader added).
+// announce tells the known peers where this node is and learns theirs,
+// until this node is admitted (a fresh node: see JoinRequest.Fresh) and
+// in the configuration (a node the master's command line did not name is
+// then a learner the leader added).
 func (e *Engine) announce() {
 	defer e.wg.Done()
 	delay := 200 * time.Millisecond
 	for {
-		for id, u := range e.peerURLs() {
-			if id == e.cfg.ID {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL})
-			cancel()
-			var refused *replication.JoinRefusedError
-			if errors.As(err, &refused) {
-				e.cfg.Logf("%v", err)
-				select {
-				case e.fatal <- err:
-				default:
-				}
-				return
-			}
-			if err != nil {
-				continue
-			}
-			for pid, pu := range resp.Peers {
-				if pid != e.cfg.ID && pu != "" {
-					e.tr.SetPeer(pid, pu)
-				}
-			}
-		}
-		if e.inConfig() {
+		e.joinRound(!e.admitted.Load())
+		if e.admitted.Load() && e.inConfig() {
 			return
 		}
 		select {
@@ -231,6 +281,42 @@ func (e *Engine) announce() {
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
+}
+
+// joinRound announces this node to every known peer once. It reports
+// whether any of them has a running cluster.
+func (e *Engine) joinRound(fresh bool) (running bool) {
+	for id, u := range e.peerURLs() {
+		if id == e.cfg.ID {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Fresh: fresh})
+		cancel()
+		var refused *replication.JoinRefusedError
+		if errors.As(err, &refused) {
+			e.cfg.Logf("%v", err)
+			select {
+			case e.fatal <- err:
+			default:
+			}
+			return false
+		}
+		if err != nil {
+			continue
+		}
+		for pid, pu := range resp.Peers {
+			if pid != e.cfg.ID && pu != "" {
+				e.tr.SetPeer(pid, pu)
+			}
+		}
+		running = running || resp.Running
+		if resp.Admitted && fresh && !e.admitted.Load() {
+			e.cfg.Logf("admitted by node %d (%s)", int(id)-1, u)
+			e.admitted.Store(true)
+		}
+	}
+	return running
 }
 
 func (e *Engine) inConfig() bool {
@@ -257,7 +343,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		return nil, &replication.JoinRefusedError{Reason: "a join needs the node's id and URL"}
 	}
 	if req.ID == e.cfg.ID && req.URL != e.cfg.URL {
-		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is held by the live node at %s: start this node with another id, or stop that one first", req.ID, e.cfg.URL)}
+		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", int(req.ID)-1, e.cfg.URL)}
 	}
 	if old := e.tr.Peer(req.ID); old != "" && old != req.URL && req.ID != e.cfg.ID {
 		// Another process claims a known id. It takes the id over only if
@@ -266,28 +352,65 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		live := e.cfg.Calls.Live(lctx, old)
 		cancel()
 		if live {
-			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is held by the live node at %s: start this node with another id, or stop that one first", req.ID, old)}
+			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", int(req.ID)-1, old)}
 		}
 	}
 	if req.ID != e.cfg.ID {
 		e.tr.SetPeer(req.ID, req.URL)
 	}
+	resp := &JoinResponse{Peers: e.peerURLs()}
+	if e.rep == nil || !e.admitted.Load() {
+		resp.Reason = "this node is starting"
+		return resp, nil
+	}
 	st := e.rep.Node().Status()
+	resp.Running = st.Commit > 0
 	_, voter := st.Config.Voters.IDs()[req.ID]
 	_, learner := st.Config.Learners[req.ID]
-	if !voter && !learner {
-		if st.RaftState != raft.StateLeader {
-			return nil, &replication.UnavailableError{Reason: "this node does not lead; the leader adds new nodes"}
+	if st.RaftState != raft.StateLeader {
+		switch {
+		case !req.Fresh && (voter || learner):
+			resp.Admitted = true
+		case req.Fresh && st.Lead == 0:
+			// No leader is known here (a new cluster, or an election):
+			// the next leader probes every node afresh.
+			resp.Admitted = true
+		default:
+			resp.Reason = "ask the leader"
 		}
-		e.cfg.Logf("node %d joins from %s as a learner", req.ID, req.URL)
-		cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
-		defer cancel()
-		err := e.rep.Node().ChangeMembership(cctx, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)})
-		if err != nil {
-			return nil, &replication.UnavailableError{Reason: "adding the node: " + err.Error()}
+		return resp, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+	defer cancel()
+	change := func(cc pb.ConfChange) error {
+		if err := e.rep.Node().ChangeMembership(cctx, cc); err != nil {
+			return &replication.UnavailableError{Reason: "changing the configuration: " + err.Error()}
+		}
+		return nil
+	}
+	switch {
+	case !voter && !learner:
+		e.cfg.Logf("node %d joins from %s as a learner", int(req.ID)-1, req.URL)
+		if err := change(pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
+			return nil, err
+		}
+	case req.Fresh && st.Progress[req.ID].Match > 0:
+		// The node lost its data: this leader still counts its old log.
+		// Take it out and add it again, so the leader probes it afresh.
+		e.cfg.Logf("node %d lost its data (it had index %d); it is removed and added again", int(req.ID)-1, st.Progress[req.ID].Match)
+		add := pb.ConfChangeAddNode
+		if learner {
+			add = pb.ConfChangeAddLearnerNode
+		}
+		if err := change(pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID}); err != nil {
+			return nil, err
+		}
+		if err := change(pb.ConfChange{Type: add, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
+			return nil, err
 		}
 	}
-	return &JoinResponse{Peers: e.peerURLs()}, nil
+	resp.Admitted = true
+	return resp, nil
 }
 
 // Remove takes node id (a Raft id; see NodeID) out of the configuration
@@ -333,14 +456,22 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 	return fmt.Errorf("node %d did not take over within %v", int(id)-1, e.cfg.AckTimeout)
 }
 
+// admittedNode is the Raft node once it takes messages (nil before).
+func (e *Engine) admittedNode() *Node {
+	if e.rep == nil || !e.admitted.Load() {
+		return nil
+	}
+	return e.rep.Node()
+}
+
 // RaftHandler serves Raft messages from the other nodes.
 func (e *Engine) RaftHandler() http.HandlerFunc {
-	return Handler(e.cfg.Auth, func() *Node { return e.rep.Node() }, e.cfg.Logf)
+	return Handler(e.cfg.Auth, e.admittedNode, e.cfg.Logf)
 }
 
 // SnapshotHandler serves snapshots the leader streams to this node.
 func (e *Engine) SnapshotHandler() http.HandlerFunc {
-	return SnapshotHandler(e.cfg.Auth, func() *Node { return e.rep.Node() }, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Logf)
+	return SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Logf)
 }
 
 // IsLeader reports whether this node leads now.
@@ -407,7 +538,8 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 		}
 		return out, err, false
 	case st.Lead == 0:
-		return out, &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}, true
+		err := &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
+		return out, err, e.WaitLeader(ctx)
 	}
 	url := e.tr.Peer(st.Lead)
 	if url == "" {
@@ -444,6 +576,16 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
 func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+	if e.cfg.InjectBug == "ack-before-commit" {
+		r := *req
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			pctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
+			defer cancel()
+			e.rep.Write(pctx, &r)
+		}()
+		return store.Outcome{Index: e.st.Applied(), Results: []store.Result{{RowsAffected: 1}}}, nil
+	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()
 	out, err := e.rep.Write(pctx, req)
@@ -456,11 +598,53 @@ func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack string
 		return out, err // the write's own failure, the same on every node
 	}
 	if ack == "all" {
-		if err := e.rep.WaitDurableOnAllVoters(pctx, out.Index); err != nil {
-			return out, &replication.AckTimeoutError{Index: out.Index, Level: "all", After: e.cfg.AckTimeout}
+		if err := e.waitAppliedEverywhere(pctx, out.Index); err != nil {
+			return out, &replication.AckTimeoutError{Index: out.Index, Level: "all (" + err.Error() + ")", After: e.cfg.AckTimeout}
 		}
 	}
 	return out, nil
+}
+
+// waitAppliedEverywhere waits until every node of the configuration,
+// learners included, has applied index (the "all" acknowledgement level).
+func (e *Engine) waitAppliedEverywhere(ctx context.Context, index uint64) error {
+	if err := e.rep.WaitDurableOnAllVoters(ctx, index); err != nil {
+		return err
+	}
+	st := e.rep.Node().Status()
+	ids := []uint64{}
+	for id := range st.Config.Voters.IDs() {
+		ids = append(ids, id)
+	}
+	for id := range st.Config.Learners {
+		ids = append(ids, id)
+	}
+	errs := make(chan error, len(ids))
+	for _, id := range ids {
+		go func(id uint64) {
+			if id == e.cfg.ID {
+				errs <- nil // the proposal's answer came after this node applied it
+				return
+			}
+			url := e.tr.Peer(id)
+			if url == "" {
+				errs <- fmt.Errorf("node %d has no known URL", int(id)-1)
+				return
+			}
+			_, err := e.cfg.Calls.RemoteApplied(ctx, url, index)
+			if err != nil {
+				err = fmt.Errorf("node %d: %w", int(id)-1, err)
+			}
+			errs <- err
+		}(id)
+	}
+	var first error
+	for range ids {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // HandleForward runs a write a follower forwarded (on the leader).
@@ -496,7 +680,10 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 // confirmed by the leader with a majority. Without a leader: 503 at once;
 // with one that cannot confirm in time: 503 after ReadWait.
 func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
-	if e.rep.Node().Status().Lead == 0 {
+	if e.cfg.InjectBug == "stale-strong-read" {
+		return 0, nil
+	}
+	if !e.WaitLeader(ctx) {
 		return 0, &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
 	}
 	rctx, cancel := context.WithTimeout(ctx, e.cfg.ReadWait)
@@ -542,16 +729,19 @@ type NodeStatus struct {
 // Status is this node's view of the cluster (GET /status). Ids are those
 // of the command line: 0 for the master, i for slave i.
 type Status struct {
-	ID        int          `json:"id"`
-	URL       string       `json:"url"`
-	Role      string       `json:"role"` // leader, follower, candidate, learner
-	Preferred bool         `json:"preferred_leader"`
-	LeaderID  *int         `json:"leader_id"` // null: no leader known
-	LeaderURL string       `json:"leader_url,omitempty"`
-	Term      uint64       `json:"term"`
-	Commit    uint64       `json:"commit_index"`
-	Applied   uint64       `json:"applied_index"`
-	Nodes     []NodeStatus `json:"nodes,omitempty"` // on the leader
+	ID        int    `json:"id"`
+	URL       string `json:"url"`
+	Role      string `json:"role"` // leader, follower, candidate, learner
+	Preferred bool   `json:"preferred_leader"`
+	LeaderID  *int   `json:"leader_id"` // null: no leader known
+	LeaderURL string `json:"leader_url,omitempty"`
+	Term      uint64 `json:"term"`
+	Commit    uint64 `json:"commit_index"`
+	Applied   uint64 `json:"applied_index"`
+	// SnapshotsInstalled counts the snapshots this node installed since
+	// it started.
+	SnapshotsInstalled uint64       `json:"snapshots_installed"`
+	Nodes              []NodeStatus `json:"nodes,omitempty"` // on the leader
 }
 
 // NodeID is the Raft id of the node a command line calls id (0: the
@@ -562,7 +752,7 @@ func NodeID(id int) uint64 { return uint64(id) + 1 }
 func (e *Engine) Status() Status {
 	st := e.rep.Node().Status()
 	s := Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
-		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied()}
+		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied(), SnapshotsInstalled: e.rep.Node().SnapshotsInstalled()}
 	if st.Lead != 0 {
 		l := int(st.Lead) - 1
 		s.LeaderID, s.LeaderURL = &l, e.tr.Peer(st.Lead)
@@ -632,4 +822,20 @@ func (e *Engine) Metrics(b []byte) []byte {
 		}
 	}
 	return b
+}
+
+// seedRaft gives a database that holds data but no Raft state a log that
+// starts after its applied index, with the voters' configuration.
+func seedRaft(st *store.Store, voters []uint64) error {
+	cs := pb.ConfState{Voters: voters}
+	conf, err := cs.Marshal()
+	if err != nil {
+		return err
+	}
+	hs := pb.HardState{Term: 1, Commit: st.Applied()}
+	hard, err := hs.Marshal()
+	if err != nil {
+		return err
+	}
+	return st.SeedRaft(st.Applied(), 1, hard, conf)
 }

@@ -350,6 +350,10 @@ func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes
 			http.Error(w, "use POST", http.StatusMethodNotAllowed)
 			return
 		}
+		if !cluster.Signed(r) {
+			http.Error(w, cluster.ErrNoSignature.Error(), http.StatusForbidden)
+			return
+		}
 		msg, err := base64.StdEncoding.DecodeString(r.Header.Get(headerRaftMessage))
 		sum := r.Header.Get(headerSnapshotSHA256)
 		if err != nil || len(sum) != 64 {

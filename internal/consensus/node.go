@@ -63,7 +63,7 @@ type Config struct {
 	// the node does not write it separately.
 	ApplyRecordsConf bool
 	// LogKeep is how many applied entries the log keeps for followers
-	// that fall behind; once it holds twice as many, it is compacted (0:
+	// that fall behind; once it holds an eighth more, it is compacted (0:
 	// never). A follower behind the kept log gets a snapshot.
 	LogKeep uint64
 	// Installed is told when a snapshot from the leader replaced the
@@ -168,24 +168,50 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 // waits until this node has applied it: AddLearnerNode (context: the new
 // node's URL), AddNode (a learner becomes a voter), RemoveNode.
 func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
-	if st := n.rn.Status(); st.RaftState != raft.StateLeader {
-		return &NotLeaderError{Leader: st.Lead}
+	// Raft drops a configuration change while an earlier one, or any
+	// entry of a previous leader's term, is not applied yet (it turns the
+	// proposal into an empty entry). So a change that does not show within
+	// a moment is proposed again, until the configuration has it.
+	for {
+		st := n.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			return &NotLeaderError{Leader: st.Lead}
+		}
+		if hasChange(st, cc) {
+			return nil
+		}
+		ch := make(chan struct{}, 1)
+		n.mu.Lock()
+		n.confWaiters = append(n.confWaiters, confWaiter{cc: cc, ch: ch})
+		n.mu.Unlock()
+		if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
+			return fmt.Errorf("propose configuration change: %w", err)
+		}
+		select {
+		case <-ch:
+			return nil
+		case <-time.After(time.Duration(2*n.cfg.ElectionTick) * 100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.done:
+			return ErrStopped
+		}
 	}
-	ch := make(chan struct{}, 1)
-	n.mu.Lock()
-	n.confWaiters = append(n.confWaiters, confWaiter{cc: cc, ch: ch})
-	n.mu.Unlock()
-	if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
-		return fmt.Errorf("propose configuration change: %w", err)
+}
+
+// hasChange reports whether the configuration already holds cc's result.
+func hasChange(st raft.Status, cc pb.ConfChange) bool {
+	_, voter := st.Config.Voters.IDs()[cc.NodeID]
+	_, learner := st.Config.Learners[cc.NodeID]
+	switch cc.Type {
+	case pb.ConfChangeAddNode:
+		return voter
+	case pb.ConfChangeAddLearnerNode:
+		return learner
+	case pb.ConfChangeRemoveNode:
+		return !voter && !learner
 	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.done:
-		return ErrStopped
-	}
+	return false
 }
 
 type confWaiter struct {
@@ -210,8 +236,19 @@ func (n *Node) confApplied(cc pb.ConfChange) {
 	n.confWaiters = kept
 }
 
-// Step hands the node a message another node sent it.
-func (n *Node) Step(ctx context.Context, m pb.Message) error { return n.rn.Step(ctx, m) }
+// Step hands the node a message another node sent it. A heartbeat that
+// says entries beyond this node's log are committed comes from a leader
+// that counts entries this node has lost (its data was wiped): Raft would
+// stop the process on it, so it is dropped, and the node waits until the
+// leader probes it afresh (see Engine.HandleJoin).
+func (n *Node) Step(ctx context.Context, m pb.Message) error {
+	if m.Type == pb.MsgHeartbeat {
+		if last, _ := n.storage.LastIndex(); m.Commit > last {
+			return nil
+		}
+	}
+	return n.rn.Step(ctx, m)
+}
 
 // Status is Raft's view of the node.
 func (n *Node) Status() raft.Status { return n.rn.Status() }
@@ -352,8 +389,8 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 	return nil
 }
 
-// compact drops applied entries beyond the LogKeep the log keeps, once it
-// holds twice as many.
+// compact drops applied entries beyond the LogKeep the log keeps, in
+// steps of an eighth of it (each delete stays short).
 func (n *Node) compact() error {
 	keep := n.cfg.LogKeep
 	if keep == 0 {
@@ -361,7 +398,7 @@ func (n *Node) compact() error {
 	}
 	applied := n.applied.Load()
 	first, _ := n.storage.FirstIndex()
-	if applied+1 < first+2*keep {
+	if applied+1 < first+keep+keep/8+1 {
 		return nil
 	}
 	return n.storage.Compact(applied - keep)

@@ -36,9 +36,13 @@ type applyWaiter struct {
 // ReplicaConfig configures a Replica; Node is the Raft configuration
 // (its Apply and Applied are set by the Replica).
 type ReplicaConfig struct {
-	Node  Config
-	Now   func() time.Time // the clock entries take their time from (default time.Now)
-	Seeds func() int64     // random seeds of entries (default: the OS's generator)
+	Node Config
+	// Applied, when set, is what Raft takes as applied (default: the
+	// database's applied index). A node without Raft state whose database
+	// will be replaced by a snapshot starts from 0.
+	Applied *uint64
+	Now     func() time.Time // the clock entries take their time from (default time.Now)
+	Seeds   func() int64     // random seeds of entries (default: the OS's generator)
 }
 
 // StartReplica starts the node over st.
@@ -51,6 +55,9 @@ func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg Replic
 		r.seeds = func() int64 { return int64(proposalID()) }
 	}
 	cfg.Node.Applied = st.Applied()
+	if cfg.Applied != nil {
+		cfg.Node.Applied = *cfg.Applied
+	}
 	cfg.Node.Apply = r.apply
 	cfg.Node.ApplyRecordsConf = true
 	cfg.Node.Installed = func(uint64) { r.wake() }

@@ -184,7 +184,7 @@ func (r *run) setup() {
 		"CREATE TRIGGER det_stamp AFTER INSERT ON det BEGIN UPDATE det SET ms = ms || ' ' || strftime('%H:%M:%f', 'now') WHERE id = new.id; END",
 	}
 	for _, q := range stmts {
-		if st, b, err := r.post(0, map[string]any{"command": "exec", "query": q}); err != nil || st != 200 {
+		if st, b, err := r.postToLeader(map[string]any{"command": "exec", "query": q}); err != nil || st != 200 {
 			r.t.Fatalf("setup %q: %d %s %v", q, st, b, err)
 		}
 	}
@@ -192,10 +192,30 @@ func (r *run) setup() {
 	for i := 0; i < bankAccounts; i++ {
 		qs = append(qs, map[string]any{"query": "INSERT INTO bank VALUES (?, ?)", "params": []any{i, bankTotal / bankAccounts}})
 	}
-	if st, b, err := r.post(0, map[string]any{"command": "exec", "queries": qs}); err != nil || st != 200 {
+	if st, b, err := r.postToLeader(map[string]any{"command": "exec", "queries": qs}); err != nil || st != 200 {
 		r.t.Fatalf("setup bank: %d %s %v", st, b, err)
 	}
 	r.c.WaitConverged(30*time.Second, 1, 2)
+}
+
+// postToLeader sends a schema change (which only the leader accepts) to
+// the node that leads, trying again while leadership moves (a loaded test
+// machine can delay heartbeats past an election timeout).
+func (r *run) postToLeader(body map[string]any) (int, []byte, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		node := 0
+		for id := 0; id <= 2; id++ {
+			if r.c.Role(id) == "leader" {
+				node = id
+			}
+		}
+		st, b, err := r.post(node, body)
+		if (err == nil && st != 403 && st != 503) || time.Now().After(deadline) {
+			return st, b, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // faultLoop injects one fault at a time, drawn from the seed, until stop.

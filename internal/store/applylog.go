@@ -98,6 +98,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			s.internal("ROLLBACK")
 			return nil, nil, err
 		}
+		if s.bug == "skip-entry" && e.Index%50 == 0 && len(w.Stmts) > 0 {
+			w.Stmts = []rlog.Statement{{SQL: "SELECT 1"}} // succeeds, changes nothing
+		}
+		if s.bug == "partial-apply" && len(w.Stmts) > 1 {
+			w.Stmts = w.Stmts[:1]
+		}
 		var results []Result
 		if len(w.Stmts) == 0 {
 			err = &ParamError{Msg: "the log entry holds no statement"}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // The consensus log lives in the node's database, beside the data: its
@@ -212,4 +213,93 @@ func (s *Store) CompactRaft(index, term uint64) error {
 		}
 	}
 	return s.internal("COMMIT")
+}
+
+// RaftStateEmpty reports whether the database holds no consensus state at
+// all (no hard state, no log, no snapshot position).
+func (s *Store) RaftStateEmpty(ctx context.Context) (bool, error) {
+	st, err := s.LoadRaftState(ctx)
+	if err != nil {
+		return false, err
+	}
+	last, err := s.RaftLastIndex(ctx)
+	if err != nil {
+		return false, err
+	}
+	return st.HardState == nil && st.SnapIndex == 0 && last == 0, nil
+}
+
+// SeedRaft gives a database without consensus state a log that starts
+// after index (as if a snapshot at index, term, had replaced it), with
+// the given hard state and configuration, in one transaction.
+func (s *Store) SeedRaft(index, term uint64, hardState, confState []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('applied_term', ?)", []any{int64(term)}},
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", []any{hardState}},
+		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('conf_state', ?)", []any{confState}},
+	} {
+		if err := s.w.Exec(q.sql, q.args...); err != nil {
+			s.internal("ROLLBACK")
+			return fmt.Errorf("seed raft state: %w", err)
+		}
+	}
+	return s.internal("COMMIT")
+}
+
+// ClaimRaftNode records that this database belongs to consensus node id.
+// A database that another node wrote (a file copied from it, as when a
+// cluster is rebuilt from its best copy) loses that node's Raft state:
+// its term, vote and log are that node's, and no other node may reuse
+// them. Its data stays; the node then starts as one without Raft state.
+// It reports the node the file came from (0: this one, or none recorded).
+func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return 0, ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	row, err := s.w.QueryRow("SELECT value FROM _ddb_raft_state WHERE key = 'node_id'")
+	if err != nil {
+		return 0, err
+	}
+	if row != nil {
+		if v, _ := row[0].(int64); uint64(v) == id {
+			return 0, nil
+		} else {
+			from = uint64(v)
+		}
+	}
+	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+		return 0, err
+	}
+	stmts := []string{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('node_id', ?)"}
+	if from != 0 {
+		stmts = append([]string{"DELETE FROM _ddb_raft_log", "DELETE FROM _ddb_raft_state"}, stmts...)
+	}
+	for _, q := range stmts {
+		var args []any
+		if strings.Contains(q, "?") {
+			args = []any{int64(id)}
+		}
+		if err := s.w.Exec(q, args...); err != nil {
+			s.internal("ROLLBACK")
+			return 0, fmt.Errorf("claim the database for node %d: %w", id, err)
+		}
+	}
+	return from, s.internal("COMMIT")
 }

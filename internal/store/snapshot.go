@@ -225,6 +225,10 @@ func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState [
 	if pos.Index != index || pos.Term != term {
 		return fmt.Errorf("the snapshot stands at index %d, term %d, not at %d, %d", pos.Index, pos.Term, index, term)
 	}
+	own, err := s.raftNodeID()
+	if err != nil {
+		return err
+	}
 	_, err = s.install(path, func(c *sqlite.Conn, _ uint64) error {
 		for _, q := range []struct {
 			sql  string
@@ -234,6 +238,7 @@ func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState [
 			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", []any{hardState}},
 			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
 			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
+			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('node_id', ?)", []any{own}},
 		} {
 			if err := c.Exec(q.sql, q.args...); err != nil {
 				return fmt.Errorf("prepare snapshot: %w", err)
@@ -253,4 +258,20 @@ func (s *Store) Checkpoint() error {
 		return ErrClosed
 	}
 	return s.w.Checkpoint(0)
+}
+
+// raftNodeID is the consensus node the database belongs to (nil: none
+// recorded), as ClaimRaftNode set it.
+func (s *Store) raftNodeID() (any, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return nil, ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	row, err := s.w.QueryRow("SELECT value FROM _ddb_raft_state WHERE key = 'node_id'")
+	if err != nil || row == nil {
+		return nil, err
+	}
+	return row[0], nil
 }

@@ -36,8 +36,8 @@ type Options struct {
 	// Seeds gives each new entry its random seed (default: from the
 	// operating system's generator). Tests fix it to replay a run exactly.
 	Seeds func() int64
-	// InjectBug: "skip-entry" (Apply records every 50th entry as applied
-	// without running it), "partial-apply" (Apply runs only the first
+	// InjectBug: "skip-entry" (Apply and ApplyLog record every 50th entry as applied
+	// without running it), "partial-apply" (they run only the first
 	// statement of a multi-statement entry), "unpinned-clock" (Apply runs
 	// entries with the local clock), "unpinned-prng" (SQLite's generator
 	// is not seeded from the entry), "unpinned-state" (changes(),

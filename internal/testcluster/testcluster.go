@@ -271,11 +271,47 @@ func (c *Cluster) Restart(id int) *Proc {
 	return c.StartNode(id)
 }
 
-// WaitReady waits until every started node answers /health.
+// WaitReady waits until every started node is up and, under Raft, until
+// the master leads (when it was started).
 func (c *Cluster) WaitReady() {
 	c.t.Helper()
 	for id := range c.nodes {
 		c.WaitHealthy(id)
+	}
+	if _, ok := c.nodes[0]; ok {
+		c.WaitLeader(0, 30*time.Second)
+	}
+}
+
+// Role is node id's Raft role ("" when it cannot be asked, or the node
+// does not run Raft).
+func (c *Cluster) Role(id int) string {
+	st, err := c.Status(id)
+	if err != nil {
+		return ""
+	}
+	r, _ := st["raft"].(map[string]any)
+	role, _ := r["role"].(string)
+	return role
+}
+
+// WaitLeader waits until node id leads (at once for a node that does not
+// run Raft) and returns how long that took.
+func (c *Cluster) WaitLeader(id int, within time.Duration) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	for {
+		st, err := c.Status(id)
+		if err == nil {
+			r, isRaft := st["raft"].(map[string]any)
+			if !isRaft || r["role"] == "leader" {
+				return time.Since(start)
+			}
+		}
+		if time.Since(start) > within {
+			c.t.Fatalf("node %d does not lead after %v (role %q)", id, within, c.Role(id))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -339,6 +375,19 @@ func (c *Cluster) Exec(id int, sql string, params ...any) ExecResult {
 		req["params"] = params
 	}
 	r, err := c.Do(id, req)
+	// A loaded test machine can delay heartbeats past an election timeout:
+	// a schema change sent while leadership moves is sent again, to the
+	// node that leads.
+	for deadline := time.Now().Add(15 * time.Second); err == nil && time.Now().Before(deadline) &&
+		(r.Status == 503 || r.Status == 403 && bytes.Contains(r.Body, []byte("run only on the leader"))); {
+		time.Sleep(100 * time.Millisecond)
+		for l := 0; l <= c.Slaves; l++ {
+			if c.Role(l) == "leader" {
+				id = l
+			}
+		}
+		r, err = c.Do(id, req)
+	}
 	if err != nil || r.Status != 200 {
 		c.t.Fatalf("exec %q on node %d: %v %v", sql, id, r, err)
 	}
