@@ -99,7 +99,7 @@ const electionWindow = 2 * time.Second
 // waiting would only hang the client), else when the window ends.
 func (e *Engine) WaitLeader(ctx context.Context) bool {
 	for {
-		if e.rep.Node().Status().Lead != 0 {
+		if lead, _ := e.rep.Node().Leader(); lead != 0 {
 			return true
 		}
 		if time.Since(time.Unix(0, e.leaderSeen.Load())) > electionWindow || ctx.Err() != nil {
@@ -189,7 +189,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		for {
 			select {
 			case t := <-e.ticks.C:
-				if e.rep != nil && e.rep.Node().Status().Lead != 0 {
+				if e.rep != nil && e.lead() != 0 {
 					e.leaderSeen.Store(t.UnixNano())
 				}
 				select {
@@ -223,6 +223,20 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	e.tr.SetSnapshots(rep.Node(), cfg.Dir)
 	e.wg.Add(1)
 	go e.announce()
+	go func() {
+		// A node whose own database fails cannot go on: the process stops
+		// (and a restart reports what is wrong with the file).
+		select {
+		case <-rep.Node().Done():
+			if err := rep.Node().Err(); err != nil {
+				select {
+				case e.fatal <- fmt.Errorf("replication stopped: %w", err):
+				default:
+				}
+			}
+		case <-e.stop:
+		}
+	}()
 	return e, nil
 }
 
@@ -475,11 +489,13 @@ func (e *Engine) SnapshotHandler() http.HandlerFunc {
 }
 
 // IsLeader reports whether this node leads now.
-func (e *Engine) IsLeader() bool { return e.rep.Node().Status().RaftState == raft.StateLeader }
+func (e *Engine) IsLeader() bool { _, self := e.rep.Node().Leader(); return self }
+
+func (e *Engine) lead() uint64 { l, _ := e.rep.Node().Leader(); return l }
 
 // LeaderURL is the URL of the node that leads ("" if none is known).
 func (e *Engine) LeaderURL() string {
-	if lead := e.rep.Node().Status().Lead; lead != 0 {
+	if lead := e.lead(); lead != 0 {
 		return e.tr.Peer(lead)
 	}
 	return ""
@@ -524,9 +540,9 @@ func (e *Engine) Write(ctx context.Context, req *store.Request, ack string) (sto
 
 // writeOnce makes one attempt; retry says whether another may succeed.
 func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) (out store.Outcome, err error, retry bool) {
-	st := e.rep.Node().Status()
+	lead, self := e.rep.Node().Leader()
 	switch {
-	case st.RaftState == raft.StateLeader:
+	case self:
 		out, err = e.proposeHere(ctx, req, ack)
 		var nl *NotLeaderError
 		var uo *UnknownOutcomeError
@@ -537,13 +553,13 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 			return out, &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}, true
 		}
 		return out, err, false
-	case st.Lead == 0:
+	case lead == 0:
 		err := &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
 		return out, err, e.WaitLeader(ctx)
 	}
-	url := e.tr.Peer(st.Lead)
+	url := e.tr.Peer(lead)
 	if url == "" {
-		return out, &replication.UnavailableError{Reason: fmt.Sprintf("node %d leads, but its URL is not known here yet; retry shortly", st.Lead)}, true
+		return out, &replication.UnavailableError{Reason: fmt.Sprintf("node %d leads, but its URL is not known here yet; retry shortly", int(lead)-1)}, true
 	}
 	body, err := rlog.EncodeStatements(req.Stmts)
 	if err != nil {
@@ -790,12 +806,12 @@ func (e *Engine) Status() Status {
 
 // Ready says why this node cannot serve writes now ("" when it can).
 func (e *Engine) Ready() string {
-	st := e.rep.Node().Status()
-	if st.Lead == 0 {
+	lead, self := e.rep.Node().Leader()
+	if lead == 0 {
 		return "no leader is known: an election is under way, or a majority of the voters cannot be reached"
 	}
-	if st.RaftState != raft.StateLeader && e.tr.Peer(st.Lead) == "" {
-		return fmt.Sprintf("node %d leads, but its URL is not known here yet", st.Lead)
+	if !self && e.tr.Peer(lead) == "" {
+		return fmt.Sprintf("node %d leads, but its URL is not known here yet", int(lead)-1)
 	}
 	return ""
 }

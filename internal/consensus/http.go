@@ -245,7 +245,7 @@ func Handler(auth *cluster.Auth, node func() *Node, logf func(string, ...any)) h
 			return
 		}
 		for _, m := range msgs {
-			n.Step(r.Context(), m)
+			n.Deliver(m)
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}

@@ -69,6 +69,10 @@ type Config struct {
 	// Installed is told when a snapshot from the leader replaced the
 	// database (may be nil).
 	Installed func(index uint64)
+	// ApplySaving, when set, is Apply that also makes save (the step's new
+	// entries and hard state) durable in the same transaction as the
+	// entries' changes. Without it, the node saves, then applies.
+	ApplySaving func(save store.RaftSave, entries []Entry) ([]any, error)
 }
 
 // Node is one member of a Raft group.
@@ -80,6 +84,13 @@ type Node struct {
 
 	applied   atomic.Uint64
 	installed atomic.Uint64 // snapshots installed since start
+	leading   bool          // this node leads (run goroutine only)
+	// What Raft last said of leadership (from each Ready's SoftState):
+	// cheap to read on every request, unlike Status, which copies the
+	// progress of every node.
+	softLead  atomic.Uint64
+	softState atomic.Uint32 // raft.StateType
+	inbox     chan pb.Message // messages from other nodes, for Step
 	receiving sync.Map      // path of a received snapshot -> *snapshotFile
 
 	mu          sync.Mutex
@@ -160,8 +171,33 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	} else {
 		n.rn = raft.RestartNode(rc) // restarting, or joining: the leader adds it
 	}
+	n.inbox = make(chan pb.Message, 4096)
 	go n.run()
+	go n.stepper()
 	return n, nil
+}
+
+// Deliver queues a message another node sent, for Step, without waiting
+// for Raft to take it: the transport answers its sender at once, so the
+// sender's next batch is not held up while this node writes to disk. A
+// full queue drops the message (Raft sends again).
+func (n *Node) Deliver(m pb.Message) {
+	select {
+	case n.inbox <- m:
+	default:
+	}
+}
+
+// stepper hands queued messages to Raft, in the order they came.
+func (n *Node) stepper() {
+	for {
+		select {
+		case m := <-n.inbox:
+			n.Step(context.Background(), m)
+		case <-n.done:
+			return
+		}
+	}
 }
 
 // ChangeMembership proposes a configuration change on the leader and
@@ -329,15 +365,74 @@ func (n *Node) run() {
 // are applied. (Letting the leader send appends while it writes its own
 // copy, Raft thesis 10.2.1, is a later optimisation.)
 func (n *Node) handle(rd raft.Ready) error {
+	if rd.SoftState != nil {
+		n.leading = rd.SoftState.RaftState == raft.StateLeader
+		n.softLead.Store(rd.SoftState.Lead)
+		n.softState.Store(uint32(rd.SoftState.RaftState))
+	}
+	if n.leading {
+		// The leader's appends go out while it writes its own copy (Raft
+		// thesis 10.2.1): the disks of the leader and the followers work
+		// at the same time. A leader's messages never vouch for its own
+		// disk (it sends no votes or acknowledgements).
+		n.tr.Send(rd.Messages)
+	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		if err := n.install(rd.Snapshot, rd.HardState); err != nil {
 			return fmt.Errorf("install snapshot at index %d: %w", rd.Snapshot.Metadata.Index, err)
 		}
 	}
-	if err := n.storage.Save(rd.Entries, rd.HardState); err != nil {
-		return fmt.Errorf("persist raft log: %w", err)
+	run, ids, err := n.committed(rd.CommittedEntries)
+	if err != nil {
+		return err
 	}
-	n.tr.Send(rd.Messages)
+	save, err := n.storage.encode(rd.Entries, rd.HardState)
+	if err != nil {
+		return err
+	}
+	var results []any
+	switch {
+	case n.leading && len(run) > 0 && n.cfg.ApplySaving != nil:
+		// The leader's committed entries are on its disk already (a
+		// leader's own entries are committed, at the earliest, in the
+		// step after the one that wrote them): it applies them and
+		// answers their clients first, then makes the new entries
+		// durable (which syncs the application too).
+		if results, err = n.cfg.ApplySaving(store.RaftSave{}, run); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		n.deliver(run, ids, results)
+		run = nil
+		if err := n.storage.st.SaveRaft(save.Entries, save.HardState); err != nil {
+			return fmt.Errorf("persist raft log: %w", err)
+		}
+		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
+			return err
+		}
+	default:
+		if err := n.storage.st.SaveRaft(save.Entries, save.HardState); err != nil {
+			return fmt.Errorf("persist raft log: %w", err)
+		}
+		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
+			return err
+		}
+		if !n.leading {
+			// A follower's acknowledgements and votes go out once what
+			// they vouch for is on its disk, before it applies anything:
+			// the leader commits sooner.
+			n.tr.Send(rd.Messages)
+		}
+		if len(run) > 0 {
+			if n.cfg.ApplySaving != nil {
+				results, err = n.cfg.ApplySaving(store.RaftSave{}, run)
+			} else {
+				results = n.cfg.Apply(run)
+			}
+			if err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
+		}
+	}
 	if len(rd.ReadStates) > 0 {
 		n.mu.Lock()
 		for _, r := range rd.ReadStates {
@@ -347,10 +442,30 @@ func (n *Node) handle(rd raft.Ready) error {
 		}
 		n.mu.Unlock()
 	}
-	if err := n.apply(rd.CommittedEntries); err != nil {
+	if err := n.deliver(run, ids, results); err != nil {
 		return err
 	}
 	return n.compact()
+}
+
+// deliver answers the proposers of applied entries and records them as
+// applied.
+func (n *Node) deliver(run []Entry, ids []uint64, results []any) error {
+	if len(run) == 0 {
+		return nil
+	}
+	if len(results) != len(run) {
+		return fmt.Errorf("apply answered %d results for %d entries", len(results), len(run))
+	}
+	n.mu.Lock()
+	for i, e := range run {
+		if ch := n.waiting[ids[i]]; ch != nil && ids[i] != 0 {
+			ch <- Applied{Index: e.Index, Result: results[i]}
+		}
+	}
+	n.mu.Unlock()
+	n.applied.Store(run[len(run)-1].Index)
+	return nil
 }
 
 // install makes the snapshot Raft restored from (its data: the path of a
@@ -467,6 +582,25 @@ func removeFile(path string) {
 	}
 }
 
+// Leader is the leader this node knows (0: none), and whether it is this
+// node, as of the last step Raft took.
+func (n *Node) Leader() (lead uint64, self bool) {
+	return n.softLead.Load(), raft.StateType(n.softState.Load()) == raft.StateLeader
+}
+
+// Done is closed when the node's loop has ended: stopped, or failed (Err).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err is why the node's loop ended by itself (nil if it was stopped).
+func (n *Node) Err() error {
+	select {
+	case <-n.done:
+		return n.err
+	default:
+		return nil
+	}
+}
+
 // SnapshotsInstalled counts the snapshots this node installed since it
 // started.
 func (n *Node) SnapshotsInstalled() uint64 { return n.installed.Load() }
@@ -544,38 +678,36 @@ func (n *Node) leadPreferred() {
 	}
 }
 
-// apply applies committed entries: configuration changes to Raft, and
-// every entry, in order, to the database in one Apply call, so that the
-// database's applied index covers each index of the log (an entry that is
-// not a proposal, such as a new leader's empty entry or a configuration
-// change, reaches Apply with nil data).
-func (n *Node) apply(ents []pb.Entry) error {
-	var run []Entry
-	var ids []uint64
+// committed prepares committed entries for the database: configuration
+// changes are applied to Raft here, and every entry, in order, goes to
+// one Apply call (with its proposal id), so that the database's applied
+// index covers each index of the log (an entry that is not a proposal,
+// such as a new leader's empty entry or a configuration change, reaches
+// Apply with nil data).
+func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error) {
 	for _, e := range ents {
 		if e.Index <= n.applied.Load() {
 			continue // applied before a restart
 		}
 		var id uint64
 		var data, conf []byte
-		var err error
 		switch e.Type {
 		case pb.EntryConfChange:
 			var cc pb.ConfChange
 			if err := cc.Unmarshal(e.Data); err != nil {
-				return fmt.Errorf("entry %d: %w", e.Index, err)
+				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, err)
 			}
 			if conf, err = n.confChange(cc); err != nil {
-				return err
+				return nil, nil, err
 			}
 			n.confApplied(cc)
 		case pb.EntryConfChangeV2:
 			var cc pb.ConfChangeV2
 			if err := cc.Unmarshal(e.Data); err != nil {
-				return fmt.Errorf("entry %d: %w", e.Index, err)
+				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, err)
 			}
 			if conf, err = n.confChange(cc); err != nil {
-				return err
+				return nil, nil, err
 			}
 		case pb.EntryNormal:
 			if len(e.Data) >= 8 {
@@ -585,22 +717,7 @@ func (n *Node) apply(ents []pb.Entry) error {
 		run = append(run, Entry{Index: e.Index, Term: e.Term, Data: data, Conf: conf})
 		ids = append(ids, id)
 	}
-	if len(run) == 0 {
-		return nil
-	}
-	results := n.cfg.Apply(run)
-	if len(results) != len(run) {
-		return fmt.Errorf("apply answered %d results for %d entries", len(results), len(run))
-	}
-	n.mu.Lock()
-	for i, e := range run {
-		if ch := n.waiting[ids[i]]; ch != nil && ids[i] != 0 {
-			ch <- Applied{Index: e.Index, Result: results[i]}
-		}
-	}
-	n.mu.Unlock()
-	n.applied.Store(run[len(run)-1].Index)
-	return nil
+	return run, ids, nil
 }
 
 // confChange applies a configuration change to Raft and returns the

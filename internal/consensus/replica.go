@@ -59,6 +59,7 @@ func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg Replic
 		cfg.Node.Applied = *cfg.Applied
 	}
 	cfg.Node.Apply = r.apply
+	cfg.Node.ApplySaving = r.applySaving
 	cfg.Node.ApplyRecordsConf = true
 	cfg.Node.Installed = func(uint64) { r.wake() }
 	n, err := Start(ctx, st, tr, cfg.Node)
@@ -99,9 +100,8 @@ func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
 // once this node has applied the entry: with its results, or with the
 // error the write gave (the same on every node).
 func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome, error) {
-	st := r.node.Status()
-	if st.RaftState != raft.StateLeader {
-		return store.Outcome{}, &NotLeaderError{Leader: st.Lead}
+	if lead, self := r.node.Leader(); !self {
+		return store.Outcome{}, &NotLeaderError{Leader: lead}
 	}
 	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
 		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes}
@@ -115,7 +115,8 @@ func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome,
 	a, err := r.node.Propose(ctx, data)
 	switch {
 	case errors.Is(err, raft.ErrProposalDropped):
-		return store.Outcome{}, &NotLeaderError{Leader: r.node.Status().Lead}
+		lead, _ := r.node.Leader()
+		return store.Outcome{}, &NotLeaderError{Leader: lead}
 	case err != nil:
 		return store.Outcome{}, &UnknownOutcomeError{Err: err}
 	}
@@ -158,6 +159,16 @@ func (r *Replica) WaitApplied(ctx context.Context, index uint64) error {
 // apply is the node's Apply: committed entries into the database, in one
 // transaction per Ready.
 func (r *Replica) apply(ents []Entry) []any {
+	results, err := r.applySaving(store.RaftSave{}, ents)
+	if err != nil {
+		panic(err.Error())
+	}
+	return results
+}
+
+// applySaving applies committed entries, and makes save durable in the
+// same transaction.
+func (r *Replica) applySaving(save store.RaftSave, ents []Entry) ([]any, error) {
 	log := make([]rlog.Entry, len(ents))
 	for i, e := range ents {
 		log[i] = rlog.Entry{Index: e.Index, Term: e.Term, Conf: e.Conf}
@@ -168,10 +179,10 @@ func (r *Replica) apply(ents []Entry) []any {
 		}
 	}
 	first := r.st.Applied() + 1 // ApplyLog skips what the database already holds
-	out, err := r.st.ApplyLog(log)
+	out, err := r.st.ApplyLogSaving(save, log)
 	if err != nil {
 		// This node's own database failed: it cannot go on applying.
-		panic(fmt.Sprintf("apply entries %d..%d: %v", ents[0].Index, ents[len(ents)-1].Index, err))
+		return nil, fmt.Errorf("apply entries %d..%d: %w", ents[0].Index, ents[len(ents)-1].Index, err)
 	}
 	results := make([]any, len(ents))
 	for i, e := range ents {
@@ -180,7 +191,7 @@ func (r *Replica) apply(ents []Entry) []any {
 		}
 	}
 	r.wake()
-	return results
+	return results, nil
 }
 
 // wake releases the waiters whose index this node has applied.

@@ -184,26 +184,42 @@ func (s *Storage) HardState() pb.HardState {
 // Save makes entries and the hard state durable (one transaction), then
 // makes them visible to Raft.
 func (s *Storage) Save(entries []pb.Entry, hard pb.HardState) error {
-	var hs []byte
+	save, err := s.encode(entries, hard)
+	if err != nil {
+		return err
+	}
+	if err := s.st.SaveRaft(save.Entries, save.HardState); err != nil {
+		return err
+	}
+	return s.saved(entries, hard)
+}
+
+// encode turns entries and a hard state into what the database stores
+// (a nil hard state when it did not change).
+func (s *Storage) encode(entries []pb.Entry, hard pb.HardState) (store.RaftSave, error) {
+	var save store.RaftSave
 	s.mu.Lock()
 	changed := !raft.IsEmptyHardState(hard) && !isHardStateEqual(hard, s.hard)
 	s.mu.Unlock()
 	if changed {
 		var err error
-		if hs, err = hard.Marshal(); err != nil {
-			return err
+		if save.HardState, err = hard.Marshal(); err != nil {
+			return save, err
 		}
 	}
-	stored := make([]store.RaftEntry, len(entries))
+	save.Entries = make([]store.RaftEntry, len(entries))
 	for i, e := range entries {
-		stored[i] = store.RaftEntry{Index: e.Index, Term: e.Term, Type: int(e.Type), Data: e.Data}
+		save.Entries[i] = store.RaftEntry{Index: e.Index, Term: e.Term, Type: int(e.Type), Data: e.Data}
 	}
-	if err := s.st.SaveRaft(stored, hs); err != nil {
-		return err
-	}
+	return save, nil
+}
+
+// saved makes entries and a hard state that are now durable visible to
+// Raft.
+func (s *Storage) saved(entries []pb.Entry, hard pb.HardState) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if changed {
+	if !raft.IsEmptyHardState(hard) {
 		s.hard = hard
 	}
 	if len(entries) == 0 {

@@ -25,10 +25,31 @@ import (
 // Index is its first time's). The error is for the node itself (its
 // database failed); the entries whose outcomes were returned are applied.
 func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
+	return s.ApplyLogSaving(RaftSave{}, entries)
+}
+
+// ApplyLogSaving is ApplyLog that also makes save durable, in the same
+// transaction as the entries' changes: one fsync for a step of the
+// consensus log that both appends and applies.
+func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.w == nil {
 		return nil, ErrClosed
+	}
+	s.pendingSave = save
+	defer func() { s.pendingSave = RaftSave{} }()
+	if len(save.Entries) == 0 && save.HardState == nil && s.sync == "FULL" {
+		// Applying entries that the consensus log already holds on disk
+		// needs no fsync of its own: a transaction lost to a power cut is
+		// applied again from the log (its applied index is lost with it),
+		// and the next transaction that writes the log makes this one
+		// durable too (the WAL is synced up to there).
+		s.wconn.auth.reset(policyReplica)
+		if err := s.w.Exec("PRAGMA synchronous = NORMAL"); err != nil {
+			return nil, err
+		}
+		defer s.w.Exec("PRAGMA synchronous = FULL")
 	}
 	applied := s.applied.Load()
 	for len(entries) > 0 && entries[0].Index <= applied {
@@ -40,6 +61,20 @@ func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
 	}
 	entries = entries[:n]
 	if n == 0 {
+		if len(save.Entries) == 0 && save.HardState == nil {
+			return nil, nil
+		}
+		if err := s.internal("BEGIN IMMEDIATE"); err != nil {
+			return nil, fmt.Errorf("begin: %w", err)
+		}
+		if err := s.saveRaft(save.Entries, save.HardState); err != nil {
+			s.internal("ROLLBACK")
+			return nil, err
+		}
+		if err := s.internal("COMMIT"); err != nil {
+			s.internal("ROLLBACK")
+			return nil, fmt.Errorf("commit raft log: %w", err)
+		}
 		return nil, nil
 	}
 	writes := make([]rlog.Write, n)
@@ -72,6 +107,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		return nil, nil, err
 	}
 	defer s.leave()
+	if p := s.pendingSave; len(p.Entries) > 0 || p.HardState != nil {
+		if err := s.saveRaft(p.Entries, p.HardState); err != nil {
+			s.internal("ROLLBACK")
+			return nil, nil, err
+		}
+	}
 	out = make([]Outcome, len(entries))
 	for i, e := range entries {
 		w := writes[i]

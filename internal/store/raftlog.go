@@ -125,6 +125,14 @@ func (s *Store) RaftEntries(ctx context.Context, lo, hi, maxBytes uint64) ([]Raf
 	return out, nil
 }
 
+// RaftSave is what one step of the consensus log makes durable: entries
+// (replacing the log from the first one's index on) and the hard state
+// (nil when it did not change).
+type RaftSave struct {
+	Entries   []RaftEntry
+	HardState []byte
+}
+
 // SaveRaft makes entries and the hard state durable in one transaction.
 // Entries replace whatever the log holds from their first index on (a new
 // leader overwrote an uncommitted suffix). hardState is nil when it did

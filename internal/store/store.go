@@ -63,6 +63,8 @@ type Store struct {
 	// ran on the writer (and may have failed and been rolled back) since
 	// the writer last loaded the schema afresh.
 	schemaDirty bool
+	pendingSave RaftSave // written in ApplyLogSaving's transaction (writer only)
+	sync        string   // the writer's PRAGMA synchronous (Options.Synchronous)
 	readers     chan *conn
 	nreaders    int
 	applied     atomic.Uint64 // last log index applied (committed) here
@@ -162,7 +164,7 @@ func Open(opts Options) (*Store, error) {
 	if opts.Seeds == nil {
 		opts.Seeds = randomSeed
 	}
-	s := &Store{path: abs, clock: clock, lock: lock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds}
+	s := &Store{path: abs, clock: clock, lock: lock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds, sync: opts.Synchronous}
 	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},
