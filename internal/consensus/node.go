@@ -89,9 +89,9 @@ type Node struct {
 	// cheap to read on every request, unlike Status, which copies the
 	// progress of every node.
 	softLead  atomic.Uint64
-	softState atomic.Uint32 // raft.StateType
+	softState atomic.Uint32   // raft.StateType
 	inbox     chan pb.Message // messages from other nodes, for Step
-	receiving sync.Map      // path of a received snapshot -> *snapshotFile
+	receiving sync.Map        // path of a received snapshot -> *snapshotFile
 
 	mu          sync.Mutex
 	waiting     map[uint64]chan Applied // proposal id -> its proposer
