@@ -243,3 +243,35 @@ func TestRaftLeadershipTransferByHandAndBackToTheMaster(t *testing.T) {
 	c.WaitConverged(10*time.Second, 1, 2)
 	requireIdentical(t, c, 0, 1, 2)
 }
+
+// A cluster the former engine (-engine log) built moves to Raft: stopped
+// cleanly and started again with the default engine, the master keeps its
+// data and starts the log after it, and the slaves catch up from it.
+func TestClusterBuiltByTheFormerEngineMovesToRaft(t *testing.T) {
+	c := testcluster.Start(t, 2, "-engine", "log")
+	c.Exec(0, "CREATE TABLE g (id INTEGER PRIMARY KEY, v TEXT, at DEFAULT CURRENT_TIMESTAMP)")
+	for i := 0; i < 30; i++ {
+		c.Exec(i%3, "INSERT INTO g (v) VALUES (?)", fmt.Sprint(i))
+	}
+	c.WaitConverged(10*time.Second, 1, 2)
+	for id := 0; id <= 2; id++ {
+		c.Node(id).Stop()
+	}
+	c.Extra = nil // the default engine: Raft
+	for id := 0; id <= 2; id++ {
+		c.StartNode(id)
+	}
+	c.WaitReady()
+	if role := c.Role(0); role != "leader" {
+		t.Fatalf("the master is %q under Raft", role)
+	}
+	r := c.Exec(1, "INSERT INTO g (v) VALUES ('under raft')")
+	if r.LastInsertID != 31 {
+		t.Fatalf("the first write under Raft got id %d, want 31", r.LastInsertID)
+	}
+	c.WaitConverged(20*time.Second, 1, 2)
+	dbs := requireIdentical(t, c, 0, 1, 2)
+	if n := dbs[0].RowCount(); n != 31 {
+		t.Fatalf("%d rows after the move, want 31", n)
+	}
+}
