@@ -211,6 +211,12 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
 		return
 	}
+	if s.eng != nil {
+		// The process's token: a node that finds this id at another
+		// address can tell the same process from an impostor.
+		writeJSON(w, http.StatusOK, []byte(`{"status":"alive","instance":"`+s.eng.Instance()+`"}`+"\n"))
+		return
+	}
 	writeJSON(w, http.StatusOK, []byte(`{"status":"alive"}`+"\n"))
 }
 

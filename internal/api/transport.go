@@ -242,18 +242,24 @@ func (t *Transport) RemoteApplied(ctx context.Context, url string, index uint64)
 	return out.Applied, err
 }
 
-// Live implements consensus.PeerCaller: the node at url answers /livez.
-func (t *Transport) Live(ctx context.Context, url string) bool {
+// Instance implements consensus.PeerCaller: the token /livez reports.
+func (t *Transport) Instance(ctx context.Context, url string) string {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/livez", nil)
 	if err != nil {
-		return false
+		return ""
 	}
 	resp, err := t.client.Do(req)
 	if err != nil {
-		return false
+		return ""
 	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	defer resp.Body.Close()
+	var out struct {
+		Instance string `json:"instance"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&out) != nil || out.Instance == "" {
+		return "live" // a node answers, but says nothing of itself
+	}
+	return out.Instance
 }
 
 // Client is the HTTP client the transport sends with (kept-alive

@@ -277,6 +277,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	if role == Master {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")
 	} else {
+		fs.StringVar(&slaves, "slaves", "", "comma-separated URLs of the slaves as this slave reaches them (default: http://host:port+i with the port arithmetic, else learned from the master)")
 		fs.StringVar(&c.MasterURL, "master", "", "the master's URL (instead of http://host:port)")
 		fs.StringVar(&c.Listen, "listen", "", "address to listen on (instead of :port+id)")
 		fs.StringVar(&c.Advertise, "advertise", "", "URL the master should use to reach this slave (default: from -host and the port, or -listen)")

@@ -28,8 +28,9 @@ type PeerCaller interface {
 	// Join announces a node; a *replication.JoinRefusedError means it may
 	// not take part (its id is held by another live node).
 	RaftJoin(ctx context.Context, url string, req *JoinRequest) (*JoinResponse, error)
-	// Live reports whether a node answers at url.
-	Live(ctx context.Context, url string) bool
+	// Instance is the instance token of the node process answering at
+	// url ("" when none answers).
+	Instance(ctx context.Context, url string) string
 	// RemoteApplied waits (up to ctx) until the node at url has applied
 	// index, and returns the index it has applied.
 	RemoteApplied(ctx context.Context, url string, index uint64) (uint64, error)
@@ -261,6 +262,9 @@ func (e *Engine) confChanged(cc pb.ConfChange) {
 type JoinRequest struct {
 	ID  uint64 `json:"id"`
 	URL string `json:"url"`
+	// Instance is the token of the process (new at every start): the
+	// same node reached at another address is not an impostor.
+	Instance string `json:"instance"`
 	// Fresh: the node holds no Raft state (first start, or its data was
 	// lost). It takes part only once admitted: a leader that counted its
 	// old log would otherwise send it a commit index it cannot have.
@@ -305,7 +309,7 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Fresh: fresh})
+		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Instance: e.boot, Fresh: fresh})
 		cancel()
 		var refused *replication.JoinRefusedError
 		if errors.As(err, &refused) {
@@ -320,7 +324,9 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			continue
 		}
 		for pid, pu := range resp.Peers {
-			if pid != e.cfg.ID && pu != "" {
+			// The command line's addresses win: they are how this node
+			// reaches those peers (the others may reach them otherwise).
+			if _, given := e.cfg.Peers[pid]; !given && pid != e.cfg.ID && pu != "" {
 				e.tr.SetPeer(pid, pu)
 			}
 		}
@@ -356,20 +362,22 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 	if req.ID == 0 || req.URL == "" {
 		return nil, &replication.JoinRefusedError{Reason: "a join needs the node's id and URL"}
 	}
-	if req.ID == e.cfg.ID && req.URL != e.cfg.URL {
+	if req.ID == e.cfg.ID && req.Instance != e.boot {
 		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", int(req.ID)-1, e.cfg.URL)}
 	}
 	if old := e.tr.Peer(req.ID); old != "" && old != req.URL && req.ID != e.cfg.ID {
 		// Another process claims a known id. It takes the id over only if
-		// the node at the known address is gone (the node moved).
+		// the node at the known address is gone (the node moved) or is
+		// the same process (reached another way).
 		lctx, cancel := context.WithTimeout(ctx, time.Second)
-		live := e.cfg.Calls.Live(lctx, old)
+		inst := e.cfg.Calls.Instance(lctx, old)
 		cancel()
-		if live {
+		if inst != "" && inst != req.Instance {
 			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", int(req.ID)-1, old)}
 		}
 	}
-	if req.ID != e.cfg.ID {
+	if _, given := e.cfg.Peers[req.ID]; !given && req.ID != e.cfg.ID {
+		// (The command line's address wins: it is how this node reaches it.)
 		e.tr.SetPeer(req.ID, req.URL)
 	}
 	resp := &JoinResponse{Peers: e.peerURLs()}
@@ -487,6 +495,9 @@ func (e *Engine) RaftHandler() http.HandlerFunc {
 func (e *Engine) SnapshotHandler() http.HandlerFunc {
 	return SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Logf)
 }
+
+// Instance is this process's token (see JoinRequest.Instance).
+func (e *Engine) Instance() string { return e.boot }
 
 // IsLeader reports whether this node leads now.
 func (e *Engine) IsLeader() bool { _, self := e.rep.Node().Leader(); return self }

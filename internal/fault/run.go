@@ -57,8 +57,9 @@ type run struct {
 	c       *testcluster.Cluster
 	rng     *rand.Rand
 	start   time.Time
-	toSlave map[int]*Link // master -> slave i
-	toMast  map[int]*Link // slave i -> master
+	toSlave map[int]*Link    // master -> slave i
+	toMast  map[int]*Link    // slave i -> master
+	between map[[2]int]*Link // slave i -> slave j
 	http    *http.Client
 
 	mu        sync.Mutex
@@ -103,7 +104,7 @@ func Run(t testcluster.TB, o Options) Report {
 		o.Workloads = AllWorkloads
 	}
 	r := &run{t: t, o: o, rng: rand.New(rand.NewPCG(o.Seed, o.Seed^0xfa17)), start: time.Now(),
-		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, ops: map[string]int{}, appended: map[int64]string{},
+		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, between: map[[2]int]*Link{}, ops: map[string]int{}, appended: map[int64]string{},
 		http: &http.Client{Timeout: 15 * time.Second}}
 	r.logf("seed %d: %v of %v with faults %v every ~%v", o.Seed, o.Workloads, o.Duration, o.Faults, o.FaultEvery)
 	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000")
@@ -124,6 +125,18 @@ func Run(t testcluster.TB, o Options) Report {
 		t.Cleanup(b.Close)
 		r.c.Flags[i] = []string{"-master", b.URL(), "-advertise", a.URL()}
 	}
+	// Under Raft the slaves talk to each other too (votes, and a slave
+	// that leads sends the log): each direction has a link of its own.
+	for _, p := range [][2]int{{1, 2}, {2, 1}} {
+		l, err := NewLink(fmt.Sprintf("slave%d->slave%d", p[0], p[1]), fmt.Sprintf("127.0.0.1:%d", r.c.Port+p[1]))
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		r.between[p] = l
+		t.Cleanup(l.Close)
+	}
+	r.c.Flags[1] = append(r.c.Flags[1], "-slaves", r.toSlave[1].URL()+","+r.between[[2]int{1, 2}].URL())
+	r.c.Flags[2] = append(r.c.Flags[2], "-slaves", r.between[[2]int{2, 1}].URL()+","+r.toSlave[2].URL())
 	r.c.Flags[0] = []string{"-slaves", r.toSlave[1].URL() + "," + r.toSlave[2].URL()}
 	for i := 0; i <= 2; i++ {
 		r.c.StartNode(i)
@@ -269,9 +282,9 @@ func (r *run) faultLoop(stop <-chan struct{}) {
 		case "split":
 			desc = fmt.Sprintf("split the slaves from the master for %v", hold.Round(time.Millisecond))
 			r.note(desc)
-			r.eachLink((*Link).Cut)
+			r.eachMasterLink((*Link).Cut)
 			time.Sleep(hold)
-			r.eachLink((*Link).Heal)
+			r.eachMasterLink((*Link).Heal)
 		case "one-way":
 			l := r.toSlave[slave]
 			if r.rng.IntN(2) == 0 {
@@ -313,13 +326,23 @@ func (r *run) linksOf(node int) []*Link {
 	if node == 0 {
 		return []*Link{r.toSlave[1], r.toSlave[2], r.toMast[1], r.toMast[2]}
 	}
-	return []*Link{r.toSlave[node], r.toMast[node]}
+	other := 3 - node
+	return []*Link{r.toSlave[node], r.toMast[node], r.between[[2]int{node, other}], r.between[[2]int{other, node}]}
 }
 
-func (r *run) eachLink(f func(*Link)) {
+// eachMasterLink calls f on every link between the master and a slave
+// (a "split": the slaves keep talking to each other).
+func (r *run) eachMasterLink(f func(*Link)) {
 	for i := 1; i <= 2; i++ {
 		f(r.toSlave[i])
 		f(r.toMast[i])
+	}
+}
+
+func (r *run) eachLink(f func(*Link)) {
+	r.eachMasterLink(f)
+	for _, l := range r.between {
+		f(l)
 	}
 }
 

@@ -152,7 +152,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 // master's list) and learns the others' when it announces itself.
 func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logger *log.Logger) consensus.EngineConfig {
 	peers := map[uint64]string{1: cfg.MasterAddr()}
-	if cfg.Role == cluster.Master || cfg.MasterURL == "" {
+	if cfg.Role == cluster.Master || cfg.MasterURL == "" || len(cfg.SlaveURLs) > 0 {
 		for i := 1; i <= cfg.NumSlaves; i++ {
 			peers[uint64(i+1)] = cfg.SlaveURL(i)
 		}
