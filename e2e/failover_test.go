@@ -275,3 +275,39 @@ func TestClusterBuiltByTheFormerEngineMovesToRaft(t *testing.T) {
 		t.Fatalf("%d rows after the move, want 31", n)
 	}
 }
+
+// A master with one slave, as docs/REPLICATION.md says: a majority of two
+// is both, so with either one down writes answer 503 (local reads go on),
+// and everything resumes when it is back.
+func TestMasterWithOneSlaveNeedsBoth(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	c.Exec(0, "CREATE TABLE two (id INTEGER PRIMARY KEY, v TEXT)")
+	c.Exec(1, "INSERT INTO two (v) VALUES ('both up')")
+	c.WaitConverged(10*time.Second, 1)
+	c.Node(1).Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	var r testcluster.Response
+	for {
+		start := time.Now()
+		r, _ = c.Do(0, map[string]any{"command": "exec", "query": "INSERT INTO two (v) VALUES ('slave down')"})
+		if r.Status == 503 {
+			if d := time.Since(start); d > 3*time.Second {
+				t.Fatalf("a 503 after %v", d)
+			}
+			break
+		}
+		if r.Status == 200 || time.Now().After(deadline) {
+			t.Fatalf("a write with the only slave down: %v", r)
+		}
+		// 504 while the master still leads: not committed, outcome unknown
+	}
+	if rows := c.Query(0, "SELECT * FROM two"); len(rows) < 1 {
+		t.Fatalf("local read on the master: %v", rows)
+	}
+	c.StartNode(1)
+	c.WaitHealthy(1)
+	c.WaitLeader(0, 20*time.Second)
+	c.Exec(1, "INSERT INTO two (v) VALUES ('both up again')")
+	c.WaitConverged(10*time.Second, 1)
+	requireIdentical(t, c, 0, 1)
+}
