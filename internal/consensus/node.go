@@ -162,6 +162,16 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	n.applied.Store(cfg.Applied)
 	hard, _, _ := storage.InitialState()
 	last, _ := storage.LastIndex()
+	if cfg.Applied > hard.Commit && cfg.Applied <= last && !raft.IsEmptyHardState(hard) {
+		// Only committed entries are applied, so the applied index is a
+		// commit index too. The leader applies before it writes the
+		// step's hard state, so a crash in between leaves the recorded
+		// commit behind what the database applied: catch it up.
+		hard.Commit = cfg.Applied
+		if err := storage.Save(nil, hard); err != nil {
+			return nil, fmt.Errorf("record the commit index: %w", err)
+		}
+	}
 	if raft.IsEmptyHardState(hard) && last == 0 && len(cfg.Voters) > 0 {
 		var peers []raft.Peer
 		for _, id := range cfg.Voters {

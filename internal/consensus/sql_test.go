@@ -417,3 +417,44 @@ func TestFollowerBehindTheCompactedLogGetsASnapshot(t *testing.T) {
 	g.converge()
 	g.identical()
 }
+
+// The leader applies a step's committed entries before it writes the
+// step's hard state; a crash in between leaves the recorded commit index
+// behind the applied one. The node must start again (Raft refuses an
+// applied index beyond the commit index) and go on.
+func TestNodeStartsWhenItsRecordedCommitIsBehindWhatItApplied(t *testing.T) {
+	g := newReplicas(t, 3)
+	l := g.leader()
+	g.mustWrite(l, "CREATE TABLE c (v)")
+	for i := 0; i < 20; i++ {
+		g.mustWrite(l, "INSERT INTO c VALUES (random())")
+	}
+	g.converge()
+	st := g.st[l]
+	g.kill(l)
+	s2, err := store.Open(store.Options{Path: st.Path(), Synchronous: "OFF"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := s2.LoadRaftState(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hs pb.HardState
+	if err := hs.Unmarshal(rs.HardState); err != nil {
+		t.Fatal(err)
+	}
+	if hs.Commit < s2.Applied() {
+		t.Fatalf("the commit index %d is already behind the applied index %d", hs.Commit, s2.Applied())
+	}
+	hs.Commit = s2.Applied() - 5 // as a crash between applying and saving leaves it
+	b, _ := hs.Marshal()
+	if err := s2.SaveRaft(nil, b); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	g.start(l)
+	g.mustWrite(g.leader(), "INSERT INTO c VALUES (1)")
+	g.converge()
+	g.identical()
+}
