@@ -852,17 +852,29 @@ func (e *Engine) Metrics(b []byte) []byte {
 }
 
 // seedRaft gives a database that holds data but no Raft state a log that
-// starts after its applied index, with the voters' configuration.
+// starts after its applied index. A copy of another node's database keeps
+// the term and configuration its data stands at, so the new log agrees with
+// the logs of nodes that hold the same data; a database the former engine
+// built starts at term 1 with the voters' configuration.
 func seedRaft(st *store.Store, voters []uint64) error {
-	cs := pb.ConfState{Voters: voters}
-	conf, err := cs.Marshal()
+	pos, err := st.DataPosition(context.Background())
 	if err != nil {
 		return err
 	}
-	hs := pb.HardState{Term: 1, Commit: st.Applied()}
+	term, conf := pos.Term, pos.Conf
+	if term == 0 {
+		term = 1
+	}
+	if conf == nil {
+		cs := pb.ConfState{Voters: voters}
+		if conf, err = cs.Marshal(); err != nil {
+			return err
+		}
+	}
+	hs := pb.HardState{Term: term, Commit: st.Applied()}
 	hard, err := hs.Marshal()
 	if err != nil {
 		return err
 	}
-	return st.SeedRaft(st.Applied(), 1, hard, conf)
+	return st.SeedRaft(st.Applied(), term, hard, conf)
 }

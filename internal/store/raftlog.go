@@ -297,7 +297,9 @@ func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
 	}
 	stmts := []string{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('node_id', ?)"}
 	if from != 0 {
-		stmts = append([]string{"DELETE FROM _ddb_raft_log", "DELETE FROM _ddb_raft_state"}, stmts...)
+		// Where the data stands in the log (the applied entry's term and
+		// the configuration) stays: it is the data's, not the node's.
+		stmts = append([]string{"DELETE FROM _ddb_raft_log", "DELETE FROM _ddb_raft_state WHERE key NOT IN ('applied_term', 'conf_state')"}, stmts...)
 	}
 	for _, q := range stmts {
 		var args []any
@@ -310,4 +312,31 @@ func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
 		}
 	}
 	return from, s.internal("COMMIT")
+}
+
+// DataPosition is where the data stands in the consensus log, as the
+// applied batches recorded it: the applied index, that entry's term (0:
+// not recorded) and the configuration (nil: not recorded).
+func (s *Store) DataPosition(ctx context.Context) (RaftPosition, error) {
+	p := RaftPosition{Index: s.Applied()}
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return p, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	rows, err := r.c.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('applied_term', 'conf_state')")
+	if err != nil {
+		return p, err
+	}
+	for _, row := range rows {
+		switch row[0] {
+		case "applied_term":
+			v, _ := row[1].(int64)
+			p.Term = uint64(v)
+		case "conf_state":
+			p.Conf, _ = row[1].([]byte)
+		}
+	}
+	return p, nil
 }
