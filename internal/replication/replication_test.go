@@ -340,6 +340,16 @@ func TestSlaveBehindTheTruncatedLogGetsASnapshot(t *testing.T) {
 	}
 	h.net.SetFaults(Faults{})
 	h.converged()
+	// The slave may report the snapshot's index a moment before the
+	// master counts the snapshot as sent.
+	h.eventually("the master to count slave 2's snapshot", func() bool {
+		for _, f := range h.master.Followers() {
+			if f.ID == 2 {
+				return f.Snapshots >= 1
+			}
+		}
+		return false
+	})
 	for _, f := range h.master.Followers() {
 		if f.ID == 2 && f.Snapshots != 1 {
 			t.Fatalf("slave 2 got %d snapshots", f.Snapshots)
