@@ -411,6 +411,15 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		return nil
 	}
 	switch {
+	case !voter && !learner && req.Fresh && e.namedVoter(req.ID):
+		// A voter the master's command line names that lost its data and
+		// is out of the configuration (taking it out and adding it again
+		// did not finish): it votes again. (A voter removed by hand that
+		// merely restarts is not fresh, and comes back only as a learner.)
+		e.cfg.Logf("node %d joins from %s as a voter", int(req.ID)-1, req.URL)
+		if err := change(pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
+			return nil, err
+		}
 	case !voter && !learner:
 		e.cfg.Logf("node %d joins from %s as a learner", int(req.ID)-1, req.URL)
 		if err := change(pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
@@ -433,6 +442,16 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 	}
 	resp.Admitted = true
 	return resp, nil
+}
+
+// namedVoter reports whether the command line names node id a voter.
+func (e *Engine) namedVoter(id uint64) bool {
+	for _, v := range e.cfg.Voters {
+		if v == id {
+			return true
+		}
+	}
+	return false
 }
 
 // Remove takes node id (a Raft id; see NodeID) out of the configuration

@@ -113,19 +113,38 @@ func removeCopy(path string) {
 // after prepare (if set) has adjusted the copy, and returns its applied
 // index. The copy becomes the database in one transaction.
 func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) error) (uint64, error) {
-	if prepare != nil {
-		c, err := openConn(path, url.Values{"_journal_mode": {"OFF"}, "_synchronous": {"OFF"}})
-		if err != nil {
-			return 0, fmt.Errorf("open snapshot: %w", err)
-		}
-		index, err := appliedOf(c)
-		if err == nil {
-			err = prepare(c, index)
-		}
-		c.Close()
-		if err != nil {
-			return 0, err
-		}
+	// The file keeps its own id (see checkFile), not the snapshot's. It
+	// is written into the copy before the copy is installed, so that the
+	// installing transaction carries it: a process killed right after the
+	// install must not leave a WAL that claims another file's id.
+	s.wmu.Lock()
+	if s.w == nil {
+		s.wmu.Unlock()
+		return 0, ErrClosed
+	}
+	s.wconn.auth.reset(policyReplica)
+	own, err := s.w.QueryRow("SELECT value FROM _ddb_meta WHERE key = 'file_id'")
+	s.wmu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	c, err := openConn(path, url.Values{"_journal_mode": {"OFF"}, "_synchronous": {"OFF"}})
+	if err != nil {
+		return 0, fmt.Errorf("open snapshot: %w", err)
+	}
+	index, err := appliedOf(c)
+	if err == nil && prepare != nil {
+		err = prepare(c, index)
+	}
+	if err == nil {
+		err = c.ExecScript(schemaSQL + raftSchemaSQL)
+	}
+	if err == nil && own != nil {
+		err = c.Exec("INSERT OR REPLACE INTO _ddb_meta(key, value) VALUES ('file_id', ?)", own[0])
+	}
+	c.Close()
+	if err != nil {
+		return 0, fmt.Errorf("prepare snapshot: %w", err)
 	}
 	src, err := openConn(path, url.Values{"mode": {"ro"}})
 	if err != nil {
@@ -136,8 +155,7 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	if err != nil || row == nil || row[0] != "ok" {
 		return 0, fmt.Errorf("snapshot failed its integrity check: %v %v", row, err)
 	}
-	index, err := appliedOf(src)
-	if err != nil {
+	if index, err = appliedOf(src); err != nil {
 		return 0, err
 	}
 	s.wmu.Lock()
@@ -146,24 +164,11 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 		return 0, ErrClosed
 	}
 	s.wconn.auth.reset(policyReplica)
-	// The file keeps its own id (see checkFile), not the snapshot's.
-	own, err := s.w.QueryRow("SELECT value FROM _ddb_meta WHERE key = 'file_id'")
-	if err != nil {
-		return 0, err
-	}
 	sqlite.LockPRNG() // the copy's WAL writes may salt a new WAL header
 	err = s.w.Backup(src)
 	sqlite.UnlockPRNG()
 	if err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
-	}
-	if err := s.w.ExecScript(schemaSQL + raftSchemaSQL); err != nil {
-		return 0, err
-	}
-	if own != nil {
-		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_meta(key, value) VALUES ('file_id', ?)", own[0]); err != nil {
-			return 0, err
-		}
 	}
 	s.schemaGen.Add(1) // the whole schema may have changed
 	s.applied.Store(index)
