@@ -31,12 +31,22 @@ func TestOriginalReadmeFlowWorksUnchanged(t *testing.T) {
 	if r, _ = c.Post(2, forged); r.Status != 403 {
 		t.Fatalf("is_master: true from a client must grant nothing: %v", r)
 	}
+	var last uint64
 	for id := 0; id <= 2; id++ {
-		c.Exec(id, "INSERT INTO users (username, email) VALUES (?, ?)", "user"+string(rune('a'+id)), "u@example.com")
+		r := c.Exec(id, "INSERT INTO users (username, email) VALUES (?, ?)", "user"+string(rune('a'+id)), "u@example.com")
+		last = r.Index
+		// A write answers only once the receiving node applied it, and
+		// reads are local: the node that took it sees it at once.
+		if rows := c.Query(id, "SELECT * FROM users WHERE username = ?", "user"+string(rune('a'+id))); len(rows) != 1 {
+			t.Fatalf("node %d does not see the write it answered: %v", id, rows)
+		}
 	}
 	for id := 0; id <= 2; id++ {
-		if rows := c.Query(id, "SELECT * FROM users ORDER BY id"); len(rows) != 3 {
-			t.Fatalf("node %d sees %d rows, want 3 (a write answers only once the receiving node applied it, and reads are local)", id, len(rows))
+		// Every node, read at the last write's index, sees all three.
+		r, err := c.Do(id, map[string]any{"command": "query", "query": "SELECT * FROM users ORDER BY id", "min_index": last})
+		var rows []map[string]any
+		if err != nil || r.Status != 200 || r.JSON(&rows) != nil || len(rows) != 3 {
+			t.Fatalf("node %d at index %d: %v %v", id, last, r, err)
 		}
 	}
 	c.WaitConverged(10e9, 1, 2)
