@@ -170,6 +170,9 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	if err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}
+	if afterInstall != nil {
+		afterInstall()
+	}
 	s.schemaGen.Add(1) // the whole schema may have changed
 	s.applied.Store(index)
 	s.visible.Store(index)
@@ -280,3 +283,7 @@ func (s *Store) raftNodeID() (any, error) {
 	}
 	return row[0], nil
 }
+
+// afterInstall, when set (by tests), runs right after a snapshot is
+// installed: the moment a kill would leave the files as they are.
+var afterInstall func()
