@@ -64,18 +64,7 @@ func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, 
 		if len(save.Entries) == 0 && save.HardState == nil {
 			return nil, nil
 		}
-		if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-			return nil, fmt.Errorf("begin: %w", err)
-		}
-		if err := s.saveRaft(save.Entries, save.HardState); err != nil {
-			s.internal("ROLLBACK")
-			return nil, err
-		}
-		if err := s.internal("COMMIT"); err != nil {
-			s.internal("ROLLBACK")
-			return nil, fmt.Errorf("commit raft log: %w", err)
-		}
-		return nil, nil
+		return nil, s.saveRaftTx(save.Entries, save.HardState)
 	}
 	writes := make([]rlog.Write, n)
 	for i, e := range entries {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // The consensus log lives in the node's database, beside the data: its
@@ -146,6 +145,11 @@ func (s *Store) SaveRaft(entries []RaftEntry, hardState []byte) error {
 	if s.w == nil {
 		return ErrClosed
 	}
+	return s.saveRaftTx(entries, hardState)
+}
+
+// saveRaftTx is SaveRaft for a caller that holds wmu.
+func (s *Store) saveRaftTx(entries []RaftEntry, hardState []byte) error {
 	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
@@ -200,6 +204,27 @@ func (s *Store) SetRaftConfState(confState []byte) error {
 func (s *Store) CompactRaft(index, term uint64) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.execInTx(fmt.Sprintf("compact raft log at %d", index),
+		stmt{"DELETE FROM _ddb_raft_log WHERE idx <= ?", []any{int64(index)}},
+		setRaftState("snap_index", int64(index)),
+		setRaftState("snap_term", int64(term)),
+	)
+}
+
+// stmt is one statement and its parameters.
+type stmt struct {
+	sql  string
+	args []any
+}
+
+// setRaftState sets one key of _ddb_raft_state.
+func setRaftState(key string, value any) stmt {
+	return stmt{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('" + key + "', ?)", []any{value}}
+}
+
+// execInTx runs stmts on the writer in one transaction (the caller holds
+// wmu); what names the work in an error.
+func (s *Store) execInTx(what string, stmts ...stmt) error {
 	if s.w == nil {
 		return ErrClosed
 	}
@@ -207,17 +232,10 @@ func (s *Store) CompactRaft(index, term uint64) error {
 	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
 		return err
 	}
-	for _, q := range []struct {
-		sql  string
-		args []any
-	}{
-		{"DELETE FROM _ddb_raft_log WHERE idx <= ?", []any{int64(index)}},
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
-	} {
+	for _, q := range stmts {
 		if err := s.w.Exec(q.sql, q.args...); err != nil {
 			s.internal("ROLLBACK")
-			return fmt.Errorf("compact raft log at %d: %w", index, err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	return s.internal("COMMIT")
@@ -243,29 +261,13 @@ func (s *Store) RaftStateEmpty(ctx context.Context) (bool, error) {
 func (s *Store) SeedRaft(index, term uint64, hardState, confState []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.w == nil {
-		return ErrClosed
-	}
-	s.wconn.auth.reset(policyReplica)
-	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-		return err
-	}
-	for _, q := range []struct {
-		sql  string
-		args []any
-	}{
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('applied_term', ?)", []any{int64(term)}},
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", []any{hardState}},
-		{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('conf_state', ?)", []any{confState}},
-	} {
-		if err := s.w.Exec(q.sql, q.args...); err != nil {
-			s.internal("ROLLBACK")
-			return fmt.Errorf("seed raft state: %w", err)
-		}
-	}
-	return s.internal("COMMIT")
+	return s.execInTx("seed raft state",
+		setRaftState("snap_index", int64(index)),
+		setRaftState("snap_term", int64(term)),
+		setRaftState("applied_term", int64(term)),
+		setRaftState("hard_state", hardState),
+		setRaftState("conf_state", confState),
+	)
 }
 
 // ClaimRaftNode records that this database belongs to consensus node id.
@@ -292,26 +294,13 @@ func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
 			from = uint64(v)
 		}
 	}
-	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-		return 0, err
-	}
-	stmts := []string{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('node_id', ?)"}
+	stmts := []stmt{setRaftState("node_id", int64(id))}
 	if from != 0 {
 		// Where the data stands in the log (the applied entry's term and
 		// the configuration) stays: it is the data's, not the node's.
-		stmts = append([]string{"DELETE FROM _ddb_raft_log", "DELETE FROM _ddb_raft_state WHERE key NOT IN ('applied_term', 'conf_state')"}, stmts...)
+		stmts = append([]stmt{{"DELETE FROM _ddb_raft_log", nil}, {"DELETE FROM _ddb_raft_state WHERE key NOT IN ('applied_term', 'conf_state')", nil}}, stmts...)
 	}
-	for _, q := range stmts {
-		var args []any
-		if strings.Contains(q, "?") {
-			args = []any{int64(id)}
-		}
-		if err := s.w.Exec(q, args...); err != nil {
-			s.internal("ROLLBACK")
-			return 0, fmt.Errorf("claim the database for node %d: %w", id, err)
-		}
-	}
-	return from, s.internal("COMMIT")
+	return from, s.execInTx(fmt.Sprintf("claim the database for node %d", id), stmts...)
 }
 
 // DataPosition is where the data stands in the consensus log, as the

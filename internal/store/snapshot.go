@@ -238,15 +238,12 @@ func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState [
 		return err
 	}
 	_, err = s.install(path, func(c *sqlite.Conn, _ uint64) error {
-		for _, q := range []struct {
-			sql  string
-			args []any
-		}{
+		for _, q := range []stmt{
 			{"DELETE FROM _ddb_raft_log", nil},
-			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", []any{hardState}},
-			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_index', ?)", []any{int64(index)}},
-			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('snap_term', ?)", []any{int64(term)}},
-			{"INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('node_id', ?)", []any{own}},
+			setRaftState("hard_state", hardState),
+			setRaftState("snap_index", int64(index)),
+			setRaftState("snap_term", int64(term)),
+			setRaftState("node_id", own),
 		} {
 			if err := c.Exec(q.sql, q.args...); err != nil {
 				return fmt.Errorf("prepare snapshot: %w", err)
