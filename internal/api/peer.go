@@ -110,19 +110,29 @@ func (s *Server) handleForward(w http.ResponseWriter, r *http.Request, body []by
 		writeError(w, http.StatusConflict, "this node is not the master; forward writes to "+s.masterURL)
 		return
 	}
-	var req replication.ForwardRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad forward: "+err.Error())
+	req, ok := s.decodeForward(w, body)
+	if !ok {
 		return
-	}
-	if !cluster.ValidAck(req.Ack) {
-		req.Ack = s.cfg.Ack
 	}
 	// The same deadline as for the master's own clients' SQL.
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
-	b, _ := json.Marshal(s.master.HandleForward(ctx, &req))
+	b, _ := json.Marshal(s.master.HandleForward(ctx, req))
 	writeJSON(w, http.StatusOK, b)
+}
+
+// decodeForward reads a forwarded write (answering 400 when it cannot);
+// an ack level it does not know becomes this node's default.
+func (s *Server) decodeForward(w http.ResponseWriter, body []byte) (*replication.ForwardRequest, bool) {
+	var req replication.ForwardRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad forward: "+err.Error())
+		return nil, false
+	}
+	if !cluster.ValidAck(req.Ack) {
+		req.Ack = s.cfg.Ack
+	}
+	return &req, true
 }
 
 func (s *Server) handleReadIndex(w http.ResponseWriter, r *http.Request, body []byte) {

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log"
 	"net/http"
-	"time"
 
 	"ddb/internal/cluster"
 	"ddb/internal/consensus"
@@ -19,17 +17,9 @@ import (
 // Raft (-engine raft): the same client protocol and operations endpoints,
 // with the Raft engine's node-to-node endpoints.
 func NewRaftServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth *cluster.Auth, users *Users) *Server {
-	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, auth: auth, users: users,
-		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
-		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
-	s.mux.HandleFunc("/", s.handleClient)
-	s.mux.HandleFunc("/query", s.handleClient)
-	s.mux.HandleFunc("/status", s.handleStatus)
-	s.mux.HandleFunc("/health", s.handleHealth)
-	s.mux.HandleFunc("/livez", s.handleLive)
-	s.mux.HandleFunc("/remove", s.handleRemove)
+	s := newServer(cfg, st, eng, auth, users)
+	s.eng = eng
 	s.mux.HandleFunc("/transfer", s.handleTransfer)
-	s.mux.HandleFunc("/metrics", s.handleMetrics)
 	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
 	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleRaftForward))
@@ -39,17 +29,13 @@ func NewRaftServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, 
 }
 
 func (s *Server) handleRaftForward(w http.ResponseWriter, r *http.Request, body []byte) {
-	var req replication.ForwardRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad forward: "+err.Error())
+	req, ok := s.decodeForward(w, body)
+	if !ok {
 		return
-	}
-	if !cluster.ValidAck(req.Ack) {
-		req.Ack = s.cfg.Ack
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
 	defer cancel()
-	b, _ := json.Marshal(s.eng.HandleForward(ctx, &req))
+	b, _ := json.Marshal(s.eng.HandleForward(ctx, req))
 	writeJSON(w, http.StatusOK, b)
 }
 

@@ -45,16 +45,8 @@ func NewServer(cfg *cluster.Config, st *store.Store, master *replication.Master,
 	if master != nil {
 		repl = master
 	}
-	s := &Server{cfg: cfg, st: st, repl: repl, master: master, slave: slave, auth: auth, users: users,
-		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
-		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
-	s.mux.HandleFunc("/", s.handleClient)
-	s.mux.HandleFunc("/query", s.handleClient)
-	s.mux.HandleFunc("/status", s.handleStatus)
-	s.mux.HandleFunc("/health", s.handleHealth)
-	s.mux.HandleFunc("/livez", s.handleLive)
-	s.mux.HandleFunc("/remove", s.handleRemove)
-	s.mux.HandleFunc("/metrics", s.handleMetrics)
+	s := newServer(cfg, st, repl, auth, users)
+	s.master, s.slave = master, slave
 	s.mux.HandleFunc("/_ddb/append", s.peer(s.handleAppend))
 	s.mux.HandleFunc("/_ddb/snapshot", s.handleSnapshot)
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
@@ -252,6 +244,22 @@ func (s *Server) permitted(req *Request, command string) bool {
 		return has(req.perms, PermExecute)
 	}
 	return has(req.perms, PermQuery)
+}
+
+// newServer builds what every node serves whatever its engine: the client
+// protocol and the operations endpoints.
+func newServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, auth *cluster.Auth, users *Users) *Server {
+	s := &Server{cfg: cfg, st: st, repl: repl, auth: auth, users: users,
+		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
+		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
+	s.mux.HandleFunc("/", s.handleClient)
+	s.mux.HandleFunc("/query", s.handleClient)
+	s.mux.HandleFunc("/status", s.handleStatus)
+	s.mux.HandleFunc("/health", s.handleHealth)
+	s.mux.HandleFunc("/livez", s.handleLive)
+	s.mux.HandleFunc("/remove", s.handleRemove)
+	s.mux.HandleFunc("/metrics", s.handleMetrics)
+	return s
 }
 
 // permissionError: the user is authenticated but lacks a permission.
