@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -27,7 +28,7 @@ func waitLeader(t *testing.T, c *testcluster.Cluster, id int, within time.Durati
 // again once caught up, nothing acknowledged is lost, nothing applies
 // twice, and the replicas are identical.
 func TestRaftWritesResumeAfterEachOfTenMasterKills(t *testing.T) {
-	c := testcluster.Start(t, 2, "-engine", "raft", "-ack-timeout", "3s")
+	c := testcluster.Start(t, 2, "-ack-timeout", "3s")
 	waitLeader(t, c, 0, 10*time.Second)
 	c.Exec(0, "CREATE TABLE w (rid TEXT NOT NULL, client INTEGER, at TEXT DEFAULT CURRENT_TIMESTAMP)")
 
@@ -147,7 +148,7 @@ func TestRaftWritesResumeAfterEachOfTenMasterKills(t *testing.T) {
 // it), then the log; it never counts toward the quorum; it can be removed.
 // A second process claiming a live node's id is refused and exits.
 func TestRaftLearnerJoinsThroughASnapshotAndTakenIDsAreRefused(t *testing.T) {
-	c := testcluster.Start(t, 2, "-engine", "raft", "-log-keep", "50", "-ack-timeout", "2s")
+	c := testcluster.Start(t, 2, "-log-keep", "50", "-ack-timeout", "2s")
 	waitLeader(t, c, 0, 10*time.Second)
 	c.Exec(0, "CREATE TABLE j (id INTEGER PRIMARY KEY, v TEXT, r DEFAULT (random()))")
 	for i := 0; i < 300; i++ {
@@ -219,7 +220,7 @@ func TestRaftLearnerJoinsThroughASnapshotAndTakenIDsAreRefused(t *testing.T) {
 // Leadership is handed over by hand (POST /transfer to the leader), and
 // comes back to the master on its own once it is caught up.
 func TestRaftLeadershipTransferByHandAndBackToTheMaster(t *testing.T) {
-	c := testcluster.Start(t, 2, "-engine", "raft")
+	c := testcluster.Start(t, 2)
 	waitLeader(t, c, 0, 10*time.Second)
 	c.Exec(0, "CREATE TABLE l (v)")
 	resp, err := c.Client.Post(c.URL(1)+"/transfer", "application/json", strings.NewReader(`{"id": 2}`))
@@ -244,20 +245,21 @@ func TestRaftLeadershipTransferByHandAndBackToTheMaster(t *testing.T) {
 	requireIdentical(t, c, 0, 1, 2)
 }
 
-// A cluster the former engine (-engine log) built moves to Raft: stopped
-// cleanly and started again with the default engine, the master keeps its
-// data and starts the log after it, and the slaves catch up from it.
+// Databases the former fixed-master engine built (the previous release;
+// testdata/former_engine holds a master's and two slaves' files, stopped
+// cleanly after 30 writes through all three nodes) move to Raft: the
+// master keeps its data and starts the log after it, and the slaves catch
+// up from it.
 func TestClusterBuiltByTheFormerEngineMovesToRaft(t *testing.T) {
-	c := testcluster.Start(t, 2, "-engine", "log")
-	c.Exec(0, "CREATE TABLE g (id INTEGER PRIMARY KEY, v TEXT, at DEFAULT CURRENT_TIMESTAMP)")
-	for i := 0; i < 30; i++ {
-		c.Exec(i%3, "INSERT INTO g (v) VALUES (?)", fmt.Sprint(i))
-	}
-	c.WaitConverged(10*time.Second, 1, 2)
+	c := testcluster.Start(t, 2)
 	for id := 0; id <= 2; id++ {
 		c.Node(id).Stop()
+		db := filepath.Join(c.Dir, fmt.Sprintf("slave%d.db", id))
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			os.Remove(db + suffix)
+		}
+		copyFile(t, filepath.Join("testdata", "former_engine", fmt.Sprintf("slave%d.db", id)), db)
 	}
-	c.Extra = nil // the default engine: Raft
 	for id := 0; id <= 2; id++ {
 		c.StartNode(id)
 	}

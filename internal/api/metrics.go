@@ -107,30 +107,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "# HELP ddb_errors_total Requests answered with a 5xx status.\n# TYPE ddb_errors_total counter\nddb_errors_total %d\n", m.errors.Load())
 	fmt.Fprintf(&b, "# HELP ddb_peer_refused_total Node-to-node requests refused for a bad signature.\n# TYPE ddb_peer_refused_total counter\nddb_peer_refused_total %d\n", m.peerRefused.Load())
 	fmt.Fprintf(&b, "# HELP ddb_applied_index Last log index applied to this node's database.\n# TYPE ddb_applied_index gauge\nddb_applied_index %d\n", s.st.Applied())
-	if s.eng != nil {
-		b.Write(s.eng.Metrics(nil))
-	} else if s.master != nil {
-		b.WriteString("# HELP ddb_replication_lag_entries Entries a slave is behind the master.\n# TYPE ddb_replication_lag_entries gauge\n")
-		b.WriteString("# HELP ddb_slave_reachable 1 when the master reaches the slave.\n# TYPE ddb_slave_reachable gauge\n")
-		ps := s.master.Pipeline()
-		fmt.Fprintf(&b, "# HELP ddb_group_commits_total Group commits (one SQLite transaction and fsync each).\n# TYPE ddb_group_commits_total counter\nddb_group_commits_total %d\n", ps.Commits)
-		fmt.Fprintf(&b, "# HELP ddb_group_commit_requests_total Write requests carried by group commits.\n# TYPE ddb_group_commit_requests_total counter\nddb_group_commit_requests_total %d\n", ps.CommitRequests)
-		fmt.Fprintf(&b, "# HELP ddb_group_commit_seconds_total Wall time spent in group commits.\n# TYPE ddb_group_commit_seconds_total counter\nddb_group_commit_seconds_total %g\n", ps.CommitSeconds)
-		fmt.Fprintf(&b, "# HELP ddb_appends_total Appends of log entries sent to slaves.\n# TYPE ddb_appends_total counter\nddb_appends_total %d\n", ps.Appends)
-		fmt.Fprintf(&b, "# HELP ddb_append_entries_total Log entries carried by appends.\n# TYPE ddb_append_entries_total counter\nddb_append_entries_total %d\n", ps.AppendEntries)
-		fmt.Fprintf(&b, "# HELP ddb_append_seconds_total Round-trip time of appends, summed.\n# TYPE ddb_append_seconds_total counter\nddb_append_seconds_total %g\n", ps.AppendSeconds)
-		for _, f := range s.master.Followers() {
-			fmt.Fprintf(&b, "ddb_replication_lag_entries{slave=\"%d\"} %d\n", f.ID, f.Lag)
-			r := 0
-			if f.Reachable {
-				r = 1
-			}
-			fmt.Fprintf(&b, "ddb_slave_reachable{slave=\"%d\"} %d\n", f.ID, r)
-		}
-	} else {
-		st := s.slave.Status()
-		fmt.Fprintf(&b, "# HELP ddb_replication_lag_entries Entries this slave is behind the master.\n# TYPE ddb_replication_lag_entries gauge\nddb_replication_lag_entries %d\n", st.Lag)
-	}
+	b.Write(s.eng.Metrics(nil))
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	w.Write([]byte(b.String()))
 }
@@ -155,16 +132,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"database":       s.st.Path(),
 		"uptime_seconds": time.Since(s.started).Seconds(),
 	}
-	if s.eng != nil {
-		es := s.eng.Status()
-		st["role"] = es.Role
-		st["raft"] = es
-	} else if s.master != nil {
-		st["slaves"] = s.master.Followers()
-	} else {
-		st["master_url"] = s.masterURL
-		st["replication"] = s.slave.Status()
-	}
+	es := s.eng.Status()
+	st["role"] = es.Role
+	st["raft"] = es
 	writeValue(w, http.StatusOK, st)
 }
 
@@ -177,31 +147,12 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
 		return
 	}
-	why := ""
-	if s.eng != nil {
-		why = s.eng.Ready()
-	} else if s.master != nil {
-		why = s.master.Ready(s.cfg.Ack)
-	} else {
-		st := s.slave.Status()
-		switch {
-		case st.Diverged != "":
-			why = "replica is waiting for a snapshot: " + st.Diverged
-		case !st.Reachable && st.SecondsAgo == 0:
-			why = "has not heard from the master at " + st.MasterURL + " yet"
-		case !st.Reachable:
-			why = fmt.Sprintf("the master at %s has not been heard from for %.1fs: writes cannot be served", st.MasterURL, st.SecondsAgo)
-		}
-	}
+	why := s.eng.Ready()
 	if why != "" {
 		writeError(w, http.StatusServiceUnavailable, "not ready: "+why)
 		return
 	}
-	role := string(s.cfg.Role)
-	if s.eng != nil {
-		role = s.eng.Status().Role
-	}
-	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+role+`"}`+"\n"))
+	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+s.eng.Status().Role+`"}`+"\n"))
 }
 
 // handleLive is liveness: 200 while the process serves HTTP and can read
@@ -211,13 +162,9 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
 		return
 	}
-	if s.eng != nil {
-		// The process's token: a node that finds this id at another
-		// address can tell the same process from an impostor.
-		writeJSON(w, http.StatusOK, []byte(`{"status":"alive","instance":"`+s.eng.Instance()+`"}`+"\n"))
-		return
-	}
-	writeJSON(w, http.StatusOK, []byte(`{"status":"alive"}`+"\n"))
+	// The process's token: a node that finds this id at another address
+	// can tell the same process from an impostor.
+	writeJSON(w, http.StatusOK, []byte(`{"status":"alive","instance":"`+s.eng.Instance()+`"}`+"\n"))
 }
 
 var storeLimitsNone = store.Limits{}

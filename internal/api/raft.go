@@ -7,28 +7,11 @@ import (
 	"io"
 	"net/http"
 
-	"ddb/internal/cluster"
 	"ddb/internal/consensus"
 	"ddb/internal/replication"
-	"ddb/internal/store"
 )
 
-// NewRaftServer builds the handler for a node that replicates through
-// Raft (-engine raft): the same client protocol and operations endpoints,
-// with the Raft engine's node-to-node endpoints.
-func NewRaftServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth *cluster.Auth, users *Users) *Server {
-	s := newServer(cfg, st, eng, auth, users)
-	s.eng = eng
-	s.mux.HandleFunc("/transfer", s.handleTransfer)
-	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
-	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
-	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleRaftForward))
-	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleRaftJoin))
-	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
-	return s
-}
-
-func (s *Server) handleRaftForward(w http.ResponseWriter, r *http.Request, body []byte) {
+func (s *Server) handleForward(w http.ResponseWriter, r *http.Request, body []byte) {
 	req, ok := s.decodeForward(w, body)
 	if !ok {
 		return
@@ -39,7 +22,7 @@ func (s *Server) handleRaftForward(w http.ResponseWriter, r *http.Request, body 
 	writeJSON(w, http.StatusOK, b)
 }
 
-func (s *Server) handleRaftJoin(w http.ResponseWriter, r *http.Request, body []byte) {
+func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request, body []byte) {
 	var req consensus.JoinRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad join: "+err.Error())
@@ -99,18 +82,6 @@ func (s *Server) handleTransfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.eng.TransferLeadership(r.Context(), id); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
-}
-
-func (s *Server) removeRaft(w http.ResponseWriter, r *http.Request, id uint64) {
-	if !s.eng.IsLeader() {
-		writeError(w, http.StatusForbidden, "membership changes go to the leader: send this request to "+s.eng.LeaderURL())
-		return
-	}
-	if err := s.eng.Remove(r.Context(), id); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}

@@ -5,7 +5,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,36 +22,17 @@ import (
 
 // Server serves one node.
 type Server struct {
-	cfg       *cluster.Config
-	st        *store.Store
-	repl      replication.Replicator // the client protocol's only view of replication
-	master    *replication.Master    // nil on slaves: peer endpoints, status
-	slave     *replication.Slave     // nil on the master: peer endpoints, status
-	eng       *consensus.Engine      // set instead of master and slave under -engine raft
-	auth      *cluster.Auth
-	users     *Users // nil: no client authentication
-	masterURL string
-	sem       chan struct{}
-	metrics   *Metrics
-	mux       *http.ServeMux
-	logf      func(string, ...any)
-	started   time.Time
-}
-
-// NewServer builds the handler for a node. Exactly one of master and slave is set.
-func NewServer(cfg *cluster.Config, st *store.Store, master *replication.Master, slave *replication.Slave, auth *cluster.Auth, users *Users) *Server {
-	var repl replication.Replicator = slave
-	if master != nil {
-		repl = master
-	}
-	s := newServer(cfg, st, repl, auth, users)
-	s.master, s.slave = master, slave
-	s.mux.HandleFunc("/_ddb/append", s.peer(s.handleAppend))
-	s.mux.HandleFunc("/_ddb/snapshot", s.handleSnapshot)
-	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
-	s.mux.HandleFunc("/_ddb/readindex", s.peer(s.handleReadIndex))
-	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
-	return s
+	cfg     *cluster.Config
+	st      *store.Store
+	repl    replication.Replicator // the client protocol's only view of replication
+	eng     *consensus.Engine      // membership, status, node-to-node endpoints
+	auth    *cluster.Auth
+	users   *Users // nil: no client authentication
+	sem     chan struct{}
+	metrics *Metrics
+	mux     *http.ServeMux
+	logf    func(string, ...any)
+	started time.Time
 }
 
 // SetLogf sets where the server logs (refused requests, internal errors).
@@ -230,9 +210,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 // awaitLeader waits until a leader is known, while an election may still
 // produce one (see consensus.Engine.WaitLeader).
 func (s *Server) awaitLeader(ctx context.Context) {
-	if s.eng != nil {
-		s.eng.WaitLeader(ctx)
-	}
+	s.eng.WaitLeader(ctx)
 }
 
 // permitted reports whether the request's user may run command.
@@ -246,11 +224,11 @@ func (s *Server) permitted(req *Request, command string) bool {
 	return has(req.perms, PermQuery)
 }
 
-// newServer builds what every node serves whatever its engine: the client
-// protocol and the operations endpoints.
-func newServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, auth *cluster.Auth, users *Users) *Server {
-	s := &Server{cfg: cfg, st: st, repl: repl, auth: auth, users: users,
-		masterURL: cfg.MasterAddr(), sem: make(chan struct{}, cfg.MaxConcurrent),
+// NewServer builds the handler for a node: the client protocol, the
+// operations endpoints, and the engine's node-to-node endpoints.
+func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth *cluster.Auth, users *Users) *Server {
+	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, auth: auth, users: users,
+		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
 	s.mux.HandleFunc("/", s.handleClient)
 	s.mux.HandleFunc("/query", s.handleClient)
@@ -258,7 +236,13 @@ func newServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	s.mux.HandleFunc("/health", s.handleHealth)
 	s.mux.HandleFunc("/livez", s.handleLive)
 	s.mux.HandleFunc("/remove", s.handleRemove)
+	s.mux.HandleFunc("/transfer", s.handleTransfer)
 	s.mux.HandleFunc("/metrics", s.handleMetrics)
+	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
+	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
+	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
+	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
+	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
 	return s
 }
 
@@ -375,42 +359,24 @@ func (s *Server) queryBody(req *Request, results []store.Result, index uint64) [
 	return append(b, "}\n"...)
 }
 
-// handleRemove takes a learner out of the membership (POST {"id": N} to
-// the master). With a users file it needs the "remove" permission.
+// handleRemove takes a node out of the membership (POST {"id": N} to the
+// leader). With a users file it needs the "remove" permission.
 func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, `use POST with {"id": N}`)
-		return
-	}
 	if s.users != nil {
 		if _, status, msg := s.users.check(w, r, PermRemove); status != 0 {
 			writeError(w, status, msg)
 			return
 		}
 	}
-	if s.eng != nil {
-		if id, ok := readID(w, r, "to remove"); ok {
-			s.removeRaft(w, r, id)
-		}
+	id, ok := readID(w, r, "to remove")
+	if !ok {
 		return
 	}
-	if s.master == nil {
-		writeError(w, http.StatusForbidden, "membership changes go to the master: send this request to "+s.masterURL)
+	if !s.eng.IsLeader() {
+		writeError(w, http.StatusForbidden, "membership changes go to the leader: send this request to "+s.eng.LeaderURL())
 		return
 	}
-	var req struct {
-		ID *int `json:"id"`
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
-	if err == nil {
-		err = json.Unmarshal(body, &req)
-	}
-	if err != nil || req.ID == nil {
-		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the slave to remove`)
-		return
-	}
-	if err := s.master.Remove(*req.ID); err != nil {
+	if err := s.eng.Remove(r.Context(), id); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}

@@ -3,7 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -12,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"os"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,8 +20,8 @@ import (
 	"ddb/internal/replication"
 )
 
-// Transport is the HTTP implementation of replication.Transport: signed
-// JSON requests over kept-alive connections.
+// Transport carries the engine's calls to other nodes (consensus.PeerCaller):
+// signed JSON requests over kept-alive connections.
 type Transport struct {
 	client *http.Client
 	auth   *cluster.Auth
@@ -83,48 +80,8 @@ func (t *Transport) post(ctx context.Context, url string, body []byte, out any) 
 	return json.Unmarshal(b, out)
 }
 
-// Append implements replication.Transport.
-func (t *Transport) Append(ctx context.Context, url string, req *replication.AppendRequest) (*replication.AppendResponse, error) {
-	var resp replication.AppendResponse
-	return &resp, t.post(ctx, url+"/_ddb/append", replication.EncodeAppend(req), &resp)
-}
-
-// InstallSnapshot implements replication.Transport: it hashes the file,
-// then streams it.
-func (t *Transport) InstallSnapshot(ctx context.Context, url string, index uint64, path string) (*replication.AppendResponse, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return nil, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/_ddb/snapshot?index="+strconv.FormatUint(index, 10), f)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	t.auth.Sign(req, t.node, h.Sum(nil))
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return nil, &peerError{status: resp.StatusCode, msg: string(b)}
-	}
-	var out replication.AppendResponse
-	return &out, json.Unmarshal(b, &out)
-}
-
-// Forward implements replication.Transport. A request that never reached
-// the master is ErrUnavailable (503); one that reached it but got no answer
+// Forward implements consensus.PeerCaller. A request that never reached
+// the leader is ErrUnavailable (503); one that reached it but got no answer
 // has an unknown outcome (504).
 func (t *Transport) Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error) {
 	body, err := json.Marshal(req)
@@ -133,7 +90,7 @@ func (t *Transport) Forward(ctx context.Context, url string, req *replication.Fo
 	}
 	var resp replication.ForwardResponse
 	// Whether the request was written whole decides what a broken
-	// connection means: unwritten, the master cannot have run it (it reads
+	// connection means: unwritten, the leader cannot have run it (it reads
 	// the whole body first), so it was not applied; written, it may have.
 	var wrote atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
@@ -145,7 +102,7 @@ func (t *Transport) Forward(ctx context.Context, url string, req *replication.Fo
 		err = classifyForwardError(url, err)
 		var uo *replication.UnknownOutcomeError
 		if errors.As(err, &uo) && !wrote.Load() {
-			return nil, &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot be reached (the write was not sent: %s)", url, uo.Reason)}
+			return nil, &replication.UnavailableError{Reason: fmt.Sprintf("the leader at %s cannot be reached (the write was not sent: %s)", url, uo.Reason)}
 		}
 		return nil, err
 	}
@@ -156,65 +113,15 @@ func classifyForwardError(url string, err error) error {
 	var pe *peerError
 	if errors.As(err, &pe) {
 		if pe.status == http.StatusServiceUnavailable || pe.status == http.StatusConflict {
-			return &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot take writes: %s", url, pe.msg)}
+			return &replication.UnavailableError{Reason: fmt.Sprintf("the node at %s cannot take writes: %s", url, pe.msg)}
 		}
-		return fmt.Errorf("the master at %s refused the forwarded write: %w", url, err)
+		return fmt.Errorf("the leader at %s refused the forwarded write: %w", url, err)
 	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED) {
-		return &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot be reached: %v", url, err)}
+		return &replication.UnavailableError{Reason: fmt.Sprintf("the leader at %s cannot be reached: %v", url, err)}
 	}
-	return &replication.UnknownOutcomeError{Reason: fmt.Sprintf("the master at %s did not answer: %v", url, err)}
-}
-
-// ReadIndex implements replication.Transport.
-func (t *Transport) ReadIndex(ctx context.Context, url string) (uint64, error) {
-	var resp struct{ Index uint64 }
-	if err := t.post(ctx, url+"/_ddb/readindex", []byte("{}"), &resp); err != nil {
-		return 0, &replication.UnavailableError{Reason: fmt.Sprintf("the master at %s cannot confirm a strong read: %v", url, err)}
-	}
-	return resp.Index, nil
-}
-
-// Join implements replication.Transport.
-func (t *Transport) Join(ctx context.Context, url string, req *replication.JoinRequest) error {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	var out struct{}
-	err = t.post(ctx, url+"/_ddb/join", body, &out)
-	var pe *peerError
-	if errors.As(err, &pe) && (pe.status == http.StatusConflict || pe.status == http.StatusBadRequest) {
-		return &replication.JoinRefusedError{Reason: pe.msg}
-	}
-	return err
-}
-
-// spooled is a request body saved to a temporary file.
-type spooled struct{ f *os.File }
-
-func spool(r io.Reader, dir string) (*spooled, error) {
-	f, err := os.CreateTemp(dir, "incoming-*.db")
-	if err != nil {
-		return nil, err
-	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, err
-	}
-	return &spooled{f: f}, nil
-}
-
-func (s *spooled) close() {
-	s.f.Close()
-	os.Remove(s.f.Name())
+	return &replication.UnknownOutcomeError{Reason: fmt.Sprintf("the leader at %s did not answer: %v", url, err)}
 }
 
 // RaftJoin implements consensus.PeerCaller: 409 is a refusal.

@@ -13,7 +13,7 @@ import (
 )
 
 func signed(a *Auth, body string) *http.Request {
-	r, _ := http.NewRequest("POST", "http://n/_ddb/append?x=1", bytes.NewBufferString(body))
+	r, _ := http.NewRequest("POST", "http://n/_ddb/raft?x=1", bytes.NewBufferString(body))
 	a.Sign(r, "master", BodyHash([]byte(body)))
 	return r
 }
@@ -37,7 +37,7 @@ func TestPeerSignatureRefusesTamperingWrongSecretAndNoSignature(t *testing.T) {
 		t.Fatalf("tampered body: %v", err)
 	}
 	r = signed(a, body)
-	r.URL.Path = "/_ddb/forward"
+	r.URL.Path = "/_ddb/join"
 	if err := a.Verify(r, BodyHash([]byte(body))); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("lifted onto another path: %v", err)
 	}
@@ -50,7 +50,7 @@ func TestPeerSignatureRefusesTamperingWrongSecretAndNoSignature(t *testing.T) {
 	if err := other.Verify(signed(a, body), BodyHash([]byte(body))); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("wrong secret: %v", err)
 	}
-	plain, _ := http.NewRequest("POST", "http://n/_ddb/append", nil)
+	plain, _ := http.NewRequest("POST", "http://n/_ddb/raft", nil)
 	if err := a.Verify(plain, BodyHash(nil)); !errors.Is(err, ErrNoSignature) {
 		t.Fatalf("unsigned: %v", err)
 	}

@@ -60,16 +60,11 @@ type Config struct {
 	MaxResultBytes int
 	MaxConcurrent  int // client requests served at once; beyond: 503
 	LogKeep        uint64
-	Heartbeat      time.Duration
 	AuthFile       string // optional users file
 	TLSCert        string
 	TLSKey         string
 	TLSCA          string
 	Pprof          string // address to serve Go profiles on ("" = off)
-	// Engine is the replication engine: "log" (one fixed master orders
-	// every write) or "raft" (Raft consensus with failover; the master is
-	// the preferred leader).
-	Engine string
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG. It
 	// exists only so the fault-injection suite can prove that each of its
@@ -118,19 +113,7 @@ func (c *Config) Defaults() {
 	if c.LogKeep == 0 {
 		c.LogKeep = 200_000
 	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = 250 * time.Millisecond
-	}
-	if c.Engine == "" {
-		c.Engine = EngineRaft
-	}
 }
-
-// The replication engines (-engine).
-const (
-	EngineLog  = "log"
-	EngineRaft = "raft"
-)
 
 func (c *Config) scheme() string {
 	if c.TLSCert != "" {
@@ -272,7 +255,6 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
-	fs.StringVar(&c.Engine, "engine", EngineRaft, "replication engine: log (one fixed master) or raft (automatic failover, the master as the preferred leader); every node of a cluster uses the same")
 	var slaves string
 	if role == Master {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")
@@ -330,9 +312,6 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 		if c.NumSlaves < len(c.SlaveURLs) {
 			c.NumSlaves = len(c.SlaveURLs)
 		}
-	}
-	if c.Engine != EngineLog && c.Engine != EngineRaft {
-		return nil, fmt.Errorf("-engine must be log or raft, not %q", c.Engine)
 	}
 	if !ValidAck(c.Ack) {
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)

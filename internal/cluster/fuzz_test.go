@@ -17,8 +17,8 @@ func FuzzVerify(f *testing.F) {
 	// The one genuine request, signed with a fixed nonce so that every
 	// fuzzing process agrees on it.
 	ts, nonce := "1800000000000", "00112233445566778899aabbccddeeff"
-	genuine := [4]string{"master", ts, nonce, hex.EncodeToString(a.mac("POST", "/_ddb/append", "master", ts, nonce, BodyHash([]byte("body"))))}
-	good, _ := http.NewRequest("POST", "http://n/_ddb/append", bytes.NewBufferString("body"))
+	genuine := [4]string{"master", ts, nonce, hex.EncodeToString(a.mac("POST", "/_ddb/forward", "master", ts, nonce, BodyHash([]byte("body"))))}
+	good, _ := http.NewRequest("POST", "http://n/_ddb/forward", bytes.NewBufferString("body"))
 	good.Header.Set(HeaderTime, ts)
 	good.Header.Set(HeaderNonce, nonce)
 	good.Header.Set(HeaderSignature, genuine[3])
@@ -26,7 +26,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add("", "", "", "", []byte{})
 	f.Add("slave1", "99999999999999999999", "n", "zz", []byte("x"))
 	f.Fuzz(func(t *testing.T, node, ts, nonce, sig string, body []byte) {
-		r, _ := http.NewRequest("POST", "http://n/_ddb/append", bytes.NewReader(body))
+		r, _ := http.NewRequest("POST", "http://n/_ddb/forward", bytes.NewReader(body))
 		r.Header.Set(HeaderNode, node)
 		r.Header.Set(HeaderTime, ts)
 		r.Header.Set(HeaderNonce, nonce)

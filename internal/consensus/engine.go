@@ -596,7 +596,8 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 		return out, &store.ParamError{Msg: err.Error()}, false
 	}
 	fctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout+2*time.Second)
-	resp, err := e.cfg.Calls.Forward(fctx, url, &replication.ForwardRequest{Origin: int(e.cfg.ID), Body: body, Collect: req.Collect, Ack: ack, RequestID: req.RequestID})
+	resp, err := e.cfg.Calls.Forward(fctx, url, &replication.ForwardRequest{Origin: int(e.cfg.ID), Body: body, Collect: req.Collect, Ack: ack, RequestID: req.RequestID,
+		Schema: req.AllowSchema, Each: req.Each, Atomic: req.Atomic})
 	cancel()
 	if err != nil {
 		var uo *replication.UnknownOutcomeError
@@ -702,7 +703,8 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 	if !e.IsLeader() {
 		return &replication.ForwardResponse{Error: replication.ToWireError(&replication.UnavailableError{Reason: "this node does not lead any more; retry"})}
 	}
-	out, err := e.proposeHere(ctx, &store.Request{Ctx: ctx, Stmts: stmts, Collect: req.Collect, Limits: e.cfg.Limits, RequestID: req.RequestID}, req.Ack)
+	out, err := e.proposeHere(ctx, &store.Request{Ctx: ctx, Stmts: stmts, Collect: req.Collect, Limits: e.cfg.Limits, RequestID: req.RequestID,
+		AllowSchema: req.Schema, Each: req.Each, Atomic: req.Atomic}, req.Ack)
 	var nl *NotLeaderError
 	var uo *UnknownOutcomeError
 	switch {

@@ -1,5 +1,5 @@
 // Package node assembles one node from its configuration: the store, the
-// replication role, the HTTP server, and a clean shutdown.
+// replication engine, the HTTP server, and a clean shutdown.
 package node
 
 import (
@@ -21,7 +21,6 @@ import (
 	"ddb/internal/api"
 	"ddb/internal/cluster"
 	"ddb/internal/consensus"
-	"ddb/internal/replication"
 	"ddb/internal/store"
 )
 
@@ -29,8 +28,6 @@ import (
 type Node struct {
 	Config *cluster.Config
 	Store  *store.Store
-	master *replication.Master
-	slave  *replication.Slave
 	eng    *consensus.Engine
 	server *http.Server
 	ln     net.Listener
@@ -81,35 +78,13 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	auth := cluster.NewAuth(secret, nil)
 	tr := api.NewTransport(auth, cfg.Name(), tlsClient)
 	n := &Node{Config: cfg, Store: st, ln: ln, done: make(chan error, 1), logger: logger}
-	var handler *api.Server
-	switch {
-	case cfg.Engine == cluster.EngineRaft:
-		n.eng, err = consensus.StartEngine(st, raftConfig(cfg, auth, tr, logger))
-		if err != nil {
-			ln.Close()
-			st.Close()
-			return nil, err
-		}
-		handler = api.NewRaftServer(cfg, st, n.eng, auth, users)
-	default:
-		if cfg.Role == cluster.Master {
-			slaves := map[int]string{}
-			for i := 1; i <= cfg.NumSlaves; i++ {
-				slaves[i] = cfg.SlaveURL(i)
-			}
-			n.master = replication.NewMaster(replication.MasterConfig{
-				URL: cfg.URL(), Slaves: slaves, AckTimeout: cfg.AckTimeout, Heartbeat: cfg.Heartbeat,
-				LogKeep: cfg.LogKeep, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
-				Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes},
-			}, st, tr, nil)
-		} else {
-			n.slave = replication.NewSlave(replication.SlaveConfig{
-				ID: cfg.ID, URL: cfg.URL(), MasterURL: cfg.MasterAddr(), AckTimeout: cfg.AckTimeout,
-				ReadTimeout: cfg.ReadTimeout, Heartbeat: cfg.Heartbeat, TempDir: cfg.Dir, Logf: logger.Printf, InjectBug: cfg.InjectBug,
-			}, st, tr, nil)
-		}
-		handler = api.NewServer(cfg, st, n.master, n.slave, auth, users)
+	n.eng, err = consensus.StartEngine(st, raftConfig(cfg, auth, tr, logger))
+	if err != nil {
+		ln.Close()
+		st.Close()
+		return nil, err
 	}
+	handler := api.NewServer(cfg, st, n.eng, auth, users)
 	handler.SetLogf(logger.Printf)
 	n.server = &http.Server{
 		Handler:           handler,
@@ -180,15 +155,7 @@ func (n *Node) Done() <-chan error { return n.done }
 // ctx), stops replication and closes the database.
 func (n *Node) Shutdown(ctx context.Context) error {
 	err := n.server.Shutdown(ctx)
-	if n.master != nil {
-		n.master.Close()
-	}
-	if n.slave != nil {
-		n.slave.Close()
-	}
-	if n.eng != nil {
-		n.eng.Close()
-	}
+	n.eng.Close()
 	if cerr := n.Store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -202,13 +169,7 @@ func Run(ctx context.Context, cfg *cluster.Config) error {
 	if err != nil {
 		return err
 	}
-	var fatal <-chan error
-	if n.slave != nil {
-		fatal = n.slave.Fatal()
-	}
-	if n.eng != nil {
-		fatal = n.eng.Fatal()
-	}
+	fatal := n.eng.Fatal()
 	var ferr error
 	select {
 	case <-ctx.Done():

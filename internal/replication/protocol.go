@@ -1,56 +1,39 @@
-// Package replication turns the nodes' databases into one replicated
-// database. The master sequences every write (from any node) into one
-// durable log, in the same transaction as the change; one shipper per
-// slave streams the log from that slave's acknowledged index; slaves apply
-// it in order, exactly once, and acknowledge; writers wait for their ack
-// level. Slaves forward writes to the master and answer only once they
-// have applied them themselves.
-//
-// Nodes talk through the Transport interface: HTTP in production (package
-// api), in memory in tests, so the protocol is tested without sockets.
+// Package replication is the seam between the HTTP layer and the
+// replication engine (package consensus): the Replicator interface the
+// client protocol uses, the errors it maps to status codes, and the wire
+// form of a write one node forwards to the leader.
 package replication
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
-	"ddb/internal/rlog"
 	"ddb/internal/store"
 )
 
-// AppendRequest carries log entries (possibly none: a heartbeat) from the
-// master to a slave.
-type AppendRequest struct {
-	Master  string       `json:"master"`
-	Entries []rlog.Entry `json:"entries"`
-	Commit  uint64       `json:"commit"` // the master's last index
-}
-
-// AppendResponse is the slave's acknowledgement.
-type AppendResponse struct {
-	Applied      uint64 `json:"applied"`
-	NeedSnapshot bool   `json:"need_snapshot,omitempty"`
-	Error        string `json:"error,omitempty"`
-}
-
-// ForwardRequest is a client write that entered at a slave.
+// ForwardRequest is a client write that entered at a node that does not
+// lead, sent on to the leader.
 type ForwardRequest struct {
 	Origin  int             `json:"origin"`
 	Body    json.RawMessage `json:"body"` // rlog.EncodeStatements
 	Collect bool            `json:"collect,omitempty"`
 	Ack     string          `json:"ack"`
 	// RequestID is the write's idempotency key: the client's, or one the
-	// slave made. A forward sent again (after a broken connection) with
+	// node it entered at made. A forward sent again (after a broken connection) with
 	// the same key applies at most once.
 	RequestID string `json:"request_id"`
+	// Schema: the write may change the schema (it came in on rqlite's
+	// API, which sends every write to the leader). Each and Atomic: its
+	// statements are independent (see rlog.Write).
+	Schema bool `json:"schema,omitempty"`
+	Each   bool `json:"each,omitempty"`
+	Atomic bool `json:"atomic,omitempty"`
 }
 
-// ForwardResponse is the master's answer to a forwarded write.
+// ForwardResponse is the leader's answer to a forwarded write.
 type ForwardResponse struct {
 	Index   uint64       `json:"index"`
 	Results []WireResult `json:"results,omitempty"`
@@ -67,26 +50,11 @@ type WireError struct {
 	Index   uint64 `json:"index,omitempty"`
 }
 
-// JoinRefusedError: the master will not take this slave (its id is held
+// JoinRefusedError: the leader will not take this node (its id is held
 // by a live node, or the request is invalid). Retrying cannot help.
 type JoinRefusedError struct{ Reason string }
 
-func (e *JoinRefusedError) Error() string { return "the master refused this node: " + e.Reason }
-
-// JoinRequest announces a slave to the master.
-type JoinRequest struct {
-	ID  int    `json:"id"`
-	URL string `json:"url"`
-}
-
-// Transport carries the protocol between nodes.
-type Transport interface {
-	Append(ctx context.Context, slaveURL string, req *AppendRequest) (*AppendResponse, error)
-	InstallSnapshot(ctx context.Context, slaveURL string, index uint64, snapshot string) (*AppendResponse, error)
-	Forward(ctx context.Context, masterURL string, req *ForwardRequest) (*ForwardResponse, error)
-	ReadIndex(ctx context.Context, masterURL string) (uint64, error)
-	Join(ctx context.Context, masterURL string, req *JoinRequest) error
-}
+func (e *JoinRefusedError) Error() string { return "the leader refused this node: " + e.Reason }
 
 // Replicator is all the HTTP layer's client protocol needs from
 // replication, whatever the engine: it never looks at roles beyond
@@ -108,27 +76,9 @@ type Replicator interface {
 	LeaderURL() string
 }
 
-var (
-	_ Replicator = (*Master)(nil)
-	_ Replicator = (*Slave)(nil)
-)
-
-// SlaveHandler is what a slave serves to the master.
-type SlaveHandler interface {
-	HandleAppend(req *AppendRequest) *AppendResponse
-	HandleSnapshot(index uint64, r io.Reader) (*AppendResponse, error)
-}
-
-// MasterHandler is what the master serves to slaves.
-type MasterHandler interface {
-	HandleForward(ctx context.Context, req *ForwardRequest) *ForwardResponse
-	HandleReadIndex() uint64
-	HandleJoin(req *JoinRequest) error
-}
-
-// ErrUnavailable means the master cannot be reached (or this node cannot
+// ErrUnavailable means no leader can be reached (or this node cannot
 // serve yet): writes and strong reads answer 503.
-var ErrUnavailable = errors.New("the master cannot be reached")
+var ErrUnavailable = errors.New("no leader can be reached")
 
 // UnavailableError wraps ErrUnavailable with the reason.
 type UnavailableError struct{ Reason string }
@@ -138,7 +88,7 @@ func (e *UnavailableError) Error() string {
 }
 func (e *UnavailableError) Unwrap() error { return ErrUnavailable }
 
-// AckTimeoutError: the write is committed on the master at Index, but its
+// AckTimeoutError: the write is committed at Index, but its
 // acknowledgement level was not reached in time. It will still replicate.
 type AckTimeoutError struct {
 	Index uint64
@@ -147,10 +97,10 @@ type AckTimeoutError struct {
 }
 
 func (e *AckTimeoutError) Error() string {
-	return fmt.Sprintf("write committed on the master at index %d, but not acknowledged at level %q within %v; it stays committed and keeps replicating", e.Index, e.Level, e.After)
+	return fmt.Sprintf("write committed at index %d, but not acknowledged at level %q within %v; it stays committed and keeps replicating", e.Index, e.Level, e.After)
 }
 
-// UnknownOutcomeError: the request reached the master but no answer came
+// UnknownOutcomeError: the request reached the leader but no answer came
 // back; the write may or may not be committed.
 type UnknownOutcomeError struct {
 	Reason    string
@@ -226,71 +176,4 @@ func FromWireError(w *WireError, ackTimeout time.Duration) error {
 		return &UnavailableError{Reason: w.Message}
 	}
 	return errors.New(w.Message)
-}
-
-// EncodeAppend frames an AppendRequest compactly for the wire: a header
-// (commit index, master URL) then each entry as index, time, seed, body
-// length and body. Entry bodies are copied as they are, never re-parsed.
-func EncodeAppend(req *AppendRequest) []byte {
-	n := 8 + 4 + len(req.Master) + 4
-	for _, e := range req.Entries {
-		n += 28 + len(e.Body)
-	}
-	b := make([]byte, 0, n)
-	b = binary.BigEndian.AppendUint64(b, req.Commit)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(req.Master)))
-	b = append(b, req.Master...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(req.Entries)))
-	for _, e := range req.Entries {
-		b = binary.BigEndian.AppendUint64(b, e.Index)
-		b = binary.BigEndian.AppendUint64(b, uint64(e.TimeMs))
-		b = binary.BigEndian.AppendUint64(b, uint64(e.Seed))
-		b = binary.BigEndian.AppendUint32(b, uint32(len(e.Body)))
-		b = append(b, e.Body...)
-	}
-	return b
-}
-
-// ErrBadFrame is a malformed append frame.
-var ErrBadFrame = errors.New("malformed append frame")
-
-// DecodeAppend reverses EncodeAppend. Entry bodies alias b.
-func DecodeAppend(b []byte) (*AppendRequest, error) {
-	var req AppendRequest
-	if len(b) < 12 {
-		return nil, ErrBadFrame
-	}
-	req.Commit = binary.BigEndian.Uint64(b)
-	ml := int(binary.BigEndian.Uint32(b[8:]))
-	b = b[12:]
-	if ml > len(b) {
-		return nil, ErrBadFrame
-	}
-	req.Master, b = string(b[:ml]), b[ml:]
-	if len(b) < 4 {
-		return nil, ErrBadFrame
-	}
-	n := int(binary.BigEndian.Uint32(b))
-	b = b[4:]
-	if n > len(b)/28 {
-		return nil, ErrBadFrame
-	}
-	req.Entries = make([]rlog.Entry, 0, n)
-	for i := 0; i < n; i++ {
-		if len(b) < 28 {
-			return nil, ErrBadFrame
-		}
-		e := rlog.Entry{Index: binary.BigEndian.Uint64(b), TimeMs: int64(binary.BigEndian.Uint64(b[8:])), Seed: int64(binary.BigEndian.Uint64(b[16:]))}
-		bl := int(binary.BigEndian.Uint32(b[24:]))
-		b = b[28:]
-		if bl > len(b) {
-			return nil, ErrBadFrame
-		}
-		e.Body, b = b[:bl:bl], b[bl:]
-		req.Entries = append(req.Entries, e)
-	}
-	if len(b) != 0 {
-		return nil, ErrBadFrame
-	}
-	return &req, nil
 }

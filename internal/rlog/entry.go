@@ -186,16 +186,23 @@ type Write struct {
 	Collect     bool        // rows are returned (a write sent as a query, RETURNING)
 	MaxRows     int         // limits on the rows returned (0: none)
 	MaxBytes    int
+	// Each: the statements are independent, as rqlite's API runs them:
+	// each applies or fails alone, in order, and a failure is that
+	// statement's result, not the write's. With Atomic as well, the first
+	// failure stops the write and undoes its statements (rqlite's
+	// transaction flag): the results end at the failed statement.
+	Each   bool
+	Atomic bool
 }
 
 // Encode encodes the write for an entry body. A write with no key and no
 // choices is EncodeStatements' array, as before writes had them.
 func (w *Write) Encode() ([]byte, error) {
 	s, err := EncodeStatements(w.Stmts)
-	if err != nil || (w.RequestID == "" && !w.AllowSchema && !w.Collect && w.MaxRows == 0 && w.MaxBytes == 0) {
+	if err != nil || (w.RequestID == "" && !w.AllowSchema && !w.Collect && w.MaxRows == 0 && w.MaxBytes == 0 && !w.Each) {
 		return s, err
 	}
-	return json.Marshal(wireWrite{ID: w.RequestID, S: s, Schema: w.AllowSchema, Collect: w.Collect, MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
+	return json.Marshal(wireWrite{ID: w.RequestID, S: s, Schema: w.AllowSchema, Collect: w.Collect, MaxRows: w.MaxRows, MaxBytes: w.MaxBytes, Each: w.Each, Atomic: w.Atomic})
 }
 
 type wireWrite struct {
@@ -205,6 +212,8 @@ type wireWrite struct {
 	Collect  bool            `json:"collect,omitempty"`
 	MaxRows  int             `json:"max_rows,omitempty"`
 	MaxBytes int             `json:"max_bytes,omitempty"`
+	Each     bool            `json:"each,omitempty"`
+	Atomic   bool            `json:"atomic,omitempty"`
 }
 
 // DecodeWriteEntry reverses Write.Encode.
@@ -216,7 +225,7 @@ func DecodeWriteEntry(body []byte) (Write, error) {
 			return Write{}, fmt.Errorf("decode entry body: %w", err)
 		}
 		stmts, err := DecodeStatements(ww.S)
-		return Write{RequestID: ww.ID, Stmts: stmts, AllowSchema: ww.Schema, Collect: ww.Collect, MaxRows: ww.MaxRows, MaxBytes: ww.MaxBytes}, err
+		return Write{RequestID: ww.ID, Stmts: stmts, AllowSchema: ww.Schema, Collect: ww.Collect, MaxRows: ww.MaxRows, MaxBytes: ww.MaxBytes, Each: ww.Each, Atomic: ww.Atomic}, err
 	}
 	stmts, err := DecodeStatements(b)
 	return Write{Stmts: stmts}, err

@@ -137,6 +137,15 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		var results []Result
 		if len(w.Stmts) == 0 {
 			err = &ParamError{Msg: "the log entry holds no statement"}
+		} else if w.Each {
+			var undo bool
+			results, undo, err = s.runEach(w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", w.Atomic, Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
+			if err == nil && undo {
+				// An atomic write failed at a statement: none of it
+				// applies, and its results (up to the failure) are its
+				// answer, recorded with its request id like any other.
+				err = s.undoEntry()
+			}
 		} else {
 			results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
 		}

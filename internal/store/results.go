@@ -15,13 +15,14 @@ type WireResult struct {
 	HasRows      bool                `json:"has_rows,omitempty"`
 	RowsAffected int64               `json:"rows_affected"`
 	LastInsertID int64               `json:"last_insert_id"`
+	Err          *StatementError     `json:"error,omitempty"`
 }
 
 // EncodeResults converts results to their wire form.
 func EncodeResults(rs []Result) ([]WireResult, error) {
 	out := make([]WireResult, len(rs))
 	for i, r := range rs {
-		w := WireResult{Columns: r.Columns, Types: r.Types, HasRows: r.HasRows, RowsAffected: r.RowsAffected, LastInsertID: r.LastInsertID}
+		w := WireResult{Columns: r.Columns, Types: r.Types, HasRows: r.HasRows, RowsAffected: r.RowsAffected, LastInsertID: r.LastInsertID, Err: r.Err}
 		for _, row := range r.Rows {
 			wr := make([]json.RawMessage, len(row))
 			for j, v := range row {
@@ -42,7 +43,7 @@ func EncodeResults(rs []Result) ([]WireResult, error) {
 func DecodeResults(ws []WireResult) ([]Result, error) {
 	out := make([]Result, len(ws))
 	for i, w := range ws {
-		r := Result{Columns: w.Columns, Types: w.Types, HasRows: w.HasRows, RowsAffected: w.RowsAffected, LastInsertID: w.LastInsertID}
+		r := Result{Columns: w.Columns, Types: w.Types, HasRows: w.HasRows, RowsAffected: w.RowsAffected, LastInsertID: w.LastInsertID, Err: w.Err}
 		if w.HasRows {
 			r.Rows = make([][]any, 0, len(w.Rows))
 		}

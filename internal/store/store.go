@@ -441,6 +441,29 @@ type Result struct {
 	HasRows      bool // the statement returns columns
 	RowsAffected int64
 	LastInsertID int64
+	// Err is the statement's own failure, in a write whose statements
+	// are independent (Request.Each); nil otherwise.
+	Err *StatementError
+}
+
+// StatementError is one statement's failure: SQLite's message and, when
+// SQLite reported it, its primary and extended result codes.
+type StatementError struct {
+	Message  string `json:"message"`
+	Code     int    `json:"code,omitempty"`
+	Extended int    `json:"extended_code,omitempty"`
+}
+
+func (e *StatementError) Error() string { return e.Message }
+
+// statementError describes err as a statement's failure.
+func statementError(err error) *StatementError {
+	se := &StatementError{Message: err.Error()}
+	var le *sqlite.Error
+	if errors.As(err, &le) {
+		se.Code, se.Extended = le.Code, le.Extended
+	}
+	return se
 }
 
 // Limits bound what one request may return.

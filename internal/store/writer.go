@@ -22,6 +22,8 @@ type Request struct {
 	// one's (see Outcome.Duplicate). Every node records the key with the
 	// entry, in the same transaction.
 	RequestID string
+	// Each and Atomic: the statements are independent (see rlog.Write).
+	Each, Atomic bool
 }
 
 // Outcome is what happened to one Request of a batch.
@@ -191,6 +193,59 @@ func (s *Store) runWrite(ctx context.Context, stmts []rlog.Statement, allowSchem
 		err = s.afterEntry()
 	}
 	return results, err
+}
+
+// runEach runs a write whose statements are independent (rlog.Write.Each)
+// inside the entry's savepoint: each statement in a savepoint of its own,
+// its failure being its result. With atomic, the first failure ends the
+// write, and undo tells the caller to undo the whole entry. An error is
+// the entry's own failure (as for runWrite).
+func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, atomic bool, lim Limits) (results []Result, undo bool, err error) {
+	p := policyClient
+	if !allowSchema {
+		p = policyClientNoSchema
+	}
+	if !collect {
+		lim = Limits{}
+	}
+	b := &budget{lim: lim}
+	for _, st := range stmts {
+		if err := s.internal("SAVEPOINT stmt"); err != nil {
+			return nil, false, err
+		}
+		s.wconn.auth.reset(p)
+		r, rerr := s.run(context.Background(), s.wconn, st, collect || hasID, b)
+		if rerr != nil {
+			if !s.w.InTransaction() {
+				return nil, false, rerr // it rolled back the whole transaction: the entry fails alone
+			}
+			if err := s.internal("ROLLBACK TO stmt", "RELEASE stmt"); err != nil {
+				return nil, false, err
+			}
+			if err := s.afterEntry(); err != nil {
+				return nil, false, err
+			}
+			results = append(results, Result{Err: statementError(rerr)})
+			if atomic {
+				return results, true, nil
+			}
+			continue
+		}
+		if err := s.internal("RELEASE stmt"); err != nil {
+			return nil, false, err
+		}
+		results = append(results, r)
+	}
+	return results, false, s.afterEntry()
+}
+
+// undoEntry undoes everything the entry's savepoint holds, keeping the
+// savepoint open (its request id is still recorded in it).
+func (s *Store) undoEntry() error {
+	if err := s.internal("ROLLBACK TO req"); err != nil {
+		return err
+	}
+	return s.afterEntry()
 }
 
 // rollbackEntry undoes a failed entry's savepoint and reloads the schema
