@@ -135,6 +135,18 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	es := s.eng.Status()
 	st["role"] = es.Role
 	st["raft"] = es
+	for k, v := range s.rqStatus(es) {
+		st[k] = v
+	}
+	if key := r.URL.Query().Get("key"); key != "" {
+		v, ok := selectKey(st, key)
+		if !ok {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("/status has no key %q", key))
+			return
+		}
+		writeValue(w, http.StatusOK, v)
+		return
+	}
 	writeValue(w, http.StatusOK, st)
 }
 

@@ -19,7 +19,10 @@ const (
 	PermQuery   = "query"   // reads
 	PermSchema  = "schema"  // schema changes (with execute)
 	PermStatus  = "status"  // /status and /metrics
-	PermRemove  = "remove"  // taking a learner out of the membership
+	PermRemove  = "remove"  // taking a node out of the membership, handing leadership over
+	// rqlite's names for its cluster endpoints.
+	PermReady     = "ready"      // /readyz
+	PermLeaderOps = "leader-ops" // POST /leader
 )
 
 // Users is the optional users file: HTTP Basic authentication and
@@ -58,11 +61,12 @@ func LoadUsers(path string) (*Users, error) {
 		perms := map[string]bool{}
 		for _, p := range e.Perms {
 			switch p {
-			case PermAll, PermExecute, PermQuery, PermSchema, PermStatus:
+			case PermAll, PermExecute, PermQuery, PermSchema, PermStatus, PermRemove:
 				perms[p] = true
-			case "ready", "backup", "load", "join", "remove", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
-				// rqlite permissions with no counterpart here: accepted so
-				// that an rqlite file loads, and grant nothing.
+			case PermReady, PermLeaderOps, "backup", "load", "join", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
+				// rqlite's own permission names: an rqlite users file
+				// loads as it is.
+				perms[p] = true
 			default:
 				return nil, fmt.Errorf("users file %s: entry %d: unknown permission %q", path, i, p)
 			}

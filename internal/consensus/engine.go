@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sort"
 	"sync"
@@ -834,6 +835,44 @@ func (e *Engine) Status() Status {
 		}
 	}
 	return s
+}
+
+// SinceLeaderContact is how long ago this node last heard from a leader
+// (0 on the leader).
+func (e *Engine) SinceLeaderContact() time.Duration {
+	n := e.admittedNode()
+	if n == nil {
+		return time.Duration(math.MaxInt64)
+	}
+	return n.SinceLeaderContact()
+}
+
+// Client is the HTTP client the engine reaches other nodes with.
+func (e *Engine) Client() *http.Client { return e.cfg.Client }
+
+// Member is one node of the configuration, as this node knows it.
+type Member struct {
+	ID     int    // the command line's id (0: the master)
+	URL    string // "" while this node does not know it
+	Voter  bool
+	Leader bool
+}
+
+// Members lists the configuration's nodes, voters and learners, by id.
+func (e *Engine) Members() []Member {
+	st := e.rep.Node().Status()
+	var out []Member
+	add := func(id uint64, voter bool) {
+		out = append(out, Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})
+	}
+	for id := range st.Config.Voters.IDs() {
+		add(id, true)
+	}
+	for id := range st.Config.Learners {
+		add(id, false)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // Ready says why this node cannot serve writes now ("" when it can).

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,9 @@ type Node struct {
 	// cheap to read on every request, unlike Status, which copies the
 	// progress of every node.
 	softLead  atomic.Uint64
+	// leaderContact is when a leader's append, heartbeat or snapshot last
+	// reached this node (Unix nanoseconds; 0: never).
+	leaderContact atomic.Int64
 	softState atomic.Uint32   // raft.StateType
 	inbox     chan pb.Message // messages from other nodes, for Step
 	receiving sync.Map        // path of a received snapshot -> *snapshotFile
@@ -288,6 +292,10 @@ func (n *Node) confApplied(cc pb.ConfChange) {
 // stop the process on it, so it is dropped, and the node waits until the
 // leader probes it afresh (see Engine.HandleJoin).
 func (n *Node) Step(ctx context.Context, m pb.Message) error {
+	switch m.Type {
+	case pb.MsgApp, pb.MsgHeartbeat, pb.MsgSnap:
+		n.leaderContact.Store(time.Now().UnixNano())
+	}
 	if m.Type == pb.MsgHeartbeat {
 		if last, _ := n.storage.LastIndex(); m.Commit > last {
 			return nil
@@ -596,6 +604,19 @@ func removeFile(path string) {
 // node, as of the last step Raft took.
 func (n *Node) Leader() (lead uint64, self bool) {
 	return n.softLead.Load(), raft.StateType(n.softState.Load()) == raft.StateLeader
+}
+
+// SinceLeaderContact is how long ago a leader's message last reached this
+// node: 0 on the leader, and a very long time if none ever has.
+func (n *Node) SinceLeaderContact() time.Duration {
+	if _, self := n.Leader(); self {
+		return 0
+	}
+	t := n.leaderContact.Load()
+	if t == 0 {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Since(time.Unix(0, t))
 }
 
 // Done is closed when the node's loop has ended: stopped, or failed (Err).

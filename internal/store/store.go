@@ -456,8 +456,8 @@ type StatementError struct {
 
 func (e *StatementError) Error() string { return e.Message }
 
-// statementError describes err as a statement's failure.
-func statementError(err error) *StatementError {
+// StatementErrorOf describes err as a statement's failure.
+func StatementErrorOf(err error) *StatementError {
 	se := &StatementError{Message: err.Error()}
 	var le *sqlite.Error
 	if errors.As(err, &le) {
@@ -612,6 +612,22 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 	if stmt == nil || a.policy == policyReplica {
 		return stmt, nil
 	}
+	if !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() && dropOfNothing(stmt.SQL) {
+		// DROP ... IF EXISTS of an object that does not exist: SQLite
+		// asks the authorizer nothing (there is nothing to drop) and the
+		// statement changes nothing. It is a schema change all the same,
+		// as it would be if the object existed.
+		a.kind = KindSchema
+		switch a.policy {
+		case policyReadOnly:
+			stmt.Close()
+			return nil, &NotReadError{Kind: KindSchema}
+		case policyClientNoSchema:
+			stmt.Close()
+			return nil, &SchemaDeniedError{Statement: abbreviate(stmt.SQL)}
+		}
+		return stmt, nil
+	}
 	if !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() {
 		stmt.Close()
 		return nil, &ForbiddenError{Reason: fmt.Sprintf("statement is not allowed: %s", abbreviate(stmt.SQL))}
@@ -624,6 +640,20 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 }
 
 // nondetError refuses a write that reads what (see authState.nondet).
+// dropOfNothing reports whether sql is DROP TABLE/INDEX/VIEW/TRIGGER IF
+// EXISTS (which, when the authorizer saw nothing, found nothing to drop).
+func dropOfNothing(sql string) bool {
+	f := strings.Fields(strings.ToUpper(stripComments(sql)))
+	if len(f) < 4 || f[0] != "DROP" || f[2] != "IF" || f[3] != "EXISTS" {
+		return false
+	}
+	switch f[1] {
+	case "TABLE", "INDEX", "VIEW", "TRIGGER":
+		return true
+	}
+	return false
+}
+
 func nondetError(where, what string) error {
 	return &ForbiddenError{Reason: where + what + ": it differs from node to node, so a write may not use it (a read may)"}
 }

@@ -225,7 +225,7 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 			if err := s.afterEntry(); err != nil {
 				return nil, false, err
 			}
-			results = append(results, Result{Err: statementError(rerr)})
+			results = append(results, Result{Err: StatementErrorOf(rerr)})
 			if atomic {
 				return results, true, nil
 			}

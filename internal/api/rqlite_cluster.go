@@ -1,0 +1,310 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"ddb/internal/consensus"
+)
+
+// rqlite's cluster API (docs/RQLITE.md): /nodes, /readyz, /leader, and
+// rqlite's fields in /status.
+
+// rqNodeID is a node's id as rqlite's API spells it: a string, the
+// command line's id (0: the master, i: slave i).
+func rqNodeID(id int) string { return strconv.Itoa(id) }
+
+// hostOf is a URL's host:port (rqlite's "addr").
+func hostOf(u string) string {
+	if p, err := url.Parse(u); err == nil && p.Host != "" {
+		return p.Host
+	}
+	return u
+}
+
+// rqStatus is rqlite's part of /status, beside this project's fields.
+func (s *Server) rqStatus(es consensus.Status) map[string]any {
+	leader := map[string]any{"addr": "", "node_id": ""}
+	if es.LeaderID != nil {
+		leader = map[string]any{"addr": hostOf(es.LeaderURL), "node_id": rqNodeID(*es.LeaderID)}
+	}
+	metadata := map[string]any{}
+	var nodes []map[string]any
+	for _, m := range s.eng.Members() {
+		if m.URL == "" {
+			continue
+		}
+		u, _ := url.Parse(m.URL)
+		metadata[rqNodeID(m.ID)] = map[string]string{"api_addr": hostOf(m.URL), "api_proto": u.Scheme}
+		nodes = append(nodes, map[string]any{"id": rqNodeID(m.ID), "addr": hostOf(m.URL), "suffrage": map[bool]string{true: "Voter", false: "Nonvoter"}[m.Voter]})
+	}
+	auth := "disabled"
+	if s.users != nil {
+		auth = "enabled"
+	}
+	return map[string]any{
+		"store": map[string]any{
+			"node_id":  rqNodeID(es.ID),
+			"addr":     hostOf(s.cfg.URL()),
+			"leader":   leader,
+			"metadata": metadata,
+			"nodes":    nodes,
+			"dir":      s.cfg.Dir,
+			"raft": map[string]any{
+				"state":         rqState(es.Role),
+				"term":          es.Term,
+				"commit_index":  es.Commit,
+				"applied_index": es.Applied,
+				"voter":         es.Role != "learner",
+			},
+		},
+		"http": map[string]any{"bind_addr": s.cfg.ListenAddr(), "auth": auth},
+		"node": map[string]any{"start_time": s.started.UTC().Format(time.RFC3339Nano), "uptime": time.Since(s.started).String()},
+	}
+}
+
+// rqState is rqlite's spelling of a Raft role.
+func rqState(role string) string {
+	switch role {
+	case "leader":
+		return "Leader"
+	case "candidate":
+		return "Candidate"
+	}
+	return "Follower"
+}
+
+// selectKey narrows a status document to the sub-object a dotted key
+// names (rqlite's ?key=store.raft).
+func selectKey(doc map[string]any, key string) (any, bool) {
+	b, _ := json.Marshal(doc)
+	var v any
+	json.Unmarshal(b, &v)
+	for _, part := range strings.Split(key, ".") {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = m[part]; !ok {
+			return nil, false
+		}
+	}
+	return v, true
+}
+
+// rqNode is one node in /nodes.
+type rqNode struct {
+	ID        string  `json:"id"`
+	APIAddr   string  `json:"api_addr"`
+	Addr      string  `json:"addr"`
+	Voter     bool    `json:"voter"`
+	Reachable bool    `json:"reachable"`
+	Leader    bool    `json:"leader"`
+	Time      float64 `json:"time"`
+	TimeS     string  `json:"time_s"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// handleNodes lists the cluster's nodes, each checked from here: a node is
+// reachable when it answers its liveness check within the timeout (?timeout,
+// 5 s by default). Learners are listed with ?nonvoters; ?ver=2 gives a list
+// instead of rqlite's legacy map keyed by id.
+func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		writeError(w, http.StatusMethodNotAllowed, "use GET")
+		return
+	}
+	if s.users != nil {
+		if _, status, msg := s.users.check(w, r, PermStatus); status != 0 {
+			writeError(w, status, msg)
+			return
+		}
+	}
+	flags, err := parseRqFlags(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	timeout := flags.timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	_, nonvoters := r.URL.Query()["nonvoters"]
+	var members []consensus.Member
+	for _, m := range s.eng.Members() {
+		if m.Voter || nonvoters {
+			members = append(members, m)
+		}
+	}
+	nodes := make([]rqNode, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		nodes[i] = rqNode{ID: rqNodeID(m.ID), APIAddr: m.URL, Addr: hostOf(m.URL), Voter: m.Voter, Leader: m.Leader}
+		wg.Add(1)
+		go func(n *rqNode, m consensus.Member) {
+			defer wg.Done()
+			start := time.Now()
+			err := s.probe(r.Context(), m, timeout)
+			d := time.Since(start)
+			n.Time, n.TimeS = d.Seconds(), d.String()
+			if err != nil {
+				n.Error = err.Error()
+				return
+			}
+			n.Reachable = true
+		}(&nodes[i], m)
+	}
+	wg.Wait()
+	if r.URL.Query().Get("ver") == "2" {
+		writeValue(w, http.StatusOK, map[string]any{"nodes": nodes})
+		return
+	}
+	legacy := make(map[string]rqNode, len(nodes))
+	for _, n := range nodes {
+		legacy[n.ID] = n
+	}
+	writeValue(w, http.StatusOK, legacy)
+}
+
+// probe checks that node m answers (this node answers for itself).
+func (s *Server) probe(ctx context.Context, m consensus.Member, timeout time.Duration) error {
+	if m.ID == s.eng.Status().ID {
+		return nil
+	}
+	if m.URL == "" {
+		return fmt.Errorf("its address is not known here yet")
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.URL+"/livez", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.eng.Client().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("it answered %s", resp.Status)
+	}
+	return nil
+}
+
+// handleReadyz is rqlite's readiness check: 200 when this node can read its
+// database and a leader is known (?noleader leaves the leader out).
+func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	if s.users != nil {
+		if _, status, msg := s.users.check(w, r, PermReady); status != 0 {
+			writeError(w, status, msg)
+			return
+		}
+	}
+	_, noLeader := r.URL.Query()["noleader"]
+	lines := []string{"[+]node ok"}
+	ok := true
+	if !noLeader {
+		if s.eng.Ready() == "" {
+			lines = append(lines, "[+]leader ok")
+		} else {
+			lines = append(lines, "[-]leader not ok")
+			ok = false
+		}
+	}
+	if _, err := s.st.Read(r.Context(), nil, storeLimitsNone); err == nil {
+		lines = append(lines, "[+]store ok")
+	} else {
+		lines = append(lines, "[-]store not ok")
+		ok = false
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	io.WriteString(w, strings.Join(lines, "\n")+"\n")
+}
+
+// handleLeader: GET describes the leader; POST (to the leader) hands
+// leadership to another voter, {"id": "N"} or the most caught-up one.
+func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		if s.users != nil {
+			if _, status, msg := s.users.check(w, r, PermStatus); status != 0 {
+				writeError(w, status, msg)
+				return
+			}
+		}
+		for _, m := range s.eng.Members() {
+			if m.Leader {
+				writeValue(w, http.StatusOK, map[string]any{"leader": rqNode{ID: rqNodeID(m.ID), APIAddr: m.URL, Addr: hostOf(m.URL), Voter: m.Voter, Leader: true, Reachable: true}})
+				return
+			}
+		}
+		writeError(w, http.StatusServiceUnavailable, "no leader is known: an election is under way, or a majority of the voters cannot be reached")
+	case http.MethodPost:
+		if s.users != nil {
+			if _, status, msg := s.users.check(w, r, PermLeaderOps); status != 0 {
+				writeError(w, status, msg)
+				return
+			}
+		}
+		var req struct {
+			ID json.RawMessage `json:"id"`
+		}
+		body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+		if len(strings.TrimSpace(string(body))) > 0 {
+			if err := json.Unmarshal(body, &req); err != nil {
+				writeError(w, http.StatusBadRequest, `send {"id": "N"} (the node to hand leadership to), or nothing`)
+				return
+			}
+		}
+		if !s.eng.IsLeader() {
+			writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.eng.LeaderURL())
+			return
+		}
+		target := -1
+		if len(req.ID) > 0 {
+			var str string
+			if json.Unmarshal(req.ID, &str) != nil {
+				str = string(req.ID)
+			}
+			id, err := strconv.Atoi(str)
+			if err != nil || id < 0 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("node id %s is not a node of this cluster", req.ID))
+				return
+			}
+			target = id
+		} else {
+			var best uint64
+			self := s.eng.Status()
+			for _, n := range self.Nodes {
+				if n.ID != self.ID && n.Voter && n.Reachable && (target < 0 || n.Match > best) {
+					target, best = n.ID, n.Match
+				}
+			}
+			if target < 0 {
+				writeError(w, http.StatusServiceUnavailable, "no other voter can take over now")
+				return
+			}
+		}
+		if err := s.eng.TransferLeadership(r.Context(), consensus.NodeID(target)); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		writeError(w, http.StatusMethodNotAllowed, "use GET or POST")
+	}
+}

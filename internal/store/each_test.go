@@ -1,0 +1,113 @@
+package store
+
+import (
+	"context"
+	"reflect"
+	"testing"
+
+	"ddb/internal/rlog"
+)
+
+// rqlite's API runs a request's statements independently: each applies or
+// fails alone, its failure is its result (with SQLite's codes), and with
+// Atomic the first failure undoes the whole write. Every node gives the
+// same outcomes in every grouping of entries, and a retry with the same
+// request id answers the first outcome without running again.
+func TestIndependentStatementsApplyOrFailAlone(t *testing.T) {
+	each := func(atomic bool, id string, sqls ...string) rlog.Write {
+		return rlog.Write{Stmts: stmts(sqls...), AllowSchema: true, Collect: true, Each: true, Atomic: atomic, RequestID: id}
+	}
+	entries := logEntries(t,
+		each(false, "", "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)", "DROP TABLE IF EXISTS nothere"),
+		each(false, "a", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO nope VALUES (1)", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO t (v) VALUES ('y') RETURNING id, v"),
+		each(true, "b", "INSERT INTO t (v) VALUES ('z')", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO t (v) VALUES ('never')"),
+		each(false, "a", "INSERT INTO t (v) VALUES ('retried')"), // a retry of "a": the first outcome
+		each(true, "", "INSERT INTO t (v) VALUES ('w')", "UPDATE t SET v = v || '!' WHERE v = 'w'"),
+	)
+	all, one := openTemp(t, "all.db"), openTemp(t, "one.db")
+	got, err := all.ApplyLog(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var singly []Outcome
+	for _, e := range entries {
+		o, err := one.ApplyLog([]rlog.Entry{e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		singly = append(singly, o...)
+	}
+	if a, b := describe(got), describe(singly); !reflect.DeepEqual(a, b) {
+		t.Fatalf("outcomes differ by grouping:\n%v\n%v", a, b)
+	}
+	sameContent(t, all, one)
+	for _, o := range got {
+		if o.Err != nil {
+			t.Fatalf("entry %d failed as a whole: %v", o.Index, o.Err)
+		}
+	}
+	errs := func(o Outcome) []string {
+		var out []string
+		for _, r := range o.Results {
+			if r.Err != nil {
+				out = append(out, r.Err.Message)
+			} else {
+				out = append(out, "")
+			}
+		}
+		return out
+	}
+	if e := errs(got[1]); !reflect.DeepEqual(e, []string{"", "no such table: nope", "UNIQUE constraint failed: t.v", ""}) {
+		t.Fatalf("independent statements: %q", e)
+	}
+	if c := got[1].Results[2].Err; c.Code != 19 || c.Extended != 2067 {
+		t.Fatalf("a UNIQUE failure carries SQLite's codes 19/2067, got %d/%d", c.Code, c.Extended)
+	}
+	if r := got[1].Results[3]; !r.HasRows || len(r.Rows) != 1 || r.Rows[0][1] != "y" {
+		t.Fatalf("RETURNING rows: %+v", r)
+	}
+	if e := errs(got[2]); !reflect.DeepEqual(e, []string{"", "UNIQUE constraint failed: t.v"}) {
+		t.Fatalf("an atomic write stops at its first failure: %q", e)
+	}
+	if !got[3].Duplicate || !reflect.DeepEqual(describe(got[3:4])[0][1:], describe(got[1:2])[0][1:]) {
+		t.Fatalf("a retry answers the first outcome: %v vs %v", describe(got[3:4]), describe(got[1:2]))
+	}
+	rows, err := all.Read(context.Background(), stmts("SELECT v FROM t ORDER BY id"), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []any
+	for _, r := range rows[0].Rows {
+		vs = append(vs, r[0])
+	}
+	if want := []any{"x", "y", "w!"}; !reflect.DeepEqual(vs, want) {
+		t.Fatalf("rows %v, want %v (the atomic write that failed left nothing; the retry ran nothing)", vs, want)
+	}
+}
+
+// DROP ... IF EXISTS of nothing is a schema change that changes nothing:
+// allowed where schema changes are, refused where they are not.
+func TestDropIfExistsOfNothingIsAHarmlessSchemaChange(t *testing.T) {
+	s := openTemp(t, "d.db")
+	for _, q := range []string{"DROP TABLE IF EXISTS nothere", "drop  index if exists nothere", "/* c */ DROP VIEW IF EXISTS v"} {
+		if k, err := s.Classify(context.Background(), stmts(q)); err != nil || k != KindSchema {
+			t.Fatalf("%s: kind %v, %v", q, k, err)
+		}
+	}
+	out, err := s.ApplyLog(logEntries(t,
+		rlog.Write{Stmts: stmts("DROP TABLE IF EXISTS nothere"), AllowSchema: true},
+		rlog.Write{Stmts: stmts("DROP TABLE IF EXISTS nothere")},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Err != nil {
+		t.Fatalf("with the schema allowed: %v", out[0].Err)
+	}
+	if _, ok := out[1].Err.(*SchemaDeniedError); !ok {
+		t.Fatalf("without: %v", out[1].Err)
+	}
+	if _, err := s.Read(context.Background(), stmts("DROP TABLE IF EXISTS nothere"), Limits{}); err == nil {
+		t.Fatal("a read ran a DROP")
+	}
+}
