@@ -89,13 +89,13 @@ type Node struct {
 	// What Raft last said of leadership (from each Ready's SoftState):
 	// cheap to read on every request, unlike Status, which copies the
 	// progress of every node.
-	softLead  atomic.Uint64
+	softLead atomic.Uint64
 	// leaderContact is when a leader's append, heartbeat or snapshot last
 	// reached this node (Unix nanoseconds; 0: never).
 	leaderContact atomic.Int64
-	softState atomic.Uint32   // raft.StateType
-	inbox     chan pb.Message // messages from other nodes, for Step
-	receiving sync.Map        // path of a received snapshot -> *snapshotFile
+	softState     atomic.Uint32   // raft.StateType
+	inbox         chan pb.Message // messages from other nodes, for Step
+	receiving     sync.Map        // path of a received snapshot -> *snapshotFile
 
 	mu          sync.Mutex
 	waiting     map[uint64]chan Applied // proposal id -> its proposer
