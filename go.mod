@@ -8,6 +8,7 @@ require golang.org/x/crypto v0.59.0
 
 require (
 	github.com/anishathalye/porcupine v1.3.1
+	github.com/rqlite/gorqlite v0.0.0-20261020015727-7224ce2bd419
 	go.etcd.io/raft/v3 v3.6.0
 )
 

@@ -36,14 +36,14 @@ func (s *Server) rqStatus(es consensus.Status) map[string]any {
 	if es.LeaderID != nil {
 		leader = map[string]any{"addr": hostOf(es.LeaderURL), "node_id": rqNodeID(*es.LeaderID)}
 	}
-	metadata := map[string]any{}
+	// No "metadata" map of API addresses: without it rqlite's clients ask
+	// /nodes, and so learn every reachable node, not only the leader,
+	// which lets them go on when the leader dies.
 	var nodes []map[string]any
 	for _, m := range s.eng.Members() {
 		if m.URL == "" {
 			continue
 		}
-		u, _ := url.Parse(m.URL)
-		metadata[rqNodeID(m.ID)] = map[string]string{"api_addr": hostOf(m.URL), "api_proto": u.Scheme}
 		nodes = append(nodes, map[string]any{"id": rqNodeID(m.ID), "addr": hostOf(m.URL), "suffrage": map[bool]string{true: "Voter", false: "Nonvoter"}[m.Voter]})
 	}
 	auth := "disabled"
@@ -55,7 +55,6 @@ func (s *Server) rqStatus(es consensus.Status) map[string]any {
 			"node_id":  rqNodeID(es.ID),
 			"addr":     hostOf(s.cfg.URL()),
 			"leader":   leader,
-			"metadata": metadata,
 			"nodes":    nodes,
 			"dir":      s.cfg.Dir,
 			"raft": map[string]any{

@@ -39,7 +39,19 @@ type Server struct {
 func (s *Server) SetLogf(f func(string, ...any)) { s.logf = f }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// rqlite's clients read the server's version from this header.
+	w.Header().Set("X-RQLITE-VERSION", version)
+	s.mux.ServeHTTP(w, r)
+}
+
+// version names this build in the X-RQLITE-VERSION header.
+var version = func() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return "ddb " + bi.Main.Version
+	}
+	return "ddb (devel)"
+}()
 
 // errQueryDeadline: a statement ran past -query-timeout and was interrupted.
 var errQueryDeadline = errors.New("the query ran past its deadline and was stopped")

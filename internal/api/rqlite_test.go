@@ -1,0 +1,78 @@
+package api
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"ddb/internal/rlog"
+	"ddb/internal/store"
+)
+
+func TestRqliteBodiesParseAsRqliteReadsThem(t *testing.T) {
+	cases := []struct {
+		body string
+		ct   string
+		want []rlog.Statement
+		err  string
+	}{
+		{body: `["SELECT 1"]`, want: []rlog.Statement{{SQL: "SELECT 1"}}},
+		{body: `[["INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)", 1, 1.5, "x", null, true, 9223372036854775807]]`,
+			want: []rlog.Statement{{SQL: "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)", Pos: []any{int64(1), 1.5, "x", nil, int64(1), int64(9223372036854775807)}}}},
+		{body: `[["INSERT INTO t VALUES (:a, :b)", {"a": 2, "b": [0, 255]}]]`,
+			want: []rlog.Statement{{SQL: "INSERT INTO t VALUES (:a, :b)", Named: map[string]any{"a": int64(2), "b": []byte{0, 255}}}}},
+		{body: `[["SELECT ?", "x'00Ff'"], ["SELECT ?", "x'0'"], ["SELECT ?", 1e3]]`,
+			want: []rlog.Statement{{SQL: "SELECT ?", Pos: []any{[]byte{0, 255}}}, {SQL: "SELECT ?", Pos: []any{"x'0'"}}, {SQL: "SELECT ?", Pos: []any{1000.0}}}},
+		{body: "SELECT 2", ct: "text/plain", want: []rlog.Statement{{SQL: "SELECT 2"}}},
+		{body: `[]`, err: "empty"},
+		{body: ``, err: "empty request body"},
+		{body: `[1]`, err: "statement 1"},
+		{body: `[[]]`, err: "empty statement array"},
+		{body: `[[1, 2]]`, err: "starts with its SQL"},
+		{body: `[["SELECT ?", [256]]]`, err: "byte values"},
+		{body: `[["SELECT ?", {"a": {"b": 1}}]]`, err: "not a value"},
+		{body: `["SELECT 1"] ["SELECT 2"]`, err: "more than one"},
+		{body: `{"q": "SELECT 1"}`, ct: "application/json", err: "JSON array"},
+		{body: `[" "]`, err: "empty SQL"},
+	}
+	for _, c := range cases {
+		got, err := parseRqStatements([]byte(c.body), c.ct)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: error %v, want one saying %q", c.body, err, c.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s:\n got %#v %v\nwant %#v", c.body, got, err, c.want)
+		}
+	}
+}
+
+func TestRqliteAnswersAreEncodedAsRqliteEncodesThem(t *testing.T) {
+	rows := store.Result{HasRows: true, Columns: []string{"i", "r", "t", "b", "n", "at", "ok"},
+		Types: []string{"INTEGER", "REAL", "TEXT", "BLOB", "", "DATETIME", "BOOLEAN"},
+		Rows:  [][]any{{int64(1), 2.0, "x", []byte{1, 2}, nil, int64(1700000000), int64(1)}, {int64(-1), 0.5, "", []byte{}, nil, "2024-01-02 03:04:05", int64(0)}}}
+	resp := &rqResponse{results: []rqResult{
+		rqResultOf(rows, true),
+		rqResultOf(store.Result{RowsAffected: 1, LastInsertID: 7}, false),
+		rqResultOf(store.Result{}, false),
+		{err: &store.StatementError{Message: "UNIQUE constraint failed: t.v", Code: 19, Extended: 2067}},
+		{err: &store.StatementError{Message: "no such table: x"}},
+		rqResultOf(store.Result{HasRows: true, Columns: []string{"a"}, Types: []string{""}}, true),
+	}, sequence: 5, index: 9, raftIndex: true}
+	want := `{"results":[` +
+		`{"columns":["i","r","t","b","n","at","ok"],"types":["integer","real","text","blob","","datetime","boolean"],"values":[[1,2,"x","AQI=",null,"2023-11-14T22:13:20Z",true],[-1,0.5,"","",null,"2024-01-02T03:04:05Z",false]]},` +
+		`{"last_insert_id":7,"rows_affected":1},{},` +
+		`{"error":"UNIQUE constraint failed: t.v","error_v2":{"message":"UNIQUE constraint failed: t.v","sqlite":{"code":19,"extended_code":2067}}},` +
+		`{"error":"no such table: x"},` +
+		`{"columns":["a"],"types":[""]}],"sequence_number":5,"raft_index":9}`
+	if got := string(resp.encode(rqFlags{})); got != want {
+		t.Errorf("standard form:\n got %s\nwant %s", got, want)
+	}
+	assoc := &rqResponse{results: []rqResult{rqResultOf(store.Result{HasRows: true, Columns: []string{"id", "b"}, Types: []string{"integer", "blob"}, Rows: [][]any{{int64(1), []byte{1, 255}}}}, true)}}
+	want = `{"results":[{"types":{"id":"integer","b":"blob"},"rows":[{"id":1,"b":[1,255]}]}]}`
+	if got := string(assoc.encode(rqFlags{associative: true, blobArray: true})); got != want {
+		t.Errorf("associative form:\n got %s\nwant %s", got, want)
+	}
+}
