@@ -52,11 +52,11 @@ func (s *Server) rqStatus(es consensus.Status) map[string]any {
 	}
 	return map[string]any{
 		"store": map[string]any{
-			"node_id":  rqNodeID(es.ID),
-			"addr":     hostOf(s.cfg.URL()),
-			"leader":   leader,
-			"nodes":    nodes,
-			"dir":      s.cfg.Dir,
+			"node_id": rqNodeID(es.ID),
+			"addr":    hostOf(s.cfg.URL()),
+			"leader":  leader,
+			"nodes":   nodes,
+			"dir":     s.cfg.Dir,
 			"raft": map[string]any{
 				"state":         rqState(es.Role),
 				"term":          es.Term,
