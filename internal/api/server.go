@@ -256,6 +256,8 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth
 	s.mux.HandleFunc("/nodes", s.handleNodes)
 	s.mux.HandleFunc("/readyz", s.handleReadyz)
 	s.mux.HandleFunc("/leader", s.handleLeader)
+	s.mux.HandleFunc("/db/backup", s.handleBackup)
+	s.mux.HandleFunc("/db/load", s.handleLoad)
 	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
 	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))

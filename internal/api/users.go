@@ -23,6 +23,8 @@ const (
 	// rqlite's names for its cluster endpoints.
 	PermReady     = "ready"      // /readyz
 	PermLeaderOps = "leader-ops" // POST /leader
+	PermBackup    = "backup"     // GET /db/backup
+	PermLoad      = "load"       // POST /db/load
 )
 
 // Users is the optional users file: HTTP Basic authentication and
@@ -63,7 +65,7 @@ func LoadUsers(path string) (*Users, error) {
 			switch p {
 			case PermAll, PermExecute, PermQuery, PermSchema, PermStatus, PermRemove:
 				perms[p] = true
-			case PermReady, PermLeaderOps, "backup", "load", "join", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
+			case PermReady, PermLeaderOps, PermBackup, PermLoad, "join", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
 				// rqlite's own permission names: an rqlite users file
 				// loads as it is.
 				perms[p] = true

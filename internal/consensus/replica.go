@@ -104,7 +104,7 @@ func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome,
 		return store.Outcome{}, &NotLeaderError{Leader: lead}
 	}
 	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
-		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, Each: req.Each, Atomic: req.Atomic}
+		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace}
 	body, err := w.Encode()
 	if err != nil {
 		return store.Outcome{}, &store.ParamError{Msg: err.Error()}

@@ -31,6 +31,8 @@ type ForwardRequest struct {
 	Schema bool `json:"schema,omitempty"`
 	Each   bool `json:"each,omitempty"`
 	Atomic bool `json:"atomic,omitempty"`
+	// Replace: the write replaces the whole user database (a load).
+	Replace bool `json:"replace,omitempty"`
 }
 
 // ForwardResponse is the leader's answer to a forwarded write.

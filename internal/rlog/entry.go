@@ -193,16 +193,20 @@ type Write struct {
 	// transaction flag): the results end at the failed statement.
 	Each   bool
 	Atomic bool
+	// Replace: the write replaces the whole user database (a load of a
+	// SQLite file): every user table, index, view and trigger is dropped
+	// first, in the same transaction.
+	Replace bool
 }
 
 // Encode encodes the write for an entry body. A write with no key and no
 // choices is EncodeStatements' array, as before writes had them.
 func (w *Write) Encode() ([]byte, error) {
 	s, err := EncodeStatements(w.Stmts)
-	if err != nil || (w.RequestID == "" && !w.AllowSchema && !w.Collect && w.MaxRows == 0 && w.MaxBytes == 0 && !w.Each) {
+	if err != nil || (w.RequestID == "" && !w.AllowSchema && !w.Collect && w.MaxRows == 0 && w.MaxBytes == 0 && !w.Each && !w.Replace) {
 		return s, err
 	}
-	return json.Marshal(wireWrite{ID: w.RequestID, S: s, Schema: w.AllowSchema, Collect: w.Collect, MaxRows: w.MaxRows, MaxBytes: w.MaxBytes, Each: w.Each, Atomic: w.Atomic})
+	return json.Marshal(wireWrite{ID: w.RequestID, S: s, Schema: w.AllowSchema, Collect: w.Collect, MaxRows: w.MaxRows, MaxBytes: w.MaxBytes, Each: w.Each, Atomic: w.Atomic, Replace: w.Replace})
 }
 
 type wireWrite struct {
@@ -214,6 +218,7 @@ type wireWrite struct {
 	MaxBytes int             `json:"max_bytes,omitempty"`
 	Each     bool            `json:"each,omitempty"`
 	Atomic   bool            `json:"atomic,omitempty"`
+	Replace  bool            `json:"replace,omitempty"`
 }
 
 // DecodeWriteEntry reverses Write.Encode.
@@ -225,7 +230,7 @@ func DecodeWriteEntry(body []byte) (Write, error) {
 			return Write{}, fmt.Errorf("decode entry body: %w", err)
 		}
 		stmts, err := DecodeStatements(ww.S)
-		return Write{RequestID: ww.ID, Stmts: stmts, AllowSchema: ww.Schema, Collect: ww.Collect, MaxRows: ww.MaxRows, MaxBytes: ww.MaxBytes, Each: ww.Each, Atomic: ww.Atomic}, err
+		return Write{RequestID: ww.ID, Stmts: stmts, AllowSchema: ww.Schema, Collect: ww.Collect, MaxRows: ww.MaxRows, MaxBytes: ww.MaxBytes, Each: ww.Each, Atomic: ww.Atomic, Replace: ww.Replace}, err
 	}
 	stmts, err := DecodeStatements(b)
 	return Write{Stmts: stmts}, err

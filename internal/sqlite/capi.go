@@ -53,6 +53,7 @@ extern sqlite3_backup *sqlite3_backup_init(sqlite3*, const char*, sqlite3*, cons
 extern int sqlite3_backup_step(sqlite3_backup*, int);
 extern int sqlite3_backup_finish(sqlite3_backup*);
 extern int sqlite3_wal_checkpoint_v2(sqlite3*, const char*, int, int*, int*);
+extern int sqlite3_complete(const char*);
 
 static int ddb_bind_text(sqlite3_stmt *s, int i, const char *p, int n) {
 	return sqlite3_bind_text(s, i, p, n, (void(*)(void*))-1);
@@ -606,6 +607,37 @@ func (c *Conn) Checkpoint(mode int) error {
 		return c.lastError()
 	}
 	return nil
+}
+
+// Complete reports whether sql ends a complete statement (SQLite's own
+// test: a semicolon outside any literal, comment or trigger body).
+func Complete(sql string) bool {
+	cs := C.CString(sql)
+	defer C.free(unsafe.Pointer(cs))
+	return C.sqlite3_complete(cs) != 0
+}
+
+// Split cuts SQL text into its statements, each with its semicolon, as
+// SQLite reads them (a trigger's body stays whole). Text after the last
+// complete statement is returned as a last statement of its own.
+func Split(sql string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(sql); i++ {
+		if sql[i] != ';' {
+			continue
+		}
+		if Complete(sql[start : i+1]) {
+			if st := strings.TrimSpace(sql[start : i+1]); st != ";" {
+				out = append(out, st)
+			}
+			start = i + 1
+		}
+	}
+	if rest := strings.TrimSpace(sql[start:]); rest != "" {
+		out = append(out, rest)
+	}
+	return out
 }
 
 func abbreviate(s string) string {

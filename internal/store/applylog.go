@@ -147,7 +147,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 				err = s.undoEntry()
 			}
 		} else {
-			results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
+			if w.Replace {
+				err = s.dropUserSchema()
+			}
+			if err == nil {
+				results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
+			}
 		}
 		if err == nil && w.RequestID != "" {
 			err = s.record(w.RequestID, e.Index, e.TimeMs, results)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"ddb/internal/rlog"
@@ -22,8 +23,9 @@ type Request struct {
 	// one's (see Outcome.Duplicate). Every node records the key with the
 	// entry, in the same transaction.
 	RequestID string
-	// Each and Atomic: the statements are independent (see rlog.Write).
-	Each, Atomic bool
+	// Each and Atomic: the statements are independent; Replace: the write
+	// replaces the whole user database (see rlog.Write).
+	Each, Atomic, Replace bool
 }
 
 // Outcome is what happened to one Request of a batch.
@@ -237,6 +239,37 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 		results = append(results, r)
 	}
 	return results, false, s.afterEntry()
+}
+
+// dropUserSchema drops every user table, view and trigger (indexes go
+// with their tables), and forgets AUTOINCREMENT counters: the first step
+// of a write that replaces the database. Every node has the same schema
+// at the same index, so every node drops the same.
+func (s *Store) dropUserSchema() error {
+	s.wconn.auth.reset(policyReplica)
+	objs, err := s.w.All("SELECT type, name FROM sqlite_schema WHERE type IN ('view', 'trigger', 'table') ORDER BY CASE type WHEN 'view' THEN 0 WHEN 'trigger' THEN 1 ELSE 2 END, name")
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		typ, name := o[0].(string), o[1].(string)
+		if internalObject(name) {
+			continue
+		}
+		s.wconn.auth.reset(policyReplica)
+		if err := s.w.Exec("DROP " + strings.ToUpper(typ) + " IF EXISTS " + quoteIdent(name)); err != nil {
+			return fmt.Errorf("drop %s %s: %w", typ, name, err)
+		}
+		s.schemaDirty = true
+	}
+	s.wconn.auth.reset(policyReplica)
+	if row, err := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'"); err == nil && row[0].(int64) > 0 {
+		s.wconn.auth.reset(policyReplica)
+		if err := s.w.Exec("DELETE FROM sqlite_sequence"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // undoEntry undoes everything the entry's savepoint holds, keeping the

@@ -1,0 +1,259 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"ddb/internal/sqlite"
+)
+
+// Dump writes the database's user content as SQL text, the form SQLite's
+// shell gives with .dump: the schema, every row, then indexes, triggers
+// and views, between BEGIN TRANSACTION and COMMIT. The project's own
+// tables are left out. It reads one consistent state, on a read
+// connection (writes go on meanwhile), and returns its applied index.
+func (s *Store) Dump(ctx context.Context, w io.Writer) (uint64, error) {
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.putReader(r)
+	r.auth.reset(policyReplica)
+	if err := r.c.Exec("BEGIN"); err != nil {
+		return 0, err
+	}
+	defer r.c.Exec("COMMIT")
+	index, err := appliedOf(r.c)
+	if err != nil {
+		return 0, err
+	}
+	stop := r.c.Watch(ctx)
+	defer stop()
+	return index, dumpConn(r.c, w)
+}
+
+// DumpFile writes the user content of the SQLite database file at path as
+// SQL text (see Dump). The file is opened read-only and must pass SQLite's
+// integrity check: a damaged file is refused, not half read.
+func DumpFile(path string, w io.Writer) error {
+	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}, "immutable": {"1"}})
+	if err != nil {
+		return fmt.Errorf("open the database file: %w", err)
+	}
+	defer c.Close()
+	row, err := c.QueryRow("PRAGMA integrity_check")
+	if err != nil {
+		return fmt.Errorf("not a readable SQLite database: %w", err)
+	}
+	if ok, _ := row[0].(string); ok != "ok" {
+		return fmt.Errorf("the database file fails SQLite's integrity check: %v", row[0])
+	}
+	if err := c.Exec("BEGIN"); err != nil {
+		return err
+	}
+	defer c.Exec("COMMIT")
+	return dumpConn(c, w)
+}
+
+// IsSQLiteFile reports whether b starts with a SQLite database header.
+func IsSQLiteFile(b []byte) bool {
+	return strings.HasPrefix(string(b), "SQLite format 3\x00")
+}
+
+// internalObject reports whether a schema object belongs to the project or
+// to SQLite itself rather than to the user.
+func internalObject(name string) bool {
+	n := strings.ToLower(name)
+	return strings.HasPrefix(n, "_ddb_") || strings.HasPrefix(n, "sqlite_")
+}
+
+func dumpConn(c *sqlite.Conn, out io.Writer) error {
+	w := bufio.NewWriterSize(out, 64<<10)
+	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid")
+	if err != nil {
+		return fmt.Errorf("read the schema: %w", err)
+	}
+	w.WriteString("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n")
+	var later []string
+	for _, o := range objs {
+		typ, name, sql := o[0].(string), o[1].(string), o[3].(string)
+		if internalObject(name) {
+			continue
+		}
+		if typ != "table" {
+			later = append(later, sql) // indexes, triggers and views need their tables (and rows) first
+			continue
+		}
+		w.WriteString(sql)
+		w.WriteString(";\n")
+		if strings.HasPrefix(strings.ToUpper(strings.TrimSpace(sql)), "CREATE VIRTUAL TABLE") {
+			continue
+		}
+		if err := dumpRows(c, w, name); err != nil {
+			return err
+		}
+	}
+	if row, err := c.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'"); err == nil && row[0].(int64) > 0 {
+		seqs, err := c.All("SELECT name, seq FROM sqlite_sequence")
+		if err != nil {
+			return err
+		}
+		if len(seqs) > 0 {
+			w.WriteString("DELETE FROM sqlite_sequence;\n")
+		}
+		for _, sq := range seqs {
+			name, _ := sq[0].(string)
+			if internalObject(name) {
+				continue
+			}
+			fmt.Fprintf(w, "INSERT INTO sqlite_sequence VALUES(%s,%s);\n", sqlLiteral(sq[0]), sqlLiteral(sq[1]))
+		}
+	}
+	for _, sql := range later {
+		w.WriteString(sql)
+		w.WriteString(";\n")
+	}
+	w.WriteString("COMMIT;\n")
+	return w.Flush()
+}
+
+// dumpRows writes one INSERT per row, naming the rowid and the stored
+// columns (a generated column takes no value).
+func dumpRows(c *sqlite.Conn, w *bufio.Writer, table string) error {
+	cols, err := c.All("SELECT name FROM pragma_table_xinfo(?) WHERE hidden = 0 ORDER BY cid", table)
+	if err != nil {
+		return fmt.Errorf("read the columns of %s: %w", table, err)
+	}
+	if len(cols) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(cols)+1)
+	taken := map[string]bool{}
+	for _, col := range cols {
+		taken[strings.ToLower(col[0].(string))] = true
+	}
+	// The rowid too, so that a table without an INTEGER PRIMARY KEY keeps
+	// its rows' ids (a table WITHOUT ROWID has none).
+	for _, alias := range []string{"rowid", "_rowid_", "oid"} {
+		if taken[alias] {
+			continue
+		}
+		if st, err := c.Prepare("SELECT " + alias + " FROM " + quoteIdent(table) + " LIMIT 0"); err == nil {
+			st.Close()
+			names = append(names, alias)
+		}
+		break
+	}
+	for _, col := range cols {
+		names = append(names, quoteIdent(col[0].(string)))
+	}
+	list := strings.Join(names, ",")
+	stmt, err := c.Prepare("SELECT " + list + " FROM " + quoteIdent(table))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", table, err)
+	}
+	defer stmt.Close()
+	prefix := "INSERT INTO " + quoteIdent(table) + "(" + list + ") VALUES("
+	row := make([]any, len(names))
+	for {
+		more, err := stmt.Step()
+		if err != nil {
+			return fmt.Errorf("read %s: %w", table, err)
+		}
+		if !more {
+			return nil
+		}
+		row = stmt.Row(row[:0])
+		w.WriteString(prefix)
+		for i, v := range row {
+			if i > 0 {
+				w.WriteByte(',')
+			}
+			w.WriteString(sqlLiteral(v))
+		}
+		w.WriteString(");\n")
+	}
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// sqlLiteral writes a value so that SQLite reads back the same value with
+// the same type: a REAL always has a decimal point or an exponent, text
+// that is not valid UTF-8 (or holds NUL) is cast from its bytes.
+func sqlLiteral(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "NULL"
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case float64:
+		switch {
+		case math.IsNaN(x):
+			return "NULL"
+		case math.IsInf(x, 1):
+			return "1e999"
+		case math.IsInf(x, -1):
+			return "-1e999"
+		}
+		s := strconv.FormatFloat(x, 'g', -1, 64)
+		if !strings.ContainsAny(s, ".eE") {
+			s += ".0"
+		}
+		return s
+	case string:
+		if !utf8.ValidString(x) || strings.ContainsRune(x, 0) {
+			return "CAST(X'" + hex.EncodeToString([]byte(x)) + "' AS TEXT)"
+		}
+		return "'" + strings.ReplaceAll(x, "'", "''") + "'"
+	case []byte:
+		return "X'" + hex.EncodeToString(x) + "'"
+	}
+	panic(fmt.Sprintf("sqlLiteral: unexpected %T", v))
+}
+
+// WriteTemp saves r to a new temporary file in dir (the caller removes it).
+func WriteTemp(r io.Reader, dir, pattern string) (string, error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// LoadStatements splits SQL text (a dump) into its statements, leaving out
+// those a dump frames itself with (BEGIN, COMMIT, PRAGMA foreign_keys): a
+// load runs as one write, in a transaction of its own.
+func LoadStatements(text string) []string {
+	var out []string
+	for _, st := range sqlite.Split(text) {
+		f := strings.Fields(strings.ToUpper(strings.TrimSuffix(st, ";")))
+		switch {
+		case len(f) == 0:
+			continue
+		case f[0] == "BEGIN" || f[0] == "COMMIT" || f[0] == "END":
+			continue
+		case f[0] == "PRAGMA" && strings.HasPrefix(strings.Join(f[1:], ""), "FOREIGN_KEYS"):
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
