@@ -116,7 +116,7 @@ func TestBackupUnderWriteLoadRestoresIntoANewCluster(t *testing.T) {
 
 	b := testcluster.Start(t, 2)
 	b.Exec(0, "CREATE TABLE stale (x)") // replaced by the load
-	loadInto(t, b.URL(1), files[0])         // an older backup first, then the final one
+	loadInto(t, b.URL(1), files[0])     // an older backup first, then the final one
 	loadInto(t, b.URL(2), final)
 	b.WaitConverged(10*time.Second, 1, 2)
 	got := requireIdentical(t, b, 0, 1, 2)
