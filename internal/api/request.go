@@ -24,6 +24,7 @@ type Request struct {
 	Format       string
 	RequestID    string          // idempotency key of a write ("" if none)
 	perms        map[string]bool // the user's, when a users file is in force
+	anonymous    bool            // sent without credentials
 }
 
 // BadRequest is a client error worth a 400 with its message.

@@ -160,6 +160,8 @@ func (s *Server) statusOf(err error) (int, string) {
 		return http.StatusBadRequest, br.Msg
 	case errors.As(err, &fe):
 		return http.StatusForbidden, fe.Reason
+	case errors.As(err, &pm) && pm.anonymous:
+		return http.StatusUnauthorized, "authentication required: anonymous requests lack the \"" + pm.perm + "\" permission"
 	case errors.As(err, &pm):
 		return http.StatusForbidden, pm.Error()
 	case errors.As(err, &sd) && s.isLeader():

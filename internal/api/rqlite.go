@@ -294,11 +294,10 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 		}
 		var status int
 		var msg string
-		if ep == rqRequest {
-			need = "" // decided below, by what the statements do
-		}
-		if perms, status, msg = s.users.check(w, r, need); status != 0 {
-			return fail(status, msg)
+		if ep != rqRequest { // /db/request: decided below, by what the statements do
+			if perms, status, msg = s.users.check(w, r, need); status != 0 {
+				return fail(status, msg)
+			}
 		}
 	}
 	write := ep == rqExecute
@@ -308,13 +307,15 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 		// earlier one creates) goes through the log, where it runs in order.
 		write = err != nil || kind != store.KindRead
 	}
-	if s.users != nil {
+	if s.users != nil && ep == rqRequest {
 		need := PermQuery
 		if write {
 			need = PermExecute
 		}
-		if !has(perms, need) {
-			return fail(http.StatusForbidden, fmt.Sprintf("permission %q required", need))
+		var status int
+		var msg string
+		if perms, status, msg = s.users.check(w, r, need); status != 0 {
+			return fail(status, msg)
 		}
 	}
 	timeout := s.cfg.QueryTimeout
@@ -328,7 +329,7 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 		if flags.redirect && !s.isLeader() {
 			return s.rqRedirect(w, r)
 		}
-		allowSchema := s.users == nil || has(perms, PermSchema)
+		allowSchema := s.users.SchemaOnRqlite(perms)
 		resp, err = s.rqWrite(ctx, stmts, flags, allowSchema, ep)
 	} else {
 		resp, err = s.rqRead(ctx, w, r, stmts, flags, ep)

@@ -126,7 +126,12 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	req.perms = perms
+	_, _, hasCreds := r.BasicAuth()
+	req.anonymous = !hasCreds
 	status, out, index := s.serveSafely(r.Context(), req)
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Basic realm="ddb"`)
+	}
 	s.metrics.Request(req.Command, status, time.Since(start))
 	if index > 0 {
 		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
@@ -168,7 +173,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		return st, append(append([]byte(`{"error":`), appendString(nil, msg)...), "}\n"...), 0
 	}
 	if !s.permitted(req, req.Command) {
-		return fail(&permissionError{perm: map[string]string{"exec": PermExecute, "query": PermQuery}[req.Command]})
+		return fail(&permissionError{perm: map[string]string{"exec": PermExecute, "query": PermQuery}[req.Command], anonymous: req.anonymous})
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
@@ -182,7 +187,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		switch {
 		case errors.As(err, &nr):
 			if !s.permitted(req, "exec") {
-				return fail(&permissionError{perm: PermExecute})
+				return fail(&permissionError{perm: PermExecute, anonymous: req.anonymous})
 			}
 			return s.write(ctx, req, true, fail)
 		case err != nil:
@@ -266,8 +271,12 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth
 	return s
 }
 
-// permissionError: the user is authenticated but lacks a permission.
-type permissionError struct{ perm string }
+// permissionError: the request lacks a permission (anonymous: it came
+// without credentials, which may grant it).
+type permissionError struct {
+	perm      string
+	anonymous bool
+}
 
 func (e *permissionError) Error() string {
 	return fmt.Sprintf("your user lacks the %q permission this request needs", e.perm)

@@ -33,6 +33,11 @@ const (
 type Users struct {
 	byName    map[string]*user
 	anonymous map[string]bool
+	// schemaGuarded: some entry names the "schema" permission, so schema
+	// changes need it on rqlite's API too (an rqlite users file, which
+	// never names it, lets "execute" change the schema there, as rqlite
+	// does).
+	schemaGuarded bool
 }
 
 type user struct {
@@ -65,6 +70,9 @@ func LoadUsers(path string) (*Users, error) {
 			switch p {
 			case PermAll, PermExecute, PermQuery, PermSchema, PermStatus, PermRemove:
 				perms[p] = true
+				if p == PermSchema {
+					u.schemaGuarded = true
+				}
 			case PermReady, PermLeaderOps, PermBackup, PermLoad, "join", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
 				// rqlite's own permission names: an rqlite users file
 				// loads as it is.
@@ -81,7 +89,13 @@ func LoadUsers(path string) (*Users, error) {
 			return nil, fmt.Errorf("users file %s: entry %d has no username", path, i)
 		}
 		us := &user{perms: perms}
-		if strings.HasPrefix(e.Password, "$2a$") || strings.HasPrefix(e.Password, "$2b$") || strings.HasPrefix(e.Password, "$2y$") {
+		if strings.HasPrefix(e.Password, "$2") {
+			// A bcrypt hash, or text that looks like one: a hash that
+			// bcrypt cannot read would refuse every login, so the file is
+			// refused instead.
+			if _, err := bcrypt.Cost([]byte(e.Password)); err != nil {
+				return nil, fmt.Errorf("users file %s: entry %d (%s): the password looks like a bcrypt hash but is not a valid one (%v); make one with: master -hash-password", path, i, e.Username, err)
+			}
 			us.hash = []byte(e.Password)
 		} else {
 			h := sha256.Sum256([]byte(e.Password))
@@ -120,10 +134,27 @@ func (u *Users) identify(r *http.Request) (map[string]bool, int, string) {
 			return nil, http.StatusUnauthorized, "wrong user name or password"
 		}
 	}
-	return us.perms, 0, ""
+	if len(u.anonymous) == 0 {
+		return us.perms, 0, ""
+	}
+	// What everyone may do, an authenticated user may do too.
+	merged := make(map[string]bool, len(us.perms)+len(u.anonymous))
+	for p := range u.anonymous {
+		merged[p] = true
+	}
+	for p := range us.perms {
+		merged[p] = true
+	}
+	return merged, 0, ""
 }
 
 func has(perms map[string]bool, p string) bool { return perms[PermAll] || perms[p] }
+
+// SchemaOnRqlite reports whether a user with perms may change the schema
+// on rqlite's API (see schemaGuarded).
+func (u *Users) SchemaOnRqlite(perms map[string]bool) bool {
+	return u == nil || !u.schemaGuarded || has(perms, PermSchema)
+}
 
 // check authenticates r and requires permission perm. It writes the
 // WWW-Authenticate challenge on 401.
@@ -134,6 +165,12 @@ func (u *Users) check(w http.ResponseWriter, r *http.Request, perm string) (map[
 		return nil, status, msg
 	}
 	if perm != "" && !has(perms, perm) {
+		if _, _, authenticated := r.BasicAuth(); !authenticated {
+			// Anonymous, and everyone's permissions do not cover it: the
+			// client may have credentials that do.
+			w.Header().Set("WWW-Authenticate", `Basic realm="ddb"`)
+			return nil, http.StatusUnauthorized, fmt.Sprintf("authentication required: anonymous requests lack the %q permission", perm)
+		}
 		return nil, http.StatusForbidden, fmt.Sprintf("permission %q required", perm)
 	}
 	return perms, 0, ""

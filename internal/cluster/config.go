@@ -265,10 +265,10 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 		fs.StringVar(&c.Advertise, "advertise", "", "URL the master should use to reach this slave (default: from -host and the port, or -listen)")
 	}
 	want := 1
-	usage := "usage: master [flags] <num_slaves>"
+	usage := "usage: master [flags] <num_slaves>\n       master -hash-password   (reads a password, prints its bcrypt hash for the users file)"
 	if role == Slave {
 		want = 2
-		usage = "usage: node [flags] <slave_id> <num_slaves>"
+		usage = "usage: node [flags] <slave_id> <num_slaves>\n       node -hash-password   (reads a password, prints its bcrypt hash for the users file)"
 	}
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, usage)

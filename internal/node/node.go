@@ -3,6 +3,7 @@
 package node
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,8 +16,11 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"ddb/internal/api"
 	"ddb/internal/cluster"
@@ -187,6 +191,24 @@ func Run(ctx context.Context, cfg *cluster.Config) error {
 	return ferr
 }
 
+// hashPassword reads a password (one line) and prints its bcrypt hash,
+// for the users file.
+func hashPassword(in io.Reader, out io.Writer) int {
+	line, err := bufio.NewReader(in).ReadString('\n')
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		fmt.Fprintln(os.Stderr, "hash-password: type the password on standard input (one line); nothing was read", err)
+		return 2
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hash-password:", err)
+		return 1
+	}
+	fmt.Fprintln(out, string(h))
+	return 0
+}
+
 func tlsConfigs(cfg *cluster.Config) (server, client *tls.Config, err error) {
 	if cfg.TLSCert == "" && cfg.TLSKey == "" && cfg.TLSCA == "" {
 		return nil, nil, nil
@@ -217,6 +239,9 @@ func tlsConfigs(cfg *cluster.Config) (server, client *tls.Config, err error) {
 // Main is a node binary's whole main: parse the arguments for role, run
 // until SIGINT or SIGTERM, and return the exit code.
 func Main(role cluster.Role, args []string) int {
+	if len(args) == 1 && (args[0] == "-hash-password" || args[0] == "--hash-password") {
+		return hashPassword(os.Stdin, os.Stdout)
+	}
 	cfg, err := cluster.ParseArgs(role, args, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
