@@ -44,9 +44,9 @@ func TestUsersFileFollowsRqlitesRules(t *testing.T) {
 		user, pass, perm string
 		status           int
 	}{
-		{"", "", PermStatus, 0},            // everyone may
-		{"app", "pw-app", PermStatus, 0},   // and so may an authenticated user without it
-		{"app", "pw-app", PermBackup, 0},   // rqlite's own permission names
+		{"", "", PermStatus, 0},          // everyone may
+		{"app", "pw-app", PermStatus, 0}, // and so may an authenticated user without it
+		{"app", "pw-app", PermBackup, 0}, // rqlite's own permission names
 		{"app", "pw-app", PermLeaderOps, 0},
 		{"app", "pw-app", PermRemove, http.StatusForbidden},
 		{"", "", PermQuery, http.StatusUnauthorized}, // anonymous, not covered: credentials may be
