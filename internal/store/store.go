@@ -249,12 +249,14 @@ func checkFile(path string) error {
 	}
 	restore := "Restore it from a healthy replica (docs/REPLICATION.md, \"Restoring a node\")"
 	if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() > 0 {
-		alone, err := fileID(path, url.Values{"immutable": {"1"}})
-		if err != nil {
-			return fmt.Errorf("read %s without its WAL: %w", path, err)
-		}
+		// The file alone may not be readable: a node killed while it
+		// copied its WAL into the file (a checkpoint) leaves pages of the
+		// file half updated, which only the WAL makes whole again. Then
+		// there is no id to compare, and the check below (with the WAL)
+		// decides. A file copied from elsewhere is whole on its own.
+		alone, aloneErr := fileID(path, url.Values{"immutable": {"1"}})
 		withWAL, err := fileID(path, url.Values{"mode": {"ro"}})
-		if alone != "" && err == nil && withWAL != alone {
+		if aloneErr == nil && alone != "" && err == nil && withWAL != alone {
 			return fmt.Errorf("%s-wal belongs to another database than %s (file id %q, the file's is %q): it was probably left beside a file copied from another node. The node will not start on it. Remove %s-wal and %s-shm if the file alone is what you want, or %s", path, path, withWAL, alone, path, path, restore)
 		}
 	}
