@@ -1,4 +1,4 @@
-module ddb
+module github.com/ddbgo/ddb
 
 go 1.26.8
 

@@ -21,8 +21,8 @@ import (
 	"sync"
 	"time"
 
-	"ddb/internal/bench"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/bench"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 func main() {

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"ddb/internal/cluster"
-	"ddb/internal/node"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/node"
 )
 
 func main() {

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/inspect"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 func fetch(t *testing.T, url string) ([]byte, uint64) {

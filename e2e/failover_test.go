@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 func raftRole(c *testcluster.Cluster, id int) string { return c.Role(id) }

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 // The findings of the adversarial review, each as a regression test on a

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/inspect"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 func TestMain(m *testing.M) {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 // get fetches an operations endpoint and returns its status and body.

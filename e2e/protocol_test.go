@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 const originalCreate = `{

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/inspect"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 // 16 clients write to all three nodes for 10 seconds; then every node is

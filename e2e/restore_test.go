@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/inspect"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 // The recipe in docs/REPLICATION.md, "Restoring a node", followed

@@ -20,7 +20,7 @@ import (
 	"github.com/rqlite/gorqlite"
 	_ "github.com/rqlite/gorqlite/stdlib"
 
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 // gorqlite's own test suite, unchanged, against the master and against a

@@ -23,10 +23,10 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"golang.org/x/crypto/bcrypt"
 
-	"ddb/internal/cluster"
-	"ddb/internal/consensus"
-	"ddb/internal/rlog"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 func peerPost(t *testing.T, c *testcluster.Cluster, node int, path string, body []byte, sign func(*http.Request)) int {

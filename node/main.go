@@ -8,8 +8,8 @@ package main
 import (
 	"os"
 
-	"ddb/internal/cluster"
-	"ddb/internal/node"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/node"
 )
 
 func main() { os.Exit(node.Main(cluster.Slave, os.Args[1:])) }

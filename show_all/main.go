@@ -15,7 +15,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/inspect"
 )
 
 func main() {

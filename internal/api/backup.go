@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Backups and loads (rqlite's /db/backup and /db/load, docs/RQLITE.md).

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Metrics counts what the node serves, for GET /metrics (Prometheus text

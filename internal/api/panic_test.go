@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/cluster"
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // brokenReplicator commits every write at index 42 and answers it with

@@ -5,8 +5,8 @@ import (
 	"io"
 	"net/http"
 
-	"ddb/internal/cluster"
-	"ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/replication"
 )
 
 // maxPeerBody bounds a peer request read into memory (forwards, joins).

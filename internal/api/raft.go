@@ -7,8 +7,8 @@ import (
 	"io"
 	"net/http"
 
-	"ddb/internal/consensus"
-	"ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/replication"
 )
 
 func (s *Server) handleForward(w http.ResponseWriter, r *http.Request, body []byte) {

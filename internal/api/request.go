@@ -8,8 +8,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"ddb/internal/cluster"
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // Request is a decoded, validated client request (SPEC section 2).

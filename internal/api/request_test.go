@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 func TestDecodeRequestAcceptsTheOriginalRequestAndTheNewFields(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"strconv"
 
-	"ddb/internal/replication"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // appendValue writes one SQLite value as JSON: integers and reals as

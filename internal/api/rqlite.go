@@ -19,8 +19,8 @@ import (
 
 	sqlite3 "github.com/mattn/go-sqlite3"
 
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // rqlite's data API (docs/RQLITE.md): /db/execute, /db/query and

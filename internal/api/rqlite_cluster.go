@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/consensus"
 )
 
 // rqlite's cluster API (docs/RQLITE.md): /nodes, /readyz, /leader, and

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 func TestRqliteBodiesParseAsRqliteReadsThem(t *testing.T) {

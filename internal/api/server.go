@@ -14,10 +14,10 @@ import (
 	"strconv"
 	"time"
 
-	"ddb/internal/cluster"
-	"ddb/internal/consensus"
-	"ddb/internal/replication"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Server serves one node.

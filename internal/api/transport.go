@@ -15,9 +15,9 @@ import (
 	"syscall"
 	"time"
 
-	"ddb/internal/cluster"
-	"ddb/internal/consensus"
-	"ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/replication"
 )
 
 // Transport carries the engine's calls to other nodes (consensus.PeerCaller):

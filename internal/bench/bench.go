@@ -22,7 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Result is one workload's measurement.

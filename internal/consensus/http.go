@@ -17,7 +17,7 @@ import (
 
 	pb "go.etcd.io/raft/v3/raftpb"
 
-	"ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/cluster"
 )
 
 // RaftPath is the HTTP path nodes post Raft messages to.

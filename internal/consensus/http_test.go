@@ -20,10 +20,10 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
-	"ddb/internal/cluster"
-	"ddb/internal/inspect"
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 func TestMessagesSurviveTheirFraming(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // group is a Raft group of in-process nodes over real SQLite files and a

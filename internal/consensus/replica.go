@@ -10,8 +10,8 @@ import (
 
 	"go.etcd.io/raft/v3"
 
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Replica is one node's database replicated through Raft: the leader turns

@@ -13,9 +13,9 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
-	"ddb/internal/inspect"
-	"ddb/internal/rlog"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // replicas is a group of Replicas over real SQLite files and a MemNetwork,

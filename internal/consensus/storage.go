@@ -18,7 +18,7 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Storage is raft.Storage over a node's database. It keeps the log in

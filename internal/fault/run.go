@@ -18,8 +18,8 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"ddb/internal/inspect"
-	"ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
 // Options configure one run.

@@ -9,7 +9,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/inspect"
 )
 
 const (

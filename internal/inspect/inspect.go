@@ -10,8 +10,8 @@ import (
 	"sort"
 	"strings"
 
-	"ddb/internal/rlog"
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Table is one user table's content.

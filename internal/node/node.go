@@ -22,10 +22,10 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"ddb/internal/api"
-	"ddb/internal/cluster"
-	"ddb/internal/consensus"
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/api"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Node is a running master or slave.

@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"time"
 
-	"ddb/internal/store"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // ForwardRequest is a client write that entered at a node that does not

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // ApplyLog applies committed log entries whose bodies are rlog.Write

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 func logEntries(t *testing.T, ws ...rlog.Write) []rlog.Entry {

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 func BenchmarkClassify(b *testing.B) {

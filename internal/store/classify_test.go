@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // classifierCorpus: each statement and what SQLite's authorizer makes of it.

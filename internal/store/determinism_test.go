@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/inspect"
-	"ddb/internal/rlog"
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // replicate applies every entry of the log of from to each of to: to the

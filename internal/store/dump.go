@@ -13,7 +13,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Dump writes the database's user content as SQL text, the form SQLite's

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // A dump read back into another database gives the same content, value

@@ -5,7 +5,7 @@ import (
 	"reflect"
 	"testing"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // rqlite's API runs a request's statements independently: each applies or

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // The answer-correctness fuzzer: random queries, interleaved with random

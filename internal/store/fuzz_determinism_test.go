@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // The determinism fuzzer: a leader store runs random write workloads (the

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // FuzzClassify: whatever SQL text arrives, classification never panics,

@@ -3,7 +3,7 @@ package store
 import (
 	"encoding/json"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // WireResult is a Result with exactly typed values, as it travels between

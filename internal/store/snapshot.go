@@ -7,7 +7,7 @@ import (
 	"net/url"
 	"os"
 
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Snapshot writes a consistent copy of the database (without the log's

@@ -24,8 +24,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"ddb/internal/rlog"
-	"ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Options configure a Store.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 func openTemp(t *testing.T, name string) *Store {

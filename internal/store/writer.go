@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/rlog"
 )
 
 // Request is one client write: its statements run as one atomic unit.
