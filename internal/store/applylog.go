@@ -147,6 +147,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 				err = s.undoEntry()
 			}
 		} else {
+			err = nil
 			if w.Replace {
 				err = s.dropUserSchema()
 			}
