@@ -276,8 +276,8 @@ func (r *Request) setRequestID(s string) error {
 }
 
 func (r *Request) setFormat(s string) error {
-	if s != "objects" && s != "columns" {
-		return bad(`"format" must be "objects" or "columns", not %q`, s)
+	if s != "objects" && s != "columns" && s != "typed" {
+		return bad(`"format" must be "objects", "columns" or "typed", not %q`, s)
 	}
 	r.Format = s
 	return nil

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/ddbgo/ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -53,9 +54,12 @@ func appendString(b []byte, s string) []byte {
 // appendRows writes a result in the requested format. objects: an array of
 // row objects with keys in column order (a repeated name keeps its last
 // value, as the original did); columns: names, declared types and rows as
-// arrays, which keeps order and duplicates.
+// arrays, which keeps order and duplicates; typed: the columns form with
+// each value in its exact SQLite type (integers as JSON integers, reals as
+// {"r": x}, text as strings, BLOBs as {"b": "base64"}, NULL as null), for
+// programs that must tell a BLOB from text and 2.0 from 2.
 func appendRows(b []byte, r store.Result, format string) []byte {
-	if format == "columns" {
+	if format == "columns" || format == "typed" {
 		b = append(b, `{"columns":[`...)
 		for i, c := range r.Columns {
 			if i > 0 {
@@ -80,7 +84,15 @@ func appendRows(b []byte, r store.Result, format string) []byte {
 				if j > 0 {
 					b = append(b, ',')
 				}
-				b = appendValue(b, v)
+				if format == "typed" {
+					e, err := rlog.EncodeValue(v)
+					if err != nil {
+						e = []byte("null")
+					}
+					b = append(b, e...)
+				} else {
+					b = appendValue(b, v)
+				}
 			}
 			b = append(b, ']')
 		}
@@ -141,51 +153,143 @@ func writeValue(w http.ResponseWriter, status int, v any) {
 	writeJSON(w, status, buf.Bytes())
 }
 
+// wireError is what a client learns of an error: the HTTP status, a
+// stable machine-readable kind, the message, and for some kinds the
+// write's index or the leader's URL.
+type wireError struct {
+	status int
+	kind   string
+	msg    string
+	index  uint64 // ack_timeout: the write is committed at this index
+	leader string // not_leader: where to send the request
+}
+
+// errorKinds is the one table from errors to what clients see, first
+// match wins. Kinds are part of the protocol (docs/PROTOCOL.md).
+var errorKinds = []struct {
+	kind   string
+	status int
+	match  func(s *Server, err error) (msg string, ok bool)
+}{
+	{"bad_request", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
+		var e *BadRequest
+		return as(err, &e, func() string { return e.Msg })
+	}},
+	{"forbidden", http.StatusForbidden, func(_ *Server, err error) (string, bool) {
+		var e *store.ForbiddenError
+		return as(err, &e, func() string { return e.Reason })
+	}},
+	{"unauthorized", http.StatusUnauthorized, func(_ *Server, err error) (string, bool) {
+		var e *permissionError
+		return as(err, &e, func() string {
+			return "authentication required: anonymous requests lack the \"" + e.perm + "\" permission"
+		}, func() bool { return e.anonymous })
+	}},
+	{"permission", http.StatusForbidden, func(_ *Server, err error) (string, bool) {
+		var e *permissionError
+		return as(err, &e, e.Error)
+	}},
+	{"permission", http.StatusForbidden, func(s *Server, err error) (string, bool) {
+		var e *store.SchemaDeniedError
+		return as(err, &e, func() string { return "your user lacks the \"schema\" permission that schema changes need" }, s.isLeader)
+	}},
+	{"unavailable", http.StatusServiceUnavailable, func(s *Server, err error) (string, bool) {
+		var e *store.SchemaDeniedError
+		return as(err, &e, func() string {
+			return "schema changes run only on the leader, and no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"
+		}, func() bool { return s.repl.LeaderURL() == "" })
+	}},
+	{"not_leader", http.StatusForbidden, func(s *Server, err error) (string, bool) {
+		var e *store.SchemaDeniedError
+		return as(err, &e, func() string {
+			return "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the leader (normally the master): send this request to " + s.repl.LeaderURL()
+		})
+	}},
+	{"sql", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
+		var e *store.SQLError
+		return as(err, &e, e.Error)
+	}},
+	{"bad_request", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
+		var e *store.ParamError
+		return as(err, &e, func() string { return e.Msg })
+	}},
+	{"too_large", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
+		var e *store.ResultTooLargeError
+		return as(err, &e, e.Error)
+	}},
+	{"ack_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
+		var e *replication.AckTimeoutError
+		return as(err, &e, e.Error)
+	}},
+	{"wait_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
+		var e *replication.WaitTimeoutError
+		return as(err, &e, e.Error)
+	}},
+	{"unknown_outcome", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
+		var e *replication.UnknownOutcomeError
+		return as(err, &e, e.Error)
+	}},
+	{"unavailable", http.StatusServiceUnavailable, func(_ *Server, err error) (string, bool) {
+		return err.Error(), errors.Is(err, replication.ErrUnavailable) || errors.Is(err, store.ErrClosed)
+	}},
+	{"deadline", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
+		return err.Error(), errors.Is(err, errQueryDeadline)
+	}},
+}
+
+// as reports whether err is a *T (into target), with msg its message; all
+// extra conditions must hold too.
+func as[T error](err error, target *T, msg func() string, extra ...func() bool) (string, bool) {
+	if !errors.As(err, target) {
+		return "", false
+	}
+	for _, f := range extra {
+		if !f() {
+			return "", false
+		}
+	}
+	return msg(), true
+}
+
+// describe maps an error to what the client sees (see errorKinds).
+func (s *Server) describe(err error) wireError {
+	for _, k := range errorKinds {
+		if msg, ok := k.match(s, err); ok {
+			w := wireError{status: k.status, kind: k.kind, msg: msg}
+			switch k.kind {
+			case "ack_timeout":
+				var at *replication.AckTimeoutError
+				errors.As(err, &at)
+				w.index = at.Index
+			case "not_leader":
+				w.leader = s.repl.LeaderURL()
+			}
+			return w
+		}
+	}
+	return wireError{status: http.StatusInternalServerError, kind: "internal", msg: err.Error()}
+}
+
 // statusOf maps an error to the HTTP status and message a client sees.
 func (s *Server) statusOf(err error) (int, string) {
-	var (
-		br *BadRequest
-		fe *store.ForbiddenError
-		sd *store.SchemaDeniedError
-		se *store.SQLError
-		pe *store.ParamError
-		tl *store.ResultTooLargeError
-		at *replication.AckTimeoutError
-		wt *replication.WaitTimeoutError
-		uo *replication.UnknownOutcomeError
-		pm *permissionError
-	)
-	switch {
-	case errors.As(err, &br):
-		return http.StatusBadRequest, br.Msg
-	case errors.As(err, &fe):
-		return http.StatusForbidden, fe.Reason
-	case errors.As(err, &pm) && pm.anonymous:
-		return http.StatusUnauthorized, "authentication required: anonymous requests lack the \"" + pm.perm + "\" permission"
-	case errors.As(err, &pm):
-		return http.StatusForbidden, pm.Error()
-	case errors.As(err, &sd) && s.isLeader():
-		return http.StatusForbidden, "your user lacks the \"schema\" permission that schema changes need"
-	case errors.As(err, &sd) && s.repl.LeaderURL() == "":
-		return http.StatusServiceUnavailable, "schema changes run only on the leader, and no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"
-	case errors.As(err, &sd):
-		return http.StatusForbidden, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the leader (normally the master): send this request to " + s.repl.LeaderURL()
-	case errors.As(err, &se):
-		return http.StatusBadRequest, se.Error()
-	case errors.As(err, &pe):
-		return http.StatusBadRequest, pe.Msg
-	case errors.As(err, &tl):
-		return http.StatusBadRequest, tl.Error()
-	case errors.As(err, &at):
-		return http.StatusGatewayTimeout, at.Error()
-	case errors.As(err, &wt):
-		return http.StatusGatewayTimeout, wt.Error()
-	case errors.As(err, &uo):
-		return http.StatusGatewayTimeout, uo.Error()
-	case errors.Is(err, replication.ErrUnavailable), errors.Is(err, store.ErrClosed):
-		return http.StatusServiceUnavailable, err.Error()
-	case errors.Is(err, errQueryDeadline):
-		return http.StatusGatewayTimeout, err.Error()
+	w := s.describe(err)
+	return w.status, w.msg
+}
+
+// body is the error's JSON answer: {"error", "kind"} and, for its kind,
+// "index" or "leader".
+func (w wireError) body() []byte {
+	b := append([]byte(`{"error":`), appendString(nil, w.msg)...)
+	b = append(b, `,"kind":"`...)
+	b = append(b, w.kind...)
+	b = append(b, '"')
+	if w.index > 0 {
+		b = append(b, `,"index":`...)
+		b = strconv.AppendUint(b, w.index, 10)
 	}
-	return http.StatusInternalServerError, err.Error()
+	if w.leader != "" {
+		b = append(b, `,"leader":`...)
+		b = appendString(b, w.leader)
+	}
+	return append(b, "}\n"...)
 }

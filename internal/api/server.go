@@ -163,14 +163,14 @@ func (s *Server) serveSafely(ctx context.Context, req *Request) (status int, bod
 // index the answer reflects.
 func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) {
 	fail := func(err error) (int, []byte, uint64) {
-		st, msg := s.statusOf(err)
-		if st == http.StatusInternalServerError {
+		we := s.describe(err)
+		if we.status == http.StatusInternalServerError {
 			s.logf("internal error: %v", err)
 		}
-		if st >= 500 {
+		if we.status >= 500 {
 			s.metrics.Error()
 		}
-		return st, append(append([]byte(`{"error":`), appendString(nil, msg)...), "}\n"...), 0
+		return we.status, we.body(), 0
 	}
 	if !s.permitted(req, req.Command) {
 		return fail(&permissionError{perm: map[string]string{"exec": PermExecute, "query": PermQuery}[req.Command], anonymous: req.anonymous})
