@@ -187,7 +187,7 @@ var errorKinds = []struct {
 	}},
 	{"permission", http.StatusForbidden, func(_ *Server, err error) (string, bool) {
 		var e *permissionError
-		return as(err, &e, e.Error)
+		return as(err, &e, func() string { return e.Error() })
 	}},
 	{"permission", http.StatusForbidden, func(s *Server, err error) (string, bool) {
 		var e *store.SchemaDeniedError
@@ -207,7 +207,7 @@ var errorKinds = []struct {
 	}},
 	{"sql", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
 		var e *store.SQLError
-		return as(err, &e, e.Error)
+		return as(err, &e, func() string { return e.Error() })
 	}},
 	{"bad_request", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
 		var e *store.ParamError
@@ -215,19 +215,19 @@ var errorKinds = []struct {
 	}},
 	{"too_large", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
 		var e *store.ResultTooLargeError
-		return as(err, &e, e.Error)
+		return as(err, &e, func() string { return e.Error() })
 	}},
 	{"ack_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
 		var e *replication.AckTimeoutError
-		return as(err, &e, e.Error)
+		return as(err, &e, func() string { return e.Error() })
 	}},
 	{"wait_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
 		var e *replication.WaitTimeoutError
-		return as(err, &e, e.Error)
+		return as(err, &e, func() string { return e.Error() })
 	}},
 	{"unknown_outcome", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
 		var e *replication.UnknownOutcomeError
-		return as(err, &e, e.Error)
+		return as(err, &e, func() string { return e.Error() })
 	}},
 	{"unavailable", http.StatusServiceUnavailable, func(_ *Server, err error) (string, bool) {
 		return err.Error(), errors.Is(err, replication.ErrUnavailable) || errors.Is(err, store.ErrClosed)

@@ -1,0 +1,70 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/store"
+)
+
+type fakeRepl struct {
+	leader bool
+	url    string
+}
+
+func (f fakeRepl) Write(context.Context, *store.Request, string) (store.Outcome, error) {
+	return store.Outcome{}, nil
+}
+func (f fakeRepl) ReadIndex(context.Context) (uint64, error)                { return 0, nil }
+func (f fakeRepl) WaitApplied(context.Context, uint64, time.Duration) error { return nil }
+func (f fakeRepl) IsLeader() bool                                           { return f.leader }
+func (f fakeRepl) LeaderURL() string                                        { return f.url }
+
+// Every error a request can meet maps to its status and kind, wrapped or
+// not, and the answer's body carries what the kind promises.
+func TestEveryErrorHasItsStatusAndKind(t *testing.T) {
+	follower := &Server{repl: fakeRepl{url: "http://leader:8080"}}
+	leader := &Server{repl: fakeRepl{leader: true, url: "http://leader:8080"}}
+	orphan := &Server{repl: fakeRepl{}}
+	cases := []struct {
+		s      *Server
+		err    error
+		status int
+		kind   string
+		body   string
+	}{
+		{follower, &BadRequest{Msg: "x"}, 400, "bad_request", ""},
+		{follower, &store.ForbiddenError{Reason: "no"}, 403, "forbidden", ""},
+		{follower, &permissionError{perm: "query", anonymous: true}, 401, "unauthorized", ""},
+		{follower, &permissionError{perm: "query"}, 403, "permission", ""},
+		{leader, &store.SchemaDeniedError{Statement: "CREATE"}, 403, "permission", ""},
+		{orphan, &store.SchemaDeniedError{Statement: "CREATE"}, 503, "unavailable", ""},
+		{follower, &store.SchemaDeniedError{Statement: "CREATE"}, 403, "not_leader", `"leader":"http://leader:8080"`},
+		{follower, &store.SQLError{Err: errors.New("near x: syntax error")}, 400, "sql", ""},
+		{follower, &store.ParamError{Msg: "p"}, 400, "bad_request", ""},
+		{follower, &store.ResultTooLargeError{What: "rows"}, 400, "too_large", ""},
+		{follower, &replication.AckTimeoutError{Index: 42, Level: "all"}, 504, "ack_timeout", `"index":42`},
+		{follower, &replication.WaitTimeoutError{Want: 2}, 504, "wait_timeout", ""},
+		{follower, &replication.UnknownOutcomeError{Reason: "r"}, 504, "unknown_outcome", ""},
+		{follower, &replication.UnavailableError{Reason: "r"}, 503, "unavailable", ""},
+		{follower, store.ErrClosed, 503, "unavailable", ""},
+		{follower, errQueryDeadline, 504, "deadline", ""},
+		{follower, errors.New("boom"), 500, "internal", ""},
+	}
+	for _, c := range cases {
+		for _, err := range []error{c.err, fmt.Errorf("wrapped: %w", c.err)} {
+			w := c.s.describe(err)
+			if w.status != c.status || w.kind != c.kind {
+				t.Errorf("%T: %d %s, want %d %s", c.err, w.status, w.kind, c.status, c.kind)
+			}
+			if body := string(w.body()); c.body != "" && !strings.Contains(body, c.body) {
+				t.Errorf("%T: body %s lacks %s", c.err, body, c.body)
+			}
+		}
+	}
+}
