@@ -2,8 +2,10 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -346,8 +348,37 @@ func paramValue(v any) (any, error) {
 			return nil, fmt.Errorf("number %s is out of range", s)
 		}
 		return f, nil
+	case map[string]any:
+		// An exactly typed value: {"b": "base64"} is a BLOB, {"r": x} a
+		// REAL even when x has no fraction ({"r": "inf"}, {"r": "-inf"}).
+		if len(x) == 1 {
+			if b, ok := x["b"].(string); ok {
+				v, err := base64.StdEncoding.DecodeString(b)
+				if err != nil {
+					return nil, fmt.Errorf(`{"b": ...} holds a BLOB in standard base64: %v`, err)
+				}
+				return v, nil
+			}
+			if r, ok := x["r"]; ok {
+				switch y := r.(type) {
+				case json.Number:
+					if f, err := strconv.ParseFloat(y.String(), 64); err == nil {
+						return f, nil
+					}
+				case string:
+					switch y {
+					case "inf":
+						return math.Inf(1), nil
+					case "-inf":
+						return math.Inf(-1), nil
+					}
+				}
+				return nil, fmt.Errorf(`{"r": ...} holds a REAL: a number, "inf" or "-inf"`)
+			}
+		}
+		return nil, fmt.Errorf(`an object parameter is {"b": "base64"} (a BLOB) or {"r": number} (a REAL)`)
 	}
-	return nil, fmt.Errorf("a parameter must be a number, string, boolean or null, not %T", jsonKind(v))
+	return nil, fmt.Errorf("a parameter must be a number, string, boolean, null, {\"b\": base64} or {\"r\": number}, not %T", jsonKind(v))
 }
 
 type jsonObjectOrArray struct{}
