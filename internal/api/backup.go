@@ -21,16 +21,8 @@ import (
 // taken without stopping writes: a SQLite file, or with ?fmt=sql the SQL
 // text that recreates it. X-Ddb-Index says which log index it holds.
 func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "use GET")
+	if !s.guard(w, r, PermBackup, http.MethodGet) {
 		return
-	}
-	if s.users != nil {
-		if _, status, msg := s.users.check(w, r, PermBackup); status != 0 {
-			writeError(w, status, msg)
-			return
-		}
 	}
 	rc := http.NewResponseController(w)
 	rc.SetWriteDeadline(time.Now().Add(30 * time.Minute))
@@ -78,16 +70,8 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 // PRAGMA foreign_keys statements of a dump are left out: the load is one
 // transaction of its own.
 func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, "use POST with a SQLite file or SQL text")
+	if !s.guard(w, r, PermLoad, http.MethodPost) {
 		return
-	}
-	if s.users != nil {
-		if _, status, msg := s.users.check(w, r, PermLoad); status != 0 {
-			writeError(w, status, msg)
-			return
-		}
 	}
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(10 * time.Minute))

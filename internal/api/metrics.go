@@ -70,11 +70,8 @@ func (m *Metrics) Error() { m.errors.Add(1) }
 func (m *Metrics) PeerRefused() { m.peerRefused.Add(1) }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
-	if s.users != nil {
-		if _, status, msg := s.users.check(w, r, PermStatus); status != 0 {
-			writeError(w, status, msg)
-			return
-		}
+	if !s.guard(w, r, PermStatus, http.MethodGet, http.MethodHead) {
+		return
 	}
 	m := s.metrics
 	var b strings.Builder
@@ -113,16 +110,8 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "use GET")
+	if !s.guard(w, r, PermStatus, http.MethodGet, http.MethodHead) {
 		return
-	}
-	if s.users != nil {
-		if _, status, msg := s.users.check(w, r, PermStatus); status != 0 {
-			writeError(w, status, msg)
-			return
-		}
 	}
 	st := map[string]any{
 		"role":           string(s.cfg.Role),

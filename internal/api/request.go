@@ -325,6 +325,22 @@ func statement(sql string, params json.RawMessage) (rlog.Statement, error) {
 	return st, nil
 }
 
+// numberValue reads a JSON number as SQLite would store it: an integer
+// when it is written as one and fits in 64 bits, a real otherwise.
+func numberValue(x json.Number) (any, error) {
+	s := x.String()
+	if !strings.ContainsAny(s, ".eE") {
+		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return n, nil
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return nil, fmt.Errorf("number %s is out of range", s)
+	}
+	return f, nil
+}
+
 func paramValue(v any) (any, error) {
 	switch x := v.(type) {
 	case nil:
@@ -337,17 +353,7 @@ func paramValue(v any) (any, error) {
 	case string:
 		return x, nil
 	case json.Number:
-		s := x.String()
-		if !strings.ContainsAny(s, ".eE") {
-			if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-				return n, nil
-			}
-		}
-		f, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return nil, fmt.Errorf("number %s is out of range", s)
-		}
-		return f, nil
+		return numberValue(x)
 	case map[string]any:
 		// An exactly typed value: {"b": "base64"} is a BLOB, {"r": x} a
 		// REAL even when x has no fraction ({"r": "inf"}, {"r": "-inf"}).

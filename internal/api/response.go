@@ -46,6 +46,47 @@ func appendValue(b []byte, v any) []byte {
 	return append(b, j...)
 }
 
+// appendTypedValue writes a value in its exact SQLite type (the "typed"
+// format).
+func appendTypedValue(b []byte, v any) []byte {
+	e, err := rlog.EncodeValue(v)
+	if err != nil {
+		return append(b, "null"...)
+	}
+	return append(b, e...)
+}
+
+// appendRowArrays writes rows as a JSON array of arrays, each value by val.
+func appendRowArrays(b []byte, rows [][]any, val func([]byte, any) []byte) []byte {
+	b = append(b, '[')
+	for i, row := range rows {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '[')
+		for j, v := range row {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = val(b, v)
+		}
+		b = append(b, ']')
+	}
+	return append(b, ']')
+}
+
+// appendStrings writes a JSON array of strings.
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	return append(b, ']')
+}
+
 func appendString(b []byte, s string) []byte {
 	j, _ := json.Marshal(s)
 	return append(b, j...)
@@ -60,43 +101,17 @@ func appendString(b []byte, s string) []byte {
 // programs that must tell a BLOB from text and 2.0 from 2.
 func appendRows(b []byte, r store.Result, format string) []byte {
 	if format == "columns" || format == "typed" {
-		b = append(b, `{"columns":[`...)
-		for i, c := range r.Columns {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, c)
+		val := appendValue
+		if format == "typed" {
+			val = appendTypedValue
 		}
-		b = append(b, `],"types":[`...)
-		for i, t := range r.Types {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, t)
-		}
-		b = append(b, `],"rows":[`...)
-		for i, row := range r.Rows {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, '[')
-			for j, v := range row {
-				if j > 0 {
-					b = append(b, ',')
-				}
-				if format == "typed" {
-					e, err := rlog.EncodeValue(v)
-					if err != nil {
-						e = []byte("null")
-					}
-					b = append(b, e...)
-				} else {
-					b = appendValue(b, v)
-				}
-			}
-			b = append(b, ']')
-		}
-		return append(b, "]}"...)
+		b = append(b, `{"columns":`...)
+		b = appendStrings(b, r.Columns)
+		b = append(b, `,"types":`...)
+		b = appendStrings(b, r.Types)
+		b = append(b, `,"rows":`...)
+		b = appendRowArrays(b, r.Rows, val)
+		return append(b, '}')
 	}
 	// Each name once, at its first place, with its last value.
 	type field struct {

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -171,14 +170,7 @@ func rqParam(v any) (any, error) {
 	case nil:
 		return nil, nil
 	case json.Number:
-		if i, err := strconv.ParseInt(string(x), 10, 64); err == nil {
-			return i, nil
-		}
-		f, err := strconv.ParseFloat(string(x), 64)
-		if err != nil {
-			return nil, fmt.Errorf("number %s is out of range", x)
-		}
-		return f, nil
+		return numberValue(x)
 	case bool:
 		if x {
 			return int64(1), nil
@@ -263,29 +255,19 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 		}
 		stmts = []rlog.Statement{{SQL: q}}
 	} else {
-		rc := http.NewResponseController(w)
-		rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-		if err != nil {
-			w.Header().Set("Connection", "close")
-			var mb *http.MaxBytesError
-			if errors.As(err, &mb) {
-				return fail(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes))
-			}
-			return fail(http.StatusRequestTimeout, fmt.Sprintf("could not read the request body within %v: %v", s.cfg.BodyTimeout, err))
+		body, status, msg := s.readBody(w, r)
+		if status != 0 {
+			return fail(status, msg)
 		}
-		rc.SetReadDeadline(time.Time{})
 		if stmts, err = parseRqStatements(body, r.Header.Get("Content-Type")); err != nil {
 			return fail(http.StatusBadRequest, err.Error())
 		}
 	}
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	default:
-		w.Header().Set("Retry-After", "1")
-		return fail(http.StatusServiceUnavailable, fmt.Sprintf("too many requests in progress (limit %d); retry shortly", s.cfg.MaxConcurrent))
+	release, ok := s.admit(w)
+	if !ok {
+		return http.StatusServiceUnavailable
 	}
+	defer release()
 	var perms map[string]bool
 	if s.users != nil {
 		need := PermExecute
@@ -709,21 +691,8 @@ func (r rqResult) encode(b []byte, f rqFlags) []byte {
 		b = append(b, `,"types":`...)
 		b = appendStrings(b, r.types)
 		if len(r.values) > 0 {
-			b = append(b, `,"values":[`...)
-			for i, row := range r.values {
-				if i > 0 {
-					b = append(b, ',')
-				}
-				b = append(b, '[')
-				for j, v := range row {
-					if j > 0 {
-						b = append(b, ',')
-					}
-					b = appendRqValue(b, v, f.blobArray)
-				}
-				b = append(b, ']')
-			}
-			b = append(b, ']')
+			b = append(b, `,"values":`...)
+			b = appendRowArrays(b, r.values, func(b []byte, v any) []byte { return appendRqValue(b, v, f.blobArray) })
 		}
 		return append(b, '}')
 	}
@@ -742,17 +711,6 @@ func (r rqResult) encode(b []byte, f rqFlags) []byte {
 		b = strconv.AppendInt(b, r.rowsAffected, 10)
 	}
 	return append(b, '}')
-}
-
-func appendStrings(b []byte, ss []string) []byte {
-	b = append(b, '[')
-	for i, s := range ss {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, s)
-	}
-	return append(b, ']')
 }
 
 // appendRqValue writes a value as rqlite does: integers and reals as JSON

@@ -117,16 +117,8 @@ type rqNode struct {
 // 5 s by default). Learners are listed with ?nonvoters; ?ver=2 gives a list
 // instead of rqlite's legacy map keyed by id.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "use GET")
+	if !s.guard(w, r, PermStatus, http.MethodGet) {
 		return
-	}
-	if s.users != nil {
-		if _, status, msg := s.users.check(w, r, PermStatus); status != 0 {
-			writeError(w, status, msg)
-			return
-		}
 	}
 	flags, err := parseRqFlags(r.URL.Query())
 	if err != nil {

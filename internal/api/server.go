@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
@@ -69,36 +70,18 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "use POST with a JSON body")
 		return
 	}
-	// The body is read before the request takes one of the -max-concurrent
-	// places, under a short deadline: a client that trickles its body
-	// holds nothing the others need, and is cut off.
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-	if err != nil {
-		// The connection is closed after the answer: what is left of the
-		// body is never read (waiting for it is what a slow sender wants).
-		w.Header().Set("Connection", "close")
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			s.metrics.Request("invalid", http.StatusRequestEntityTooLarge, time.Since(start))
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes))
-			return
-		}
-		s.metrics.Request("invalid", http.StatusRequestTimeout, time.Since(start))
-		writeError(w, http.StatusRequestTimeout, fmt.Sprintf("could not read the request body within %v: %v", s.cfg.BodyTimeout, err))
+	body, status, msg := s.readBody(w, r)
+	if status != 0 {
+		s.metrics.Request("invalid", status, time.Since(start))
+		writeError(w, status, msg)
 		return
 	}
-	rc.SetReadDeadline(time.Time{})
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	default:
-		w.Header().Set("Retry-After", "1")
+	release, ok := s.admit(w)
+	if !ok {
 		s.metrics.Request("overload", http.StatusServiceUnavailable, time.Since(start))
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many requests in progress (limit %d); retry shortly", s.cfg.MaxConcurrent))
 		return
 	}
+	defer release()
 	var perms map[string]bool
 	if s.users != nil {
 		var status int
@@ -137,6 +120,62 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
 	}
 	writeJSON(w, status, out)
+}
+
+// readBody reads a client's request body before the request takes one of
+// the -max-concurrent places, under a short deadline: a client that
+// trickles its body holds nothing the others need, and is cut off. A
+// status other than 0 is the answer to give (the connection is then
+// closed: what is left of the body is never read, since waiting for it is
+// what a slow sender wants).
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, string) {
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		w.Header().Set("Connection", "close")
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return nil, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes)
+		}
+		return nil, http.StatusRequestTimeout, fmt.Sprintf("could not read the request body within %v: %v", s.cfg.BodyTimeout, err)
+	}
+	rc.SetReadDeadline(time.Time{})
+	return body, 0, ""
+}
+
+// admit takes one of the -max-concurrent places for a request, or answers
+// 503 with Retry-After when none is free.
+func (s *Server) admit(w http.ResponseWriter) (release func(), ok bool) {
+	select {
+	case s.sem <- struct{}{}:
+		return func() { <-s.sem }, true
+	default:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many requests in progress (limit %d); retry shortly", s.cfg.MaxConcurrent))
+		return nil, false
+	}
+}
+
+// guard admits a request to an operations endpoint: one of methods, and
+// with a users file the permission perm. It has answered when it says no.
+func (s *Server) guard(w http.ResponseWriter, r *http.Request, perm string, methods ...string) bool {
+	allowed := false
+	for _, m := range methods {
+		allowed = allowed || r.Method == m
+	}
+	if !allowed {
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "use "+strings.Join(methods, " or "))
+		return false
+	}
+	if s.users != nil {
+		if _, status, msg := s.users.check(w, r, perm); status != 0 {
+			writeError(w, status, msg)
+			return false
+		}
+	}
+	return true
 }
 
 // IndexHeader carries, on every successful answer, the log index it
