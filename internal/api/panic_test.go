@@ -36,9 +36,10 @@ func TestACommittedWritesAnswerIsNeverDroppedByAPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	out := st.CommitBatch([]*store.Request{{Ctx: context.Background(), Stmts: []rlog.Statement{{SQL: "CREATE TABLE t (x)"}}, AllowSchema: true}}, time.Now)
-	if out[0].Err != nil {
-		t.Fatal(out[0].Err)
+	body, _ := (&rlog.Write{Stmts: []rlog.Statement{{SQL: "CREATE TABLE t (x)"}}, AllowSchema: true}).Encode()
+	out, err := st.ApplyLog([]rlog.Entry{{Index: 1, TimeMs: time.Now().UnixMilli(), Body: body}})
+	if err != nil || out[0].Err != nil {
+		t.Fatal(err, out)
 	}
 	cfg := &cluster.Config{Role: cluster.Master}
 	cfg.Defaults()

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 
@@ -68,37 +67,6 @@ func appliedOf(c *sqlite.Conn) (uint64, error) {
 		return 0, fmt.Errorf("snapshot applied index is %T", row[0])
 	}
 	return uint64(v), nil
-}
-
-// Restore replaces the database's whole content with the snapshot read
-// from r (as written by Snapshot), and returns the snapshot's applied
-// index. Readers see the old content until the copy is done, then the new.
-func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
-	path, err := receive(r, dir)
-	if err != nil {
-		return 0, err
-	}
-	defer removeCopy(path)
-	return s.install(path, nil)
-}
-
-// receive copies r to a new file in dir.
-func receive(r io.Reader, dir string) (string, error) {
-	f, err := os.CreateTemp(dir, "restore-*.db")
-	if err != nil {
-		return "", err
-	}
-	path := f.Name()
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		removeCopy(path)
-		return "", fmt.Errorf("receive snapshot: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		removeCopy(path)
-		return "", err
-	}
-	return path, nil
 }
 
 // removeCopy removes a snapshot copy; it is in WAL mode, so reading it
@@ -176,7 +144,6 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	s.schemaGen.Add(1) // the whole schema may have changed
 	s.applied.Store(index)
 	s.visible.Store(index)
-	s.logStart.Store(index + 1)
 	return index, nil
 }
 

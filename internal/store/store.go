@@ -73,7 +73,6 @@ type Store struct {
 	// after. A read index or a read's token must cover what readers see,
 	// so it is taken from visible (see VisibleIndex).
 	visible   atomic.Uint64
-	logStart  atomic.Uint64 // oldest index kept in _ddb_log
 	schemaGen atomic.Uint64 // bumped by every schema change; see conn.gen
 	closed    atomic.Bool
 	bug       string // Options.InjectBug
@@ -319,12 +318,11 @@ func (s *Store) initWriter() error {
 		s.applied.Store(uint64(v))
 	}
 	s.visible.Store(s.applied.Load())
-	s.logStart.Store(s.applied.Load() + 1)
 	row, err = s.w.QueryRow(`SELECT min(idx), max(idx) FROM _ddb_log`)
 	if err != nil {
 		return fmt.Errorf("read the log's bounds: %w", err)
 	}
-	if lo, ok := row[0].(int64); ok {
+	if _, ok := row[0].(int64); ok {
 		hi := row[1].(int64)
 		// The log and the change it records commit together: a log that
 		// runs ahead of the data means the file was put together from
@@ -333,7 +331,6 @@ func (s *Store) initWriter() error {
 		if uint64(hi) > s.applied.Load() {
 			return fmt.Errorf("%s: its log ends at index %d but its data is at index %d; the file was changed outside the database or mixed with another node's. Restore it from a healthy replica (docs/REPLICATION.md)", s.path, hi, s.applied.Load())
 		}
-		s.logStart.Store(uint64(lo))
 	}
 	// random() and randomblob() draw from the entry's seed, so every node
 	// computes the same values. The clock VFS does the same for 'now'.

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -42,52 +41,6 @@ type Outcome struct {
 // Now is the clock a batch takes entry times from; tests replace it.
 type Now func() time.Time
 
-// CommitBatch runs requests in one SQLite transaction, each in its own
-// savepoint so one failing request fails alone, appends one log entry per
-// successful request in the same transaction, and commits once (one fsync
-// for the whole batch). Entries get consecutive indexes after Applied().
-func (s *Store) CommitBatch(reqs []*Request, now Now) []Outcome {
-	out := make([]Outcome, len(reqs))
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
-		for i := range out {
-			out[i].Err = ErrClosed
-		}
-		return out
-	}
-	pending := make([]int, 0, len(reqs))
-	for i := range reqs {
-		pending = append(pending, i)
-	}
-	for len(pending) > 0 {
-		aborted, err := s.commitOnce(reqs, out, pending, now)
-		if err != nil {
-			for _, i := range pending {
-				if out[i].Err == nil {
-					out[i] = Outcome{Err: err}
-				}
-			}
-			return out
-		}
-		if aborted < 0 {
-			return out
-		}
-		// A statement of request `aborted` rolled back the whole
-		// transaction (ON CONFLICT ROLLBACK, RAISE(ROLLBACK)). It alone
-		// fails; run the others again in a fresh transaction.
-		next := pending[:0:0]
-		for _, i := range pending {
-			if i != aborted {
-				out[i] = Outcome{}
-				next = append(next, i)
-			}
-		}
-		pending = next
-	}
-	return out
-}
-
 // beginEntries opens the writer's transaction for a run of entries and
 // takes SQLite's process-wide generator for it. Before any entry runs, it
 // writes a page of the transaction to the WAL: the first WAL write of a
@@ -111,70 +64,6 @@ func (s *Store) beginEntries() error {
 	}
 	s.lockEntries()
 	return nil
-}
-
-func (s *Store) commitOnce(reqs []*Request, out []Outcome, pending []int, now Now) (aborted int, err error) {
-	w := s.w
-	if err := s.beginEntries(); err != nil {
-		return -1, err
-	}
-	defer s.leave()
-	index := s.applied.Load()
-	for _, i := range pending {
-		req := reqs[i]
-		if req.RequestID != "" {
-			first, found, err := s.recorded(req.RequestID)
-			if err != nil {
-				s.internal("ROLLBACK")
-				return -1, err
-			}
-			if found {
-				out[i] = first
-				continue
-			}
-		}
-		t, seed := now().UnixMilli(), s.seeds()
-		if err := s.internal("SAVEPOINT req"); err != nil {
-			s.internal("ROLLBACK")
-			return -1, fmt.Errorf("savepoint: %w", err)
-		}
-		if err := s.enter(t, seed); err != nil {
-			s.internal("ROLLBACK")
-			return -1, err
-		}
-		results, err := s.runWrite(req.Ctx, req.Stmts, req.AllowSchema, req.Collect, req.RequestID != "", req.Limits)
-		var body []byte
-		if err == nil {
-			if body, err = rlog.EncodeWrite(req.RequestID, req.Stmts); err == nil {
-				err = s.insertLog(index+1, t, seed, body)
-			}
-		}
-		if err == nil && req.RequestID != "" {
-			err = s.record(req.RequestID, index+1, t, results)
-		}
-		if err != nil {
-			if !w.InTransaction() {
-				out[i] = Outcome{Err: err}
-				return i, nil
-			}
-			if rerr := s.rollbackEntry(); rerr != nil {
-				return -1, rerr
-			}
-			out[i] = Outcome{Err: err}
-			continue
-		}
-		if err := s.internal("RELEASE req"); err != nil {
-			s.internal("ROLLBACK")
-			return -1, fmt.Errorf("release savepoint: %w", err)
-		}
-		index++
-		if !req.Collect {
-			results = dropRows(results)
-		}
-		out[i] = Outcome{Index: index, Results: results, Entry: rlog.Entry{Index: index, TimeMs: t, Seed: seed, Body: body}}
-	}
-	s.leave()
-	return -1, s.commitAt(index)
 }
 
 // runWrite runs one client write's statements inside the entry's
@@ -378,14 +267,6 @@ func (s *Store) runRequest(ctx context.Context, stmts []rlog.Statement, p policy
 	return results, nil
 }
 
-func (s *Store) insertLog(index uint64, t, seed int64, body []byte) error {
-	s.wconn.auth.reset(policyReplica)
-	if err := s.w.Exec("INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (?, ?, ?, ?)", int64(index), t, seed, body); err != nil {
-		return fmt.Errorf("append log entry %d: %w", index, err)
-	}
-	return nil
-}
-
 func (s *Store) setApplied(index uint64) error {
 	s.wconn.auth.reset(policyReplica)
 	if err := s.w.Exec("UPDATE _ddb_meta SET value = ? WHERE key = 'applied'", int64(index)); err != nil {
@@ -394,187 +275,6 @@ func (s *Store) setApplied(index uint64) error {
 	return nil
 }
 
-// ErrDiverged means an entry failed on this node although it succeeded on
-// the master: the replica no longer matches and needs a snapshot.
-var ErrDiverged = errors.New("replica diverged from the master")
-
-// Apply applies entries in index order, exactly once: entries at or below
-// Applied() are skipped, and application stops at the first gap. The
-// applied index is stored in the same transaction. It returns the new
-// applied index.
-func (s *Store) Apply(entries []rlog.Entry) (uint64, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
-		return 0, ErrClosed
-	}
-	applied := s.applied.Load()
-	i := 0
-	for i < len(entries) && entries[i].Index <= applied {
-		i++
-	}
-	if i == len(entries) || entries[i].Index != applied+1 {
-		return applied, nil
-	}
-	w := s.w
-	if err := s.beginEntries(); err != nil {
-		return applied, err
-	}
-	defer s.leave()
-	index := applied
-	for ; i < len(entries) && entries[i].Index == index+1; i++ {
-		e := entries[i]
-		id, stmts, err := rlog.DecodeWrite(e.Body)
-		if err != nil {
-			s.internal("ROLLBACK")
-			return applied, fmt.Errorf("entry %d: %w", e.Index, err)
-		}
-		if err := s.enter(e.TimeMs, e.Seed); err != nil {
-			s.internal("ROLLBACK")
-			return applied, err
-		}
-		if s.bug == "skip-entry" && e.Index%50 == 0 {
-			stmts = nil
-		}
-		if s.bug == "partial-apply" && len(stmts) > 1 {
-			stmts = stmts[:1]
-		}
-		s.wconn.auth.reset(policyReplica)
-		results, err := s.runRequest(context.Background(), stmts, policyReplica, id != "", Limits{})
-		if err == nil {
-			err = s.afterEntry()
-		}
-		if err == nil && id != "" {
-			err = s.record(id, e.Index, e.TimeMs, results)
-		}
-		if err != nil {
-			if w.InTransaction() {
-				s.internal("ROLLBACK")
-			}
-			return applied, fmt.Errorf("apply entry %d: %v: %w", e.Index, err, ErrDiverged)
-		}
-		index++
-	}
-	s.leave()
-	if err := s.commitAt(index); err != nil {
-		return applied, err
-	}
-	return index, nil
-}
-
-// LogRange returns up to max entries starting at index from (fewer when the
-// log ends, or when maxBytes of bodies is reached).
-func (s *Store) LogRange(ctx context.Context, from uint64, max, maxBytes int) ([]rlog.Entry, error) {
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer s.putReader(r)
-	r.auth.reset(policyReplica)
-	st, err := r.c.Prepare("SELECT idx, time_ms, seed, body FROM _ddb_log WHERE idx >= ? ORDER BY idx LIMIT ?")
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	if _, err := st.Bind([]any{int64(from), int64(max)}, nil); err != nil {
-		return nil, err
-	}
-	var out []rlog.Entry
-	size := 0
-	row := make([]any, 0, 4)
-	for {
-		more, err := st.Step()
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			break
-		}
-		row = st.Row(row)
-		body, _ := row[3].([]byte)
-		if s, ok := row[3].(string); ok {
-			body = []byte(s)
-		}
-		out = append(out, rlog.Entry{Index: uint64(row[0].(int64)), TimeMs: row[1].(int64), Seed: row[2].(int64), Body: body})
-		size += len(body)
-		if maxBytes > 0 && size >= maxBytes {
-			break
-		}
-	}
-	return out, nil
-}
-
-// FirstLogIndex is the oldest index still in the log.
-func (s *Store) FirstLogIndex() uint64 { return s.logStart.Load() }
-
-// TruncateLog deletes entries below index before.
-func (s *Store) TruncateLog(before uint64) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
-		return ErrClosed
-	}
-	s.wconn.auth.reset(policyReplica)
-	if err := s.w.Exec("DELETE FROM _ddb_log WHERE idx < ?", int64(before)); err != nil {
-		return err
-	}
-	if before > s.logStart.Load() {
-		s.logStart.Store(before)
-	}
-	return nil
-}
-
-// Members returns the slaves recorded as members of the cluster, by id.
-func (s *Store) Members(ctx context.Context) (map[int]string, error) {
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer s.putReader(r)
-	r.auth.reset(policyReplica)
-	rows, err := r.c.All("SELECT id, url FROM _ddb_members")
-	if err != nil {
-		return nil, err
-	}
-	m := make(map[int]string, len(rows))
-	for _, row := range rows {
-		m[int(row[0].(int64))], _ = row[1].(string)
-	}
-	return m, nil
-}
-
-// SetMember records slave id at url.
-func (s *Store) SetMember(id int, url string) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
-		return ErrClosed
-	}
-	s.wconn.auth.reset(policyReplica)
-	st, err := s.w.Prepare("INSERT INTO _ddb_members(id, url) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET url = excluded.url")
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if _, err := st.Bind([]any{int64(id), url}, nil); err != nil {
-		return err
-	}
-	_, err = st.Step()
-	return err
-}
-
-// RemoveMember forgets slave id.
-func (s *Store) RemoveMember(id int) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
-		return ErrClosed
-	}
-	s.wconn.auth.reset(policyReplica)
-	return s.w.Exec("DELETE FROM _ddb_members WHERE id = ?", int64(id))
-}
-
-// commitAt records index as applied and commits the writer's transaction.
 // SQLite shows the transaction to new readers as soon as its COMMIT is
 // written, before this returns, so the visible index is raised first (see
 // VisibleIndex) and lowered again if the commit fails (then nobody saw it).
