@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -239,5 +240,36 @@ func TestTLSForClientsAndBetweenNodes(t *testing.T) {
 	plain := &http.Client{Timeout: 5 * time.Second}
 	if resp, err := plain.Get(strings.Replace(c.URL(0), "https", "http", 1) + "/health"); err == nil && resp.StatusCode == 200 {
 		t.Fatal("plain HTTP was served on a TLS node")
+	}
+}
+
+// Release binaries carry no deliberate defect: the fault suite's switch
+// exists only in builds with the ddb_faults tag, which the test harness
+// sets, and the defects' code is compiled out of the others.
+func TestReleaseBinariesCannotSwitchOnDefects(t *testing.T) {
+	dir := t.TempDir()
+	for _, build := range []struct {
+		tags string
+		want bool
+	}{{"", false}, {"ddb_faults", true}} {
+		bin := filepath.Join(dir, "node"+build.tags)
+		args := []string{"build", "-o", bin}
+		if build.tags != "" {
+			args = append(args, "-tags", build.tags)
+		}
+		cmd := exec.Command("go", append(args, "./node")...)
+		cmd.Dir = testcluster.RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %v: %v\n%s", args, err, out)
+		}
+		b, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []string{"DDB_INJECT_BUG", "ack-before-commit", "stale-strong-read", "skip-entry", "partial-apply", "unpinned-clock"} {
+			if has := bytes.Contains(b, []byte(s)); has != build.want {
+				t.Errorf("build with tags %q: %q in the binary = %v", build.tags, s, has)
+			}
+		}
 	}
 }

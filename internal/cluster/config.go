@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ddbgo/ddb/internal/faults"
 	"io"
 	"net"
 	"os"
@@ -66,7 +67,8 @@ type Config struct {
 	TLSCA          string
 	Pprof          string // address to serve Go profiles on ("" = off)
 
-	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG. It
+	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
+	// builds with the ddb_faults tag only (package faults). It
 	// exists only so the fault-injection suite can prove that each of its
 	// checkers catches a broken guarantee; never set it otherwise.
 	InjectBug string
@@ -316,7 +318,7 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	if !ValidAck(c.Ack) {
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)
 	}
-	c.InjectBug = os.Getenv("DDB_INJECT_BUG")
+	c.InjectBug = faults.FromEnv()
 	c.Defaults()
 	return c, nil
 }

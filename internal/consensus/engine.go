@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ddbgo/ddb/internal/faults"
 	"math"
 	"net/http"
 	"sort"
@@ -624,7 +625,7 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
 func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
-	if e.cfg.InjectBug == "ack-before-commit" {
+	if faults.Enabled && e.cfg.InjectBug == "ack-before-commit" {
 		r := *req
 		go func() {
 			time.Sleep(100 * time.Millisecond)
@@ -729,7 +730,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 // confirmed by the leader with a majority. Without a leader: 503 at once;
 // with one that cannot confirm in time: 503 after ReadWait.
 func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
-	if e.cfg.InjectBug == "stale-strong-read" {
+	if faults.Enabled && e.cfg.InjectBug == "stale-strong-read" {
 		return 0, nil
 	}
 	if !e.WaitLeader(ctx) {

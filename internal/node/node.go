@@ -25,6 +25,7 @@ import (
 	"github.com/ddbgo/ddb/internal/api"
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -61,8 +62,8 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 			return nil, err
 		}
 	}
-	if cfg.InjectBug != "" {
-		logger.Printf("WARNING: deliberate defect %q switched on (DDB_INJECT_BUG); this node breaks its guarantees", cfg.InjectBug)
+	if faults.Enabled && cfg.InjectBug != "" {
+		logger.Printf("WARNING: deliberate defect %q switched on; this node breaks its guarantees", cfg.InjectBug)
 	}
 	st, err := store.Open(store.Options{Path: cfg.DBPath(), InjectBug: cfg.InjectBug})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/ddbgo/ddb/internal/faults"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -90,7 +91,7 @@ func TestDeterminismFuzzRegressions(t *testing.T) {
 		if r := runDeterminism(t, c.seed, c.steps, ""); r.diverged != "" {
 			t.Errorf("seed %d (once: %s): %s", c.seed, c.what, r.diverged)
 		}
-		if c.bug != "" {
+		if c.bug != "" && faults.Enabled {
 			if r := runDeterminism(t, c.seed, c.steps, c.bug); r.diverged == "" {
 				t.Errorf("seed %d with %s: no divergence; the case no longer reproduces %s", c.seed, c.bug, c.what)
 			}
@@ -102,6 +103,7 @@ func TestDeterminismFuzzRegressions(t *testing.T) {
 // with each source of nondeterminism unpinned on the replicas in turn, it
 // reports a divergence.
 func TestDeterminismFuzzCatchesAnUnpinnedSource(t *testing.T) {
+	needFaults(t)
 	for _, bug := range []string{"unpinned-prng", "unpinned-state", "unpinned-clock"} {
 		t.Run(bug, func(t *testing.T) {
 			seed := firstSeed()
@@ -628,6 +630,9 @@ func TestDeterminismFuzzConsensusApply(t *testing.T) {
 			t.Fatalf("seed %d: %s", seed+i, msg)
 		}
 	}
+	if !faults.Enabled {
+		return // the defects that show the fuzzer can fail: -tags ddb_faults
+	}
 	for _, bug := range []string{"unpinned-prng", "unpinned-state", "unpinned-clock"} {
 		if runConsensusApply(t, seed, 400, bug) == "" {
 			t.Errorf("with %s on one node, no divergence was found", bug)
@@ -737,4 +742,13 @@ func runConsensusApply(t *testing.T, seed uint64, steps int, bug ...string) stri
 		return strings.Join(diffs, "\n")
 	}
 	return ""
+}
+
+// needFaults skips a test that switches on deliberate defects in a build
+// without them (the README's test command builds with -tags ddb_faults).
+func needFaults(t *testing.T) {
+	t.Helper()
+	if !faults.Enabled {
+		t.Skip("deliberate defects are compiled only with -tags ddb_faults")
+	}
 }

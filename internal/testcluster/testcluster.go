@@ -54,7 +54,9 @@ func Binaries() (string, error) {
 			return
 		}
 		for _, b := range []string{"master", "node"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b), "./"+b)
+			// The harness's binaries can switch on the fault suite's
+			// deliberate defects (package faults); release builds cannot.
+			cmd := exec.Command("go", "build", "-tags", "ddb_faults", "-o", filepath.Join(binDir, b), "./"+b)
 			cmd.Dir = RepoRoot()
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("go build ./%s: %v\n%s", b, err, out)
