@@ -2,9 +2,14 @@ package e2e
 
 import (
 	"encoding/json"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"io"
-	"strconv"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,15 +29,43 @@ func get(t *testing.T, c *testcluster.Cluster, id int, path string) (int, string
 }
 
 // metric reads one un-labelled or labelled sample from Prometheus text.
+// metric reads one sample of /metrics, parsed with Prometheus's own text
+// parser (so the exposition must be valid): name, or name{label="v",...}.
 func metric(t *testing.T, text, name string) float64 {
 	t.Helper()
-	for _, line := range strings.Split(text, "\n") {
-		if rest, ok := strings.CutPrefix(line, name+" "); ok {
-			v, err := strconv.ParseFloat(rest, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %q", name, line)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("/metrics is not valid Prometheus text: %v\n%s", err, text)
+	}
+	base, labels, _ := strings.Cut(name, "{")
+	want := map[string]string{}
+	for _, kv := range strings.Split(strings.TrimSuffix(labels, "}"), ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			want[k] = strings.Trim(v, `"`)
+		}
+	}
+	f := families[base]
+	if f == nil {
+		t.Fatalf("metric %s missing from:\n%s", base, text)
+	}
+	for _, m := range f.GetMetric() {
+		match := 0
+		for _, l := range m.GetLabel() {
+			if want[l.GetName()] == l.GetValue() {
+				match++
 			}
-			return v
+		}
+		if match != len(want) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		case m.Untyped != nil:
+			return m.GetUntyped().GetValue()
 		}
 	}
 	t.Fatalf("metric %s missing from:\n%s", name, text)
@@ -165,5 +198,63 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 	}
 	if code, body := get(t, c, 0, "/health"); code != 200 {
 		t.Fatalf("master health with one slave down: %d %s", code, body)
+	}
+}
+
+// Under load the write count goes up by what was written, and the lag of
+// a slave that cannot keep up (it is stopped) grows, then goes back to 0
+// once it runs again: read through Prometheus's text parser.
+func TestMetricsMoveUnderLoad(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE m (v)")
+	_, before := get(t, c, 0, "/metrics")
+	written := metric(t, before, "ddb_writes_total")
+	c.Node(2).Pause()
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				c.Exec(0, "INSERT INTO m VALUES (?)", i)
+			}
+		}()
+	}
+	wg.Wait()
+	_, during := get(t, c, 0, "/metrics")
+	if got := metric(t, during, "ddb_writes_total") - written; got < 200 {
+		t.Fatalf("ddb_writes_total went up by %v for 200 writes", got)
+	}
+	if lag := metric(t, during, `ddb_replication_lag_entries{node="2"}`); lag < 100 {
+		t.Fatalf("the stopped slave's lag is %v after 200 writes", lag)
+	}
+	if lag := metric(t, during, `ddb_replication_lag_entries{node="1"}`); lag > 5 {
+		t.Fatalf("the running slave's lag is %v", lag)
+	}
+	// Every series the Grafana dashboard in docs/ plots is served.
+	dash, err := os.ReadFile(filepath.Join(testcluster.RepoRoot(), "docs", "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`ddb_[a-z_]+`).FindAllString(string(dash), -1)
+	if len(names) < 8 {
+		t.Fatalf("the dashboard plots %d series", len(names))
+	}
+	for _, n := range names {
+		if !strings.Contains(during, "\n"+strings.TrimSuffix(n, "_bucket")) {
+			t.Errorf("the dashboard plots %s, which /metrics does not serve", n)
+		}
+	}
+	c.Node(2).Resume()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, after := get(t, c, 0, "/metrics")
+		if metric(t, after, `ddb_replication_lag_entries{node="2"}`) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the resumed slave still lags:\n%s", after)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

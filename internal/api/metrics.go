@@ -3,110 +3,108 @@ package api
 import (
 	"fmt"
 	"net/http"
-	"sort"
-	"strings"
-	"sync"
-	"sync/atomic"
+	"strconv"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ddbgo/ddb/internal/store"
 )
 
-// Metrics counts what the node serves, for GET /metrics (Prometheus text
-// format). Hand-written: a handful of counters and one histogram do not
-// justify a dependency.
+// Metrics counts what the node serves, for GET /metrics in Prometheus'
+// text format (github.com/prometheus/client_golang, on a registry of the
+// node's own).
 type Metrics struct {
-	mu       sync.Mutex
-	requests map[[2]string]uint64 // {command, code} -> count
-	buckets  []float64            // latency bucket upper bounds, seconds
-	counts   map[string][]uint64  // command -> cumulative bucket counts (+Inf last)
-	sums     map[string]float64
-	totals   map[string]uint64
-
-	writes      atomic.Uint64
-	errors      atomic.Uint64
-	peerRefused atomic.Uint64
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	writes      prometheus.Counter
+	errors      prometheus.Counter
+	peerRefused prometheus.Counter
 }
 
-// NewMetrics returns empty metrics.
+// NewMetrics returns the node's metrics, with Go's and the process's own.
 func NewMetrics() *Metrics {
-	return &Metrics{
-		requests: map[[2]string]uint64{},
-		buckets:  []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
-		counts:   map[string][]uint64{},
-		sums:     map[string]float64{},
-		totals:   map[string]uint64{},
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ddb_requests_total",
+			Help: "Client requests by command and HTTP status."}, []string{"command", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ddb_request_duration_seconds",
+			Help:    "Client request latency.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}}, []string{"command"}),
+		writes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "ddb_writes_total", Help: "Writes committed through this node."}),
+		errors:      prometheus.NewCounter(prometheus.CounterOpts{Name: "ddb_errors_total", Help: "Requests answered with a 5xx status."}),
+		peerRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "ddb_peer_refused_total", Help: "Node-to-node requests refused for a bad signature."}),
 	}
+	m.reg.MustRegister(m.requests, m.latency, m.writes, m.errors, m.peerRefused,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
 }
 
 // Request records one client request.
 func (m *Metrics) Request(command string, code int, d time.Duration) {
-	sec := d.Seconds()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.requests[[2]string{command, fmt.Sprint(code)}]++
-	c := m.counts[command]
-	if c == nil {
-		c = make([]uint64, len(m.buckets)+1)
-		m.counts[command] = c
-	}
-	for i, b := range m.buckets {
-		if sec <= b {
-			c[i]++
-		}
-	}
-	c[len(m.buckets)]++
-	m.sums[command] += sec
-	m.totals[command]++
+	m.requests.WithLabelValues(command, strconv.Itoa(code)).Inc()
+	m.latency.WithLabelValues(command).Observe(d.Seconds())
 }
 
 // Write counts a committed write.
-func (m *Metrics) Write() { m.writes.Add(1) }
+func (m *Metrics) Write() { m.writes.Inc() }
 
 // Error counts a server-side error (5xx).
-func (m *Metrics) Error() { m.errors.Add(1) }
+func (m *Metrics) Error() { m.errors.Inc() }
 
 // PeerRefused counts a refused node-to-node request.
-func (m *Metrics) PeerRefused() { m.peerRefused.Add(1) }
+func (m *Metrics) PeerRefused() { m.peerRefused.Inc() }
+
+// nodeCollector reports the database's and the replication engine's
+// numbers, read when /metrics is asked.
+type nodeCollector struct{ s *Server }
+
+var (
+	descApplied       = prometheus.NewDesc("ddb_applied_index", "Last log index applied to this node's database.", nil, nil)
+	descTerm          = prometheus.NewDesc("ddb_raft_term", "Current Raft term.", nil, nil)
+	descCommit        = prometheus.NewDesc("ddb_raft_commit_index", "Last log index known committed.", nil, nil)
+	descIsLeader      = prometheus.NewDesc("ddb_raft_is_leader", "1 on the node that leads.", nil, nil)
+	descLeaderChanges = prometheus.NewDesc("ddb_raft_leader_changes_total", "Leaders this node has seen take over (counted when observed).", nil, nil)
+	descPending       = prometheus.NewDesc("ddb_raft_proposals_pending", "Proposals waiting to be applied.", nil, nil)
+	descLag           = prometheus.NewDesc("ddb_replication_lag_entries", "Entries a node is behind the commit index (reported by the leader).", []string{"node"}, nil)
+	descBatches       = prometheus.NewDesc("ddb_raft_send_batches_total", "Batches of Raft messages sent to other nodes.", nil, nil)
+	descRoundTrip     = prometheus.NewDesc("ddb_raft_send_round_trip_seconds_total", "Round trips of those batches, summed (divide by the batches for the mean).", nil, nil)
+	descSnapshots     = prometheus.NewDesc("ddb_raft_snapshots_installed_total", "Snapshots this node installed since it started.", nil, nil)
+)
+
+func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descApplied, descTerm, descCommit, descIsLeader, descLeaderChanges, descPending, descLag, descBatches, descRoundTrip, descSnapshots} {
+		ch <- d
+	}
+}
+
+func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	v := c.s.eng.Metrics()
+	leader := 0.0
+	if v.Leader {
+		leader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(c.s.st.Applied()))
+	ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(v.Term))
+	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(v.Commit))
+	ch <- prometheus.MustNewConstMetric(descIsLeader, prometheus.GaugeValue, leader)
+	ch <- prometheus.MustNewConstMetric(descLeaderChanges, prometheus.CounterValue, float64(v.LeaderChanges))
+	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(v.ProposalsPending))
+	for id, lag := range v.Lag {
+		ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(lag), strconv.Itoa(id))
+	}
+	ch <- prometheus.MustNewConstMetric(descBatches, prometheus.CounterValue, float64(v.Batches))
+	ch <- prometheus.MustNewConstMetric(descRoundTrip, prometheus.CounterValue, v.RoundTripSeconds)
+	ch <- prometheus.MustNewConstMetric(descSnapshots, prometheus.CounterValue, float64(v.SnapshotsInstalled))
+}
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	if !s.guard(w, r, PermStatus, http.MethodGet, http.MethodHead) {
 		return
 	}
-	m := s.metrics
-	var b strings.Builder
-	m.mu.Lock()
-	b.WriteString("# HELP ddb_requests_total Client requests by command and HTTP status.\n# TYPE ddb_requests_total counter\n")
-	keys := make([][2]string, 0, len(m.requests))
-	for k := range m.requests {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
-	for _, k := range keys {
-		fmt.Fprintf(&b, "ddb_requests_total{command=%q,code=%q} %d\n", k[0], k[1], m.requests[k])
-	}
-	b.WriteString("# HELP ddb_request_duration_seconds Client request latency.\n# TYPE ddb_request_duration_seconds histogram\n")
-	cmds := make([]string, 0, len(m.counts))
-	for c := range m.counts {
-		cmds = append(cmds, c)
-	}
-	sort.Strings(cmds)
-	for _, c := range cmds {
-		for i, le := range m.buckets {
-			fmt.Fprintf(&b, "ddb_request_duration_seconds_bucket{command=%q,le=\"%g\"} %d\n", c, le, m.counts[c][i])
-		}
-		fmt.Fprintf(&b, "ddb_request_duration_seconds_bucket{command=%q,le=\"+Inf\"} %d\n", c, m.counts[c][len(m.buckets)])
-		fmt.Fprintf(&b, "ddb_request_duration_seconds_sum{command=%q} %g\n", c, m.sums[c])
-		fmt.Fprintf(&b, "ddb_request_duration_seconds_count{command=%q} %d\n", c, m.totals[c])
-	}
-	m.mu.Unlock()
-	fmt.Fprintf(&b, "# HELP ddb_writes_total Writes committed through this node.\n# TYPE ddb_writes_total counter\nddb_writes_total %d\n", m.writes.Load())
-	fmt.Fprintf(&b, "# HELP ddb_errors_total Requests answered with a 5xx status.\n# TYPE ddb_errors_total counter\nddb_errors_total %d\n", m.errors.Load())
-	fmt.Fprintf(&b, "# HELP ddb_peer_refused_total Node-to-node requests refused for a bad signature.\n# TYPE ddb_peer_refused_total counter\nddb_peer_refused_total %d\n", m.peerRefused.Load())
-	fmt.Fprintf(&b, "# HELP ddb_applied_index Last log index applied to this node's database.\n# TYPE ddb_applied_index gauge\nddb_applied_index %d\n", s.st.Applied())
-	b.Write(s.eng.Metrics(nil))
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	w.Write([]byte(b.String()))
+	s.metricsHandler.ServeHTTP(w, r)
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"io"
 	"log"
 	"net/http"
@@ -31,9 +32,12 @@ type Server struct {
 	users   *Users // nil: no client authentication
 	sem     chan struct{}
 	metrics *Metrics
-	mux     *http.ServeMux
-	logf    func(string, ...any)
-	started time.Time
+	// metricsHandler serves the metrics' registry, with the node's own
+	// collector.
+	metricsHandler http.Handler
+	mux            *http.ServeMux
+	logf           func(string, ...any)
+	started        time.Time
 }
 
 // SetLogf sets where the server logs (refused requests, internal errors).
@@ -286,6 +290,8 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth
 	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, auth: auth, users: users,
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
+	s.metrics.reg.MustRegister(nodeCollector{s})
+	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: log.Default()})
 	s.mux.HandleFunc("/", s.handleClient)
 	s.mux.HandleFunc("/query", s.handleClient)
 	s.mux.HandleFunc("/status", s.handleStatus)

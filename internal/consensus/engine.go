@@ -888,28 +888,34 @@ func (e *Engine) Ready() string {
 	return ""
 }
 
-// Metrics appends the engine's Prometheus metrics.
-func (e *Engine) Metrics(b []byte) []byte {
+// MetricValues are the engine's numbers for /metrics.
+type MetricValues struct {
+	Term, Commit       uint64
+	Leader             bool
+	LeaderChanges      uint64
+	ProposalsPending   int
+	Lag                map[int]uint64 // on the leader: each node's entries behind the commit index
+	Batches            uint64         // batches of Raft messages sent
+	RoundTripSeconds   float64        // their round trips, summed
+	SnapshotsInstalled uint64
+}
+
+// Metrics reads the engine's numbers.
+func (e *Engine) Metrics() MetricValues {
 	s := e.Status()
-	isLeader := 0
-	if s.Role == "leader" {
-		isLeader = 1
-	}
-	b = fmt.Appendf(b, "# HELP ddb_raft_term Current Raft term.\n# TYPE ddb_raft_term gauge\nddb_raft_term %d\n", s.Term)
-	b = fmt.Appendf(b, "# HELP ddb_raft_commit_index Last log index known committed.\n# TYPE ddb_raft_commit_index gauge\nddb_raft_commit_index %d\n", s.Commit)
-	b = fmt.Appendf(b, "# HELP ddb_raft_is_leader 1 on the node that leads.\n# TYPE ddb_raft_is_leader gauge\nddb_raft_is_leader %d\n", isLeader)
-	b = fmt.Appendf(b, "# HELP ddb_raft_leader_changes_total Leaders this node has seen take over (counted when observed).\n# TYPE ddb_raft_leader_changes_total counter\nddb_raft_leader_changes_total %d\n", e.leaderChanges.Load())
+	m := MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.leaderChanges.Load(),
+		SnapshotsInstalled: s.SnapshotsInstalled}
 	e.rep.Node().mu.Lock()
-	pending := len(e.rep.Node().waiting)
+	m.ProposalsPending = len(e.rep.Node().waiting)
 	e.rep.Node().mu.Unlock()
-	b = fmt.Appendf(b, "# HELP ddb_raft_proposals_pending Proposals waiting to be applied.\n# TYPE ddb_raft_proposals_pending gauge\nddb_raft_proposals_pending %d\n", pending)
 	if len(s.Nodes) > 0 {
-		b = append(b, "# HELP ddb_replication_lag_entries Entries a node is behind the commit index (on the leader).\n# TYPE ddb_replication_lag_entries gauge\n"...)
+		m.Lag = map[int]uint64{}
 		for _, n := range s.Nodes {
-			b = fmt.Appendf(b, "ddb_replication_lag_entries{node=\"%d\"} %d\n", n.ID, n.Lag)
+			m.Lag[n.ID] = n.Lag
 		}
 	}
-	return b
+	m.Batches, m.RoundTripSeconds = e.tr.SendStats()
+	return m
 }
 
 // seedRaft gives a database that holds data but no Raft state a log that

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -78,6 +79,16 @@ type HTTPTransport struct {
 	node        *Node           // for snapshots: the node whose database is copied
 	snapDir     string          // where snapshot copies are written
 	sending     map[uint64]bool // a snapshot to this peer is on its way
+
+	// Batches of messages sent, and their round trips summed (nanoseconds).
+	batches   atomic.Uint64
+	roundTrip atomic.Uint64
+}
+
+// SendStats are the batches of Raft messages sent and their round trips
+// summed, in seconds.
+func (t *HTTPTransport) SendStats() (batches uint64, seconds float64) {
+	return t.batches.Load(), float64(t.roundTrip.Load()) / 1e9
 }
 
 // NewHTTPTransport returns a transport; SetUnreachable tells it whom to
@@ -201,12 +212,15 @@ func (t *HTTPTransport) post(to uint64, msgs []pb.Message) error {
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	t.auth.Sign(req, t.self, cluster.BodyHash(body))
+	start := time.Now()
 	resp, err := t.client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	t.batches.Add(1)
+	t.roundTrip.Add(uint64(time.Since(start)))
 	if resp.StatusCode != http.StatusNoContent {
 		return fmt.Errorf("%s answered %s", url, resp.Status)
 	}
