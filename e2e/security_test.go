@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"net"
@@ -113,7 +114,7 @@ func TestUsersFileAuthenticatesAndAuthorizes(t *testing.T) {
 	  {"username": "app", "password": "app-pass", "perms": ["execute", "query"]},
 	  {"username": "reader", "password": "read-pass", "perms": ["query"]}
 	]`), 0o600)
-	c := testcluster.Start(t, 1, "-auth", users)
+	c := testcluster.Start(t, 1, "-auth", users, "-log-level", "debug", "-log-format", "json")
 	do := func(node int, user, pass, body string) (int, http.Header, string) {
 		req, _ := http.NewRequest("POST", c.URL(node)+"/", strings.NewReader(body))
 		if user != "" {
@@ -160,6 +161,21 @@ func TestUsersFileAuthenticatesAndAuthorizes(t *testing.T) {
 	logs, _ := os.ReadFile(c.Node(0).Log)
 	if strings.Contains(string(logs), "app-pass") || strings.Contains(string(logs), "secret-admin") {
 		t.Fatal("a password reached the log")
+	}
+	// -log-format json: every line is one JSON record naming the node;
+	// at debug level every request is logged with its status and duration.
+	requests := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(logs)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["node"] != "master" || rec["level"] == nil || rec["msg"] == nil {
+			t.Fatalf("not a JSON log record: %q (%v)", line, err)
+		}
+		if rec["msg"] == "request" && rec["status"] != nil && rec["duration"] != nil && rec["path"] != nil {
+			requests++
+		}
+	}
+	if requests < 8 {
+		t.Fatalf("%d requests logged at debug level:\n%s", requests, logs)
 	}
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -43,7 +44,7 @@ func TestACommittedWritesAnswerIsNeverDroppedByAPanic(t *testing.T) {
 	}
 	cfg := &cluster.Config{Role: cluster.Master}
 	cfg.Defaults()
-	s := &Server{cfg: cfg, st: st, repl: brokenReplicator{}, sem: make(chan struct{}, 4), metrics: NewMetrics(), logf: func(string, ...any) {}}
+	s := &Server{cfg: cfg, st: st, repl: brokenReplicator{}, sem: make(chan struct{}, 4), metrics: NewMetrics(), log: slog.New(slog.DiscardHandler)}
 	for i := 0; i < 2; i++ {
 		w := httptest.NewRecorder()
 		s.handleClient(w, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"command":"query","query":"INSERT INTO t VALUES (1) RETURNING *"}`)))

@@ -31,7 +31,7 @@ func (s *Server) peer(h func(w http.ResponseWriter, r *http.Request, body []byte
 			return
 		}
 		if err := s.verifyPeer(r, body); err != nil {
-			s.logf("refused peer request %s from %s: %v", r.URL.Path, r.RemoteAddr, err)
+			s.log.Warn("refused peer request", "path", r.URL.Path, "from", r.RemoteAddr, "err", err)
 			s.metrics.PeerRefused()
 			writeError(w, http.StatusForbidden, err.Error())
 			return

@@ -327,7 +327,7 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 		status, msg := s.statusOf(err)
 		if status == http.StatusInternalServerError {
 			s.metrics.Error()
-			s.logf("internal error on %s: %v", r.URL.Path, err)
+			s.log.Error("internal error", "path", r.URL.Path, "err", err)
 		}
 		return fail(status, msg)
 	}
@@ -393,7 +393,7 @@ func (s *Server) rqWrite(ctx context.Context, stmts []rlog.Statement, flags rqFl
 				}
 			}
 			if err != nil {
-				s.logf("queued write %d failed: %v", seq, err)
+				s.log.Warn("queued write failed", "sequence_number", seq, "err", err)
 			}
 			done <- err
 		}()

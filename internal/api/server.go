@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"io"
-	"log"
+	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -36,18 +36,26 @@ type Server struct {
 	// collector.
 	metricsHandler http.Handler
 	mux            *http.ServeMux
-	logf           func(string, ...any)
+	log            *slog.Logger
 	started        time.Time
 }
 
-// SetLogf sets where the server logs (refused requests, internal errors).
-func (s *Server) SetLogf(f func(string, ...any)) { s.logf = f }
+// SetLogger sets where the server logs (requests at debug level, refused
+// requests, internal errors).
+func (s *Server) SetLogger(l *slog.Logger) { s.log = l }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// rqlite's clients read the server's version from this header.
 	w.Header().Set("X-RQLITE-VERSION", version)
-	s.mux.ServeHTTP(w, r)
+	if !s.log.Enabled(r.Context(), slog.LevelDebug) {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	s.mux.ServeHTTP(sw, r)
+	s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start), "from", r.RemoteAddr)
 }
 
 // version names this build in the X-RQLITE-VERSION header.
@@ -106,7 +114,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		// The original's loop-stopping flag: honoured only on requests a
 		// peer signed with the cluster secret.
 		if err := s.verifyPeer(r, body); err != nil {
-			s.logf("refused is_replicated request from %s: %v", r.RemoteAddr, err)
+			s.log.Warn("refused is_replicated request", "from", r.RemoteAddr, "err", err)
 			s.metrics.Request(req.Command, http.StatusForbidden, time.Since(start))
 			writeError(w, http.StatusForbidden, "is_replicated is reserved for authenticated node-to-node requests: "+err.Error())
 			return
@@ -193,7 +201,7 @@ const IndexHeader = "X-Ddb-Index"
 func (s *Server) serveSafely(ctx context.Context, req *Request) (status int, body []byte, index uint64) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.logf("internal error serving %s: %v\n%s", req.Command, p, debug.Stack())
+			s.log.Error("internal error", "command", req.Command, "panic", p, "stack", string(debug.Stack()))
 			s.metrics.Error()
 			status, index = http.StatusInternalServerError, 0
 			body = append(append([]byte(`{"error":`), appendString(nil, fmt.Sprintf("internal error: %v; this is a bug, please report it", p))...), "}\n"...)
@@ -208,7 +216,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 	fail := func(err error) (int, []byte, uint64) {
 		we := s.describe(err)
 		if we.status == http.StatusInternalServerError {
-			s.logf("internal error: %v", err)
+			s.log.Error("internal error", "err", err)
 		}
 		if we.status >= 500 {
 			s.metrics.Error()
@@ -289,9 +297,9 @@ func (s *Server) permitted(req *Request, command string) bool {
 func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth *cluster.Auth, users *Users) *Server {
 	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, auth: auth, users: users,
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
-		metrics: NewMetrics(), mux: http.NewServeMux(), logf: log.Printf, started: time.Now()}
+		metrics: NewMetrics(), mux: http.NewServeMux(), log: slog.Default(), started: time.Now()}
 	s.metrics.reg.MustRegister(nodeCollector{s})
-	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: log.Default()})
+	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(slog.Default().Handler(), slog.LevelError)})
 	s.mux.HandleFunc("/", s.handleClient)
 	s.mux.HandleFunc("/query", s.handleClient)
 	s.mux.HandleFunc("/status", s.handleStatus)
@@ -349,7 +357,7 @@ func (s *Server) write(ctx context.Context, req *Request, collect bool, fail fun
 	// built, the client learns its index.
 	defer func() {
 		if p := recover(); p != nil {
-			s.logf("internal error answering the write at index %d: %v\n%s", out.Index, p, debug.Stack())
+			s.log.Error("internal error answering a committed write", "index", out.Index, "panic", p, "stack", string(debug.Stack()))
 			s.metrics.Error()
 			status, index = http.StatusInternalServerError, out.Index
 			body = fmt.Appendf(nil, "{\"error\":%s,\"index\":%d}\n",

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"github.com/ddbgo/ddb/internal/faults"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -66,12 +67,29 @@ type Config struct {
 	TLSKey         string
 	TLSCA          string
 	Pprof          string // address to serve Go profiles on ("" = off)
+	LogLevel       string // debug, info, warn, error
+	LogFormat      string // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It
 	// exists only so the fault-injection suite can prove that each of its
 	// checkers catches a broken guarantee; never set it otherwise.
 	InjectBug string
+}
+
+// SlogLevel is -log-level as a slog level.
+func (c *Config) SlogLevel() (slog.Level, error) {
+	switch c.LogLevel {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "", "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("-log-level must be debug, info, warn or error, not %q", c.LogLevel)
 }
 
 // Defaults fills zero fields.
@@ -256,6 +274,8 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for the HTTP API and peer traffic")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug (also every request, with its status and duration), info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (key=value) or json (one object a line)")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
 	var slaves string
 	if role == Master {
@@ -314,6 +334,12 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 		if c.NumSlaves < len(c.SlaveURLs) {
 			c.NumSlaves = len(c.SlaveURLs)
 		}
+	}
+	if _, err := c.SlogLevel(); err != nil {
+		return nil, err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return nil, fmt.Errorf("-log-format must be text or json, not %q", c.LogFormat)
 	}
 	if !ValidAck(c.Ack) {
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ddbgo/ddb/internal/faults"
+	"log/slog"
 	"math"
 	"net/http"
 	"sort"
@@ -68,7 +69,7 @@ type EngineConfig struct {
 	Name      string // this node's name in signatures
 	Client    *http.Client
 	Calls     PeerCaller
-	Logf      func(string, ...any)
+	Log       *slog.Logger
 }
 
 // Engine is a node's replicated database: the client protocol's writes and
@@ -131,8 +132,8 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	if cfg.ReadWait <= 0 {
 		cfg.ReadWait = 2 * time.Second
 	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+	if cfg.Log == nil {
+		cfg.Log = discard
 	}
 	if cfg.LogKeep == 0 {
 		cfg.LogKeep = 200_000
@@ -142,7 +143,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID()), fatal: make(chan error, 1)}
 	e.leaderSeen.Store(time.Now().UnixNano()) // a node that starts gives the first election its window
-	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Logf)
+	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Log)
 	for id, u := range cfg.Peers {
 		if id != cfg.ID {
 			e.tr.SetPeer(id, u)
@@ -159,7 +160,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	if from, err := st.ClaimRaftNode(cfg.ID); err != nil {
 		return nil, err
 	} else if from != 0 {
-		cfg.Logf("this database was copied from node %d: its data is kept, its Raft state (that node's) is not", int(from)-1)
+		cfg.Log.Info("this database was copied from another node: its data is kept, its Raft state (that node's) is not", "from", int(from)-1)
 	}
 	fresh, err := st.RaftStateEmpty(context.Background())
 	if err != nil {
@@ -180,7 +181,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 					return nil, err
 				}
 				voters, applied = nil, st.Applied()
-				cfg.Logf("the log starts after the database's index %d", applied)
+				cfg.Log.Info("the log starts after the database's index", "index", applied)
 			}
 		}
 	}
@@ -206,7 +207,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		}
 	}()
 	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Applied: &applied, Node: Config{
-		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Logf: cfg.Logf,
+		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Log: cfg.Log,
 		// A follower starts an election after 7 to 14 ticks without a
 		// leader (Raft randomizes each timeout in [ElectionTick,
 		// 2*ElectionTick)): 0.7-1.4 s with 100 ms ticks, so a new leader
@@ -315,7 +316,7 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 		cancel()
 		var refused *replication.JoinRefusedError
 		if errors.As(err, &refused) {
-			e.cfg.Logf("%v", err)
+			e.cfg.Log.Warn("join refused", "err", err)
 			select {
 			case e.fatal <- err:
 			default:
@@ -334,7 +335,7 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 		}
 		running = running || resp.Running
 		if resp.Admitted && fresh && !e.admitted.Load() {
-			e.cfg.Logf("admitted by node %d (%s)", int(id)-1, u)
+			e.cfg.Log.Info("admitted", "by", int(id)-1, "url", u)
 			e.admitted.Store(true)
 		}
 	}
@@ -418,19 +419,19 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		// is out of the configuration (taking it out and adding it again
 		// did not finish): it votes again. (A voter removed by hand that
 		// merely restarts is not fresh, and comes back only as a learner.)
-		e.cfg.Logf("node %d joins from %s as a voter", int(req.ID)-1, req.URL)
+		e.cfg.Log.Info("node joins as a voter", "node", int(req.ID)-1, "url", req.URL)
 		if err := change(pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
 			return nil, err
 		}
 	case !voter && !learner:
-		e.cfg.Logf("node %d joins from %s as a learner", int(req.ID)-1, req.URL)
+		e.cfg.Log.Info("node joins as a learner", "node", int(req.ID)-1, "url", req.URL)
 		if err := change(pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
 			return nil, err
 		}
 	case req.Fresh && st.Progress[req.ID].Match > 0:
 		// The node lost its data: this leader still counts its old log.
 		// Take it out and add it again, so the leader probes it afresh.
-		e.cfg.Logf("node %d lost its data (it had index %d); it is removed and added again", int(req.ID)-1, st.Progress[req.ID].Match)
+		e.cfg.Log.Warn("node lost its data; it is removed and added again", "node", int(req.ID)-1, "had_index", st.Progress[req.ID].Match)
 		add := pb.ConfChangeAddNode
 		if learner {
 			add = pb.ConfChangeAddLearnerNode
@@ -509,12 +510,12 @@ func (e *Engine) admittedNode() *Node {
 
 // RaftHandler serves Raft messages from the other nodes.
 func (e *Engine) RaftHandler() http.HandlerFunc {
-	return Handler(e.cfg.Auth, e.admittedNode, e.cfg.Logf)
+	return Handler(e.cfg.Auth, e.admittedNode, e.cfg.Log)
 }
 
 // SnapshotHandler serves snapshots the leader streams to this node.
 func (e *Engine) SnapshotHandler() http.HandlerFunc {
-	return SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Logf)
+	return SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Log)
 }
 
 // Instance is this process's token (see JoinRequest.Instance).

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"sync"
@@ -68,7 +69,7 @@ type HTTPTransport struct {
 	auth   *cluster.Auth
 	self   string // this node's name in signatures
 	client *http.Client
-	logf   func(string, ...any)
+	log    *slog.Logger
 
 	mu          sync.Mutex
 	peers       map[uint64]string // id -> base URL
@@ -85,6 +86,9 @@ type HTTPTransport struct {
 	roundTrip atomic.Uint64
 }
 
+// discard is a logger that logs nothing.
+var discard = slog.New(slog.DiscardHandler)
+
 // SendStats are the batches of Raft messages sent and their round trips
 // summed, in seconds.
 func (t *HTTPTransport) SendStats() (batches uint64, seconds float64) {
@@ -93,11 +97,11 @@ func (t *HTTPTransport) SendStats() (batches uint64, seconds float64) {
 
 // NewHTTPTransport returns a transport; SetUnreachable tells it whom to
 // report peers it cannot reach to (the Raft node).
-func NewHTTPTransport(auth *cluster.Auth, self string, client *http.Client, logf func(string, ...any)) *HTTPTransport {
-	if logf == nil {
-		logf = func(string, ...any) {}
+func NewHTTPTransport(auth *cluster.Auth, self string, client *http.Client, log *slog.Logger) *HTTPTransport {
+	if log == nil {
+		log = discard
 	}
-	return &HTTPTransport{auth: auth, self: self, client: client, logf: logf, peers: map[uint64]string{},
+	return &HTTPTransport{auth: auth, self: self, client: client, log: log, peers: map[uint64]string{},
 		queues: map[uint64]chan pb.Message{}, down: map[uint64]bool{}, stop: make(chan struct{}), sending: map[uint64]bool{}}
 }
 
@@ -184,13 +188,13 @@ func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 		t.mu.Unlock()
 		if err != nil {
 			if changed {
-				t.logf("raft peer %d: %v", to, err)
+				t.log.Warn("peer unreachable", "peer", int(to)-1, "err", err)
 			}
 			if report != nil {
 				report(to)
 			}
 		} else if changed {
-			t.logf("raft peer %d reachable again", to)
+			t.log.Info("peer reachable again", "peer", int(to)-1)
 		}
 	}
 }
@@ -229,7 +233,10 @@ func (t *HTTPTransport) post(to uint64, msgs []pb.Message) error {
 
 // Handler serves RaftPath: it checks the request's signature and hands
 // every message to node.
-func Handler(auth *cluster.Auth, node func() *Node, logf func(string, ...any)) http.HandlerFunc {
+func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.HandlerFunc {
+	if log == nil {
+		log = discard
+	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", "POST")
@@ -242,9 +249,7 @@ func Handler(auth *cluster.Auth, node func() *Node, logf func(string, ...any)) h
 			return
 		}
 		if err := auth.Verify(r, cluster.BodyHash(body)); err != nil {
-			if logf != nil {
-				logf("refused raft messages from %s: %v", r.RemoteAddr, err)
-			}
+			log.Warn("refused raft messages", "from", r.RemoteAddr, "err", err)
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return
 		}
@@ -296,7 +301,7 @@ func (t *HTTPTransport) sendSnapshot(m pb.Message) {
 	}()
 	err := t.streamSnapshot(node, dir, m)
 	if err != nil {
-		t.logf("snapshot to node %d: %v", m.To, err)
+		t.log.Warn("snapshot not sent", "to", int(m.To)-1, "err", err)
 	}
 	node.ReportSnapshot(m.To, err == nil)
 }
@@ -340,7 +345,7 @@ func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) err
 	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
 	req.Header.Set(headerSnapshotSHA256, sum)
 	t.auth.Sign(req, t.self, snapshotSigned(msg, sum))
-	t.logf("sending node %d a snapshot at index %d (%d bytes)", m.To, out.Snapshot.Metadata.Index, size)
+	t.log.Info("sending a snapshot", "to", int(m.To)-1, "index", out.Snapshot.Metadata.Index, "bytes", size)
 	resp, err := t.client.Do(req)
 	if err != nil {
 		return err
@@ -357,7 +362,10 @@ func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) err
 // message and the body's hash before reading the body, receives the body
 // into a file in dir (at most maxBytes), checks it against the signed
 // hash, and hands the message to the node, which installs the copy.
-func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes int64, logf func(string, ...any)) http.HandlerFunc {
+func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes int64, log *slog.Logger) http.HandlerFunc {
+	if log == nil {
+		log = discard
+	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", "POST")
@@ -375,9 +383,7 @@ func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes
 			return
 		}
 		if err := auth.Verify(r, snapshotSigned(msg, sum)); err != nil {
-			if logf != nil {
-				logf("refused a snapshot from %s: %v", r.RemoteAddr, err)
-			}
+			log.Warn("refused a snapshot", "from", r.RemoteAddr, "err", err)
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return
 		}
@@ -416,9 +422,7 @@ func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes
 		}
 		if err != nil {
 			removeFile(path)
-			if logf != nil {
-				logf("snapshot from %s: %v", r.RemoteAddr, err)
-			}
+			log.Warn("snapshot not installed", "from", r.RemoteAddr, "err", err)
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"sync"
@@ -57,8 +58,8 @@ type Config struct {
 	// row (default: 2 election timeouts), so leadership never flaps.
 	Preferred      uint64
 	PreferredAfter int
-	// Logf logs (default: nothing).
-	Logf func(format string, args ...any)
+	// Log logs (default: nothing).
+	Log *slog.Logger
 	// ApplyRecordsConf: Apply records each entry's Conf (the configuration
 	// a configuration change reaches) in the database with the entry, so
 	// the node does not write it separately.
@@ -135,8 +136,8 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	if cfg.HeartbeatTick == 0 {
 		cfg.HeartbeatTick = 1
 	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+	if cfg.Log == nil {
+		cfg.Log = discard
 	}
 	storage, err := OpenStorage(ctx, st)
 	if err != nil {
@@ -366,7 +367,7 @@ func (n *Node) run() {
 			n.leadPreferred()
 		case rd := <-n.rn.Ready():
 			if err := n.handle(rd); err != nil {
-				n.cfg.Logf("raft node %d stops: %v", n.cfg.ID, err)
+				n.cfg.Log.Error("raft node stops", "err", err)
 				n.err = err
 				return
 			}
@@ -515,7 +516,7 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 	n.storage.installed(snap.Metadata, hard)
 	n.applied.Store(snap.Metadata.Index)
 	n.installed.Add(1)
-	n.cfg.Logf("installed a snapshot of the leader's database at index %d", snap.Metadata.Index)
+	n.cfg.Log.Info("installed a snapshot of the leader's database", "index", snap.Metadata.Index)
 	if n.cfg.Installed != nil {
 		n.cfg.Installed(snap.Metadata.Index)
 	}
@@ -704,7 +705,7 @@ func (n *Node) leadPreferred() {
 	n.caughtUp++
 	if n.caughtUp >= n.cfg.PreferredAfter {
 		n.caughtUp = 0
-		n.cfg.Logf("node %d hands leadership back to the preferred leader %d", n.cfg.ID, p)
+		n.cfg.Log.Info("handing leadership back to the preferred leader", "to", int(p)-1)
 		n.rn.TransferLeadership(context.Background(), n.cfg.ID, p)
 	}
 }

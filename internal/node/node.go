@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -37,7 +37,7 @@ type Node struct {
 	server *http.Server
 	ln     net.Listener
 	done   chan error
-	logger *log.Logger
+	logger *slog.Logger
 }
 
 // Start opens the node's database and starts serving. The caller stops it
@@ -47,7 +47,10 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	if logOut == nil {
 		logOut = os.Stderr
 	}
-	logger := log.New(logOut, cfg.Name()+" ", log.LstdFlags|log.Lmicroseconds)
+	logger, err := newLogger(cfg, logOut)
+	if err != nil {
+		return nil, err
+	}
 	secret, err := cluster.ResolveSecret(cfg.Secret, cfg.Dir)
 	if err != nil {
 		return nil, err
@@ -63,7 +66,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		}
 	}
 	if faults.Enabled && cfg.InjectBug != "" {
-		logger.Printf("WARNING: deliberate defect %q switched on; this node breaks its guarantees", cfg.InjectBug)
+		logger.Warn("deliberate defect switched on: this node breaks its guarantees", "defect", cfg.InjectBug)
 	}
 	st, err := store.Open(store.Options{Path: cfg.DBPath(), InjectBug: cfg.InjectBug})
 	if err != nil {
@@ -90,7 +93,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		return nil, err
 	}
 	handler := api.NewServer(cfg, st, n.eng, auth, users)
-	handler.SetLogf(logger.Printf)
+	handler.SetLogger(logger)
 	n.server = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -99,14 +102,14 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		TLSConfig:         tlsServer,
-		ErrorLog:          logger,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	if cfg.Pprof != "" {
 		go func() {
 			mux := http.NewServeMux()
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			logger.Printf("profiles on http://%s/debug/pprof/: %v", cfg.Pprof, http.ListenAndServe(cfg.Pprof, mux))
+			logger.Error("profiles server stopped", "addr", cfg.Pprof, "err", http.ListenAndServe(cfg.Pprof, mux))
 		}()
 	}
 	go func() {
@@ -121,7 +124,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		}
 		n.done <- err
 	}()
-	logger.Printf("%s serving %s on %s (database %s, log index %d)", cfg.Role, cfg.URL(), ln.Addr(), st.Path(), st.Applied())
+	logger.Info("serving", "role", string(cfg.Role), "url", cfg.URL(), "listen", ln.Addr().String(), "database", st.Path(), "applied_index", st.Applied())
 	return n, nil
 }
 
@@ -130,7 +133,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 // four slaves vote. Every node knows the URLs the command line gives it
 // (all of them with the port arithmetic; with explicit addresses, the
 // master's list) and learns the others' when it announces itself.
-func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logger *log.Logger) consensus.EngineConfig {
+func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logger *slog.Logger) consensus.EngineConfig {
 	peers := map[uint64]string{1: cfg.MasterAddr()}
 	if cfg.Role == cluster.Master || cfg.MasterURL == "" || len(cfg.SlaveURLs) > 0 {
 		for i := 1; i <= cfg.NumSlaves; i++ {
@@ -146,7 +149,7 @@ func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logg
 		AckTimeout: cfg.AckTimeout, ReadWait: min(cfg.ReadTimeout, 2*time.Second),
 		Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes},
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
-		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Logf: logger.Printf,
+		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Log: logger,
 	}
 }
 
@@ -164,7 +167,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if cerr := n.Store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
-	n.logger.Printf("stopped")
+	n.logger.Info("stopped")
 	return err
 }
 
@@ -190,6 +193,21 @@ func Run(ctx context.Context, cfg *cluster.Config) error {
 		return err
 	}
 	return ferr
+}
+
+// newLogger is the node's logger: -log-format text or json on out, at
+// -log-level, every record naming the node.
+func newLogger(cfg *cluster.Config, out io.Writer) (*slog.Logger, error) {
+	level, err := cfg.SlogLevel()
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(out, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(out, opts)
+	}
+	return slog.New(h).With("node", cfg.Name()), nil
 }
 
 // hashPassword reads a password (one line) and prints its bcrypt hash,
