@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
@@ -165,5 +169,82 @@ func TestResultFormatsAndValueEncodings(t *testing.T) {
 	r, _ = c.Post(1, `{"command":"exec","queries":[{"query":"INSERT INTO v (i) VALUES (?)","params":[8]},{"query":"UPDATE v SET s = 'x' WHERE i >= 7"}]}`)
 	if r.Status != 200 || !strings.Contains(string(r.Body), `"results":[{"rows_affected":1,"last_insert_id":3},{"rows_affected":3,`) {
 		t.Fatalf("queries: %v", r)
+	}
+}
+
+// show_all's other forms: -http asks live nodes (a consistent copy of
+// each), -json gives the same as JSON with per-table checksums, and when
+// a replica differs the differing rows are printed side by side.
+func TestShowAllAsksLiveNodesGivesJSONAndShowsDifferingRows(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE s (id INTEGER PRIMARY KEY, name TEXT, score REAL)")
+	for i := 0; i < 5; i++ {
+		c.Exec(i%3, "INSERT INTO s (name, score) VALUES (?, ?)", fmt.Sprint("n", i), float64(i)/2)
+	}
+	bin := filepath.Join(t.TempDir(), "show_all")
+	build := exec.Command("go", "build", "-o", bin, "./show_all")
+	build.Dir = testcluster.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build show_all: %v\n%s", err, out)
+	}
+	type report struct {
+		Databases []struct {
+			Source   string
+			Checksum string
+			Tables   []struct{ Name, Checksum string }
+		}
+		Identical     bool
+		DifferingRows []struct {
+			Table, Key string
+			A, B       []any
+		} `json:"differing_rows"`
+	}
+	run := func(args ...string) (report, string, int) {
+		cmd := exec.Command(bin, args...)
+		out, err := cmd.Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var r report
+		if len(args) > 0 && args[0] == "-json" {
+			if err := json.Unmarshal(out, &r); err != nil {
+				t.Fatalf("show_all %v: not JSON: %v\n%s", args, err, out)
+			}
+		}
+		return r, string(out), code
+	}
+	r, out, code := run("-json", "-http", strings.Join(endpoints(c, 0, 1, 2), ","))
+	if code != 0 || !r.Identical || len(r.Databases) != 3 || r.Databases[0].Checksum == "" || r.Databases[0].Checksum != r.Databases[2].Checksum ||
+		len(r.Databases[1].Tables) != 1 || r.Databases[1].Tables[0].Checksum != r.Databases[0].Tables[0].Checksum {
+		t.Fatalf("show_all -json -http: %d\n%s", code, out)
+	}
+
+	// A replica changed behind the cluster's back.
+	c.WaitConverged(10*time.Second, 1, 2)
+	for id := 0; id <= 2; id++ {
+		c.Node(id).Stop()
+	}
+	db, err := sqlite.Open(c.DBPath(2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Exec("UPDATE s SET name = 'tampered' WHERE id = 3"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	_, out, code = run("-dir", c.Dir, "3")
+	if code != 1 || !strings.Contains(out, "VERDICT: the databases differ") || !strings.Contains(out, "table s, row rowid=3:") ||
+		!strings.Contains(out, "tampered ≠") && !strings.Contains(out, "tampered") {
+		t.Fatalf("show_all on a changed replica: %d\n%s", code, out)
+	}
+	r, out, code = run("-json", "-dir", c.Dir, "3")
+	if code != 1 || r.Identical || len(r.DifferingRows) != 1 || r.DifferingRows[0].Key != "rowid=3" || r.DifferingRows[0].B[1] != "tampered" {
+		t.Fatalf("show_all -json on a changed replica: %d\n%s", code, out)
+	}
+	if r.Databases[0].Tables[0].Checksum == r.Databases[2].Tables[0].Checksum {
+		t.Fatal("the changed table's checksum did not change")
 	}
 }

@@ -161,6 +161,71 @@ func (d *Database) Checksum() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// Checksum is a logical checksum of the table's columns and rows, with
+// exact types: equal checksums mean the same rows.
+func (t *Table) Checksum() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "table %s %s\n", t.Name, strings.Join(t.Columns, ","))
+	for i, r := range t.Rows {
+		fmt.Fprintf(h, "%s %s\n", t.Keys[i], encodeRow(r))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// RowDiff is one row that differs between two databases: its table, its
+// key, and its values in each (nil where the row is missing).
+type RowDiff struct {
+	Table   string
+	Key     string
+	Columns []string
+	PathA   string
+	A       []any
+	PathB   string
+	B       []any
+}
+
+// RowDiffs lists the rows of the tables both databases have that differ
+// (at most limit per table), and how many more there are.
+func RowDiffs(a, b *Database, limit int) (diffs []RowDiff, more int) {
+	for _, at := range a.Tables {
+		bt := b.Table(at.Name)
+		if bt == nil {
+			continue
+		}
+		ai, bi := map[string]int{}, map[string]int{}
+		for i, k := range at.Keys {
+			ai[k] = i
+		}
+		for i, k := range bt.Keys {
+			bi[k] = i
+		}
+		n := 0
+		add := func(key string, ra, rb []any) {
+			if n < limit {
+				diffs = append(diffs, RowDiff{Table: at.Name, Key: key, Columns: at.Columns, PathA: a.Path, A: ra, PathB: b.Path, B: rb})
+			} else {
+				more++
+			}
+			n++
+		}
+		for i, k := range at.Keys {
+			j, ok := bi[k]
+			switch {
+			case !ok:
+				add(k, at.Rows[i], nil)
+			case encodeRow(at.Rows[i]) != encodeRow(bt.Rows[j]):
+				add(k, at.Rows[i], bt.Rows[j])
+			}
+		}
+		for j, k := range bt.Keys {
+			if _, ok := ai[k]; !ok {
+				add(k, nil, bt.Rows[j])
+			}
+		}
+	}
+	return diffs, more
+}
+
 // RowCount is the number of rows over all user tables.
 func (d *Database) RowCount() int {
 	n := 0
