@@ -47,6 +47,10 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer os.Remove(path)
+		if err := store.Standalone(path); err != nil {
+			writeError(w, http.StatusInternalServerError, "backup: "+err.Error())
+			return
+		}
 		f, err := os.Open(path)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, "backup: "+err.Error())

@@ -66,9 +66,13 @@ type Config struct {
 	TLSCert        string
 	TLSKey         string
 	TLSCA          string
-	Pprof          string // address to serve Go profiles on ("" = off)
-	LogLevel       string // debug, info, warn, error
-	LogFormat      string // text or json
+	Pprof          string        // address to serve Go profiles on ("" = off)
+	BackupDir      string        // periodic backups go here ("" = none)
+	BackupInterval time.Duration // between periodic backups
+	BackupKeep     int           // periodic backups kept
+	Restore        string        // master: a backup file a fresh cluster starts from
+	LogLevel       string        // debug, info, warn, error
+	LogFormat      string        // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It
@@ -277,8 +281,12 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug (also every request, with its status and duration), info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (key=value) or json (one object a line)")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
+	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
+	fs.DurationVar(&c.BackupInterval, "backup-interval", time.Hour, "time between backups to -backup-dir")
+	fs.IntVar(&c.BackupKeep, "backup-keep", 24, "backups kept in -backup-dir (the oldest go first)")
 	var slaves string
 	if role == Master {
+		fs.StringVar(&c.Restore, "restore", "", "start a fresh cluster from this backup file (a SQLite file or SQL dump): once the master leads and if the database holds no table yet, the backup is loaded through the log, so every node gets it")
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")
 	} else {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated URLs of the slaves as this slave reaches them (default: http://host:port+i with the port arithmetic, else learned from the master)")
@@ -337,6 +345,14 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		return nil, err
+	}
+	if c.BackupDir != "" && (c.BackupInterval <= 0 || c.BackupKeep < 1) {
+		return nil, fmt.Errorf("-backup-interval must be positive and -backup-keep at least 1")
+	}
+	if c.Restore != "" {
+		if _, err := os.Stat(c.Restore); err != nil {
+			return nil, fmt.Errorf("-restore: %w", err)
+		}
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return nil, fmt.Errorf("-log-format must be text or json, not %q", c.LogFormat)

@@ -38,6 +38,7 @@ type Node struct {
 	ln     net.Listener
 	done   chan error
 	logger *slog.Logger
+	stop   chan struct{} // closed at Shutdown: background work ends
 }
 
 // Start opens the node's database and starts serving. The caller stops it
@@ -94,6 +95,13 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	}
 	handler := api.NewServer(cfg, st, n.eng, auth, users)
 	handler.SetLogger(logger)
+	n.stop = make(chan struct{})
+	if cfg.BackupDir != "" {
+		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop)
+	}
+	if cfg.Restore != "" {
+		go restoreWhenLeading(n.eng, st, cfg.Restore, logger, n.stop)
+	}
 	n.server = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -162,6 +170,7 @@ func (n *Node) Done() <-chan error { return n.done }
 // Shutdown stops accepting requests, lets in-flight ones finish (up to
 // ctx), stops replication and closes the database.
 func (n *Node) Shutdown(ctx context.Context) error {
+	close(n.stop)
 	err := n.server.Shutdown(ctx)
 	n.eng.Close()
 	if cerr := n.Store.Close(); cerr != nil && err == nil {

@@ -257,3 +257,21 @@ func LoadStatements(text string) []string {
 	}
 	return out
 }
+
+// Standalone turns a copy Snapshot wrote into a file that stands alone:
+// rollback-journal mode instead of WAL, so that opening it later leaves
+// no -wal and -shm files beside it (and moving it moves all of it).
+func Standalone(path string) error {
+	c, err := sqlite.Open(path, nil)
+	if err != nil {
+		return err
+	}
+	err = c.ExecScript("PRAGMA journal_mode = DELETE")
+	if cerr := c.Close(); err == nil {
+		err = cerr
+	}
+	for _, p := range []string{path + "-wal", path + "-shm"} {
+		os.Remove(p)
+	}
+	return err
+}

@@ -1,0 +1,175 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
+	"github.com/ddbgo/ddb/internal/store"
+)
+
+// backupLoop writes a consistent backup of the database to dir every
+// interval, until stop: backup-<time>-<index>.db, written under a
+// temporary name, checked with SQLite's integrity check, then renamed;
+// only then are the oldest beyond keep deleted.
+func backupLoop(st *store.Store, dir string, interval time.Duration, keep int, log *slog.Logger, stop <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		path, err := backupOnce(st, dir)
+		if err != nil {
+			log.Error("backup failed; older backups are kept", "dir", dir, "err", err)
+			continue
+		}
+		log.Info("backup written", "file", path)
+		if err := prune(dir, keep); err != nil {
+			log.Warn("could not delete old backups", "dir", dir, "err", err)
+		}
+	}
+}
+
+// backupOnce writes one verified backup into dir and returns its path.
+func backupOnce(st *store.Store, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, index, err := st.Snapshot(context.Background(), dir)
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp) // once renamed, nothing is left to remove
+	if err := store.Standalone(tmp); err != nil {
+		return "", err
+	}
+	if err := verify(tmp); err != nil {
+		return "", fmt.Errorf("the new backup fails its check: %w", err)
+	}
+	if f, err := os.Open(tmp); err == nil {
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	name := fmt.Sprintf("backup-%s-%d.db", time.Now().UTC().Format("20060102T150405.000Z"), index)
+	path := filepath.Join(dir, name)
+	if err := os.Rename(tmp, path); err != nil {
+		return "", err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // the rename is durable
+		d.Close()
+	}
+	return path, nil
+}
+
+// verify runs SQLite's integrity check on a database file.
+func verify(path string) error {
+	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	row, err := c.QueryRow("PRAGMA integrity_check")
+	if err != nil {
+		return err
+	}
+	if row[0] != "ok" {
+		return fmt.Errorf("integrity check: %v", row[0])
+	}
+	return nil
+}
+
+// prune deletes the oldest backups in dir beyond keep (names sort by time).
+func prune(dir string, keep int) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var backups []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "backup-") && strings.HasSuffix(e.Name(), ".db") {
+			backups = append(backups, e.Name())
+		}
+	}
+	sort.Strings(backups)
+	for len(backups) > keep {
+		if err := os.Remove(filepath.Join(dir, backups[0])); err != nil {
+			return err
+		}
+		backups = backups[1:]
+	}
+	return nil
+}
+
+// restoreWhenLeading loads the backup file into a fresh cluster through
+// the log, once this node leads, if the database holds no table yet (a
+// restart with the flag still given changes nothing).
+func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file string, log *slog.Logger, stop <-chan struct{}) {
+	body, err := os.ReadFile(file)
+	if err != nil {
+		log.Error("restore: cannot read the backup", "file", file, "err", err)
+		return
+	}
+	text := string(body)
+	if store.IsSQLiteFile(body) {
+		var dump bytes.Buffer
+		if err := store.DumpFile(file, &dump); err != nil {
+			log.Error("restore: the backup is not a whole SQLite database; nothing restored", "file", file, "err", err)
+			return
+		}
+		text = dump.String()
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if !eng.IsLeader() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		rows, err := st.Read(ctx, []rlog.Statement{{SQL: "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"}}, store.Limits{})
+		if err != nil {
+			cancel()
+			continue
+		}
+		if n, _ := rows[0].Rows[0][0].(int64); n > 0 {
+			cancel()
+			log.Info("restore: the database already holds tables; the backup is not loaded", "file", file)
+			return
+		}
+		stmts := store.LoadStatements(text)
+		req := &store.Request{Ctx: ctx, Stmts: []rlog.Statement{{SQL: strings.Join(stmts, "\n")}}, AllowSchema: true, Replace: true}
+		if len(stmts) == 0 {
+			req.Stmts = []rlog.Statement{{SQL: "SELECT 1"}}
+		}
+		out, err := eng.Write(ctx, req, "quorum")
+		cancel()
+		if err == nil {
+			err = out.Err
+		}
+		if err != nil {
+			log.Warn("restore: the load did not go through yet; retrying", "err", err)
+			continue
+		}
+		log.Info("restored from a backup", "file", file, "index", out.Index)
+		return
+	}
+}
