@@ -54,6 +54,16 @@ extern int sqlite3_backup_step(sqlite3_backup*, int);
 extern int sqlite3_backup_finish(sqlite3_backup*);
 extern int sqlite3_wal_checkpoint_v2(sqlite3*, const char*, int, int*, int*);
 extern int sqlite3_complete(const char*);
+extern int sqlite3_auto_extension(void(*)(void));
+extern int sqlite3_libversion_number(void);
+
+// Each new connection is reported by SQLite itself: an auto-extension is
+// called with the new handle while sqlite3_open_v2 runs, on the opening
+// thread, which keeps it until the opener takes it.
+static __thread sqlite3 *ddb_opened;
+static int ddb_capture(sqlite3 *db, char **err, const void *api) { ddb_opened = db; return 0; }
+static int ddb_install_capture(void) { return sqlite3_auto_extension((void(*)(void))ddb_capture); }
+static sqlite3 *ddb_take_opened(void) { sqlite3 *db = ddb_opened; ddb_opened = 0; return db; }
 
 static int ddb_bind_text(sqlite3_stmt *s, int i, const char *p, int n) {
 	return sqlite3_bind_text(s, i, p, n, (void(*)(void*))-1);
@@ -69,9 +79,10 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"unsafe"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
@@ -158,25 +169,6 @@ func (c *Conn) DropCache() {
 		e.Stmt.Close()
 	}
 	c.cache = nil
-}
-
-// Wrap takes over a driver connection. It installs an authorizer that calls
-// whatever SetAuthorizer last set (nothing by default).
-func Wrap(dc *sqlite3.SQLiteConn) *Conn {
-	// The driver keeps the sqlite3* handle in an unexported field; it is the
-	// same C pointer this package's cgo code works with.
-	f := reflect.ValueOf(dc).Elem().FieldByName("db")
-	if !f.IsValid() {
-		panic("go-sqlite3 no longer has the db field this package reads")
-	}
-	c := &Conn{db: *(**C.sqlite3)(unsafe.Pointer(f.UnsafeAddr())), Driver: dc}
-	dc.RegisterAuthorizer(func(op int, a1, a2, db string) int {
-		if c.auth == nil {
-			return 0
-		}
-		return c.auth(op, a1, a2, db)
-	})
-	return c
 }
 
 // SetAuthorizer sets the function consulted for every action while a
@@ -650,12 +642,90 @@ func abbreviate(s string) string {
 
 // Open opens the database file at path through the driver, with params as
 // URI query parameters (the driver's own such as _journal_mode, and
-// SQLite's such as mode=ro or vfs=NAME).
+// SQLite's such as mode=ro or vfs=NAME). The connection's SQLite handle is
+// the one SQLite reports to an auto-extension while the driver opens it
+// (on this goroutine's thread, locked for the open). The first connection
+// of the process runs a self-test of what this package relies on.
 func Open(path string, params url.Values) (*Conn, error) {
+	installCapture.Do(func() {
+		if rc := C.ddb_install_capture(); rc != codeOK {
+			captureErr = fmt.Errorf("sqlite3_auto_extension failed with code %d", int(rc))
+		}
+	})
+	if captureErr != nil {
+		return nil, captureErr
+	}
 	u := url.URL{Scheme: "file", Opaque: (&url.URL{Path: path}).EscapedPath(), RawQuery: params.Encode()}
+	runtime.LockOSThread()
+	C.ddb_take_opened() // nothing left over from an open that failed
 	dc, err := (&sqlite3.SQLiteDriver{}).Open(u.String())
+	db := C.ddb_take_opened()
+	runtime.UnlockOSThread()
 	if err != nil {
 		return nil, err
 	}
-	return Wrap(dc.(*sqlite3.SQLiteConn)), nil
+	if db == nil {
+		dc.Close()
+		return nil, errors.New("SQLite did not report the new connection to its auto-extension: the SQLite build or the driver changed (see internal/sqlite)")
+	}
+	c := &Conn{db: db, Driver: dc.(*sqlite3.SQLiteConn)}
+	c.Driver.RegisterAuthorizer(func(op int, a1, a2, db string) int {
+		if c.auth == nil {
+			return 0
+		}
+		return c.auth(op, a1, a2, db)
+	})
+	selfTested.Do(func() { selfTestErr = selfTest(c) })
+	if selfTestErr != nil {
+		c.Close()
+		return nil, fmt.Errorf("SQLite self-test failed, refusing to run: %w", selfTestErr)
+	}
+	return c, nil
+}
+
+var (
+	installCapture sync.Once
+	captureErr     error
+	selfTested     sync.Once
+	selfTestErr    error
+)
+
+// minVersion is the oldest SQLite this code works with (RETURNING, the
+// strict typing of the authorizer's actions, sqlite3_stmt_isexplain).
+const minVersion = 3_038_000
+
+// selfTest checks, on a fresh connection, what this package relies on from
+// the SQLite build and the driver: the version; that the handle is the
+// driver's own connection (a table the driver creates is seen through it);
+// that the driver calls the authorizer for statements compiled through the
+// handle; and that values read through the handle come back exactly (no
+// driver conversion of a column declared TIMESTAMP).
+func selfTest(c *Conn) error {
+	if v := int(C.sqlite3_libversion_number()); v < minVersion {
+		return fmt.Errorf("SQLite %d is older than the %d this code needs", v, minVersion)
+	}
+	if _, err := c.Driver.Exec("CREATE TEMP TABLE ddb_selftest (t TIMESTAMP)", nil); err != nil {
+		return fmt.Errorf("create a table through the driver: %w", err)
+	}
+	defer c.Driver.Exec("DROP TABLE temp.ddb_selftest", nil)
+	if err := c.Exec("INSERT INTO temp.ddb_selftest VALUES ('2024-01-02 03:04:05')"); err != nil {
+		return fmt.Errorf("the SQLite handle is not the driver's connection (a table the driver made is not there): %w", err)
+	}
+	row, err := c.QueryRow("SELECT t FROM temp.ddb_selftest")
+	if err != nil || len(row) != 1 || row[0] != "2024-01-02 03:04:05" {
+		return fmt.Errorf("a TIMESTAMP value did not come back exactly through the handle: %v %v", row, err)
+	}
+	called := false
+	prev := c.auth
+	c.auth = func(op int, a1, a2, db string) int { called = true; return 0 }
+	st, err := c.Prepare("SELECT 1")
+	c.auth = prev
+	if err != nil {
+		return err
+	}
+	st.Close()
+	if !called {
+		return errors.New("the driver's authorizer is not called for statements compiled through the handle")
+	}
+	return nil
 }
