@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -17,7 +18,7 @@ type fakeRepl struct {
 	url    string
 }
 
-func (f fakeRepl) Write(context.Context, *store.Request, string) (store.Outcome, error) {
+func (f fakeRepl) Write(context.Context, *store.Request, cluster.Ack) (store.Outcome, error) {
 	return store.Outcome{}, nil
 }
 func (f fakeRepl) ReadIndex(context.Context) (uint64, error)                { return 0, nil }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"github.com/ddbgo/ddb/internal/cluster"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -18,13 +19,13 @@ import (
 // unusual JSON, values that fail validation. The full decoder then
 // decides, so every error and every rare shape has one implementation,
 // and a fuzz test holds the two decoders to the same answers.
-func decodeFast(body []byte, defaultAck string) *Request {
+func decodeFast(body []byte, defaultAck cluster.Ack) *Request {
 	s := scanner{b: body}
 	s.ws()
 	if !s.eat('{') {
 		return nil
 	}
-	r := &Request{Ack: defaultAck, Consistency: "local", Format: "objects"}
+	r := &Request{Ack: defaultAck, Consistency: ConsistencyLocal, Format: FormatObjects}
 	var seen uint16
 	var query string
 	var hasQuery bool

@@ -21,7 +21,7 @@ import (
 // once produced.
 type brokenReplicator struct{}
 
-func (brokenReplicator) Write(context.Context, *store.Request, string) (store.Outcome, error) {
+func (brokenReplicator) Write(context.Context, *store.Request, cluster.Ack) (store.Outcome, error) {
 	return store.Outcome{Index: 42, Results: []store.Result{{HasRows: true, Columns: []string{"a", "b", "c"}, Types: []string{"", "", ""}, Rows: [][]any{{int64(1)}}}}}, nil
 }
 func (brokenReplicator) ReadIndex(context.Context) (uint64, error)                { return 0, nil }

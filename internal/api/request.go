@@ -14,16 +14,44 @@ import (
 	"github.com/ddbgo/ddb/internal/rlog"
 )
 
+// Command is what a request asks: a write or a read.
+type Command string
+
+// The commands.
+const (
+	CommandExec  Command = "exec"
+	CommandQuery Command = "query"
+)
+
+// Consistency is what a read must see.
+type Consistency string
+
+// The read consistencies.
+const (
+	ConsistencyLocal  Consistency = "local"  // this node's data (and min_index)
+	ConsistencyStrong Consistency = "strong" // every write acknowledged before the read
+)
+
+// Format is how a read's rows are answered.
+type Format string
+
+// The row formats.
+const (
+	FormatObjects Format = "objects" // an array of row objects
+	FormatColumns Format = "columns" // names, declared types, rows as arrays
+	FormatTyped   Format = "typed"   // the columns form, values in their exact types
+)
+
 // Request is a decoded, validated client request (SPEC section 2).
 type Request struct {
-	Command      string // "exec" or "query"
+	Command      Command
 	Stmts        []rlog.Statement
 	Multi        bool // sent as "queries"
 	IsReplicated bool
-	Ack          string
-	Consistency  string
+	Ack          cluster.Ack
+	Consistency  Consistency
 	MinIndex     uint64
-	Format       string
+	Format       Format
 	RequestID    string          // idempotency key of a write ("" if none)
 	perms        map[string]bool // the user's, when a users file is in force
 	anonymous    bool            // sent without credentials
@@ -40,7 +68,7 @@ func bad(format string, args ...any) error { return &BadRequest{Msg: fmt.Sprintf
 // ignored (older clients send extra ones); every known field must have the
 // documented type. The common shape takes a one-pass fast path
 // (decodeFast); everything else, errors included, the full decoder.
-func DecodeRequest(body []byte, defaultAck string) (*Request, error) {
+func DecodeRequest(body []byte, defaultAck cluster.Ack) (*Request, error) {
 	if r := decodeFast(body, defaultAck); r != nil {
 		return r, nil
 	}
@@ -105,7 +133,7 @@ func hex4(b []byte, at int) (rune, bool) {
 }
 
 // decodeFull is the reference decoder: any JSON, every error message.
-func decodeFull(body []byte, defaultAck string) (*Request, error) {
+func decodeFull(body []byte, defaultAck cluster.Ack) (*Request, error) {
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -121,7 +149,7 @@ func decodeFull(body []byte, defaultAck string) (*Request, error) {
 	if dec.More() {
 		return nil, bad("malformed JSON: more than one JSON value in the body")
 	}
-	r := &Request{Ack: defaultAck, Consistency: "local", Format: "objects"}
+	r := &Request{Ack: defaultAck, Consistency: ConsistencyLocal, Format: FormatObjects}
 	str := func(field string) (string, bool, error) {
 		v, ok := raw[field]
 		if !ok || string(v) == "null" {
@@ -246,26 +274,26 @@ func decodeFull(body []byte, defaultAck string) (*Request, error) {
 }
 
 func (r *Request) setCommand(cmd string) error {
-	r.Command = strings.ToLower(strings.TrimSpace(cmd))
-	if r.Command != "exec" && r.Command != "query" {
+	r.Command = Command(strings.ToLower(strings.TrimSpace(cmd)))
+	if r.Command != CommandExec && r.Command != CommandQuery {
 		return bad(`unknown command %q: use "exec" or "query"`, cmd)
 	}
 	return nil
 }
 
 func (r *Request) setAck(s string) error {
-	if !cluster.ValidAck(s) {
+	if !cluster.ValidAck(cluster.Ack(s)) {
 		return bad(`"ack" must be "master", "quorum" or "all", not %q`, s)
 	}
-	r.Ack = s
+	r.Ack = cluster.Ack(s)
 	return nil
 }
 
 func (r *Request) setConsistency(s string) error {
-	if s != "local" && s != "strong" {
+	if c := Consistency(s); c != ConsistencyLocal && c != ConsistencyStrong {
 		return bad(`"consistency" must be "local" or "strong", not %q`, s)
 	}
-	r.Consistency = s
+	r.Consistency = Consistency(s)
 	return nil
 }
 
@@ -278,10 +306,10 @@ func (r *Request) setRequestID(s string) error {
 }
 
 func (r *Request) setFormat(s string) error {
-	if s != "objects" && s != "columns" && s != "typed" {
+	if f := Format(s); f != FormatObjects && f != FormatColumns && f != FormatTyped {
 		return bad(`"format" must be "objects", "columns" or "typed", not %q`, s)
 	}
-	r.Format = s
+	r.Format = Format(s)
 	return nil
 }
 

@@ -99,10 +99,10 @@ func appendString(b []byte, s string) []byte {
 // each value in its exact SQLite type (integers as JSON integers, reals as
 // {"r": x}, text as strings, BLOBs as {"b": "base64"}, NULL as null), for
 // programs that must tell a BLOB from text and 2.0 from 2.
-func appendRows(b []byte, r store.Result, format string) []byte {
-	if format == "columns" || format == "typed" {
+func appendRows(b []byte, r store.Result, format Format) []byte {
+	if format == FormatColumns || format == FormatTyped {
 		val := appendValue
-		if format == "typed" {
+		if format == FormatTyped {
 			val = appendTypedValue
 		}
 		b = append(b, `{"columns":`...)

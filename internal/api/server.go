@@ -115,7 +115,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		// peer signed with the cluster secret.
 		if err := s.verifyPeer(r, body); err != nil {
 			s.log.Warn("refused is_replicated request", "from", r.RemoteAddr, "err", err)
-			s.metrics.Request(req.Command, http.StatusForbidden, time.Since(start))
+			s.metrics.Request(string(req.Command), http.StatusForbidden, time.Since(start))
 			writeError(w, http.StatusForbidden, "is_replicated is reserved for authenticated node-to-node requests: "+err.Error())
 			return
 		}
@@ -127,7 +127,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Basic realm="ddb"`)
 	}
-	s.metrics.Request(req.Command, status, time.Since(start))
+	s.metrics.Request(string(req.Command), status, time.Since(start))
 	if index > 0 {
 		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
 	}
@@ -224,12 +224,12 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		return we.status, we.body(), 0
 	}
 	if !s.permitted(req, req.Command) {
-		return fail(&permissionError{perm: map[string]string{"exec": PermExecute, "query": PermQuery}[req.Command], anonymous: req.anonymous})
+		return fail(&permissionError{perm: map[Command]string{CommandExec: PermExecute, CommandQuery: PermQuery}[req.Command], anonymous: req.anonymous})
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
 	lim := store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}
-	if req.Command == "query" {
+	if req.Command == CommandQuery {
 		if err := s.waitReadable(ctx, req); err != nil {
 			return fail(err)
 		}
@@ -237,7 +237,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		var nr *store.NotReadError
 		switch {
 		case errors.As(err, &nr):
-			if !s.permitted(req, "exec") {
+			if !s.permitted(req, CommandExec) {
 				return fail(&permissionError{perm: PermExecute, anonymous: req.anonymous})
 			}
 			return s.write(ctx, req, true, fail)
@@ -282,11 +282,11 @@ func (s *Server) awaitLeader(ctx context.Context) {
 }
 
 // permitted reports whether the request's user may run command.
-func (s *Server) permitted(req *Request, command string) bool {
+func (s *Server) permitted(req *Request, command Command) bool {
 	if s.users == nil {
 		return true
 	}
-	if command == "exec" {
+	if command == CommandExec {
 		return has(req.perms, PermExecute)
 	}
 	return has(req.perms, PermQuery)
@@ -373,7 +373,7 @@ func (s *Server) write(ctx context.Context, req *Request, collect bool, fail fun
 // waitReadable applies consistency and min_index before a read.
 func (s *Server) waitReadable(ctx context.Context, req *Request) error {
 	want := req.MinIndex
-	if req.Consistency == "strong" {
+	if req.Consistency == ConsistencyStrong {
 		idx, err := s.repl.ReadIndex(ctx)
 		if err != nil {
 			return err

@@ -26,15 +26,19 @@ const (
 	Slave  Role = "slave"
 )
 
-// Ack levels for writes.
+// Ack is a write's acknowledgement level.
+type Ack string
+
+// The acknowledgement levels. AckMaster is the original protocol's name,
+// kept: under Raft it means quorum.
 const (
-	AckMaster = "master"
-	AckQuorum = "quorum"
-	AckAll    = "all"
+	AckMaster Ack = "master"
+	AckQuorum Ack = "quorum"
+	AckAll    Ack = "all"
 )
 
 // ValidAck reports whether s is an acknowledgement level.
-func ValidAck(s string) bool { return s == AckMaster || s == AckQuorum || s == AckAll }
+func ValidAck(s Ack) bool { return s == AckMaster || s == AckQuorum || s == AckAll }
 
 // Config is everything one node needs to run. Build it with ParseArgs or by
 // hand (tests run several nodes in one process this way).
@@ -46,7 +50,7 @@ type Config struct {
 	Port      int    // base port
 	Dir       string // data directory
 	Secret    string // cluster secret ("" = resolve with ResolveSecret)
-	Ack       string // default ack level
+	Ack       Ack    // default ack level
 
 	SlaveURLs []string // master: explicit slave URLs (override the port arithmetic)
 	MasterURL string   // slave: explicit master URL
@@ -96,47 +100,69 @@ func (c *Config) SlogLevel() (slog.Level, error) {
 	return 0, fmt.Errorf("-log-level must be debug, info, warn or error, not %q", c.LogLevel)
 }
 
-// Defaults fills zero fields.
+// defaults holds every setting's default value, in one place: the flags
+// show and take them, and Defaults fills them into a Config built by hand.
+var defaults = Config{
+	Host: "localhost", Port: 8080, Dir: ".",
+	Ack: AckQuorum, AckTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second, QueryTimeout: 30 * time.Second,
+	MaxBodyBytes: 16 << 20, BodyTimeout: 10 * time.Second,
+	MaxResultRows: 1_000_000, MaxResultBytes: 256 << 20, MaxConcurrent: 1024,
+	LogKeep:  200_000,
+	LogLevel: "info", LogFormat: "text",
+	BackupInterval: time.Hour, BackupKeep: 24,
+}
+
+// Default is a copy of the default settings.
+func Default() Config { return defaults }
+
+// Defaults fills zero fields from the defaults.
 func (c *Config) Defaults() {
-	if c.Host == "" {
-		c.Host = "localhost"
+	fill := func(v any, d any) {
+		switch p := v.(type) {
+		case *string:
+			if *p == "" {
+				*p = d.(string)
+			}
+		case *int:
+			if *p == 0 {
+				*p = d.(int)
+			}
+		case *int64:
+			if *p == 0 {
+				*p = d.(int64)
+			}
+		case *uint64:
+			if *p == 0 {
+				*p = d.(uint64)
+			}
+		case *time.Duration:
+			if *p == 0 {
+				*p = d.(time.Duration)
+			}
+		case *Ack:
+			if *p == "" {
+				*p = d.(Ack)
+			}
+		}
 	}
-	if c.Port == 0 {
-		c.Port = 8080
-	}
-	if c.Dir == "" {
-		c.Dir = "."
-	}
-	if c.Ack == "" {
-		c.Ack = AckQuorum
-	}
-	if c.AckTimeout == 0 {
-		c.AckTimeout = 5 * time.Second
-	}
-	if c.ReadTimeout == 0 {
-		c.ReadTimeout = 5 * time.Second
-	}
-	if c.QueryTimeout == 0 {
-		c.QueryTimeout = 30 * time.Second
-	}
-	if c.MaxBodyBytes == 0 {
-		c.MaxBodyBytes = 16 << 20
-	}
-	if c.BodyTimeout == 0 {
-		c.BodyTimeout = 10 * time.Second
-	}
-	if c.MaxResultRows == 0 {
-		c.MaxResultRows = 1_000_000
-	}
-	if c.MaxResultBytes == 0 {
-		c.MaxResultBytes = 256 << 20
-	}
-	if c.MaxConcurrent == 0 {
-		c.MaxConcurrent = 1024
-	}
-	if c.LogKeep == 0 {
-		c.LogKeep = 200_000
-	}
+	d := defaults
+	fill(&c.Host, d.Host)
+	fill(&c.Port, d.Port)
+	fill(&c.Dir, d.Dir)
+	fill(&c.Ack, d.Ack)
+	fill(&c.AckTimeout, d.AckTimeout)
+	fill(&c.ReadTimeout, d.ReadTimeout)
+	fill(&c.QueryTimeout, d.QueryTimeout)
+	fill(&c.MaxBodyBytes, d.MaxBodyBytes)
+	fill(&c.BodyTimeout, d.BodyTimeout)
+	fill(&c.MaxResultRows, d.MaxResultRows)
+	fill(&c.MaxResultBytes, d.MaxResultBytes)
+	fill(&c.MaxConcurrent, d.MaxConcurrent)
+	fill(&c.LogKeep, d.LogKeep)
+	fill(&c.LogLevel, d.LogLevel)
+	fill(&c.LogFormat, d.LogFormat)
+	fill(&c.BackupInterval, d.BackupInterval)
+	fill(&c.BackupKeep, d.BackupKeep)
 }
 
 func (c *Config) scheme() string {
@@ -260,30 +286,30 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	c := &Config{Role: role}
 	fs := flag.NewFlagSet(string(role), flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&c.Port, "port", 8080, "base port: the master listens on it, slave i on port+i")
-	fs.StringVar(&c.Host, "host", "localhost", "host name the nodes use to reach each other")
-	fs.StringVar(&c.Dir, "dir", ".", "data directory for slave<i>.db and the cluster secret")
+	fs.IntVar(&c.Port, "port", defaults.Port, "base port: the master listens on it, slave i on port+i")
+	fs.StringVar(&c.Host, "host", defaults.Host, "host name the nodes use to reach each other")
+	fs.StringVar(&c.Dir, "dir", defaults.Dir, "data directory for slave<i>.db and the cluster secret")
 	fs.StringVar(&c.Secret, "secret", "", "cluster secret for node-to-node requests (default $DDB_CLUSTER_SECRET, else a file in -dir)")
-	fs.StringVar(&c.Ack, "ack", AckQuorum, "default write acknowledgement: master, quorum or all")
-	fs.DurationVar(&c.AckTimeout, "ack-timeout", 5*time.Second, "how long a write waits for its acknowledgement level before 504")
-	fs.DurationVar(&c.ReadTimeout, "read-timeout", 5*time.Second, "how long min_index and strong reads wait before 504")
-	fs.DurationVar(&c.QueryTimeout, "query-timeout", 30*time.Second, "deadline of one request's SQL; SQLite is interrupted when it passes")
-	fs.Int64Var(&c.MaxBodyBytes, "max-body", 16<<20, "largest request body in bytes (413 beyond)")
-	fs.DurationVar(&c.BodyTimeout, "body-timeout", 10*time.Second, "how long a client may take to send its request body (408 beyond); slow senders are cut off")
-	fs.IntVar(&c.MaxResultRows, "max-rows", 1_000_000, "most rows one query may return")
-	fs.IntVar(&c.MaxResultBytes, "max-result-bytes", 256<<20, "most bytes of values one query may return")
-	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 1024, "client requests served at once (503 with Retry-After beyond)")
-	fs.Uint64Var(&c.LogKeep, "log-keep", 200_000, "log entries the master keeps for catch-up; a slave further behind gets a snapshot")
+	fs.StringVar((*string)(&c.Ack), "ack", string(defaults.Ack), "default write acknowledgement: master, quorum or all")
+	fs.DurationVar(&c.AckTimeout, "ack-timeout", defaults.AckTimeout, "how long a write waits for its acknowledgement level before 504")
+	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaults.ReadTimeout, "how long min_index and strong reads wait before 504")
+	fs.DurationVar(&c.QueryTimeout, "query-timeout", defaults.QueryTimeout, "deadline of one request's SQL; SQLite is interrupted when it passes")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body", defaults.MaxBodyBytes, "largest request body in bytes (413 beyond)")
+	fs.DurationVar(&c.BodyTimeout, "body-timeout", defaults.BodyTimeout, "how long a client may take to send its request body (408 beyond); slow senders are cut off")
+	fs.IntVar(&c.MaxResultRows, "max-rows", defaults.MaxResultRows, "most rows one query may return")
+	fs.IntVar(&c.MaxResultBytes, "max-result-bytes", defaults.MaxResultBytes, "most bytes of values one query may return")
+	fs.IntVar(&c.MaxConcurrent, "max-concurrent", defaults.MaxConcurrent, "client requests served at once (503 with Retry-After beyond)")
+	fs.Uint64Var(&c.LogKeep, "log-keep", defaults.LogKeep, "log entries the master keeps for catch-up; a slave further behind gets a snapshot")
 	fs.StringVar(&c.AuthFile, "auth", "", "users file (JSON: username, password, perms); without it anyone may use the API")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for the HTTP API and peer traffic")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "CA certificate that peers' certificates are verified against")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug (also every request, with its status and duration), info, warn or error")
-	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (key=value) or json (one object a line)")
+	fs.StringVar(&c.LogLevel, "log-level", defaults.LogLevel, "log level: debug (also every request, with its status and duration), info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", defaults.LogFormat, "log format: text (key=value) or json (one object a line)")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
 	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
-	fs.DurationVar(&c.BackupInterval, "backup-interval", time.Hour, "time between backups to -backup-dir")
-	fs.IntVar(&c.BackupKeep, "backup-keep", 24, "backups kept in -backup-dir (the oldest go first)")
+	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir")
+	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
 	var slaves string
 	if role == Master {
 		fs.StringVar(&c.Restore, "restore", "", "start a fresh cluster from this backup file (a SQLite file or SQL dump): once the master leads and if the database holds no table yet, the backup is loaded through the log, so every node gets it")

@@ -127,7 +127,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		cfg.Tick = 100 * time.Millisecond
 	}
 	if cfg.AckTimeout <= 0 {
-		cfg.AckTimeout = 5 * time.Second
+		cfg.AckTimeout = cluster.Default().AckTimeout
 	}
 	if cfg.ReadWait <= 0 {
 		cfg.ReadWait = 2 * time.Second
@@ -543,7 +543,7 @@ func (e *Engine) newRequestID() string {
 // applied it. During an election it waits for a leader (up to the ack
 // timeout); the write carries a request id, so a forward sent again
 // applies once.
-func (e *Engine) Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+func (e *Engine) Write(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
 	if req.RequestID == "" {
 		req.RequestID = e.newRequestID()
 	}
@@ -572,7 +572,7 @@ func (e *Engine) Write(ctx context.Context, req *store.Request, ack string) (sto
 }
 
 // writeOnce makes one attempt; retry says whether another may succeed.
-func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) (out store.Outcome, err error, retry bool) {
+func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.Ack) (out store.Outcome, err error, retry bool) {
 	lead, self := e.rep.Node().Leader()
 	switch {
 	case self:
@@ -617,7 +617,7 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 	out = store.Outcome{Index: resp.Index, Results: results}
 	// The client reads its own write here.
 	if err := e.WaitApplied(ctx, resp.Index, e.cfg.AckTimeout); err != nil {
-		return out, &replication.AckTimeoutError{Index: resp.Index, Level: ack + ", applied on the node that received it", After: e.cfg.AckTimeout}, false
+		return out, &replication.AckTimeoutError{Index: resp.Index, Level: string(ack) + ", applied on the node that received it", After: e.cfg.AckTimeout}, false
 	}
 	return out, nil, false
 }
@@ -625,7 +625,7 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack string) 
 // proposeHere proposes on this node (the leader) and waits for the ack
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
-func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack string) (store.Outcome, error) {
+func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
 	if faults.Enabled && e.cfg.InjectBug == "ack-before-commit" {
 		r := *req
 		go func() {
@@ -647,7 +647,7 @@ func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack string
 		}
 		return out, err // the write's own failure, the same on every node
 	}
-	if ack == "all" {
+	if ack == cluster.AckAll {
 		if err := e.waitAppliedEverywhere(pctx, out.Index); err != nil {
 			return out, &replication.AckTimeoutError{Index: out.Index, Level: "all (" + err.Error() + ")", After: e.cfg.AckTimeout}
 		}

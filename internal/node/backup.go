@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/ddbgo/ddb/internal/cluster"
 	"log/slog"
 	"net/url"
 	"os"
@@ -160,7 +161,7 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file string, log
 		if len(stmts) == 0 {
 			req.Stmts = []rlog.Statement{{SQL: "SELECT 1"}}
 		}
-		out, err := eng.Write(ctx, req, "quorum")
+		out, err := eng.Write(ctx, req, cluster.AckQuorum)
 		cancel()
 		if err == nil {
 			err = out.Err

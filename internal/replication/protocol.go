@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ddbgo/ddb/internal/cluster"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/store"
@@ -20,7 +21,7 @@ type ForwardRequest struct {
 	Origin  int             `json:"origin"`
 	Body    json.RawMessage `json:"body"` // rlog.EncodeStatements
 	Collect bool            `json:"collect,omitempty"`
-	Ack     string          `json:"ack"`
+	Ack     cluster.Ack     `json:"ack"`
 	// RequestID is the write's idempotency key: the client's, or one the
 	// node it entered at made. A forward sent again (after a broken connection) with
 	// the same key applies at most once.
@@ -65,7 +66,7 @@ type Replicator interface {
 	// Write runs a client write through the log and waits for its ack
 	// level (on a node that does not lead: forwards it, and answers once
 	// this node has applied it).
-	Write(ctx context.Context, req *store.Request, ack string) (store.Outcome, error)
+	Write(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error)
 	// ReadIndex is an index covering every write acknowledged before the
 	// call.
 	ReadIndex(ctx context.Context) (uint64, error)
