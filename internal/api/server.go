@@ -72,6 +72,10 @@ var errQueryDeadline = errors.New("the query ran past its deadline and was stopp
 func (s *Server) isLeader() bool { return s.repl.IsLeader() }
 
 func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
+	if wantsConsole(r) {
+		s.handleConsole(w, r)
+		return
+	}
 	start := time.Now()
 	if r.URL.Path != "/" && r.URL.Path != "/query" {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s: send queries to POST / or POST /query", r.URL.Path))
@@ -321,6 +325,8 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
 	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
 	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
+	s.mux.HandleFunc("/_ddb/status", s.peer(s.handlePeerStatus))
+	s.mux.HandleFunc("/console/cluster", s.handleConsoleCluster)
 	return s
 }
 

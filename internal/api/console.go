@@ -1,0 +1,138 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/consensus"
+)
+
+// The web console: GET / from a browser (Accept: text/html) answers one
+// embedded page that loads nothing from elsewhere; POST / stays the API.
+// The page polls GET /console/cluster, and runs SQL through
+// POST /db/request, with the browser's own credentials.
+
+//go:embed console.html
+var consoleHTML []byte
+
+// wantsConsole: a browser asks for the page.
+func wantsConsole(r *http.Request) bool {
+	return r.Method == http.MethodGet && r.URL.Path == "/" && strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+func (s *Server) handleConsole(w http.ResponseWriter, r *http.Request) {
+	if !s.guard(w, r, PermStatus, http.MethodGet) {
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+	w.Write(consoleHTML)
+}
+
+// consoleNode is one node as the console shows it.
+type consoleNode struct {
+	ID        int    `json:"id"`
+	URL       string `json:"url"`
+	Voter     bool   `json:"voter"`
+	Reachable bool   `json:"reachable"`
+	Role      string `json:"role"`
+	Applied   uint64 `json:"applied_index"`
+	Commit    uint64 `json:"commit_index"`
+	Term      uint64 `json:"term"`
+	Lag       uint64 `json:"lag"`
+	Error     string `json:"error,omitempty"`
+}
+
+// handleConsoleCluster asks every node of the configuration for its status
+// (a signed node-to-node request, so it needs no user's credentials) and
+// answers them together: role, applied and commit index, lag behind the
+// highest commit index seen, reachability from this node.
+func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
+	if !s.guard(w, r, PermStatus, http.MethodGet) {
+		return
+	}
+	members := s.eng.Members()
+	nodes := make([]consoleNode, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		nodes[i] = consoleNode{ID: m.ID, URL: m.URL, Voter: m.Voter}
+		wg.Add(1)
+		go func(n *consoleNode, m consensus.Member) {
+			defer wg.Done()
+			var st consensus.Status
+			var err error
+			if m.ID == s.eng.Status().ID {
+				st = s.eng.Status()
+			} else {
+				ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+				st, err = s.peerStatus(ctx, m.URL)
+				cancel()
+			}
+			if err != nil {
+				n.Error = err.Error()
+				return
+			}
+			n.Reachable, n.Role, n.Applied, n.Commit, n.Term = true, st.Role, st.Applied, st.Commit, st.Term
+		}(&nodes[i], m)
+	}
+	wg.Wait()
+	var commit uint64
+	leader := -1
+	for _, n := range nodes {
+		commit = max(commit, n.Commit)
+		if n.Role == "leader" {
+			leader = n.ID
+		}
+	}
+	for i := range nodes {
+		if nodes[i].Reachable && commit > nodes[i].Applied {
+			nodes[i].Lag = commit - nodes[i].Applied
+		}
+	}
+	writeValue(w, http.StatusOK, map[string]any{"self": s.eng.Status().ID, "leader": leader, "commit_index": commit, "nodes": nodes, "time": time.Now().UnixMilli()})
+}
+
+// peerStatus asks the node at url for its Raft status, signed with the
+// cluster secret.
+func (s *Server) peerStatus(ctx context.Context, url string) (consensus.Status, error) {
+	var st consensus.Status
+	if url == "" {
+		return st, errUnknownAddress
+	}
+	body := []byte("{}")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/_ddb/status", bytes.NewReader(body))
+	if err != nil {
+		return st, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	s.auth.Sign(req, s.cfg.Name(), cluster.BodyHash(body))
+	resp, err := s.eng.Client().Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return st, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return st, &peerError{status: resp.StatusCode, msg: string(b)}
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+var errUnknownAddress = &peerError{msg: "its address is not known here yet"}
+
+// handlePeerStatus answers another node's console with this node's status.
+func (s *Server) handlePeerStatus(w http.ResponseWriter, r *http.Request, _ []byte) {
+	b, _ := json.Marshal(s.eng.Status())
+	writeJSON(w, http.StatusOK, b)
+}
