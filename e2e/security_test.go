@@ -158,6 +158,19 @@ func TestUsersFileAuthenticatesAndAuthorizes(t *testing.T) {
 	if resp.StatusCode != 401 {
 		t.Fatalf("status without credentials: %d", resp.StatusCode)
 	}
+	page, _ := http.NewRequest("GET", c.URL(1)+"/", nil)
+	page.Header.Set("Accept", "text/html")
+	resp, _ = c.Client.Do(page)
+	resp.Body.Close()
+	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+		t.Fatalf("the console without credentials: %d", resp.StatusCode)
+	}
+	page.SetBasicAuth("admin", "secret-admin")
+	resp, _ = c.Client.Do(page)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("the console with credentials: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
 	logs, _ := os.ReadFile(c.Node(0).Log)
 	if strings.Contains(string(logs), "app-pass") || strings.Contains(string(logs), "secret-admin") {
 		t.Fatal("a password reached the log")
