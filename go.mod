@@ -13,6 +13,7 @@ require (
 	github.com/prometheus/common v0.73.1
 	github.com/rqlite/gorqlite v0.0.0-20261020015727-7224ce2bd419
 	go.etcd.io/raft/v3 v3.6.0
+	golang.org/x/term v0.48.0
 )
 
 require (
