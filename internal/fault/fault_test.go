@@ -3,6 +3,7 @@ package fault
 import (
 	"flag"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,11 +14,19 @@ var (
 	seed = flag.Uint64("seed", 0, "seed of the fault-injection run (default: from the clock, printed)")
 )
 
+// runSeed is the run's seed: -seed, else $DDB_SEED, else a fixed one, so
+// that go test ./... schedules the same faults every time unless asked
+// otherwise (DDB_SEED=$(date +%s%N) for a new schedule).
 func runSeed() uint64 {
 	if *seed != 0 {
 		return *seed
 	}
-	return uint64(time.Now().UnixNano())
+	if v := os.Getenv("DDB_SEED"); v != "" {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			return n
+		}
+	}
+	return 20261127
 }
 
 func report(t *testing.T, rep Report) {
