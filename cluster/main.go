@@ -19,7 +19,7 @@ import (
 )
 
 func main() {
-	base, err := cluster.ParseArgs(cluster.Master, os.Args[1:], os.Stderr)
+	base, err := cluster.ParseClusterArgs(os.Args[1:], os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -283,6 +283,16 @@ func ResolveSecret(configured, dir string) (string, error) {
 // master the positional arguments are <num_slaves>; for a slave
 // <slave_id> <num_slaves>. Flags may come before or after them.
 func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
+	return parseArgs(role, "", args, stderr)
+}
+
+// ParseClusterArgs parses the cluster command's arguments: the master's
+// flags and <num_slaves>, with its own usage line.
+func ParseClusterArgs(args []string, stderr io.Writer) (*Config, error) {
+	return parseArgs(Master, "usage: cluster [flags] <num_slaves>   (a master and <num_slaves> slaves in one process, on -port, -port+1, ...; Ctrl-C stops them all)", args, stderr)
+}
+
+func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*Config, error) {
 	c := &Config{Role: role}
 	fs := flag.NewFlagSet(string(role), flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -325,6 +335,9 @@ func ParseArgs(role Role, args []string, stderr io.Writer) (*Config, error) {
 	if role == Slave {
 		want = 2
 		usage = "usage: node [flags] <slave_id> <num_slaves>\n       node -hash-password   (reads a password, prints its bcrypt hash for the users file)"
+	}
+	if usageLine != "" {
+		usage = usageLine
 	}
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, usage)
