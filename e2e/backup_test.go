@@ -220,9 +220,18 @@ func TestPeriodicBackupsAndRestoreIntoAFreshCluster(t *testing.T) {
 	}
 	b.Exec(0, "INSERT INTO p (v) VALUES ('after the restore')")
 	b.Node(0).Stop()
-	b.StartNode(0, "-restore", newest)
+	p := b.StartNode(0, "-restore", newest)
 	b.WaitReady()
-	time.Sleep(500 * time.Millisecond)
+	// The restarted master decides not to load the backup again, and says so.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if l, _ := os.ReadFile(p.Log); strings.Contains(string(l), "already holds tables; the backup is not loaded") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted master did not decide about -restore")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if rows := b.Query(0, "SELECT count(*) AS n FROM p WHERE v = 'after the restore'"); rows[0]["n"] != 1.0 {
 		t.Fatalf("a restart with -restore still given changed the data: %v", rows)
 	}
