@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -54,30 +53,17 @@ func TestBackupUnderWriteLoadRestoresIntoANewCluster(t *testing.T) {
 	a.Exec(0, "CREATE TABLE w (writer INTEGER, seq INTEGER, v TEXT, PRIMARY KEY (writer, seq))")
 	a.Exec(0, "CREATE TABLE k (id INTEGER PRIMARY KEY AUTOINCREMENT, n REAL, b BLOB)")
 	a.Exec(0, "CREATE INDEX wv ON w (v)")
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for wr := 0; wr < 4; wr++ {
-		wg.Add(1)
-		go func(wr int) {
-			defer wg.Done()
-			for seq := 0; ; seq++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				// Each writer waits for its write before the next: its
-				// rows in any consistent copy are 0..n-1.
-				for {
-					r, err := a.Do(wr%3, map[string]any{"command": "exec", "query": "INSERT INTO w VALUES (?, ?, ?)", "params": []any{wr, seq, fmt.Sprint(seq * wr)}, "request_id": fmt.Sprintf("w%d-%d", wr, seq)})
-					if err == nil && r.Status == 200 {
-						break
-					}
-				}
-				a.Exec(0, "INSERT INTO k (n, b) VALUES (?, randomblob(8))", float64(seq)/3)
+	load := startWorkers(4, func(wr, seq int) {
+		// Each writer waits for its write before the next: its rows in
+		// any consistent copy are 0..n-1.
+		for {
+			r, err := a.Do(wr%3, map[string]any{"command": "exec", "query": "INSERT INTO w VALUES (?, ?, ?)", "params": []any{wr, seq, fmt.Sprint(seq * wr)}, "request_id": fmt.Sprintf("w%d-%d", wr, seq)})
+			if err == nil && r.Status == 200 {
+				break
 			}
-		}(wr)
-	}
+		}
+		a.Exec(0, "INSERT INTO k (n, b) VALUES (?, randomblob(8))", float64(seq)/3)
+	})
 	time.Sleep(time.Second)
 	var files [][]byte
 	for i := 0; i < 3; i++ {
@@ -105,8 +91,7 @@ func TestBackupUnderWriteLoadRestoresIntoANewCluster(t *testing.T) {
 		files = append(files, b)
 		time.Sleep(300 * time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	a.WaitConverged(10*time.Second, 1, 2)
 	final, _ := fetch(t, a.URL(2)+"/db/backup")
 	dump, _ := fetch(t, a.URL(1)+"/db/backup?fmt=sql")
@@ -151,23 +136,11 @@ func TestPeriodicBackupsAndRestoreIntoAFreshCluster(t *testing.T) {
 	a.Node(0).Stop()
 	a.StartNode(0, "-backup-dir", dir, "-backup-interval", "300ms", "-backup-keep", "2")
 	a.WaitReady()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			a.Do(i%3, map[string]any{"command": "exec", "query": "INSERT INTO p (v) VALUES (?)", "params": []any{fmt.Sprint(i)}})
-		}
-	}()
-	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	load := startWorkers(1, func(_, i int) {
+		a.Do(i%3, map[string]any{"command": "exec", "query": "INSERT INTO p (v) VALUES (?)", "params": []any{fmt.Sprint(i)}})
+	})
+	time.Sleep(2 * time.Second) // two seconds of writes, several backups
+	load.Stop()
 	time.Sleep(time.Second) // a backup after the last write
 	a.Node(0).Stop()        // and no more
 	entries, _ := os.ReadDir(dir)

@@ -132,37 +132,23 @@ func TestGoClientWritesThroughALeaderKillExactlyOnce(t *testing.T) {
 	var mu sync.Mutex
 	var acked []string
 	var failed []error
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				v := fmt.Sprintf("%d-%d", w, i)
-				_, err := cl.Exec(ctx, "INSERT INTO k VALUES (?)", v)
-				mu.Lock()
-				if err == nil {
-					acked = append(acked, v)
-				} else {
-					failed = append(failed, err)
-				}
-				mu.Unlock()
-			}
-		}(w)
-	}
+	load := startWorkers(4, func(w, i int) {
+		v := fmt.Sprintf("%d-%d", w, i)
+		_, err := cl.Exec(ctx, "INSERT INTO k VALUES (?)", v)
+		mu.Lock()
+		if err == nil {
+			acked = append(acked, v)
+		} else {
+			failed = append(failed, err)
+		}
+		mu.Unlock()
+	})
 	time.Sleep(700 * time.Millisecond)
 	c.Node(0).Kill()
 	time.Sleep(2500 * time.Millisecond)
 	c.StartNode(0)
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	if len(failed) > 0 {
 		t.Fatalf("%d writes failed through the failover; first: %v", len(failed), failed[0])
 	}

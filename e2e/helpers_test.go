@@ -96,3 +96,35 @@ func count(t *testing.T, c *testcluster.Cluster, node int, table string) int64 {
 	rows := c.Query(node, "SELECT count(*) AS n FROM "+table)
 	return int64(rows[0]["n"].(float64))
 }
+
+// workers runs n goroutines, each calling f(worker, i) for i = 0, 1, ...
+// until Stop.
+type workers struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startWorkers(n int, f func(worker, i int)) *workers {
+	w := &workers{stop: make(chan struct{})}
+	for k := 0; k < n; k++ {
+		w.wg.Add(1)
+		go func(k int) {
+			defer w.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				f(k, i)
+			}
+		}(k)
+	}
+	return w
+}
+
+// Stop ends the workers and waits for them.
+func (w *workers) Stop() {
+	close(w.stop)
+	w.wg.Wait()
+}

@@ -145,16 +145,8 @@ func TestGorqliteKeepsWorkingWhileTheLeaderIsKilled(t *testing.T) {
 	var mu sync.Mutex
 	var acked []string
 	var failures []error
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	write := func(name string, do func(string) error) {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
+	writer := func(name string, do func(string) error) func(_, i int) {
+		return func(_, i int) {
 			v := fmt.Sprintf("%s-%d", name, i)
 			err := do(v)
 			mu.Lock()
@@ -164,18 +156,17 @@ func TestGorqliteKeepsWorkingWhileTheLeaderIsKilled(t *testing.T) {
 				failures = append(failures, err)
 			}
 			mu.Unlock()
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // a steady stream, not a flood
 		}
 	}
-	wg.Add(2)
-	go write("lib", func(v string) error {
+	lib := startWorkers(1, writer("lib", func(v string) error {
 		_, err := conn.WriteOneParameterized(gorqlite.ParameterizedStatement{Query: "INSERT INTO g (name) VALUES (?)", Arguments: []any{v}})
 		return err
-	})
-	go write("sql", func(v string) error {
+	}))
+	viaSQL := startWorkers(1, writer("sql", func(v string) error {
 		_, err := db.Exec("INSERT INTO g (name) VALUES (?)", v)
 		return err
-	})
+	}))
 	time.Sleep(500 * time.Millisecond)
 	c.Node(0).Kill()
 	time.Sleep(3 * time.Second)
@@ -183,8 +174,8 @@ func TestGorqliteKeepsWorkingWhileTheLeaderIsKilled(t *testing.T) {
 	before := len(acked)
 	mu.Unlock()
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
+	lib.Stop()
+	viaSQL.Stop()
 	if len(acked) <= before {
 		t.Fatalf("no write was acknowledged in the second after failover (%d acked, %d failed; last failure %v)", len(acked), len(failures), failures[len(failures)-1])
 	}

@@ -644,9 +644,27 @@ func abbreviate(s string) string {
 // URI query parameters (the driver's own such as _journal_mode, and
 // SQLite's such as mode=ro or vfs=NAME). The connection's SQLite handle is
 // the one SQLite reports to an auto-extension while the driver opens it
-// (on this goroutine's thread, locked for the open). The first connection
-// of the process runs a self-test of what this package relies on.
+// (on this goroutine's thread, locked for the open). Before the first
+// connection, a self-test checks what this package relies on.
 func Open(path string, params url.Values) (*Conn, error) {
+	selfTested.Do(func() {
+		// On a private in-memory connection: the test leaves no trace on
+		// the connections the program uses.
+		c, err := open(":memory:", nil)
+		if err == nil {
+			err = selfTest(c)
+			c.Close()
+		}
+		selfTestErr = err
+	})
+	if selfTestErr != nil {
+		return nil, fmt.Errorf("SQLite self-test failed, refusing to run: %w", selfTestErr)
+	}
+	return open(path, params)
+}
+
+// open is Open without the self-test.
+func open(path string, params url.Values) (*Conn, error) {
 	installCapture.Do(func() {
 		if rc := C.ddb_install_capture(); rc != codeOK {
 			captureErr = fmt.Errorf("sqlite3_auto_extension failed with code %d", int(rc))
@@ -675,11 +693,6 @@ func Open(path string, params url.Values) (*Conn, error) {
 		}
 		return c.auth(op, a1, a2, db)
 	})
-	selfTested.Do(func() { selfTestErr = selfTest(c) })
-	if selfTestErr != nil {
-		c.Close()
-		return nil, fmt.Errorf("SQLite self-test failed, refusing to run: %w", selfTestErr)
-	}
 	return c, nil
 }
 
