@@ -241,7 +241,18 @@ func TestMasterDownWritesGoOnAndWithoutAMajorityAnswer503Promptly(t *testing.T) 
 		t.Fatalf("write with the master down: %v %v after %v", r, err, time.Since(start))
 	}
 	c.Node(2).Kill()
-	time.Sleep(3 * time.Second) // the survivor's leader (if it was slave 2) is gone, or steps down
+	// The survivor's leader (if it was slave 2) is gone, or it steps down
+	// itself (CheckQuorum): wait until it knows no leader.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		st, err := c.Status(1)
+		if raft, _ := st["raft"].(map[string]any); err == nil && raft["leader_id"] == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slave 1 still knows a leader with the master and slave 2 down: %v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	start = time.Now()
 	during, err := c.Do(1, map[string]any{"command": "exec", "query": "INSERT INTO m VALUES (3, 'no majority')"})
 	if err != nil || during.Status != 503 || time.Since(start) > 3*time.Second {
