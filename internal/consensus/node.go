@@ -456,7 +456,10 @@ func (n *Node) handle(rd raft.Ready) error {
 		n.mu.Lock()
 		for _, r := range rd.ReadStates {
 			if ch := n.reads[string(r.RequestCtx)]; ch != nil {
-				ch <- r.Index
+				select {
+				case ch <- r.Index:
+				default: // answered already (the request was sent again)
+				}
 			}
 		}
 		n.mu.Unlock()
@@ -662,16 +665,23 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 		delete(n.reads, string(key[:]))
 		n.mu.Unlock()
 	}()
-	if err := n.rn.ReadIndex(ctx, key[:]); err != nil {
-		return 0, err
-	}
-	select {
-	case idx := <-ch:
-		return idx, nil
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-n.done:
-		return 0, ErrStopped
+	// Raft drops a read index request that finds no leader, or a leader
+	// that has not committed an entry of its term yet, or that is lost on
+	// the way: it is sent again every resend until answered.
+	const resend = 200 * time.Millisecond
+	for {
+		if err := n.rn.ReadIndex(ctx, key[:]); err != nil {
+			return 0, err
+		}
+		select {
+		case idx := <-ch:
+			return idx, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-n.done:
+			return 0, ErrStopped
+		case <-time.After(resend):
+		}
 	}
 }
 
