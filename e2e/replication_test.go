@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/url"
 	"reflect"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
@@ -367,5 +369,44 @@ func TestSIGTERMLetsInFlightRequestsFinish(t *testing.T) {
 	c.WaitHealthy(1)
 	if rows := c.Query(1, "SELECT x FROM g"); len(rows) != 1 {
 		t.Fatalf("after restart: %v", rows)
+	}
+}
+
+// A write sent to the leader without request_id records no idempotency
+// key (a row on every node spared); a write forwarded by a follower always
+// carries one, made by that follower, so a forward sent again applies once.
+func TestOnlyForwardedWritesWithoutRequestIDGetAKey(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE k (v)")
+	keys := func() []string {
+		t.Helper()
+		db, err := sqlite.Open(c.DBPath(0), url.Values{"mode": {"ro"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		rows, err := db.All("SELECT id FROM _ddb_requests ORDER BY idx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rows {
+			out = append(out, r[0].(string))
+		}
+		return out
+	}
+	before := len(keys())
+	c.Exec(0, "INSERT INTO k VALUES (1)")
+	if got := keys(); len(got) != before {
+		t.Fatalf("a write to the leader without request_id recorded a key: %v", got)
+	}
+	c.Exec(1, "INSERT INTO k VALUES (2)")
+	got := keys()
+	if len(got) != before+1 || !strings.HasPrefix(got[len(got)-1], "~node2-") {
+		t.Fatalf("a forwarded write's key: %v", got)
+	}
+	r, err := c.Do(0, map[string]any{"command": "exec", "query": "INSERT INTO k VALUES (3)", "request_id": "mine"})
+	if err != nil || r.Status != 200 || keys()[len(keys())-1] != "mine" {
+		t.Fatalf("a client's request_id at the leader: %v %v %v", r, err, keys())
 	}
 }

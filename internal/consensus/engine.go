@@ -541,12 +541,10 @@ func (e *Engine) newRequestID() string {
 // Write runs a client write through the log: proposed here when this node
 // leads, else forwarded to the leader; answered once this node has
 // applied it. During an election it waits for a leader (up to the ack
-// timeout); the write carries a request id, so a forward sent again
-// applies once.
+// timeout). A forwarded write always carries a request id (the client's,
+// or one made here), so a forward sent again applies once; a write
+// proposed here without one is not sent again when its outcome is unknown.
 func (e *Engine) Write(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
-	if req.RequestID == "" {
-		req.RequestID = e.newRequestID()
-	}
 	deadline := time.Now().Add(e.cfg.AckTimeout)
 	var unknown error // an earlier attempt may have been committed
 	for delay := 20 * time.Millisecond; ; delay = min(2*delay, 200*time.Millisecond) {
@@ -556,6 +554,13 @@ func (e *Engine) Write(ctx context.Context, req *store.Request, ack cluster.Ack)
 		}
 		var uo *replication.UnknownOutcomeError
 		if errors.As(err, &uo) {
+			if req.RequestID == "" {
+				// Proposed here without an idempotency key (a write sent
+				// to the leader without request_id records none, which
+				// spares every node a row): sending it again could apply
+				// it twice, so its outcome stays unknown to the client.
+				return store.Outcome{}, err
+			}
 			unknown = err
 		}
 		if ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
@@ -597,6 +602,11 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.
 	body, err := rlog.EncodeStatements(req.Stmts)
 	if err != nil {
 		return out, &store.ParamError{Msg: err.Error()}, false
+	}
+	if req.RequestID == "" {
+		// A forward always carries an idempotency key: sent again after
+		// a broken connection or an election, it applies once.
+		req.RequestID = e.newRequestID()
 	}
 	fctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout+2*time.Second)
 	resp, err := e.cfg.Calls.Forward(fctx, url, &replication.ForwardRequest{Origin: int(e.cfg.ID), Body: body, Collect: req.Collect, Ack: ack, RequestID: req.RequestID,
