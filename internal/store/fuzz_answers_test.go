@@ -76,8 +76,15 @@ func TestAnswerFuzzRegressions(t *testing.T) {
 		if !faults.Enabled {
 			continue // the defect that shows the case can fail: -tags ddb_faults
 		}
-		if r := runAnswers(t, c.seed, c.steps, c.bug); r.mismatch == "" {
-			t.Errorf("seed %d with %s: no mismatch; the case no longer reproduces %s", c.seed, c.bug, c.what)
+		// With the defect, whether the mismatch shows depends on timing
+		// this test does not control (seen in CI: it did not show in about
+		// one run in five): the case must show in one of four runs.
+		shown := false
+		for try := 0; try < 4 && !shown; try++ {
+			shown = runAnswers(t, c.seed, c.steps, c.bug).mismatch != ""
+		}
+		if !shown {
+			t.Errorf("seed %d with %s: no mismatch in four runs; the case no longer reproduces %s", c.seed, c.bug, c.what)
 		}
 	}
 }
