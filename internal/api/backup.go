@@ -3,15 +3,14 @@ package api
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -85,33 +84,19 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("could not read the body (at most %d bytes, see -max-body): %v", s.cfg.MaxBodyBytes, err))
 		return
 	}
-	replace := store.IsSQLiteFile(body)
-	sqlText := string(body)
-	if replace {
-		path, err := store.WriteTemp(bytes.NewReader(body), s.cfg.Dir, "load-*.db")
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
-			return
-		}
-		defer os.Remove(path)
-		var dump bytes.Buffer
-		if err := store.DumpFile(path, &dump); err != nil {
-			writeError(w, http.StatusBadRequest, "load: "+err.Error())
-			return
-		}
-		sqlText = dump.String()
-	}
-	stmts := store.LoadStatements(sqlText)
-	if len(stmts) == 0 && !replace {
-		writeError(w, http.StatusBadRequest, "nothing to load: the body holds no SQL statement and is not a SQLite file")
+	req, err := store.LoadRequest(body, s.cfg.Dir)
+	var pe *store.ParamError
+	switch {
+	case errors.Is(err, store.ErrNothingToLoad), errors.As(err, &pe):
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
 	defer cancel()
-	req := &store.Request{Ctx: ctx, Stmts: []rlog.Statement{{SQL: strings.Join(stmts, "\n")}}, AllowSchema: true, Replace: replace}
-	if len(stmts) == 0 {
-		req.Stmts = []rlog.Statement{{SQL: "SELECT 1"}} // an empty database: the load only empties this one
-	}
+	req.Ctx = ctx
 	out, err := s.repl.Write(ctx, req, s.cfg.Ack)
 	if err == nil {
 		err = out.Err

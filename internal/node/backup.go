@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"github.com/ddbgo/ddb/internal/cluster"
@@ -121,21 +120,18 @@ func prune(dir string, keep int) error {
 // restoreWhenLeading loads the backup file into a fresh cluster through
 // the log, once this node leads, if the database holds no table yet (a
 // restart with the flag still given changes nothing).
-func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file string, log *slog.Logger, stop <-chan struct{}) {
+func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string, log *slog.Logger, stop <-chan struct{}) {
 	body, err := os.ReadFile(file)
 	if err != nil {
 		log.Error("restore: cannot read the backup", "file", file, "err", err)
 		return
 	}
-	text := string(body)
-	if store.IsSQLiteFile(body) {
-		var dump bytes.Buffer
-		if err := store.DumpFile(file, &dump); err != nil {
-			log.Error("restore: the backup is not a whole SQLite database; nothing restored", "file", file, "err", err)
-			return
-		}
-		text = dump.String()
+	req, err := store.LoadRequest(body, dir)
+	if err != nil {
+		log.Error("restore: the backup cannot be loaded; nothing restored", "file", file, "err", err)
+		return
 	}
+	req.Replace = true // a restore replaces the database, from SQL text too
 	for {
 		select {
 		case <-stop:
@@ -156,11 +152,7 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file string, log
 			log.Info("restore: the database already holds tables; the backup is not loaded", "file", file)
 			return
 		}
-		stmts := store.LoadStatements(text)
-		req := &store.Request{Ctx: ctx, Stmts: []rlog.Statement{{SQL: strings.Join(stmts, "\n")}}, AllowSchema: true, Replace: true}
-		if len(stmts) == 0 {
-			req.Stmts = []rlog.Statement{{SQL: "SELECT 1"}}
-		}
+		req.Ctx = ctx
 		out, err := eng.Write(ctx, req, cluster.AckQuorum)
 		cancel()
 		if err == nil {

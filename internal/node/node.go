@@ -100,7 +100,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop)
 	}
 	if cfg.Restore != "" {
-		go restoreWhenLeading(n.eng, st, cfg.Restore, logger, n.stop)
+		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.Dir, logger, n.stop)
 	}
 	n.server = &http.Server{
 		Handler:           handler,

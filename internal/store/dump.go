@@ -2,8 +2,10 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -13,6 +15,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
@@ -274,4 +277,36 @@ func Standalone(path string) error {
 		os.Remove(p)
 	}
 	return err
+}
+
+// ErrNothingToLoad: a load's body is SQL text with no statement.
+var ErrNothingToLoad = errors.New("nothing to load: the body holds no SQL statement and is not a SQLite file")
+
+// LoadRequest turns a load's body into the one write that loads it: a
+// SQLite file (checked, dumped through a temporary copy in dir) replaces
+// the whole user database; SQL text runs as it is, without the statements a
+// dump frames itself with. The caller sets the request's context.
+func LoadRequest(body []byte, dir string) (*Request, error) {
+	replace := IsSQLiteFile(body)
+	text := string(body)
+	if replace {
+		path, err := WriteTemp(bytes.NewReader(body), dir, "load-*.db")
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(path)
+		var dump bytes.Buffer
+		if err := DumpFile(path, &dump); err != nil {
+			return nil, &ParamError{Msg: "load: " + err.Error()}
+		}
+		text = dump.String()
+	}
+	stmts := LoadStatements(text)
+	switch {
+	case len(stmts) > 0:
+		return &Request{Stmts: []rlog.Statement{{SQL: strings.Join(stmts, "\n")}}, AllowSchema: true, Replace: replace}, nil
+	case replace: // an empty database: the load only empties this one
+		return &Request{Stmts: []rlog.Statement{{SQL: "SELECT 1"}}, AllowSchema: true, Replace: true}, nil
+	}
+	return nil, ErrNothingToLoad
 }
