@@ -1,17 +1,15 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
-	"io"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
 )
 
@@ -69,11 +67,14 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 			defer wg.Done()
 			var st consensus.Status
 			var err error
-			if m.ID == s.eng.Status().ID {
+			switch {
+			case m.ID == s.cfg.ID:
 				st = s.eng.Status()
-			} else {
+			case m.URL == "":
+				err = errUnknownAddress
+			default:
 				ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-				st, err = s.peerStatus(ctx, m.URL)
+				st, err = s.tr.PeerStatus(ctx, m.URL)
 				cancel()
 			}
 			if err != nil {
@@ -97,39 +98,11 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 			nodes[i].Lag = commit - nodes[i].Applied
 		}
 	}
-	writeValue(w, http.StatusOK, map[string]any{"self": s.eng.Status().ID, "leader": leader, "commit_index": commit, "nodes": nodes, "time": time.Now().UnixMilli()})
+	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "time": time.Now().UnixMilli()})
 }
 
-// peerStatus asks the node at url for its Raft status, signed with the
-// cluster secret.
-func (s *Server) peerStatus(ctx context.Context, url string) (consensus.Status, error) {
-	var st consensus.Status
-	if url == "" {
-		return st, errUnknownAddress
-	}
-	body := []byte("{}")
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/_ddb/status", bytes.NewReader(body))
-	if err != nil {
-		return st, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	s.auth.Sign(req, s.cfg.Name(), cluster.BodyHash(body))
-	resp, err := s.eng.Client().Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return st, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return st, &peerError{status: resp.StatusCode, msg: string(b)}
-	}
-	return st, json.Unmarshal(b, &st)
-}
-
-var errUnknownAddress = &peerError{msg: "its address is not known here yet"}
+// errUnknownAddress: a member this node has no URL for yet.
+var errUnknownAddress = errors.New("its address is not known here yet")
 
 // handlePeerStatus answers another node's console with this node's status.
 func (s *Server) handlePeerStatus(w http.ResponseWriter, r *http.Request, _ []byte) {

@@ -168,11 +168,11 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 
 // probe checks that node m answers (this node answers for itself).
 func (s *Server) probe(ctx context.Context, m consensus.Member, timeout time.Duration) error {
-	if m.ID == s.eng.Status().ID {
+	if m.ID == s.cfg.ID {
 		return nil
 	}
 	if m.URL == "" {
-		return fmt.Errorf("its address is not known here yet")
+		return errUnknownAddress
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -28,6 +28,7 @@ type Server struct {
 	st      *store.Store
 	repl    replication.Replicator // the client protocol's only view of replication
 	eng     *consensus.Engine      // membership, status, node-to-node endpoints
+	tr      *Transport             // signed calls to other nodes
 	auth    *cluster.Auth
 	users   *Users // nil: no client authentication
 	sem     chan struct{}
@@ -298,8 +299,8 @@ func (s *Server) permitted(req *Request, command Command) bool {
 
 // NewServer builds the handler for a node: the client protocol, the
 // operations endpoints, and the engine's node-to-node endpoints.
-func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, auth *cluster.Auth, users *Users) *Server {
-	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, auth: auth, users: users,
+func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *Transport, auth *cluster.Auth, users *Users) *Server {
+	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, tr: tr, auth: auth, users: users,
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), log: slog.Default(), started: time.Now()}
 	s.metrics.reg.MustRegister(nodeCollector{s})

@@ -169,6 +169,12 @@ func (t *Transport) Instance(ctx context.Context, url string) string {
 	return out.Instance
 }
 
+// PeerStatus asks the node at url for its Raft status (for the console).
+func (t *Transport) PeerStatus(ctx context.Context, url string) (consensus.Status, error) {
+	var st consensus.Status
+	return st, t.post(ctx, url+"/_ddb/status", []byte("{}"), &st)
+}
+
 // Client is the HTTP client the transport sends with (kept-alive
 // connections, the node's TLS settings).
 func (t *Transport) Client() *http.Client { return t.client }

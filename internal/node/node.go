@@ -93,7 +93,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		st.Close()
 		return nil, err
 	}
-	handler := api.NewServer(cfg, st, n.eng, auth, users)
+	handler := api.NewServer(cfg, st, n.eng, tr, auth, users)
 	handler.SetLogger(logger)
 	n.stop = make(chan struct{})
 	if cfg.BackupDir != "" {
