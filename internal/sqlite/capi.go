@@ -221,21 +221,27 @@ func (c *Conn) Prepare(sql string) (*Stmt, error) {
 	if len(sql) == 0 {
 		return nil, nil
 	}
-	if strings.IndexByte(sql, 0) >= 0 {
-		// SQLite stops reading at a NUL; what follows would never be
-		// compiled (nor classified), so refuse the whole text.
-		return nil, &Error{Code: ErrCodeError, Extended: ErrCodeError, Msg: "SQL text contains a NUL character"}
-	}
-	csql := C.CString(sql)
-	defer C.free(unsafe.Pointer(csql))
+	// SQLite reads the text where it lies (no copy: a long text of many
+	// statements is prepared one statement at a time, and copying the
+	// rest each time would be quadratic); it keeps no pointer into it.
+	csql := (*C.char)(unsafe.Pointer(unsafe.StringData(sql)))
 	var s *C.sqlite3_stmt
 	var tail *C.char
-	if rv := C.sqlite3_prepare_v2(c.db, csql, C.int(len(sql)), &s, &tail); rv != codeOK {
-		return nil, c.lastError()
-	}
+	rv := C.sqlite3_prepare_v2(c.db, csql, C.int(len(sql)), &s, &tail)
 	consumed := len(sql)
 	if tail != nil {
 		consumed = int(uintptr(unsafe.Pointer(tail)) - uintptr(unsafe.Pointer(csql)))
+	}
+	if consumed < len(sql) && sql[consumed] == 0 || rv != codeOK && strings.IndexByte(sql[:min(consumed+1, len(sql))], 0) >= 0 {
+		// SQLite stops reading at a NUL; what follows would never be
+		// compiled (nor classified), so refuse the whole text.
+		if s != nil {
+			C.sqlite3_finalize(s)
+		}
+		return nil, &Error{Code: ErrCodeError, Extended: ErrCodeError, Msg: "SQL text contains a NUL character"}
+	}
+	if rv != codeOK {
+		return nil, c.lastError()
 	}
 	rest := strings.TrimSpace(sql[consumed:])
 	if s == nil {

@@ -9,7 +9,7 @@ import (
 	"github.com/ddbgo/ddb/internal/rlog"
 )
 
-func logEntries(t *testing.T, ws ...rlog.Write) []rlog.Entry {
+func logEntries(t testing.TB, ws ...rlog.Write) []rlog.Entry {
 	t.Helper()
 	var out []rlog.Entry
 	for i, w := range ws {

@@ -508,6 +508,9 @@ func (e *ResultTooLargeError) Error() string { return "result too large: " + e.W
 // run executes every statement in st.SQL on cn, in order, with its
 // authorizer state (already reset to the wanted policy). The result is the
 // last statement's; rows are collected when collect is set.
+// maxCachedSQL is the longest statement text kept prepared.
+const maxCachedSQL = 4096
+
 func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bool, b *budget) (Result, error) {
 	var res Result
 	c, a := cn.c, &cn.auth
@@ -537,10 +540,17 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 		// ran when they were compiled. A schema change empties the cache
 		// (see conn.gen), so a kept statement never outlives the schema it
 		// was classified under.
-		key := string(rune('0'+p)) + sql
+		// Only short texts are looked up and kept: a long text of many
+		// statements would be hashed and copied again for each of them
+		// (quadratic in its length).
+		cacheable := len(sql) <= maxCachedSQL
+		var key string
+		if cacheable {
+			key = string(rune('0'+p)) + sql
+		}
 		var stmt *sqlite.Stmt
 		cached := false
-		if e := c.Cached(key); e != nil {
+		if e := c.Cached(key); cacheable && e != nil {
 			stmt, a.kind, cached = e.Stmt, e.Meta.(Kind), true
 		} else {
 			var err error
@@ -550,7 +560,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			if stmt == nil {
 				break
 			}
-			if stmt.Tail == "" && a.kind != KindSchema && len(a.triggerOn) == 0 {
+			if cacheable && stmt.Tail == "" && a.kind != KindSchema && len(a.triggerOn) == 0 {
 				c.Cache(key, stmt, a.kind)
 				cached = true
 			}

@@ -14,7 +14,7 @@ import (
 	"github.com/ddbgo/ddb/internal/rlog"
 )
 
-func openTemp(t *testing.T, name string) *Store {
+func openTemp(t testing.TB, name string) *Store {
 	t.Helper()
 	s, err := Open(Options{Path: filepath.Join(t.TempDir(), name)})
 	if err != nil {
