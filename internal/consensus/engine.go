@@ -485,7 +485,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 	if _, ok := st.Config.Voters.IDs()[id]; !ok {
 		return fmt.Errorf("node %d is not a voter", int(id)-1)
 	}
-	e.rep.Node().rn.TransferLeadership(ctx, e.cfg.ID, id)
+	e.rep.Node().TransferLeadership(ctx, id)
 	deadline := time.Now().Add(e.cfg.AckTimeout)
 	for time.Now().Before(deadline) {
 		if e.rep.Node().Status().Lead == id {

@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -77,12 +78,19 @@ type Config struct {
 	ApplySaving func(save store.RaftSave, entries []Entry) ([]any, error)
 }
 
-// Node is one member of a Raft group.
+// Node is one member of a Raft group. One goroutine (run) owns Raft's
+// state machine (a raft.RawNode): it takes everything queued for Raft
+// since its last step (proposals, messages from other nodes, requests
+// such as a status or a leadership transfer) at once, then handles the
+// Ready that results. Proposals that arrive while a step writes to disk
+// thus go into Raft as one batch, and out to followers as one append.
 type Node struct {
 	cfg     Config
-	rn      raft.Node
+	rn      *raft.RawNode // the run goroutine only
 	storage *Storage
 	tr      Transport
+	props   chan proposal // proposals, for the next step
+	ops     chan func()   // work on rn, run between steps
 
 	applied   atomic.Uint64
 	installed atomic.Uint64 // snapshots installed since start
@@ -123,6 +131,13 @@ type Entry struct {
 type Applied struct {
 	Index  uint64
 	Result any
+	err    error // Raft dropped the proposal (no entry was made)
+}
+
+// proposal is one proposal waiting for the next step.
+type proposal struct {
+	id   uint64
+	data []byte // framed: id, then the proposer's data
 }
 
 // ErrStopped: the node stopped before the proposal was applied.
@@ -163,6 +178,7 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		cfg.PreferredAfter = 2 * cfg.ElectionTick
 	}
 	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]chan Applied{}, reads: map[string]chan uint64{},
+		props: make(chan proposal, 4096), ops: make(chan func(), 256), inbox: make(chan pb.Message, 4096),
 		stopc: make(chan struct{}), done: make(chan struct{})}
 	n.applied.Store(cfg.Applied)
 	hard, _, _ := storage.InitialState()
@@ -177,41 +193,59 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 			return nil, fmt.Errorf("record the commit index: %w", err)
 		}
 	}
+	if n.rn, err = raft.NewRawNode(rc); err != nil {
+		return nil, err
+	}
 	if raft.IsEmptyHardState(hard) && last == 0 && len(cfg.Voters) > 0 {
 		var peers []raft.Peer
 		for _, id := range cfg.Voters {
 			peers = append(peers, raft.Peer{ID: id})
 		}
-		n.rn = raft.StartNode(rc, peers)
-	} else {
-		n.rn = raft.RestartNode(rc) // restarting, or joining: the leader adds it
-	}
-	n.inbox = make(chan pb.Message, 4096)
+		if err := n.rn.Bootstrap(peers); err != nil {
+			return nil, fmt.Errorf("bootstrap the cluster: %w", err)
+		}
+	} // else restarting, or joining: the leader adds it
 	go n.run()
-	go n.stepper()
 	return n, nil
 }
 
-// Deliver queues a message another node sent, for Step, without waiting
-// for Raft to take it: the transport answers its sender at once, so the
-// sender's next batch is not held up while this node writes to disk. A
-// full queue drops the message (Raft sends again).
+// Deliver queues a message another node sent, for the next step, without
+// waiting for Raft to take it: the transport answers its sender at once,
+// so the sender's next batch is not held up while this node writes to
+// disk. A full queue drops the message (Raft sends again).
 func (n *Node) Deliver(m pb.Message) {
+	n.contact(m)
 	select {
 	case n.inbox <- m:
 	default:
 	}
 }
 
-// stepper hands queued messages to Raft, in the order they came.
-func (n *Node) stepper() {
-	for {
-		select {
-		case m := <-n.inbox:
-			n.Step(context.Background(), m)
-		case <-n.done:
-			return
-		}
+// contact records when a leader's message reached this node.
+func (n *Node) contact(m pb.Message) {
+	switch m.Type {
+	case pb.MsgApp, pb.MsgHeartbeat, pb.MsgSnap:
+		n.leaderContact.Store(time.Now().UnixNano())
+	}
+}
+
+// do runs f on Raft's state machine between two steps, and waits for it.
+// It reports false, without running f, if the node has stopped. It must
+// not be called from the run goroutine.
+func (n *Node) do(ctx context.Context, f func(rn *raft.RawNode)) bool {
+	ran := make(chan struct{})
+	select {
+	case n.ops <- func() { f(n.rn); close(ran) }:
+	case <-ctx.Done():
+		return false
+	case <-n.done:
+		return false
+	}
+	select {
+	case <-ran:
+		return true
+	case <-n.done:
+		return false
 	}
 }
 
@@ -224,7 +258,7 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 	// proposal into an empty entry). So a change that does not show within
 	// a moment is proposed again, until the configuration has it.
 	for {
-		st := n.rn.Status()
+		st := n.Status()
 		if st.RaftState != raft.StateLeader {
 			return &NotLeaderError{Leader: st.Lead}
 		}
@@ -235,7 +269,11 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 		n.mu.Lock()
 		n.confWaiters = append(n.confWaiters, confWaiter{cc: cc, ch: ch})
 		n.mu.Unlock()
-		if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
+		var err error
+		if !n.do(ctx, func(rn *raft.RawNode) { err = rn.ProposeConfChange(cc) }) {
+			err = cmp.Or(ctx.Err(), ErrStopped)
+		}
+		if err != nil && !errors.Is(err, raft.ErrProposalDropped) {
 			return fmt.Errorf("propose configuration change: %w", err)
 		}
 		select {
@@ -287,26 +325,40 @@ func (n *Node) confApplied(cc pb.ConfChange) {
 	n.confWaiters = kept
 }
 
-// Step hands the node a message another node sent it. A heartbeat that
-// says entries beyond this node's log are committed comes from a leader
-// that counts entries this node has lost (its data was wiped): Raft would
-// stop the process on it, so it is dropped, and the node waits until the
-// leader probes it afresh (see Engine.HandleJoin).
+// Step hands the node a message another node sent it, in order, and
+// waits until it is queued for the next step.
 func (n *Node) Step(ctx context.Context, m pb.Message) error {
-	switch m.Type {
-	case pb.MsgApp, pb.MsgHeartbeat, pb.MsgSnap:
-		n.leaderContact.Store(time.Now().UnixNano())
+	n.contact(m)
+	select {
+	case n.inbox <- m:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.done:
+		return ErrStopped
 	}
-	if m.Type == pb.MsgHeartbeat {
-		if last, _ := n.storage.LastIndex(); m.Commit > last {
-			return nil
-		}
-	}
-	return n.rn.Step(ctx, m)
 }
 
-// Status is Raft's view of the node.
-func (n *Node) Status() raft.Status { return n.rn.Status() }
+// step hands Raft a message another node sent (run goroutine). A
+// heartbeat that says entries beyond this node's log are committed comes
+// from a leader that counts entries this node has lost (its data was
+// wiped): Raft would stop the process on it, so it is dropped, and the
+// node waits until the leader probes it afresh (see Engine.HandleJoin).
+func (n *Node) step(m pb.Message) {
+	if m.Type == pb.MsgHeartbeat {
+		if last, _ := n.storage.LastIndex(); m.Commit > last {
+			return
+		}
+	}
+	_ = n.rn.Step(m) // a message from a node no longer in the configuration, or of a past term: ignored
+}
+
+// Status is Raft's view of the node (the zero Status once it stopped).
+func (n *Node) Status() raft.Status {
+	var st raft.Status
+	n.do(context.Background(), func(rn *raft.RawNode) { st = rn.Status() })
+	return st
+}
 
 // AppliedIndex is the last index this node applied.
 func (n *Node) AppliedIndex() uint64 { return n.applied.Load() }
@@ -319,7 +371,6 @@ func (n *Node) Stop() {
 		close(n.stopc)
 	}
 	<-n.done
-	n.rn.Stop()
 }
 
 // Propose submits data to the log and waits until this node has applied
@@ -339,11 +390,18 @@ func (n *Node) Propose(ctx context.Context, data []byte) (Applied, error) {
 	}()
 	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
 	framed = append(framed, data...)
-	if err := n.rn.Propose(ctx, framed); err != nil {
-		return Applied{}, fmt.Errorf("propose: %w", err)
+	select {
+	case n.props <- proposal{id: id, data: framed}:
+	case <-ctx.Done():
+		return Applied{}, ctx.Err()
+	case <-n.done:
+		return Applied{}, ErrStopped
 	}
 	select {
 	case a := <-ch:
+		if a.err != nil {
+			return Applied{}, fmt.Errorf("propose: %w", a.err)
+		}
 		return a, nil
 	case <-ctx.Done():
 		return Applied{}, ctx.Err()
@@ -358,23 +416,70 @@ func proposalID() uint64 {
 	return binary.BigEndian.Uint64(b[:]) | 1 // never 0
 }
 
+// maxStepInputs bounds what one step takes from the queues, so that a
+// flood of messages cannot hold off the disk work of a step for long.
+const maxStepInputs = 8192
+
 func (n *Node) run() {
 	defer close(n.done)
+	var batch []pb.Entry
+	var ids []uint64
 	for {
+		batch, ids = batch[:0], ids[:0]
+		take := func(p proposal) {
+			batch = append(batch, pb.Entry{Data: p.data})
+			ids = append(ids, p.id)
+		}
+		// Wait for something to do, then take whatever else is queued.
 		select {
 		case <-n.cfg.Ticks:
 			n.rn.Tick()
 			n.leadPreferred()
-		case rd := <-n.rn.Ready():
-			if err := n.handle(rd); err != nil {
-				n.cfg.Log.Error("raft node stops", "err", err)
-				n.err = err
-				return
-			}
-			n.rn.Advance()
+		case m := <-n.inbox:
+			n.step(m)
+		case p := <-n.props:
+			take(p)
+		case f := <-n.ops:
+			f()
 		case <-n.stopc:
 			return
 		}
+	drain:
+		for i := 0; i < maxStepInputs; i++ {
+			select {
+			case m := <-n.inbox:
+				n.step(m)
+			case p := <-n.props:
+				take(p)
+			case f := <-n.ops:
+				f()
+			default:
+				break drain
+			}
+		}
+		if len(batch) > 0 {
+			// All the proposals queued since the last step go into Raft
+			// as one message: one append to each follower.
+			if err := n.rn.Step(pb.Message{Type: pb.MsgProp, From: n.cfg.ID, Entries: batch}); err != nil {
+				n.mu.Lock()
+				for _, id := range ids {
+					if ch := n.waiting[id]; ch != nil {
+						ch <- Applied{err: err}
+					}
+				}
+				n.mu.Unlock()
+			}
+		}
+		if !n.rn.HasReady() {
+			continue
+		}
+		rd := n.rn.Ready()
+		if err := n.handle(rd); err != nil {
+			n.cfg.Log.Error("raft node stops", "err", err)
+			n.err = err
+			return
+		}
+		n.rn.Advance(rd)
 	}
 }
 
@@ -409,8 +514,23 @@ func (n *Node) handle(rd raft.Ready) error {
 	if err != nil {
 		return err
 	}
+	// A step that writes no entry and changes neither term nor vote (only
+	// the commit index moved) need not reach the disk before anything
+	// else happens: its hard state is written without an fsync, in the
+	// transaction that applies the entries if there are any.
+	save.Lazy = !rd.MustSync
 	var results []any
 	switch {
+	case save.Lazy && len(run) > 0 && n.cfg.ApplySaving != nil:
+		if !n.leading {
+			n.tr.Send(rd.Messages) // they vouch for nothing this step writes
+		}
+		if results, err = n.cfg.ApplySaving(save, run); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
+			return err
+		}
 	case n.leading && len(run) > 0 && n.cfg.ApplySaving != nil:
 		// The leader's committed entries are on its disk already (a
 		// leader's own entries are committed, at the earliest, in the
@@ -422,14 +542,14 @@ func (n *Node) handle(rd raft.Ready) error {
 		}
 		n.deliver(run, ids, results)
 		run = nil
-		if err := n.storage.st.SaveRaft(save.Entries, save.HardState); err != nil {
+		if err := n.storage.st.SaveRaft(save); err != nil {
 			return fmt.Errorf("persist raft log: %w", err)
 		}
 		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
 			return err
 		}
 	default:
-		if err := n.storage.st.SaveRaft(save.Entries, save.HardState); err != nil {
+		if err := n.storage.st.SaveRaft(save); err != nil {
 			return fmt.Errorf("persist raft log: %w", err)
 		}
 		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
@@ -575,7 +695,12 @@ func (n *Node) StepSnapshot(ctx context.Context, m pb.Message, path string) erro
 	f := &snapshotFile{started: make(chan struct{}), done: make(chan struct{})}
 	n.receiving.Store(path, f)
 	m.Snapshot.Data = []byte(path)
-	if err := n.rn.Step(ctx, m); err != nil {
+	n.contact(m)
+	var err error
+	if !n.do(ctx, func(rn *raft.RawNode) { err = rn.Step(m) }) {
+		err = cmp.Or(ctx.Err(), ErrStopped)
+	}
+	if err != nil {
 		n.receiving.Delete(path)
 		removeFile(path)
 		return err
@@ -646,7 +771,7 @@ func (n *Node) ReportSnapshot(id uint64, ok bool) {
 	if !ok {
 		st = raft.SnapshotFailure
 	}
-	n.rn.ReportSnapshot(id, st)
+	n.do(context.Background(), func(rn *raft.RawNode) { rn.ReportSnapshot(id, st) })
 }
 
 // ReadIndex returns an index such that every write acknowledged before the
@@ -670,8 +795,8 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	// the way: it is sent again every resend until answered.
 	const resend = 200 * time.Millisecond
 	for {
-		if err := n.rn.ReadIndex(ctx, key[:]); err != nil {
-			return 0, err
+		if !n.do(ctx, func(rn *raft.RawNode) { rn.ReadIndex(key[:]) }) {
+			return 0, cmp.Or(ctx.Err(), ErrStopped)
 		}
 		select {
 		case idx := <-ch:
@@ -716,7 +841,7 @@ func (n *Node) leadPreferred() {
 	if n.caughtUp >= n.cfg.PreferredAfter {
 		n.caughtUp = 0
 		n.cfg.Log.Info("handing leadership back to the preferred leader", "to", int(p)-1)
-		n.rn.TransferLeadership(context.Background(), n.cfg.ID, p)
+		n.rn.TransferLeader(p)
 	}
 }
 
@@ -791,4 +916,12 @@ func (quietLogger) Panic(v ...any)            { panic(fmt.Sprint(v...)) }
 func (quietLogger) Panicf(f string, v ...any) { panic(fmt.Sprintf(f, v...)) }
 
 // ReportUnreachable tells Raft that a message to id could not be sent.
-func (n *Node) ReportUnreachable(id uint64) { n.rn.ReportUnreachable(id) }
+func (n *Node) ReportUnreachable(id uint64) {
+	n.do(context.Background(), func(rn *raft.RawNode) { rn.ReportUnreachable(id) })
+}
+
+// TransferLeadership asks Raft, on the leader, to hand leadership to node
+// id.
+func (n *Node) TransferLeadership(ctx context.Context, id uint64) {
+	n.do(ctx, func(rn *raft.RawNode) { rn.TransferLeader(id) })
+}

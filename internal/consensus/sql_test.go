@@ -449,7 +449,7 @@ func TestNodeStartsWhenItsRecordedCommitIsBehindWhatItApplied(t *testing.T) {
 	}
 	hs.Commit = s2.Applied() - 5 // as a crash between applying and saving leaves it
 	b, _ := hs.Marshal()
-	if err := s2.SaveRaft(nil, b); err != nil {
+	if err := s2.SaveRaft(store.RaftSave{HardState: b}); err != nil {
 		t.Fatal(err)
 	}
 	s2.Close()
@@ -457,4 +457,26 @@ func TestNodeStartsWhenItsRecordedCommitIsBehindWhatItApplied(t *testing.T) {
 	g.mustWrite(g.leader(), "INSERT INTO c VALUES (1)")
 	g.converge()
 	g.identical()
+}
+
+// A node alone commits an entry in the very step that appends it. It must
+// write the entry to its log before it applies it and answers: an answer
+// that came before the log held the entry could be lost with the machine,
+// and a node whose database applied beyond its log cannot start again.
+func TestASingleNodeAnswersOnlyWhatItsLogHolds(t *testing.T) {
+	g := newReplicas(t, 1)
+	g.mustWrite(g.leader(), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+	for i := range 50 {
+		o := g.mustWrite(1, fmt.Sprintf("INSERT INTO t (v) VALUES ('%d')", i))
+		last, err := g.st[1].RaftLastIndex(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last < o.Index {
+			t.Fatalf("write %d was answered at index %d while the log ends at %d", i, o.Index, last)
+		}
+	}
+	g.kill(1)
+	g.start(1)
+	g.mustWrite(g.leader(), "INSERT INTO t (v) VALUES ('after a restart')")
 }

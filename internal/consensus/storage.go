@@ -188,7 +188,7 @@ func (s *Storage) Save(entries []pb.Entry, hard pb.HardState) error {
 	if err != nil {
 		return err
 	}
-	if err := s.st.SaveRaft(save.Entries, save.HardState); err != nil {
+	if err := s.st.SaveRaft(save); err != nil {
 		return err
 	}
 	return s.saved(entries, hard)

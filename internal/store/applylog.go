@@ -39,17 +39,17 @@ func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, 
 	}
 	s.pendingSave = save
 	defer func() { s.pendingSave = RaftSave{} }()
-	if len(save.Entries) == 0 && save.HardState == nil && s.sync == "FULL" {
+	if save.empty() || save.Lazy {
 		// Applying entries that the consensus log already holds on disk
 		// needs no fsync of its own: a transaction lost to a power cut is
 		// applied again from the log (its applied index is lost with it),
 		// and the next transaction that writes the log makes this one
 		// durable too (the WAL is synced up to there).
-		s.wconn.auth.reset(policyReplica)
-		if err := s.w.Exec("PRAGMA synchronous = NORMAL"); err != nil {
+		restore, err := s.unsynced()
+		if err != nil {
 			return nil, err
 		}
-		defer s.w.Exec("PRAGMA synchronous = FULL")
+		defer restore()
 	}
 	applied := s.applied.Load()
 	for len(entries) > 0 && entries[0].Index <= applied {
@@ -61,7 +61,7 @@ func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, 
 	}
 	entries = entries[:n]
 	if n == 0 {
-		if len(save.Entries) == 0 && save.HardState == nil {
+		if save.empty() {
 			return nil, nil
 		}
 		return nil, s.saveRaftTx(save.Entries, save.HardState)

@@ -88,3 +88,19 @@ func BenchmarkLoadOf20000Statements(b *testing.B) {
 		s.Close()
 	}
 }
+
+// BenchmarkSaveRaftOne is one consensus step that appends one entry and
+// the hard state to the Raft log (one fsync).
+func BenchmarkSaveRaftOne(b *testing.B) {
+	s, _ := Open(Options{Path: b.TempDir() + "/b.db"})
+	defer s.Close()
+	data := make([]byte, 100)
+	i := uint64(0)
+	b.ReportAllocs()
+	for b.Loop() {
+		i++
+		if err := s.SaveRaft(RaftSave{Entries: []RaftEntry{{Index: i, Term: 1, Data: data}}, HardState: []byte("hardstate")}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

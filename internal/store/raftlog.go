@@ -130,14 +130,22 @@ func (s *Store) RaftEntries(ctx context.Context, lo, hi, maxBytes uint64) ([]Raf
 type RaftSave struct {
 	Entries   []RaftEntry
 	HardState []byte
+	// Lazy: nothing here needs to survive a power cut (no entries, and of
+	// the hard state only the commit index changed, which Raft learns again
+	// from the leader), so the transaction is not synced to disk. The next
+	// synced one covers it.
+	Lazy bool
 }
 
-// SaveRaft makes entries and the hard state durable in one transaction.
-// Entries replace whatever the log holds from their first index on (a new
-// leader overwrote an uncommitted suffix). hardState is nil when it did
-// not change.
-func (s *Store) SaveRaft(entries []RaftEntry, hardState []byte) error {
-	if len(entries) == 0 && hardState == nil {
+// empty reports whether save writes nothing.
+func (save RaftSave) empty() bool { return len(save.Entries) == 0 && save.HardState == nil }
+
+// SaveRaft makes entries and the hard state durable in one transaction
+// (written, not synced, if save is Lazy). Entries replace whatever the log
+// holds from their first index on (a new leader overwrote an uncommitted
+// suffix).
+func (s *Store) SaveRaft(save RaftSave) error {
+	if save.empty() {
 		return nil
 	}
 	s.wmu.Lock()
@@ -145,7 +153,29 @@ func (s *Store) SaveRaft(entries []RaftEntry, hardState []byte) error {
 	if s.w == nil {
 		return ErrClosed
 	}
-	return s.saveRaftTx(entries, hardState)
+	if save.Lazy {
+		restore, err := s.unsynced()
+		if err != nil {
+			return err
+		}
+		defer restore()
+	}
+	return s.saveRaftTx(save.Entries, save.HardState)
+}
+
+// unsynced makes the writer's next transactions commit without an fsync
+// (synchronous = NORMAL: in WAL mode a commit still reaches the file,
+// and survives a crash of the process), until restore. The caller holds
+// wmu.
+func (s *Store) unsynced() (restore func(), err error) {
+	if s.sync != "FULL" {
+		return func() {}, nil
+	}
+	s.wconn.auth.reset(policyReplica)
+	if err := s.w.Exec("PRAGMA synchronous = NORMAL"); err != nil {
+		return nil, err
+	}
+	return func() { s.w.Exec("PRAGMA synchronous = FULL") }, nil
 }
 
 // saveRaftTx is SaveRaft for a caller that holds wmu.
