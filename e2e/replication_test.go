@@ -410,3 +410,59 @@ func TestOnlyForwardedWritesWithoutRequestIDGetAKey(t *testing.T) {
 		t.Fatalf("a client's request_id at the leader: %v %v %v", r, err, keys())
 	}
 }
+
+// Many writers on one slave: their forwards go to the leader in batches
+// (while four are on their way, the rest wait and go together), and each
+// writer gets its own write's answer: the row at the id it was answered
+// is its row, and every answered write is applied once.
+func TestManyWritersOnOneSlaveEachGetTheirOwnAnswer(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE f (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
+	type answer struct{ writer, n, id int64 }
+	var mu sync.Mutex
+	var answers []answer
+	calls, failures, firstErr := load(32, 4*time.Second, 0, func(w, i int) error {
+		r, err := c.Do(1, map[string]any{"command": "exec", "query": "INSERT INTO f (writer, n) VALUES (?, ?)", "params": []any{w, i},
+			"request_id": fmt.Sprintf("w%d-%d", w, i)})
+		if err != nil {
+			return err
+		}
+		var out struct {
+			LastInsertID int64 `json:"last_insert_id"`
+		}
+		if r.Status != 200 || r.JSON(&out) != nil || out.LastInsertID == 0 {
+			return fmt.Errorf("slave 1: %s", r)
+		}
+		mu.Lock()
+		answers = append(answers, answer{int64(w), int64(i), out.LastInsertID})
+		mu.Unlock()
+		return nil
+	})
+	t.Logf("%d writes through slave 1 from 32 writers, %d failed", calls, failures)
+	if failures > 0 {
+		t.Fatalf("%d of %d writes failed; first: %v", failures, calls, firstErr)
+	}
+	c.WaitConverged(30*time.Second, 0, 1, 2)
+	db, err := sqlite.Open(c.DBPath(1), url.Values{"mode": {"ro"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.All("SELECT id, writer, n FROM f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(answers) {
+		t.Fatalf("%d rows for %d answered writes", len(rows), len(answers))
+	}
+	byID := map[int64][2]int64{}
+	for _, r := range rows {
+		byID[r[0].(int64)] = [2]int64{r[1].(int64), r[2].(int64)}
+	}
+	for _, a := range answers {
+		if got := byID[a.id]; got != [2]int64{a.writer, a.n} {
+			t.Fatalf("writer %d's write %d was answered with row %d, which holds writer %d's write %d", a.writer, a.n, a.id, got[0], got[1])
+		}
+	}
+	requireIdentical(t, c, 0, 1, 2)
+}

@@ -324,6 +324,7 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *
 	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
 	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
+	s.mux.HandleFunc(forwardBatchPath, s.peer(s.handleForwardBatch))
 	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
 	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
 	s.mux.HandleFunc("/_ddb/status", s.peer(s.handlePeerStatus))

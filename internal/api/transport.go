@@ -10,8 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +25,9 @@ type Transport struct {
 	client *http.Client
 	auth   *cluster.Auth
 	node   string
+
+	fmu      sync.Mutex
+	forwards map[string]*forwardQueue // leader URL -> writes forwarded to it
 }
 
 // NewTransport returns a transport that signs as node. tlsConfig may be nil.
@@ -78,35 +80,6 @@ func (t *Transport) post(ctx context.Context, url string, body []byte, out any) 
 		return &peerError{status: resp.StatusCode, msg: e.Error}
 	}
 	return json.Unmarshal(b, out)
-}
-
-// Forward implements consensus.PeerCaller. A request that never reached
-// the leader is ErrUnavailable (503); one that reached it but got no answer
-// has an unknown outcome (504).
-func (t *Transport) Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	var resp replication.ForwardResponse
-	// Whether the request was written whole decides what a broken
-	// connection means: unwritten, the leader cannot have run it (it reads
-	// the whole body first), so it was not applied; written, it may have.
-	var wrote atomic.Bool
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
-		if i.Err == nil {
-			wrote.Store(true)
-		}
-	}})
-	if err := t.post(ctx, url+"/_ddb/forward", body, &resp); err != nil {
-		err = classifyForwardError(url, err)
-		var uo *replication.UnknownOutcomeError
-		if errors.As(err, &uo) && !wrote.Load() {
-			return nil, &replication.UnavailableError{Reason: fmt.Sprintf("the leader at %s cannot be reached (the write was not sent: %s)", url, uo.Reason)}
-		}
-		return nil, err
-	}
-	return &resp, nil
 }
 
 func classifyForwardError(url string, err error) error {
