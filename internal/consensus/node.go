@@ -483,11 +483,11 @@ func (n *Node) run() {
 	}
 }
 
-// handle processes one Ready in the order Raft requires: the entries and
-// hard state are durable before any message goes out (a vote or an
-// acknowledgement must never outrun the disk), then the committed entries
-// are applied. (Letting the leader send appends while it writes its own
-// copy, Raft thesis 10.2.1, is a later optimisation.)
+// handle processes one Ready in the order Raft requires: no vote or
+// acknowledgement goes out before what it vouches for is durable; the
+// leader's appends go out before it writes its own copy (Raft thesis
+// 10.2.1), since they vouch for nothing on its disk; committed entries are
+// applied once durable (see DESIGN.md).
 func (n *Node) handle(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		n.leading = rd.SoftState.RaftState == raft.StateLeader
