@@ -412,7 +412,7 @@ func TestOnlyForwardedWritesWithoutRequestIDGetAKey(t *testing.T) {
 }
 
 // Many writers on one slave: their forwards go to the leader in batches
-// (while four are on their way, the rest wait and go together), and each
+// (while 16 are on their way, the rest wait and go together), and each
 // writer gets its own write's answer: the row at the id it was answered
 // is its row, and every answered write is applied once.
 func TestManyWritersOnOneSlaveEachGetTheirOwnAnswer(t *testing.T) {

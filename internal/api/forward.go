@@ -25,7 +25,7 @@ import (
 // HTTP exchange per write under load, and the leader proposes the batch's
 // writes together.
 const (
-	maxForwardRequests   = 4
+	maxForwardRequests   = 16
 	maxForwardBatch      = 256
 	maxForwardBatchBytes = 1 << 20
 	forwardBatchPath     = "/_ddb/forward-batch"
