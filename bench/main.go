@@ -74,6 +74,17 @@ func main() {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// The cluster's CPU time, when this run started its processes.
+	nodeCPU := func() time.Duration {
+		if c == nil {
+			return 0
+		}
+		var t time.Duration
+		for i := 0; i <= c.Slaves; i++ {
+			t += bench.CPUTime(c.Node(i).Pid())
+		}
+		return t
+	}
 	var results []bench.Result
 	add := func(r bench.Result) {
 		defer settle()
@@ -102,13 +113,22 @@ func main() {
 	}
 	add(sq)
 
+	// run is bench.Run that also measures the cluster's CPU time.
+	run := func(name string, op func(cl, i int) error) bench.Result {
+		before := nodeCPU()
+		r := bench.Run(name, *clients, *duration, op)
+		if after := nodeCPU(); before > 0 {
+			r.NodeCPU = after - before
+		}
+		return r
+	}
 	want := map[string]bool{}
 	for _, w := range strings.Split(*workloads, ",") {
 		want[strings.TrimSpace(w)] = true
 	}
 	var insertRate float64
 	if want["insert"] {
-		r := bench.Run("insert via master (ack=quorum)", *clients, *duration, func(cl, i int) error {
+		r := run("insert via master (ack=quorum)", func(cl, i int) error {
 			_, err := bench.Post(hc, nodes[0], bench.InsertBody(cl, i))
 			return err
 		})
@@ -116,14 +136,14 @@ func main() {
 		add(r)
 	}
 	if want["insert-ack-master"] {
-		add(bench.Run("insert via master (ack=master)", *clients, *duration, func(cl, i int) error {
+		add(run("insert via master (ack=master)", func(cl, i int) error {
 			b, _ := json.Marshal(map[string]any{"command": "exec", "query": "INSERT INTO bench (c, v) VALUES (?, ?)", "params": []any{cl, fmt.Sprintf("value %d/%d", cl, i)}, "ack": "master"})
 			_, err := bench.Post(hc, nodes[0], b)
 			return err
 		}))
 	}
 	if want["insert-slaves"] && len(nodes) > 1 {
-		add(bench.Run("insert via slaves, forwarded (ack=quorum)", *clients, *duration, func(cl, i int) error {
+		add(run("insert via slaves, forwarded (ack=quorum)", func(cl, i int) error {
 			_, err := bench.Post(hc, nodes[1+cl%(len(nodes)-1)], bench.InsertBody(cl, i))
 			return err
 		}))
@@ -142,13 +162,13 @@ func main() {
 		return []byte(fmt.Sprintf(`{"command":"query","query":"SELECT id, c, v FROM bench WHERE id = ?","params":[%d]}`, bench.RandomID(rows)))
 	}
 	if want["read"] {
-		add(bench.Run("primary-key read, one node", *clients, *duration, func(cl, i int) error {
+		add(run("primary-key read, one node", func(cl, i int) error {
 			_, err := bench.Post(hc, nodes[0], readBody())
 			return err
 		}))
 	}
 	if want["mixed"] {
-		add(bench.Run("mixed 90% read / 10% insert, all nodes", *clients, *duration, func(cl, i int) error {
+		add(run("mixed 90% read / 10% insert, all nodes", func(cl, i int) error {
 			n := nodes[(cl+i)%len(nodes)]
 			if i%10 == 0 {
 				_, err := bench.Post(hc, n, bench.InsertBody(cl, i))
@@ -159,7 +179,7 @@ func main() {
 		}))
 	}
 	if want["tx"] {
-		r := bench.Run("transaction of 5 inserts via master", *clients, *duration, func(cl, i int) error {
+		r := run("transaction of 5 inserts via master", func(cl, i int) error {
 			var qs []string
 			for j := 0; j < 5; j++ {
 				qs = append(qs, fmt.Sprintf(`{"query":"INSERT INTO bench (c, v) VALUES (?, ?)","params":[%d,"tx %d/%d"]}`, cl, i, j))
@@ -337,17 +357,21 @@ func printTable(results []bench.Result, noop, sq bench.Result, clients int, md b
 	fmt.Println()
 	fmt.Printf("%d clients, %d CPUs. Ratios are to the no-op HTTP ceiling (%.0f ops/s) and the in-process SQLite ceiling (%.0f ops/s) measured in this run.\n\n", clients, numCPU(), noop.Rate(), sq.Rate())
 	if md {
-		fmt.Println("| workload | ops/s | vs no-op HTTP | vs SQLite | p50 | p99 | p999 | errors |")
-		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
+		fmt.Println("| workload | ops/s | vs no-op HTTP | vs SQLite | p50 | p99 | p999 | errors | cluster CPU/op |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	} else {
-		fmt.Printf("%-46s %10s %8s %8s %10s %10s %10s %7s\n", "workload", "ops/s", "/no-op", "/sqlite", "p50", "p99", "p999", "errors")
+		fmt.Printf("%-46s %10s %8s %8s %10s %10s %10s %7s %8s\n", "workload", "ops/s", "/no-op", "/sqlite", "p50", "p99", "p999", "errors", "CPU/op")
 	}
 	for _, r := range results {
 		rn, rs := ratio(r.Rate(), noop.Rate()), ratio(r.Rate(), sq.Rate())
+		cpu := "-"
+		if r.NodeCPU > 0 {
+			cpu = r.CPUPerOp().Round(time.Microsecond).String()
+		}
 		if md {
-			fmt.Printf("| %s %s | %.0f | %s | %s | %v | %v | %v | %d |\n", r.Name, r.Note, r.Rate(), rn, rs, r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Pct(99.9).Round(time.Microsecond), r.Errors)
+			fmt.Printf("| %s %s | %.0f | %s | %s | %v | %v | %v | %d | %s |\n", r.Name, r.Note, r.Rate(), rn, rs, r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Pct(99.9).Round(time.Microsecond), r.Errors, cpu)
 		} else {
-			fmt.Printf("%-46s %10.0f %8s %8s %10v %10v %10v %7d %s\n", r.Name, r.Rate(), rn, rs, r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Pct(99.9).Round(time.Microsecond), r.Errors, r.Note)
+			fmt.Printf("%-46s %10.0f %8s %8s %10v %10v %10v %7d %8s %s\n", r.Name, r.Rate(), rn, rs, r.Pct(50).Round(time.Microsecond), r.Pct(99).Round(time.Microsecond), r.Pct(99.9).Round(time.Microsecond), r.Errors, cpu, r.Note)
 		}
 	}
 }

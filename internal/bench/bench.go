@@ -34,6 +34,19 @@ type Result struct {
 	Duration  time.Duration
 	Latencies []time.Duration // sorted
 	Note      string
+	// NodeCPU is the CPU time (user and system) the cluster's processes
+	// used during the workload (0: not measured). Per operation it is a
+	// steadier measure than the rate on a shared machine: the rate moves
+	// with what else runs, the work each operation costs much less.
+	NodeCPU time.Duration
+}
+
+// CPUPerOp is NodeCPU per operation (0 if not measured).
+func (r Result) CPUPerOp() time.Duration {
+	if r.Ops == 0 {
+		return 0
+	}
+	return r.NodeCPU / time.Duration(r.Ops)
 }
 
 // Rate is operations per second.
@@ -182,6 +195,33 @@ func RSS(pid int) int64 {
 	}
 	return 0
 }
+
+// CPUTime is the CPU time (user and system) process pid has used (Linux,
+// from /proc; 0 if unknown).
+func CPUTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after it
+	// start past its closing parenthesis.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc's CPU times: 100
+// on every Linux architecture Go supports.
+const clockTicks = 100
 
 // RandomID picks a row id in [1, n].
 func RandomID(n int) int64 { return 1 + rand.Int64N(int64(n)) }
