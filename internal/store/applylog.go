@@ -180,12 +180,16 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 	}
 	s.leave()
 	last := entries[len(entries)-1].Index
-	if err := s.recordLogPosition(entries); err != nil {
+	term, err := s.recordLogPosition(entries)
+	if err != nil {
 		s.internal("ROLLBACK")
 		return nil, nil, err
 	}
 	if err := s.commitAt(last); err != nil {
 		return nil, nil, err
+	}
+	if term > 0 {
+		s.termRecorded = term
 	}
 	return out, nil, nil
 }
@@ -193,22 +197,25 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 // recordLogPosition records, with the entries' changes, the Raft term of
 // the last one and the configuration the last configuration change among
 // them reached: a copy of the database then carries its own place in the
-// log (see RaftPosition).
-func (s *Store) recordLogPosition(entries []rlog.Entry) error {
+// log (see RaftPosition). The term is written only when it differs from
+// the one the database holds (a page less per batch in a steady term); it
+// returns the term written (0: none).
+func (s *Store) recordLogPosition(entries []rlog.Entry) (term uint64, err error) {
 	s.wconn.auth.reset(policyReplica)
 	last := entries[len(entries)-1]
-	if last.Term > 0 {
+	if last.Term > 0 && last.Term != s.termRecorded {
 		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('applied_term', ?)", int64(last.Term)); err != nil {
-			return fmt.Errorf("record applied term: %w", err)
+			return 0, fmt.Errorf("record applied term: %w", err)
 		}
+		term = last.Term
 	}
 	for i := len(entries) - 1; i >= 0; i-- {
 		if entries[i].Conf != nil {
 			if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('conf_state', ?)", entries[i].Conf); err != nil {
-				return fmt.Errorf("record configuration: %w", err)
+				return 0, fmt.Errorf("record configuration: %w", err)
 			}
 			break
 		}
 	}
-	return nil
+	return term, nil
 }

@@ -84,3 +84,83 @@ func TestApplyLogFailuresAreOutcomesTheSameEverywhere(t *testing.T) {
 		t.Fatalf("applied %d", all.Applied())
 	}
 }
+
+// A copy of the database says where it stands in the log: the applied
+// entry's term is right after every batch, though a batch in the term the
+// database already holds does not write it again; after a restart, after
+// a snapshot of another term was installed, and after the term moves.
+func TestTheAppliedTermFollowsEveryBatch(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Path: dir + "/a.db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	index := uint64(0)
+	apply := func(st *Store, term uint64, sql string) {
+		t.Helper()
+		index++
+		es := logEntries(t, rlog.Write{Stmts: stmts(sql), AllowSchema: true})
+		es[0].Index, es[0].Term = index, term
+		if out, err := st.ApplyLog(es); err != nil || len(out) != 1 || out[0].Err != nil {
+			t.Fatalf("apply %q: %v %v", sql, out, err)
+		}
+	}
+	position := func(st *Store, wantTerm uint64) {
+		t.Helper()
+		path, _, err := st.Snapshot(t.Context(), dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer removeCopy(path)
+		p, err := SnapshotPosition(path)
+		if err != nil || p.Index != index || p.Term != wantTerm {
+			t.Fatalf("a copy stands at %+v (%v), want index %d term %d", p, err, index, wantTerm)
+		}
+	}
+	apply(s, 2, "CREATE TABLE t (x)")
+	position(s, 2)
+	apply(s, 2, "INSERT INTO t VALUES (1)")
+	position(s, 2)
+	apply(s, 3, "INSERT INTO t VALUES (2)")
+	position(s, 3)
+
+	// Another database, further on in term 5, is installed here as a
+	// snapshot: a copy then says term 5, and 6 once an entry of term 6 is
+	// applied.
+	other, err := Open(Options{Path: dir + "/b.db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := index
+	index = 0
+	apply(other, 5, "CREATE TABLE t (x)")
+	for range 5 {
+		apply(other, 5, "INSERT INTO t VALUES (9)")
+	}
+	path, _, err := other.Snapshot(t.Context(), dir)
+	other.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if saved >= index {
+		t.Fatalf("the other database is not ahead: %d, %d", saved, index)
+	}
+	if err := s.InstallRaftSnapshot(path, index, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	position(s, 5)
+	apply(s, 6, "INSERT INTO t VALUES (3)")
+	position(s, 6)
+
+	// A restart forgets what the writer knew; the file still says it.
+	s.Close()
+	if s, err = Open(Options{Path: dir + "/a.db"}); err != nil {
+		t.Fatal(err)
+	}
+	position(s, 6)
+	apply(s, 6, "INSERT INTO t VALUES (4)")
+	position(s, 6)
+	apply(s, 7, "INSERT INTO t VALUES (5)")
+	position(s, 7)
+}

@@ -291,6 +291,7 @@ func (s *Store) RaftStateEmpty(ctx context.Context) (bool, error) {
 func (s *Store) SeedRaft(index, term uint64, hardState, confState []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.termRecorded = 0
 	return s.execInTx("seed raft state",
 		setRaftState("snap_index", int64(index)),
 		setRaftState("snap_term", int64(term)),
@@ -324,6 +325,7 @@ func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
 			from = uint64(v)
 		}
 	}
+	s.termRecorded = 0
 	stmts := []stmt{setRaftState("node_id", int64(id))}
 	if from != 0 {
 		// Where the data stands in the log (the applied entry's term and
