@@ -809,9 +809,10 @@ type Status struct {
 // master, i: slave i).
 func NodeID(id int) uint64 { return uint64(id) + 1 }
 
-// Status reports the node's Raft state.
+// Status reports the node's Raft state (as of its last step: it never
+// waits for a step that runs long).
 func (e *Engine) Status() Status {
-	st := e.rep.Node().Status()
+	st := e.rep.Node().RecentStatus()
 	s := Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
 		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied(), SnapshotsInstalled: e.rep.Node().SnapshotsInstalled()}
 	if st.Lead != 0 {
@@ -872,7 +873,7 @@ type Member struct {
 
 // Members lists the configuration's nodes, voters and learners, by id.
 func (e *Engine) Members() []Member {
-	st := e.rep.Node().Status()
+	st := e.rep.Node().RecentStatus()
 	var out []Member
 	add := func(id uint64, voter bool) {
 		out = append(out, Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})

@@ -102,9 +102,15 @@ type Node struct {
 	// leaderContact is when a leader's append, heartbeat or snapshot last
 	// reached this node (Unix nanoseconds; 0: never).
 	leaderContact atomic.Int64
-	softState     atomic.Uint32   // raft.StateType
-	inbox         chan pb.Message // messages from other nodes, for Step
-	receiving     sync.Map        // path of a received snapshot -> *snapshotFile
+	softState     atomic.Uint32 // raft.StateType
+	// recent is Raft's status as of the last step (at most statusEvery
+	// old, unless a step is running long), for readers that must not wait
+	// for a step: /status, /metrics, the console.
+	recent    atomic.Pointer[raft.Status]
+	recentAt  time.Time       // run goroutine only
+	changed   bool            // role, leader or configuration changed since (run goroutine only)
+	inbox     chan pb.Message // messages from other nodes, for Step
+	receiving sync.Map        // path of a received snapshot -> *snapshotFile
 
 	mu          sync.Mutex
 	waiting     map[uint64]chan Applied // proposal id -> its proposer
@@ -205,6 +211,7 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 			return nil, fmt.Errorf("bootstrap the cluster: %w", err)
 		}
 	} // else restarting, or joining: the leader adds it
+	n.publishStatus(true)
 	go n.run()
 	return n, nil
 }
@@ -353,7 +360,26 @@ func (n *Node) step(m pb.Message) {
 	_ = n.rn.Step(m) // a message from a node no longer in the configuration, or of a past term: ignored
 }
 
-// Status is Raft's view of the node (the zero Status once it stopped).
+// statusEvery is how often the run goroutine refreshes RecentStatus.
+const statusEvery = 20 * time.Millisecond
+
+// publishStatus refreshes RecentStatus (run goroutine).
+func (n *Node) publishStatus(force bool) {
+	if now := time.Now(); force || n.changed || now.Sub(n.recentAt) >= statusEvery {
+		st := n.rn.Status()
+		n.recent.Store(&st)
+		n.recentAt, n.changed = now, false
+	}
+}
+
+// RecentStatus is Raft's view of the node as of its last step, without
+// waiting: a step that runs long (a large write being applied, a snapshot
+// being installed) does not hold up the caller. Callers must not modify
+// it.
+func (n *Node) RecentStatus() raft.Status { return *n.recent.Load() }
+
+// Status is Raft's view of the node now (the zero Status once it
+// stopped); it waits for the step under way to end.
 func (n *Node) Status() raft.Status {
 	var st raft.Status
 	n.do(context.Background(), func(rn *raft.RawNode) { st = rn.Status() })
@@ -470,16 +496,16 @@ func (n *Node) run() {
 				n.mu.Unlock()
 			}
 		}
-		if !n.rn.HasReady() {
-			continue
+		if n.rn.HasReady() {
+			rd := n.rn.Ready()
+			if err := n.handle(rd); err != nil {
+				n.cfg.Log.Error("raft node stops", "err", err)
+				n.err = err
+				return
+			}
+			n.rn.Advance(rd)
 		}
-		rd := n.rn.Ready()
-		if err := n.handle(rd); err != nil {
-			n.cfg.Log.Error("raft node stops", "err", err)
-			n.err = err
-			return
-		}
-		n.rn.Advance(rd)
+		n.publishStatus(false)
 	}
 }
 
@@ -490,6 +516,7 @@ func (n *Node) run() {
 // applied once durable (see DESIGN.md).
 func (n *Node) handle(rd raft.Ready) error {
 	if rd.SoftState != nil {
+		n.changed = true
 		n.leading = rd.SoftState.RaftState == raft.StateLeader
 		n.softLead.Store(rd.SoftState.Lead)
 		n.softState.Store(uint32(rd.SoftState.RaftState))
@@ -891,6 +918,7 @@ func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error)
 // configuration reached, encoded.
 func (n *Node) confChange(cc pb.ConfChangeI) ([]byte, error) {
 	cs := *n.rn.ApplyConfChange(cc)
+	n.changed = true
 	if err := n.storage.SetConfState(cs, !n.cfg.ApplyRecordsConf); err != nil {
 		return nil, err
 	}

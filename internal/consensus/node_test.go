@@ -26,6 +26,10 @@ type group struct {
 	ticks map[uint64]chan time.Time
 
 	preferred uint64 // every node's Config.Preferred
+	// hold, when set, holds node holdID's Apply until it is closed (a
+	// step that runs long).
+	hold   chan struct{}
+	holdID uint64
 
 	mu      sync.Mutex
 	applied map[uint64][]string // per node, the data it applied, in order
@@ -61,6 +65,12 @@ func (g *group) start(id uint64) {
 	n, err := Start(context.Background(), st, g.net.Transport(id), Config{
 		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred,
 		Apply: func(ents []Entry) []any {
+			g.mu.Lock()
+			hold := g.hold
+			g.mu.Unlock()
+			if hold != nil && id == g.holdID {
+				<-hold
+			}
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			var out []any
@@ -312,4 +322,49 @@ func TestReadIndexCoversAcknowledgedWritesAndNeedsAMajority(t *testing.T) {
 	}
 	close(stop)
 	<-ticking
+}
+
+// A step that runs long (a large write being applied) does not hold up
+// the status monitoring reads (/status, /metrics, the console): it is the
+// status as of the last step, at once; Status, which is now, waits.
+func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
+	g := newGroup(t, 3)
+	l := g.waitLeader(100)
+	g.propose(l, "before")
+	hold := make(chan struct{})
+	g.mu.Lock()
+	g.hold, g.holdID = hold, l
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		g.nodes[l].Propose(ctx, []byte("held"))
+	}()
+	// Once the leader's loop is held in Apply (committing needs no tick),
+	// Status waits and RecentStatus does not.
+	fresh := make(chan raft.Status, 1)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		go func() { fresh <- g.nodes[l].Status() }()
+		select {
+		case <-fresh:
+			if time.Now().After(deadline) {
+				t.Fatal("the leader's loop never got held in Apply")
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		case <-time.After(200 * time.Millisecond):
+		}
+		break
+	}
+	start := time.Now()
+	st := g.nodes[l].RecentStatus()
+	if took := time.Since(start); took > 50*time.Millisecond || st.RaftState != raft.StateLeader {
+		t.Fatalf("RecentStatus took %v during a long step and says %v", took, st.RaftState)
+	}
+	close(hold)
+	<-fresh
+	<-done
 }
