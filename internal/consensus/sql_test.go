@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ddbgo/ddb/internal/inspect"
@@ -116,7 +115,9 @@ func (g *replicas) leader() uint64 {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		for id, r := range g.r {
-			if r.Node().Status().RaftState == raft.StateLeader {
+			// As writes see it (the last step's soft state): Status can
+			// say leader a step before Write does.
+			if _, self := r.Node().Leader(); self {
 				return id
 			}
 		}
