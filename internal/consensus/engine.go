@@ -809,12 +809,20 @@ type Status struct {
 // master, i: slave i).
 func NodeID(id int) uint64 { return uint64(id) + 1 }
 
-// Status reports the node's Raft state (as of its last step: it never
-// waits for a step that runs long).
+// statusWait bounds how long a status report waits for the step under
+// way; past it, the report is as of the last step.
+const statusWait = 50 * time.Millisecond
+
+// Status reports the node's Raft state: now, or as of its last step when
+// the step under way runs long (a large load being applied, a snapshot
+// installed), so that monitoring is never held up.
 func (e *Engine) Status() Status {
-	st := e.rep.Node().RecentStatus()
+	st := e.rep.Node().StatusWithin(statusWait)
 	s := Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
 		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied(), SnapshotsInstalled: e.rep.Node().SnapshotsInstalled()}
+	// What is applied is committed (a status of the last step may predate
+	// the step that applied it).
+	s.Commit = max(s.Commit, s.Applied)
 	if st.Lead != 0 {
 		l := int(st.Lead) - 1
 		s.LeaderID, s.LeaderURL = &l, e.tr.Peer(st.Lead)
@@ -873,7 +881,7 @@ type Member struct {
 
 // Members lists the configuration's nodes, voters and learners, by id.
 func (e *Engine) Members() []Member {
-	st := e.rep.Node().RecentStatus()
+	st := e.rep.Node().StatusWithin(statusWait)
 	var out []Member
 	add := func(id uint64, voter bool) {
 		out = append(out, Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})

@@ -378,6 +378,29 @@ func (n *Node) publishStatus(force bool) {
 // it.
 func (n *Node) RecentStatus() raft.Status { return *n.recent.Load() }
 
+// StatusWithin is Raft's view of the node now if the step under way ends
+// within d, else as of its last step (RecentStatus).
+func (n *Node) StatusWithin(d time.Duration) raft.Status {
+	out := make(chan raft.Status, 1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case n.ops <- func() { out <- n.rn.Status() }:
+	case <-t.C:
+		return n.RecentStatus()
+	case <-n.done:
+		return n.RecentStatus()
+	}
+	select {
+	case st := <-out:
+		return st
+	case <-t.C:
+		return n.RecentStatus()
+	case <-n.done:
+		return n.RecentStatus()
+	}
+}
+
 // Status is Raft's view of the node now (the zero Status once it
 // stopped); it waits for the step under way to end.
 func (n *Node) Status() raft.Status {

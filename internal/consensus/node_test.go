@@ -325,8 +325,9 @@ func TestReadIndexCoversAcknowledgedWritesAndNeedsAMajority(t *testing.T) {
 }
 
 // A step that runs long (a large write being applied) does not hold up
-// the status monitoring reads (/status, /metrics, the console): it is the
-// status as of the last step, at once; Status, which is now, waits.
+// the status monitoring reads (/status, /metrics, the console): they get
+// the status now if the step ends soon, else as of the last step; Status,
+// which is now, waits.
 func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
@@ -363,6 +364,11 @@ func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
 	st := g.nodes[l].RecentStatus()
 	if took := time.Since(start); took > 50*time.Millisecond || st.RaftState != raft.StateLeader {
 		t.Fatalf("RecentStatus took %v during a long step and says %v", took, st.RaftState)
+	}
+	start = time.Now()
+	st = g.nodes[l].StatusWithin(100 * time.Millisecond)
+	if took := time.Since(start); took > time.Second || st.RaftState != raft.StateLeader {
+		t.Fatalf("StatusWithin(100ms) took %v during a long step and says %v", took, st.RaftState)
 	}
 	close(hold)
 	<-fresh
