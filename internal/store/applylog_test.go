@@ -164,3 +164,23 @@ func TestTheAppliedTermFollowsEveryBatch(t *testing.T) {
 	apply(s, 7, "INSERT INTO t VALUES (5)")
 	position(s, 7)
 }
+
+// Entries are what a node acknowledges: a save that carries any is
+// synced, whatever the caller asks; only a hard state may go unsynced.
+func TestRaftEntriesAreNeverSavedUnsynced(t *testing.T) {
+	s, err := Open(Options{Path: t.TempDir() + "/a.db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lazy := RaftSave{Entries: []RaftEntry{{Index: 1, Term: 1, Data: []byte("x")}}, Lazy: true}
+	if err := s.SaveRaft(lazy); err == nil {
+		t.Fatal("entries were saved without an fsync")
+	}
+	if _, err := s.ApplyLogSaving(lazy, nil); err == nil {
+		t.Fatal("entries were saved without an fsync, with an apply")
+	}
+	if err := s.SaveRaft(RaftSave{HardState: []byte("hs"), Lazy: true}); err != nil {
+		t.Fatalf("a hard state alone: %v", err)
+	}
+}

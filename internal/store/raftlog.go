@@ -140,6 +140,10 @@ type RaftSave struct {
 // empty reports whether save writes nothing.
 func (save RaftSave) empty() bool { return len(save.Entries) == 0 && save.HardState == nil }
 
+// errLazyEntries: entries are what a node acknowledges; they are always
+// synced.
+var errLazyEntries = errors.New("raft log entries cannot be saved without an fsync")
+
 // SaveRaft makes entries and the hard state durable in one transaction
 // (written, not synced, if save is Lazy). Entries replace whatever the log
 // holds from their first index on (a new leader overwrote an uncommitted
@@ -147,6 +151,9 @@ func (save RaftSave) empty() bool { return len(save.Entries) == 0 && save.HardSt
 func (s *Store) SaveRaft(save RaftSave) error {
 	if save.empty() {
 		return nil
+	}
+	if save.Lazy && len(save.Entries) > 0 {
+		return errLazyEntries
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
