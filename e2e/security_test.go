@@ -205,10 +205,23 @@ func TestLimitsStopRunawayQueriesOverloadAndSlowClients(t *testing.T) {
 		t.Fatalf("the next request waited %v", time.Since(start))
 	}
 	// Two runaway queries fill the cap; a third request gets 503 and Retry-After.
+	// Each is sent again until then: a runaway query that met the cap full
+	// (the other one and a probe below) was refused and holds nothing.
 	var wg sync.WaitGroup
+	full := make(chan struct{})
 	for i := 0; i < 2; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); c.Post(0, forever) }()
+		go func() {
+			defer wg.Done()
+			for {
+				c.Post(0, forever)
+				select {
+				case <-full:
+					return
+				default:
+				}
+			}
+		}()
 	}
 	// Once both hold their places (a request answers 503), the cap is
 	// full: that answer carries Retry-After.
@@ -221,6 +234,7 @@ func TestLimitsStopRunawayQueriesOverloadAndSlowClients(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
+	close(full)
 	if err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("over the cap: %v %v", resp, err)
 	}
