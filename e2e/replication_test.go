@@ -466,3 +466,65 @@ func TestManyWritersOnOneSlaveEachGetTheirOwnAnswer(t *testing.T) {
 	}
 	requireIdentical(t, c, 0, 1, 2)
 }
+
+// The same, with the master killed and restarted in the middle: forwards
+// in flight in batches when the leader dies are sent again with their
+// request ids, so no write applies twice, and every write answered 200 is
+// there, as the answer said.
+func TestManyWritersOnOneSlaveThroughAMasterKillApplyOnce(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE f (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
+	type answer struct{ writer, n, id int64 }
+	var mu sync.Mutex
+	var answers []answer
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		c.Node(0).Kill()
+		time.Sleep(500 * time.Millisecond)
+		c.StartNode(0)
+	}()
+	calls, failures, _ := load(32, 5*time.Second, 0, func(w, i int) error {
+		r, err := c.Do(1, map[string]any{"command": "exec", "query": "INSERT INTO f (writer, n) VALUES (?, ?)", "params": []any{w, i},
+			"request_id": fmt.Sprintf("w%d-%d", w, i)})
+		if err != nil {
+			return err
+		}
+		var out struct {
+			LastInsertID int64 `json:"last_insert_id"`
+		}
+		if r.Status != 200 || r.JSON(&out) != nil || out.LastInsertID == 0 {
+			return fmt.Errorf("slave 1: %s", r)
+		}
+		mu.Lock()
+		answers = append(answers, answer{int64(w), int64(i), out.LastInsertID})
+		mu.Unlock()
+		return nil
+	})
+	t.Logf("%d writes through slave 1 from 32 writers across a master kill, %d answered 200, %d not", calls, len(answers), failures)
+	c.WaitHealthy(0)
+	c.WaitConverged(30*time.Second, 0, 1, 2)
+	db, err := sqlite.Open(c.DBPath(1), url.Values{"mode": {"ro"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.All("SELECT id, writer, n FROM f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[int64][2]int64{}
+	seen := map[[2]int64]int{}
+	for _, r := range rows {
+		k := [2]int64{r[1].(int64), r[2].(int64)}
+		byID[r[0].(int64)] = k
+		if seen[k]++; seen[k] > 1 {
+			t.Fatalf("writer %d's write %d applied twice", k[0], k[1])
+		}
+	}
+	for _, a := range answers {
+		if got := byID[a.id]; got != [2]int64{a.writer, a.n} {
+			t.Fatalf("writer %d's write %d was answered with row %d, which holds %v", a.writer, a.n, a.id, got)
+		}
+	}
+	requireIdentical(t, c, 0, 1, 2)
+}
