@@ -343,10 +343,7 @@ func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
 	g.propose(l, "before")
-	hold := make(chan struct{})
-	g.mu.Lock()
-	g.hold, g.holdID = hold, l
-	g.mu.Unlock()
+	release := g.holdApply(l)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -356,21 +353,7 @@ func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
 	}()
 	// Once the leader's loop is held in Apply (committing needs no tick),
 	// Status waits and RecentStatus does not.
-	fresh := make(chan raft.Status, 1)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		go func() { fresh <- g.nodes[l].Status() }()
-		select {
-		case <-fresh:
-			if time.Now().After(deadline) {
-				t.Fatal("the leader's loop never got held in Apply")
-			}
-			time.Sleep(time.Millisecond)
-			continue
-		case <-time.After(200 * time.Millisecond):
-		}
-		break
-	}
+	g.waitHeld(l)
 	start := time.Now()
 	st := g.nodes[l].RecentStatus()
 	if took := time.Since(start); took > 50*time.Millisecond || st.RaftState != raft.StateLeader {
@@ -381,9 +364,39 @@ func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
 	if took := time.Since(start); took > time.Second || st.RaftState != raft.StateLeader {
 		t.Fatalf("StatusWithin(100ms) took %v during a long step and says %v", took, st.RaftState)
 	}
-	close(hold)
-	<-fresh
+	release()
 	<-done
+}
+
+// holdApply holds node id's Apply from now on (a step that runs long),
+// until release.
+func (g *group) holdApply(id uint64) (release func()) {
+	hold := make(chan struct{})
+	g.mu.Lock()
+	g.hold, g.holdID = hold, id
+	g.mu.Unlock()
+	return func() { close(hold) }
+}
+
+// waitHeld waits until node id's loop is held in Apply: its Status, which
+// waits for the step under way, does not answer.
+func (g *group) waitHeld(id uint64) {
+	g.t.Helper()
+	n := g.nodes[id]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		answered := make(chan struct{})
+		go func() { n.Status(); close(answered) }()
+		select {
+		case <-answered:
+			if time.Now().After(deadline) {
+				g.t.Fatalf("node %d's loop never got held in Apply", id)
+			}
+			time.Sleep(time.Millisecond)
+		case <-time.After(200 * time.Millisecond):
+			return
+		}
+	}
 }
 
 // countingTransport counts the appends with entries a node sends.
@@ -408,10 +421,7 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
 	g.propose(l, "first")
-	hold := make(chan struct{})
-	g.mu.Lock()
-	g.hold, g.holdID = hold, l
-	g.mu.Unlock()
+	release := g.holdApply(l)
 	// One proposal commits and holds the leader in Apply; fifty more
 	// queue meanwhile.
 	var wg sync.WaitGroup
@@ -425,17 +435,7 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 		})
 	}
 	propose("held")
-	for deadline := time.Now().Add(5 * time.Second); len(g.appliedBy(l)) == 1 && time.Now().Before(deadline); {
-		st := make(chan struct{})
-		go func() { g.nodes[l].Status(); close(st) }()
-		select {
-		case <-st:
-			time.Sleep(time.Millisecond)
-			continue
-		case <-time.After(200 * time.Millisecond):
-		}
-		break // Status waits: the leader is held in Apply
-	}
+	g.waitHeld(l)
 	before := g.appends[l].Load()
 	for i := range 50 {
 		propose(fmt.Sprint("queued ", i))
@@ -443,7 +443,7 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 	for len(g.nodes[l].props) < 50 {
 		time.Sleep(time.Millisecond)
 	}
-	close(hold)
+	release()
 	wg.Wait()
 	want := []string{"first", "held"}
 	for i := range 50 {
