@@ -411,17 +411,15 @@ func TestOnlyForwardedWritesWithoutRequestIDGetAKey(t *testing.T) {
 	}
 }
 
-// Many writers on one slave: their forwards go to the leader in batches
-// (while 16 are on their way, the rest wait and go together), and each
-// writer gets its own write's answer: the row at the id it was answered
-// is its row, and every answered write is applied once.
-func TestManyWritersOnOneSlaveEachGetTheirOwnAnswer(t *testing.T) {
-	c := testcluster.Start(t, 2)
-	c.Exec(0, "CREATE TABLE f (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
-	type answer struct{ writer, n, id int64 }
+// slaveWrite is one write answered 200 through a slave: which writer's
+// which write, and the row id its answer named.
+type slaveWrite struct{ writer, n, id int64 }
+
+// writeThroughSlave1 runs 32 writers inserting through slave 1 for d, each
+// write with its own request id, and returns the writes answered 200.
+func writeThroughSlave1(c *testcluster.Cluster, d time.Duration) (answers []slaveWrite, calls, failures int64, firstErr error) {
 	var mu sync.Mutex
-	var answers []answer
-	calls, failures, firstErr := load(32, 4*time.Second, 0, func(w, i int) error {
+	calls, failures, firstErr = load(32, d, 0, func(w, i int) error {
 		r, err := c.Do(1, map[string]any{"command": "exec", "query": "INSERT INTO f (writer, n) VALUES (?, ?)", "params": []any{w, i},
 			"request_id": fmt.Sprintf("w%d-%d", w, i)})
 		if err != nil {
@@ -434,75 +432,18 @@ func TestManyWritersOnOneSlaveEachGetTheirOwnAnswer(t *testing.T) {
 			return fmt.Errorf("slave 1: %s", r)
 		}
 		mu.Lock()
-		answers = append(answers, answer{int64(w), int64(i), out.LastInsertID})
+		answers = append(answers, slaveWrite{int64(w), int64(i), out.LastInsertID})
 		mu.Unlock()
 		return nil
 	})
-	t.Logf("%d writes through slave 1 from 32 writers, %d failed", calls, failures)
-	if failures > 0 {
-		t.Fatalf("%d of %d writes failed; first: %v", failures, calls, firstErr)
-	}
-	c.WaitConverged(30*time.Second, 0, 1, 2)
-	db, err := sqlite.Open(c.DBPath(1), url.Values{"mode": {"ro"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	rows, err := db.All("SELECT id, writer, n FROM f")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rows) != len(answers) {
-		t.Fatalf("%d rows for %d answered writes", len(rows), len(answers))
-	}
-	byID := map[int64][2]int64{}
-	for _, r := range rows {
-		byID[r[0].(int64)] = [2]int64{r[1].(int64), r[2].(int64)}
-	}
-	for _, a := range answers {
-		if got := byID[a.id]; got != [2]int64{a.writer, a.n} {
-			t.Fatalf("writer %d's write %d was answered with row %d, which holds writer %d's write %d", a.writer, a.n, a.id, got[0], got[1])
-		}
-	}
-	requireIdentical(t, c, 0, 1, 2)
+	return answers, calls, failures, firstErr
 }
 
-// The same, with the master killed and restarted in the middle: forwards
-// in flight in batches when the leader dies are sent again with their
-// request ids, so no write applies twice, and every write answered 200 is
-// there, as the answer said.
-func TestManyWritersOnOneSlaveThroughAMasterKillApplyOnce(t *testing.T) {
-	c := testcluster.Start(t, 2)
-	c.Exec(0, "CREATE TABLE f (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
-	type answer struct{ writer, n, id int64 }
-	var mu sync.Mutex
-	var answers []answer
-	go func() {
-		time.Sleep(1500 * time.Millisecond)
-		c.Node(0).Kill()
-		time.Sleep(500 * time.Millisecond)
-		c.StartNode(0)
-	}()
-	calls, failures, _ := load(32, 5*time.Second, 0, func(w, i int) error {
-		r, err := c.Do(1, map[string]any{"command": "exec", "query": "INSERT INTO f (writer, n) VALUES (?, ?)", "params": []any{w, i},
-			"request_id": fmt.Sprintf("w%d-%d", w, i)})
-		if err != nil {
-			return err
-		}
-		var out struct {
-			LastInsertID int64 `json:"last_insert_id"`
-		}
-		if r.Status != 200 || r.JSON(&out) != nil || out.LastInsertID == 0 {
-			return fmt.Errorf("slave 1: %s", r)
-		}
-		mu.Lock()
-		answers = append(answers, answer{int64(w), int64(i), out.LastInsertID})
-		mu.Unlock()
-		return nil
-	})
-	t.Logf("%d writes through slave 1 from 32 writers across a master kill, %d answered 200, %d not", calls, len(answers), failures)
-	c.WaitHealthy(0)
-	c.WaitConverged(30*time.Second, 0, 1, 2)
+// checkSlaveWrites checks slave 1's table f: no write applied twice, and
+// each answered write's row is the one its answer named. It returns the
+// number of rows.
+func checkSlaveWrites(t *testing.T, c *testcluster.Cluster, answers []slaveWrite) int {
+	t.Helper()
 	db, err := sqlite.Open(c.DBPath(1), url.Values{"mode": {"ro"}})
 	if err != nil {
 		t.Fatal(err)
@@ -523,8 +464,48 @@ func TestManyWritersOnOneSlaveThroughAMasterKillApplyOnce(t *testing.T) {
 	}
 	for _, a := range answers {
 		if got := byID[a.id]; got != [2]int64{a.writer, a.n} {
-			t.Fatalf("writer %d's write %d was answered with row %d, which holds %v", a.writer, a.n, a.id, got)
+			t.Fatalf("writer %d's write %d was answered with row %d, which holds writer %d's write %d", a.writer, a.n, a.id, got[0], got[1])
 		}
 	}
+	return len(rows)
+}
+
+// Many writers on one slave: their forwards go to the leader in batches
+// (while 16 are on their way, the rest wait and go together), and each
+// writer gets its own write's answer: the row at the id it was answered
+// is its row, and every answered write is applied once.
+func TestManyWritersOnOneSlaveEachGetTheirOwnAnswer(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE f (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
+	answers, calls, failures, firstErr := writeThroughSlave1(c, 4*time.Second)
+	t.Logf("%d writes through slave 1 from 32 writers, %d failed", calls, failures)
+	if failures > 0 {
+		t.Fatalf("%d of %d writes failed; first: %v", failures, calls, firstErr)
+	}
+	c.WaitConverged(30*time.Second, 0, 1, 2)
+	if rows := checkSlaveWrites(t, c, answers); rows != len(answers) {
+		t.Fatalf("%d rows for %d answered writes", rows, len(answers))
+	}
+	requireIdentical(t, c, 0, 1, 2)
+}
+
+// The same, with the master killed and restarted in the middle: forwards
+// in flight in batches when the leader dies are sent again with their
+// request ids, so no write applies twice, and every write answered 200 is
+// there, as the answer said.
+func TestManyWritersOnOneSlaveThroughAMasterKillApplyOnce(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	c.Exec(0, "CREATE TABLE f (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		c.Node(0).Kill()
+		time.Sleep(500 * time.Millisecond)
+		c.StartNode(0)
+	}()
+	answers, calls, failures, _ := writeThroughSlave1(c, 5*time.Second)
+	t.Logf("%d writes through slave 1 from 32 writers across a master kill, %d answered 200, %d not", calls, len(answers), failures)
+	c.WaitHealthy(0)
+	c.WaitConverged(30*time.Second, 0, 1, 2)
+	checkSlaveWrites(t, c, answers)
 	requireIdentical(t, c, 0, 1, 2)
 }
