@@ -204,17 +204,6 @@ type Write struct {
 // decodes every entry).
 func (w *Write) Encode() ([]byte, error) { return w.encodeBinary() }
 
-// EncodeJSON encodes the write in the JSON form logs held before the
-// binary one (DecodeWriteEntry reads both). A write with no key and no
-// choices is EncodeStatements' array, as before writes had them.
-func (w *Write) EncodeJSON() ([]byte, error) {
-	s, err := EncodeStatements(w.Stmts)
-	if err != nil || (w.RequestID == "" && !w.AllowSchema && !w.Collect && w.MaxRows == 0 && w.MaxBytes == 0 && !w.Each && !w.Replace) {
-		return s, err
-	}
-	return json.Marshal(wireWrite{ID: w.RequestID, S: s, Schema: w.AllowSchema, Collect: w.Collect, MaxRows: w.MaxRows, MaxBytes: w.MaxBytes, Each: w.Each, Atomic: w.Atomic, Replace: w.Replace})
-}
-
 type wireWrite struct {
 	ID       string          `json:"id,omitempty"`
 	S        json.RawMessage `json:"s"`
@@ -227,7 +216,10 @@ type wireWrite struct {
 	Replace  bool            `json:"replace,omitempty"`
 }
 
-// DecodeWriteEntry reverses Write.Encode and Write.EncodeJSON.
+// DecodeWriteEntry reverses Write.Encode. It also reads the JSON form
+// logs held before the binary one: the statements' array alone
+// (EncodeStatements) for a write with no key and no choices, else a
+// wireWrite object.
 func DecodeWriteEntry(body []byte) (Write, error) {
 	if len(body) > 0 && body[0] == binaryVersion {
 		return decodeBinary(body[1:])

@@ -32,8 +32,8 @@ func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
 // transaction as the entries' changes: one fsync for a step of the
 // consensus log that both appends and applies.
 func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, error) {
-	if save.Lazy && len(save.Entries) > 0 {
-		return nil, errLazyEntries
+	if err := save.check(); err != nil {
+		return nil, err
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()

@@ -140,9 +140,14 @@ type RaftSave struct {
 // empty reports whether save writes nothing.
 func (save RaftSave) empty() bool { return len(save.Entries) == 0 && save.HardState == nil }
 
-// errLazyEntries: entries are what a node acknowledges; they are always
-// synced.
-var errLazyEntries = errors.New("raft log entries cannot be saved without an fsync")
+// check refuses a save that would skip the fsync of entries: entries are
+// what a node acknowledges, so they are always synced.
+func (save RaftSave) check() error {
+	if save.Lazy && len(save.Entries) > 0 {
+		return errors.New("raft log entries cannot be saved without an fsync")
+	}
+	return nil
+}
 
 // SaveRaft makes entries and the hard state durable in one transaction
 // (written, not synced, if save is Lazy). Entries replace whatever the log
@@ -152,8 +157,8 @@ func (s *Store) SaveRaft(save RaftSave) error {
 	if save.empty() {
 		return nil
 	}
-	if save.Lazy && len(save.Entries) > 0 {
-		return errLazyEntries
+	if err := save.check(); err != nil {
+		return err
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
