@@ -473,12 +473,14 @@ func (n *Node) run() {
 	defer close(n.done)
 	var batch []pb.Entry
 	var ids []uint64
+	take := func(p proposal) {
+		batch = append(batch, pb.Entry{Data: p.data})
+		ids = append(ids, p.id)
+	}
 	for {
-		batch, ids = batch[:0], ids[:0]
-		take := func(p proposal) {
-			batch = append(batch, pb.Entry{Data: p.data})
-			ids = append(ids, p.id)
-		}
+		// A new slice each step: Raft fills in the entries' index and term
+		// and may keep the slice in its log.
+		batch, ids = nil, ids[:0]
 		// Wait for something to do, then take whatever else is queued.
 		select {
 		case <-n.cfg.Ticks:
