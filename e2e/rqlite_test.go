@@ -403,3 +403,36 @@ func TestTheSameStatementsGiveTheSameResultsThroughBothAPIs(t *testing.T) {
 		}
 	}
 }
+
+// Queued writes (?queue) apply in the order they were queued, on the
+// leader and through a slave, as rqlite's queue does: the n-th queued
+// insert gets row n, and waiting for the last one waits for them all.
+func TestQueuedWritesApplyInTheOrderQueued(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	for node, table := range map[int]string{0: "qm", 1: "qs"} {
+		c.Exec(0, "CREATE TABLE "+table+" (id INTEGER PRIMARY KEY, n INTEGER)")
+		for i := 1; i <= 100; i++ {
+			q := "?queue"
+			if i == 100 {
+				q += "&wait&timeout=20s"
+			}
+			body := fmt.Sprintf(`[["INSERT INTO %s (n) VALUES (?)", %d]]`, table, i)
+			resp, err := c.Client.Post(c.URL(node)+"/db/execute"+q, "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(b), "sequence_number") {
+				t.Fatalf("queued insert %d on node %d: %d %s", i, node, resp.StatusCode, b)
+			}
+		}
+		rows := c.Query(node, "SELECT count(*) AS c FROM "+table+" WHERE id != n")
+		if n := rows[0]["c"]; fmt.Sprint(n) != "0" {
+			t.Fatalf("node %d: %v queued inserts landed out of order", node, n)
+		}
+		if rows := c.Query(node, "SELECT count(*) AS c FROM "+table); fmt.Sprint(rows[0]["c"]) != "100" {
+			t.Fatalf("node %d: %v rows after waiting for the last of 100 queued inserts", node, rows[0]["c"])
+		}
+	}
+}

@@ -377,26 +377,7 @@ func (s *Server) rqWrite(ctx context.Context, stmts []rlog.Statement, flags rqFl
 	req := &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: allowSchema, Collect: true, Each: true, Atomic: flags.transaction,
 		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
 	if flags.queue {
-		seq := rqSequence.Add(1)
-		done := make(chan error, 1)
-		go func() {
-			// The queued write outlives its request: it gets its own
-			// deadline.
-			qctx, cancel := context.WithTimeout(context.Background(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
-			defer cancel()
-			req.Ctx = qctx
-			out, err := s.repl.Write(qctx, req, s.cfg.Ack)
-			if err == nil {
-				s.metrics.Write()
-				if out.Err != nil {
-					err = out.Err
-				}
-			}
-			if err != nil {
-				s.log.Warn("queued write failed", "sequence_number", seq, "err", err)
-			}
-			done <- err
-		}()
+		seq, done := s.enqueue(req)
 		if flags.wait {
 			wait := flags.timeout
 			if wait <= 0 {

@@ -39,6 +39,7 @@ type Server struct {
 	mux            *http.ServeMux
 	log            *slog.Logger
 	started        time.Time
+	queue          rqQueue // rqlite's queued writes, in the order queued
 }
 
 // SetLogger sets where the server logs (requests at debug level, refused
