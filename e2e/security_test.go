@@ -56,7 +56,7 @@ func TestForgedReplayedAndTamperedPeerRequestsChangeNothing(t *testing.T) {
 	auth := cluster.NewAuth(strings.TrimSpace(string(secret)), nil)
 	body, _ := rlog.EncodeStatements([]rlog.Statement{{SQL: "INSERT INTO p VALUES ('forged')"}})
 	// A forged leader's append, at a term far ahead, carrying a write.
-	evil, _ := consensus.EncodeMessages([]raftpb.Message{{Type: raftpb.MsgApp, To: 2, From: 1, Term: 1000, Index: c.Applied(1), LogTerm: 1000,
+	evil, _ := consensus.EncodeMessages(0, []raftpb.Message{{Type: raftpb.MsgApp, To: 2, From: 1, Term: 1000, Index: c.Applied(1), LogTerm: 1000,
 		Entries: []raftpb.Entry{{Index: c.Applied(1) + 1, Term: 1000, Data: append(make([]byte, 24), body...)}}, Commit: c.Applied(1) + 1}})
 
 	if st := peerPost(t, c, 1, consensus.RaftPath, evil, nil); st != 403 {

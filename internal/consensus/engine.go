@@ -595,6 +595,9 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.
 		err := &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
 		return out, err, e.WaitLeader(ctx)
 	}
+	if ack != cluster.AckAll && e.rep.Node().LeaderReports(lead) {
+		return e.proposeThroughLeader(ctx, req, ack)
+	}
 	url := e.tr.Peer(lead)
 	if url == "" {
 		return out, &replication.UnavailableError{Reason: fmt.Sprintf("node %d leads, but its URL is not known here yet; retry shortly", int(lead)-1)}, true
@@ -632,19 +635,57 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.
 	return out, nil, false
 }
 
+// proposeThroughLeader proposes a write on this node, a follower: Raft
+// carries it to the leader with this node's messages (see
+// Replica.WriteThroughLeader), which spares the HTTP request a forward
+// costs. It answers once the entry is applied here and on the leader (the
+// quorum acknowledgement). The "all" level is forwarded instead: the
+// leader knows when every node holds the entry.
+func (e *Engine) proposeThroughLeader(ctx context.Context, req *store.Request, ack cluster.Ack) (out store.Outcome, err error, retry bool) {
+	if req.RequestID == "" {
+		// The proposal may be sent again (its first copy lost on the way
+		// to a leader that died): it applies once.
+		req.RequestID = e.newRequestID()
+	}
+	if faults.Enabled && e.cfg.InjectBug == "ack-before-commit" {
+		return e.ackBeforeCommit(req, e.rep.WriteThroughLeader), nil, false
+	}
+	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+	defer cancel()
+	out, err = e.rep.WriteThroughLeader(pctx, req)
+	var nl *NotLeaderError
+	var uo *UnknownOutcomeError
+	var la *LeaderApplyError
+	switch {
+	case errors.As(err, &nl):
+		return out, &replication.UnavailableError{Reason: "leadership changed; retry"}, true
+	case errors.As(err, &uo):
+		return out, &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}, true
+	case errors.As(err, &la):
+		return out, &replication.AckTimeoutError{Index: la.Index, Level: string(ack) + ", applied on the leader", After: e.cfg.AckTimeout}, false
+	}
+	return out, err, false // the write's own failure, the same on every node
+}
+
+// ackBeforeCommit is the deliberate defect "ack-before-commit" (fault
+// builds only): the write is answered at once and proposed 100 ms later.
+func (e *Engine) ackBeforeCommit(req *store.Request, write func(context.Context, *store.Request) (store.Outcome, error)) store.Outcome {
+	r := *req
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		pctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
+		defer cancel()
+		write(pctx, &r)
+	}()
+	return store.Outcome{Index: e.st.Applied(), Results: []store.Result{{RowsAffected: 1}}}
+}
+
 // proposeHere proposes on this node (the leader) and waits for the ack
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
 func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
 	if faults.Enabled && e.cfg.InjectBug == "ack-before-commit" {
-		r := *req
-		go func() {
-			time.Sleep(100 * time.Millisecond)
-			pctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
-			defer cancel()
-			e.rep.Write(pctx, &r)
-		}()
-		return store.Outcome{Index: e.st.Applied(), Results: []store.Result{{RowsAffected: 1}}}, nil
+		return e.ackBeforeCommit(req, e.rep.Write), nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -29,9 +30,16 @@ const RaftPath = "/_ddb/raft"
 const maxRaftBody = 64 << 20
 
 // EncodeMessages frames messages for one request: each as its length (a
-// uvarint) and its protobuf encoding.
-func EncodeMessages(msgs []pb.Message) ([]byte, error) {
+// uvarint) and its protobuf encoding. A leader's request starts with what
+// it has applied (leaderApplied; 0 from other nodes), as a message of a
+// type Raft never takes from the network (MsgHup) marked appliedMarker: a
+// node of an earlier version hands it to Raft, which ignores it.
+func EncodeMessages(leaderApplied uint64, msgs []pb.Message) ([]byte, error) {
 	var b []byte
+	if leaderApplied > 0 && len(msgs) > 0 {
+		report := pb.Message{Type: pb.MsgHup, From: msgs[0].From, To: msgs[0].To, Index: leaderApplied, Context: appliedMarker}
+		msgs = append([]pb.Message{report}, msgs...)
+	}
 	for _, m := range msgs {
 		data, err := m.Marshal()
 		if err != nil {
@@ -43,22 +51,27 @@ func EncodeMessages(msgs []pb.Message) ([]byte, error) {
 	return b, nil
 }
 
+var appliedMarker = []byte("ddb:leader-applied")
+
 // DecodeMessages reverses EncodeMessages.
-func DecodeMessages(b []byte) ([]pb.Message, error) {
-	var out []pb.Message
+func DecodeMessages(b []byte) (leaderApplied uint64, msgs []pb.Message, err error) {
 	for len(b) > 0 {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
-			return nil, errors.New("malformed raft message frame")
+			return 0, nil, errors.New("malformed raft message frame")
 		}
 		var m pb.Message
 		if err := m.Unmarshal(b[k : k+int(n)]); err != nil {
-			return nil, fmt.Errorf("decode raft message: %w", err)
+			return 0, nil, fmt.Errorf("decode raft message: %w", err)
 		}
-		out = append(out, m)
 		b = b[k+int(n):]
+		if m.Type == pb.MsgHup && bytes.Equal(m.Context, appliedMarker) {
+			leaderApplied = m.Index
+			continue
+		}
+		msgs = append(msgs, m)
 	}
-	return out, nil
+	return leaderApplied, msgs, nil
 }
 
 // HTTPTransport sends Raft messages over HTTP, signed with the cluster
@@ -158,9 +171,27 @@ func (t *HTTPTransport) Send(msgs []pb.Message) {
 		select {
 		case q <- m:
 		default:
+			t.undelivered([]pb.Message{m})
 		}
 	}
 }
+
+// undelivered tells the node about messages that certainly never reached
+// their peer (see Node.Undelivered). The caller holds t.mu.
+func (t *HTTPTransport) undelivered(msgs []pb.Message) {
+	if t.node != nil {
+		t.node.Undelivered(msgs)
+	}
+}
+
+// notSent says whether a request's error means it never left this node:
+// the connection could not be made.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.Is(err, errNoAddress) || (errors.As(err, &op) && op.Op == "dial")
+}
+
+var errNoAddress = errors.New("no address known for the node")
 
 func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 	batch := make([]pb.Message, 0, 256)
@@ -181,6 +212,11 @@ func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 			}
 		}
 		err := t.post(to, batch)
+		if err != nil && notSent(err) {
+			t.mu.Lock()
+			t.undelivered(batch)
+			t.mu.Unlock()
+		}
 		t.mu.Lock()
 		changed := t.down[to] != (err != nil)
 		t.down[to] = err != nil
@@ -202,9 +238,9 @@ func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 func (t *HTTPTransport) post(to uint64, msgs []pb.Message) error {
 	url := t.Peer(to)
 	if url == "" {
-		return fmt.Errorf("no address known for node %d", to)
+		return fmt.Errorf("node %d: %w", to, errNoAddress)
 	}
-	body, err := EncodeMessages(msgs)
+	body, err := EncodeMessages(t.leaderApplied(), msgs)
 	if err != nil {
 		return err
 	}
@@ -231,6 +267,20 @@ func (t *HTTPTransport) post(to uint64, msgs []pb.Message) error {
 	return nil
 }
 
+// leaderApplied is what this node has applied if it leads, else 0.
+func (t *HTTPTransport) leaderApplied() uint64 {
+	t.mu.Lock()
+	n := t.node
+	t.mu.Unlock()
+	if n == nil {
+		return 0
+	}
+	if _, self := n.Leader(); !self {
+		return 0
+	}
+	return n.AppliedIndex()
+}
+
 // Handler serves RaftPath: it checks the request's signature and hands
 // every message to node.
 func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.HandlerFunc {
@@ -253,7 +303,7 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return
 		}
-		msgs, err := DecodeMessages(body)
+		applied, msgs, err := DecodeMessages(body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -262,6 +312,9 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 		if n == nil {
 			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
 			return
+		}
+		if applied > 0 && len(msgs) > 0 {
+			n.NoteLeaderApplied(msgs[0].From, applied)
 		}
 		for _, m := range msgs {
 			n.Deliver(m)

@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -31,16 +33,33 @@ func TestMessagesSurviveTheirFraming(t *testing.T) {
 		{Type: pb.MsgApp, To: 2, From: 1, Term: 3, Index: 7, Entries: []pb.Entry{{Index: 8, Term: 3, Data: []byte("x")}}},
 		{Type: pb.MsgHeartbeat, To: 3, From: 1, Term: 3},
 	}
-	b, err := EncodeMessages(msgs)
-	if err != nil {
-		t.Fatal(err)
+	for _, applied := range []uint64{0, 1, 300, math.MaxUint64} {
+		b, err := EncodeMessages(applied, msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotApplied, got, err := DecodeMessages(b)
+		if err != nil || !reflect.DeepEqual(got, msgs) || gotApplied != applied {
+			t.Fatalf("applied %d: decoded %d %v, %v", applied, gotApplied, got, err)
+		}
+		if _, _, err := DecodeMessages(b[:len(b)-1]); err == nil {
+			t.Fatalf("applied %d: a truncated frame decoded", applied)
+		}
 	}
-	got, err := DecodeMessages(b)
-	if err != nil || !reflect.DeepEqual(got, msgs) {
-		t.Fatalf("decoded %v, %v", got, err)
+	// A node of an earlier version reads the report as a message of its
+	// own, of a type Raft refuses from the network.
+	b, _ := EncodeMessages(42, msgs)
+	var old []pb.Message
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		var m pb.Message
+		if k <= 0 || n > uint64(len(b)-k) || m.Unmarshal(b[k:k+int(n)]) != nil {
+			t.Fatal("an earlier version cannot read the frames")
+		}
+		old, b = append(old, m), b[k+int(n):]
 	}
-	if _, err := DecodeMessages(b[:len(b)-1]); err == nil {
-		t.Fatal("a truncated frame decoded")
+	if len(old) != 3 || !raft.IsLocalMsg(old[0].Type) || !reflect.DeepEqual(old[1:], msgs) {
+		t.Fatalf("an earlier version reads %v", old)
 	}
 }
 
@@ -132,7 +151,7 @@ func TestReplicasOverSignedHTTP(t *testing.T) {
 		}
 	}
 	// Unsigned, and signed with another secret: refused.
-	body, _ := EncodeMessages([]pb.Message{{Type: pb.MsgHeartbeat, To: 1, From: 2, Term: 99}})
+	body, _ := EncodeMessages(0, []pb.Message{{Type: pb.MsgHeartbeat, To: 1, From: 2, Term: 99}})
 	resp, err := http.Post(servers[1].URL+RaftPath, "application/octet-stream", bytes.NewReader(body))
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("an unsigned raft request: %v %v", resp, err)

@@ -17,13 +17,31 @@ type MemNetwork struct {
 
 	mu    sync.Mutex
 	nodes map[uint64]*Node
-	inbox map[uint64]chan pb.Message
+	inbox map[uint64]chan memMessage
 	cut   map[[2]uint64]bool
+	// copies, when set, says how many times a message node from sends is
+	// delivered (0: it is lost, 2: it arrives twice).
+	copies func(from uint64, m pb.Message) int
+}
+
+// SetCopies makes f decide how many times each message is delivered (nil:
+// once).
+func (m *MemNetwork) SetCopies(f func(from uint64, m pb.Message) int) {
+	m.mu.Lock()
+	m.copies = f
+	m.mu.Unlock()
+}
+
+// memMessage is a message, with what its sender has applied if it leads
+// (as the HTTP transport reports it).
+type memMessage struct {
+	m             pb.Message
+	leaderApplied uint64
 }
 
 // NewMemNetwork returns an empty network.
 func NewMemNetwork() *MemNetwork {
-	return &MemNetwork{nodes: map[uint64]*Node{}, inbox: map[uint64]chan pb.Message{}, cut: map[[2]uint64]bool{}}
+	return &MemNetwork{nodes: map[uint64]*Node{}, inbox: map[uint64]chan memMessage{}, cut: map[[2]uint64]bool{}}
 }
 
 // Transport returns the transport node id sends through.
@@ -41,11 +59,14 @@ func (m *MemNetwork) Attach(id uint64, n *Node) {
 	if n == nil {
 		return
 	}
-	in := make(chan pb.Message, 4096)
+	in := make(chan memMessage, 4096)
 	m.nodes[id], m.inbox[id] = n, in
 	go func() {
 		for msg := range in {
-			n.Step(context.Background(), msg)
+			if msg.leaderApplied > 0 {
+				n.NoteLeaderApplied(msg.m.From, msg.leaderApplied)
+			}
+			n.Step(context.Background(), msg.m)
 		}
 	}()
 }
@@ -72,6 +93,12 @@ type memTransport struct {
 func (t memTransport) Send(msgs []pb.Message) {
 	t.m.mu.Lock()
 	defer t.m.mu.Unlock()
+	var applied uint64
+	if n := t.m.nodes[t.from]; n != nil {
+		if _, self := n.Leader(); self {
+			applied = n.AppliedIndex()
+		}
+	}
 	for _, msg := range msgs {
 		if msg.Type == pb.MsgSnap {
 			if n := t.m.nodes[t.from]; n != nil {
@@ -81,12 +108,32 @@ func (t memTransport) Send(msgs []pb.Message) {
 		}
 		in, ok := t.m.inbox[msg.To]
 		if !ok || t.m.cut[[2]uint64{t.from, msg.To}] {
+			t.undelivered(msg) // the connection would be refused
 			continue
 		}
-		select {
-		case in <- msg:
-		default: // a full inbox drops, as a congested network would
+		copies := 1
+		if t.m.copies != nil {
+			copies = t.m.copies(t.from, msg)
 		}
+		delivered := 0
+		for range copies {
+			select {
+			case in <- memMessage{m: msg, leaderApplied: applied}:
+				delivered++
+			default: // a full inbox drops, as a congested network would
+			}
+		}
+		if delivered == 0 && copies > 0 {
+			t.undelivered(msg)
+		}
+	}
+}
+
+// undelivered tells the sender that msg certainly did not arrive, as the
+// HTTP transport does when a connection is refused (the caller holds t.m.mu).
+func (t memTransport) undelivered(msg pb.Message) {
+	if n := t.m.nodes[t.from]; n != nil {
+		n.Undelivered([]pb.Message{msg})
 	}
 }
 
@@ -107,7 +154,7 @@ func (t memTransport) sendSnapshot(from *Node, msg pb.Message) {
 	in, ok := t.m.inbox[msg.To]
 	if ok && !t.m.cut[[2]uint64{t.from, msg.To}] {
 		select {
-		case in <- out:
+		case in <- memMessage{m: out}:
 		default:
 			ok = false
 		}

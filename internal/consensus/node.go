@@ -76,6 +76,10 @@ type Config struct {
 	// entries and hard state) durable in the same transaction as the
 	// entries' changes. Without it, the node saves, then applies.
 	ApplySaving func(save store.RaftSave, entries []Entry) ([]any, error)
+	// Restamp, when set, rewrites in place the data of a proposal that
+	// reached this node from another node (the proposer's data, without
+	// the proposal id): the leader logs it with its own clock and seed.
+	Restamp func(data []byte)
 }
 
 // Node is one member of a Raft group. One goroutine (run) owns Raft's
@@ -106,15 +110,24 @@ type Node struct {
 	// recent is Raft's status as of the last step (at most statusEvery
 	// old, unless a step is running long), for readers that must not wait
 	// for a step: /status, /metrics, the console.
-	recent    atomic.Pointer[raft.Status]
-	recentAt  time.Time       // run goroutine only
-	changed   bool            // role, leader or configuration changed since (run goroutine only)
-	inbox     chan pb.Message // messages from other nodes, for Step
-	receiving sync.Map        // path of a received snapshot -> *snapshotFile
+	recent   atomic.Pointer[raft.Status]
+	recentAt time.Time       // run goroutine only
+	changed  bool            // role, leader or configuration changed since (run goroutine only)
+	inbox    chan pb.Message // messages from other nodes, for Step
+	// leaderApplied is the highest applied index a leader reported with
+	// its messages, and reporter the node that reported last: a follower
+	// answers a write it proposed once a leader has applied it too.
+	leaderApplied atomic.Uint64
+	reporter      atomic.Uint64
+	// leadChange is closed (and replaced) when the leader this node knows
+	// changes: proposals on their way to the old one are sent again.
+	leadChange atomic.Pointer[chan struct{}]
+	receiving  sync.Map // path of a received snapshot -> *snapshotFile
 
 	mu          sync.Mutex
-	waiting     map[uint64]chan Applied // proposal id -> its proposer
-	reads       map[string]chan uint64  // read request context -> its reader
+	waiting     map[uint64]*proposer   // proposal id -> its proposer
+	reported    []applyWaiter          // waiting for leaderApplied
+	reads       map[string]chan uint64 // read request context -> its reader
 	confWaiters []confWaiter
 
 	caughtUp int // ticks the preferred leader has held the whole log (run goroutine only)
@@ -137,7 +150,25 @@ type Entry struct {
 type Applied struct {
 	Index  uint64
 	Result any
-	err    error // Raft dropped the proposal (no entry was made)
+}
+
+// proposer is a proposal's proposer, waiting for its entry.
+type proposer struct {
+	done chan Applied // the entry's result (the first copy's, if logged twice)
+	// dropped counts the copies certainly never logged: Raft refused them
+	// here (no leader), or the transport could not deliver them; event
+	// says it changed.
+	dropped atomic.Int32
+	event   chan struct{}
+}
+
+// drop records that a copy was certainly not logged.
+func (p *proposer) drop() {
+	p.dropped.Add(1)
+	select {
+	case p.event <- struct{}{}:
+	default:
+	}
 }
 
 // proposal is one proposal waiting for the next step.
@@ -175,18 +206,19 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		CheckQuorum:     true,
 		PreVote:         true,
 		ReadOnlyOption:  raft.ReadOnlySafe,
-		// Proposals are made on the leader only: a follower forwards the
-		// client's write itself (and answers once it has applied it).
-		DisableProposalForwarding: true,
-		Logger:                    quietLogger{},
+		// A follower's proposals go to the leader with its Raft messages
+		// (see Node.Propose and DESIGN.md).
+		Logger: quietLogger{},
 	}
 	if cfg.PreferredAfter == 0 {
 		cfg.PreferredAfter = 2 * cfg.ElectionTick
 	}
-	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]chan Applied{}, reads: map[string]chan uint64{},
+	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]*proposer{}, reads: map[string]chan uint64{},
 		props: make(chan proposal, 4096), ops: make(chan func(), 256), inbox: make(chan pb.Message, 4096),
 		stopc: make(chan struct{}), done: make(chan struct{})}
 	n.applied.Store(cfg.Applied)
+	lc := make(chan struct{})
+	n.leadChange.Store(&lc)
 	hard, _, _ := storage.InitialState()
 	last, _ := storage.LastIndex()
 	if cfg.Applied > hard.Commit && cfg.Applied <= last && !raft.IsEmptyHardState(hard) {
@@ -357,6 +389,20 @@ func (n *Node) step(m pb.Message) {
 			return
 		}
 	}
+	if m.Type == pb.MsgProp && n.cfg.Restamp != nil {
+		// A follower's proposals: every node they pass through stamps
+		// them, the leader, which logs them, last.
+		ents := make([]pb.Entry, len(m.Entries))
+		for i, e := range m.Entries {
+			if e.Type == pb.EntryNormal && len(e.Data) >= 8 {
+				d := append([]byte(nil), e.Data...) // the message's data may be shared
+				n.cfg.Restamp(d[8:])
+				e.Data = d
+			}
+			ents[i] = e
+		}
+		m.Entries = ents
+	}
 	_ = n.rn.Step(m) // a message from a node no longer in the configuration, or of a past term: ignored
 }
 
@@ -427,10 +473,29 @@ func (n *Node) Stop() {
 // cannot be known (the node stopped, the context ended after proposing)
 // returns an error; the entry may still be committed.
 func (n *Node) Propose(ctx context.Context, data []byte) (Applied, error) {
+	return n.propose(ctx, data, false)
+}
+
+// ProposeThroughLeader is Propose on a follower: Raft carries the proposal
+// to the leader with this node's messages, and this node answers once it
+// has applied the entry. A proposal that may have been lost on its way
+// (the leader changed, or a second passed without the entry; then two,
+// four...) is sent again with the same id, so data must apply once however
+// many copies are logged (a write with a request id). An error that Raft
+// dropped the proposal is certain only for the first copy.
+func (n *Node) ProposeThroughLeader(ctx context.Context, data []byte) (Applied, error) {
+	return n.propose(ctx, data, true)
+}
+
+// resendAfter is how long a follower's proposal waits for its entry before
+// it is sent again (then twice as long, and so on).
+const resendAfter = time.Second
+
+func (n *Node) propose(ctx context.Context, data []byte, resend bool) (Applied, error) {
 	id := proposalID()
-	ch := make(chan Applied, 1)
+	p := &proposer{done: make(chan Applied, 1), event: make(chan struct{}, 1)}
 	n.mu.Lock()
-	n.waiting[id] = ch
+	n.waiting[id] = p
 	n.mu.Unlock()
 	defer func() {
 		n.mu.Lock()
@@ -439,23 +504,149 @@ func (n *Node) Propose(ctx context.Context, data []byte) (Applied, error) {
 	}()
 	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
 	framed = append(framed, data...)
-	select {
-	case n.props <- proposal{id: id, data: framed}:
-	case <-ctx.Done():
-		return Applied{}, ctx.Err()
-	case <-n.done:
-		return Applied{}, ErrStopped
-	}
-	select {
-	case a := <-ch:
-		if a.err != nil {
-			return Applied{}, fmt.Errorf("propose: %w", a.err)
+	send := func() error {
+		select {
+		case n.props <- proposal{id: id, data: framed}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.done:
+			return ErrStopped
 		}
-		return a, nil
-	case <-ctx.Done():
-		return Applied{}, ctx.Err()
-	case <-n.done:
-		return Applied{}, ErrStopped
+	}
+	var leadChange chan struct{}
+	var timer <-chan time.Time
+	wait := resendAfter
+	if resend {
+		leadChange = *n.leadChange.Load()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timer = t.C
+	}
+	if err := send(); err != nil {
+		return Applied{}, err
+	}
+	sent := int32(1)
+	for {
+		select {
+		case a := <-p.done:
+			return a, nil
+		case <-p.event:
+			if p.dropped.Load() >= sent {
+				// No copy can be logged: the proposal failed, certainly.
+				return Applied{}, fmt.Errorf("propose: %w", raft.ErrProposalDropped)
+			}
+			continue
+		case <-leadChange:
+			leadChange = *n.leadChange.Load()
+		case <-timer:
+			wait *= 2
+			timer = time.After(wait)
+		case <-ctx.Done():
+			return Applied{}, ctx.Err()
+		case <-n.done:
+			return Applied{}, ErrStopped
+		}
+		sent++
+		if err := send(); err != nil {
+			return Applied{}, err
+		}
+	}
+}
+
+// Undelivered tells the node that the transport certainly did not deliver
+// msgs (the peer refused the connection, or the queue was full): their
+// proposals were not logged.
+func (n *Node) Undelivered(msgs []pb.Message) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range msgs {
+		if m.Type != pb.MsgProp {
+			continue
+		}
+		for _, e := range m.Entries {
+			if e.Type == pb.EntryNormal && len(e.Data) >= 8 {
+				if p := n.waiting[binary.BigEndian.Uint64(e.Data)]; p != nil {
+					p.drop()
+				}
+			}
+		}
+	}
+}
+
+// NoteLeaderApplied records the applied index that node from, a leader,
+// reported with its messages.
+func (n *Node) NoteLeaderApplied(from, index uint64) {
+	n.reporter.Store(from)
+	for {
+		old := n.leaderApplied.Load()
+		if index <= old || n.leaderApplied.CompareAndSwap(old, index) {
+			break
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.reported) == 0 {
+		return
+	}
+	applied := n.leaderApplied.Load()
+	kept := n.reported[:0]
+	for _, w := range n.reported {
+		if w.index <= applied {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	n.reported = kept
+}
+
+// LeaderReports says whether node lead, the leader, reports its applied
+// index with its messages: it then takes the proposals of followers (see
+// ProposeThroughLeader). A leader that does not is an older version,
+// which drops them.
+func (n *Node) LeaderReports(lead uint64) bool { return lead != 0 && n.reporter.Load() == lead }
+
+// WaitLeaderApplied waits until a leader has applied index: one reported
+// it, or this node leads and has applied it.
+func (n *Node) WaitLeaderApplied(ctx context.Context, index uint64) error {
+	for {
+		if n.leaderApplied.Load() >= index {
+			return nil
+		}
+		if _, self := n.Leader(); self && n.applied.Load() >= index {
+			return nil
+		}
+		leadChange := *n.leadChange.Load()
+		ch := make(chan struct{})
+		n.mu.Lock()
+		n.reported = append(n.reported, applyWaiter{index: index, ch: ch})
+		n.mu.Unlock()
+		var err error
+		if n.leaderApplied.Load() >= index {
+			// Reported between the first look and the registration.
+		} else {
+			select {
+			case <-ch:
+				return nil
+			case <-leadChange:
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-n.done:
+				err = ErrStopped
+			}
+		}
+		n.mu.Lock()
+		for i, w := range n.reported {
+			if w.ch == ch {
+				n.reported = append(n.reported[:i], n.reported[i+1:]...)
+				break
+			}
+		}
+		n.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
 }
 
@@ -514,8 +705,8 @@ func (n *Node) run() {
 			if err := n.rn.Step(pb.Message{Type: pb.MsgProp, From: n.cfg.ID, Entries: batch}); err != nil {
 				n.mu.Lock()
 				for _, id := range ids {
-					if ch := n.waiting[id]; ch != nil {
-						ch <- Applied{err: err}
+					if p := n.waiting[id]; p != nil {
+						p.drop()
 					}
 				}
 				n.mu.Unlock()
@@ -543,15 +734,28 @@ func (n *Node) handle(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		n.changed = true
 		n.leading = rd.SoftState.RaftState == raft.StateLeader
-		n.softLead.Store(rd.SoftState.Lead)
+		if old := n.softLead.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead {
+			lc := make(chan struct{})
+			close(*n.leadChange.Swap(&lc))
+		}
 		n.softState.Store(uint32(rd.SoftState.RaftState))
 	}
-	if n.leading {
-		// The leader's appends go out while it writes its own copy (Raft
-		// thesis 10.2.1): the disks of the leader and the followers work
-		// at the same time. A leader's messages never vouch for its own
-		// disk (it sends no votes or acknowledgements).
+	// The leader's appends go out while it writes its own copy (Raft
+	// thesis 10.2.1): the disks of the leader and the followers work at
+	// the same time. A leader's messages never vouch for its own disk (it
+	// sends no votes or acknowledgements). When the step also applies
+	// committed entries, the leader applies them first (without an
+	// fsync; they are on its disk already), so that no follower learns an
+	// entry is committed before the leader has applied it: a write a
+	// follower answers is applied on the leader too.
+	sendLate := n.leading && len(rd.CommittedEntries) > 0
+	if n.leading && !sendLate {
 		n.tr.Send(rd.Messages)
+	}
+	if !n.leading {
+		// A follower's proposals and read requests on their way to the
+		// leader vouch for nothing: they go at once.
+		rd.Messages = n.sendRequests(rd.Messages)
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		if err := n.install(rd.Snapshot, rd.HardState); err != nil {
@@ -572,25 +776,41 @@ func (n *Node) handle(rd raft.Ready) error {
 	// transaction that applies the entries if there are any.
 	save.Lazy = !rd.MustSync
 	var results []any
+	apply := func(save store.RaftSave) (err error) {
+		if n.cfg.ApplySaving != nil {
+			results, err = n.cfg.ApplySaving(save, run)
+		} else {
+			results = n.cfg.Apply(run)
+		}
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		n.applied.Store(run[len(run)-1].Index) // before the leader's messages report it
+		if sendLate {
+			sendLate = false
+			n.tr.Send(rd.Messages)
+		}
+		return nil
+	}
 	switch {
 	case save.Lazy && len(run) > 0 && n.cfg.ApplySaving != nil:
 		if !n.leading {
 			n.tr.Send(rd.Messages) // they vouch for nothing this step writes
 		}
-		if results, err = n.cfg.ApplySaving(save, run); err != nil {
-			return fmt.Errorf("apply: %w", err)
+		if err := apply(save); err != nil {
+			return err
 		}
 		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
 			return err
 		}
-	case n.leading && len(run) > 0 && n.cfg.ApplySaving != nil:
+	case n.leading && len(run) > 0:
 		// The leader's committed entries are on its disk already (a
 		// leader's own entries are committed, at the earliest, in the
 		// step after the one that wrote them): it applies them and
 		// answers their clients first, then makes the new entries
 		// durable (which syncs the application too).
-		if results, err = n.cfg.ApplySaving(store.RaftSave{}, run); err != nil {
-			return fmt.Errorf("apply: %w", err)
+		if err := apply(store.RaftSave{}); err != nil {
+			return err
 		}
 		n.deliver(run, ids, results)
 		run = nil
@@ -614,15 +834,14 @@ func (n *Node) handle(rd raft.Ready) error {
 			n.tr.Send(rd.Messages)
 		}
 		if len(run) > 0 {
-			if n.cfg.ApplySaving != nil {
-				results, err = n.cfg.ApplySaving(store.RaftSave{}, run)
-			} else {
-				results = n.cfg.Apply(run)
-			}
-			if err != nil {
-				return fmt.Errorf("apply: %w", err)
+			if err := apply(store.RaftSave{}); err != nil {
+				return err
 			}
 		}
+	}
+	if sendLate {
+		// The committed entries were applied before a restart.
+		n.tr.Send(rd.Messages)
 	}
 	if len(rd.ReadStates) > 0 {
 		n.mu.Lock()
@@ -642,6 +861,27 @@ func (n *Node) handle(rd raft.Ready) error {
 	return n.compact()
 }
 
+// sendRequests sends the proposals and read requests among msgs, and
+// returns the others.
+func (n *Node) sendRequests(msgs []pb.Message) []pb.Message {
+	var reqs, rest []pb.Message
+	for i, m := range msgs {
+		if m.Type == pb.MsgProp || m.Type == pb.MsgReadIndex {
+			if reqs == nil {
+				rest = append(rest, msgs[:i]...)
+			}
+			reqs = append(reqs, m)
+		} else if reqs != nil {
+			rest = append(rest, m)
+		}
+	}
+	if reqs == nil {
+		return msgs
+	}
+	n.tr.Send(reqs)
+	return rest
+}
+
 // deliver answers the proposers of applied entries and records them as
 // applied.
 func (n *Node) deliver(run []Entry, ids []uint64, results []any) error {
@@ -653,8 +893,11 @@ func (n *Node) deliver(run []Entry, ids []uint64, results []any) error {
 	}
 	n.mu.Lock()
 	for i, e := range run {
-		if ch := n.waiting[ids[i]]; ch != nil && ids[i] != 0 {
-			ch <- Applied{Index: e.Index, Result: results[i]}
+		if p := n.waiting[ids[i]]; p != nil && ids[i] != 0 {
+			select {
+			case p.done <- Applied{Index: e.Index, Result: results[i]}:
+			default: // a proposal sent again was logged twice: the first answers
+			}
 		}
 	}
 	n.mu.Unlock()

@@ -369,13 +369,16 @@ func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
 }
 
 // holdApply holds node id's Apply from now on (a step that runs long),
-// until release.
+// until release (at the latest when the test ends, so that a failing test
+// can stop its nodes).
 func (g *group) holdApply(id uint64) (release func()) {
 	hold := make(chan struct{})
 	g.mu.Lock()
 	g.hold, g.holdID = hold, id
 	g.mu.Unlock()
-	return func() { close(hold) }
+	release = sync.OnceFunc(func() { close(hold) })
+	g.t.Cleanup(release)
+	return release
 }
 
 // waitHeld waits until node id's loop is held in Apply: its Status, which
@@ -457,5 +460,46 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 	// more per follower, for the held entry's commit index).
 	if sent := g.appends[l].Load() - before; sent > 4 {
 		t.Fatalf("fifty queued proposals went out in %d appends", sent)
+	}
+}
+
+// A follower's proposal is answered once the follower has applied it and
+// a leader has too: while the leader's Apply is held, the follower's
+// proposal (committed by the followers' acknowledgements) is not answered;
+// once released, the leader holds it when the answer comes.
+func TestFollowerProposalAnswersOnlyOnceTheLeaderApplied(t *testing.T) {
+	g := newGroup(t, 3)
+	l := g.waitLeader(100)
+	f := g.ids[0]
+	if f == l {
+		f = g.ids[1]
+	}
+	g.propose(l, "first") // the leader's appends report what it applied
+	for !g.nodes[f].LeaderReports(l) {
+		g.tick()
+	}
+	release := g.holdApply(l)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		a, err := g.nodes[f].ProposeThroughLeader(ctx, []byte("from the follower"))
+		if err == nil {
+			err = g.nodes[f].WaitLeaderApplied(ctx, a.Index)
+		}
+		done <- err
+	}()
+	g.waitHeld(l)
+	select {
+	case err := <-done:
+		t.Fatalf("the follower answered (%v) while the leader had not applied its write", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := g.appliedBy(l); len(got) != 2 || got[1] != "from the follower" {
+		t.Fatalf("the follower answered; the leader has applied %q", got)
 	}
 }

@@ -62,6 +62,7 @@ func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg Replic
 	cfg.Node.ApplySaving = r.applySaving
 	cfg.Node.ApplyRecordsConf = true
 	cfg.Node.Installed = func(uint64) { r.wake() }
+	cfg.Node.Restamp = r.restamp
 	n, err := Start(ctx, st, tr, cfg.Node)
 	if err != nil {
 		return nil, err
@@ -103,15 +104,10 @@ func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome,
 	if lead, self := r.node.Leader(); !self {
 		return store.Outcome{}, &NotLeaderError{Leader: lead}
 	}
-	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
-		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace}
-	body, err := w.Encode()
+	data, err := r.entry(req)
 	if err != nil {
-		return store.Outcome{}, &store.ParamError{Msg: err.Error()}
+		return store.Outcome{}, err
 	}
-	data := binary.BigEndian.AppendUint64(make([]byte, 0, 16+len(body)), uint64(r.now().UnixMilli()))
-	data = binary.BigEndian.AppendUint64(data, uint64(r.seeds()))
-	data = append(data, body...)
 	a, err := r.node.Propose(ctx, data)
 	switch {
 	case errors.Is(err, raft.ErrProposalDropped):
@@ -121,6 +117,87 @@ func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome,
 		return store.Outcome{}, &UnknownOutcomeError{Err: err}
 	}
 	out, _ := a.Result.(store.Outcome)
+	return out, out.Err
+}
+
+// entry is the data a write is proposed with: the time and random seed it
+// runs with, then the write.
+func (r *Replica) entry(req *store.Request) ([]byte, error) {
+	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
+		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace}
+	body, err := w.Encode()
+	if err != nil {
+		return nil, &store.ParamError{Msg: err.Error()}
+	}
+	data := make([]byte, 16, 16+len(body))
+	r.stamp(data)
+	return append(data, body...), nil
+}
+
+// stamp writes this node's time and a new random seed at the start of an
+// entry's data.
+func (r *Replica) stamp(data []byte) {
+	binary.BigEndian.PutUint64(data, uint64(r.now().UnixMilli()))
+	binary.BigEndian.PutUint64(data[8:], uint64(r.seeds()))
+}
+
+// restamp is the node's Restamp: a write a follower proposed runs with the
+// time and seed of the leader that logs it, as if proposed there.
+func (r *Replica) restamp(data []byte) {
+	if len(data) >= 16 {
+		r.stamp(data)
+	}
+}
+
+// LeaderApplyError: the write is committed and applied on this node, but
+// no leader was seen to apply it in time (the "applied on the leader"
+// part of the acknowledgement).
+type LeaderApplyError struct {
+	Index uint64
+	Err   error
+}
+
+func (e *LeaderApplyError) Error() string {
+	return fmt.Sprintf("entry %d is committed and applied here, but no leader reported applying it: %v", e.Index, e.Err)
+}
+
+func (e *LeaderApplyError) Unwrap() error { return e.Err }
+
+// WriteThroughLeader runs a client write on a follower: proposed here, it
+// reaches the leader with this node's Raft messages, and the leader logs
+// it with its own time and seed. It answers once this node has applied the
+// entry (with the results it computed, the same as every node's) and a
+// leader reported applying it too. The write must carry a request id: a
+// proposal that may have been lost on its way is sent again (see
+// Node.ProposeThroughLeader), and its copies apply once. A NotLeaderError
+// says nothing was proposed: no leader is known, or the leader does not
+// take proposals from followers (it does not report what it applied; the
+// caller forwards the write itself).
+func (r *Replica) WriteThroughLeader(ctx context.Context, req *store.Request) (store.Outcome, error) {
+	lead, self := r.node.Leader()
+	if self || !r.node.LeaderReports(lead) {
+		return store.Outcome{}, &NotLeaderError{Leader: lead}
+	}
+	if req.RequestID == "" {
+		return store.Outcome{}, errors.New("a write proposed through the leader needs a request id")
+	}
+	data, err := r.entry(req)
+	if err != nil {
+		return store.Outcome{}, err
+	}
+	a, err := r.node.ProposeThroughLeader(ctx, data)
+	switch {
+	case errors.Is(err, raft.ErrProposalDropped):
+		lead, _ := r.node.Leader()
+		return store.Outcome{}, &NotLeaderError{Leader: lead}
+	case err != nil:
+		return store.Outcome{}, &UnknownOutcomeError{Err: err}
+	}
+	out, _ := a.Result.(store.Outcome)
+	if err := r.node.WaitLeaderApplied(ctx, a.Index); err != nil {
+		out.Index = a.Index
+		return out, &LeaderApplyError{Index: a.Index, Err: err}
+	}
 	return out, out.Err
 }
 

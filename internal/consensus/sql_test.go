@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,8 +30,9 @@ type replicas struct {
 	ticks map[uint64]chan time.Time
 	stop  chan struct{}
 	done  chan struct{}
-	tmu   sync.Mutex // guards ids and ticks against the ticking goroutine
-	keep  uint64     // every node's LogKeep (0: the log is never compacted)
+	tmu   sync.Mutex                  // guards ids and ticks against the ticking goroutine
+	keep  uint64                      // every node's LogKeep (0: the log is never compacted)
+	now   map[uint64]func() time.Time // a node's clock, if not the system's
 }
 
 // clock gives node id a tick channel of its own and makes it a member of
@@ -47,7 +49,7 @@ func (g *replicas) clock(id uint64) chan time.Time {
 
 func newReplicas(t *testing.T, n int, keep ...uint64) *replicas {
 	g := &replicas{t: t, dir: t.TempDir(), net: NewMemNetwork(), r: map[uint64]*Replica{}, st: map[uint64]*store.Store{},
-		ticks: map[uint64]chan time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+		ticks: map[uint64]chan time.Time{}, stop: make(chan struct{}), done: make(chan struct{}), now: map[uint64]func() time.Time{}}
 	g.net.Dir = t.TempDir()
 	if len(keep) > 0 {
 		g.keep = keep[0]
@@ -96,7 +98,7 @@ func (g *replicas) start(id uint64) {
 		g.t.Fatal(err)
 	}
 	voters := []uint64{1, 2, 3}
-	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Node: Config{ID: id, Voters: voters[:min(3, len(g.ids))], Ticks: g.clock(id), LogKeep: g.keep}})
+	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Now: g.now[id], Node: Config{ID: id, Voters: voters[:min(3, len(g.ids))], Ticks: g.clock(id), LogKeep: g.keep}})
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -264,6 +266,108 @@ func TestReplicaWritesReadsAndRetries(t *testing.T) {
 	res, _ = g.st[l].Read(context.Background(), []rlog.Statement{{SQL: "SELECT count(*) FROM k WHERE v = 'cut off'"}}, store.Limits{})
 	if res[0].Rows[0][0] != int64(1) {
 		t.Fatalf("the write sent twice with request id r2 is there %v times (outcome %+v)", res[0].Rows[0][0], o)
+	}
+}
+
+// A write entering at a follower goes to the leader inside Raft's own
+// messages. It runs with the leader's clock and seed (this follower's
+// clock is 25 years off), the follower answers with the results every node
+// computed alike once the leader has applied the entry too, and a proposal
+// lost on its way (sent again) or arriving twice (logged twice) applies
+// once.
+func TestFollowerWritesGoThroughTheLeaderWithItsClock(t *testing.T) {
+	g := newReplicas(t, 3)
+	l := g.leader()
+	f := g.ids[0]
+	if f == l {
+		f = g.ids[1]
+	}
+	g.mustWrite(l, "CREATE TABLE k (id INTEGER PRIMARY KEY, v, at)")
+	g.kill(f)
+	g.now[f] = func() time.Time { return time.Now().AddDate(-25, 0, 0) }
+	g.start(f)
+	deadline := time.Now().Add(5 * time.Second)
+	for !g.r[f].Node().LeaderReports(g.leader()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the follower never heard the leader report what it applied")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l = g.leader()
+	before := g.st[l].Applied()
+	var props atomic.Int64
+	g.net.SetCopies(func(from uint64, m pb.Message) int {
+		if m.Type != pb.MsgProp {
+			return 1
+		}
+		switch props.Add(1) {
+		case 1:
+			return 0 // lost
+		case 2:
+			return 1
+		default:
+			return 2 // arrives twice
+		}
+	})
+	var outs []store.Outcome
+	for i := range 11 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		o, err := g.r[f].WriteThroughLeader(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO k (v, at) VALUES (random(), CURRENT_TIMESTAMP) RETURNING id, v, at"}},
+			RequestID: fmt.Sprint("w", i), Collect: true})
+		cancel()
+		if err != nil {
+			t.Fatalf("write %d at the follower: %v", i, err)
+		}
+		if got := g.st[l].Applied(); got < o.Index {
+			t.Fatalf("write %d answered at index %d; the leader has applied %d", i, o.Index, got)
+		}
+		outs = append(outs, o)
+	}
+	if n := props.Load(); n != 12 {
+		t.Fatalf("%d proposals went out for 11 writes, one of them lost; want 12", n)
+	}
+	g.net.SetCopies(nil)
+	g.converge()
+	g.identical()
+	if logged := g.st[l].Applied() - before; logged < 21 {
+		t.Fatalf("%d entries logged for 11 writes, ten of them sent twice; want at least 21", logged)
+	}
+	res, err := g.st[f].Read(context.Background(), []rlog.Statement{{SQL: "SELECT id, v, at FROM k ORDER BY id"}}, store.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := res[0].Rows
+	if len(rows) != len(outs) {
+		t.Fatalf("%d rows for %d writes", len(rows), len(outs))
+	}
+	year := fmt.Sprint(time.Now().Year())
+	for i, o := range outs {
+		got := o.Results[0].Rows[0]
+		if fmt.Sprint(got) != fmt.Sprint(rows[i]) {
+			t.Fatalf("write %d answered %v; the row is %v", i, got, rows[i])
+		}
+		if at := fmt.Sprint(got[2]); !strings.HasPrefix(at, year) && !strings.HasPrefix(at, fmt.Sprint(time.Now().Year()-1)) {
+			t.Fatalf("write %d ran at %s: the follower's clock, not the leader's", i, at)
+		}
+	}
+	// A proposal the transport certainly did not deliver (the leader's
+	// end refused it) failed for sure: the write says so at once (a
+	// NotLeaderError: nothing was proposed), and nothing applies.
+	g.net.Cut(f, l)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = g.r[f].WriteThroughLeader(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO k (v) VALUES ('not delivered')"}}, RequestID: "lost"})
+	var nl *NotLeaderError
+	if !errors.As(err, &nl) || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("a write whose proposal could not be delivered: %v after %v; want NotLeaderError at once", err, time.Since(start))
+	}
+	g.net.Heal()
+	g.mustWrite(g.leader(), "INSERT INTO k (v) VALUES ('after')")
+	g.converge()
+	res, _ = g.st[f].Read(context.Background(), []rlog.Statement{{SQL: "SELECT count(*) FROM k WHERE v = 'not delivered'"}}, store.Limits{})
+	if res[0].Rows[0][0] != int64(0) {
+		t.Fatal("the write that was never delivered applied")
 	}
 }
 
