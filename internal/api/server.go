@@ -232,13 +232,13 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 	if !s.permitted(req, req.Command) {
 		return fail(&permissionError{perm: map[Command]string{CommandExec: PermExecute, CommandQuery: PermQuery}[req.Command], anonymous: req.anonymous})
 	}
-	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
-	defer cancel()
 	lim := store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}
 	if req.Command == CommandQuery {
 		if err := s.waitReadable(ctx, req); err != nil {
 			return fail(err)
 		}
+		qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+		defer cancel()
 		results, err := s.st.Read(qctx, req.Stmts, lim)
 		var nr *store.NotReadError
 		switch {
@@ -260,6 +260,10 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		s.awaitLeader(ctx)
 	}
 	if !s.isLeader() {
+		// (A write on the leader starts no timer of its own: it runs in
+		// the log, whose deadlines are the engine's.)
+		qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+		defer cancel()
 		kind, err := s.st.Classify(qctx, req.Stmts)
 		var fe *store.ForbiddenError
 		switch {
@@ -346,20 +350,26 @@ func (e *permissionError) Error() string {
 
 func (s *Server) deadline(ctx context.Context, err error) error {
 	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("%w (limit %v)", errQueryDeadline, s.cfg.QueryTimeout)
+		return s.deadlineError()
 	}
 	return err
 }
 
+func (s *Server) deadlineError() error {
+	return fmt.Errorf("%w (limit %v)", errQueryDeadline, s.cfg.QueryTimeout)
+}
+
 func (s *Server) write(ctx context.Context, req *Request, collect bool, fail func(error) (int, []byte, uint64)) (status int, body []byte, index uint64) {
-	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
-	defer cancel()
+	start := time.Now()
 	allowSchema := s.isLeader() && (req.perms == nil || has(req.perms, PermSchema))
-	sr := &store.Request{Ctx: qctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
+	sr := &store.Request{Ctx: ctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
 		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
 	out, err := s.repl.Write(ctx, sr, req.Ack)
 	if err != nil {
-		return fail(s.deadline(qctx, err))
+		if time.Since(start) >= s.cfg.QueryTimeout {
+			err = s.deadlineError()
+		}
+		return fail(err)
 	}
 	s.metrics.Write()
 	// The write is committed: whatever happens while its answer is
