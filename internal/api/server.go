@@ -327,6 +327,7 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *
 	s.mux.HandleFunc("/db/backup", s.handleBackup)
 	s.mux.HandleFunc("/db/load", s.handleLoad)
 	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
+	s.mux.HandleFunc(consensus.StreamPath, s.countRefused(eng.RaftStreamHandler()))
 	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
 	s.mux.HandleFunc(forwardBatchPath, s.peer(s.handleForwardBatch))

@@ -124,3 +124,11 @@ func (a *Auth) Verify(r *http.Request, bodyHash []byte) error {
 	a.seen[nonce] = struct{}{}
 	return nil
 }
+
+// SessionKey is a key that the two ends of a signed request r derive, and
+// nobody without the cluster secret can: it authenticates the frames of a
+// stream that the request opens (see consensus.StreamPath). It differs for
+// every request (the nonce) and from r's signature, which travels in clear.
+func (a *Auth) SessionKey(r *http.Request) []byte {
+	return a.mac("SESSION", r.URL.RequestURI(), r.Header.Get(HeaderNode), r.Header.Get(HeaderTime), r.Header.Get(HeaderNonce), nil)
+}

@@ -513,6 +513,12 @@ func (e *Engine) RaftHandler() http.HandlerFunc {
 	return Handler(e.cfg.Auth, e.admittedNode, e.cfg.Log)
 }
 
+// RaftStreamHandler serves the streams of Raft messages other nodes open
+// (see StreamPath).
+func (e *Engine) RaftStreamHandler() http.HandlerFunc {
+	return e.tr.StreamHandler(e.admittedNode)
+}
+
 // SnapshotHandler serves snapshots the leader streams to this node.
 func (e *Engine) SnapshotHandler() http.HandlerFunc {
 	return SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Log)

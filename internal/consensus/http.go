@@ -90,9 +90,11 @@ type HTTPTransport struct {
 	down        map[uint64]bool // last send failed (logged once per change)
 	unreachable func(id uint64)
 	stop        chan struct{}
-	node        *Node           // for snapshots: the node whose database is copied
-	snapDir     string          // where snapshot copies are written
-	sending     map[uint64]bool // a snapshot to this peer is on its way
+	node        *Node                 // for snapshots: the node whose database is copied
+	snapDir     string                // where snapshot copies are written
+	sending     map[uint64]bool       // a snapshot to this peer is on its way
+	noStream    map[uint64]time.Time  // peers that take no streams, until then
+	inbound     map[net.Conn]struct{} // streams from peers (see StreamPath)
 
 	// Batches of messages sent, and their round trips summed (nanoseconds).
 	batches   atomic.Uint64
@@ -115,7 +117,8 @@ func NewHTTPTransport(auth *cluster.Auth, self string, client *http.Client, log 
 		log = discard
 	}
 	return &HTTPTransport{auth: auth, self: self, client: client, log: log, peers: map[uint64]string{},
-		queues: map[uint64]chan pb.Message{}, down: map[uint64]bool{}, stop: make(chan struct{}), sending: map[uint64]bool{}}
+		queues: map[uint64]chan pb.Message{}, down: map[uint64]bool{}, stop: make(chan struct{}), sending: map[uint64]bool{},
+		noStream: map[uint64]time.Time{}, inbound: map[net.Conn]struct{}{}}
 }
 
 // SetPeer records (or moves) peer id's base URL.
@@ -147,8 +150,15 @@ func (t *HTTPTransport) SetSnapshots(node *Node, dir string) {
 	t.mu.Unlock()
 }
 
-// Close stops the senders.
-func (t *HTTPTransport) Close() { close(t.stop) }
+// Close stops the senders and closes the streams from peers.
+func (t *HTTPTransport) Close() {
+	t.mu.Lock()
+	close(t.stop)
+	for c := range t.inbound {
+		c.Close()
+	}
+	t.mu.Unlock()
+}
 
 // Send implements Transport.
 func (t *HTTPTransport) Send(msgs []pb.Message) {
@@ -195,6 +205,12 @@ var errNoAddress = errors.New("no address known for the node")
 
 func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 	batch := make([]pb.Message, 0, 256)
+	var stream *outStream
+	defer func() {
+		if stream != nil {
+			stream.close()
+		}
+	}()
 	for {
 		select {
 		case m := <-q:
@@ -211,7 +227,7 @@ func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 				break fill
 			}
 		}
-		err := t.post(to, batch)
+		err := t.sendBatch(to, &stream, batch)
 		if err != nil && notSent(err) {
 			t.mu.Lock()
 			t.undelivered(batch)

@@ -66,33 +66,52 @@ func TestMessagesSurviveTheirFraming(t *testing.T) {
 // Three replicas over real HTTP, with signed requests: they elect a
 // leader, replicate SQL, and an unsigned or forged request is refused.
 func TestReplicasOverSignedHTTP(t *testing.T) {
+	for _, mode := range []string{"streams", "requests"} {
+		t.Run(mode, func(t *testing.T) { testReplicasOverSignedHTTP(t, mode == "streams") })
+	}
+}
+
+// testReplicasOverSignedHTTP: with streams, every node serves StreamPath
+// and batches travel over streams only; without, the nodes are of an
+// earlier version (no StreamPath: 404), and every batch is a request.
+func testReplicasOverSignedHTTP(t *testing.T, streams bool) {
 	auth := cluster.NewAuth("a cluster secret", nil)
 	ids := []uint64{1, 2, 3}
 	var mu sync.Mutex
 	reps := map[uint64]*Replica{}
 	servers := map[uint64]*httptest.Server{}
 	trs := map[uint64]*HTTPTransport{}
+	var requests atomic.Int64
 	for _, id := range ids {
-		id := id
-		servers[id] = httptest.NewServer(Handler(auth, func() *Node {
+		trs[id] = NewHTTPTransport(auth, fmt.Sprintf("node%d", id), http.DefaultClient, nil)
+		defer trs[id].Close()
+		node := func() *Node {
 			mu.Lock()
 			defer mu.Unlock()
 			if r := reps[id]; r != nil {
 				return r.Node()
 			}
 			return nil
-		}, nil))
+		}
+		mux := http.NewServeMux()
+		raft := Handler(auth, node, nil)
+		mux.HandleFunc(RaftPath, func(w http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			raft(w, r)
+		})
+		if streams {
+			mux.HandleFunc(StreamPath, trs[id].StreamHandler(node))
+		}
+		servers[id] = httptest.NewServer(mux)
 		defer servers[id].Close()
 	}
 	ticks := map[uint64]chan time.Time{}
 	dir := t.TempDir()
 	for _, id := range ids {
-		tr := NewHTTPTransport(auth, fmt.Sprintf("node%d", id), http.DefaultClient, nil)
-		defer tr.Close()
+		tr := trs[id]
 		for _, p := range ids {
 			tr.SetPeer(p, servers[p].URL)
 		}
-		trs[id] = tr
 		st, err := store.Open(store.Options{Path: filepath.Join(dir, fmt.Sprintf("n%d.db", id)), Synchronous: "OFF"})
 		if err != nil {
 			t.Fatal(err)
@@ -105,6 +124,7 @@ func TestReplicasOverSignedHTTP(t *testing.T) {
 		}
 		defer r.Stop()
 		tr.SetUnreachable(r.Node().ReportUnreachable)
+		tr.SetSnapshots(r.Node(), dir)
 		mu.Lock()
 		reps[id] = r
 		mu.Unlock()
@@ -149,6 +169,22 @@ func TestReplicasOverSignedHTTP(t *testing.T) {
 		if err := reps[id].WaitApplied(ctx, reps[leader].st.Applied()); err != nil {
 			t.Fatalf("node %d: %v", id, err)
 		}
+	}
+	// A follower's write goes to the leader in its Raft messages, and is
+	// answered once the leader reported applying it.
+	f := ids[0]
+	if f == leader {
+		f = ids[1]
+	}
+	for !reps[f].Node().LeaderReports(leader) {
+		time.Sleep(time.Millisecond)
+	}
+	o, err := reps[f].WriteThroughLeader(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO h VALUES ('from a follower')"}}, RequestID: "f"})
+	if err != nil || reps[leader].st.Applied() < o.Index {
+		t.Fatalf("a follower's write: %+v %v", o, err)
+	}
+	if n := requests.Load(); streams != (n == 0) {
+		t.Fatalf("streams %v: %d batches went as requests of their own", streams, n)
 	}
 	// Unsigned, and signed with another secret: refused.
 	body, _ := EncodeMessages(0, []pb.Message{{Type: pb.MsgHeartbeat, To: 1, From: 2, Term: 99}})
@@ -275,6 +311,7 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 		t.Cleanup(r.Stop)
 		tr.SetUnreachable(r.Node().ReportUnreachable)
 		tr.SetSnapshots(r.Node(), dir)
+		tr.SetSnapshots(r.Node(), dir)
 		mu.Lock()
 		reps[id], stores[id], ticks[id] = r, st, tick
 		mu.Unlock()
@@ -392,5 +429,123 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(dir, "raft-snapshot-*"))
 	if len(left) > 0 {
 		t.Fatalf("received snapshot files left behind: %v", left)
+	}
+}
+
+// openTestStream opens a stream to url as the transport would, signed with
+// auth, and returns the connection and the frames' key.
+func openTestStream(t *testing.T, auth *cluster.Auth, url string) (io.ReadWriteCloser, []byte, int) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+StreamPath, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", streamProtocol)
+	auth.Sign(req, "tester", cluster.BodyHash(nil))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		resp.Body.Close()
+		return nil, nil, resp.StatusCode
+	}
+	return resp.Body.(io.ReadWriteCloser), auth.SessionKey(req), resp.StatusCode
+}
+
+func writeTestFrame(w io.Writer, key []byte, seq uint64, msgs []pb.Message) {
+	payload, _ := EncodeMessages(0, msgs)
+	b := binary.AppendUvarint(nil, uint64(len(payload)))
+	b = append(append(b, payload...), frameMAC(key, seq, payload)...)
+	w.Write(b)
+}
+
+// A stream of Raft messages takes only what its key authenticates, in
+// order: a stream opened with another secret is refused, and a frame that
+// is altered or replayed closes the stream without reaching Raft.
+func TestStreamTakesOnlyAuthenticatedFramesInOrder(t *testing.T) {
+	g := newGroup(t, 1)
+	g.waitLeader(100)
+	auth := cluster.NewAuth("a cluster secret", nil)
+	tr := NewHTTPTransport(auth, "node1", http.DefaultClient, nil)
+	defer tr.Close()
+	srv := httptest.NewServer(tr.StreamHandler(func() *Node { return g.nodes[1] }))
+	defer srv.Close()
+	if _, _, status := openTestStream(t, cluster.NewAuth("another secret", nil), srv.URL); status != http.StatusForbidden {
+		t.Fatalf("a stream signed with another secret: %d", status)
+	}
+	term := g.nodes[1].Status().Term
+	bump := []pb.Message{{Type: pb.MsgHeartbeat, To: 1, From: 2, Term: term + 50}}
+	closed := func(c io.ReadWriteCloser) bool {
+		done := make(chan error, 1)
+		go func() { _, err := c.Read(make([]byte, 64)); done <- err }()
+		select {
+		case err := <-done:
+			return err != nil
+		case <-time.After(5 * time.Second):
+			return false
+		}
+	}
+	// Altered: the right key, the wrong content.
+	c, key, _ := openTestStream(t, auth, srv.URL)
+	payload, _ := EncodeMessages(0, bump)
+	mac := frameMAC(key, 1, payload)
+	payload[len(payload)-1] ^= 1
+	c.Write(append(append(binary.AppendUvarint(nil, uint64(len(payload))), payload...), mac...))
+	if !closed(c) {
+		t.Fatal("an altered frame did not close the stream")
+	}
+	// Replayed: the first copy is taken (and acknowledged), the second
+	// closes the stream.
+	c, key, _ = openTestStream(t, auth, srv.URL)
+	hello := []pb.Message{{Type: pb.MsgHeartbeatResp, To: 1, From: 1, Term: term}}
+	writeTestFrame(c, key, 1, hello)
+	ack := make([]byte, 8+ackMACLen)
+	if _, err := io.ReadFull(c, ack); err != nil || binary.BigEndian.Uint64(ack) != 1 || !bytes.Equal(ack[8:], ackMAC(key, 1)) {
+		t.Fatalf("the first frame's acknowledgement: %x %v", ack, err)
+	}
+	writeTestFrame(c, key, 1, bump)
+	if !closed(c) {
+		t.Fatal("a replayed frame did not close the stream")
+	}
+	if st := g.nodes[1].Status(); st.Term != term {
+		t.Fatalf("a refused frame moved the term from %d to %d", term, st.Term)
+	}
+}
+
+// A peer that takes the stream but never acknowledges (paused, or a link
+// that drops everything without closing the connection) loses it after
+// streamTimeout: the next batch opens a new one.
+func TestUnacknowledgedStreamIsClosedAndOpenedAgain(t *testing.T) {
+	auth := cluster.NewAuth("a cluster secret", nil)
+	var opened atomic.Int64
+	var conns sync.WaitGroup
+	quiet := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := auth.Verify(r, cluster.BodyHash(nil)); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		opened.Add(1)
+		conn, rw, _ := http.NewResponseController(w).Hijack()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n\r\n")
+		rw.Flush()
+		conns.Add(1)
+		go func() { // reads everything, acknowledges nothing
+			defer conns.Done()
+			go func() { <-quiet; conn.Close() }()
+			io.Copy(io.Discard, conn)
+		}()
+	}))
+	defer srv.Close()
+	defer func() { close(quiet); conns.Wait() }()
+	tr := NewHTTPTransport(auth, "node1", http.DefaultClient, nil)
+	defer tr.Close()
+	tr.SetPeer(2, srv.URL)
+	deadline := time.Now().Add(3*streamTimeout + 2*time.Second)
+	for opened.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream was opened %d times in %v without an acknowledgement", opened.Load(), 3*streamTimeout)
+		}
+		tr.Send([]pb.Message{{Type: pb.MsgHeartbeat, To: 2, From: 1, Term: 1}})
+		time.Sleep(100 * time.Millisecond)
 	}
 }

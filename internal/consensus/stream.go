@@ -1,0 +1,381 @@
+package consensus
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+
+	"github.com/ddbgo/ddb/internal/cluster"
+)
+
+// StreamPath is where a node opens its stream of Raft messages to a peer:
+// one long-lived connection per peer and direction instead of an HTTP
+// request per batch. The opening request is signed like any peer request
+// and upgrades the connection (101 Switching Protocols). Then every batch
+// is a frame: its length (a uvarint), the batch (EncodeMessages), and an
+// HMAC-SHA256 of its sequence number and content under a key both ends
+// derive from the signed request (cluster.Auth.SessionKey), so a frame
+// cannot be forged, altered, replayed or reordered. The receiver answers
+// with acknowledgements (the sequence number reached, authenticated the
+// same way): a stream whose frames go unacknowledged for streamTimeout is
+// closed (a peer paused, or a link that drops packets without closing the
+// connection), and the next batch opens a new one. A peer that does not
+// know streams (404) gets a request per batch, as before.
+const StreamPath = "/_ddb/raft/stream"
+
+const streamProtocol = "ddb-raft-stream/1"
+
+const (
+	// streamTimeout is how long a frame may go unacknowledged.
+	streamTimeout = 3 * time.Second
+	// streamIdle is how long the receiver waits for a frame (a leader
+	// sends a heartbeat every tick; its followers answer each).
+	streamIdle = 30 * time.Second
+	// streamRetry is how long a peer that does not know streams gets
+	// requests per batch before a stream is tried again.
+	streamRetry = time.Minute
+	macLen      = sha256.Size
+	ackMACLen   = 16
+)
+
+var errStreamUnsupported = errors.New("the peer does not take streams")
+
+func frameMAC(key []byte, seq uint64, payload []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	var b [9]byte
+	b[0] = 'f'
+	binary.BigEndian.PutUint64(b[1:], seq)
+	m.Write(b[:])
+	m.Write(payload)
+	return m.Sum(nil)
+}
+
+func ackMAC(key []byte, seq uint64) []byte {
+	m := hmac.New(sha256.New, key)
+	var b [9]byte
+	b[0] = 'a'
+	binary.BigEndian.PutUint64(b[1:], seq)
+	m.Write(b[:])
+	return m.Sum(nil)[:ackMACLen]
+}
+
+// outStream is this node's stream of batches to one peer.
+type outStream struct {
+	t      *HTTPTransport
+	to     uint64
+	rwc    io.ReadWriteCloser
+	w      *bufio.Writer
+	key    []byte
+	cancel context.CancelFunc
+	seq    uint64 // frames written (the peer's sender goroutine only)
+
+	mu     sync.Mutex
+	sent   []time.Time // when each frame after acked was written
+	acked  uint64
+	closed bool
+	done   chan struct{}
+}
+
+// openStream opens a stream to peer to.
+func (t *HTTPTransport) openStream(to uint64) (*outStream, error) {
+	url := t.Peer(to)
+	if url == "" {
+		return nil, fmt.Errorf("node %d: %w", to, errNoAddress)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+StreamPath, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", streamProtocol)
+	t.auth.Sign(req, t.self, cluster.BodyHash(nil))
+	// A paused peer accepts the connection but never answers.
+	timer := time.AfterFunc(5*time.Second, cancel)
+	resp, err := t.client.Do(req)
+	if !timer.Stop() && err == nil {
+		resp.Body.Close()
+		err = errors.New("the stream's opening timed out")
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode == http.StatusForbidden || resp.StatusCode >= 500 {
+			return nil, fmt.Errorf("%s answered %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+		}
+		return nil, errStreamUnsupported // a node of an earlier version
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		cancel()
+		return nil, errStreamUnsupported
+	}
+	s := &outStream{t: t, to: to, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: t.auth.SessionKey(req), cancel: cancel, done: make(chan struct{})}
+	go s.readAcks(bufio.NewReader(rwc))
+	go s.watch()
+	return s, nil
+}
+
+// send writes one batch as a frame. An error closes the stream; whether
+// the peer got the frame is then unknown.
+func (s *outStream) send(payload []byte) error {
+	s.seq++
+	var hdr [binary.MaxVarintLen64]byte
+	n := binary.PutUvarint(hdr[:], uint64(len(payload)))
+	mac := frameMAC(s.key, s.seq, payload)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("the stream is closed")
+	}
+	s.sent = append(s.sent, time.Now())
+	s.mu.Unlock()
+	s.w.Write(hdr[:n])
+	s.w.Write(payload)
+	s.w.Write(mac)
+	if err := s.w.Flush(); err != nil {
+		s.close()
+		return err
+	}
+	return nil
+}
+
+// readAcks reads the peer's acknowledgements until the stream ends.
+func (s *outStream) readAcks(r *bufio.Reader) {
+	defer s.close()
+	var b [8 + ackMACLen]byte
+	for {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return
+		}
+		seq := binary.BigEndian.Uint64(b[:8])
+		if !hmac.Equal(b[8:], ackMAC(s.key, seq)) {
+			s.t.log.Warn("a stream's acknowledgement does not match its key; the stream is closed", "peer", int(s.to)-1)
+			return
+		}
+		now := time.Now()
+		s.mu.Lock()
+		if seq <= s.acked || seq-s.acked > uint64(len(s.sent)) {
+			s.mu.Unlock()
+			return // acknowledgements only go forward, to frames sent
+		}
+		k := seq - s.acked
+		var rtt time.Duration
+		for _, at := range s.sent[:k] {
+			rtt += now.Sub(at)
+		}
+		s.sent, s.acked = s.sent[k:], seq
+		s.mu.Unlock()
+		s.t.batches.Add(k)
+		s.t.roundTrip.Add(uint64(rtt))
+	}
+}
+
+// watch closes the stream when a frame goes unacknowledged too long.
+func (s *outStream) watch() {
+	tk := time.NewTicker(streamTimeout / 4)
+	defer tk.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-tk.C:
+			s.mu.Lock()
+			stale := len(s.sent) > 0 && time.Since(s.sent[0]) > streamTimeout
+			s.mu.Unlock()
+			if stale {
+				s.t.log.Warn("a stream's frames went unacknowledged; it is closed", "peer", int(s.to)-1, "after", streamTimeout)
+				s.close()
+				return
+			}
+		}
+	}
+}
+
+func (s *outStream) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *outStream) close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+	s.rwc.Close()
+	s.cancel()
+}
+
+// sendBatch sends one batch to peer to over its stream (opening one if
+// need be), or as a request of its own to a peer that takes no streams.
+func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) error {
+	t.mu.Lock()
+	until := t.noStream[to]
+	t.mu.Unlock()
+	if time.Now().Before(until) {
+		return t.post(to, batch)
+	}
+	if *s == nil || (*s).isClosed() {
+		ns, err := t.openStream(to)
+		if errors.Is(err, errStreamUnsupported) {
+			t.mu.Lock()
+			t.noStream[to] = time.Now().Add(streamRetry)
+			t.mu.Unlock()
+			return t.post(to, batch)
+		}
+		if err != nil {
+			return err
+		}
+		*s = ns
+	}
+	body, err := EncodeMessages(t.leaderApplied(), batch)
+	if err != nil {
+		return err
+	}
+	if err := (*s).send(body); err != nil {
+		*s = nil
+		return err
+	}
+	return nil
+}
+
+// StreamHandler serves StreamPath: it checks the opening request's
+// signature, takes over the connection, and hands every authenticated
+// frame's messages to node.
+func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			http.Error(w, "use POST", http.StatusMethodNotAllowed)
+			return
+		}
+		if !strings.EqualFold(r.Header.Get("Upgrade"), streamProtocol) {
+			http.Error(w, "a stream of Raft messages needs Upgrade: "+streamProtocol, http.StatusBadRequest)
+			return
+		}
+		if err := t.auth.Verify(r, cluster.BodyHash(nil)); err != nil {
+			t.log.Warn("refused a stream of raft messages", "from", r.RemoteAddr, "err", err)
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		if node() == nil {
+			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
+			return
+		}
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			http.Error(w, "this connection cannot carry a stream: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		conn.SetDeadline(time.Time{}) // the server's request deadlines
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n\r\n")
+		if err := rw.Flush(); err != nil {
+			conn.Close()
+			return
+		}
+		t.mu.Lock()
+		select {
+		case <-t.stop:
+			t.mu.Unlock()
+			conn.Close()
+			return
+		default:
+		}
+		t.inbound[conn] = struct{}{}
+		t.mu.Unlock()
+		go func() {
+			defer func() {
+				t.mu.Lock()
+				delete(t.inbound, conn)
+				t.mu.Unlock()
+				conn.Close()
+			}()
+			err := serveStream(conn, rw.Reader, t.auth.SessionKey(r), node)
+			if err != nil {
+				t.log.Warn("a stream of raft messages ended", "from", r.RemoteAddr, "err", err)
+			}
+		}()
+	}
+}
+
+// serveStream reads frames until the stream ends. A frame that fails its
+// authentication ends the stream (an error); so does one that cannot be
+// decoded.
+func serveStream(conn net.Conn, r *bufio.Reader, key []byte, node func() *Node) error {
+	var seq uint64
+	var buf []byte
+	var deadlineSet time.Time
+	for {
+		if now := time.Now(); now.Sub(deadlineSet) > time.Second {
+			conn.SetDeadline(now.Add(streamIdle))
+			deadlineSet = now
+		}
+		size, err := binary.ReadUvarint(r)
+		if err != nil {
+			return nil // closed, or idle past streamIdle
+		}
+		if size > maxRaftBody {
+			return fmt.Errorf("a frame of %d bytes is over the limit of %d", size, maxRaftBody)
+		}
+		if need := int(size) + macLen; cap(buf) < need {
+			buf = make([]byte, need)
+		}
+		frame := buf[:int(size)+macLen]
+		if _, err := io.ReadFull(r, frame); err != nil {
+			return nil
+		}
+		seq++
+		payload := frame[:size]
+		if !hmac.Equal(frame[size:], frameMAC(key, seq, payload)) {
+			return errors.New("a frame does not match its authentication (altered, replayed or reordered); the stream is closed")
+		}
+		applied, msgs, err := DecodeMessages(payload)
+		if err != nil {
+			return err
+		}
+		n := node()
+		if n == nil {
+			return errors.New("this node's consensus stopped")
+		}
+		if applied > 0 && len(msgs) > 0 {
+			n.NoteLeaderApplied(msgs[0].From, applied)
+		}
+		for _, m := range msgs {
+			n.Deliver(m)
+		}
+		if r.Buffered() == 0 {
+			// Acknowledge what arrived; frames already waiting are
+			// acknowledged together after them.
+			var ack [8 + ackMACLen]byte
+			binary.BigEndian.PutUint64(ack[:8], seq)
+			copy(ack[8:], ackMAC(key, seq))
+			if _, err := conn.Write(ack[:]); err != nil {
+				return nil
+			}
+		}
+	}
+}
