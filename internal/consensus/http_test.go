@@ -66,15 +66,15 @@ func TestMessagesSurviveTheirFraming(t *testing.T) {
 // Three replicas over real HTTP, with signed requests: they elect a
 // leader, replicate SQL, and an unsigned or forged request is refused.
 func TestReplicasOverSignedHTTP(t *testing.T) {
-	for _, mode := range []string{"streams", "requests"} {
-		t.Run(mode, func(t *testing.T) { testReplicasOverSignedHTTP(t, mode == "streams") })
+	for _, mode := range []string{"streams", "streams over TLS", "requests"} {
+		t.Run(mode, func(t *testing.T) { testReplicasOverSignedHTTP(t, mode != "requests", mode == "streams over TLS") })
 	}
 }
 
 // testReplicasOverSignedHTTP: with streams, every node serves StreamPath
 // and batches travel over streams only; without, the nodes are of an
 // earlier version (no StreamPath: 404), and every batch is a request.
-func testReplicasOverSignedHTTP(t *testing.T, streams bool) {
+func testReplicasOverSignedHTTP(t *testing.T, streams, tls bool) {
 	auth := cluster.NewAuth("a cluster secret", nil)
 	ids := []uint64{1, 2, 3}
 	var mu sync.Mutex
@@ -82,8 +82,16 @@ func testReplicasOverSignedHTTP(t *testing.T, streams bool) {
 	servers := map[uint64]*httptest.Server{}
 	trs := map[uint64]*HTTPTransport{}
 	var requests atomic.Int64
+	client := http.DefaultClient
+	if tls {
+		// Every test server has the same certificate: one's client
+		// trusts them all.
+		probe := httptest.NewTLSServer(http.NotFoundHandler())
+		client = probe.Client()
+		probe.Close()
+	}
 	for _, id := range ids {
-		trs[id] = NewHTTPTransport(auth, fmt.Sprintf("node%d", id), http.DefaultClient, nil)
+		trs[id] = NewHTTPTransport(auth, fmt.Sprintf("node%d", id), client, nil)
 		defer trs[id].Close()
 		node := func() *Node {
 			mu.Lock()
@@ -102,7 +110,12 @@ func testReplicasOverSignedHTTP(t *testing.T, streams bool) {
 		if streams {
 			mux.HandleFunc(StreamPath, trs[id].StreamHandler(node))
 		}
-		servers[id] = httptest.NewServer(mux)
+		servers[id] = httptest.NewUnstartedServer(mux)
+		if tls {
+			servers[id].StartTLS()
+		} else {
+			servers[id].Start()
+		}
 		defer servers[id].Close()
 	}
 	ticks := map[uint64]chan time.Time{}
@@ -188,14 +201,14 @@ func testReplicasOverSignedHTTP(t *testing.T, streams bool) {
 	}
 	// Unsigned, and signed with another secret: refused.
 	body, _ := EncodeMessages(0, []pb.Message{{Type: pb.MsgHeartbeat, To: 1, From: 2, Term: 99}})
-	resp, err := http.Post(servers[1].URL+RaftPath, "application/octet-stream", bytes.NewReader(body))
+	resp, err := client.Post(servers[1].URL+RaftPath, "application/octet-stream", bytes.NewReader(body))
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("an unsigned raft request: %v %v", resp, err)
 	}
 	resp.Body.Close()
 	req, _ := http.NewRequest(http.MethodPost, servers[1].URL+RaftPath, bytes.NewReader(body))
 	cluster.NewAuth("another secret", nil).Sign(req, "intruder", cluster.BodyHash(body))
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = client.Do(req)
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("a forged raft request: %v %v", resp, err)
 	}

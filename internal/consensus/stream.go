@@ -242,6 +242,7 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 	if *s == nil || (*s).isClosed() {
 		ns, err := t.openStream(to)
 		if errors.Is(err, errStreamUnsupported) {
+			t.log.Info("peer takes no streams of raft messages (an earlier version?): one request per batch", "peer", int(to)-1, "retry_in", streamRetry)
 			t.mu.Lock()
 			t.noStream[to] = time.Now().Add(streamRetry)
 			t.mu.Unlock()
@@ -250,6 +251,7 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 		if err != nil {
 			return err
 		}
+		t.log.Debug("stream of raft messages opened", "peer", int(to)-1)
 		*s = ns
 	}
 	body, err := EncodeMessages(t.leaderApplied(), batch)
