@@ -26,8 +26,13 @@ import (
 // RaftPath is the HTTP path nodes post Raft messages to.
 const RaftPath = "/_ddb/raft"
 
-// maxRaftBody bounds one request of Raft messages.
-const maxRaftBody = 64 << 20
+// maxRaftBody bounds one request (or frame) of Raft messages; a sender's
+// batches stay under maxBatchBytes, plus one message (at most Raft's
+// MaxSizePerMsg, 1 MiB, unless one entry alone is larger).
+const (
+	maxRaftBody   = 64 << 20
+	maxBatchBytes = 8 << 20
+)
 
 // EncodeMessages frames messages for one request: each as its length (a
 // uvarint) and its protobuf encoding. A leader's request starts with what
@@ -218,11 +223,15 @@ func (t *HTTPTransport) sender(to uint64, q chan pb.Message) {
 		case <-t.stop:
 			return
 		}
+		// A batch stops at 256 messages or maxBatchBytes (a follower being
+		// caught up gets appends of up to 1 MiB each).
+		size := batch[0].Size()
 	fill:
-		for len(batch) < cap(batch) {
+		for len(batch) < cap(batch) && size < maxBatchBytes {
 			select {
 			case m := <-q:
 				batch = append(batch, m)
+				size += m.Size()
 			default:
 				break fill
 			}
