@@ -562,3 +562,58 @@ func TestUnacknowledgedStreamIsClosedAndOpenedAgain(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Batches stay under maxBatchBytes (plus one message): 200 appends of
+// 100 KB queued at once reach the peer whole, in requests it accepts.
+func TestBatchesOfLargeAppendsStayUnderTheLimit(t *testing.T) {
+	auth := cluster.NewAuth("a cluster secret", nil)
+	var mu sync.Mutex
+	var sizes []int
+	got := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != RaftPath {
+			http.NotFound(w, r) // no streams: every batch is a request
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		_, msgs, err := DecodeMessages(body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		sizes, got = append(sizes, len(body)), got+len(msgs)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	tr := NewHTTPTransport(auth, "node1", http.DefaultClient, nil)
+	defer tr.Close()
+	tr.SetPeer(2, srv.URL)
+	var msgs []pb.Message
+	for i := range 200 {
+		msgs = append(msgs, pb.Message{Type: pb.MsgApp, To: 2, From: 1, Term: 1, Index: uint64(i), Entries: []pb.Entry{{Index: uint64(i + 1), Term: 1, Data: make([]byte, 100<<10)}}})
+	}
+	tr.Send(msgs)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := got
+		mu.Unlock()
+		if n == len(msgs) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages arrived", n, len(msgs))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, s := range sizes {
+		if s > maxBatchBytes+200<<10 {
+			t.Fatalf("a batch of %d bytes (limit %d)", s, maxBatchBytes)
+		}
+	}
+	if len(sizes) < 3 {
+		t.Fatalf("20 MB went in %d batches", len(sizes))
+	}
+}
