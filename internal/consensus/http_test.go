@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -530,8 +531,15 @@ func TestStreamTakesOnlyAuthenticatedFramesInOrder(t *testing.T) {
 func TestUnacknowledgedStreamIsClosedAndOpenedAgain(t *testing.T) {
 	auth := cluster.NewAuth("a cluster secret", nil)
 	var opened atomic.Int64
-	var conns sync.WaitGroup
-	quiet := make(chan struct{})
+	var mu sync.Mutex
+	var hijacked []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range hijacked {
+			c.Close()
+		}
+	}()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := auth.Verify(r, cluster.BodyHash(nil)); err != nil {
 			http.Error(w, err.Error(), http.StatusForbidden)
@@ -541,15 +549,12 @@ func TestUnacknowledgedStreamIsClosedAndOpenedAgain(t *testing.T) {
 		conn, rw, _ := http.NewResponseController(w).Hijack()
 		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n\r\n")
 		rw.Flush()
-		conns.Add(1)
-		go func() { // reads everything, acknowledges nothing
-			defer conns.Done()
-			go func() { <-quiet; conn.Close() }()
-			io.Copy(io.Discard, conn)
-		}()
+		mu.Lock()
+		hijacked = append(hijacked, conn)
+		mu.Unlock()
+		go io.Copy(io.Discard, conn) // reads everything, acknowledges nothing
 	}))
 	defer srv.Close()
-	defer func() { close(quiet); conns.Wait() }()
 	tr := NewHTTPTransport(auth, "node1", http.DefaultClient, nil)
 	defer tr.Close()
 	tr.SetPeer(2, srv.URL)
