@@ -588,15 +588,8 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.
 	switch {
 	case self:
 		out, err = e.proposeHere(ctx, req, ack)
-		var nl *NotLeaderError
-		var uo *UnknownOutcomeError
-		switch {
-		case errors.As(err, &nl):
-			return out, &replication.UnavailableError{Reason: "leadership changed; retry"}, true
-		case errors.As(err, &uo):
-			return out, &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}, true
-		}
-		return out, err, false
+		err, retry = proposeError(err, req.RequestID)
+		return out, err, retry
 	case lead == 0:
 		err := &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
 		return out, err, e.WaitLeader(ctx)
@@ -659,18 +652,27 @@ func (e *Engine) proposeThroughLeader(ctx context.Context, req *store.Request, a
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()
 	out, err = e.rep.WriteThroughLeader(pctx, req)
-	var nl *NotLeaderError
-	var uo *UnknownOutcomeError
-	var la *LeaderApplyError
-	switch {
-	case errors.As(err, &nl):
-		return out, &replication.UnavailableError{Reason: "leadership changed; retry"}, true
-	case errors.As(err, &uo):
-		return out, &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}, true
-	case errors.As(err, &la):
+	if la := (*LeaderApplyError)(nil); errors.As(err, &la) {
 		return out, &replication.AckTimeoutError{Index: la.Index, Level: string(ack) + ", applied on the leader", After: e.cfg.AckTimeout}, false
 	}
-	return out, err, false // the write's own failure, the same on every node
+	err, retry = proposeError(err, req.RequestID)
+	return out, err, retry
+}
+
+// proposeError is what the client is told of a proposal's failure, and
+// whether another attempt may succeed: nothing was logged (leadership
+// changed: retry), the outcome is unknown (retry with the request id, if
+// there is one), or the write's own failure, the same on every node.
+func proposeError(err error, requestID string) (error, bool) {
+	var nl *NotLeaderError
+	var uo *UnknownOutcomeError
+	switch {
+	case errors.As(err, &nl):
+		return &replication.UnavailableError{Reason: "leadership changed; retry"}, true
+	case errors.As(err, &uo):
+		return &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: requestID}, true
+	}
+	return err, false
 }
 
 // ackBeforeCommit is the deliberate defect "ack-before-commit" (fault

@@ -586,19 +586,9 @@ func (n *Node) NoteLeaderApplied(from, index uint64) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if len(n.reported) == 0 {
-		return
+	if len(n.reported) > 0 {
+		n.reported = release(n.reported, n.leaderApplied.Load())
 	}
-	applied := n.leaderApplied.Load()
-	kept := n.reported[:0]
-	for _, w := range n.reported {
-		if w.index <= applied {
-			close(w.ch)
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	n.reported = kept
 }
 
 // LeaderReports says whether node lead, the leader, reports its applied
@@ -637,12 +627,7 @@ func (n *Node) WaitLeaderApplied(ctx context.Context, index uint64) error {
 			}
 		}
 		n.mu.Lock()
-		for i, w := range n.reported {
-			if w.ch == ch {
-				n.reported = append(n.reported[:i], n.reported[i+1:]...)
-				break
-			}
-		}
+		n.reported = forget(n.reported, ch)
 		n.mu.Unlock()
 		if err != nil {
 			return err

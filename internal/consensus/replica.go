@@ -104,20 +104,31 @@ func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome,
 	if lead, self := r.node.Leader(); !self {
 		return store.Outcome{}, &NotLeaderError{Leader: lead}
 	}
+	_, out, err := r.propose(ctx, req, r.node.Propose)
+	if err != nil {
+		return out, err
+	}
+	return out, out.Err
+}
+
+// propose proposes req's entry with propose, and says what came of it: the
+// outcome, a NotLeaderError (certainly not logged), or an
+// UnknownOutcomeError.
+func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(context.Context, []byte) (Applied, error)) (Applied, store.Outcome, error) {
 	data, err := r.entry(req)
 	if err != nil {
-		return store.Outcome{}, err
+		return Applied{}, store.Outcome{}, err
 	}
-	a, err := r.node.Propose(ctx, data)
+	a, err := propose(ctx, data)
 	switch {
 	case errors.Is(err, raft.ErrProposalDropped):
 		lead, _ := r.node.Leader()
-		return store.Outcome{}, &NotLeaderError{Leader: lead}
+		return a, store.Outcome{}, &NotLeaderError{Leader: lead}
 	case err != nil:
-		return store.Outcome{}, &UnknownOutcomeError{Err: err}
+		return a, store.Outcome{}, &UnknownOutcomeError{Err: err}
 	}
 	out, _ := a.Result.(store.Outcome)
-	return out, out.Err
+	return a, out, nil
 }
 
 // entry is the data a write is proposed with: the time and random seed it
@@ -181,19 +192,10 @@ func (r *Replica) WriteThroughLeader(ctx context.Context, req *store.Request) (s
 	if req.RequestID == "" {
 		return store.Outcome{}, errors.New("a write proposed through the leader needs a request id")
 	}
-	data, err := r.entry(req)
+	a, out, err := r.propose(ctx, req, r.node.ProposeThroughLeader)
 	if err != nil {
-		return store.Outcome{}, err
+		return out, err
 	}
-	a, err := r.node.ProposeThroughLeader(ctx, data)
-	switch {
-	case errors.Is(err, raft.ErrProposalDropped):
-		lead, _ := r.node.Leader()
-		return store.Outcome{}, &NotLeaderError{Leader: lead}
-	case err != nil:
-		return store.Outcome{}, &UnknownOutcomeError{Err: err}
-	}
-	out, _ := a.Result.(store.Outcome)
 	if err := r.node.WaitLeaderApplied(ctx, a.Index); err != nil {
 		out.Index = a.Index
 		return out, &LeaderApplyError{Index: a.Index, Err: err}
@@ -222,12 +224,7 @@ func (r *Replica) WaitApplied(ctx context.Context, index uint64) error {
 		return nil
 	case <-ctx.Done():
 		r.mu.Lock()
-		for i, w := range r.waiters {
-			if w.ch == ch {
-				r.waiters = append(r.waiters[:i], r.waiters[i+1:]...)
-				break
-			}
-		}
+		r.waiters = forget(r.waiters, ch)
 		r.mu.Unlock()
 		return ctx.Err()
 	}
@@ -275,16 +272,32 @@ func (r *Replica) applySaving(save store.RaftSave, ents []Entry) ([]any, error) 
 func (r *Replica) wake() {
 	applied := r.st.Applied()
 	r.mu.Lock()
-	kept := r.waiters[:0]
-	for _, w := range r.waiters {
-		if w.index <= applied {
+	r.waiters = release(r.waiters, applied)
+	r.mu.Unlock()
+}
+
+// forget removes the waiter of ch (one that gave up).
+func forget(ws []applyWaiter, ch chan struct{}) []applyWaiter {
+	for i, w := range ws {
+		if w.ch == ch {
+			return append(ws[:i], ws[i+1:]...)
+		}
+	}
+	return ws
+}
+
+// release closes the channels of the waiters at or below index, and
+// returns the others.
+func release(ws []applyWaiter, index uint64) []applyWaiter {
+	kept := ws[:0]
+	for _, w := range ws {
+		if w.index <= index {
 			close(w.ch)
 		} else {
 			kept = append(kept, w)
 		}
 	}
-	r.waiters = kept
-	r.mu.Unlock()
+	return kept
 }
 
 // WaitDurableOnAllVoters waits, on the leader, until every voter holds the

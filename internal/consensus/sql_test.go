@@ -129,6 +129,14 @@ func (g *replicas) leader() uint64 {
 	return 0
 }
 
+// follower is a node other than l.
+func (g *replicas) follower(l uint64) uint64 {
+	if g.ids[0] != l {
+		return g.ids[0]
+	}
+	return g.ids[1]
+}
+
 func (g *replicas) write(id uint64, rid, sql string, schema bool) (store.Outcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -204,10 +212,7 @@ func TestReplicasReplicateSQLToIdenticalDatabases(t *testing.T) {
 func TestReplicaWritesReadsAndRetries(t *testing.T) {
 	g := newReplicas(t, 3)
 	l := g.leader()
-	f := g.ids[0]
-	if f == l {
-		f = g.ids[1]
-	}
+	f := g.follower(l)
 	g.mustWrite(l, "CREATE TABLE k (id INTEGER PRIMARY KEY, v)")
 	var nl *NotLeaderError
 	if _, err := g.write(f, "", "INSERT INTO k (v) VALUES (1)", false); !errors.As(err, &nl) || nl.Leader != l {
@@ -278,10 +283,7 @@ func TestReplicaWritesReadsAndRetries(t *testing.T) {
 func TestFollowerWritesGoThroughTheLeaderWithItsClock(t *testing.T) {
 	g := newReplicas(t, 3)
 	l := g.leader()
-	f := g.ids[0]
-	if f == l {
-		f = g.ids[1]
-	}
+	f := g.follower(l)
 	g.mustWrite(l, "CREATE TABLE k (id INTEGER PRIMARY KEY, v, at)")
 	g.kill(f)
 	g.now[f] = func() time.Time { return time.Now().AddDate(-25, 0, 0) }
