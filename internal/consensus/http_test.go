@@ -530,31 +530,7 @@ func TestStreamTakesOnlyAuthenticatedFramesInOrder(t *testing.T) {
 // streamTimeout: the next batch opens a new one.
 func TestUnacknowledgedStreamIsClosedAndOpenedAgain(t *testing.T) {
 	auth := cluster.NewAuth("a cluster secret", nil)
-	var opened atomic.Int64
-	var mu sync.Mutex
-	var hijacked []net.Conn
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range hijacked {
-			c.Close()
-		}
-	}()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := auth.Verify(r, cluster.BodyHash(nil)); err != nil {
-			http.Error(w, err.Error(), http.StatusForbidden)
-			return
-		}
-		opened.Add(1)
-		conn, rw, _ := http.NewResponseController(w).Hijack()
-		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n\r\n")
-		rw.Flush()
-		mu.Lock()
-		hijacked = append(hijacked, conn)
-		mu.Unlock()
-		go io.Copy(io.Discard, conn) // reads everything, acknowledges nothing
-	}))
-	defer srv.Close()
+	srv, opened := silentStreamServer(t, auth)
 	tr := NewHTTPTransport(auth, "node1", http.DefaultClient, nil)
 	defer tr.Close()
 	tr.SetPeer(2, srv.URL)
@@ -620,5 +596,61 @@ func TestBatchesOfLargeAppendsStayUnderTheLimit(t *testing.T) {
 	}
 	if len(sizes) < 3 {
 		t.Fatalf("20 MB went in %d batches", len(sizes))
+	}
+}
+
+// silentStreamServer takes streams of Raft messages signed with auth and
+// reads them without ever acknowledging; opened counts the streams.
+func silentStreamServer(t *testing.T, auth *cluster.Auth) (srv *httptest.Server, opened *atomic.Int64) {
+	opened = new(atomic.Int64)
+	var mu sync.Mutex
+	var hijacked []net.Conn
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := auth.Verify(r, cluster.BodyHash(nil)); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		opened.Add(1)
+		conn, rw, _ := http.NewResponseController(w).Hijack()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n\r\n")
+		rw.Flush()
+		mu.Lock()
+		hijacked = append(hijacked, conn)
+		mu.Unlock()
+		go io.Copy(io.Discard, conn)
+	}))
+	t.Cleanup(func() {
+		srv.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range hijacked {
+			c.Close()
+		}
+	})
+	return srv, opened
+}
+
+// A peer that moves (its address changes) gets the next batches at its new
+// address: the stream to the old one is closed.
+func TestStreamFollowsAPeerThatMoves(t *testing.T) {
+	auth := cluster.NewAuth("a cluster secret", nil)
+	old, openedOld := silentStreamServer(t, auth)
+	moved, openedNew := silentStreamServer(t, auth)
+	tr := NewHTTPTransport(auth, "node1", http.DefaultClient, nil)
+	defer tr.Close()
+	heartbeat := []pb.Message{{Type: pb.MsgHeartbeat, To: 2, From: 1, Term: 1}}
+	tr.SetPeer(2, old.URL)
+	for deadline := time.Now().Add(5 * time.Second); openedOld.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no stream to the peer's first address")
+		}
+		tr.Send(heartbeat)
+	}
+	tr.SetPeer(2, moved.URL)
+	for deadline := time.Now().Add(streamTimeout / 2); openedNew.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no stream to the peer's new address within %v", streamTimeout/2)
+		}
+		tr.Send(heartbeat)
 	}
 }

@@ -75,6 +75,7 @@ func ackMAC(key []byte, seq uint64) []byte {
 type outStream struct {
 	t      *HTTPTransport
 	to     uint64
+	url    string // the peer's address when the stream was opened
 	rwc    io.ReadWriteCloser
 	w      *bufio.Writer
 	key    []byte
@@ -129,7 +130,7 @@ func (t *HTTPTransport) openStream(to uint64) (*outStream, error) {
 		cancel()
 		return nil, errStreamUnsupported
 	}
-	s := &outStream{t: t, to: to, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: t.auth.SessionKey(req), cancel: cancel, done: make(chan struct{})}
+	s := &outStream{t: t, to: to, url: url, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: t.auth.SessionKey(req), cancel: cancel, done: make(chan struct{})}
 	go s.readAcks(bufio.NewReader(rwc))
 	go s.watch()
 	return s, nil
@@ -234,10 +235,13 @@ func (s *outStream) close() {
 // need be), or as a request of its own to a peer that takes no streams.
 func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) error {
 	t.mu.Lock()
-	until := t.noStream[to]
+	until, url := t.noStream[to], t.peers[to]
 	t.mu.Unlock()
 	if time.Now().Before(until) {
 		return t.post(to, batch)
+	}
+	if *s != nil && (*s).url != url {
+		(*s).close() // the peer moved: its stream goes to the new address
 	}
 	if *s == nil || (*s).isClosed() {
 		ns, err := t.openStream(to)
