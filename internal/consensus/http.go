@@ -292,7 +292,7 @@ func (t *HTTPTransport) post(to uint64, msgs []pb.Message) error {
 	return nil
 }
 
-// leaderApplied is what this node has applied if it leads, else 0.
+// leaderApplied is what this node's messages report (Node.ReportedApplied).
 func (t *HTTPTransport) leaderApplied() uint64 {
 	t.mu.Lock()
 	n := t.node
@@ -300,10 +300,7 @@ func (t *HTTPTransport) leaderApplied() uint64 {
 	if n == nil {
 		return 0
 	}
-	if _, self := n.Leader(); !self {
-		return 0
-	}
-	return n.AppliedIndex()
+	return n.ReportedApplied()
 }
 
 // Handler serves RaftPath: it checks the request's signature and hands
@@ -338,12 +335,7 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
 			return
 		}
-		if applied > 0 && len(msgs) > 0 {
-			n.NoteLeaderApplied(msgs[0].From, applied)
-		}
-		for _, m := range msgs {
-			n.Deliver(m)
-		}
+		n.Receive(applied, msgs)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

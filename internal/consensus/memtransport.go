@@ -95,9 +95,7 @@ func (t memTransport) Send(msgs []pb.Message) {
 	defer t.m.mu.Unlock()
 	var applied uint64
 	if n := t.m.nodes[t.from]; n != nil {
-		if _, self := n.Leader(); self {
-			applied = n.AppliedIndex()
-		}
+		applied = n.ReportedApplied()
 	}
 	for _, msg := range msgs {
 		if msg.Type == pb.MsgSnap {

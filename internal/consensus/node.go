@@ -394,7 +394,7 @@ func (n *Node) step(m pb.Message) {
 		// them, the leader, which logs them, last.
 		ents := make([]pb.Entry, len(m.Entries))
 		for i, e := range m.Entries {
-			if e.Type == pb.EntryNormal && len(e.Data) >= 8 {
+			if _, ok := proposalOf(e); ok {
 				d := append([]byte(nil), e.Data...) // the message's data may be shared
 				n.cfg.Restamp(d[8:])
 				e.Data = d
@@ -515,13 +515,14 @@ func (n *Node) propose(ctx context.Context, data []byte, resend bool) (Applied, 
 		}
 	}
 	var leadChange chan struct{}
-	var timer <-chan time.Time
+	var timer *time.Timer
+	var expired <-chan time.Time // nil (never) without resend
 	wait := resendAfter
 	if resend {
 		leadChange = *n.leadChange.Load()
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		timer = t.C
+		timer = time.NewTimer(wait)
+		defer timer.Stop()
+		expired = timer.C
 	}
 	if err := send(); err != nil {
 		return Applied{}, err
@@ -539,9 +540,9 @@ func (n *Node) propose(ctx context.Context, data []byte, resend bool) (Applied, 
 			continue
 		case <-leadChange:
 			leadChange = *n.leadChange.Load()
-		case <-timer:
+		case <-expired:
 			wait *= 2
-			timer = time.After(wait)
+			timer.Reset(wait)
 		case <-ctx.Done():
 			return Applied{}, ctx.Err()
 		case <-n.done:
@@ -565,8 +566,8 @@ func (n *Node) Undelivered(msgs []pb.Message) {
 			continue
 		}
 		for _, e := range m.Entries {
-			if e.Type == pb.EntryNormal && len(e.Data) >= 8 {
-				if p := n.waiting[binary.BigEndian.Uint64(e.Data)]; p != nil {
+			if id, ok := proposalOf(e); ok {
+				if p := n.waiting[id]; p != nil {
 					p.drop()
 				}
 			}
@@ -588,6 +589,26 @@ func (n *Node) NoteLeaderApplied(from, index uint64) {
 	defer n.mu.Unlock()
 	if len(n.reported) > 0 {
 		n.reported = release(n.reported, n.leaderApplied.Load())
+	}
+}
+
+// ReportedApplied is what this node's messages report it has applied:
+// its applied index if it leads, else 0 (see NoteLeaderApplied).
+func (n *Node) ReportedApplied() uint64 {
+	if _, self := n.Leader(); !self {
+		return 0
+	}
+	return n.applied.Load()
+}
+
+// Receive takes a batch of messages from another node, with the applied
+// index its sender reported (0: none).
+func (n *Node) Receive(leaderApplied uint64, msgs []pb.Message) {
+	if leaderApplied > 0 && len(msgs) > 0 {
+		n.NoteLeaderApplied(msgs[0].From, leaderApplied)
+	}
+	for _, m := range msgs {
+		n.Deliver(m)
 	}
 }
 
@@ -613,9 +634,7 @@ func (n *Node) WaitLeaderApplied(ctx context.Context, index uint64) error {
 		n.reported = append(n.reported, applyWaiter{index: index, ch: ch})
 		n.mu.Unlock()
 		var err error
-		if n.leaderApplied.Load() >= index {
-			// Reported between the first look and the registration.
-		} else {
+		if n.leaderApplied.Load() < index { // (else reported since the first look)
 			select {
 			case <-ch:
 				return nil
@@ -633,6 +652,15 @@ func (n *Node) WaitLeaderApplied(ctx context.Context, index uint64) error {
 			return err
 		}
 	}
+}
+
+// proposalOf is the id of the proposal an entry carries (ok false: the
+// entry is not a proposal, such as a new leader's empty entry).
+func proposalOf(e pb.Entry) (id uint64, ok bool) {
+	if e.Type != pb.EntryNormal || len(e.Data) < 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(e.Data), true
 }
 
 func proposalID() uint64 {
@@ -867,8 +895,8 @@ func (n *Node) sendRequests(msgs []pb.Message) []pb.Message {
 	return rest
 }
 
-// deliver answers the proposers of applied entries and records them as
-// applied.
+// deliver answers the proposers of applied entries (apply recorded them
+// as applied).
 func (n *Node) deliver(run []Entry, ids []uint64, results []any) error {
 	if len(run) == 0 {
 		return nil
@@ -886,7 +914,6 @@ func (n *Node) deliver(run []Entry, ids []uint64, results []any) error {
 		}
 	}
 	n.mu.Unlock()
-	n.applied.Store(run[len(run)-1].Index)
 	return nil
 }
 
@@ -1157,8 +1184,8 @@ func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error)
 				return nil, nil, err
 			}
 		case pb.EntryNormal:
-			if len(e.Data) >= 8 {
-				id, data = binary.BigEndian.Uint64(e.Data), e.Data[8:]
+			if pid, ok := proposalOf(e); ok {
+				id, data = pid, e.Data[8:]
 			}
 		}
 		run = append(run, Entry{Index: e.Index, Term: e.Term, Data: data, Conf: conf})

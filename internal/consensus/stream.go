@@ -367,12 +367,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, node func() *Node) 
 		if n == nil {
 			return errors.New("this node's consensus stopped")
 		}
-		if applied > 0 && len(msgs) > 0 {
-			n.NoteLeaderApplied(msgs[0].From, applied)
-		}
-		for _, m := range msgs {
-			n.Deliver(m)
-		}
+		n.Receive(applied, msgs)
 		if r.Buffered() == 0 {
 			// Acknowledge what arrived; frames already waiting are
 			// acknowledged together after them.
