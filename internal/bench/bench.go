@@ -39,6 +39,11 @@ type Result struct {
 	// steadier measure than the rate on a shared machine: the rate moves
 	// with what else runs, the work each operation costs much less.
 	NodeCPU time.Duration
+	// Ceiling is the no-op HTTP server's rate measured in slices alternating
+	// with this workload's (0: not measured so): the ratio to it compares
+	// the two under the same conditions of a shared machine, whose speed
+	// drifts from one minute to the next.
+	Ceiling float64
 }
 
 // CPUPerOp is NodeCPU per operation (0 if not measured).
@@ -225,3 +230,25 @@ const clockTicks = 100
 
 // RandomID picks a row id in [1, n].
 func RandomID(n int) int64 { return 1 + rand.Int64N(int64(n)) }
+
+// Merge combines measurements of one workload taken in parts (slices run
+// one after the other) into one: their operations, errors, time and
+// latencies add up.
+func Merge(parts ...Result) Result {
+	var r Result
+	for i, p := range parts {
+		if i == 0 {
+			r.Name, r.Note = p.Name, p.Note
+		}
+		r.Ops += p.Ops
+		r.Errors += p.Errors
+		if r.FirstErr == "" {
+			r.FirstErr = p.FirstErr
+		}
+		r.Duration += p.Duration
+		r.NodeCPU += p.NodeCPU
+		r.Latencies = append(r.Latencies, p.Latencies...)
+	}
+	sort.Slice(r.Latencies, func(i, j int) bool { return r.Latencies[i] < r.Latencies[j] })
+	return r
+}
