@@ -1,7 +1,8 @@
 // Command bench measures a cluster and reports every result as a ratio to
 // two ceilings measured in the same run with the same client: a no-op HTTP
-// server, and the same inserts into an in-process SQLite database with the
-// same durability settings.
+// server (measured again alternately with each workload, so that both see
+// the same moment of a shared machine), and the same inserts into an
+// in-process SQLite database with the same durability settings.
 //
 //	go run ./bench                          # starts 1 master + 2 slaves (processes) in a temp dir
 //	go run ./bench -duration 3s -workloads insert,read
