@@ -27,7 +27,8 @@ type group struct {
 	st    map[uint64]*store.Store
 	ticks map[uint64]chan time.Time
 
-	preferred uint64 // every node's Config.Preferred
+	preferred     uint64        // every node's Config.Preferred
+	holdProposals time.Duration // every node's Config.HoldProposals
 	// hold, when set, holds node holdID's Apply until it is closed (a
 	// step that runs long).
 	hold   chan struct{}
@@ -41,8 +42,14 @@ type group struct {
 }
 
 func newGroup(t *testing.T, n int, preferred ...uint64) *group {
+	return newGroupHolding(t, n, 0, preferred...)
+}
+
+// newGroupHolding is newGroup whose nodes hold a leader's proposals for
+// hold (Config.HoldProposals; 0: the default).
+func newGroupHolding(t *testing.T, n int, hold time.Duration, preferred ...uint64) *group {
 	g := &group{t: t, dir: t.TempDir(), net: NewMemNetwork(), nodes: map[uint64]*Node{}, st: map[uint64]*store.Store{},
-		ticks: map[uint64]chan time.Time{}, applied: map[uint64][]string{}, last: map[uint64]uint64{}}
+		ticks: map[uint64]chan time.Time{}, applied: map[uint64][]string{}, last: map[uint64]uint64{}, holdProposals: hold}
 	for i := 1; i <= n; i++ {
 		g.ids = append(g.ids, uint64(i))
 	}
@@ -74,7 +81,7 @@ func (g *group) start(id uint64) {
 	}
 	tr := countingTransport{Transport: g.net.Transport(id), appends: g.appends[id]}
 	n, err := Start(context.Background(), st, tr, Config{
-		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred,
+		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred, HoldProposals: g.holdProposals,
 		Apply: func(ents []Entry) []any {
 			g.mu.Lock()
 			hold := g.hold
@@ -502,4 +509,112 @@ func TestFollowerProposalAnswersOnlyOnceTheLeaderApplied(t *testing.T) {
 	if got := g.appliedBy(l); len(got) != 2 || got[1] != "from the follower" {
 		t.Fatalf("the follower answered; the leader has applied %q", got)
 	}
+}
+
+// cutLeader cuts the leader l from every other node, proposes data at it
+// without waiting (it cannot commit), and waits until l has it in its log;
+// it returns the leader's last index then and the proposal's answer.
+func (g *group) cutLeader(l uint64, data string) (uint64, chan error) {
+	g.t.Helper()
+	for _, id := range g.ids {
+		if id != l {
+			g.net.Cut(l, id)
+		}
+	}
+	last, _ := g.nodes[l].storage.LastIndex()
+	done := g.proposeAsync(l, data)
+	return g.waitLastIndex(l, last+1), done
+}
+
+func (g *group) proposeAsync(id uint64, data string) chan error {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := g.nodes[id].Propose(ctx, []byte(data))
+		done <- err
+	}()
+	return done
+}
+
+// waitLastIndex waits until node id's log reaches index at least.
+func (g *group) waitLastIndex(id, index uint64) uint64 {
+	g.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if last, _ := g.nodes[id].storage.LastIndex(); last >= index {
+			return last
+		}
+	}
+	g.t.Fatalf("node %d's log did not reach index %d", id, index)
+	return 0
+}
+
+// healAndCommit heals the network and ticks until every proposal answered.
+func (g *group) healAndCommit(done ...chan error) {
+	g.t.Helper()
+	g.net.Heal()
+	for _, d := range done {
+		for ticks := 0; ; ticks++ {
+			select {
+			case err := <-d:
+				if err != nil {
+					g.t.Fatal(err)
+				}
+			default:
+				if ticks > 300 {
+					g.t.Fatal("a proposal was not answered after the network healed")
+				}
+				g.tick()
+				continue
+			}
+			break
+		}
+	}
+}
+
+// A leader's proposals that arrive while entries it appended are not yet
+// committed wait for them: they go out together in the step that commits
+// those, not each in a step (an fsync on every node) of its own.
+func TestLeaderHoldsProposalsWhileEntriesAreInFlight(t *testing.T) {
+	g := newGroupHolding(t, 3, time.Hour)
+	l := g.waitLeader(100)
+	g.propose(l, "first")
+	last, inFlight := g.cutLeader(l, "in flight")
+	var done []chan error
+	want := []string{"first", "in flight"}
+	for i := range 20 {
+		done = append(done, g.proposeAsync(l, fmt.Sprint("held ", i)))
+		want = append(want, fmt.Sprint("held ", i))
+		time.Sleep(2 * time.Millisecond) // each would be a step of its own
+	}
+	for len(g.nodes[l].props) > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if now, _ := g.nodes[l].storage.LastIndex(); now != last {
+		t.Fatalf("the leader appended %d entries while %q was in flight; want them held", now-last, "in flight")
+	}
+	g.healAndCommit(append([]chan error{inFlight}, done...)...)
+	g.waitApplied(g.ids, want)
+	if now, _ := g.nodes[l].storage.LastIndex(); now != last+20 {
+		t.Fatalf("the leader's log grew by %d entries, want the 20 held", now-last)
+	}
+}
+
+// A held proposal waits at most Config.HoldProposals: entries in flight
+// that do not commit (the leader is cut off) do not hold it longer.
+func TestHeldProposalsGoOutAfterTheHold(t *testing.T) {
+	const hold = 50 * time.Millisecond
+	g := newGroupHolding(t, 3, hold)
+	l := g.waitLeader(100)
+	g.propose(l, "first")
+	last, inFlight := g.cutLeader(l, "in flight")
+	start := time.Now()
+	second := g.proposeAsync(l, "second")
+	g.waitLastIndex(l, last+1)
+	if waited := time.Since(start); waited < hold*8/10 {
+		t.Fatalf("the second proposal was appended after %v, before the hold of %v", waited, hold)
+	}
+	g.healAndCommit(inFlight, second)
+	g.waitApplied(g.ids, []string{"first", "in flight", "second"})
 }
