@@ -549,25 +549,20 @@ func (g *group) waitLastIndex(id, index uint64) uint64 {
 	return 0
 }
 
-// healAndCommit heals the network and ticks until every proposal answered.
+// healAndCommit heals the network and ticks until every proposal answered
+// (each done holds its answer once there).
 func (g *group) healAndCommit(done ...chan error) {
 	g.t.Helper()
 	g.net.Heal()
 	for _, d := range done {
-		for ticks := 0; ; ticks++ {
-			select {
-			case err := <-d:
-				if err != nil {
-					g.t.Fatal(err)
-				}
-			default:
-				if ticks > 300 {
-					g.t.Fatal("a proposal was not answered after the network healed")
-				}
-				g.tick()
-				continue
+		for ticks := 0; len(d) == 0; ticks++ {
+			if ticks > 300 {
+				g.t.Fatal("a proposal was not answered after the network healed")
 			}
-			break
+			g.tick()
+		}
+		if err := <-d; err != nil {
+			g.t.Fatal(err)
 		}
 	}
 }

@@ -3,11 +3,12 @@ package store
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/bench"
 	"github.com/ddbgo/ddb/internal/rlog"
 )
 
@@ -130,13 +131,6 @@ func stepOfN(b *testing.B, n int) (*Store, func(i int) ([]rlog.Entry, []RaftEntr
 	}
 }
 
-// cpuTime is the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkRaftStep is one consensus step of a busy node, which applies n
 // committed inserts and appends the next n entries, in the ways a step can
 // write them: "two" (the apply, unsynced, then the append, synced: a
@@ -150,7 +144,7 @@ func BenchmarkRaftStep(b *testing.B) {
 			b.Run(fmt.Sprintf("%d-%s", n, way), func(b *testing.B) {
 				s, next := stepOfN(b, n)
 				i := 0
-				c0 := cpuTime()
+				c0 := bench.CPUTime(os.Getpid())
 				for b.Loop() {
 					es, _ := next(i)
 					_, rs := next(i + 1)
@@ -170,7 +164,7 @@ func BenchmarkRaftStep(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				b.ReportMetric(float64(cpuTime()-c0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/step")
+				b.ReportMetric(float64(bench.CPUTime(os.Getpid())-c0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/step")
 			})
 		}
 	}
