@@ -73,6 +73,10 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 	c.Exec(0, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
 	c.Exec(0, "INSERT INTO t VALUES (1, 'one')")
 	huge := `{"command":"exec","query":"INSERT INTO t (v) VALUES ('` + strings.Repeat("x", 70000) + `')"}`
+	// A request id used once, by a write that changes nothing.
+	if r, err := c.Post(0, `{"command":"exec","query":"UPDATE t SET v = 'one' WHERE id = 1","request_id":"once"}`); err != nil || r.Status != 200 {
+		t.Fatalf("a write with a request id: %v %v", r, err)
+	}
 	cases := []struct {
 		name, body string
 		node       int
@@ -113,6 +117,7 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 		{"NUL character in SQL (once crashed a node)", `{"command":"exec","query":"SELECT 1;\u0000 DROP TABLE t"}`, 0, 400, "NUL"},
 		{"NUL character in SQL at a slave", `{"command":"query","query":"\u0000EINDEX t"}`, 1, 400, "NUL"},
 		{"error mid-transaction", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (3, NULL)"}]}`, 0, 400, "NOT NULL"},
+		{"a request id sent again with another request", `{"command":"exec","query":"DELETE FROM t","request_id":"once"}`, 1, 400, "already used for a different request"},
 		{"error mid-transaction via slave", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (1, 'dup')"}]}`, 1, 400, "UNIQUE"},
 	}
 	for _, tc := range cases {

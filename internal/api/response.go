@@ -224,6 +224,10 @@ var errorKinds = []struct {
 		var e *store.SQLError
 		return as(err, &e, func() string { return e.Error() })
 	}},
+	{"request_id_reused", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
+		var e *store.RequestIDReusedError
+		return as(err, &e, func() string { return e.Error() })
+	}},
 	{"bad_request", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
 		var e *store.ParamError
 		return as(err, &e, func() string { return e.Msg })

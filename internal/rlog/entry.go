@@ -9,6 +9,7 @@ package rlog
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -197,6 +198,21 @@ type Write struct {
 	// SQLite file): every user table, index, view and trigger is dropped
 	// first, in the same transaction.
 	Replace bool
+}
+
+// Fingerprint identifies what the client asked for: the statements with
+// their parameters and the shape of the request (a query or an exec, one
+// unit or statements each on their own, a load), without the request id
+// or anything the node that took the write chose (whether it led, its
+// limits). A request id sent again with another fingerprint is not a
+// retry but a different request.
+func (w *Write) Fingerprint() ([sha256.Size]byte, error) {
+	c := Write{Stmts: w.Stmts, Collect: w.Collect, Each: w.Each, Atomic: w.Atomic, Replace: w.Replace}
+	b, err := c.encodeBinary()
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	return sha256.Sum256(b), nil
 }
 
 // Encode encodes the write for an entry body, in the binary form (see

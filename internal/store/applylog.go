@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/ddbgo/ddb/internal/rlog"
@@ -112,13 +113,24 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			out[i] = Outcome{Index: e.Index, Err: err}
 			continue
 		}
+		var fingerprint string
 		if w.RequestID != "" {
-			first, found, err := s.recorded(w.RequestID)
+			fp, err := w.Fingerprint()
+			if err != nil {
+				out[i] = Outcome{Index: e.Index, Err: &ParamError{Msg: err.Error()}}
+				continue
+			}
+			fingerprint = hex.EncodeToString(fp[:])
+			first, firstFP, found, err := s.recorded(w.RequestID)
 			if err != nil {
 				s.internal("ROLLBACK")
 				return nil, nil, err
 			}
-			if found {
+			switch {
+			case found && firstFP != "" && firstFP != fingerprint:
+				out[i] = Outcome{Index: e.Index, Err: &RequestIDReusedError{ID: w.RequestID, Index: first.Index}}
+				continue
+			case found:
 				out[i] = first
 				continue
 			}
@@ -159,7 +171,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			}
 		}
 		if err == nil && w.RequestID != "" {
-			err = s.record(w.RequestID, e.Index, e.TimeMs, results)
+			err = s.record(w.RequestID, fingerprint, e.Index, e.TimeMs, results)
 		}
 		if err != nil {
 			if !s.w.InTransaction() {

@@ -3,10 +3,12 @@ package store
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -208,6 +210,78 @@ func TestRequestIDAppliesOnceAndAnswersTheFirstOutcome(t *testing.T) {
 	dup := replica.CommitBatch([]*Request{req()}, now)
 	if !dup[0].Duplicate || dup[0].Index != first[0].Index || !reflect.DeepEqual(dup[0].Results, first[0].Results) {
 		t.Fatalf("replica answered %+v, want the first outcome %+v", dup[0], first[0])
+	}
+}
+
+func TestRequestIDSentWithAnotherRequestIsRefusedAndChangesNothing(t *testing.T) {
+	leader, replica := openTemp(t, "leader.db"), openTemp(t, "replica.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, leader, now, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+	insert := func(v any) []rlog.Statement {
+		return []rlog.Statement{{SQL: "INSERT INTO t (v) VALUES (?)", Pos: []any{v}}}
+	}
+	first := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(1)), RequestID: "k"}}, now)[0]
+	if first.Err != nil {
+		t.Fatal(first.Err)
+	}
+	// The same request through another node (which did not lead, and has
+	// other limits) is a retry: it answers the first outcome.
+	retry := &Request{Ctx: context.Background(), Stmts: insert(int64(1)), RequestID: "k", AllowSchema: true, Limits: Limits{MaxRows: 5, MaxBytes: 1 << 20}}
+	// Anything else sent with the same id is another request.
+	others := map[string]*Request{
+		"another value":      {Stmts: insert(int64(2))},
+		"the value as text":  {Stmts: insert("1")},
+		"the value as real":  {Stmts: insert(1.0)},
+		"another statement":  {Stmts: stmts("DELETE FROM t")},
+		"one more statement": {Stmts: append(insert(int64(1)), stmts("DELETE FROM t")...)},
+		"named parameters":   {Stmts: []rlog.Statement{{SQL: "INSERT INTO t (v) VALUES (:v)", Named: map[string]any{"v": int64(1)}}}},
+		"sent as a query":    {Stmts: insert(int64(1)), Collect: true},
+		"statements each":    {Stmts: insert(int64(1)), Each: true},
+	}
+	names := slices.Sorted(maps.Keys(others))
+	reqs := []*Request{retry}
+	for _, name := range names {
+		r := others[name]
+		r.Ctx, r.RequestID = context.Background(), "k"
+		reqs = append(reqs, r)
+	}
+	check := func(node string, st *Store, out []Outcome) {
+		t.Helper()
+		if !out[0].Duplicate || out[0].Err != nil || out[0].Index != first.Index || !reflect.DeepEqual(out[0].Results, first.Results) {
+			t.Errorf("%s: the retry answered %+v, want the first outcome %+v", node, out[0], first)
+		}
+		for i, name := range names {
+			var reused *RequestIDReusedError
+			if o := out[i+1]; !errors.As(o.Err, &reused) || reused.Index != first.Index || o.Duplicate {
+				t.Errorf("%s: %s with the same request_id answered %+v, want a RequestIDReusedError naming index %d", node, name, o, first.Index)
+			}
+		}
+		if rows := dump(t, st, "t"); len(rows) != 1 || rows[0][1] != int64(1) {
+			t.Errorf("%s: rows %v, want the first request's one row", node, rows)
+		}
+	}
+	check("leader", leader, leader.CommitBatch(reqs, now))
+	// Every node decides alike, from the log alone.
+	replicate(t, leader, replica)
+	check("replica", replica, replica.CommitBatch(reqs, now))
+	// Nor was anything recorded under the id: a new id applies.
+	if out := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(2)), RequestID: "k2"}}, now); out[0].Err != nil || out[0].Duplicate {
+		t.Fatalf("a new request id: %+v", out[0])
+	}
+
+	// An id recorded before requests had fingerprints (its result alone, a
+	// JSON array) answers any request with its first outcome, as it did.
+	legacy := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(3)), RequestID: "old"}}, now)[0]
+	leader.wmu.Lock()
+	leader.wconn.auth.reset(policyReplica)
+	err := leader.w.Exec("UPDATE _ddb_requests SET result = CAST(json_extract(result, '$.results') AS BLOB) WHERE id = 'old'")
+	leader.wmu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(4)), RequestID: "old"}}, now)[0]
+	if !out.Duplicate || out.Index != legacy.Index || !reflect.DeepEqual(out.Results, legacy.Results) {
+		t.Fatalf("an id recorded without a fingerprint answered %+v, want %+v", out, legacy)
 	}
 }
 

@@ -17,11 +17,12 @@ func TestIndependentStatementsApplyOrFailAlone(t *testing.T) {
 	each := func(atomic bool, id string, sqls ...string) rlog.Write {
 		return rlog.Write{Stmts: stmts(sqls...), AllowSchema: true, Collect: true, Each: true, Atomic: atomic, RequestID: id}
 	}
+	a := each(false, "a", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO nope VALUES (1)", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO t (v) VALUES ('y') RETURNING id, v")
 	entries := logEntries(t,
 		each(false, "", "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)", "DROP TABLE IF EXISTS nothere"),
-		each(false, "a", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO nope VALUES (1)", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO t (v) VALUES ('y') RETURNING id, v"),
+		a,
 		each(true, "b", "INSERT INTO t (v) VALUES ('z')", "INSERT INTO t (v) VALUES ('x')", "INSERT INTO t (v) VALUES ('never')"),
-		each(false, "a", "INSERT INTO t (v) VALUES ('retried')"), // a retry of "a": the first outcome
+		a, // a retry of "a": the first outcome
 		each(true, "", "INSERT INTO t (v) VALUES ('w')", "UPDATE t SET v = v || '!' WHERE v = 'w'"),
 	)
 	all, one := openTemp(t, "all.db"), openTemp(t, "one.db")

@@ -82,8 +82,12 @@ var fuzzRegressions = []struct {
 	// Also TestSnapshotKeepsRowidsOfTablesWithoutIntegerPrimaryKey and
 	// TestChangesInsideATriggerIsTheSameOnEveryReplica, which it found.
 	{20261129, 250, "changes() in a trigger saw the connection's past", "unpinned-state"},
-	{1017, 1000, "query plans followed the connection's incremental schema, not the file's", "incremental-schema"},
-	{5012, 2000, "a failed ALTER TABLE, rolled back, left the leader planning with another schema state", "incremental-schema"},
+	// These two runs changed when a request id sent again with another
+	// request began to fail instead of answering as a duplicate: they still
+	// run, but no longer show the defect; seed 1008 does.
+	{1017, 1000, "query plans followed the connection's incremental schema, not the file's", ""},
+	{5012, 2000, "a failed ALTER TABLE, rolled back, left the leader planning with another schema state", ""},
+	{1008, 1000, "(found by seed 1017 before its run changed) query plans followed the connection's incremental schema", "incremental-schema"},
 }
 
 func TestDeterminismFuzzRegressions(t *testing.T) {

@@ -197,33 +197,62 @@ func dropRows(rs []Result) []Result {
 // clock, so that every node forgets the same ids at the same entry.
 const requestKeep = 24 * time.Hour
 
-// recorded looks up a request id in the writer's transaction.
-func (s *Store) recorded(id string) (Outcome, bool, error) {
+// recordedRequest is what _ddb_requests keeps of a request id: its
+// request's fingerprint (rlog.Write.Fingerprint) and its results. Ids
+// recorded before fingerprints were kept hold the results alone (a JSON
+// array); those match any request.
+type recordedRequest struct {
+	Fingerprint string       `json:"fp"`
+	Results     []WireResult `json:"results"`
+}
+
+// RequestIDReusedError: a request id came back with a request other than
+// the one it was first used for. That is not a retry, so it neither
+// applies nor answers with the first request's results.
+type RequestIDReusedError struct {
+	ID    string
+	Index uint64 // the log index of the request the id was first used for
+}
+
+func (e *RequestIDReusedError) Error() string {
+	return fmt.Sprintf("request_id %q was already used for a different request (log index %d): a retry must send the same statements with the same parameters; a new request needs a new request_id", e.ID, e.Index)
+}
+
+// recorded looks up a request id in the writer's transaction: the first
+// outcome of the request it was used for, and that request's fingerprint
+// ("" for an id recorded without one).
+func (s *Store) recorded(id string) (first Outcome, fingerprint string, found bool, err error) {
 	s.wconn.auth.reset(policyReplica)
 	row, err := s.w.QueryRowCached("SELECT idx, result FROM _ddb_requests WHERE id = ?", id)
 	if err != nil || row == nil {
-		return Outcome{}, false, err
+		return Outcome{}, "", false, err
 	}
-	var ws []WireResult
+	var rec recordedRequest
 	b, _ := row[1].([]byte)
-	if err := json.Unmarshal(b, &ws); err != nil {
-		return Outcome{}, false, fmt.Errorf("request %q: decode its recorded result: %w", id, err)
+	if len(b) > 0 && b[0] == '[' {
+		err = json.Unmarshal(b, &rec.Results)
+	} else {
+		err = json.Unmarshal(b, &rec)
 	}
-	results, err := DecodeResults(ws)
 	if err != nil {
-		return Outcome{}, false, err
+		return Outcome{}, "", false, fmt.Errorf("request %q: decode its recorded result: %w", id, err)
 	}
-	return Outcome{Index: uint64(row[0].(int64)), Results: results, Duplicate: true}, true, nil
+	results, err := DecodeResults(rec.Results)
+	if err != nil {
+		return Outcome{}, "", false, err
+	}
+	return Outcome{Index: uint64(row[0].(int64)), Results: results, Duplicate: true}, rec.Fingerprint, true, nil
 }
 
-// record remembers a request id with its entry's index and results, and
-// every 1024 entries forgets ids older than requestKeep.
-func (s *Store) record(id string, index uint64, timeMs int64, results []Result) error {
+// record remembers a request id with its request's fingerprint, its
+// entry's index and its results, and every 1024 entries forgets ids older
+// than requestKeep.
+func (s *Store) record(id, fingerprint string, index uint64, timeMs int64, results []Result) error {
 	ws, err := EncodeResults(results)
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(ws)
+	b, err := json.Marshal(recordedRequest{Fingerprint: fingerprint, Results: ws})
 	if err != nil {
 		return err
 	}
