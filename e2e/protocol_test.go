@@ -117,6 +117,7 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 		{"NUL character in SQL (once crashed a node)", `{"command":"exec","query":"SELECT 1;\u0000 DROP TABLE t"}`, 0, 400, "NUL"},
 		{"NUL character in SQL at a slave", `{"command":"query","query":"\u0000EINDEX t"}`, 1, 400, "NUL"},
 		{"error mid-transaction", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (3, NULL)"}]}`, 0, 400, "NOT NULL"},
+		{"one key twice (a proxy reading the first would see a SELECT)", `{"command":"query","query":"SELECT * FROM t","query":"DELETE FROM t"}`, 1, 400, "appears twice"},
 		{"a request id sent again with another request", `{"command":"exec","query":"DELETE FROM t","request_id":"once"}`, 1, 400, "already used for a different request"},
 		{"error mid-transaction via slave", `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (2, 'two')"},{"query":"INSERT INTO t VALUES (1, 'dup')"}]}`, 1, 400, "UNIQUE"},
 	}

@@ -75,7 +75,61 @@ func DecodeRequest(body []byte, defaultAck cluster.Ack) (*Request, error) {
 	if err := checkText(body); err != nil {
 		return nil, err
 	}
+	if err := checkKeys(body); err != nil {
+		return nil, err
+	}
 	return decodeFull(body, defaultAck)
+}
+
+// checkKeys refuses a JSON object that holds one key twice. Go's decoder
+// keeps the last, other readers keep the first: a proxy, an audit log or
+// a firewall in front of the node would see another request than the one
+// that runs ({"query": "SELECT ...", "query": "DELETE ..."}). Malformed
+// JSON passes: the decoder says what is wrong with it.
+func checkKeys(body []byte) error {
+	type object struct {
+		keys    map[string]bool
+		wantKey bool
+	}
+	var stack []*object // nil entries are arrays
+	dec := json.NewDecoder(bytes.NewReader(body))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		var top *object
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.wantKey {
+			if k, ok := tok.(string); ok {
+				if top.keys[k] {
+					return bad("malformed JSON: the key %q appears twice in one object", k)
+				}
+				top.keys[k] = true
+				top.wantKey = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &object{keys: map[string]bool{}, wantKey: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, nil)
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		// A value ended: the object around it expects its next key.
+		if len(stack) == 0 {
+			return nil
+		}
+		if o := stack[len(stack)-1]; o != nil {
+			o.wantKey = true
+		}
+	}
 }
 
 // checkText refuses text that Go's JSON decoder would silently replace by
@@ -243,17 +297,25 @@ func decodeFull(body []byte, defaultAck cluster.Ack) (*Request, error) {
 			return nil, bad(`"queries" is empty`)
 		}
 		for i, it := range items {
-			var item struct {
-				Query  *string         `json:"query"`
-				Params json.RawMessage `json:"params"`
-			}
-			if err := json.Unmarshal(it, &item); err != nil {
+			// Keys match exactly (a struct would also take "QUERY" or
+			// "Query" for "query"), and an item has no others.
+			var item map[string]json.RawMessage
+			var query string
+			if err := json.Unmarshal(it, &item); err != nil || item == nil {
 				return nil, bad(`"queries"[%d] must be an object with a string "query" and optional "params"`, i)
 			}
-			if item.Query == nil || strings.TrimSpace(*item.Query) == "" {
+			if q, ok := item["query"]; ok && json.Unmarshal(q, &query) != nil {
+				return nil, bad(`"queries"[%d]: "query" must be a string`, i)
+			}
+			for k := range item {
+				if k != "query" && k != "params" {
+					return nil, bad(`"queries"[%d] has an unknown key %q: an item holds "query" and optional "params"`, i, k)
+				}
+			}
+			if strings.TrimSpace(query) == "" {
 				return nil, bad(`"queries"[%d] has no "query"`, i)
 			}
-			st, err := statement(*item.Query, item.Params)
+			st, err := statement(query, item["params"])
 			if err != nil {
 				return nil, bad(`"queries"[%d]: %v`, i, err)
 			}

@@ -43,12 +43,36 @@ func TestDecodeRequestRefusesWrongTypesWithAClearMessage(t *testing.T) {
 		`{"command":"query","query":"x","consistency":"x"}`: "consistency",
 		`{"command":"exec","query":"x","is_replicated":1}`:  "is_replicated",
 		`null`: "object",
+		// One key twice, at any depth: a proxy or a log reading the first
+		// would see another request than the one that runs.
+		`{"command":"query","query":"SELECT * FROM t","query":"DELETE FROM t"}`:         `key "query" appears twice`,
+		`{"command":"query","command":"exec","query":"SELECT 1"}`:                       `key "command" appears twice`,
+		`{"command":"query","query":"SELECT :a","params":{"a":1,"a":2}}`:                `key "a" appears twice`,
+		`{"command":"query","query":"SELECT :a","params":{"a":1,"\u0061":2}}`:           `key "a" appears twice`,
+		`{"command":"exec","queries":[{"query":"SELECT 1","query":"DELETE FROM t"}]}`:   `key "query" appears twice`,
+		`{"command":"exec","queries":[{"query":"SELECT :a","params":{"a":[1],"a":2}}]}`: `key "a" appears twice`,
+		`{"command":"query","query":"SELECT 1","unknown":{"x":{"y":1,"y":2}}}`:          `key "y" appears twice`,
+		`{"command":"exec","queries":[{"query":"SELECT 1","QUERY":"DELETE FROM t"}]}`:   `unknown key "QUERY"`,
+		`{"command":"exec","queries":[{"Query":"DELETE FROM t"}]}`:                      `unknown key "Query"`,
+		`{"command":"exec","queries":[{"query":1}]}`:                                    `"query" must be a string`,
 	} {
 		_, err := DecodeRequest([]byte(body), "quorum")
 		var br *BadRequest
 		if !errors.As(err, &br) || !strings.Contains(err.Error(), mention) {
 			t.Errorf("%s: %v (want mention of %q)", body, err, mention)
 		}
+	}
+}
+
+// Keys repeat across objects, and each object's keys are its own.
+func TestDecodeRequestTakesTheSameKeyInDifferentObjects(t *testing.T) {
+	body := `{"command":"exec","queries":[{"query":"INSERT INTO t VALUES (:a, :b)","params":{"a":1,"b":{"b":"AQ=="}}},{"query":"INSERT INTO t VALUES (:a, :b)","params":{"a":2,"b":null}}],"params":null}`
+	r, err := DecodeRequest([]byte(body), "quorum")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Stmts) != 2 || r.Stmts[0].Named["a"] != int64(1) || r.Stmts[1].Named["a"] != int64(2) {
+		t.Fatalf("statements: %+v", r.Stmts)
 	}
 }
 

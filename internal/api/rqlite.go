@@ -93,6 +93,12 @@ func parseRqStatements(body []byte, contentType string) ([]rlog.Statement, error
 		}
 		return []rlog.Statement{{SQL: string(trimmed)}}, nil // text/plain: one SQL string
 	}
+	if err := checkText(trimmed); err != nil {
+		return nil, err
+	}
+	if err := checkKeys(trimmed); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.UseNumber()
 	var raw []json.RawMessage

@@ -34,6 +34,14 @@ func TestRqliteBodiesParseAsRqliteReadsThem(t *testing.T) {
 		{body: `["SELECT 1"] ["SELECT 2"]`, err: "more than one"},
 		{body: `{"q": "SELECT 1"}`, ct: "application/json", err: "JSON array"},
 		{body: `[" "]`, err: "empty SQL"},
+		// One key twice: other readers of the body would take the first.
+		{body: `[["INSERT INTO t VALUES (:a)", {"a": 1, "a": 2}]]`, err: `key "a" appears twice`},
+		{body: `[["INSERT INTO t VALUES (:a)", {"a": 1, "\u0061": 2}]]`, err: `key "a" appears twice`},
+		// The same name in two statements' objects is no repeat.
+		{body: `[["SELECT :a", {"a": 1}], ["SELECT :a", {"a": 2}]]`,
+			want: []rlog.Statement{{SQL: "SELECT :a", Named: map[string]any{"a": int64(1)}}, {SQL: "SELECT :a", Named: map[string]any{"a": int64(2)}}}},
+		// Bytes that are not UTF-8 would be stored as U+FFFD.
+		{body: "[\"INSERT INTO t VALUES ('\xff')\"]", err: "not valid UTF-8"},
 	}
 	for _, c := range cases {
 		got, err := parseRqStatements([]byte(c.body), c.ct)
