@@ -691,13 +691,24 @@ func runConsensusApply(t *testing.T, seed uint64, steps int, bug ...string) stri
 		}
 	}
 	clock := time.Date(2031, 3, 30, 23, 0, 0, 0, time.UTC)
+	firstWith := map[string]rlog.Write{} // the first request sent with each request id
+	retries := 0
 	for step := 0; step < steps; step++ {
 		clock = clock.Add(time.Duration(rng.IntN(60000)) * time.Millisecond)
 		clear(g.changes)
 		sqls := g.request()
 		w := rlog.Write{Stmts: stmts(sqls...), AllowSchema: rng.IntN(5) > 0, Collect: rng.IntN(2) == 0}
 		if rng.IntN(4) == 0 {
-			w.RequestID = fmt.Sprintf("rid-%d", rng.IntN(40))
+			id := fmt.Sprintf("rid-%d", rng.IntN(40))
+			if first, ok := firstWith[id]; ok && rng.IntN(2) == 0 {
+				// A retry: the same request again, perhaps through a
+				// node with another role (its limits are drawn below).
+				w, sqls = first, nil
+				retries++
+			} else if !ok {
+				firstWith[id] = w
+			}
+			w.RequestID = id
 		}
 		if rng.IntN(5) == 0 {
 			w.MaxRows = 1 + rng.IntN(3)
@@ -734,6 +745,15 @@ func runConsensusApply(t *testing.T, seed uint64, steps int, bug ...string) stri
 	}
 	if ok < len(log)/3 {
 		t.Fatalf("only %d of %d entries succeeded: the workload tests little", ok, len(log))
+	}
+	refused := 0
+	for _, d := range outcomes[0] {
+		if strings.Contains(d, "already used for a different request") {
+			refused++
+		}
+	}
+	if retries == 0 || refused == 0 {
+		t.Fatalf("%d retries and %d request ids refused for another request: the workload tests too little of request ids", retries, refused)
 	}
 	apply(1, len(log))
 	apply(2, len(log))
