@@ -360,7 +360,7 @@ func (r *Request) setConsistency(s string) error {
 }
 
 func (r *Request) setRequestID(s string) error {
-	if len(s) > rlog.MaxRequestIDLen {
+	if len(s) > rlog.MaxRequestIDLen && utf8.RuneCountInString(s) > rlog.MaxRequestIDLen {
 		return bad(`"request_id" is longer than %d characters`, rlog.MaxRequestIDLen)
 	}
 	r.RequestID = s

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -60,6 +61,30 @@ func TestDecodeRequestRefusesWrongTypesWithAClearMessage(t *testing.T) {
 		var br *BadRequest
 		if !errors.As(err, &br) || !strings.Contains(err.Error(), mention) {
 			t.Errorf("%s: %v (want mention of %q)", body, err, mention)
+		}
+	}
+}
+
+// request_id is at most 128 characters, whatever their UTF-8 length.
+func TestRequestIDIsBoundedInCharacters(t *testing.T) {
+	for id, ok := range map[string]bool{
+		strings.Repeat("x", 128): true,
+		strings.Repeat("é", 128): true, // 256 bytes
+		strings.Repeat("☃", 128): true, // 384 bytes
+		strings.Repeat("x", 129): false,
+		strings.Repeat("é", 129): false,
+	} {
+		for _, body := range []string{
+			`{"command":"exec","query":"SELECT 1","request_id":"` + id + `"}`,               // the fast path
+			`{"command":"exec","queries":[{"query":"SELECT 1"}],"request_id":"` + id + `"}`, // the full decoder
+		} {
+			r, err := DecodeRequest([]byte(body), "quorum")
+			if ok && (err != nil || r.RequestID != id) {
+				t.Errorf("a request id of %d characters (%d bytes): %v", utf8.RuneCountInString(id), len(id), err)
+			}
+			if !ok && (err == nil || !strings.Contains(err.Error(), "longer than 128 characters")) {
+				t.Errorf("a request id of %d characters: %v, want a refusal", utf8.RuneCountInString(id), err)
+			}
 		}
 	}
 }

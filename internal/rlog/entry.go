@@ -174,7 +174,7 @@ func DecodeValue(b []byte) (any, error) {
 	}
 }
 
-// MaxRequestIDLen bounds a client's request_id.
+// MaxRequestIDLen bounds a client's request_id, in characters.
 const MaxRequestIDLen = 128
 
 // Write is one client write as a log entry carries it: the statements
