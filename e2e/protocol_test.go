@@ -141,6 +141,42 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 	if err != nil || resp.StatusCode != 404 {
 		t.Errorf("unknown path: %v %v", resp.StatusCode, err)
 	}
+	// A web page of another origin cannot have a browser write: a "simple"
+	// cross-origin POST needs no CORS approval, so the node refuses what
+	// browsers mark as sent for another site. Its own console's requests,
+	// and programs' (which send no such headers), go through.
+	browser := func(node int, path, body string, headers map[string]string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, c.URL(node)+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "text/plain;charset=UTF-8")
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	evil := map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+	for _, tc := range []struct {
+		node       int
+		path, body string
+		headers    map[string]string
+		status     int
+	}{
+		{0, "/", `{"command":"exec","query":"DROP TABLE t"}`, evil, 403},
+		{1, "/", `{"command":"exec","query":"DELETE FROM t"}`, evil, 403},
+		{1, "/db/execute", `["DELETE FROM t"]`, map[string]string{"Origin": "https://evil.example"}, 403}, // an older browser: Origin alone
+		{0, "/db/load", `DROP TABLE t;`, map[string]string{"Origin": "null"}, 403},
+		{0, "/", `{"command":"query","query":"SELECT 1"}`, map[string]string{"Origin": c.URL(0), "Sec-Fetch-Site": "same-origin"}, 200},
+		{1, "/db/request", `["SELECT 1"]`, nil, 200},
+	} {
+		if got := browser(tc.node, tc.path, tc.body, tc.headers); got != tc.status {
+			t.Errorf("POST %s %s with %v: %d, want %d", tc.path, tc.body, tc.headers, got, tc.status)
+		}
+	}
 	c.WaitConverged(10e9, 1)
 	for id := 0; id <= 1; id++ {
 		rows := c.Query(id, "SELECT id, v FROM t ORDER BY id")

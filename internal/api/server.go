@@ -46,10 +46,26 @@ type Server struct {
 // requests, internal errors).
 func (s *Server) SetLogger(l *slog.Logger) { s.log = l }
 
+// crossOrigin refuses requests that a browser sends on behalf of a page
+// of another origin (cross-site request forgery): without it, any web page
+// a user of the cluster opens could POST {"command": "exec", "query":
+// "DROP TABLE ..."} to a node the browser reaches (a local cluster, an
+// internal network) as a "simple" request, which needs no CORS approval.
+// Browsers mark such requests (Sec-Fetch-Site, Origin); curl, scripts, the
+// Go client and the nodes themselves send neither, and the console is of
+// the node's own origin. Reads by GET stay allowed: a browser does not let
+// another origin read their answers.
+var crossOrigin http.CrossOriginProtection
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// rqlite's clients read the server's version from this header.
 	w.Header().Set("X-RQLITE-VERSION", version)
+	if err := crossOrigin.Check(r); err != nil {
+		s.log.Warn("cross-origin request refused", "method", r.Method, "path", r.URL.Path, "origin", r.Header.Get("Origin"), "from", r.RemoteAddr)
+		writeJSON(w, http.StatusForbidden, []byte(`{"error":"cross-origin request refused: a web page of another origin had this browser send it; nothing was run. Send requests from a program (curl, a client library), or from this node's own console","kind":"forbidden"}`+"\n"))
+		return
+	}
 	if !s.log.Enabled(r.Context(), slog.LevelDebug) {
 		s.mux.ServeHTTP(w, r)
 		return
