@@ -49,18 +49,19 @@ func readID(w http.ResponseWriter, r *http.Request, what string) (uint64, bool) 
 		writeError(w, http.StatusMethodNotAllowed, `use POST with {"id": N}`)
 		return 0, false
 	}
-	var req struct {
-		ID *int `json:"id"`
-	}
+	var id *int
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
 	if err == nil {
-		err = json.Unmarshal(body, &req)
+		var req map[string]json.RawMessage
+		if req, err = decodeObject(body); err == nil && req["id"] != nil {
+			err = json.Unmarshal(req["id"], &id)
+		}
 	}
-	if err != nil || req.ID == nil || *req.ID < 0 {
+	if err != nil || id == nil || *id < 0 {
 		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the node `+what+` (0: the master, i: slave i)`)
 		return 0, false
 	}
-	return consensus.NodeID(*req.ID), true
+	return consensus.NodeID(*id), true
 }
 
 // handleTransfer hands leadership to another voter by hand (POST {"id": N}

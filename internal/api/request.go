@@ -81,6 +81,23 @@ func DecodeRequest(body []byte, defaultAck cluster.Ack) (*Request, error) {
 	return decodeFull(body, defaultAck)
 }
 
+// decodeObject decodes a small JSON object of an operations endpoint by
+// its exact keys (a struct would also take "ID" or "Id" for "id"), none
+// of them twice.
+func decodeObject(body []byte) (map[string]json.RawMessage, error) {
+	if err := checkKeys(body); err != nil {
+		return nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return nil, bad("the request body must be a JSON object")
+	}
+	return m, nil
+}
+
 // checkKeys refuses a JSON object that holds one key twice. Go's decoder
 // keeps the last, other readers keep the first: a proxy, an audit log or
 // a firewall in front of the node would see another request than the one

@@ -2,11 +2,14 @@ package api
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -158,6 +161,30 @@ func TestFastDecoderTakesTheCommonShapesAndAgreesWithTheFullDecoder(t *testing.T
 	for _, body := range slow {
 		if got := decodeFast([]byte(body), "quorum"); got != nil {
 			t.Errorf("fast path took %s: %+v", body, got)
+		}
+	}
+}
+
+// Membership requests read {"id": N} by its exact key, once.
+func TestMembershipRequestsReadTheirIDExactlyOnce(t *testing.T) {
+	for body, want := range map[string]int{
+		`{"id": 2}`:          2,
+		`{"id": 0}`:          0,
+		`{"id": 1, "id": 2}`: -1, // a proxy or a log reading the first would see another node
+		`{"ID": 2}`:          -1, // not "id"
+		`{"Id": 2, "id": 1}`: 1,
+		`{"id": 1.5}`:        -1,
+		`{"id": -1}`:         -1,
+		`[2]`:                -1,
+		`null`:               -1,
+	} {
+		w := httptest.NewRecorder()
+		id, ok := readID(w, httptest.NewRequest(http.MethodPost, "/remove", strings.NewReader(body)), "to remove")
+		switch {
+		case want < 0 && (ok || w.Code != http.StatusBadRequest):
+			t.Errorf("%s: read id %d (%v, status %d), want a 400", body, id, ok, w.Code)
+		case want >= 0 && (!ok || id != consensus.NodeID(want)):
+			t.Errorf("%s: read id %d (%v, status %d), want node %d", body, id, ok, w.Code, want)
 		}
 	}
 }

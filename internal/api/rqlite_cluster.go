@@ -251,14 +251,16 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		var req struct {
-			ID json.RawMessage `json:"id"`
+			ID json.RawMessage
 		}
 		body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
 		if len(strings.TrimSpace(string(body))) > 0 {
-			if err := json.Unmarshal(body, &req); err != nil {
+			fields, err := decodeObject(body)
+			if err != nil {
 				writeError(w, http.StatusBadRequest, `send {"id": "N"} (the node to hand leadership to), or nothing`)
 				return
 			}
+			req.ID = fields["id"]
 		}
 		if !s.eng.IsLeader() {
 			writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.eng.LeaderURL())
