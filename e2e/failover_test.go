@@ -215,6 +215,34 @@ func TestRaftLearnerJoinsThroughASnapshotAndTakenIDsAreRefused(t *testing.T) {
 		}
 	}
 	c.Exec(1, "INSERT INTO j (v) VALUES ('after the removal')")
+
+	// Node 3 still runs, but no longer receives the log: it says so, and
+	// answers clients 503 at once rather than with data that stays old
+	// (reads) or after a timeout (writes, which the leader would still
+	// commit).
+	for end := time.Now().Add(10 * time.Second); raftRole(c, 3) != "removed"; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the removed node 3 reports role %q", raftRole(c, 3))
+		}
+	}
+	for _, body := range []string{
+		`{"command":"exec","query":"INSERT INTO j (v) VALUES ('at the removed node')"}`,
+		`{"command":"query","query":"SELECT count(*) FROM j"}`,
+	} {
+		start := time.Now()
+		r, err := c.Post(3, body)
+		if err != nil || r.Status != 503 || !strings.Contains(string(r.Body), "removed from the cluster") || time.Since(start) > time.Second {
+			t.Fatalf("%s at the removed node: %v %v after %v", body, r, err, time.Since(start))
+		}
+	}
+	resp, err = c.Client.Get(c.URL(3) + "/readyz")
+	if err != nil || resp.StatusCode != 503 {
+		t.Fatalf("the removed node's readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if rows := c.Query(0, "SELECT count(*) AS n FROM j WHERE v = 'at the removed node'"); rows[0]["n"].(float64) != 0 {
+		t.Fatal("the write sent to the removed node was applied")
+	}
 }
 
 // Leadership is handed over by hand (POST /transfer to the leader), and

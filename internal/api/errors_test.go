@@ -25,6 +25,7 @@ func (f fakeRepl) ReadIndex(context.Context) (uint64, error)                { re
 func (f fakeRepl) WaitApplied(context.Context, uint64, time.Duration) error { return nil }
 func (f fakeRepl) IsLeader() bool                                           { return f.leader }
 func (f fakeRepl) LeaderURL() string                                        { return f.url }
+func (f fakeRepl) Serving() error                                           { return nil }
 
 // Every error a request can meet maps to its status and kind, wrapped or
 // not, and the answer's body carries what the kind promises.

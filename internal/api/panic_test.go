@@ -28,6 +28,7 @@ func (brokenReplicator) ReadIndex(context.Context) (uint64, error)              
 func (brokenReplicator) WaitApplied(context.Context, uint64, time.Duration) error { return nil }
 func (brokenReplicator) IsLeader() bool                                           { return true }
 func (brokenReplicator) LeaderURL() string                                        { return "http://leader" }
+func (brokenReplicator) Serving() error                                           { return nil }
 
 // A committed write whose answer cannot be built is answered 500 with its
 // index, in JSON, and the node goes on serving.

@@ -473,6 +473,9 @@ func (s *Server) rqRead(ctx context.Context, w http.ResponseWriter, r *http.Requ
 // With redirect, a follower asked for weak or stronger sends the client to
 // the leader instead.
 func (s *Server) rqReadable(ctx context.Context, w http.ResponseWriter, r *http.Request, flags rqFlags) error {
+	if err := s.repl.Serving(); err != nil {
+		return err
+	}
 	level := flags.level
 	if level == "auto" {
 		level = "weak"

@@ -408,6 +408,9 @@ func (s *Server) write(ctx context.Context, req *Request, collect bool, fail fun
 
 // waitReadable applies consistency and min_index before a read.
 func (s *Server) waitReadable(ctx context.Context, req *Request) error {
+	if err := s.repl.Serving(); err != nil {
+		return err
+	}
 	want := req.MinIndex
 	if req.Consistency == ConsistencyStrong {
 		idx, err := s.repl.ReadIndex(ctx)

@@ -91,6 +91,7 @@ type Engine struct {
 	fatal         chan error
 	admitted      atomic.Bool  // this node's Raft takes messages (see JoinRequest.Fresh)
 	leaderSeen    atomic.Int64 // unix ns when a leader was last known here (checked every tick)
+	removed       atomic.Bool  // the log took this node out of the configuration while it ran
 }
 
 // electionWindow is how long an election normally takes at most (two
@@ -253,8 +254,18 @@ func (e *Engine) Close() {
 	e.tr.Close()
 }
 
-// confChanged learns the URL a configuration change carries.
+// confChanged learns the URL a configuration change carries, and whether
+// this node is still in the configuration.
 func (e *Engine) confChanged(cc pb.ConfChange) {
+	if cc.NodeID == e.cfg.ID {
+		removed := cc.Type == pb.ConfChangeRemoveNode
+		if removed && !e.removed.Load() {
+			// (A node that lost its data and is added again applies its
+			// removal and its new addition one after the other.)
+			e.cfg.Log.Info("the log takes this node out of the configuration: until it is added again it answers clients 503; a node removed by hand joins again, as a learner, when restarted")
+		}
+		e.removed.Store(removed)
+	}
 	if len(cc.Context) > 0 && cc.Type != pb.ConfChangeRemoveNode {
 		e.tr.SetPeer(cc.NodeID, string(cc.Context))
 	}
@@ -551,6 +562,9 @@ func (e *Engine) newRequestID() string {
 // or one made here), so a forward sent again applies once; a write
 // proposed here without one is not sent again when its outcome is unknown.
 func (e *Engine) Write(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
+	if err := e.Serving(); err != nil {
+		return store.Outcome{}, err
+	}
 	deadline := time.Now().Add(e.cfg.AckTimeout)
 	var unknown error // an earlier attempt may have been committed
 	for delay := 20 * time.Millisecond; ; delay = min(2*delay, 200*time.Millisecond) {
@@ -793,6 +807,9 @@ func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
 	if faults.Enabled && e.cfg.InjectBug == "stale-strong-read" {
 		return 0, nil
 	}
+	if err := e.Serving(); err != nil {
+		return 0, err
+	}
 	if !e.WaitLeader(ctx) {
 		return 0, &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
 	}
@@ -841,7 +858,7 @@ type NodeStatus struct {
 type Status struct {
 	ID        int    `json:"id"`
 	URL       string `json:"url"`
-	Role      string `json:"role"` // leader, follower, candidate, learner
+	Role      string `json:"role"` // leader, follower, candidate, learner, removed
 	Preferred bool   `json:"preferred_leader"`
 	LeaderID  *int   `json:"leader_id"` // null: no leader known
 	LeaderURL string `json:"leader_url,omitempty"`
@@ -878,6 +895,8 @@ func (e *Engine) Status() Status {
 	}
 	_, learner := st.Config.Learners[e.cfg.ID]
 	switch {
+	case e.removed.Load():
+		s.Role = "removed"
 	case st.RaftState == raft.StateLeader:
 		s.Role = "leader"
 	case learner:
@@ -945,8 +964,32 @@ func (e *Engine) Members() []Member {
 	return out
 }
 
+// removedError is Serving's answer on a node the log took out of the
+// configuration while it ran: a 503 (replication.ErrUnavailable) whose
+// message says where to go instead of to retry here.
+type removedError struct{}
+
+func (removedError) Error() string {
+	return "this node was removed from the cluster (POST /remove): it no longer receives the log, so its data is out of date, and nothing was run; send requests to another node, or restart this one to join again as a learner"
+}
+func (removedError) Unwrap() error { return replication.ErrUnavailable }
+
+var errRemoved error = removedError{}
+
+// Serving is nil while this node may answer clients (see
+// replication.Replicator).
+func (e *Engine) Serving() error {
+	if e.removed.Load() {
+		return errRemoved
+	}
+	return nil
+}
+
 // Ready says why this node cannot serve writes now ("" when it can).
 func (e *Engine) Ready() string {
+	if e.removed.Load() {
+		return errRemoved.Error()
+	}
 	lead, self := e.rep.Node().Leader()
 	if lead == 0 {
 		return "no leader is known: an election is under way, or a majority of the voters cannot be reached"

@@ -77,6 +77,11 @@ type Replicator interface {
 	IsLeader() bool
 	// LeaderURL is the URL of the node that leads ("" if none is known).
 	LeaderURL() string
+	// Serving is nil while this node may answer clients at all, else why
+	// not (an *UnavailableError): a node taken out of the cluster's
+	// configuration while it ran no longer receives the log, and its data
+	// stays as it was.
+	Serving() error
 }
 
 // ErrUnavailable means no leader can be reached (or this node cannot
