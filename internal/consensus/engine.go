@@ -585,7 +585,7 @@ func (e *Engine) Write(ctx context.Context, req *store.Request, ack cluster.Ack)
 		}
 		if ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
 			if unknown != nil {
-				return store.Outcome{}, &replication.UnknownOutcomeError{Reason: unknown.Error(), RequestID: req.RequestID}
+				return store.Outcome{}, unknownOutcome(unknown, req.RequestID)
 			}
 			return store.Outcome{}, err
 		}
@@ -684,9 +684,21 @@ func proposeError(err error, requestID string) (error, bool) {
 	case errors.As(err, &nl):
 		return &replication.UnavailableError{Reason: "leadership changed; retry"}, true
 	case errors.As(err, &uo):
-		return &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: requestID}, true
+		return unknownOutcome(uo, requestID), true
 	}
 	return err, false
+}
+
+// unknownOutcome is what a client is told of a write whose outcome is
+// unknown because of err: the reason once, and the advice once, however
+// many layers the error went through.
+func unknownOutcome(err error, requestID string) *replication.UnknownOutcomeError {
+	reason := err.Error()
+	var prev *replication.UnknownOutcomeError
+	if errors.As(err, &prev) {
+		reason = prev.Reason
+	}
+	return &replication.UnknownOutcomeError{Reason: reason, RequestID: requestID}
 }
 
 // ackBeforeCommit is the deliberate defect "ack-before-commit" (fault
@@ -787,7 +799,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 	case errors.As(err, &nl):
 		err = &replication.UnavailableError{Reason: "leadership changed; retry"}
 	case errors.As(err, &uo):
-		err = &replication.UnknownOutcomeError{Reason: uo.Error(), RequestID: req.RequestID}
+		err = unknownOutcome(uo, req.RequestID)
 	}
 	resp := &replication.ForwardResponse{Index: out.Index}
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -652,5 +653,23 @@ func TestStreamFollowsAPeerThatMoves(t *testing.T) {
 			t.Fatalf("no stream to the peer's new address within %v", streamTimeout/2)
 		}
 		tr.Send(heartbeat)
+	}
+}
+
+// A write whose outcome is unknown is told so once, with its advice once,
+// however many layers (the proposal, the forward, the retries) its error
+// went through.
+func TestUnknownOutcomeIsToldOnce(t *testing.T) {
+	first := &UnknownOutcomeError{Err: context.DeadlineExceeded}
+	for _, id := range []string{"", "r-1"} {
+		msg := unknownOutcome(unknownOutcome(unknownOutcome(first, id), id), id).Error()
+		for _, part := range []string{"outcome unknown", "may be committed", "context deadline exceeded"} {
+			if n := strings.Count(msg, part); n != 1 {
+				t.Errorf("request id %q: %q appears %d times in %q", id, part, n, msg)
+			}
+		}
+		if id != "" && !strings.Contains(msg, "same request_id ("+id+")") {
+			t.Errorf("the advice does not name the request id: %q", msg)
+		}
 	}
 }

@@ -92,7 +92,7 @@ func (e *NotLeaderError) Error() string {
 type UnknownOutcomeError struct{ Err error }
 
 func (e *UnknownOutcomeError) Error() string {
-	return "the write was proposed, but its outcome is unknown (" + e.Err.Error() + "); it may be committed"
+	return "the write was proposed, but no answer came (" + e.Err.Error() + ")"
 }
 
 func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
