@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/ddbgo/ddb/internal/inspect"
@@ -106,7 +107,7 @@ func main() {
 		for _, d := range dbs[1:] {
 			rows, more := inspect.RowDiffs(dbs[0], d, 10)
 			for _, r := range rows {
-				printSideBySide(r)
+				printSideBySide(os.Stdout, r)
 			}
 			if more > 0 {
 				fmt.Printf("(%d more differing rows between %s and %s)\n", more, dbs[0].Path, d.Path)
@@ -322,22 +323,51 @@ func show(v any) string {
 		}
 		return "x'" + hex.EncodeToString(x) + "'"
 	case string:
-		return strings.ReplaceAll(x, "\n", "\\n")
+		for _, r := range x {
+			if !unicode.IsPrint(r) && r != ' ' {
+				return strconv.Quote(x) // a NUL, a control character: shown, not swallowed
+			}
+		}
+		return x
 	default:
 		return fmt.Sprint(x)
 	}
 }
 
+// sqliteType names a value's SQLite storage class.
+func sqliteType(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case int64:
+		return "integer"
+	case float64:
+		return "real"
+	case string:
+		return "text"
+	default:
+		return "blob"
+	}
+}
+
 // printSideBySide shows one differing row: a column a line, each
 // database's value beside the other's.
-func printSideBySide(r inspect.RowDiff) {
-	fmt.Printf("\ntable %s, row %s:\n", r.Table, r.Key)
+func printSideBySide(w io.Writer, r inspect.RowDiff) {
+	fmt.Fprintf(w, "\ntable %s, row %s:\n", r.Table, r.Key)
 	cols := append([]string{""}, r.Columns...)
 	left := []string{r.PathA}
 	right := []string{r.PathB}
+	differ := []bool{false}
 	for i := range r.Columns {
-		left = append(left, cell(r.A, i))
-		right = append(right, cell(r.B, i))
+		l, rt := cell(r.A, i), cell(r.B, i)
+		d := r.A == nil || r.B == nil || !sameValue(r.A[i], r.B[i])
+		if d && l == rt && r.A != nil && r.B != nil {
+			// Values that print alike but are not alike (1 and '1', 1
+			// and 1.0): their types tell them apart.
+			l += " (" + sqliteType(r.A[i]) + ")"
+			rt += " (" + sqliteType(r.B[i]) + ")"
+		}
+		left, right, differ = append(left, l), append(right, rt), append(differ, d)
 	}
 	w0, w1 := 0, 0
 	for i := range cols {
@@ -346,11 +376,18 @@ func printSideBySide(r inspect.RowDiff) {
 	}
 	for i := range cols {
 		mark := " "
-		if i > 0 && left[i] != right[i] {
+		if differ[i] {
 			mark = "≠"
 		}
-		fmt.Println(strings.TrimRight(fmt.Sprintf("  %s %s | %s %s", pad(cols[i], w0), pad(left[i], w1), right[i], mark), " "))
+		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %s %s | %s %s", pad(cols[i], w0), pad(left[i], w1), right[i], mark), " "))
 	}
+}
+
+// sameValue compares two values as SQLite stores them: type and content.
+func sameValue(a, b any) bool {
+	ea, erra := rlog.EncodeValue(a)
+	eb, errb := rlog.EncodeValue(b)
+	return erra == nil && errb == nil && string(ea) == string(eb)
 }
 
 func cell(row []any, i int) string {
