@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -379,5 +380,43 @@ func TestLimitsHoldOnEveryPathAndSlowSendersAreCutOff(t *testing.T) {
 	r, _ = c.Post(0, "{\"command\":\"exec\",\"query\":\"INSERT INTO l VALUES ('\xff')\"}")
 	if r.Status != 400 || !strings.Contains(string(r.Body), "UTF-8") {
 		t.Fatalf("invalid UTF-8: %v", r)
+	}
+}
+
+// A write that never ends (a recursive CTE without a bound) once held
+// every node's apply loop forever: the entry was committed, so every
+// restart ran it again, and SIGTERM waited on it. A clock cannot stop a
+// write every node runs (each would stop it at another point); its step
+// budget, -query-timeout counted in SQLite's instructions, stops it at
+// the same one everywhere. It fails as a whole through every path, the
+// cluster goes on, and a restarted node replays the failure.
+func TestAWriteThatNeverEndsIsStoppedAtTheSameStepOnEveryNode(t *testing.T) {
+	c := testcluster.Start(t, 2, "-query-timeout", "300ms")
+	c.Exec(0, "CREATE TABLE f (v)")
+	forever := "INSERT INTO f WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n"
+	for node := 0; node <= 2; node++ {
+		start := time.Now()
+		r, err := c.Do(node, map[string]any{"command": "exec", "query": forever, "request_id": fmt.Sprint("forever-", node)})
+		if err != nil || r.Status != 400 || !strings.Contains(string(r.Body), "stopped on every node") || time.Since(start) > 10*time.Second {
+			t.Fatalf("a write that never ends, through node %d: %v %v after %v", node, r, err, time.Since(start))
+		}
+	}
+	resp, err := c.Client.Post(c.URL(1)+"/db/execute", "application/json", strings.NewReader(`["`+forever+`"]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "stopped on every node") {
+		t.Fatalf("through rqlite's API: %d %s", resp.StatusCode, b)
+	}
+	c.Exec(2, "INSERT INTO f VALUES ('after')")
+	c.Node(1).Kill()
+	c.StartNode(1)
+	c.WaitHealthy(1)
+	c.WaitConverged(20*time.Second, 1, 2)
+	requireIdentical(t, c, 0, 1, 2)
+	if rows := c.Query(1, "SELECT v FROM f"); len(rows) != 1 || rows[0]["v"] != "after" {
+		t.Fatalf("rows: %v", rows)
 	}
 }

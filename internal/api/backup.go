@@ -97,6 +97,7 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
 	defer cancel()
 	req.Ctx = ctx
+	req.Limits = store.Limits{MaxSteps: s.limits().MaxSteps}
 	out, err := s.repl.Write(ctx, req, s.cfg.Ack)
 	if err == nil {
 		err = out.Err

@@ -236,6 +236,10 @@ var errorKinds = []struct {
 		var e *store.ResultTooLargeError
 		return as(err, &e, func() string { return e.Error() })
 	}},
+	{"too_large", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
+		var e *store.StepBudgetError
+		return as(err, &e, func() string { return e.Error() })
+	}},
 	{"ack_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
 		var e *replication.AckTimeoutError
 		return as(err, &e, func() string { return e.Error() })

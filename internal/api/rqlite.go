@@ -381,7 +381,7 @@ func (e *rqWaitTimeout) Error() string {
 // request is a transaction, and answers each statement's result.
 func (s *Server) rqWrite(ctx context.Context, stmts []rlog.Statement, flags rqFlags, allowSchema bool, ep rqEndpoint) (*rqResponse, error) {
 	req := &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: allowSchema, Collect: true, Each: true, Atomic: flags.transaction,
-		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
+		Limits: s.limits()}
 	if flags.queue {
 		seq, done := s.enqueue(req)
 		if flags.wait {
@@ -430,7 +430,7 @@ func (s *Server) rqRead(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		return nil, err
 	}
 	resp := &rqResponse{index: s.st.Applied(), raftIndex: flags.raftIndex}
-	lim := store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}
+	lim := s.limits()
 	for _, st := range stmts {
 		one := []rlog.Statement{st}
 		kind, err := s.st.Classify(ctx, one)

@@ -212,6 +212,12 @@ func (s *Server) guard(w http.ResponseWriter, r *http.Request, perm string, meth
 	return true
 }
 
+// limits are what one request may return, and what a write may run (its
+// step budget, from -query-timeout).
+func (s *Server) limits() store.Limits {
+	return store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes, MaxSteps: store.WriteStepBudget(s.cfg.QueryTimeout)}
+}
+
 // IndexHeader carries, on every successful answer, the log index it
 // reflects: a write's own index (whatever command carried it), or the
 // index this node had applied when it read. A later query's min_index set
@@ -248,7 +254,7 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 	if !s.permitted(req, req.Command) {
 		return fail(&permissionError{perm: map[Command]string{CommandExec: PermExecute, CommandQuery: PermQuery}[req.Command], anonymous: req.anonymous})
 	}
-	lim := store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}
+	lim := s.limits()
 	if req.Command == CommandQuery {
 		if err := s.waitReadable(ctx, req); err != nil {
 			return fail(err)
@@ -380,10 +386,11 @@ func (s *Server) write(ctx context.Context, req *Request, collect bool, fail fun
 	start := time.Now()
 	allowSchema := s.isLeader() && (req.perms == nil || has(req.perms, PermSchema))
 	sr := &store.Request{Ctx: ctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
-		Limits: store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes}}
+		Limits: s.limits()}
 	out, err := s.repl.Write(ctx, sr, req.Ack)
 	if err != nil {
-		if time.Since(start) >= s.cfg.QueryTimeout {
+		var spent *store.StepBudgetError
+		if time.Since(start) >= s.cfg.QueryTimeout && !errors.As(err, &spent) {
 			err = s.deadlineError()
 		}
 		return fail(err)

@@ -303,7 +303,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar((*string)(&c.Ack), "ack", string(defaults.Ack), "default write acknowledgement: master, quorum or all")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", defaults.AckTimeout, "how long a write waits for its acknowledgement level before 504")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaults.ReadTimeout, "how long min_index and strong reads wait before 504")
-	fs.DurationVar(&c.QueryTimeout, "query-timeout", defaults.QueryTimeout, "deadline of one request's SQL; SQLite is interrupted when it passes")
+	fs.DurationVar(&c.QueryTimeout, "query-timeout", defaults.QueryTimeout, "deadline of one request's SQL; SQLite is interrupted when it passes (a write: a budget of 100 million SQLite instructions a second of it, the same on every node)")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", defaults.MaxBodyBytes, "largest request body in bytes (413 beyond)")
 	fs.DurationVar(&c.BodyTimeout, "body-timeout", defaults.BodyTimeout, "how long a client may take to send its request body (408 beyond); slow senders are cut off")
 	fs.IntVar(&c.MaxResultRows, "max-rows", defaults.MaxResultRows, "most rows one query may return")

@@ -16,7 +16,8 @@ const binaryVersion = 0x01
 // The binary encoding of a Write:
 //
 //	0x01, flags (uvarint), request id (string), max rows and max bytes
-//	(uvarints), the number of statements (uvarint), then each statement:
+//	(uvarints), max steps (uvarint, with flagSteps only), the number of
+//	statements (uvarint), then each statement:
 //	its SQL (string), the number of positional values (uvarint) and the
 //	values, the number of named values (uvarint) and each name (string)
 //	with its value, names in order.
@@ -30,6 +31,7 @@ const (
 	flagEach
 	flagAtomic
 	flagReplace
+	flagSteps // a step budget follows the byte limit (bodies written before have none)
 )
 
 const (
@@ -80,12 +82,12 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	for _, f := range []struct {
 		on  bool
 		bit uint64
-	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}} {
+	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}} {
 		if f.on {
 			flags |= f.bit
 		}
 	}
-	if w.MaxRows < 0 || w.MaxBytes < 0 {
+	if w.MaxRows < 0 || w.MaxBytes < 0 || w.MaxSteps < 0 {
 		return nil, errors.New("negative limit")
 	}
 	size := 16 + len(w.RequestID)
@@ -98,6 +100,9 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	b = appendString(b, w.RequestID)
 	b = binary.AppendUvarint(b, uint64(w.MaxRows))
 	b = binary.AppendUvarint(b, uint64(w.MaxBytes))
+	if w.MaxSteps > 0 {
+		b = binary.AppendUvarint(b, uint64(w.MaxSteps))
+	}
 	b = binary.AppendUvarint(b, uint64(len(w.Stmts)))
 	var err error
 	for _, s := range w.Stmts {
@@ -214,6 +219,13 @@ func decodeBinary(body []byte) (Write, error) {
 		return Write{}, errShort
 	}
 	w.MaxRows, w.MaxBytes = int(maxRows), int(maxBytes)
+	if flags&flagSteps != 0 {
+		steps := r.uvarint()
+		if steps == 0 || steps > math.MaxInt64 {
+			return Write{}, errShort
+		}
+		w.MaxSteps = int64(steps)
+	}
 	n := r.count()
 	if r.err == nil && n > 0 {
 		w.Stmts = make([]Statement, n)

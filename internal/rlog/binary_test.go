@@ -2,6 +2,7 @@ package rlog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"math"
 	"reflect"
@@ -119,4 +120,36 @@ func FuzzBinaryWriteDecoding(f *testing.F) {
 			t.Fatalf("%#v became %#v (%v)", w, w2, err)
 		}
 	})
+}
+
+// A write's step budget travels in the binary form, only when it has one:
+// bodies written before it existed decode with none, byte for byte as
+// they were.
+func TestStepBudgetTravelsWithTheWrite(t *testing.T) {
+	w := Write{RequestID: "r", MaxRows: 3, MaxSteps: 3_000_000_000, Stmts: []Statement{{SQL: "INSERT INTO t VALUES (?)", Pos: []any{int64(1)}}}}
+	bin, err := w.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeWriteEntry(bin)
+	if err != nil || !reflect.DeepEqual(got, w) {
+		t.Fatalf("decoded %#v (%v), want %#v", got, err, w)
+	}
+	w.MaxSteps = 0
+	without, _ := w.Encode()
+	if got, err := DecodeWriteEntry(without); err != nil || got.MaxSteps != 0 {
+		t.Fatalf("a body without a budget: %#v %v", got, err)
+	}
+	if without[1]&flagSteps != 0 {
+		t.Fatal("a write without a budget sets its flag")
+	}
+	// The flag with a budget of 0 is not a body this code writes.
+	bad := append([]byte{binaryVersion}, binary.AppendUvarint(nil, flagSteps)...)
+	bad = append(bad, 0, 0, 0, 0, 0)
+	if _, err := DecodeWriteEntry(bad); err == nil {
+		t.Fatal("a zero step budget decoded")
+	}
+	if _, err := (&Write{MaxSteps: -1}).Encode(); err == nil {
+		t.Fatal("a negative step budget encoded")
+	}
 }

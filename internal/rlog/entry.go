@@ -187,6 +187,11 @@ type Write struct {
 	Collect     bool        // rows are returned (a write sent as a query, RETURNING)
 	MaxRows     int         // limits on the rows returned (0: none)
 	MaxBytes    int
+	// MaxSteps bounds the instructions of SQLite's virtual machine the
+	// write may run, all its statements together (0: none). A clock
+	// cannot stop a write that every node runs: each would stop it at
+	// another point. A count of instructions stops it at the same one.
+	MaxSteps int64
 	// Each: the statements are independent, as rqlite's API runs them:
 	// each applies or fails alone, in order, and a failure is that
 	// statement's result, not the write's. With Atomic as well, the first

@@ -56,6 +56,26 @@ extern int sqlite3_wal_checkpoint_v2(sqlite3*, const char*, int, int*, int*);
 extern int sqlite3_complete(const char*);
 extern int sqlite3_auto_extension(void(*)(void));
 extern int sqlite3_libversion_number(void);
+extern void sqlite3_progress_handler(sqlite3*, int, int(*)(void*), void*);
+extern int sqlite3_stmt_status(sqlite3_stmt*, int, int);
+
+// A step budget: SQLite calls the progress handler every DDB_BUDGET_OPS
+// instructions of its virtual machine, at points fixed by the statement's
+// program and data, so a budget runs out at the same instruction on any
+// machine; the statement then stops with SQLITE_INTERRUPT.
+#define DDB_BUDGET_OPS 1000
+typedef struct { sqlite3_int64 left; int spent; } ddb_budget;
+static int ddb_budget_tick(void *p) {
+	ddb_budget *b = (ddb_budget*)p;
+	b->left -= DDB_BUDGET_OPS;
+	if (b->left < 0) {
+		b->spent = 1;
+		return 1;
+	}
+	return 0;
+}
+static void ddb_set_budget(sqlite3 *db, ddb_budget *b) { sqlite3_progress_handler(db, DDB_BUDGET_OPS, ddb_budget_tick, b); }
+static void ddb_clear_budget(sqlite3 *db) { sqlite3_progress_handler(db, 0, 0, 0); }
 
 // Each new connection is reported by SQLite itself: an auto-extension is
 // called with the new handle while sqlite3_open_v2 runs, on the opening
@@ -132,6 +152,7 @@ type Conn struct {
 	Driver *sqlite3.SQLiteConn
 	auth   func(op int, arg1, arg2, dbName string) int
 	cache  map[string]*CachedStmt
+	budget *C.ddb_budget // C memory, once a step budget was set (see SetStepBudget)
 }
 
 // CachedStmt is a prepared statement kept for reuse, with whatever the
@@ -182,8 +203,50 @@ func (c *Conn) SetAuthorizer(f func(op int, arg1, arg2, dbName string) int) func
 // Close closes the connection.
 func (c *Conn) Close() error {
 	c.DropCache()
-	return c.Driver.Close()
+	err := c.Driver.Close()
+	if c.budget != nil {
+		C.free(unsafe.Pointer(c.budget))
+		c.budget = nil
+	}
+	return err
 }
+
+// SetStepBudget limits what the connection runs from now on, all its
+// statements together, to about steps instructions of SQLite's virtual
+// machine (counted in thousands, at points the statement's program and
+// data fix: see Stmt.StartCounting). A statement that goes past it fails
+// with ErrCodeInterrupt, and BudgetSpent reports true until the next
+// SetStepBudget. 0 removes the limit.
+func (c *Conn) SetStepBudget(steps int64) {
+	if steps <= 0 {
+		if c.budget != nil {
+			C.ddb_clear_budget(c.db)
+			c.budget.left, c.budget.spent = 0, 0
+		}
+		return
+	}
+	if c.budget == nil {
+		c.budget = (*C.ddb_budget)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ddb_budget{}))))
+	}
+	c.budget.left, c.budget.spent = C.sqlite3_int64(steps), 0
+	C.ddb_set_budget(c.db, c.budget)
+}
+
+// StepBudgetLeft is what is left of the step budget (0 without one).
+func (c *Conn) StepBudgetLeft() int64 {
+	if c.budget == nil {
+		return 0
+	}
+	return int64(c.budget.left)
+}
+
+// BudgetSpent reports whether a statement stopped because the step budget
+// ran out.
+func (c *Conn) BudgetSpent() bool { return c.budget != nil && c.budget.spent != 0 }
+
+// VMSteps is the count of virtual-machine instructions the statement ran
+// since it was prepared or its count restarted (SQLITE_STMTSTATUS_VM_STEP).
+func (s *Stmt) VMSteps() int { return int(C.sqlite3_stmt_status(s.s, 4, 0)) }
 
 func (c *Conn) lastError() error {
 	ext := int(C.sqlite3_extended_errcode(c.db))
@@ -269,6 +332,13 @@ func (s *Stmt) Reset() {
 	C.sqlite3_reset(s.s)
 	C.sqlite3_clear_bindings(s.s)
 }
+
+// StartCounting restarts the count of virtual-machine instructions the
+// statement ran (SQLITE_STMTSTATUS_VM_STEP). SQLite calls the progress
+// handler at multiples of its interval in that count, so a statement
+// stepped from here on meets a step budget at the same points whatever
+// it ran before (a statement kept prepared has a count of its own past).
+func (s *Stmt) StartCounting() { C.sqlite3_stmt_status(s.s, 4, 1) }
 
 // Readonly reports whether the statement makes no direct change to the database.
 func (s *Stmt) Readonly() bool { return C.sqlite3_stmt_readonly(s.s) != 0 }

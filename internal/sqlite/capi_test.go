@@ -39,3 +39,63 @@ func TestTheHandleIsTheDriversConnectionAndTheSelfTestWouldNotice(t *testing.T) 
 		t.Fatalf("self-test with another connection's handle: %v", err)
 	}
 }
+
+// A step budget runs out at the same instruction of a statement's run
+// whatever the statement ran before: a statement kept prepared (run before,
+// with a count of its own past) and a fresh one agree at every budget, so
+// that every node stops a write at the same point. A budget of enough
+// steps lets the statement finish.
+func TestAStepBudgetRunsOutAtTheSamePointForAFreshAndAWarmStatement(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "b.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000) SELECT x FROM c)"
+	run := func(s *Stmt, steps int64) (stopped bool) {
+		t.Helper()
+		s.Reset()
+		s.StartCounting()
+		c.SetStepBudget(steps)
+		defer c.SetStepBudget(0)
+		for {
+			more, err := s.Step()
+			if err != nil {
+				if !IsCode(err, ErrCodeInterrupt) || !c.BudgetSpent() {
+					t.Fatalf("with %d steps: %v (budget spent: %v)", steps, err, c.BudgetSpent())
+				}
+				return true
+			}
+			if !more {
+				return false
+			}
+		}
+	}
+	warm, err := c.Prepare(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer warm.Close()
+	// The statement runs about 16,000 instructions. Around that budget,
+	// the warm statement is compared again and again, each run adding to
+	// its past count, so that every remainder of that count by the
+	// handler's interval comes up.
+	seen := map[bool]int{}
+	for steps := int64(14000); steps <= 18000; steps += 250 {
+		fresh, err := c.Prepare(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cold := run(fresh, steps)
+		fresh.Close()
+		for range 100 {
+			if hot := run(warm, steps); hot != cold {
+				t.Fatalf("with %d steps: the statement run before (%d instructions so far) stopped: %v, a fresh one: %v", steps, warm.VMSteps(), hot, cold)
+			}
+		}
+		seen[cold]++
+	}
+	if seen[true] == 0 || seen[false] == 0 {
+		t.Fatalf("the budgets never crossed the statement's length: %v", seen)
+	}
+}

@@ -150,6 +150,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			w.Stmts = w.Stmts[:1]
 		}
 		var results []Result
+		s.steps = stepBudget{on: w.MaxSteps > 0, left: w.MaxSteps}
 		if len(w.Stmts) == 0 {
 			err = &ParamError{Msg: "the log entry holds no statement"}
 		} else if w.Each {
@@ -170,6 +171,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 				results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
 			}
 		}
+		if s.steps.spent {
+			// Out of steps, the write fails as a whole, whichever of its
+			// statements ran out.
+			err = &StepBudgetError{Steps: w.MaxSteps}
+		}
+		s.steps = stepBudget{}
 		if err == nil && w.RequestID != "" {
 			err = s.record(w.RequestID, fingerprint, e.Index, e.TimeMs, results)
 		}

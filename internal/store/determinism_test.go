@@ -562,3 +562,48 @@ func TestOpenAcceptsAFileLeftHalfWayThroughACheckpoint(t *testing.T) {
 		t.Fatalf("after the restart: %v %v", rows, err)
 	}
 }
+
+// A write that runs too long cannot be stopped by a clock: each node would
+// stop it at another point. Its step budget (rlog.Write.MaxSteps) stops it
+// at the same instruction on every node, and it fails as a whole; the
+// writes around it apply. Before, a write that never ended held every
+// node's apply loop forever, restarts included (the entry was committed).
+func TestAWriteStopsAtItsStepBudgetOnEveryNode(t *testing.T) {
+	leader, replica := openTemp(t, "leader.db"), openTemp(t, "replica.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, leader, now, "CREATE TABLE t (x)")
+	forever := "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+	req := func(sql string, steps int64) *Request {
+		return &Request{Ctx: context.Background(), Stmts: stmts(sql), Limits: Limits{MaxSteps: steps}}
+	}
+	out := leader.CommitBatch([]*Request{req("INSERT INTO t VALUES ('before')", 1e6), req(forever, 2e6), req("INSERT INTO t VALUES ('after')", 1e6)}, now)
+	var spent *StepBudgetError
+	if out[0].Err != nil || !errors.As(out[1].Err, &spent) || out[2].Err != nil {
+		t.Fatalf("outcomes: %v / %v / %v", out[0].Err, out[1].Err, out[2].Err)
+	}
+	if rows := dump(t, leader, "t"); len(rows) != 2 || rows[0][0] != "before" || rows[1][0] != "after" {
+		t.Fatalf("rows %v: the stopped write left something, or took its neighbours with it", rows)
+	}
+	replicate(t, leader, replica)
+	sameContent(t, leader, replica)
+
+	// At the budget's edge, the outcome is the same on a node that ran the
+	// statement before (its prepared statement has a count of its own
+	// past) as on one that never did.
+	bounded := "INSERT INTO t SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000) SELECT x FROM c) WHERE x < 0"
+	fails := map[bool]int{}
+	for steps := int64(40000); steps >= 4000; steps -= 250 { // down: the warm node has run it, whole, before it fails
+		warm := leader.CommitBatch([]*Request{req(bounded, steps)}, now)[0].Err
+		fresh := openTemp(t, "fresh.db")
+		mustCommit(t, fresh, now, "CREATE TABLE t (x)")
+		cold := fresh.CommitBatch([]*Request{req(bounded, steps)}, now)[0].Err
+		fresh.Close()
+		if (warm == nil) != (cold == nil) {
+			t.Fatalf("with %d steps: %v on a node that ran it before, %v on one that did not", steps, warm, cold)
+		}
+		fails[warm != nil]++
+	}
+	if fails[true] == 0 || fails[false] == 0 {
+		t.Fatalf("the sweep never crossed the budget's edge: %v", fails)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
@@ -52,6 +53,7 @@ type Options struct {
 
 // Store is a node's database. Its zero value is not usable; call Open.
 type Store struct {
+	steps    stepBudget // the writer's entry's (under wmu)
 	path     string
 	clock    *sqlite.Clock
 	wmu      sync.Mutex // held by whoever uses w
@@ -479,6 +481,62 @@ func StatementErrorOf(err error) *StatementError {
 type Limits struct {
 	MaxRows  int // 0 = unlimited
 	MaxBytes int // approximate size of the values; 0 = unlimited
+	// MaxSteps bounds a write's instructions of SQLite's virtual machine
+	// (0 = unlimited): see WriteStepBudget.
+	MaxSteps int64
+}
+
+// StepsPerSecond converts a time limit into a step budget for writes: a
+// write through the log runs on every node, and only a count of SQLite's
+// virtual-machine instructions stops it at the same point on each (a
+// clock would stop each at another). 100 million instructions take
+// SQLite about a second on this project's reference machine (2 cores):
+// a simple insert takes about 30, a row of a recursive CTE about 10.
+const StepsPerSecond = 100_000_000
+
+// WriteStepBudget is the step budget of a write under the query time
+// limit d (-query-timeout), or 0 (none) for no limit.
+func WriteStepBudget(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64(d.Seconds() * StepsPerSecond)
+}
+
+// stepBudget is what the entry the writer runs may still spend of its
+// step budget (rlog.Write.MaxSteps), over all its statements.
+type stepBudget struct {
+	on    bool
+	left  int64
+	spent bool // a statement ran out: the entry fails
+}
+
+// stepWithin steps a statement; on the writer, within what is left of its
+// entry's step budget. Only the client's statements count: the project's
+// own bookkeeping around them never runs under a budget, so it never
+// fails for one.
+func (s *Store) stepWithin(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, b *budget) (Result, error) {
+	if cn.entry == nil || !s.steps.on {
+		return step(ctx, cn, stmt, collect, b)
+	}
+	if s.steps.spent {
+		return Result{}, &StepBudgetError{}
+	}
+	stmt.StartCounting()
+	cn.c.SetStepBudget(max(s.steps.left, 1))
+	r, err := step(ctx, cn, stmt, collect, b)
+	s.steps.left = cn.c.StepBudgetLeft()
+	s.steps.spent = cn.c.BudgetSpent()
+	cn.c.SetStepBudget(0)
+	return r, err
+}
+
+// StepBudgetError: a write ran past its step budget and was stopped, at
+// the same instruction on every node; nothing of it applied.
+type StepBudgetError struct{ Steps int64 }
+
+func (e *StepBudgetError) Error() string {
+	return fmt.Sprintf("the write ran more than %d instructions of SQLite's virtual machine, its budget (-query-timeout turned into steps: %d a second), and was stopped on every node; nothing of it was applied. Split it into smaller writes, or raise -query-timeout on the nodes", e.Steps, StepsPerSecond)
 }
 
 // budget is what one request may still return: its limits hold for all
@@ -583,7 +641,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			return res, &ParamError{Msg: err.Error()}
 		}
 		pos = pos[used:]
-		r, err := step(ctx, cn, stmt, collect, b)
+		r, err := s.stepWithin(ctx, cn, stmt, collect, b)
 		release()
 		if kind == KindSchema {
 			// Every connection drops its statements before its next use;
