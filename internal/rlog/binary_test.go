@@ -101,7 +101,7 @@ func TestTruncatedBinaryBodiesFail(t *testing.T) {
 }
 
 func FuzzBinaryWriteDecoding(f *testing.F) {
-	for _, w := range sampleWrites() {
+	for _, w := range append(sampleWrites(), Write{MaxSteps: 1 << 40, Stmts: []Statement{{SQL: "SELECT 1"}}}) {
 		b, _ := w.Encode()
 		f.Add(b)
 	}
