@@ -360,7 +360,7 @@ func printSideBySide(w io.Writer, r inspect.RowDiff) {
 	differ := []bool{false}
 	for i := range r.Columns {
 		l, rt := cell(r.A, i), cell(r.B, i)
-		d := r.A == nil || r.B == nil || !sameValue(r.A[i], r.B[i])
+		d := r.A == nil || r.B == nil || !inspect.SameValue(r.A[i], r.B[i])
 		if d && l == rt && r.A != nil && r.B != nil {
 			// Values that print alike but are not alike (1 and '1', 1
 			// and 1.0): their types tell them apart.
@@ -381,13 +381,6 @@ func printSideBySide(w io.Writer, r inspect.RowDiff) {
 		}
 		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %s %s | %s %s", pad(cols[i], w0), pad(left[i], w1), right[i], mark), " "))
 	}
-}
-
-// sameValue compares two values as SQLite stores them: type and content.
-func sameValue(a, b any) bool {
-	ea, erra := rlog.EncodeValue(a)
-	eb, errb := rlog.EncodeValue(b)
-	return erra == nil && errb == nil && string(ea) == string(eb)
 }
 
 func cell(row []any, i int) string {

@@ -250,9 +250,7 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		var req struct {
-			ID json.RawMessage
-		}
+		var rawID json.RawMessage // the node's id, as a number or a string
 		body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
 		if len(strings.TrimSpace(string(body))) > 0 {
 			fields, err := decodeObject(body)
@@ -260,21 +258,21 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, `send {"id": "N"} (the node to hand leadership to), or nothing`)
 				return
 			}
-			req.ID = fields["id"]
+			rawID = fields["id"]
 		}
 		if !s.eng.IsLeader() {
 			writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.eng.LeaderURL())
 			return
 		}
 		target := -1
-		if len(req.ID) > 0 {
+		if len(rawID) > 0 {
 			var str string
-			if json.Unmarshal(req.ID, &str) != nil {
-				str = string(req.ID)
+			if json.Unmarshal(rawID, &str) != nil {
+				str = string(rawID)
 			}
 			id, err := strconv.Atoi(str)
 			if err != nil || id < 0 {
-				writeError(w, http.StatusBadRequest, fmt.Sprintf("node id %s is not a node of this cluster", req.ID))
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("node id %s is not a node of this cluster", rawID))
 				return
 			}
 			target = id

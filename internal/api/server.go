@@ -212,11 +212,14 @@ func (s *Server) guard(w http.ResponseWriter, r *http.Request, perm string, meth
 	return true
 }
 
-// limits are what one request may return, and what a write may run (its
-// step budget, from -query-timeout).
-func (s *Server) limits() store.Limits {
-	return store.Limits{MaxRows: s.cfg.MaxResultRows, MaxBytes: s.cfg.MaxResultBytes, MaxSteps: store.WriteStepBudget(s.cfg.QueryTimeout)}
+// Limits are what one request may return, and what a write may run (its
+// step budget, from -query-timeout), under cfg: the client API's, and
+// those of the writes a leader takes forwarded.
+func Limits(cfg *cluster.Config) store.Limits {
+	return store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes, MaxSteps: store.WriteStepBudget(cfg.QueryTimeout)}
 }
+
+func (s *Server) limits() store.Limits { return Limits(s.cfg) }
 
 // IndexHeader carries, on every successful answer, the log index it
 // reflects: a write's own index (whatever command carried it), or the

@@ -126,6 +126,15 @@ func (b byKey) Swap(i, j int) {
 	b.t.Rows[i], b.t.Rows[j] = b.t.Rows[j], b.t.Rows[i]
 }
 
+// SameValue reports whether two values are the same as SQLite stores
+// them, type and content (1 and '1', or 1 and 1.0, are not), as rows are
+// compared.
+func SameValue(a, b any) bool {
+	ea, erra := rlog.EncodeValue(a)
+	eb, errb := rlog.EncodeValue(b)
+	return erra == nil && errb == nil && string(ea) == string(eb)
+}
+
 func encodeRow(row []any) string {
 	var b strings.Builder
 	b.WriteByte('[')

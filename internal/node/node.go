@@ -155,7 +155,7 @@ func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logg
 	return consensus.EngineConfig{
 		ID: uint64(cfg.ID + 1), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: 1,
 		AckTimeout: cfg.AckTimeout, ReadWait: min(cfg.ReadTimeout, 2*time.Second),
-		Limits: store.Limits{MaxRows: cfg.MaxResultRows, MaxBytes: cfg.MaxResultBytes, MaxSteps: store.WriteStepBudget(cfg.QueryTimeout)},
+		Limits: api.Limits(cfg),
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
 		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Log: logger,
 	}

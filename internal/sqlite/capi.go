@@ -64,15 +64,11 @@ extern int sqlite3_stmt_status(sqlite3_stmt*, int, int);
 // program and data, so a budget runs out at the same instruction on any
 // machine; the statement then stops with SQLITE_INTERRUPT.
 #define DDB_BUDGET_OPS 1000
-typedef struct { sqlite3_int64 left; int spent; } ddb_budget;
+typedef struct { sqlite3_int64 left; } ddb_budget; // spent once below 0
 static int ddb_budget_tick(void *p) {
 	ddb_budget *b = (ddb_budget*)p;
 	b->left -= DDB_BUDGET_OPS;
-	if (b->left < 0) {
-		b->spent = 1;
-		return 1;
-	}
-	return 0;
+	return b->left < 0;
 }
 static void ddb_set_budget(sqlite3 *db, ddb_budget *b) { sqlite3_progress_handler(db, DDB_BUDGET_OPS, ddb_budget_tick, b); }
 static void ddb_clear_budget(sqlite3 *db) { sqlite3_progress_handler(db, 0, 0, 0); }
@@ -221,14 +217,14 @@ func (c *Conn) SetStepBudget(steps int64) {
 	if steps <= 0 {
 		if c.budget != nil {
 			C.ddb_clear_budget(c.db)
-			c.budget.left, c.budget.spent = 0, 0
+			c.budget.left = 0
 		}
 		return
 	}
 	if c.budget == nil {
 		c.budget = (*C.ddb_budget)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ddb_budget{}))))
 	}
-	c.budget.left, c.budget.spent = C.sqlite3_int64(steps), 0
+	c.budget.left = C.sqlite3_int64(steps)
 	C.ddb_set_budget(c.db, c.budget)
 }
 
@@ -242,7 +238,7 @@ func (c *Conn) StepBudgetLeft() int64 {
 
 // BudgetSpent reports whether a statement stopped because the step budget
 // ran out.
-func (c *Conn) BudgetSpent() bool { return c.budget != nil && c.budget.spent != 0 }
+func (c *Conn) BudgetSpent() bool { return c.budget != nil && c.budget.left < 0 }
 
 // VMSteps is the count of virtual-machine instructions the statement ran
 // since it was prepared or its count restarted (SQLITE_STMTSTATUS_VM_STEP).

@@ -171,7 +171,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 				results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
 			}
 		}
-		if s.steps.spent {
+		if s.steps.spent() {
 			// Out of steps, the write fails as a whole, whichever of its
 			// statements ran out.
 			err = &StepBudgetError{Steps: w.MaxSteps}

@@ -506,10 +506,11 @@ func WriteStepBudget(d time.Duration) int64 {
 // stepBudget is what the entry the writer runs may still spend of its
 // step budget (rlog.Write.MaxSteps), over all its statements.
 type stepBudget struct {
-	on    bool
-	left  int64
-	spent bool // a statement ran out: the entry fails
+	on   bool
+	left int64 // below 0: a statement ran out, and the entry fails
 }
+
+func (b stepBudget) spent() bool { return b.on && b.left < 0 }
 
 // stepWithin steps a statement; on the writer, within what is left of its
 // entry's step budget. Only the client's statements count: the project's
@@ -519,14 +520,13 @@ func (s *Store) stepWithin(ctx context.Context, cn *conn, stmt *sqlite.Stmt, col
 	if cn.entry == nil || !s.steps.on {
 		return step(ctx, cn, stmt, collect, b)
 	}
-	if s.steps.spent {
+	if s.steps.spent() {
 		return Result{}, &StepBudgetError{}
 	}
 	stmt.StartCounting()
 	cn.c.SetStepBudget(max(s.steps.left, 1))
 	r, err := step(ctx, cn, stmt, collect, b)
 	s.steps.left = cn.c.StepBudgetLeft()
-	s.steps.spent = cn.c.BudgetSpent()
 	cn.c.SetStepBudget(0)
 	return r, err
 }
