@@ -50,6 +50,8 @@ func TestEveryErrorHasItsStatusAndKind(t *testing.T) {
 		{follower, &store.SQLError{Err: errors.New("near x: syntax error")}, 400, "sql", ""},
 		{follower, &store.ParamError{Msg: "p"}, 400, "bad_request", ""},
 		{follower, &store.ResultTooLargeError{What: "rows"}, 400, "too_large", ""},
+		{follower, &store.StepBudgetError{Steps: 7}, 400, "too_large", ""},
+		{follower, &store.RequestIDReusedError{ID: "k", Index: 3}, 400, "request_id_reused", ""},
 		{follower, &replication.AckTimeoutError{Index: 42, Level: "all"}, 504, "ack_timeout", `"index":42`},
 		{follower, &replication.WaitTimeoutError{Want: 2}, 504, "wait_timeout", ""},
 		{follower, &replication.UnknownOutcomeError{Reason: "r"}, 504, "unknown_outcome", ""},
@@ -68,5 +70,42 @@ func TestEveryErrorHasItsStatusAndKind(t *testing.T) {
 				t.Errorf("%T: body %s lacks %s", c.err, body, c.body)
 			}
 		}
+	}
+}
+
+// A write forwarded to the leader over HTTP comes back with its error in
+// the forward's wire form: every error the leader can answer keeps its
+// kind, status and message across it (before, a step budget, a reused
+// request id, an unknown outcome or a wait timeout came back as 500
+// "internal").
+func TestEveryForwardedErrorKeepsItsKind(t *testing.T) {
+	s := &Server{repl: fakeRepl{url: "http://leader:8080"}}
+	for _, err := range []error{
+		&store.ForbiddenError{Reason: "no"},
+		&store.SchemaDeniedError{Statement: "CREATE"},
+		&store.SQLError{Err: errors.New("UNIQUE constraint failed: t.id")},
+		&store.ParamError{Msg: "p"},
+		&store.ResultTooLargeError{What: "more than 5 rows"},
+		&store.StepBudgetError{Steps: 100_000_000},
+		&store.RequestIDReusedError{ID: "k1", Index: 17},
+		&replication.AckTimeoutError{Index: 42, Level: "all", After: 5 * time.Second},
+		&replication.WaitTimeoutError{Want: 9, Have: 7, After: 2 * time.Second},
+		&replication.UnknownOutcomeError{Reason: "no answer came"},
+		&replication.UnavailableError{Reason: "leadership changed"},
+	} {
+		before := s.describe(err)
+		if before.kind == "internal" {
+			t.Fatalf("%T is not in the table of kinds", err)
+		}
+		w := replication.ToWireError(fmt.Errorf("apply: %w", err))
+		back := replication.FromWireError(w, 5*time.Second)
+		after := s.describe(back)
+		if after.status != before.status || after.kind != before.kind || after.msg != before.msg {
+			t.Errorf("%T across a forward: %d %s %q, want %d %s %q", err, after.status, after.kind, after.msg, before.status, before.kind, before.msg)
+		}
+	}
+	// A kind only a newer leader knows keeps its message.
+	if err := replication.FromWireError(&replication.WireError{Kind: "from_the_future", Message: "m"}, 0); !strings.Contains(err.Error(), "from_the_future") || !strings.Contains(err.Error(), "m") {
+		t.Errorf("unknown kind: %v", err)
 	}
 }

@@ -212,6 +212,11 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 			ok = false
 		}
 	}
+	if m := s.eng.MissingVoters(); len(m) > 0 {
+		// Reported, not failed: the node serves; the cluster tolerates
+		// fewer failures than its command line says.
+		lines = append(lines, fmt.Sprintf("[!]voters missing from the configuration: %v", m))
+	}
 	if _, err := s.st.Read(r.Context(), nil, storeLimitsNone); err == nil {
 		lines = append(lines, "[+]store ok")
 	} else {

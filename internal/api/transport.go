@@ -109,6 +109,9 @@ func (t *Transport) RaftJoin(ctx context.Context, url string, req *consensus.Joi
 	if errors.As(err, &pe) && (pe.status == http.StatusConflict || pe.status == http.StatusBadRequest) {
 		return nil, &replication.JoinRefusedError{Reason: pe.msg}
 	}
+	if errors.As(err, &pe) && pe.status == http.StatusForbidden {
+		return nil, fmt.Errorf("%w (%s)", replication.ErrPeerAuth, pe.msg)
+	}
 	return &resp, err
 }
 

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/faults"
 	"log/slog"
 	"math"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -89,9 +89,11 @@ type Engine struct {
 	leaderChanges atomic.Uint64
 	lastLeader    atomic.Uint64
 	fatal         chan error
-	admitted      atomic.Bool  // this node's Raft takes messages (see JoinRequest.Fresh)
-	leaderSeen    atomic.Int64 // unix ns when a leader was last known here (checked every tick)
-	removed       atomic.Bool  // the log took this node out of the configuration while it ran
+	admitted      atomic.Bool            // this node's Raft takes messages (see JoinRequest.Fresh)
+	leaderSeen    atomic.Int64           // unix ns when a leader was last known here (checked every tick)
+	removed       atomic.Bool            // the log took this node out of the configuration while it ran
+	missing       atomic.Pointer[[]int]  // named voters missing from the configuration (see MissingVoters)
+	joinTrouble   atomic.Pointer[string] // why the last round of announcing this node failed ("" or nil: it did not)
 }
 
 // electionWindow is how long an election normally takes at most (two
@@ -186,27 +188,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 			}
 		}
 	}
-	e.ticks = time.NewTicker(cfg.Tick)
 	ticks := make(chan time.Time)
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		for {
-			select {
-			case t := <-e.ticks.C:
-				if e.rep != nil && e.lead() != 0 {
-					e.leaderSeen.Store(t.UnixNano())
-				}
-				select {
-				case ticks <- t:
-				case <-e.stop:
-					return
-				}
-			case <-e.stop:
-				return
-			}
-		}
-	}()
 	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Applied: &applied, Node: Config{
 		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Log: cfg.Log,
 		// A follower starts an election after 7 to 14 ticks without a
@@ -224,10 +206,32 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		return nil, err
 	}
 	e.rep = rep
+	// Raft's clock starts once e.rep is set: the ticker reads it.
+	e.ticks = time.NewTicker(cfg.Tick)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for {
+			select {
+			case t := <-e.ticks.C:
+				if e.lead() != 0 {
+					e.leaderSeen.Store(t.UnixNano())
+				}
+				select {
+				case ticks <- t:
+				case <-e.stop:
+					return
+				}
+			case <-e.stop:
+				return
+			}
+		}
+	}()
 	e.tr.SetUnreachable(rep.Node().ReportUnreachable)
 	e.tr.SetSnapshots(rep.Node(), cfg.Dir)
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go e.announce()
+	go e.watchMembers()
 	go func() {
 		// A node whose own database fails cannot go on: the process stops
 		// (and a restart reports what is wrong with the file).
@@ -259,10 +263,10 @@ func (e *Engine) Close() {
 func (e *Engine) confChanged(cc pb.ConfChange) {
 	if cc.NodeID == e.cfg.ID {
 		removed := cc.Type == pb.ConfChangeRemoveNode
-		if removed && !e.removed.Load() {
-			// (A node that lost its data and is added again applies its
-			// removal and its new addition one after the other.)
-			e.cfg.Log.Info("the log takes this node out of the configuration: until it is added again it answers clients 503; a node removed by hand joins again, as a learner, when restarted")
+		if _, rejoin := rejoinNoteOf(cc); rejoin {
+			e.cfg.Log.Info("the log takes this node out of the configuration to add it back after it lost its data: the leader adds it as a learner, and it votes again once it holds the log; meanwhile it answers clients 503")
+		} else if removed && !e.removed.Load() {
+			e.cfg.Log.Info("the log takes this node out of the configuration (removed by hand): until it is added again it answers clients 503; restarted, it joins again as a learner")
 		}
 		e.removed.Store(removed)
 	}
@@ -335,8 +339,10 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			return false
 		}
 		if err != nil {
+			e.noteJoinTrouble(u, err)
 			continue
 		}
+		e.joinTrouble.Store(nil)
 		for pid, pu := range resp.Peers {
 			// The command line's addresses win: they are how this node
 			// reaches those peers (the others may reach them otherwise).
@@ -424,7 +430,14 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		}
 		return nil
 	}
+	_, rejoining := e.rep.Node().Rejoining()[req.ID]
 	switch {
+	case rejoining:
+		// Taken out to be added back after it lost its data: as a
+		// learner first, a voter once it holds the log (rejoin.go).
+		if !e.bug("rejoin-once") {
+			e.finishRejoins()
+		}
 	case !voter && !learner && req.Fresh && e.namedVoter(req.ID):
 		// A voter the master's command line names that lost its data and
 		// is out of the configuration (taking it out and adding it again
@@ -441,17 +454,16 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		}
 	case req.Fresh && st.Progress[req.ID].Match > 0:
 		// The node lost its data: this leader still counts its old log.
-		// Take it out and add it again, so the leader probes it afresh.
-		e.cfg.Log.Warn("node lost its data; it is removed and added again", "node", int(req.ID)-1, "had_index", st.Progress[req.ID].Match)
-		add := pb.ConfChangeAddNode
-		if learner {
-			add = pb.ConfChangeAddLearnerNode
-		}
-		if err := change(pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID}); err != nil {
+		// Take it out, marked to be added again, so that the leader probes
+		// it afresh; whichever node leads then adds it back (see
+		// rejoin.go), this one at once.
+		e.cfg.Log.Warn("node lost its data; it is taken out of the configuration and added back", "peer", int(req.ID)-1, "had_index", st.Progress[req.ID].Match)
+		if err := change(pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})}); err != nil {
 			return nil, err
 		}
-		if err := change(pb.ConfChange{Type: add, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
-			return nil, err
+		e.moveLeadershipForTest(req.ID)
+		if _, self := e.rep.Node().Leader(); self && !e.bug("rejoin-once") {
+			e.finishRejoins()
 		}
 	}
 	resp.Admitted = true
@@ -660,7 +672,7 @@ func (e *Engine) proposeThroughLeader(ctx context.Context, req *store.Request, a
 		// to a leader that died): it applies once.
 		req.RequestID = e.newRequestID()
 	}
-	if faults.Enabled && e.cfg.InjectBug == "ack-before-commit" {
+	if e.bug("ack-before-commit") {
 		return e.ackBeforeCommit(req, e.rep.WriteThroughLeader), nil, false
 	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
@@ -718,7 +730,7 @@ func (e *Engine) ackBeforeCommit(req *store.Request, write func(context.Context,
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
 func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
-	if faults.Enabled && e.cfg.InjectBug == "ack-before-commit" {
+	if e.bug("ack-before-commit") {
 		return e.ackBeforeCommit(req, e.rep.Write), nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
@@ -816,7 +828,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 // confirmed by the leader with a majority. Without a leader: 503 at once;
 // with one that cannot confirm in time: 503 after ReadWait.
 func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
-	if faults.Enabled && e.cfg.InjectBug == "stale-strong-read" {
+	if e.bug("stale-strong-read") {
 		return 0, nil
 	}
 	if err := e.Serving(); err != nil {
@@ -881,6 +893,12 @@ type Status struct {
 	// it started.
 	SnapshotsInstalled uint64       `json:"snapshots_installed"`
 	Nodes              []NodeStatus `json:"nodes,omitempty"` // on the leader
+	// MissingVoters are the voters the command line names that have been
+	// missing from the configuration for a few election timeouts.
+	MissingVoters []int `json:"missing_voters,omitempty"`
+	// Rejoining are the nodes the log records as being added back after
+	// they lost their data.
+	Rejoining []int `json:"rejoining,omitempty"`
 }
 
 // NodeID is the Raft id of the node a command line calls id (0: the
@@ -918,6 +936,11 @@ func (e *Engine) Status() Status {
 	default:
 		s.Role = "follower"
 	}
+	s.MissingVoters = e.MissingVoters()
+	for id := range e.rep.Node().Rejoining() {
+		s.Rejoining = append(s.Rejoining, int(id)-1)
+	}
+	slices.Sort(s.Rejoining)
 	if st.RaftState == raft.StateLeader {
 		for id, pr := range st.Progress {
 			ns := NodeStatus{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
@@ -988,19 +1011,69 @@ func (removedError) Unwrap() error { return replication.ErrUnavailable }
 
 var errRemoved error = removedError{}
 
+// noteJoinTrouble records, and logs in plain words, why announcing this
+// node to the peer at url failed.
+func (e *Engine) noteJoinTrouble(url string, err error) {
+	var why string
+	if errors.Is(err, replication.ErrPeerAuth) {
+		why = fmt.Sprintf("the node at %s refuses this node: wrong cluster secret; start it with the cluster's -secret (or $DDB_CLUSTER_SECRET), the same on every node", url)
+	} else {
+		why = fmt.Sprintf("the node at %s cannot be reached (%v): check that it runs and that -master, -slaves, -host and -port name it as the others reach it", url, err)
+	}
+	if e.isMember() {
+		return // a member whose peer is down: the Raft transport says so
+	}
+	e.joinTrouble.Store(&why)
+	e.cfg.Log.Warn("this node cannot join the cluster: "+why, "peer_url", url)
+}
+
+// isMember says whether this node takes part in the cluster: admitted,
+// and in the configuration as a voter or a learner.
+func (e *Engine) isMember() bool {
+	if e.rep == nil || !e.admitted.Load() {
+		return false
+	}
+	st := e.rep.Node().RecentStatus()
+	_, voter := st.Config.Voters[0][e.cfg.ID]
+	_, outgoing := st.Config.Voters[1][e.cfg.ID]
+	_, learner := st.Config.Learners[e.cfg.ID]
+	return voter || outgoing || learner
+}
+
+// notMemberError is Serving's answer on a node that is not (yet) a member
+// of the cluster: it holds no data of the cluster's, so it serves none.
+type notMemberError struct{ why string }
+
+func (e notMemberError) Error() string {
+	msg := "this node is not a member of the cluster (yet): it serves no data until the leader has added it"
+	if e.why != "" {
+		msg += "; " + e.why
+	}
+	return msg
+}
+func (notMemberError) Unwrap() error { return replication.ErrUnavailable }
+
 // Serving is nil while this node may answer clients (see
-// replication.Replicator).
+// replication.Replicator): it is a member of the cluster, and was not
+// removed from it.
 func (e *Engine) Serving() error {
 	if e.removed.Load() {
 		return errRemoved
+	}
+	if !e.isMember() {
+		var why string
+		if p := e.joinTrouble.Load(); p != nil {
+			why = *p
+		}
+		return notMemberError{why: why}
 	}
 	return nil
 }
 
 // Ready says why this node cannot serve writes now ("" when it can).
 func (e *Engine) Ready() string {
-	if e.removed.Load() {
-		return errRemoved.Error()
+	if err := e.Serving(); err != nil {
+		return err.Error()
 	}
 	lead, self := e.rep.Node().Leader()
 	if lead == 0 {

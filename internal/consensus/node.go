@@ -16,7 +16,6 @@ import (
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
-	"go.etcd.io/raft/v3/tracker"
 
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -129,6 +128,10 @@ type Node struct {
 	// changes: proposals on their way to the old one are sent again.
 	leadChange atomic.Pointer[chan struct{}]
 	receiving  sync.Map // path of a received snapshot -> *snapshotFile
+	// rejoining is the log's record of the nodes taken out of the
+	// configuration to be added again (see Rejoining); written by the run
+	// goroutine as it applies configuration changes.
+	rejoining atomic.Pointer[Rejoining]
 
 	mu          sync.Mutex
 	waiting     map[uint64]*proposer   // proposal id -> its proposer
@@ -150,6 +153,9 @@ type Entry struct {
 	Index, Term uint64
 	Data        []byte
 	Conf        []byte
+	// Rejoining: the new record of nodes being added again (encoded),
+	// when this configuration change altered it.
+	Rejoining []byte
 }
 
 // Applied is what a proposer learns once its proposal is applied.
@@ -226,6 +232,11 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		props: make(chan proposal, 4096), ops: make(chan func(), 256), inbox: make(chan pb.Message, 4096),
 		stopc: make(chan struct{}), done: make(chan struct{})}
 	n.applied.Store(cfg.Applied)
+	rj, err := decodeRejoining(storage.rejoining)
+	if err != nil {
+		return nil, err
+	}
+	n.rejoining.Store(&rj)
 	lc := make(chan struct{})
 	n.leadChange.Store(&lc)
 	hard, _, _ := storage.InitialState()
@@ -804,7 +815,15 @@ func (n *Node) holdBatch(batch []pb.Entry, since time.Time) bool {
 func (n *Node) handle(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		n.changed = true
-		n.leading = rd.SoftState.RaftState == raft.StateLeader
+		leading := rd.SoftState.RaftState == raft.StateLeader
+		if leading != n.leading {
+			if leading {
+				n.cfg.Log.Info("this node leads now", "term", n.rn.BasicStatus().Term)
+			} else {
+				n.cfg.Log.Info("this node no longer leads", "term", n.rn.BasicStatus().Term, "leader", int(rd.SoftState.Lead)-1)
+			}
+		}
+		n.leading = leading
 		if old := n.softLead.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead {
 			lc := make(chan struct{})
 			close(*n.leadChange.Swap(&lc))
@@ -1002,6 +1021,15 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 		return err
 	}
 	n.storage.installed(snap.Metadata, hard)
+	rs, err := n.storage.st.LoadRaftState(context.Background())
+	if err != nil {
+		return err
+	}
+	rj, err := decodeRejoining(rs.Rejoining)
+	if err != nil {
+		return err
+	}
+	n.rejoining.Store(&rj)
 	n.applied.Store(snap.Metadata.Index)
 	n.installed.Add(1)
 	n.cfg.Log.Info("installed a snapshot of the leader's database", "index", snap.Metadata.Index)
@@ -1192,13 +1220,9 @@ func (n *Node) leadPreferred() {
 		n.caughtUp = 0
 		return
 	}
-	pr, ok := st.Progress[p]
 	// (RecentActive is not asked: the leader clears it every election
 	// timeout, whatever the follower does.)
-	// Caught up: in replicate state, and behind the commit index by no
-	// more than the entries in flight under load (an exact Match ==
-	// Commit is rarely seen at a tick while writes stream).
-	if !ok || pr.IsLearner || pr.Match+caughtUpLag < st.Commit || pr.State != tracker.StateReplicate {
+	if !caughtUp(st, p) || st.Progress[p].IsLearner {
 		n.caughtUp = 0
 		return
 	}
@@ -1222,7 +1246,7 @@ func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error)
 			continue // applied before a restart
 		}
 		var id uint64
-		var data, conf []byte
+		var data, conf, rejoin []byte
 		switch e.Type {
 		case pb.EntryConfChange:
 			var cc pb.ConfChange
@@ -1231,6 +1255,10 @@ func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error)
 			}
 			if conf, err = n.confChange(cc); err != nil {
 				return nil, nil, err
+			}
+			if rj, changed := n.Rejoining().after(cc); changed {
+				n.rejoining.Store(&rj)
+				rejoin = rj.encode()
 			}
 			n.confApplied(cc)
 		case pb.EntryConfChangeV2:
@@ -1246,7 +1274,7 @@ func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error)
 				id, data = pid, e.Data[8:]
 			}
 		}
-		run = append(run, Entry{Index: e.Index, Term: e.Term, Data: data, Conf: conf})
+		run = append(run, Entry{Index: e.Index, Term: e.Term, Data: data, Conf: conf, Rejoining: rejoin})
 		ids = append(ids, id)
 	}
 	return run, ids, nil

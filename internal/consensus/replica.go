@@ -245,7 +245,7 @@ func (r *Replica) apply(ents []Entry) []any {
 func (r *Replica) applySaving(save store.RaftSave, ents []Entry) ([]any, error) {
 	log := make([]rlog.Entry, len(ents))
 	for i, e := range ents {
-		log[i] = rlog.Entry{Index: e.Index, Term: e.Term, Conf: e.Conf}
+		log[i] = rlog.Entry{Index: e.Index, Term: e.Term, Conf: e.Conf, Rejoining: e.Rejoining}
 		if len(e.Data) >= 16 {
 			log[i].TimeMs = int64(binary.BigEndian.Uint64(e.Data))
 			log[i].Seed = int64(binary.BigEndian.Uint64(e.Data[8:]))

@@ -51,7 +51,13 @@ type WireError struct {
 	Kind    string `json:"kind"`
 	Message string `json:"message"`
 	Index   uint64 `json:"index,omitempty"`
+	// Have: wait_timeout, the index the node had applied.
+	Have uint64 `json:"have,omitempty"`
 }
+
+// ErrPeerAuth: another node refused this node's signed request: the two
+// do not share the cluster secret.
+var ErrPeerAuth = errors.New("wrong cluster secret")
 
 // JoinRefusedError: the leader will not take this node (its id is held
 // by a live node, or the request is invalid). Retrying cannot help.
@@ -140,9 +146,21 @@ func ToWireError(err error) *WireError {
 		se *store.SQLError
 		pe *store.ParamError
 		tl *store.ResultTooLargeError
+		sb *store.StepBudgetError
+		ri *store.RequestIDReusedError
 		at *AckTimeoutError
+		wt *WaitTimeoutError
+		uo *UnknownOutcomeError
 	)
 	switch {
+	case errors.As(err, &sb):
+		return &WireError{Kind: "step_budget", Index: uint64(sb.Steps)}
+	case errors.As(err, &ri):
+		return &WireError{Kind: "request_id_reused", Message: ri.ID, Index: ri.Index}
+	case errors.As(err, &wt):
+		return &WireError{Kind: "wait_timeout", Message: wt.After.String(), Index: wt.Want, Have: wt.Have}
+	case errors.As(err, &uo):
+		return &WireError{Kind: "unknown_outcome", Message: uo.Reason}
 	case errors.As(err, &fe):
 		return &WireError{Kind: "forbidden", Message: fe.Reason}
 	case errors.As(err, &sd):
@@ -182,6 +200,17 @@ func FromWireError(w *WireError, ackTimeout time.Duration) error {
 		return &AckTimeoutError{Index: w.Index, Level: w.Message, After: ackTimeout}
 	case "unavailable":
 		return &UnavailableError{Reason: w.Message}
+	case "step_budget":
+		return &store.StepBudgetError{Steps: int64(w.Index)}
+	case "request_id_reused":
+		return &store.RequestIDReusedError{ID: w.Message, Index: w.Index}
+	case "wait_timeout":
+		after, _ := time.ParseDuration(w.Message)
+		return &WaitTimeoutError{Want: w.Index, Have: w.Have, After: after}
+	case "unknown_outcome":
+		return &UnknownOutcomeError{Reason: w.Message}
 	}
-	return errors.New(w.Message)
+	// A kind this node does not know (a newer node's): its message, kept
+	// whole, answered as an internal error.
+	return fmt.Errorf("the leader answered an error of kind %q: %s", w.Kind, w.Message)
 }

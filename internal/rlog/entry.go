@@ -29,6 +29,9 @@ type Entry struct {
 	// exactly where in the log it stands.
 	Term uint64 `json:"-"`
 	Conf []byte `json:"-"`
+	// Rejoining, when set, is the consensus package's new record of the
+	// nodes being added again after a lost disk, recorded like Conf.
+	Rejoining []byte `json:"-"`
 }
 
 // Statement is one SQL string (it may hold several statements) and its

@@ -239,5 +239,13 @@ func (s *Store) recordLogPosition(entries []rlog.Entry) (term uint64, err error)
 			break
 		}
 	}
+	for i := len(entries) - 1; i >= 0; i-- {
+		if entries[i].Rejoining != nil {
+			if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('rejoining', ?)", entries[i].Rejoining); err != nil {
+				return 0, fmt.Errorf("record rejoining nodes: %w", err)
+			}
+			break
+		}
+	}
 	return term, nil
 }

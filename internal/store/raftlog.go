@@ -30,6 +30,10 @@ type RaftEntry struct {
 type RaftState struct {
 	HardState, ConfState []byte
 	SnapIndex, SnapTerm  uint64
+	// Rejoining is the consensus package's record of the nodes taken out
+	// of the configuration to be added again (replicated: every node
+	// writes it with the configuration change that alters it).
+	Rejoining []byte
 }
 
 // ErrRaftCompacted: the entry asked for precedes the log's first entry.
@@ -54,6 +58,8 @@ func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 			st.HardState, _ = row[1].([]byte)
 		case "conf_state":
 			st.ConfState, _ = row[1].([]byte)
+		case "rejoining":
+			st.Rejoining, _ = row[1].([]byte)
 		case "snap_index":
 			v, _ := row[1].(int64)
 			st.SnapIndex = uint64(v)

@@ -1,0 +1,252 @@
+package consensus
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/ddbgo/ddb/internal/faults"
+)
+
+// A node whose disk was wiped comes back with an empty log under its old
+// Raft id. The leader still counts what that id acknowledged before, so it
+// takes the node out of the configuration (the only way Raft forgets a
+// node's progress) and adds it again. Adding it again must not depend on
+// the leader that began it: leadership can move between the two halves.
+// So the removal carries a mark (rejoinMark and a RejoinNote as its
+// context), and every node, applying the log, keeps the record of marked
+// nodes not yet back (Rejoining, written with the configuration in the
+// database and in every snapshot). Whichever node leads finishes the job:
+// it adds each recorded node as a learner (it holds no log yet, so it must
+// not vote), and promotes a voter once it has caught up. A removal by
+// hand carries no mark and cancels the record: it stays final.
+
+// rejoinMark starts the context of a removal that is the first half of
+// adding a node again.
+const rejoinMark = "ddb-rejoin:"
+
+// RejoinNote is what the log records of a node being added again: where
+// it is, and whether it voted.
+type RejoinNote struct {
+	URL   string `json:"url"`
+	Voter bool   `json:"voter"`
+}
+
+// Rejoining is the log's record of the nodes being added again, by Raft
+// id. Its values are never modified: a change makes a new map.
+type Rejoining map[uint64]RejoinNote
+
+func decodeRejoining(b []byte) (Rejoining, error) {
+	r := Rejoining{}
+	if len(b) == 0 {
+		return r, nil
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("read the record of rejoining nodes: %w", err)
+	}
+	return r, nil
+}
+
+// encode is the record as stored (JSON, keys in order: the same bytes on
+// every node).
+func (r Rejoining) encode() []byte {
+	b, _ := json.Marshal(r)
+	return b
+}
+
+// rejoinContext is the context of a marked removal.
+func rejoinContext(n RejoinNote) []byte {
+	b, _ := json.Marshal(n)
+	return append([]byte(rejoinMark), b...)
+}
+
+// rejoinNoteOf reads the mark of a removal (ok false: unmarked).
+func rejoinNoteOf(cc pb.ConfChange) (n RejoinNote, ok bool) {
+	ctx, found := strings.CutPrefix(string(cc.Context), rejoinMark)
+	if !found || cc.Type != pb.ConfChangeRemoveNode {
+		return n, false
+	}
+	return n, json.Unmarshal([]byte(ctx), &n) == nil
+}
+
+// after is the record once cc is applied, and whether cc changed it: a
+// marked removal records the node; adding it back as what it was (a
+// voter, or a learner that was one) ends the record, and so does a
+// removal by hand.
+func (r Rejoining) after(cc pb.ConfChange) (Rejoining, bool) {
+	if note, marked := rejoinNoteOf(cc); marked {
+		out := maps.Clone(r)
+		out[cc.NodeID] = note
+		return out, true
+	}
+	note, had := r[cc.NodeID]
+	if !had || cc.Type == pb.ConfChangeAddLearnerNode && note.Voter {
+		return r, false // (a voter added back as a learner waits for its promotion)
+	}
+	out := maps.Clone(r)
+	delete(out, cc.NodeID)
+	return out, true
+}
+
+// Rejoining is the log's record of the nodes being added again, as this
+// node has applied it. Callers must not modify it.
+func (n *Node) Rejoining() Rejoining { return *n.rejoining.Load() }
+
+// rejoinEvery is how often a leader looks for nodes to add back, and every
+// node for named voters missing from the configuration.
+const rejoinEvery = 500 * time.Millisecond
+
+// missingAfter is how long a voter the command line names may be missing
+// from the configuration (a few election timeouts) before it is reported.
+const missingAfter = 3 * electionWindow
+
+// watchMembers finishes, on whichever node leads, the re-addition of the
+// nodes the log records as rejoining, and reports on every node the named
+// voters that are missing from the configuration.
+func (e *Engine) watchMembers() {
+	defer e.wg.Done()
+	t := time.NewTicker(rejoinEvery)
+	defer t.Stop()
+	since := map[uint64]time.Time{} // named voter -> first seen missing
+	for {
+		select {
+		case <-t.C:
+		case <-e.stop:
+			return
+		}
+		e.noteMissingVoters(since, time.Now())
+		if _, self := e.rep.Node().Leader(); self && !e.bug("rejoin-once") {
+			e.finishRejoins()
+		}
+	}
+}
+
+// finishRejoins, on the leader, takes each rejoining node one step
+// further: a node out of the configuration is added as a learner; a
+// learner that was a voter is promoted once it holds the log.
+func (e *Engine) finishRejoins() {
+	node := e.rep.Node()
+	rj := node.Rejoining()
+	for _, id := range slices.Sorted(maps.Keys(rj)) {
+		note := rj[id]
+		st := node.RecentStatus()
+		_, voter := st.Config.Voters.IDs()[id]
+		_, learner := st.Config.Learners[id]
+		var cc pb.ConfChange
+		switch {
+		case !voter && !learner:
+			cc = pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: id, Context: []byte(cmp.Or(e.tr.Peer(id), note.URL))}
+			e.cfg.Log.Info("adding a node back after it lost its data: as a learner until it holds the log", "peer", int(id)-1, "url", string(cc.Context))
+		case learner && note.Voter && caughtUp(st, id):
+			cc = pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: id}
+			e.cfg.Log.Info("a node added back after it lost its data holds the log: it votes again", "peer", int(id)-1)
+		default:
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
+		err := node.ChangeMembership(ctx, cc)
+		cancel()
+		if err != nil {
+			e.cfg.Log.Warn("adding a node back did not finish; the leader tries again", "peer", int(id)-1, "err", err)
+			return
+		}
+		e.moveLeadershipForTest(id)
+	}
+}
+
+// caughtUp says whether, in a leader's status, node id holds the log: in
+// replicate state, and behind the commit index by no more than the entries
+// in flight under load (an exact Match == Commit is rarely seen while
+// writes stream).
+func caughtUp(st raft.Status, id uint64) bool {
+	pr, ok := st.Progress[id]
+	return ok && pr.State == tracker.StateReplicate && pr.Match+caughtUpLag >= st.Commit
+}
+
+// noteMissingVoters reports the voters the command line names that have
+// been missing from the configuration for missingAfter (since: when each
+// was first seen missing).
+func (e *Engine) noteMissingVoters(since map[uint64]time.Time, now time.Time) {
+	st := e.rep.Node().RecentStatus()
+	voters := st.Config.Voters.IDs()
+	if len(voters) == 0 {
+		return // the configuration is not known here yet
+	}
+	var missing []int
+	for _, id := range e.cfg.Voters {
+		if _, ok := voters[id]; ok {
+			if _, was := since[id]; was {
+				delete(since, id)
+				e.cfg.Log.Info("a named voter is back in the configuration", "peer", int(id)-1)
+			}
+			continue
+		}
+		first, was := since[id]
+		if !was {
+			since[id] = now
+			continue
+		}
+		if now.Sub(first) < missingAfter {
+			continue
+		}
+		missing = append(missing, int(id)-1)
+	}
+	old := e.missing.Swap(&missing)
+	for _, id := range missing {
+		if old == nil || !slices.Contains(*old, id) {
+			e.cfg.Log.Warn("a voter the command line names is missing from the configuration (removed by hand, or not yet added back after it lost its data): the cluster tolerates fewer failures than its command line says; GET /status lists it under missing_voters", "peer", id, "missing_for", now.Sub(since[NodeID(id)]).Round(time.Second).String())
+		}
+	}
+}
+
+// MissingVoters are the command-line ids of the voters the command line
+// names that have been missing from the configuration for a while.
+func (e *Engine) MissingVoters() []int {
+	if m := e.missing.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+// bug reports whether the deliberate defect or forced schedule name is
+// switched on (a comma-separated list; fault builds only).
+func (e *Engine) bug(name string) bool {
+	// (Small enough to be inlined: in a release build, where Enabled is a
+	// false constant, the compiler drops the call and the names with it.)
+	return faults.Enabled && e.listsBug(name)
+}
+
+func (e *Engine) listsBug(name string) bool {
+	return slices.Contains(strings.Split(e.cfg.InjectBug, ","), name)
+}
+
+// moveLeadershipForTest, in the fault build with the schedule
+// "transfer-mid-rejoin", hands leadership from this leader to another
+// voter right after a step of adding node id back, so that a test sees
+// every step finished by another leader.
+func (e *Engine) moveLeadershipForTest(id uint64) {
+	if !e.bug("transfer-mid-rejoin") {
+		return
+	}
+	st := e.rep.Node().RecentStatus()
+	for v := range st.Config.Voters.IDs() {
+		if v != e.cfg.ID && v != id && caughtUp(st, v) {
+			e.cfg.Log.Warn("forced schedule: leadership moves in the middle of adding a node back", "peer", int(id)-1, "to", int(v)-1)
+			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
+			defer cancel()
+			if err := e.TransferLeadership(ctx, v); err != nil {
+				e.cfg.Log.Warn("forced schedule: leadership did not move", "err", err)
+			}
+			return
+		}
+	}
+}
