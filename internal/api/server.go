@@ -266,11 +266,17 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 		defer cancel()
 		results, err := s.st.Read(qctx, req.Stmts, lim)
 		var nr *store.NotReadError
+		var se *store.SQLError
 		switch {
 		case errors.As(err, &nr):
 			if !s.permitted(req, CommandExec) {
 				return fail(&permissionError{perm: PermExecute, anonymous: req.anonymous})
 			}
+			return s.write(ctx, req, true, fail)
+		case errors.As(err, &se) && se.Compile && !s.isLeader() && s.permitted(req, CommandExec):
+			// It cannot be compiled against this node's schema, which may
+			// lag the leader's (a write right after the CREATE of its
+			// table): the leader decides, as for exec.
 			return s.write(ctx, req, true, fail)
 		case err != nil:
 			return fail(s.deadline(qctx, err))

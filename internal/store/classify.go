@@ -266,7 +266,7 @@ func (a *authState) prepareError(sql string, err error) error {
 	if db := databaseCommand(sql); db != "" {
 		return &SQLError{Err: errors.New(db)}
 	}
-	return &SQLError{Err: err}
+	return &SQLError{Err: err, Compile: true}
 }
 
 // databaseCommand explains CREATE/DROP DATABASE, which SQLite rejects as a
@@ -303,8 +303,13 @@ func stripComments(s string) string {
 }
 
 // SQLError is an error SQLite reported for a client's statement (syntax,
-// constraint, missing table...).
-type SQLError struct{ Err error }
+// constraint, missing table...). Compile: SQLite could not compile the
+// statement against this node's schema (it may name a table a newer
+// schema has: the leader's may differ).
+type SQLError struct {
+	Err     error
+	Compile bool
+}
 
 func (e *SQLError) Error() string { return e.Err.Error() }
 func (e *SQLError) Unwrap() error { return e.Err }
