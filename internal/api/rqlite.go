@@ -430,7 +430,11 @@ func (s *Server) rqRead(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		return nil, err
 	}
 	resp := &rqResponse{index: s.st.Applied(), raftIndex: flags.raftIndex}
-	lim := s.limits()
+	// The result limits hold for the request, all its statements together,
+	// as on the original protocol.
+	all := s.limits()
+	lim := all
+	var rows, bytes int
 	for _, st := range stmts {
 		one := []rlog.Statement{st}
 		kind, err := s.st.Classify(ctx, one)
@@ -446,11 +450,17 @@ func (s *Server) rqRead(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			if ctx.Err() != nil {
 				return nil, s.deadline(ctx, err)
 			}
-			if errors.Is(err, store.ErrClosed) {
-				return nil, err
+			var tl *store.ResultTooLargeError
+			if errors.Is(err, store.ErrClosed) || errors.As(err, &tl) {
+				return nil, err // (over the request's limits: refused whole, 400)
 			}
 			resp.results = append(resp.results, rqResult{err: rqStatementError(err)})
 			continue
+		}
+		r, b := store.Spent(res)
+		rows, bytes = rows+r, bytes+b
+		if lim, err = all.Less(rows, bytes); err != nil {
+			return nil, err
 		}
 		for _, r := range res {
 			resp.results = append(resp.results, rqResultOf(r, true))

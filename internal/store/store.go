@@ -823,6 +823,38 @@ func step(ctx context.Context, cn *conn, stmt *sqlite.Stmt, collect bool, b *bud
 	return res, nil
 }
 
+// Spent is what results count against a request's result limits: their
+// rows, and the bytes of their values (as the limits count them).
+func Spent(results []Result) (rows, bytes int) {
+	for _, r := range results {
+		rows += len(r.Rows)
+		for _, row := range r.Rows {
+			bytes += rowSize(row)
+		}
+	}
+	return rows, bytes
+}
+
+// Less is what is left of l once rows and bytes are spent (a limit of 0
+// stays unlimited), and an error once either is over its limit. What is
+// left is never below 1, so that the next statement stops at its first
+// row past the limit.
+func (l Limits) Less(rows, bytes int) (Limits, error) {
+	if l.MaxRows > 0 {
+		if rows > l.MaxRows {
+			return l, &ResultTooLargeError{What: fmt.Sprintf("more than %d rows (limit) in all the request's statements together; add LIMIT or narrow the queries", l.MaxRows)}
+		}
+		l.MaxRows = max(l.MaxRows-rows, 1)
+	}
+	if l.MaxBytes > 0 {
+		if bytes > l.MaxBytes {
+			return l, &ResultTooLargeError{What: fmt.Sprintf("more than %d bytes of values (limit) in all the request's statements together; select fewer rows or columns", l.MaxBytes)}
+		}
+		l.MaxBytes = max(l.MaxBytes-bytes, 1)
+	}
+	return l, nil
+}
+
 func rowSize(row []any) int {
 	n := 0
 	for _, v := range row {
