@@ -208,6 +208,12 @@ func CPUTime(pid int) time.Duration {
 	if err != nil {
 		return 0
 	}
+	return cpuTimeOfStat(b)
+}
+
+// cpuTimeOfStat is the CPU time (user and system) a /proc/PID/stat line
+// reports (0 if it cannot be read).
+func cpuTimeOfStat(b []byte) time.Duration {
 	// The command name (field 2) may hold spaces; the fields after it
 	// start past its closing parenthesis.
 	i := strings.LastIndexByte(string(b), ')')
