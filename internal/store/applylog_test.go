@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"testing"
@@ -182,5 +183,32 @@ func TestRaftEntriesAreNeverSavedUnsynced(t *testing.T) {
 	}
 	if err := s.SaveRaft(RaftSave{HardState: []byte("hs"), Lazy: true}); err != nil {
 		t.Fatalf("a hard state alone: %v", err)
+	}
+}
+
+// The record of nodes being added back (written with a configuration
+// change) is the data's place in the log, like the configuration: a
+// snapshot copy carries it, and a node that installs the copy reads it.
+func TestSnapshotCarriesTheRecordOfRejoiningNodes(t *testing.T) {
+	leader := openTemp(t, "l.db")
+	record := []byte(`{"3":{"url":"http://h:8082","voter":true}}`)
+	if _, err := leader.ApplyLog([]rlog.Entry{{Index: 1, Term: 2, Conf: []byte{1}, Rejoining: record}}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := leader.LoadRaftState(context.Background())
+	if err != nil || string(rs.Rejoining) != string(record) {
+		t.Fatalf("after apply: %q %v", rs.Rejoining, err)
+	}
+	path, _, err := leader.Snapshot(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := openTemp(t, "f.db")
+	if err := follower.InstallRaftSnapshot(path, 1, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	rs, err = follower.LoadRaftState(context.Background())
+	if err != nil || string(rs.Rejoining) != string(record) {
+		t.Fatalf("after install: %q %v", rs.Rejoining, err)
 	}
 }

@@ -348,7 +348,7 @@ func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
 	if from != 0 {
 		// Where the data stands in the log (the applied entry's term and
 		// the configuration) stays: it is the data's, not the node's.
-		stmts = append([]stmt{{"DELETE FROM _ddb_raft_log", nil}, {"DELETE FROM _ddb_raft_state WHERE key NOT IN ('applied_term', 'conf_state')", nil}}, stmts...)
+		stmts = append([]stmt{{"DELETE FROM _ddb_raft_log", nil}, {"DELETE FROM _ddb_raft_state WHERE key NOT IN ('applied_term', 'conf_state', 'rejoining')", nil}}, stmts...)
 	}
 	return from, s.execInTx(fmt.Sprintf("claim the database for node %d", id), stmts...)
 }

@@ -47,7 +47,7 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 	// without an INTEGER PRIMARY KEY, and the copy must be row for row.
 	// Nor the consensus log and this node's own Raft state (its term and
 	// vote): only where the copy stands in the log stays (see RaftPosition).
-	if err := dst.ExecScript("DELETE FROM _ddb_log; DELETE FROM _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term')"); err != nil {
+	if err := dst.ExecScript("DELETE FROM _ddb_log; DELETE FROM _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term', 'rejoining')"); err != nil {
 		return "", 0, fmt.Errorf("compact snapshot: %w", err)
 	}
 	index, err = appliedOf(dst)
