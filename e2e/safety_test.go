@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +88,73 @@ func TestWriteSentAsQueryRightAfterASchemaChangeIsRoutedLikeExec(t *testing.T) {
 	r, _ := c.Do(1, map[string]any{"command": "query", "query": "SELECT * FROM nowhere"})
 	if r.Status != 400 || !strings.Contains(string(r.Body), "no such table") {
 		t.Fatalf("a read of a missing table on a follower: %v", r)
+	}
+}
+
+// terms is every node's Raft term and the leader it knows.
+func terms(t *testing.T, c *testcluster.Cluster, ids ...int) (out []string) {
+	t.Helper()
+	for _, id := range ids {
+		st, err := c.Status(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _ := st["raft"].(map[string]any)
+		out = append(out, fmt.Sprintf("node %d: term %v, leader %v", id, r["term"], r["leader_id"]))
+	}
+	return out
+}
+
+// Raft's loop never waits for SQL: a write that runs to its full step
+// budget, and one whose time goes into a single SQLite instruction (a
+// long instr(), which no budget counts), are applied on every node for
+// seconds, and no node loses its leader or changes its term meanwhile.
+// Writes sent meanwhile wait for them and succeed; local reads answer.
+// The long instr() write is stored and answered so (before, the cluster
+// lost its leader, and the write answered 504 "stopped" although stored).
+func TestALongWriteCostsTheClusterNoElection(t *testing.T) {
+	c := testcluster.Start(t, 2, "-query-timeout", "2s", "-ack-timeout", "60s")
+	c.Exec(0, "CREATE TABLE lw (x)")
+	c.WaitConverged(10*time.Second, 1, 2)
+	all := []int{0, 1, 2}
+	before := terms(t, c, all...)
+	for round, w := range []struct {
+		sql    string
+		status int
+	}{
+		{"INSERT INTO lw WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM n) SELECT x FROM n", 400},
+		{"INSERT INTO lw VALUES (instr(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b'))", 200},
+	} {
+		long := make(chan testcluster.Response, 1)
+		go func() {
+			r, err := c.Do(1, map[string]any{"command": "exec", "query": w.sql, "request_id": fmt.Sprintf("long-%d", round)})
+			if err != nil {
+				t.Error(err)
+			}
+			long <- r
+		}()
+		// Writes and reads sent while it runs.
+		for i := 0; i < 6; i++ {
+			via := all[i%3]
+			r, err := c.Do(via, map[string]any{"command": "exec", "query": "INSERT INTO lw VALUES (?)", "params": []any{i}, "request_id": fmt.Sprintf("during-%d-%d", round, i)})
+			if err != nil || r.Status != 200 {
+				t.Fatalf("a write through node %d during a long one: %v %v", via, r, err)
+			}
+			if r, err := c.Do(via, map[string]any{"command": "query", "query": "SELECT count(*) FROM lw"}); err != nil || r.Status != 200 {
+				t.Fatalf("a local read on node %d during a long write: %v %v", via, r, err)
+			}
+		}
+		if r := <-long; r.Status != w.status {
+			t.Fatalf("the long write answered %v, want %d", r, w.status)
+		}
+		if after := terms(t, c, all...); !slices.Equal(after, before) {
+			t.Fatalf("a long write changed the terms or leaders: before %v, after %v", before, after)
+		}
+	}
+	c.WaitConverged(30*time.Second, 1, 2)
+	for _, id := range all {
+		if rows := c.Query(id, "SELECT count(*) AS n, sum(x = 0) AS zero FROM lw"); rows[0]["n"] != float64(13) {
+			t.Fatalf("node %d holds %v", id, rows)
+		}
 	}
 }

@@ -42,8 +42,7 @@ const (
 func EncodeMessages(leaderApplied uint64, msgs []pb.Message) ([]byte, error) {
 	var b []byte
 	if leaderApplied > 0 && len(msgs) > 0 {
-		report := pb.Message{Type: pb.MsgHup, From: msgs[0].From, To: msgs[0].To, Index: leaderApplied, Context: appliedMarker}
-		msgs = append([]pb.Message{report}, msgs...)
+		msgs = append([]pb.Message{appliedReport(msgs[0].From, msgs[0].To, leaderApplied)}, msgs...)
 	}
 	for _, m := range msgs {
 		data, err := m.Marshal()
@@ -58,25 +57,34 @@ func EncodeMessages(leaderApplied uint64, msgs []pb.Message) ([]byte, error) {
 
 var appliedMarker = []byte("ddb:leader-applied")
 
-// DecodeMessages reverses EncodeMessages.
-func DecodeMessages(b []byte) (leaderApplied uint64, msgs []pb.Message, err error) {
+// DecodeMessages reverses EncodeMessages: the messages, and the highest
+// applied index a leader reported in them, with the reporting node.
+func DecodeMessages(b []byte) (report Report, msgs []pb.Message, err error) {
 	for len(b) > 0 {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
-			return 0, nil, errors.New("malformed raft message frame")
+			return report, nil, errors.New("malformed raft message frame")
 		}
 		var m pb.Message
 		if err := m.Unmarshal(b[k : k+int(n)]); err != nil {
-			return 0, nil, fmt.Errorf("decode raft message: %w", err)
+			return report, nil, fmt.Errorf("decode raft message: %w", err)
 		}
 		b = b[k+int(n):]
-		if m.Type == pb.MsgHup && bytes.Equal(m.Context, appliedMarker) {
-			leaderApplied = m.Index
+		if isAppliedReport(m) {
+			if m.Index > report.Applied {
+				report = Report{From: m.From, Applied: m.Index}
+			}
 			continue
 		}
 		msgs = append(msgs, m)
 	}
-	return leaderApplied, msgs, nil
+	return report, msgs, nil
+}
+
+// Report is a leader's report of the index it has applied (see
+// Node.WaitLeaderApplied); the zero Report reports nothing.
+type Report struct {
+	From, Applied uint64
 }
 
 // HTTPTransport sends Raft messages over HTTP, signed with the cluster
@@ -325,7 +333,7 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return
 		}
-		applied, msgs, err := DecodeMessages(body)
+		report, msgs, err := DecodeMessages(body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -335,7 +343,7 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
 			return
 		}
-		n.Receive(applied, msgs)
+		n.Receive(report, msgs)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

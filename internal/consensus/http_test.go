@@ -40,9 +40,9 @@ func TestMessagesSurviveTheirFraming(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gotApplied, got, err := DecodeMessages(b)
-		if err != nil || !reflect.DeepEqual(got, msgs) || gotApplied != applied {
-			t.Fatalf("applied %d: decoded %d %v, %v", applied, gotApplied, got, err)
+		report, got, err := DecodeMessages(b)
+		if err != nil || !reflect.DeepEqual(got, msgs) || report.Applied != applied || applied > 0 && report.From != 1 {
+			t.Fatalf("applied %d: decoded %+v %v, %v", applied, report, got, err)
 		}
 		if _, _, err := DecodeMessages(b[:len(b)-1]); err == nil {
 			t.Fatalf("applied %d: a truncated frame decoded", applied)

@@ -66,6 +66,10 @@ func (m *MemNetwork) Attach(id uint64, n *Node) {
 			if msg.leaderApplied > 0 {
 				n.NoteLeaderApplied(msg.m.From, msg.leaderApplied)
 			}
+			if isAppliedReport(msg.m) {
+				n.NoteLeaderApplied(msg.m.From, msg.m.Index)
+				continue
+			}
 			n.Step(context.Background(), msg.m)
 		}
 	}()

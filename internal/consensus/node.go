@@ -53,11 +53,13 @@ type Config struct {
 	// the entries in flight commit, or when the oldest has waited this
 	// long. A leader with nothing in flight proposes at once.
 	HoldProposals time.Duration
-	// Apply applies committed entries, in log order (one call per Ready,
-	// so a node can apply them in one transaction), and returns what each
-	// entry's proposer is answered. Entries that are not proposals come
-	// with nil data: they only move the applied index.
-	Apply func(entries []Entry) []any
+	// Apply applies committed entries, in log order, and returns what each
+	// entry's proposer is answered; an error stops the node (its database
+	// failed). It runs on the node's applier goroutine, never on Raft's
+	// loop: a long entry holds up no heartbeat, vote or append. Each call
+	// has the committed entries of one Ready. Entries that are not
+	// proposals come with nil data: they only move the applied index.
+	Apply func(entries []Entry) ([]any, error)
 	// Preferred is the node that should lead whenever it is up and caught
 	// up (the master); 0: no preference. The leader hands leadership to it
 	// once it has held the leader's whole log for PreferredAfter ticks in a
@@ -77,10 +79,6 @@ type Config struct {
 	// Installed is told when a snapshot from the leader replaced the
 	// database (may be nil).
 	Installed func(index uint64)
-	// ApplySaving, when set, is Apply that also makes save (the step's new
-	// entries and hard state) durable in the same transaction as the
-	// entries' changes. Without it, the node saves, then applies.
-	ApplySaving func(save store.RaftSave, entries []Entry) ([]any, error)
 	// Restamp, when set, rewrites in place the data of a proposal that
 	// reached this node from another node (the proposer's data, without
 	// the proposal id): the leader logs it with its own clock and seed.
@@ -140,6 +138,19 @@ type Node struct {
 	confWaiters []confWaiter
 
 	caughtUp int // ticks the preferred leader has held the whole log (run goroutine only)
+
+	// The applier: committed entries wait in applyq, in order, for the
+	// applier goroutine (applyLoop). handed is the last index handed to it
+	// (run goroutine only); applied is the last it applied.
+	amu         sync.Mutex
+	applyq      []applyBatch
+	applyWake   chan struct{}
+	applyStop   chan struct{}
+	applyDone   chan struct{}
+	applyFailed chan struct{} // closed when Apply failed (applyErr)
+	applyErr    error
+	appliedSig  atomic.Pointer[chan struct{}] // closed (and replaced) whenever applied moves
+	handed      uint64
 
 	stopc chan struct{}
 	done  chan struct{}
@@ -207,6 +218,9 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	if err != nil {
 		return nil, err
 	}
+	if storage, err = mendLog(ctx, st, storage, cfg.Applied); err != nil {
+		return nil, err
+	}
 	rc := &raft.Config{
 		ID:              cfg.ID,
 		ElectionTick:    cfg.ElectionTick,
@@ -230,8 +244,12 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	}
 	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]*proposer{}, reads: map[string]chan uint64{},
 		props: make(chan proposal, 4096), ops: make(chan func(), 256), inbox: make(chan pb.Message, 4096),
-		stopc: make(chan struct{}), done: make(chan struct{})}
+		stopc: make(chan struct{}), done: make(chan struct{}),
+		applyWake: make(chan struct{}, 1), applyStop: make(chan struct{}), applyDone: make(chan struct{}), applyFailed: make(chan struct{})}
 	n.applied.Store(cfg.Applied)
+	n.handed = cfg.Applied
+	sig := make(chan struct{})
+	n.appliedSig.Store(&sig)
 	rj, err := decodeRejoining(storage.rejoining)
 	if err != nil {
 		return nil, err
@@ -264,6 +282,7 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		}
 	} // else restarting, or joining: the leader adds it
 	n.publishStatus(true)
+	go n.applyLoop()
 	go n.run()
 	return n, nil
 }
@@ -622,10 +641,10 @@ func (n *Node) ReportedApplied() uint64 {
 }
 
 // Receive takes a batch of messages from another node, with the applied
-// index its sender reported (0: none).
-func (n *Node) Receive(leaderApplied uint64, msgs []pb.Message) {
-	if leaderApplied > 0 && len(msgs) > 0 {
-		n.NoteLeaderApplied(msgs[0].From, leaderApplied)
+// index it reported if it leads.
+func (n *Node) Receive(report Report, msgs []pb.Message) {
+	if report.Applied > 0 {
+		n.NoteLeaderApplied(report.From, report.Applied)
 	}
 	for _, m := range msgs {
 		n.Deliver(m)
@@ -703,6 +722,10 @@ const maxStepInputs = 8192
 
 func (n *Node) run() {
 	defer close(n.done)
+	defer func() {
+		close(n.applyStop)
+		<-n.applyDone
+	}()
 	var batch []pb.Entry
 	var ids []uint64
 	var batchSince time.Time // when the oldest proposal in batch was taken
@@ -738,6 +761,10 @@ func (n *Node) run() {
 				take(p)
 			case f := <-n.ops:
 				f()
+			case <-n.applyFailed:
+				n.cfg.Log.Error("raft node stops", "err", n.applyErr)
+				n.err = n.applyErr
+				return
 			case <-n.stopc:
 				return
 			}
@@ -810,8 +837,9 @@ func (n *Node) holdBatch(batch []pb.Entry, since time.Time) bool {
 // handle processes one Ready in the order Raft requires: no vote or
 // acknowledgement goes out before what it vouches for is durable; the
 // leader's appends go out before it writes its own copy (Raft thesis
-// 10.2.1), since they vouch for nothing on its disk; committed entries are
-// applied once durable (see DESIGN.md).
+// 10.2.1), since they vouch for nothing on its disk. Committed entries go
+// to the applier, which applies them in order while the loop goes on: it
+// never waits for SQL, except to install a snapshot (see DESIGN.md).
 func (n *Node) handle(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		n.changed = true
@@ -830,31 +858,24 @@ func (n *Node) handle(rd raft.Ready) error {
 		}
 		n.softState.Store(uint32(rd.SoftState.RaftState))
 	}
-	// The leader's appends go out while it writes its own copy (Raft
-	// thesis 10.2.1): the disks of the leader and the followers work at
-	// the same time. A leader's messages never vouch for its own disk (it
-	// sends no votes or acknowledgements). When the step also applies
-	// committed entries, the leader applies them first (without an
-	// fsync; they are on its disk already), so that no follower learns an
-	// entry is committed before the leader has applied it: a write a
-	// follower answers is applied on the leader too.
-	sendLate := n.leading && len(rd.CommittedEntries) > 0
-	if n.leading && !sendLate {
+	if n.leading {
+		// A leader's messages never vouch for its own disk (it sends no
+		// votes or acknowledgements): they go while it writes.
 		n.tr.Send(rd.Messages)
-	}
-	if !n.leading {
+	} else {
 		// A follower's proposals and read requests on their way to the
 		// leader vouch for nothing: they go at once.
 		rd.Messages = n.sendRequests(rd.Messages)
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
+		// The snapshot replaces the database: what was handed to the
+		// applier before it goes first.
+		if err := n.drainApplier(); err != nil {
+			return err
+		}
 		if err := n.install(rd.Snapshot, rd.HardState); err != nil {
 			return fmt.Errorf("install snapshot at index %d: %w", rd.Snapshot.Metadata.Index, err)
 		}
-	}
-	run, ids, err := n.committed(rd.CommittedEntries)
-	if err != nil {
-		return err
 	}
 	save, err := n.storage.encode(rd.Entries, rd.HardState)
 	if err != nil {
@@ -862,76 +883,25 @@ func (n *Node) handle(rd raft.Ready) error {
 	}
 	// A step that writes no entry and changes neither term nor vote (only
 	// the commit index moved) need not reach the disk before anything
-	// else happens: its hard state is written without an fsync, in the
-	// transaction that applies the entries if there are any.
+	// else happens: its hard state is written without an fsync.
 	save.Lazy = !rd.MustSync
-	var results []any
-	apply := func(save store.RaftSave) (err error) {
-		if n.cfg.ApplySaving != nil {
-			results, err = n.cfg.ApplySaving(save, run)
-		} else {
-			results = n.cfg.Apply(run)
-		}
-		if err != nil {
-			return fmt.Errorf("apply: %w", err)
-		}
-		n.applied.Store(run[len(run)-1].Index) // before the leader's messages report it
-		if sendLate {
-			sendLate = false
-			n.tr.Send(rd.Messages)
-		}
-		return nil
+	if err := n.storage.st.SaveRaft(save); err != nil {
+		return fmt.Errorf("persist raft log: %w", err)
 	}
-	switch {
-	case save.Lazy && len(run) > 0 && n.cfg.ApplySaving != nil:
-		if !n.leading {
-			n.tr.Send(rd.Messages) // they vouch for nothing this step writes
-		}
-		if err := apply(save); err != nil {
-			return err
-		}
-		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
-			return err
-		}
-	case n.leading && len(run) > 0:
-		// The leader's committed entries are on its disk already (a
-		// leader's own entries are committed, at the earliest, in the
-		// step after the one that wrote them): it applies them and
-		// answers their clients first, then makes the new entries
-		// durable (which syncs the application too).
-		if err := apply(store.RaftSave{}); err != nil {
-			return err
-		}
-		n.deliver(run, ids, results)
-		run = nil
-		if err := n.storage.st.SaveRaft(save); err != nil {
-			return fmt.Errorf("persist raft log: %w", err)
-		}
-		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
-			return err
-		}
-	default:
-		if err := n.storage.st.SaveRaft(save); err != nil {
-			return fmt.Errorf("persist raft log: %w", err)
-		}
-		if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
-			return err
-		}
-		if !n.leading {
-			// A follower's acknowledgements and votes go out once what
-			// they vouch for is on its disk, before it applies anything:
-			// the leader commits sooner.
-			n.tr.Send(rd.Messages)
-		}
-		if len(run) > 0 {
-			if err := apply(store.RaftSave{}); err != nil {
-				return err
-			}
-		}
+	if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
+		return err
 	}
-	if sendLate {
-		// The committed entries were applied before a restart.
+	if !n.leading {
+		// A follower's acknowledgements and votes go out once what they
+		// vouch for is on its disk.
 		n.tr.Send(rd.Messages)
+	}
+	run, ids, err := n.committed(rd.CommittedEntries)
+	if err != nil {
+		return err
+	}
+	if len(run) > 0 {
+		n.handApply(applyBatch{run: run, ids: ids})
 	}
 	if len(rd.ReadStates) > 0 {
 		n.mu.Lock()
@@ -945,10 +915,7 @@ func (n *Node) handle(rd raft.Ready) error {
 		}
 		n.mu.Unlock()
 	}
-	if err := n.deliver(run, ids, results); err != nil {
-		return err
-	}
-	return n.compact()
+	return nil
 }
 
 // sendRequests sends the proposals and read requests among msgs, and
@@ -972,26 +939,29 @@ func (n *Node) sendRequests(msgs []pb.Message) []pb.Message {
 	return rest
 }
 
-// deliver answers the proposers of applied entries (apply recorded them
-// as applied).
-func (n *Node) deliver(run []Entry, ids []uint64, results []any) error {
-	if len(run) == 0 {
-		return nil
-	}
+// deliver answers the proposers of applied entries, and reports whether
+// any entry was proposed elsewhere (no proposer waits here).
+func (n *Node) deliver(run []Entry, ids []uint64, results []any) (foreign bool, err error) {
 	if len(results) != len(run) {
-		return fmt.Errorf("apply answered %d results for %d entries", len(results), len(run))
+		return false, fmt.Errorf("apply answered %d results for %d entries", len(results), len(run))
 	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	for i, e := range run {
-		if p := n.waiting[ids[i]]; p != nil && ids[i] != 0 {
-			select {
-			case p.done <- Applied{Index: e.Index, Result: results[i]}:
-			default: // a proposal sent again was logged twice: the first answers
-			}
+		if ids[i] == 0 {
+			continue
+		}
+		p := n.waiting[ids[i]]
+		if p == nil {
+			foreign = true
+			continue
+		}
+		select {
+		case p.done <- Applied{Index: e.Index, Result: results[i]}:
+		default: // a proposal sent again was logged twice: the first answers
 		}
 	}
-	n.mu.Unlock()
-	return nil
+	return foreign, nil
 }
 
 // install makes the snapshot Raft restored from (its data: the path of a
@@ -1031,6 +1001,8 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 	}
 	n.rejoining.Store(&rj)
 	n.applied.Store(snap.Metadata.Index)
+	n.handed = snap.Metadata.Index
+	n.signalApplied()
 	n.installed.Add(1)
 	n.cfg.Log.Info("installed a snapshot of the leader's database", "index", snap.Metadata.Index)
 	if n.cfg.Installed != nil {
@@ -1050,6 +1022,11 @@ func (n *Node) compact() error {
 	first, _ := n.storage.FirstIndex()
 	if applied+1 < first+keep+keep/8+1 {
 		return nil
+	}
+	// The data commits without an fsync: it must be durable before the
+	// log drops what would apply it again.
+	if err := n.storage.st.SyncApplied(); err != nil {
+		return err
 	}
 	return n.storage.Compact(applied - keep)
 }
@@ -1242,8 +1219,8 @@ func (n *Node) leadPreferred() {
 // Apply with nil data).
 func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error) {
 	for _, e := range ents {
-		if e.Index <= n.applied.Load() {
-			continue // applied before a restart
+		if e.Index <= n.handed {
+			continue // applied before a restart, or covered by a snapshot
 		}
 		var id uint64
 		var data, conf, rejoin []byte

@@ -29,10 +29,11 @@ type group struct {
 
 	preferred     uint64        // every node's Config.Preferred
 	holdProposals time.Duration // every node's Config.HoldProposals
-	// hold, when set, holds node holdID's Apply until it is closed (a
-	// step that runs long).
-	hold   chan struct{}
-	holdID uint64
+	// hold, when set, holds node holdID's Apply until it is closed (an
+	// entry that runs long); entered is closed once an Apply is held.
+	hold    chan struct{}
+	holdID  uint64
+	entered chan struct{}
 	// appends counts the appends carrying entries each node sent.
 	appends map[uint64]*atomic.Int64
 
@@ -82,11 +83,12 @@ func (g *group) start(id uint64) {
 	tr := countingTransport{Transport: g.net.Transport(id), appends: g.appends[id]}
 	n, err := Start(context.Background(), st, tr, Config{
 		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred, HoldProposals: g.holdProposals,
-		Apply: func(ents []Entry) []any {
+		Apply: func(ents []Entry) ([]any, error) {
 			g.mu.Lock()
-			hold := g.hold
+			hold, entered := g.hold, g.entered
 			g.mu.Unlock()
 			if hold != nil && id == g.holdID {
+				enter(entered)
 				<-hold
 			}
 			g.mu.Lock()
@@ -101,7 +103,7 @@ func (g *group) start(id uint64) {
 				g.applied[id] = append(g.applied[id], string(e.Data))
 				out = append(out, "applied "+string(e.Data))
 			}
-			return out
+			return out, nil
 		},
 	})
 	if err != nil {
@@ -342,71 +344,119 @@ func TestReadIndexCoversAcknowledgedWritesAndNeedsAMajority(t *testing.T) {
 	<-ticking
 }
 
-// A step that runs long (a large write being applied) does not hold up
-// the status monitoring reads (/status, /metrics, the console): they get
-// the status now if the step ends soon, else as of the last step; Status,
-// which is now, waits.
-func TestRecentStatusDoesNotWaitForALongStep(t *testing.T) {
+// An entry that runs long (a large write being applied) holds up none of
+// Raft's work: while the leader's Apply is held, for many election
+// timeouts, the loop answers Status at once, heartbeats keep every node
+// in the same term under the same leader, and later writes are logged and
+// committed (they are applied, in order, once the long one ends).
+func TestALongApplyHoldsUpNoHeartbeatVoteOrAppend(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
 	g.propose(l, "before")
+	term := g.nodes[l].Status().Term
 	release := g.holdApply(l)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		g.nodes[l].Propose(ctx, []byte("held"))
-	}()
-	// Once the leader's loop is held in Apply (committing needs no tick),
-	// Status waits and RecentStatus does not.
+	long := g.proposeAsync(l, "long")
 	g.waitHeld(l)
+	later := g.proposeAsync(l, "later")
+	commitBefore := g.nodes[l].Status().Commit
+	// Ten election timeouts of ticks, each answered by the leader's loop.
+	for range 10 * 2 * 10 {
+		g.tick()
+	}
+	for _, id := range g.ids {
+		st := g.nodes[id].Status()
+		if st.Term != term || st.Lead != l {
+			t.Fatalf("node %d: term %d, leader %d during the long apply; want term %d, leader %d", id, st.Term, st.Lead, term, l)
+		}
+	}
+	if c := g.nodes[l].Status().Commit; c <= commitBefore {
+		t.Fatalf("the write after the long one was not committed during it (commit %d)", c)
+	}
+	if len(long) > 0 || len(later) > 0 {
+		t.Fatal("a write was answered while the leader's long apply ran")
+	}
+	release()
+	if err := <-long; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-later; err != nil {
+		t.Fatal(err)
+	}
+	if got := g.appliedBy(l); len(got) != 3 || got[1] != "long" || got[2] != "later" {
+		t.Fatalf("the leader applied %q", got)
+	}
+}
+
+// RecentStatus is Raft's status without waiting for the loop, for the
+// monitoring reads (/status, /metrics, the console), and it keeps up with
+// the loop's steps.
+func TestRecentStatusFollowsTheLoop(t *testing.T) {
+	g := newGroup(t, 3)
+	l := g.waitLeader(100)
+	release := g.holdLoop(l)
 	start := time.Now()
 	st := g.nodes[l].RecentStatus()
 	if took := time.Since(start); took > 50*time.Millisecond || st.RaftState != raft.StateLeader {
-		t.Fatalf("RecentStatus took %v during a long step and says %v", took, st.RaftState)
+		t.Fatalf("RecentStatus took %v while the loop was busy and says %v", took, st.RaftState)
 	}
-	start = time.Now()
 	st = g.nodes[l].StatusWithin(100 * time.Millisecond)
-	if took := time.Since(start); took > time.Second || st.RaftState != raft.StateLeader {
-		t.Fatalf("StatusWithin(100ms) took %v during a long step and says %v", took, st.RaftState)
+	if st.RaftState != raft.StateLeader {
+		t.Fatalf("StatusWithin(100ms) while the loop was busy says %v", st.RaftState)
 	}
 	release()
-	<-done
+	g.propose(l, "after")
+	for g.nodes[l].RecentStatus().Commit < g.nodes[l].Status().Commit {
+		g.tick()
+	}
 }
 
-// holdApply holds node id's Apply from now on (a step that runs long),
+// holdApply holds node id's Apply from now on (an entry that runs long),
 // until release (at the latest when the test ends, so that a failing test
 // can stop its nodes).
 func (g *group) holdApply(id uint64) (release func()) {
 	hold := make(chan struct{})
 	g.mu.Lock()
-	g.hold, g.holdID = hold, id
+	g.hold, g.holdID, g.entered = hold, id, make(chan struct{})
 	g.mu.Unlock()
 	release = sync.OnceFunc(func() { close(hold) })
 	g.t.Cleanup(release)
 	return release
 }
 
-// waitHeld waits until node id's loop is held in Apply: its Status, which
-// waits for the step under way, does not answer.
+// enter closes entered once.
+func enter(entered chan struct{}) {
+	select {
+	case <-entered:
+	default:
+		close(entered)
+	}
+}
+
+// waitHeld waits until node id's Apply is held.
 func (g *group) waitHeld(id uint64) {
 	g.t.Helper()
-	n := g.nodes[id]
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		answered := make(chan struct{})
-		go func() { n.Status(); close(answered) }()
-		select {
-		case <-answered:
-			if time.Now().After(deadline) {
-				g.t.Fatalf("node %d's loop never got held in Apply", id)
-			}
-			time.Sleep(time.Millisecond)
-		case <-time.After(200 * time.Millisecond):
-			return
-		}
+	g.mu.Lock()
+	entered := g.entered
+	g.mu.Unlock()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		g.t.Fatalf("node %d's Apply never got held", id)
 	}
+}
+
+// holdLoop holds node id's Raft loop (a step that runs long: an fsync, a
+// snapshot being installed) until release, and returns once it is held.
+func (g *group) holdLoop(id uint64) (release func()) {
+	hold, held := make(chan struct{}), make(chan struct{})
+	go g.nodes[id].do(context.Background(), func(*raft.RawNode) {
+		close(held)
+		<-hold
+	})
+	<-held
+	release = sync.OnceFunc(func() { close(hold) })
+	g.t.Cleanup(release)
+	return release
 }
 
 // countingTransport counts the appends with entries a node sends.
@@ -431,9 +481,9 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
 	g.propose(l, "first")
-	release := g.holdApply(l)
-	// One proposal commits and holds the leader in Apply; fifty more
-	// queue meanwhile.
+	// The leader's loop is busy (a step that writes to disk); fifty
+	// proposals queue meanwhile.
+	release := g.holdLoop(l)
 	var wg sync.WaitGroup
 	propose := func(data string) {
 		wg.Go(func() {
@@ -444,8 +494,6 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 			}
 		})
 	}
-	propose("held")
-	g.waitHeld(l)
 	before := g.appends[l].Load()
 	for i := range 50 {
 		propose(fmt.Sprint("queued ", i))
@@ -455,7 +503,7 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 	}
 	release()
 	wg.Wait()
-	want := []string{"first", "held"}
+	want := []string{"first"}
 	for i := range 50 {
 		want = append(want, fmt.Sprint("queued ", i))
 	}
@@ -464,7 +512,7 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 		t.Fatalf("the leader applied %d entries, want %d", len(got), len(want))
 	}
 	// Two followers: one append each for the fifty (Raft may add one
-	// more per follower, for the held entry's commit index).
+	// more per follower, for the commit index).
 	if sent := g.appends[l].Load() - before; sent > 4 {
 		t.Fatalf("fifty queued proposals went out in %d appends", sent)
 	}

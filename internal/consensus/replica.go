@@ -59,7 +59,6 @@ func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg Replic
 		cfg.Node.Applied = *cfg.Applied
 	}
 	cfg.Node.Apply = r.apply
-	cfg.Node.ApplySaving = r.applySaving
 	cfg.Node.ApplyRecordsConf = true
 	cfg.Node.Installed = func(uint64) { r.wake() }
 	cfg.Node.Restamp = r.restamp
@@ -232,17 +231,7 @@ func (r *Replica) WaitApplied(ctx context.Context, index uint64) error {
 
 // apply is the node's Apply: committed entries into the database, in one
 // transaction per Ready.
-func (r *Replica) apply(ents []Entry) []any {
-	results, err := r.applySaving(store.RaftSave{}, ents)
-	if err != nil {
-		panic(err.Error())
-	}
-	return results
-}
-
-// applySaving applies committed entries, and makes save durable in the
-// same transaction.
-func (r *Replica) applySaving(save store.RaftSave, ents []Entry) ([]any, error) {
+func (r *Replica) apply(ents []Entry) ([]any, error) {
 	log := make([]rlog.Entry, len(ents))
 	for i, e := range ents {
 		log[i] = rlog.Entry{Index: e.Index, Term: e.Term, Conf: e.Conf, Rejoining: e.Rejoining}
@@ -253,7 +242,7 @@ func (r *Replica) applySaving(save store.RaftSave, ents []Entry) ([]any, error) 
 		}
 	}
 	first := r.st.Applied() + 1 // ApplyLog skips what the database already holds
-	out, err := r.st.ApplyLogSaving(save, log)
+	out, err := r.st.ApplyLog(log)
 	if err != nil {
 		// This node's own database failed: it cannot go on applying.
 		return nil, fmt.Errorf("apply entries %d..%d: %w", ents[0].Index, ents[len(ents)-1].Index, err)

@@ -1,11 +1,11 @@
-// Package consensus runs etcd's Raft library (go.etcd.io/raft/v3) over a
-// node's SQLite database: the log and Raft's state are kept in the
-// database's own tables (store.SaveRaft), and every Ready is handled in
-// the order Raft requires: persist entries and hard state, apply what is
-// committed, send messages, Advance.
+// Package consensus runs etcd's Raft library (go.etcd.io/raft/v3) for a
+// node: the log and Raft's state in a file of their own beside the
+// database (store.SaveRaft), one goroutine that owns Raft and handles each
+// Ready in the order Raft requires (save, send, hand committed entries
+// over, Advance), and an applier that applies committed entries to the
+// database off that loop, so that Raft never waits for SQL (DESIGN.md).
 //
-// This package is the consensus core the replication of the project moves
-// to; nodes talk through the Transport interface (HTTP in production, in
+// Nodes talk through the Transport interface (HTTP in production, in
 // memory in tests), and time passes through Tick, so the protocol is
 // tested in-process and deterministically.
 package consensus
@@ -13,6 +13,7 @@ package consensus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"go.etcd.io/raft/v3"
@@ -21,7 +22,7 @@ import (
 	"github.com/ddbgo/ddb/internal/store"
 )
 
-// Storage is raft.Storage over a node's database. It keeps the log in
+// Storage is raft.Storage over a node's log file. It keeps the log in
 // memory as well (Raft asks for terms and recent entries far more often
 // than it appends), and writes through to the database: an entry is in
 // memory only once it is durable.
@@ -258,4 +259,44 @@ func (s *Storage) SetConfState(cs pb.ConfState, persist bool) error {
 
 func isHardStateEqual(a, b pb.HardState) bool {
 	return a.Term == b.Term && a.Vote == b.Vote && a.Commit == b.Commit
+}
+
+// mendLog makes the log file agree with where the data stands (applied):
+// the database and the log are two files, and a crash while a snapshot is
+// installed (the database first, then the log) leaves the data ahead of
+// the log, or at an index the log holds in another term. The data is a
+// committed state of the leader's, so the log then starts after it. Data
+// behind the log's start cannot be brought up to date from it (the data
+// file lost what it had applied): the node refuses to start.
+func mendLog(ctx context.Context, st *store.Store, s *Storage, applied uint64) (*Storage, error) {
+	hard, _, _ := s.InitialState()
+	last, _ := s.LastIndex()
+	if applied == 0 || raft.IsEmptyHardState(hard) && last == 0 {
+		return s, nil // nothing applied, or no Raft state (see Engine)
+	}
+	if applied < s.snapIndex {
+		return nil, fmt.Errorf("the database has applied index %d, but the consensus log (%s) starts after index %d: the data file lost what it had applied. Restore it from a healthy replica, or remove %s to join again as a node without Raft state", applied, store.RaftLogPath(st.Path()), s.snapIndex, store.RaftLogPath(st.Path()))
+	}
+	pos, err := st.DataPosition(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if applied <= last {
+		term, err := s.Term(applied)
+		if err != nil || pos.Term == 0 || term == pos.Term {
+			return s, nil
+		}
+	}
+	if pos.Term == 0 {
+		return nil, fmt.Errorf("the database has applied index %d, beyond the consensus log, and does not record that entry's term", applied)
+	}
+	hard.Commit = max(hard.Commit, applied)
+	hb, err := hard.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := st.ResetRaftLog(applied, pos.Term, hb); err != nil {
+		return nil, err
+	}
+	return OpenStorage(ctx, st)
 }

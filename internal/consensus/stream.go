@@ -359,7 +359,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, node func() *Node) 
 		if !hmac.Equal(frame[size:], frameMAC(key, seq, payload)) {
 			return errors.New("a frame does not match its authentication (altered, replayed or reordered); the stream is closed")
 		}
-		applied, msgs, err := DecodeMessages(payload)
+		report, msgs, err := DecodeMessages(payload)
 		if err != nil {
 			return err
 		}
@@ -367,7 +367,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, node func() *Node) 
 		if n == nil {
 			return errors.New("this node's consensus stopped")
 		}
-		n.Receive(applied, msgs)
+		n.Receive(report, msgs)
 		if r.Buffered() == 0 {
 			// Acknowledge what arrived; frames already waiting are
 			// acknowledged together after them.

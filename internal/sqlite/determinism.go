@@ -34,6 +34,10 @@ var prngMu sync.Mutex
 // LockPRNG takes the process's SQLite generator for one writer.
 func LockPRNG() { prngMu.Lock() }
 
+// TryLockPRNG is LockPRNG if the generator is free now; it reports
+// whether it took it.
+func TryLockPRNG() bool { return prngMu.TryLock() }
+
 // UnlockPRNG releases what LockPRNG took.
 func UnlockPRNG() { prngMu.Unlock() }
 

@@ -26,35 +26,20 @@ import (
 // Index is its first time's). The error is for the node itself (its
 // database failed); the entries whose outcomes were returned are applied.
 func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
-	return s.ApplyLogSaving(RaftSave{}, entries)
-}
-
-// ApplyLogSaving is ApplyLog that also makes save durable, in the same
-// transaction as the entries' changes: one fsync for a step of the
-// consensus log that both appends and applies.
-func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, error) {
-	if err := save.check(); err != nil {
-		return nil, err
-	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.w == nil {
 		return nil, ErrClosed
 	}
-	s.pendingSave = save
-	defer func() { s.pendingSave = RaftSave{} }()
-	if save.empty() || save.Lazy {
-		// Applying entries that the consensus log already holds on disk
-		// needs no fsync of its own: a transaction lost to a power cut is
-		// applied again from the log (its applied index is lost with it),
-		// and the next transaction that writes the log makes this one
-		// durable too (the WAL is synced up to there).
-		restore, err := s.unsynced()
-		if err != nil {
-			return nil, err
-		}
-		defer restore()
+	// Applying entries that the consensus log already holds on disk needs
+	// no fsync of its own: a transaction lost to a power cut is applied
+	// again from the log (its applied index is lost with it). Before the
+	// log drops applied entries, the data is synced (SyncApplied).
+	restore, err := s.unsynced()
+	if err != nil {
+		return nil, err
 	}
+	defer restore()
 	applied := s.applied.Load()
 	for len(entries) > 0 && entries[0].Index <= applied {
 		entries = entries[1:]
@@ -65,10 +50,7 @@ func (s *Store) ApplyLogSaving(save RaftSave, entries []rlog.Entry) ([]Outcome, 
 	}
 	entries = entries[:n]
 	if n == 0 {
-		if save.empty() {
-			return nil, nil
-		}
-		return nil, s.saveRaftTx(save.Entries, save.HardState)
+		return nil, nil
 	}
 	writes := make([]rlog.Write, n)
 	for i, e := range entries {
@@ -100,12 +82,6 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		return nil, nil, err
 	}
 	defer s.leave()
-	if p := s.pendingSave; len(p.Entries) > 0 || p.HardState != nil {
-		if err := s.saveRaft(p.Entries, p.HardState); err != nil {
-			s.internal("ROLLBACK")
-			return nil, nil, err
-		}
-	}
 	out = make([]Outcome, len(entries))
 	for i, e := range entries {
 		w := writes[i]

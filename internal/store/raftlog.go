@@ -4,18 +4,182 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
-// The consensus log lives in the node's database, beside the data: its
-// entries and its state (Raft's hard state and configuration, and where
-// the log starts after a snapshot) are written by the writer connection,
-// in the same kind of transaction as the changes they carry, so that one
-// fsync makes both durable.
+// The consensus log lives in a file of its own beside the database
+// (<database>-raft): its entries and Raft's hard state (term, vote, commit
+// index), and where the log starts after a snapshot. It has its own
+// connection (rl), so that saving entries, which every acknowledgement and
+// vote waits for, never waits for an entry being applied on the writer:
+// Raft's loop does not wait for SQL.
+//
+// Where the data stands in the log (the applied index, that entry's term,
+// the configuration reached, the record of rejoining nodes) is written by
+// the writer, in the transaction that applies the entries: it is the
+// data's, and a copy of the database carries it.
+//
+// The two files are tied by a log id, recorded in both: a log file beside
+// a database that is not its own (the database was wiped, or replaced by
+// a copy) is emptied at open, and the node starts as one without Raft
+// state.
+//
+// SQLite draws from its process-wide generator when a WAL starts afresh.
+// The writer pins that generator while it runs an entry, so the log's
+// connection must not draw meanwhile: it never checkpoints by itself
+// (wal_autocheckpoint = 0), and checkpoints with TRUNCATE (which draws
+// then, and leaves the next write nothing to draw) only while it holds the
+// generator, when no entry runs (checkpointRaftLog).
 
+// raftSchemaSQL is the database's own consensus table: where its data
+// stands in the log.
 const raftSchemaSQL = `
-CREATE TABLE IF NOT EXISTS _ddb_raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL, data BLOB);
 CREATE TABLE IF NOT EXISTS _ddb_raft_state (key TEXT PRIMARY KEY, value BLOB);
 `
+
+// raftFileSchemaSQL is the consensus log file's.
+const raftFileSchemaSQL = `
+CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL, data BLOB);
+CREATE TABLE IF NOT EXISTS raft_state (key TEXT PRIMARY KEY, value BLOB);
+`
+
+// RaftLogPath is the consensus log file of the database at path.
+func RaftLogPath(path string) string { return path + "-raft" }
+
+// raftCheckpointEvery is how many transactions the log's WAL may hold
+// before a checkpoint is tried (a step's transaction is a few kB under
+// load: the WAL stays within tens of MB).
+const raftCheckpointEvery = 4096
+
+// openRaftLog opens the consensus log file, moves into it a log an earlier
+// version kept in the database, and empties it if it belongs to another
+// database.
+func (s *Store) openRaftLog() error {
+	rl, err := openConn(RaftLogPath(s.path), url.Values{
+		"_journal_mode": {"WAL"}, "_synchronous": {s.sync}, "_busy_timeout": {"10000"},
+	})
+	if err != nil {
+		return fmt.Errorf("open the consensus log %s: %w", RaftLogPath(s.path), err)
+	}
+	s.rl = rl
+	// Its first write may start a WAL, which draws from SQLite's generator.
+	sqlite.LockPRNG()
+	defer sqlite.UnlockPRNG()
+	if err := rl.ExecScript("PRAGMA wal_autocheckpoint = 0;" + raftFileSchemaSQL); err != nil {
+		return fmt.Errorf("prepare the consensus log: %w", err)
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.wconn.auth.reset(policyReplica)
+	if err := s.migrateRaftLog(); err != nil {
+		return fmt.Errorf("move the consensus log out of the database: %w", err)
+	}
+	own, err := s.w.QueryRow("SELECT value FROM _ddb_raft_state WHERE key = 'log_id'")
+	if err != nil {
+		return err
+	}
+	theirs, err := rl.QueryRow("SELECT value FROM raft_state WHERE key = 'log_id'")
+	if err != nil {
+		return err
+	}
+	switch {
+	case own == nil:
+		id := newFileID()
+		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('log_id', ?)", id); err != nil {
+			return err
+		}
+		own = []any{id}
+		fallthrough
+	case theirs == nil || theirs[0] != own[0]:
+		if theirs != nil {
+			s.RaftLogDiscarded = true
+		}
+		return s.rlTx(
+			stmt{"DELETE FROM raft_log", nil},
+			stmt{"DELETE FROM raft_state", nil},
+			rlState("log_id", own[0]),
+		)
+	}
+	return nil
+}
+
+// migrateRaftLog moves the log and hard state that an earlier version kept
+// in the database's own tables into the log file (the caller holds wmu).
+// The file is written and synced first, so a crash in between only moves
+// them again.
+func (s *Store) migrateRaftLog() error {
+	row, err := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = '_ddb_raft_log'")
+	if err != nil || row[0].(int64) == 0 {
+		return err
+	}
+	ents, err := s.w.All("SELECT idx, term, type, data FROM _ddb_raft_log ORDER BY idx")
+	if err != nil {
+		return err
+	}
+	state, err := s.w.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('hard_state', 'snap_index', 'snap_term')")
+	if err != nil {
+		return err
+	}
+	id := newFileID()
+	stmts := []stmt{{"DELETE FROM raft_log", nil}, {"DELETE FROM raft_state", nil}, rlState("log_id", id)}
+	for _, e := range ents {
+		stmts = append(stmts, stmt{"INSERT INTO raft_log(idx, term, type, data) VALUES (?, ?, ?, ?)", e})
+	}
+	for _, kv := range state {
+		stmts = append(stmts, rlState(kv[0].(string), kv[1]))
+	}
+	if err := s.rlTx(stmts...); err != nil {
+		return err
+	}
+	return s.execInTx("drop the moved consensus log",
+		stmt{"DROP TABLE _ddb_raft_log", nil},
+		stmt{"DELETE FROM _ddb_raft_state WHERE key IN ('hard_state', 'snap_index', 'snap_term')", nil},
+		setRaftState("log_id", id),
+	)
+}
+
+// rlState sets one key of the log file's state.
+func rlState(key string, value any) stmt {
+	return stmt{"INSERT OR REPLACE INTO raft_state(key, value) VALUES ('" + key + "', ?)", []any{value}}
+}
+
+// rlTx runs stmts on the log file in one transaction (the caller holds
+// rmu, or is the only user, at open).
+func (s *Store) rlTx(stmts ...stmt) error {
+	if s.rl == nil {
+		return ErrClosed
+	}
+	if err := s.rl.Exec("BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	for _, q := range stmts {
+		if err := s.rl.Exec(q.sql, q.args...); err != nil {
+			s.rl.Exec("ROLLBACK")
+			return err
+		}
+	}
+	if err := s.rl.Exec("COMMIT"); err != nil {
+		s.rl.Exec("ROLLBACK")
+		return err
+	}
+	s.rlSize++
+	return nil
+}
+
+// checkpointRaftLog copies the log file's WAL back into it and empties
+// the WAL, once it has grown, and only when no entry runs on any writer
+// of the process (see the top of this file); the caller holds rmu.
+func (s *Store) checkpointRaftLog() {
+	if s.rlSize < raftCheckpointEvery || !sqlite.TryLockPRNG() {
+		return
+	}
+	defer sqlite.UnlockPRNG()
+	if err := s.rl.Checkpoint(3); err == nil {
+		s.rlSize = 0
+	}
+}
 
 // RaftEntry is one consensus log entry as it is stored.
 type RaftEntry struct {
@@ -39,16 +203,21 @@ type RaftState struct {
 // ErrRaftCompacted: the entry asked for precedes the log's first entry.
 var ErrRaftCompacted = errors.New("raft log entry compacted")
 
-// LoadRaftState reads the consensus state.
+// LoadRaftState reads the consensus state: the log file's, and where the
+// data stands (the configuration, the rejoining nodes).
 func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 	var st RaftState
-	r, err := s.getReader(ctx)
+	pos, err := s.raftPosition(ctx)
 	if err != nil {
 		return st, err
 	}
-	defer s.putReader(r)
-	r.auth.reset(policyReplica)
-	rows, err := r.c.All("SELECT key, value FROM _ddb_raft_state")
+	st.ConfState, st.Rejoining = pos["conf_state"], pos["rejoining"]
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.rl == nil {
+		return st, ErrClosed
+	}
+	rows, err := s.rl.All("SELECT key, value FROM raft_state")
 	if err != nil {
 		return st, fmt.Errorf("read raft state: %w", err)
 	}
@@ -56,10 +225,6 @@ func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 		switch row[0] {
 		case "hard_state":
 			st.HardState, _ = row[1].([]byte)
-		case "conf_state":
-			st.ConfState, _ = row[1].([]byte)
-		case "rejoining":
-			st.Rejoining, _ = row[1].([]byte)
 		case "snap_index":
 			v, _ := row[1].(int64)
 			st.SnapIndex = uint64(v)
@@ -71,16 +236,36 @@ func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 	return st, nil
 }
 
-// RaftLastIndex is the index of the last entry the log holds (0 when it
-// holds none: the log then ends at the snapshot's index).
-func (s *Store) RaftLastIndex(ctx context.Context) (uint64, error) {
+// raftPosition reads the database's consensus keys that are blobs.
+func (s *Store) raftPosition(ctx context.Context) (map[string][]byte, error) {
 	r, err := s.getReader(ctx)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer s.putReader(r)
 	r.auth.reset(policyReplica)
-	row, err := r.c.QueryRow("SELECT max(idx) FROM _ddb_raft_log")
+	rows, err := r.c.All("SELECT key, value FROM _ddb_raft_state")
+	if err != nil {
+		return nil, fmt.Errorf("read raft state: %w", err)
+	}
+	out := map[string][]byte{}
+	for _, row := range rows {
+		if b, ok := row[1].([]byte); ok {
+			out[row[0].(string)] = b
+		}
+	}
+	return out, nil
+}
+
+// RaftLastIndex is the index of the last entry the log holds (0 when it
+// holds none: the log then ends at the snapshot's index).
+func (s *Store) RaftLastIndex(ctx context.Context) (uint64, error) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.rl == nil {
+		return 0, ErrClosed
+	}
+	row, err := s.rl.QueryRow("SELECT max(idx) FROM raft_log")
 	if err != nil {
 		return 0, err
 	}
@@ -91,13 +276,12 @@ func (s *Store) RaftLastIndex(ctx context.Context) (uint64, error) {
 // RaftEntries returns the entries in [lo, hi), at most maxBytes of data
 // (but at least one entry).
 func (s *Store) RaftEntries(ctx context.Context, lo, hi, maxBytes uint64) ([]RaftEntry, error) {
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return nil, err
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.rl == nil {
+		return nil, ErrClosed
 	}
-	defer s.putReader(r)
-	r.auth.reset(policyReplica)
-	st, err := r.c.Prepare("SELECT idx, term, type, data FROM _ddb_raft_log WHERE idx >= ? AND idx < ? ORDER BY idx")
+	st, err := s.rl.Prepare("SELECT idx, term, type, data FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx")
 	if err != nil {
 		return nil, err
 	}
@@ -156,9 +340,9 @@ func (save RaftSave) check() error {
 }
 
 // SaveRaft makes entries and the hard state durable in one transaction
-// (written, not synced, if save is Lazy). Entries replace whatever the log
-// holds from their first index on (a new leader overwrote an uncommitted
-// suffix).
+// of the log file (written, not synced, if save is Lazy). Entries replace
+// whatever the log holds from their first index on (a new leader
+// overwrote an uncommitted suffix). It never waits for the writer.
 func (s *Store) SaveRaft(save RaftSave) error {
 	if save.empty() {
 		return nil
@@ -166,19 +350,36 @@ func (s *Store) SaveRaft(save RaftSave) error {
 	if err := save.check(); err != nil {
 		return err
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.rl == nil {
 		return ErrClosed
 	}
-	if save.Lazy {
-		restore, err := s.unsynced()
-		if err != nil {
+	if save.Lazy && s.sync == "FULL" {
+		if err := s.rl.Exec("PRAGMA synchronous = NORMAL"); err != nil {
 			return err
 		}
-		defer restore()
+		defer s.rl.Exec("PRAGMA synchronous = FULL")
 	}
-	return s.saveRaftTx(save.Entries, save.HardState)
+	stmts := make([]stmt, 0, len(save.Entries)+2)
+	if len(save.Entries) > 0 {
+		stmts = append(stmts, stmt{"DELETE FROM raft_log WHERE idx >= ?", []any{int64(save.Entries[0].Index)}})
+		for _, e := range save.Entries {
+			data := e.Data
+			if data == nil {
+				data = []byte{}
+			}
+			stmts = append(stmts, stmt{"INSERT INTO raft_log(idx, term, type, data) VALUES (?, ?, ?, ?)", []any{int64(e.Index), int64(e.Term), int64(e.Type), data}})
+		}
+	}
+	if save.HardState != nil {
+		stmts = append(stmts, rlState("hard_state", save.HardState))
+	}
+	if err := s.rlTx(stmts...); err != nil {
+		return fmt.Errorf("save raft log: %w", err)
+	}
+	s.checkpointRaftLog()
+	return nil
 }
 
 // unsynced makes the writer's next transactions commit without an fsync
@@ -196,44 +397,17 @@ func (s *Store) unsynced() (restore func(), err error) {
 	return func() { s.w.Exec("PRAGMA synchronous = FULL") }, nil
 }
 
-// saveRaftTx is SaveRaft for a caller that holds wmu.
-func (s *Store) saveRaftTx(entries []RaftEntry, hardState []byte) error {
-	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-		return fmt.Errorf("begin: %w", err)
+// SyncApplied makes what the writer applied durable (it commits without
+// an fsync): done before the log drops applied entries, which could not
+// be applied again after a power cut.
+func (s *Store) SyncApplied() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.w == nil {
+		return ErrClosed
 	}
-	if err := s.saveRaft(entries, hardState); err != nil {
-		s.internal("ROLLBACK")
-		return err
-	}
-	if err := s.internal("COMMIT"); err != nil {
-		s.internal("ROLLBACK")
-		return fmt.Errorf("commit raft log: %w", err)
-	}
-	return nil
-}
-
-func (s *Store) saveRaft(entries []RaftEntry, hardState []byte) error {
-	s.wconn.auth.reset(policyReplica)
-	if len(entries) > 0 {
-		if err := s.w.Exec("DELETE FROM _ddb_raft_log WHERE idx >= ?", int64(entries[0].Index)); err != nil {
-			return fmt.Errorf("truncate raft log at %d: %w", entries[0].Index, err)
-		}
-		for _, e := range entries {
-			data := e.Data
-			if data == nil {
-				data = []byte{}
-			}
-			if err := s.w.Exec("INSERT INTO _ddb_raft_log(idx, term, type, data) VALUES (?, ?, ?, ?)", int64(e.Index), int64(e.Term), int64(e.Type), data); err != nil {
-				return fmt.Errorf("append raft entry %d: %w", e.Index, err)
-			}
-		}
-	}
-	if hardState != nil {
-		if err := s.w.Exec("INSERT OR REPLACE INTO _ddb_raft_state(key, value) VALUES ('hard_state', ?)", hardState); err != nil {
-			return fmt.Errorf("save raft hard state: %w", err)
-		}
-	}
-	return nil
+	// A checkpoint syncs the WAL before it copies it back.
+	return s.w.Checkpoint(0)
 }
 
 // SetRaftConfState records the cluster configuration the log has reached.
@@ -250,13 +424,38 @@ func (s *Store) SetRaftConfState(confState []byte) error {
 // CompactRaft drops the log's entries up to and including index, whose
 // term is term: a snapshot at that index replaces them.
 func (s *Store) CompactRaft(index, term uint64) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return s.execInTx(fmt.Sprintf("compact raft log at %d", index),
-		stmt{"DELETE FROM _ddb_raft_log WHERE idx <= ?", []any{int64(index)}},
-		setRaftState("snap_index", int64(index)),
-		setRaftState("snap_term", int64(term)),
-	)
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if err := s.rlTx(
+		stmt{"DELETE FROM raft_log WHERE idx <= ?", []any{int64(index)}},
+		rlState("snap_index", int64(index)),
+		rlState("snap_term", int64(term)),
+	); err != nil {
+		return fmt.Errorf("compact raft log at %d: %w", index, err)
+	}
+	return nil
+}
+
+// ResetRaftLog empties the log file and starts the log after index, whose
+// term is term, with the given hard state (nil: none): where the data
+// stands after a snapshot, when the log file did not record it.
+func (s *Store) ResetRaftLog(index, term uint64, hardState []byte) error {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	stmts := []stmt{
+		{"DELETE FROM raft_log", nil},
+		{"DELETE FROM raft_state WHERE key <> 'log_id'", nil},
+	}
+	if index > 0 {
+		stmts = append(stmts, rlState("snap_index", int64(index)), rlState("snap_term", int64(term)))
+	}
+	if hardState != nil {
+		stmts = append(stmts, rlState("hard_state", hardState))
+	}
+	if err := s.rlTx(stmts...); err != nil {
+		return fmt.Errorf("reset raft log: %w", err)
+	}
+	return nil
 }
 
 // stmt is one statement and its parameters.
@@ -289,8 +488,8 @@ func (s *Store) execInTx(what string, stmts ...stmt) error {
 	return s.internal("COMMIT")
 }
 
-// RaftStateEmpty reports whether the database holds no consensus state at
-// all (no hard state, no log, no snapshot position).
+// RaftStateEmpty reports whether the node holds no consensus state at all
+// (no hard state, no log, no snapshot position).
 func (s *Store) RaftStateEmpty(ctx context.Context) (bool, error) {
 	st, err := s.LoadRaftState(ctx)
 	if err != nil {
@@ -303,20 +502,21 @@ func (s *Store) RaftStateEmpty(ctx context.Context) (bool, error) {
 	return st.HardState == nil && st.SnapIndex == 0 && last == 0, nil
 }
 
-// SeedRaft gives a database without consensus state a log that starts
-// after index (as if a snapshot at index, term, had replaced it), with
-// the given hard state and configuration, in one transaction.
+// SeedRaft gives a node without consensus state a log that starts after
+// index (as if a snapshot at index, term, had replaced it), with the given
+// hard state and configuration.
 func (s *Store) SeedRaft(index, term uint64, hardState, confState []byte) error {
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	s.termRecorded = 0
-	return s.execInTx("seed raft state",
-		setRaftState("snap_index", int64(index)),
-		setRaftState("snap_term", int64(term)),
+	err := s.execInTx("seed raft state",
 		setRaftState("applied_term", int64(term)),
-		setRaftState("hard_state", hardState),
 		setRaftState("conf_state", confState),
 	)
+	s.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.ResetRaftLog(index, term, hardState)
 }
 
 // ClaimRaftNode records that this database belongs to consensus node id.
@@ -344,13 +544,19 @@ func (s *Store) ClaimRaftNode(id uint64) (from uint64, err error) {
 		}
 	}
 	s.termRecorded = 0
-	stmts := []stmt{setRaftState("node_id", int64(id))}
-	if from != 0 {
-		// Where the data stands in the log (the applied entry's term and
-		// the configuration) stays: it is the data's, not the node's.
-		stmts = append([]stmt{{"DELETE FROM _ddb_raft_log", nil}, {"DELETE FROM _ddb_raft_state WHERE key NOT IN ('applied_term', 'conf_state', 'rejoining')", nil}}, stmts...)
+	if err := s.execInTx(fmt.Sprintf("claim the database for node %d", id), setRaftState("node_id", int64(id))); err != nil {
+		return 0, err
 	}
-	return from, s.execInTx(fmt.Sprintf("claim the database for node %d", id), stmts...)
+	if from != 0 {
+		// Where the data stands in the log (the applied entry's term, the
+		// configuration) stays: it is the data's, not the node's.
+		s.rmu.Lock()
+		defer s.rmu.Unlock()
+		if err := s.rlTx(stmt{"DELETE FROM raft_log", nil}, stmt{"DELETE FROM raft_state WHERE key <> 'log_id'", nil}); err != nil {
+			return from, err
+		}
+	}
+	return from, nil
 }
 
 // DataPosition is where the data stands in the consensus log, as the

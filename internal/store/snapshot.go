@@ -47,7 +47,7 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 	// without an INTEGER PRIMARY KEY, and the copy must be row for row.
 	// Nor the consensus log and this node's own Raft state (its term and
 	// vote): only where the copy stands in the log stays (see RaftPosition).
-	if err := dst.ExecScript("DELETE FROM _ddb_log; DELETE FROM _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term', 'rejoining')"); err != nil {
+	if err := dst.ExecScript("DELETE FROM _ddb_log; DROP TABLE IF EXISTS _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term', 'rejoining')"); err != nil {
 		return "", 0, fmt.Errorf("compact snapshot: %w", err)
 	}
 	index, err = appliedOf(dst)
@@ -187,11 +187,11 @@ func SnapshotPosition(path string) (RaftPosition, error) {
 }
 
 // InstallRaftSnapshot makes the snapshot file at path (received from the
-// leader) this node's database, in one transaction: its data, and this
-// node's Raft state, which is hardState (this node's own term and vote,
-// and a commit index at least the snapshot's), with the log emptied up to
-// the snapshot's position. The snapshot must stand at index and term. The
-// file is consumed.
+// leader) this node's database, then starts the log file after the
+// snapshot's position with hardState (this node's own term and vote, and
+// a commit index at least the snapshot's). The snapshot must stand at
+// index and term. The file is consumed. A crash between the two leaves a
+// database ahead of its log, which the node's start mends (ResetRaftLog).
 func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState []byte) error {
 	defer removeCopy(path)
 	pos, err := SnapshotPosition(path)
@@ -201,25 +201,22 @@ func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState [
 	if pos.Index != index || pos.Term != term {
 		return fmt.Errorf("the snapshot stands at index %d, term %d, not at %d, %d", pos.Index, pos.Term, index, term)
 	}
-	own, err := s.raftNodeID()
+	own, err := s.nodeKeys()
 	if err != nil {
 		return err
 	}
 	_, err = s.install(path, func(c *sqlite.Conn, _ uint64) error {
-		for _, q := range []stmt{
-			{"DELETE FROM _ddb_raft_log", nil},
-			setRaftState("hard_state", hardState),
-			setRaftState("snap_index", int64(index)),
-			setRaftState("snap_term", int64(term)),
-			setRaftState("node_id", own),
-		} {
+		for _, q := range own {
 			if err := c.Exec(q.sql, q.args...); err != nil {
 				return fmt.Errorf("prepare snapshot: %w", err)
 			}
 		}
 		return nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	return s.ResetRaftLog(index, term, hardState)
 }
 
 // Checkpoint copies the WAL back into the database file (PASSIVE mode: it
@@ -233,20 +230,28 @@ func (s *Store) Checkpoint() error {
 	return s.w.Checkpoint(0)
 }
 
-// raftNodeID is the consensus node the database belongs to (nil: none
-// recorded), as ClaimRaftNode set it.
-func (s *Store) raftNodeID() (any, error) {
+// nodeKeys are the statements that keep, in a copy about to replace the
+// database, what is this node's own and not the data's: the consensus
+// node it belongs to, and the id tying it to its log file.
+func (s *Store) nodeKeys() ([]stmt, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.w == nil {
 		return nil, ErrClosed
 	}
 	s.wconn.auth.reset(policyReplica)
-	row, err := s.w.QueryRow("SELECT value FROM _ddb_raft_state WHERE key = 'node_id'")
-	if err != nil || row == nil {
+	rows, err := s.w.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('node_id', 'log_id')")
+	if err != nil {
 		return nil, err
 	}
-	return row[0], nil
+	// (A copy an earlier version made may still hold a log table, emptied:
+	// it goes, or the next start would take it for a log to move.)
+	out := []stmt{{raftSchemaSQL, nil}, {"DROP TABLE IF EXISTS _ddb_raft_log", nil},
+		{"DELETE FROM _ddb_raft_state WHERE key IN ('hard_state', 'snap_index', 'snap_term', 'node_id', 'log_id')", nil}}
+	for _, kv := range rows {
+		out = append(out, setRaftState(kv[0].(string), kv[1]))
+	}
+	return out, nil
 }
 
 // afterInstall, when set (by tests), runs right after a snapshot is

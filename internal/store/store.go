@@ -66,7 +66,17 @@ type Store struct {
 	// ran on the writer (and may have failed and been rolled back) since
 	// the writer last loaded the schema afresh.
 	schemaDirty bool
-	pendingSave RaftSave // written in ApplyLogSaving's transaction (writer only)
+	// rl is the connection to the consensus log's own file (see
+	// raftlog.go), used under rmu: the log is written there, beside the
+	// data, so that saving Raft's entries never waits for an entry being
+	// applied on the writer.
+	rmu    sync.Mutex
+	rl     *sqlite.Conn
+	rlSize int // pages written to rl's WAL since its last checkpoint
+	// RaftLogDiscarded: at open, the consensus log file belonged to
+	// another database than this one (the data file was wiped or
+	// replaced) and was emptied.
+	RaftLogDiscarded bool
 	// termRecorded is the applied term the database holds, as this writer
 	// last committed it (0: not known): a batch in the same term need not
 	// write it again (writer only).
@@ -183,6 +193,10 @@ func Open(opts Options) (*Store, error) {
 	s.w = w
 	s.wconn = &conn{c: w, entry: &s.entry}
 	if err := s.initWriter(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.openRaftLog(); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -416,6 +430,17 @@ func (s *Store) Close() error {
 		s.w, s.wconn = nil, nil
 	}
 	s.wmu.Unlock()
+	s.rmu.Lock()
+	if s.rl != nil {
+		sqlite.LockPRNG()
+		if err := s.rl.Checkpoint(3); err != nil {
+			errs = append(errs, fmt.Errorf("checkpoint the consensus log on close: %w", err))
+		}
+		sqlite.UnlockPRNG()
+		errs = append(errs, s.rl.Close())
+		s.rl = nil
+	}
+	s.rmu.Unlock()
 	s.clock.Close()
 	if s.lock != nil {
 		errs = append(errs, s.lock.Close())

@@ -1,0 +1,146 @@
+package consensus
+
+import (
+	"fmt"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+)
+
+// The applier applies committed entries to the database on a goroutine
+// of its own (applyLoop), in log order, while Raft's loop goes on saving,
+// sending and ticking: an entry that runs for seconds holds up no
+// heartbeat, vote or append, so it costs the cluster no election. The
+// loop hands over the committed entries of each Ready (handApply) and
+// never waits for them, except before it installs a snapshot
+// (drainApplier).
+//
+// Raft counts a handed entry as applied. That is safe: what the database
+// has applied is recorded in the same transaction as the entries'
+// changes, and after a restart Raft hands over again everything after it
+// (Config.Applied).
+
+// applyBatch is the committed entries of one Ready, with their proposal
+// ids (0: not a proposal).
+type applyBatch struct {
+	run []Entry
+	ids []uint64
+}
+
+// handApply queues a batch for the applier (run goroutine).
+func (n *Node) handApply(b applyBatch) {
+	n.amu.Lock()
+	n.applyq = append(n.applyq, b)
+	n.amu.Unlock()
+	n.handed = b.run[len(b.run)-1].Index
+	select {
+	case n.applyWake <- struct{}{}:
+	default:
+	}
+}
+
+// applyLoop applies the queued batches, one Apply call each, until the
+// node stops or its database fails.
+func (n *Node) applyLoop() {
+	defer close(n.applyDone)
+	for {
+		n.amu.Lock()
+		batches := n.applyq
+		n.applyq = nil
+		n.amu.Unlock()
+		if len(batches) == 0 {
+			select {
+			case <-n.applyWake:
+				continue
+			case <-n.applyStop:
+				return
+			}
+		}
+		for _, b := range batches {
+			if err := n.applyBatch(b); err != nil {
+				n.applyErr = err
+				close(n.applyFailed)
+				return
+			}
+			select {
+			case <-n.applyStop:
+				return // (the rest is applied again after a restart)
+			default:
+			}
+		}
+	}
+}
+
+// applyBatch applies one batch and answers its proposers; a leader then
+// tells the followers it has applied entries they proposed.
+func (n *Node) applyBatch(b applyBatch) error {
+	results, err := n.cfg.Apply(b.run)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	last := b.run[len(b.run)-1].Index
+	n.applied.Store(last)
+	foreign, err := n.deliver(b.run, b.ids, results)
+	if err != nil {
+		return err
+	}
+	n.signalApplied()
+	if _, self := n.Leader(); self && foreign {
+		n.reportApplied(last)
+	}
+	if err := n.compact(); err != nil {
+		n.cfg.Log.Warn("compacting the raft log failed; it is tried again after the next entries", "err", err)
+	}
+	return nil
+}
+
+// signalApplied wakes whoever waits for the applied index to move.
+func (n *Node) signalApplied() {
+	sig := make(chan struct{})
+	close(*n.appliedSig.Swap(&sig))
+}
+
+// drainApplier waits until the applier has applied everything handed to
+// it (run goroutine).
+func (n *Node) drainApplier() error {
+	for {
+		sig := *n.appliedSig.Load()
+		if n.applied.Load() >= n.handed {
+			return nil
+		}
+		select {
+		case <-sig:
+		case <-n.applyFailed:
+			return n.applyErr
+		case <-n.stopc:
+			return ErrStopped
+		}
+	}
+}
+
+// reportApplied tells every other node of the configuration that this
+// node, the leader, has applied index: a follower answers a write it
+// proposed once a leader has applied it (WaitLeaderApplied). The report
+// also rides on every batch of the leader's messages; this one is for
+// the followers whose writes wait now.
+func (n *Node) reportApplied(index uint64) {
+	st := n.RecentStatus()
+	msgs := make([]pb.Message, 0, len(st.Progress))
+	for id := range st.Progress {
+		if id != n.cfg.ID {
+			msgs = append(msgs, appliedReport(n.cfg.ID, id, index))
+		}
+	}
+	n.tr.Send(msgs)
+}
+
+// appliedReport is the message that carries a leader's applied index: of
+// a type Raft never takes from the network (MsgHup), marked appliedMarker.
+// A node of an earlier version hands it to Raft, which refuses it.
+func appliedReport(from, to, index uint64) pb.Message {
+	return pb.Message{Type: pb.MsgHup, From: from, To: to, Index: index, Context: appliedMarker}
+}
+
+// isAppliedReport says whether m is an appliedReport.
+func isAppliedReport(m pb.Message) bool {
+	return m.Type == pb.MsgHup && string(m.Context) == string(appliedMarker)
+}
