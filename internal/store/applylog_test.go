@@ -3,11 +3,14 @@ package store
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 func logEntries(t testing.TB, ws ...rlog.Write) []rlog.Entry {
@@ -207,5 +210,82 @@ func TestSnapshotCarriesTheRecordOfRejoiningNodes(t *testing.T) {
 	rs, err = follower.LoadRaftState(context.Background())
 	if err != nil || string(rs.Rejoining) != string(record) {
 		t.Fatalf("after install: %q %v", rs.Rejoining, err)
+	}
+}
+
+// A database an earlier version wrote kept the consensus log in its own
+// tables. At open, the log and hard state move into the log file, and
+// the database keeps only where its data stands.
+func TestALogKeptInTheDatabaseMovesToTheLogFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for _, suf := range []string{"", "-wal", "-shm"} {
+		os.Remove(RaftLogPath(path) + suf)
+	}
+	c, err := sqlite.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ExecScript(`
+CREATE TABLE _ddb_raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL, data BLOB);
+INSERT INTO _ddb_raft_log VALUES (5, 2, 0, x'01'), (6, 2, 0, x'02');
+DELETE FROM _ddb_raft_state;
+INSERT INTO _ddb_raft_state VALUES ('hard_state', x'0a0b'), ('snap_index', 4), ('snap_term', 1), ('conf_state', x'0c'), ('node_id', 1);
+`); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	for range 2 { // the second open finds it moved already
+		s, err := Open(Options{Path: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.LoadRaftState(context.Background())
+		if err != nil || string(st.HardState) != "\x0a\x0b" || st.SnapIndex != 4 || st.SnapTerm != 1 || string(st.ConfState) != "\x0c" {
+			t.Fatalf("moved state: %+v %v", st, err)
+		}
+		ents, err := s.RaftEntries(context.Background(), 5, 7, 0)
+		if err != nil || len(ents) != 2 || ents[1].Index != 6 || string(ents[1].Data) != "\x02" {
+			t.Fatalf("moved entries: %+v %v", ents, err)
+		}
+		if empty, _ := s.RaftStateEmpty(context.Background()); empty || s.RaftLogDiscarded {
+			t.Fatal("the moved log reads as empty, or was discarded")
+		}
+		row, _ := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = '_ddb_raft_log'")
+		if row[0].(int64) != 0 {
+			t.Fatal("the database still holds the log table")
+		}
+		s.Close()
+	}
+}
+
+// A log file beside a database that is not its own (the database was
+// wiped, or replaced by a copy) is emptied at open: the node starts
+// without Raft state instead of with another database's log.
+func TestALogFileBesideAnotherDatabaseIsEmptied(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "n.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveRaft(RaftSave{Entries: []RaftEntry{{Index: 1, Term: 1, Data: []byte("x")}}, HardState: []byte("hs")}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for _, suf := range []string{"", "-wal", "-shm"} {
+		os.Remove(path + suf) // the database is wiped; its log file stays
+	}
+	s, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if empty, err := s.RaftStateEmpty(context.Background()); !empty || err != nil || !s.RaftLogDiscarded {
+		t.Fatalf("empty %v, discarded %v, %v", empty, s.RaftLogDiscarded, err)
 	}
 }
