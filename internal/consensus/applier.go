@@ -85,10 +85,21 @@ func (n *Node) applyBatch(b applyBatch) error {
 	}
 	n.signalApplied()
 	if _, self := n.Leader(); self && foreign {
-		n.reportApplied(last)
+		// Entries after these are on their way: the messages that commit
+		// them carry the report (every batch of a leader's messages starts
+		// with it), and so does the next heartbeat at the latest. Under load
+		// that spares a message to every node for each batch.
+		if lastLogged, _ := n.storage.LastIndex(); lastLogged <= last {
+			n.reportApplied(last)
+		}
 	}
 	if err := n.compact(); err != nil {
 		n.cfg.Log.Warn("compacting the raft log failed; it is tried again after the next entries", "err", err)
+	}
+	// (Between two batches, no entry of this node holds SQLite's
+	// generator, which the log file's checkpoint needs.)
+	if err := n.storage.st.CheckpointRaftLog(); err != nil {
+		n.cfg.Log.Warn("checkpointing the raft log failed; it is tried again after the next entries", "err", err)
 	}
 	return nil
 }

@@ -749,9 +749,14 @@ func (n *Node) run() {
 		// last step committed what it waited for), then take whatever else
 		// is queued.
 		if holdC == nil || n.holdBatch(batch, batchSince) {
+			var applied <-chan struct{} // while a batch is held: the applier moved
+			if holdC != nil {
+				applied = *n.appliedSig.Load()
+			}
 			select {
 			case <-holdC:
 				holdC = nil // the hold is over: the batch goes out below
+			case <-applied:
 			case <-n.cfg.Ticks:
 				n.rn.Tick()
 				n.leadPreferred()
@@ -818,20 +823,21 @@ func (n *Node) run() {
 }
 
 // holdBatch reports whether the leader's batch of proposals, the oldest
-// taken at since, waits for the entries in flight: while a leader has
-// appended entries that are not committed yet, proposals that arrive go
-// out together once those commit (the step that commits them takes them)
-// or once the oldest has waited Config.HoldProposals. The entries in
-// flight cost their step, an fsync on every node and a round of messages;
-// proposals held meanwhile share the next one instead of each paying a
-// step of its own. A follower's proposals, and a leader's with nothing in
-// flight, are never held.
+// taken at since, waits: while a leader has appended entries that are not
+// committed yet, or its applier has committed entries still to apply,
+// proposals that arrive go out together once those are done (the step
+// that commits them takes them; the applier's progress wakes the loop) or
+// once the oldest has waited Config.HoldProposals. Each step costs an
+// fsync on every node and a round of messages; proposals held meanwhile
+// share the next one instead of each paying a step of its own. A
+// follower's proposals, and a leader's with nothing in flight, are never
+// held.
 func (n *Node) holdBatch(batch []pb.Entry, since time.Time) bool {
 	if len(batch) == 0 || !n.leading || n.cfg.HoldProposals <= 0 || time.Since(since) >= n.cfg.HoldProposals {
 		return false
 	}
 	last, _ := n.storage.LastIndex()
-	return last > n.rn.BasicStatus().Commit
+	return last > n.rn.BasicStatus().Commit || n.applied.Load() < n.handed
 }
 
 // handle processes one Ready in the order Raft requires: no vote or
@@ -882,11 +888,14 @@ func (n *Node) handle(rd raft.Ready) error {
 		return err
 	}
 	// A step that writes no entry and changes neither term nor vote (only
-	// the commit index moved) need not reach the disk before anything
-	// else happens: its hard state is written without an fsync.
-	save.Lazy = !rd.MustSync
-	if err := n.storage.st.SaveRaft(save); err != nil {
-		return fmt.Errorf("persist raft log: %w", err)
+	// the commit index moved) writes nothing: a commit index is learnt
+	// again from the leader, and a node that applied beyond the one it
+	// recorded raises it when it starts. The next step that writes
+	// records it with the rest.
+	if rd.MustSync {
+		if err := n.storage.st.SaveRaft(save); err != nil {
+			return fmt.Errorf("persist raft log: %w", err)
+		}
 	}
 	if err := n.storage.saved(rd.Entries, rd.HardState); err != nil {
 		return err

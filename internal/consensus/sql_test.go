@@ -525,10 +525,10 @@ func TestFollowerBehindTheCompactedLogGetsASnapshot(t *testing.T) {
 	g.identical()
 }
 
-// The leader applies a step's committed entries before it writes the
-// step's hard state; a crash in between leaves the recorded commit index
-// behind the applied one. The node must start again (Raft refuses an
-// applied index beyond the commit index) and go on.
+// A node records the commit index only with the steps that write entries
+// or a new term or vote, and applies on its own goroutine: the recorded
+// commit index is often behind the applied one. The node must start again
+// (Raft refuses an applied index beyond the commit index) and go on.
 func TestNodeStartsWhenItsRecordedCommitIsBehindWhatItApplied(t *testing.T) {
 	g := newReplicas(t, 3)
 	l := g.leader()
@@ -551,10 +551,7 @@ func TestNodeStartsWhenItsRecordedCommitIsBehindWhatItApplied(t *testing.T) {
 	if err := hs.Unmarshal(rs.HardState); err != nil {
 		t.Fatal(err)
 	}
-	if hs.Commit < s2.Applied() {
-		t.Fatalf("the commit index %d is already behind the applied index %d", hs.Commit, s2.Applied())
-	}
-	hs.Commit = s2.Applied() - 5 // as a crash between applying and saving leaves it
+	hs.Commit = min(hs.Commit, s2.Applied()-5)
 	b, _ := hs.Marshal()
 	if err := s2.SaveRaft(store.RaftSave{HardState: b}); err != nil {
 		t.Fatal(err)

@@ -29,9 +29,9 @@ import (
 // SQLite draws from its process-wide generator when a WAL starts afresh.
 // The writer pins that generator while it runs an entry, so the log's
 // connection must not draw meanwhile: it never checkpoints by itself
-// (wal_autocheckpoint = 0), and checkpoints with TRUNCATE (which draws
+// (wal_autocheckpoint = 0), and checkpoints with RESTART (which draws
 // then, and leaves the next write nothing to draw) only while it holds the
-// generator, when no entry runs (checkpointRaftLog).
+// generator, when no entry runs (CheckpointRaftLog).
 
 // raftSchemaSQL is the database's own consensus table: where its data
 // stands in the log.
@@ -49,9 +49,9 @@ CREATE TABLE IF NOT EXISTS raft_state (key TEXT PRIMARY KEY, value BLOB);
 func RaftLogPath(path string) string { return path + "-raft" }
 
 // raftCheckpointEvery is how many transactions the log's WAL may hold
-// before a checkpoint is tried (a step's transaction is a few kB under
-// load: the WAL stays within tens of MB).
-const raftCheckpointEvery = 4096
+// before it is checkpointed (a step's transaction writes a few pages: the
+// WAL stays within about ten MB).
+const raftCheckpointEvery = 1024
 
 // openRaftLog opens the consensus log file, moves into it a log an earlier
 // version kept in the database, and empties it if it belongs to another
@@ -168,17 +168,32 @@ func (s *Store) rlTx(stmts ...stmt) error {
 	return nil
 }
 
-// checkpointRaftLog copies the log file's WAL back into it and empties
-// the WAL, once it has grown, and only when no entry runs on any writer
-// of the process (see the top of this file); the caller holds rmu.
-func (s *Store) checkpointRaftLog() {
-	if s.rlSize < raftCheckpointEvery || !sqlite.TryLockPRNG() {
-		return
+// CheckpointRaftLog copies the log file's WAL back into it and empties
+// the WAL, once it has grown. It waits for SQLite's generator (see the top
+// of this file), so it is called where no entry of this store runs and
+// none waits on it: by the applier, between two batches.
+func (s *Store) CheckpointRaftLog() error {
+	s.rmu.Lock()
+	due := s.rl != nil && s.rlSize >= raftCheckpointEvery
+	s.rmu.Unlock()
+	if !due {
+		return nil
 	}
+	sqlite.LockPRNG()
 	defer sqlite.UnlockPRNG()
-	if err := s.rl.Checkpoint(3); err == nil {
-		s.rlSize = 0
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.rl == nil {
+		return ErrClosed
 	}
+	// RESTART, not TRUNCATE: the WAL starts again from its beginning and
+	// keeps its size, so the appends after it do not grow the file (an
+	// fsync of a file that grew also writes its metadata).
+	if err := s.rl.Checkpoint(2); err != nil {
+		return fmt.Errorf("checkpoint the consensus log: %w", err)
+	}
+	s.rlSize = 0
+	return nil
 }
 
 // RaftEntry is one consensus log entry as it is stored.
@@ -378,7 +393,6 @@ func (s *Store) SaveRaft(save RaftSave) error {
 	if err := s.rlTx(stmts...); err != nil {
 		return fmt.Errorf("save raft log: %w", err)
 	}
-	s.checkpointRaftLog()
 	return nil
 }
 

@@ -430,17 +430,17 @@ func (s *Store) Close() error {
 		s.w, s.wconn = nil, nil
 	}
 	s.wmu.Unlock()
+	sqlite.LockPRNG() // (before rmu, as in CheckpointRaftLog)
 	s.rmu.Lock()
 	if s.rl != nil {
-		sqlite.LockPRNG()
 		if err := s.rl.Checkpoint(3); err != nil {
 			errs = append(errs, fmt.Errorf("checkpoint the consensus log on close: %w", err))
 		}
-		sqlite.UnlockPRNG()
 		errs = append(errs, s.rl.Close())
 		s.rl = nil
 	}
 	s.rmu.Unlock()
+	sqlite.UnlockPRNG()
 	s.clock.Close()
 	if s.lock != nil {
 		errs = append(errs, s.lock.Close())
