@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -155,6 +156,51 @@ func TestALongWriteCostsTheClusterNoElection(t *testing.T) {
 	for _, id := range all {
 		if rows := c.Query(id, "SELECT count(*) AS n, sum(x = 0) AS zero FROM lw"); rows[0]["n"] != float64(13) {
 			t.Fatalf("node %d holds %v", id, rows)
+		}
+	}
+}
+
+// peakRSS is a process's peak resident memory (VmHWM), in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
+
+// What SQLite builds while a write is applied counts against memory on
+// every node, slaves included: a RETURNING write of 150 and 600 rows of
+// 1 MB each, over -max-result-bytes 64 MB, is refused (400 too_large,
+// nothing applied) with every node's peak memory under 4 x the limit +
+// 128 MB. Before, SQLite kept the whole RETURNING result in memory before
+// the first row was counted: 600 rows cost every node 1.5 GB or more.
+func TestARefusedReturningWriteCostsEveryNodeBoundedMemory(t *testing.T) {
+	const limit = 64 << 20
+	c := testcluster.Start(t, 2, "-ack-timeout", "60s", "-max-result-bytes", fmt.Sprint(limit))
+	c.Exec(0, "CREATE TABLE p6_blob (b)")
+	for _, rows := range []int{150, 600} {
+		r, err := c.Do(0, map[string]any{"command": "query", "query": fmt.Sprintf("WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM s WHERE x < %d) INSERT INTO p6_blob SELECT zeroblob(1000000) FROM s RETURNING b", rows)})
+		if err != nil || r.Status != 400 || !strings.Contains(string(r.Body), "too_large") {
+			t.Fatalf("%d rows: %v %v, want 400 too_large", rows, r, err)
+		}
+		c.WaitConverged(60*time.Second, 1, 2)
+		for id := 0; id <= 2; id++ {
+			if peak := peakRSS(t, c.Node(id).Pid()); peak > 4*limit+128<<20 {
+				t.Fatalf("%d rows: node %d peaked at %d MB, over 4 x -max-result-bytes + 128 MB", rows, id, peak>>20)
+			}
+			if n := c.Query(id, "SELECT count(*) AS n FROM p6_blob"); n[0]["n"] != float64(0) {
+				t.Fatalf("node %d holds %v rows of a refused write", id, n[0]["n"])
+			}
 		}
 	}
 }

@@ -33,6 +33,7 @@ struct sqlite3_vfs {
 	const char *(*xNextSystemCall)(sqlite3_vfs*, const char*);
 };
 extern sqlite3_vfs *sqlite3_vfs_find(const char*);
+extern int sqlite3_test_control(int op, ...);
 extern int sqlite3_vfs_register(sqlite3_vfs*, int);
 extern int sqlite3_vfs_unregister(sqlite3_vfs*);
 
@@ -60,6 +61,24 @@ static int ddb_clock_now(sqlite3_vfs *p, double *out) {
 	return rc;
 }
 
+// A temporary file (zName NULL: a spilled sorter, a RETURNING buffer, a
+// statement journal) is named by the default VFS from SQLite's
+// process-wide generator, which the writer pins to each log entry's seed:
+// whether a statement spills to a temporary file depends on the page cache
+// and on what the transaction did before, not on the entry alone. So the
+// generator is saved before the name is drawn and restored after
+// (SQLITE_TESTCTRL_PRNG_SAVE, _RESTORE): opening a temporary file changes
+// nothing the entry computes. The file is unlinked as soon as it is open,
+// so the same name drawn again is free again.
+static int ddb_clock_open(sqlite3_vfs *p, const char *zName, sqlite3_file *f, int flags, int *outFlags) {
+	ddb_clock_vfs *v = (ddb_clock_vfs*)p;
+	if (zName) return v->orig->xOpen(p, zName, f, flags, outFlags);
+	sqlite3_test_control(5); // SQLITE_TESTCTRL_PRNG_SAVE
+	int rc = v->orig->xOpen(p, zName, f, flags, outFlags);
+	sqlite3_test_control(6); // SQLITE_TESTCTRL_PRNG_RESTORE
+	return rc;
+}
+
 static ddb_clock_vfs *ddb_clock_new(const char *name) {
 	sqlite3_vfs *orig = sqlite3_vfs_find(0);
 	if (!orig) return 0;
@@ -70,6 +89,7 @@ static ddb_clock_vfs *ddb_clock_new(const char *name) {
 	v->base.pNext = 0;
 	v->base.zName = strdup(name);
 	v->base.xCurrentTime = ddb_clock_now;
+	v->base.xOpen = ddb_clock_open;
 	if (v->base.iVersion >= 2) v->base.xCurrentTimeInt64 = ddb_clock_now64;
 	if (sqlite3_vfs_register(&v->base, 0) != 0) { free((void*)v->base.zName); free(v); return 0; }
 	return v;
@@ -95,7 +115,8 @@ const unixEpochJulianMs = 210866760000000
 var clockSeq atomic.Uint64
 
 // Clock is a VFS, registered under Name, that behaves exactly like the
-// default VFS except that its clock can be pinned. SQLite asks the VFS of
+// default VFS except that its clock can be pinned, and that naming a
+// temporary file leaves SQLite's generator as it was (see ddb_clock_open). SQLite asks the VFS of
 // a connection for "now" (CURRENT_TIMESTAMP, CURRENT_DATE, CURRENT_TIME and
 // every date/time function given 'now', in defaults and triggers too), so a
 // connection opened with ?vfs=Name sees the pinned time. Only the goroutine

@@ -132,7 +132,8 @@ INSERT OR IGNORE INTO _ddb_meta(key, value) VALUES ('applied', 0);
 
 // connPragmas are run on every connection the store opens. Temporary
 // files live in memory: SQLite names a temporary file with its process-wide
-// random generator, which the writer pins while it runs an entry.
+// random generator, which the writer pins while it runs an entry. (The
+// writer itself uses files; see Open.)
 const connPragmas = "PRAGMA temp_store = MEMORY"
 
 func openConn(path string, params url.Values) (*sqlite.Conn, error) {
@@ -192,6 +193,18 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.w = w
 	s.wconn = &conn{c: w, entry: &s.entry}
+	// The writer keeps what a statement builds (a RETURNING result, a
+	// sort, an index being made) in temporary files, not in memory: a
+	// write of a few hundred MB of blobs would otherwise cost every node
+	// that much memory before any limit could count it. Naming such a file
+	// leaves SQLite's generator as it was (sqlite.Clock), so spilling,
+	// which depends on the page cache, changes nothing an entry computes.
+	// Readers keep them in memory: their results are bounded, and they must
+	// not draw from the generator at all.
+	if err := w.Exec("PRAGMA temp_store = FILE"); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.initWriter(); err != nil {
 		s.Close()
 		return nil, err
