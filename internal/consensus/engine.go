@@ -1017,17 +1017,15 @@ var errRemoved error = removedError{}
 // noteJoinTrouble records, and logs in plain words, why announcing this
 // node to the peer at url failed.
 func (e *Engine) noteJoinTrouble(url string, err error) {
-	var why string
-	if errors.Is(err, replication.ErrPeerAuth) {
-		why = fmt.Sprintf("the node at %s refuses this node: wrong cluster secret; start it with the cluster's -secret (or $DDB_CLUSTER_SECRET), the same on every node", url)
-	} else {
-		why = fmt.Sprintf("the node at %s cannot be reached (%v): check that it runs and that -master, -slaves, -host and -port name it as the others reach it", url, err)
-	}
 	if e.isMember() {
 		return // a member whose peer is down: the Raft transport says so
 	}
+	level, why := slog.LevelInfo, fmt.Sprintf("the node at %s cannot be reached yet (%v): this node keeps trying; check that it runs and that -master, -slaves, -host and -port name it as the others reach it", url, err)
+	if errors.Is(err, replication.ErrPeerAuth) {
+		level, why = slog.LevelWarn, fmt.Sprintf("the node at %s refuses this node: wrong cluster secret; start it with the cluster's -secret (or $DDB_CLUSTER_SECRET), the same on every node", url)
+	}
 	e.joinTrouble.Store(&why)
-	e.cfg.Log.Warn("this node cannot join the cluster: "+why, "peer_url", url)
+	e.cfg.Log.Log(context.Background(), level, "this node cannot join the cluster: "+why, "peer_url", url)
 }
 
 // isMember says whether this node takes part in the cluster: admitted,
