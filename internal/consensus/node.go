@@ -1033,8 +1033,9 @@ func (n *Node) compact() error {
 		return nil
 	}
 	// The data commits without an fsync: it must be durable before the
-	// log drops what would apply it again.
-	if err := n.storage.st.SyncApplied(); err != nil {
+	// log drops what would apply it again (a checkpoint syncs the WAL
+	// before it copies it back).
+	if err := n.storage.st.Checkpoint(); err != nil {
 		return err
 	}
 	return n.storage.Compact(applied - keep)

@@ -34,7 +34,7 @@ func (s *Store) ApplyLog(entries []rlog.Entry) ([]Outcome, error) {
 	// Applying entries that the consensus log already holds on disk needs
 	// no fsync of its own: a transaction lost to a power cut is applied
 	// again from the log (its applied index is lost with it). Before the
-	// log drops applied entries, the data is synced (SyncApplied).
+	// log drops applied entries, the data is synced (Checkpoint).
 	restore, err := s.unsynced()
 	if err != nil {
 		return nil, err

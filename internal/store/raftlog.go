@@ -151,20 +151,28 @@ func (s *Store) rlTx(stmts ...stmt) error {
 	if s.rl == nil {
 		return ErrClosed
 	}
-	if err := s.rl.Exec("BEGIN IMMEDIATE"); err != nil {
+	if err := inTx(s.rl, stmts); err != nil {
+		return err
+	}
+	s.rlTxs++
+	return nil
+}
+
+// inTx runs stmts on c in one transaction, rolled back on any error.
+func inTx(c *sqlite.Conn, stmts []stmt) error {
+	if err := c.Exec("BEGIN IMMEDIATE"); err != nil {
 		return err
 	}
 	for _, q := range stmts {
-		if err := s.rl.Exec(q.sql, q.args...); err != nil {
-			s.rl.Exec("ROLLBACK")
+		if err := c.Exec(q.sql, q.args...); err != nil {
+			c.Exec("ROLLBACK")
 			return err
 		}
 	}
-	if err := s.rl.Exec("COMMIT"); err != nil {
-		s.rl.Exec("ROLLBACK")
+	if err := c.Exec("COMMIT"); err != nil {
+		c.Exec("ROLLBACK")
 		return err
 	}
-	s.rlSize++
 	return nil
 }
 
@@ -174,7 +182,7 @@ func (s *Store) rlTx(stmts ...stmt) error {
 // none waits on it: by the applier, between two batches.
 func (s *Store) CheckpointRaftLog() error {
 	s.rmu.Lock()
-	due := s.rl != nil && s.rlSize >= raftCheckpointEvery
+	due := s.rl != nil && s.rlTxs >= raftCheckpointEvery
 	s.rmu.Unlock()
 	if !due {
 		return nil
@@ -192,7 +200,7 @@ func (s *Store) CheckpointRaftLog() error {
 	if err := s.rl.Checkpoint(2); err != nil {
 		return fmt.Errorf("checkpoint the consensus log: %w", err)
 	}
-	s.rlSize = 0
+	s.rlTxs = 0
 	return nil
 }
 
@@ -411,19 +419,6 @@ func (s *Store) unsynced() (restore func(), err error) {
 	return func() { s.w.Exec("PRAGMA synchronous = FULL") }, nil
 }
 
-// SyncApplied makes what the writer applied durable (it commits without
-// an fsync): done before the log drops applied entries, which could not
-// be applied again after a power cut.
-func (s *Store) SyncApplied() error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.w == nil {
-		return ErrClosed
-	}
-	// A checkpoint syncs the WAL before it copies it back.
-	return s.w.Checkpoint(0)
-}
-
 // SetRaftConfState records the cluster configuration the log has reached.
 func (s *Store) SetRaftConfState(confState []byte) error {
 	s.wmu.Lock()
@@ -490,16 +485,10 @@ func (s *Store) execInTx(what string, stmts ...stmt) error {
 		return ErrClosed
 	}
 	s.wconn.auth.reset(policyReplica)
-	if err := s.internal("BEGIN IMMEDIATE"); err != nil {
-		return err
+	if err := inTx(s.w, stmts); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	for _, q := range stmts {
-		if err := s.w.Exec(q.sql, q.args...); err != nil {
-			s.internal("ROLLBACK")
-			return fmt.Errorf("%s: %w", what, err)
-		}
-	}
-	return s.internal("COMMIT")
+	return nil
 }
 
 // RaftStateEmpty reports whether the node holds no consensus state at all

@@ -70,9 +70,9 @@ type Store struct {
 	// raftlog.go), used under rmu: the log is written there, beside the
 	// data, so that saving Raft's entries never waits for an entry being
 	// applied on the writer.
-	rmu    sync.Mutex
-	rl     *sqlite.Conn
-	rlSize int // pages written to rl's WAL since its last checkpoint
+	rmu   sync.Mutex
+	rl    *sqlite.Conn
+	rlTxs int // transactions in rl's WAL since its last checkpoint
 	// RaftLogDiscarded: at open, the consensus log file belonged to
 	// another database than this one (the data file was wiped or
 	// replaced) and was emptied.
