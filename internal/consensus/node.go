@@ -250,11 +250,9 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	n.handed = cfg.Applied
 	sig := make(chan struct{})
 	n.appliedSig.Store(&sig)
-	rj, err := decodeRejoining(storage.rejoining)
-	if err != nil {
+	if err := n.loadRejoining(ctx); err != nil {
 		return nil, err
 	}
-	n.rejoining.Store(&rj)
 	lc := make(chan struct{})
 	n.leadChange.Store(&lc)
 	hard, _, _ := storage.InitialState()
@@ -1000,15 +998,9 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 		return err
 	}
 	n.storage.installed(snap.Metadata, hard)
-	rs, err := n.storage.st.LoadRaftState(context.Background())
-	if err != nil {
+	if err := n.loadRejoining(context.Background()); err != nil {
 		return err
 	}
-	rj, err := decodeRejoining(rs.Rejoining)
-	if err != nil {
-		return err
-	}
-	n.rejoining.Store(&rj)
 	n.applied.Store(snap.Metadata.Index)
 	n.handed = snap.Metadata.Index
 	n.signalApplied()

@@ -97,6 +97,21 @@ func (r Rejoining) after(cc pb.ConfChange) (Rejoining, bool) {
 	return out, true
 }
 
+// loadRejoining reads the record of rejoining nodes where the data stands
+// (at start, and once a snapshot replaced the database).
+func (n *Node) loadRejoining(ctx context.Context) error {
+	pos, err := n.storage.st.DataPosition(ctx)
+	if err != nil {
+		return err
+	}
+	rj, err := decodeRejoining(pos.Rejoining)
+	if err != nil {
+		return err
+	}
+	n.rejoining.Store(&rj)
+	return nil
+}
+
 // Rejoining is the log's record of the nodes being added again, as this
 // node has applied it. Callers must not modify it.
 func (n *Node) Rejoining() Rejoining { return *n.rejoining.Load() }

@@ -35,7 +35,6 @@ type Storage struct {
 	snapIndex uint64
 	snapTerm  uint64
 	ents      []pb.Entry // the log after snapIndex, in order
-	rejoining []byte     // the record of nodes being added again, as loaded (see Rejoining)
 }
 
 var _ raft.Storage = (*Storage)(nil)
@@ -46,7 +45,7 @@ func OpenStorage(ctx context.Context, st *store.Store) (*Storage, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Storage{st: st, snapIndex: rs.SnapIndex, snapTerm: rs.SnapTerm, rejoining: rs.Rejoining}
+	s := &Storage{st: st, snapIndex: rs.SnapIndex, snapTerm: rs.SnapTerm}
 	if rs.HardState != nil {
 		if err := s.hard.Unmarshal(rs.HardState); err != nil {
 			return nil, err

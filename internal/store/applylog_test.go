@@ -195,9 +195,9 @@ func TestSnapshotCarriesTheRecordOfRejoiningNodes(t *testing.T) {
 	if _, err := leader.ApplyLog([]rlog.Entry{{Index: 1, Term: 2, Conf: []byte{1}, Rejoining: record}}); err != nil {
 		t.Fatal(err)
 	}
-	rs, err := leader.LoadRaftState(context.Background())
-	if err != nil || string(rs.Rejoining) != string(record) {
-		t.Fatalf("after apply: %q %v", rs.Rejoining, err)
+	pos, err := leader.DataPosition(context.Background())
+	if err != nil || string(pos.Rejoining) != string(record) {
+		t.Fatalf("after apply: %q %v", pos.Rejoining, err)
 	}
 	path, _, err := leader.Snapshot(context.Background(), t.TempDir())
 	if err != nil {
@@ -207,9 +207,9 @@ func TestSnapshotCarriesTheRecordOfRejoiningNodes(t *testing.T) {
 	if err := follower.InstallRaftSnapshot(path, 1, 2, nil); err != nil {
 		t.Fatal(err)
 	}
-	rs, err = follower.LoadRaftState(context.Background())
-	if err != nil || string(rs.Rejoining) != string(record) {
-		t.Fatalf("after install: %q %v", rs.Rejoining, err)
+	pos, err = follower.DataPosition(context.Background())
+	if err != nil || string(pos.Rejoining) != string(record) {
+		t.Fatalf("after install: %q %v", pos.Rejoining, err)
 	}
 }
 

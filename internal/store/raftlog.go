@@ -217,24 +217,20 @@ type RaftEntry struct {
 type RaftState struct {
 	HardState, ConfState []byte
 	SnapIndex, SnapTerm  uint64
-	// Rejoining is the consensus package's record of the nodes taken out
-	// of the configuration to be added again (replicated: every node
-	// writes it with the configuration change that alters it).
-	Rejoining []byte
 }
 
 // ErrRaftCompacted: the entry asked for precedes the log's first entry.
 var ErrRaftCompacted = errors.New("raft log entry compacted")
 
-// LoadRaftState reads the consensus state: the log file's, and where the
-// data stands (the configuration, the rejoining nodes).
+// LoadRaftState reads the consensus state: the log file's, and the
+// configuration the data has reached.
 func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 	var st RaftState
-	pos, err := s.raftPosition(ctx)
+	pos, err := s.DataPosition(ctx)
 	if err != nil {
 		return st, err
 	}
-	st.ConfState, st.Rejoining = pos["conf_state"], pos["rejoining"]
+	st.ConfState = pos.Conf
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	if s.rl == nil {
@@ -257,27 +253,6 @@ func (s *Store) LoadRaftState(ctx context.Context) (RaftState, error) {
 		}
 	}
 	return st, nil
-}
-
-// raftPosition reads the database's consensus keys that are blobs.
-func (s *Store) raftPosition(ctx context.Context) (map[string][]byte, error) {
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer s.putReader(r)
-	r.auth.reset(policyReplica)
-	rows, err := r.c.All("SELECT key, value FROM _ddb_raft_state")
-	if err != nil {
-		return nil, fmt.Errorf("read raft state: %w", err)
-	}
-	out := map[string][]byte{}
-	for _, row := range rows {
-		if b, ok := row[1].([]byte); ok {
-			out[row[0].(string)] = b
-		}
-	}
-	return out, nil
 }
 
 // RaftLastIndex is the index of the last entry the log holds (0 when it
@@ -573,18 +548,5 @@ func (s *Store) DataPosition(ctx context.Context) (RaftPosition, error) {
 	}
 	defer s.putReader(r)
 	r.auth.reset(policyReplica)
-	rows, err := r.c.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('applied_term', 'conf_state')")
-	if err != nil {
-		return p, err
-	}
-	for _, row := range rows {
-		switch row[0] {
-		case "applied_term":
-			v, _ := row[1].(int64)
-			p.Term = uint64(v)
-		case "conf_state":
-			p.Conf, _ = row[1].([]byte)
-		}
-	}
-	return p, nil
+	return p, positionOf(r.c, &p)
 }

@@ -149,11 +149,34 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 }
 
 // RaftPosition is where a copy of the database stands in the consensus
-// log: its applied index, that entry's term, and the configuration the log
-// had reached there (encoded).
+// log: its applied index, that entry's term, the configuration the log
+// had reached there (encoded), and the record of nodes being added back
+// (the consensus package's, encoded; nil: none).
 type RaftPosition struct {
 	Index, Term uint64
 	Conf        []byte
+	Rejoining   []byte
+}
+
+// positionOf reads, on c, the consensus keys that say where the data
+// stands (all but the applied index).
+func positionOf(c *sqlite.Conn, p *RaftPosition) error {
+	rows, err := c.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('applied_term', 'conf_state', 'rejoining')")
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		switch r[0] {
+		case "applied_term":
+			v, _ := r[1].(int64)
+			p.Term = uint64(v)
+		case "conf_state":
+			p.Conf, _ = r[1].([]byte)
+		case "rejoining":
+			p.Rejoining, _ = r[1].([]byte)
+		}
+	}
+	return nil
 }
 
 // SnapshotPosition reads where the snapshot file at path stands.
@@ -167,18 +190,8 @@ func SnapshotPosition(path string) (RaftPosition, error) {
 	if p.Index, err = appliedOf(c); err != nil {
 		return p, err
 	}
-	rows, err := c.All("SELECT key, value FROM _ddb_raft_state WHERE key IN ('applied_term', 'conf_state')")
-	if err != nil {
+	if err := positionOf(c, &p); err != nil {
 		return p, err
-	}
-	for _, r := range rows {
-		switch r[0] {
-		case "applied_term":
-			v, _ := r[1].(int64)
-			p.Term = uint64(v)
-		case "conf_state":
-			p.Conf, _ = r[1].([]byte)
-		}
 	}
 	if p.Index > 0 && p.Term == 0 {
 		return p, fmt.Errorf("snapshot at index %d records no Raft term", p.Index)
