@@ -363,10 +363,8 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 }
 
 func (e *Engine) inConfig() bool {
-	st := e.rep.Node().Status()
-	_, v := st.Config.Voters.IDs()[e.cfg.ID]
-	_, l := st.Config.Learners[e.cfg.ID]
-	return v || l
+	voter, learner := membership(e.rep.Node().Status().Config, e.cfg.ID)
+	return voter || learner
 }
 
 func (e *Engine) peerURLs() map[uint64]string {
@@ -410,8 +408,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 	}
 	st := e.rep.Node().Status()
 	resp.Running = st.Commit > 0
-	_, voter := st.Config.Voters.IDs()[req.ID]
-	_, learner := st.Config.Learners[req.ID]
+	voter, learner := membership(st.Config, req.ID)
 	if st.RaftState != raft.StateLeader {
 		switch {
 		case !req.Fresh && (voter || learner):
@@ -490,8 +487,7 @@ func (e *Engine) Remove(ctx context.Context, id uint64) error {
 		return errors.New("a node cannot remove itself: send the request to another node")
 	}
 	st := e.rep.Node().Status()
-	_, voter := st.Config.Voters.IDs()[id]
-	_, learner := st.Config.Learners[id]
+	voter, learner := membership(st.Config, id)
 	if !voter && !learner {
 		return fmt.Errorf("node %d is not in the configuration", int(id)-1)
 	}
@@ -508,7 +504,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 	if st.RaftState != raft.StateLeader {
 		return &NotLeaderError{Leader: st.Lead}
 	}
-	if _, ok := st.Config.Voters.IDs()[id]; !ok {
+	if voter, _ := membership(st.Config, id); !voter {
 		return fmt.Errorf("node %d is not a voter", int(id)-1)
 	}
 	e.rep.Node().TransferLeadership(ctx, id)
@@ -1034,11 +1030,8 @@ func (e *Engine) isMember() bool {
 	if e.rep == nil || !e.admitted.Load() {
 		return false
 	}
-	st := e.rep.Node().RecentStatus()
-	_, voter := st.Config.Voters[0][e.cfg.ID]
-	_, outgoing := st.Config.Voters[1][e.cfg.ID]
-	_, learner := st.Config.Learners[e.cfg.ID]
-	return voter || outgoing || learner
+	voter, learner := membership(e.rep.Node().RecentStatus().Config, e.cfg.ID)
+	return voter || learner
 }
 
 // notMemberError is Serving's answer on a node that is not (yet) a member

@@ -366,8 +366,7 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 
 // hasChange reports whether the configuration already holds cc's result.
 func hasChange(st raft.Status, cc pb.ConfChange) bool {
-	_, voter := st.Config.Voters.IDs()[cc.NodeID]
-	_, learner := st.Config.Learners[cc.NodeID]
+	voter, learner := membership(st.Config, cc.NodeID)
 	switch cc.Type {
 	case pb.ConfChangeAddNode:
 		return voter

@@ -154,8 +154,7 @@ func (e *Engine) finishRejoins() {
 	for _, id := range slices.Sorted(maps.Keys(rj)) {
 		note := rj[id]
 		st := node.RecentStatus()
-		_, voter := st.Config.Voters.IDs()[id]
-		_, learner := st.Config.Learners[id]
+		voter, learner := membership(st.Config, id)
 		var cc pb.ConfChange
 		switch {
 		case !voter && !learner:
@@ -176,6 +175,15 @@ func (e *Engine) finishRejoins() {
 		}
 		e.moveLeadershipForTest(id)
 	}
+}
+
+// membership says whether node id is a voter (in the incoming or, during a
+// joint change, the outgoing configuration) or a learner of cfg.
+func membership(cfg tracker.Config, id uint64) (voter, learner bool) {
+	_, in := cfg.Voters[0][id]
+	_, out := cfg.Voters[1][id]
+	_, learner = cfg.Learners[id]
+	return in || out, learner
 }
 
 // caughtUp says whether, in a leader's status, node id holds the log: in
