@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/bench"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
@@ -160,24 +160,6 @@ func TestALongWriteCostsTheClusterNoElection(t *testing.T) {
 	}
 }
 
-// peakRSS is a process's peak resident memory (VmHWM), in bytes.
-func peakRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb int64
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmHWM")
-	return 0
-}
-
 // What SQLite builds while a write is applied counts against memory on
 // every node, slaves included: a RETURNING write of 150 and 600 rows of
 // 1 MB each, over -max-result-bytes 64 MB, is refused (400 too_large,
@@ -195,7 +177,11 @@ func TestARefusedReturningWriteCostsEveryNodeBoundedMemory(t *testing.T) {
 		}
 		c.WaitConverged(60*time.Second, 1, 2)
 		for id := 0; id <= 2; id++ {
-			if peak := peakRSS(t, c.Node(id).Pid()); peak > 4*limit+128<<20 {
+			peak := bench.PeakRSS(c.Node(id).Pid())
+			if peak == 0 {
+				t.Fatalf("node %d's peak memory cannot be read", id)
+			}
+			if peak > 4*limit+128<<20 {
 				t.Fatalf("%d rows: node %d peaked at %d MB, over 4 x -max-result-bytes + 128 MB", rows, id, peak>>20)
 			}
 			if n := c.Query(id, "SELECT count(*) AS n FROM p6_blob"); n[0]["n"] != float64(0) {

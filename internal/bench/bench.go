@@ -186,15 +186,22 @@ func SQLiteCeiling(dir string, clients int, d time.Duration) (Result, error) {
 }
 
 // RSS is the resident memory of process pid in bytes (Linux), 0 if unknown.
-func RSS(pid int) int64 {
+func RSS(pid int) int64 { return statusBytes(pid, "VmRSS:") }
+
+// PeakRSS is the most resident memory process pid has had, in bytes
+// (Linux), 0 if unknown.
+func PeakRSS(pid int) int64 { return statusBytes(pid, "VmHWM:") }
+
+// statusBytes reads a field given in kB from /proc/PID/status, in bytes.
+func statusBytes(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			var kb int64
-			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:")), "%d", &kb)
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
 			return kb * 1024
 		}
 	}
