@@ -160,8 +160,8 @@ func TestNodeWithWrongSecretServesNoData(t *testing.T) {
 		if resp.StatusCode != 503 {
 			t.Fatalf("%s on the node with the wrong secret: %d %s, want 503", path, resp.StatusCode, b[:n])
 		}
-		if path == "/health" && !strings.Contains(string(b[:n]), "wrong cluster secret") {
-			t.Fatalf("/health does not give the reason: %s", b[:n])
+		if !strings.Contains(string(b[:n]), "wrong cluster secret") {
+			t.Fatalf("%s does not give the reason: %s", path, b[:n])
 		}
 	}
 	// The cluster itself is untouched.

@@ -205,10 +205,10 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	lines := []string{"[+]node ok"}
 	ok := true
 	if !noLeader {
-		if s.eng.Ready() == "" {
+		if why := s.eng.Ready(); why == "" {
 			lines = append(lines, "[+]leader ok")
 		} else {
-			lines = append(lines, "[-]leader not ok")
+			lines = append(lines, "[-]leader not ok: "+why)
 			ok = false
 		}
 	}
