@@ -997,6 +997,7 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 		return err
 	}
 	n.storage.installed(snap.Metadata, hard)
+	n.changed = true // the configuration is the snapshot's: RecentStatus follows at once
 	if err := n.loadRejoining(context.Background()); err != nil {
 		return err
 	}
