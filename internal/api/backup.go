@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -68,49 +69,71 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleLoad loads a SQLite file (which replaces the whole database) or
-// SQL text (which runs as one write, like a dump read back by SQLite's
-// shell) through the log, so that every node gets it. BEGIN, COMMIT and
-// PRAGMA foreign_keys statements of a dump are left out: the load is one
-// transaction of its own.
+// SQL text (which runs as it is, like a dump read back by SQLite's shell)
+// through the log, so that every node gets it: in chunks small enough for
+// one entry each, then one entry that runs them all, so the load is all or
+// nothing, at one index (replication.Load). BEGIN, COMMIT and PRAGMA
+// foreign_keys statements of a dump are left out: the load is one
+// transaction of its own. Everything that can be checked before anything
+// enters the log is: the body's size, a damaged file, a statement too
+// long for one entry. ?request_id= makes the load idempotent like a write.
 func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 	if !s.guard(w, r, PermLoad, http.MethodPost) {
 		return
 	}
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Now().Add(10 * time.Minute))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-	if err != nil {
-		w.Header().Set("Connection", "close")
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("could not read the body (at most %d bytes, see -max-body): %v", s.cfg.MaxBodyBytes, err))
-		return
-	}
-	req, err := store.LoadRequest(body, s.cfg.Dir)
-	var pe *store.ParamError
-	switch {
-	case errors.Is(err, store.ErrNothingToLoad), errors.As(err, &pe):
+	var rq Request
+	if err := rq.setRequestID(r.URL.Query().Get("request_id")); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
-	case err != nil:
-		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(30 * time.Minute))
+	body, err := store.WriteTemp(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), s.cfg.Dir, "load-body-*")
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes (-max-body); nothing was loaded", s.cfg.MaxBodyBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "could not read the body; nothing was loaded: "+err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
-	defer cancel()
-	req.Ctx = ctx
-	req.Limits = store.Limits{MaxSteps: s.limits().MaxSteps}
-	out, err := s.repl.Write(ctx, req, s.cfg.Ack)
-	if err == nil {
-		err = out.Err
-	}
+	plan, err := store.PlanLoad(body, s.cfg.Dir)
+	os.Remove(body)
 	if err != nil {
-		status, msg := s.statusOf(s.deadline(ctx, err))
-		if status == http.StatusBadRequest || status == http.StatusForbidden {
-			msg = "load refused, nothing changed: " + msg
+		var pe *store.ParamError
+		var tl *store.EntryTooLargeError
+		switch {
+		case errors.As(err, &tl):
+			writeError(w, http.StatusRequestEntityTooLarge, "load refused, nothing changed: "+err.Error())
+		case errors.Is(err, store.ErrNothingToLoad), errors.As(err, &pe):
+			writeError(w, http.StatusBadRequest, "load refused, nothing changed: "+err.Error())
+		default:
+			writeError(w, http.StatusInternalServerError, err.Error())
 		}
-		writeError(w, status, msg)
+		return
+	}
+	defer plan.Close()
+	rc.SetWriteDeadline(time.Now().Add(loadTimeout(plan.Bytes) + time.Minute))
+	ctx, cancel := context.WithTimeout(r.Context(), loadTimeout(plan.Bytes))
+	defer cancel()
+	out, err := replication.Load(ctx, s.repl, plan, rq.RequestID, false, s.cfg.Ack, s.limits())
+	if err != nil {
+		wire := s.describe(s.deadline(ctx, err))
+		if wire.status == http.StatusBadRequest || wire.status == http.StatusForbidden || wire.status == http.StatusConflict {
+			wire.msg = "load refused, nothing changed: " + wire.msg
+		}
+		writeJSON(w, wire.status, wire.body())
 		return
 	}
 	s.metrics.Write()
 	w.Header().Set(IndexHeader, strconv.FormatUint(out.Index, 10))
 	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"results":[{}],"raft_index":%d}`+"\n", out.Index))
+}
+
+// loadTimeout is how long a load of this much SQL text may take: ten
+// minutes, and a minute more per 100 MB.
+func loadTimeout(bytes int64) time.Duration {
+	return 10*time.Minute + time.Duration(bytes/(100<<20))*time.Minute
 }

@@ -92,6 +92,8 @@ func TestEveryForwardedErrorKeepsItsKind(t *testing.T) {
 		&replication.WaitTimeoutError{Want: 9, Have: 7, After: 2 * time.Second},
 		&replication.UnknownOutcomeError{Reason: "no answer came"},
 		&replication.UnavailableError{Reason: "leadership changed"},
+		&store.EntryTooLargeError{Bytes: 40 << 20},
+		&store.LoadInterruptedError{ID: "abc"},
 	} {
 		before := s.describe(err)
 		if before.kind == "internal" {

@@ -240,6 +240,14 @@ var errorKinds = []struct {
 		var e *store.StepBudgetError
 		return as(err, &e, func() string { return e.Error() })
 	}},
+	{"too_large", http.StatusRequestEntityTooLarge, func(_ *Server, err error) (string, bool) {
+		var e *store.EntryTooLargeError
+		return as(err, &e, func() string { return e.Error() })
+	}},
+	{"conflict", http.StatusConflict, func(_ *Server, err error) (string, bool) {
+		var e *store.LoadInterruptedError
+		return as(err, &e, func() string { return e.Error() })
+	}},
 	{"ack_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
 		var e *replication.AckTimeoutError
 		return as(err, &e, func() string { return e.Error() })

@@ -134,10 +134,13 @@ func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(
 // runs with, then the write.
 func (r *Replica) entry(req *store.Request) ([]byte, error) {
 	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
-		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, MaxSteps: req.Limits.MaxSteps, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace}
+		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, MaxSteps: req.Limits.MaxSteps, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load}
 	body, err := w.Encode()
 	if err != nil {
 		return nil, &store.ParamError{Msg: err.Error()}
+	}
+	if len(body) > rlog.MaxEntryBytes {
+		return nil, &store.EntryTooLargeError{Bytes: len(body)}
 	}
 	data := make([]byte, 16, 16+len(body))
 	r.stamp(data)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/store"
@@ -121,17 +122,15 @@ func prune(dir string, keep int) error {
 // the log, once this node leads, if the database holds no table yet (a
 // restart with the flag still given changes nothing).
 func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string, log *slog.Logger, stop <-chan struct{}) {
-	body, err := os.ReadFile(file)
-	if err != nil {
-		log.Error("restore: cannot read the backup", "file", file, "err", err)
-		return
-	}
-	req, err := store.LoadRequest(body, dir)
+	plan, err := store.PlanLoad(file, dir)
 	if err != nil {
 		log.Error("restore: the backup cannot be loaded; nothing restored", "file", file, "err", err)
 		return
 	}
-	req.Replace = true // a restore replaces the database, from SQL text too
+	defer plan.Close()
+	// One id for every try: a try cut short by a change of leader is
+	// taken up by the next, entry by entry.
+	id := fmt.Sprintf("restore-%d", time.Now().UnixNano())
 	for {
 		select {
 		case <-stop:
@@ -143,20 +142,20 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		rows, err := st.Read(ctx, []rlog.Statement{{SQL: "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"}}, store.Limits{})
+		cancel()
 		if err != nil {
-			cancel()
 			continue
 		}
 		if n, _ := rows[0].Rows[0][0].(int64); n > 0 {
-			cancel()
 			log.Info("restore: the database already holds tables; the backup is not loaded", "file", file)
 			return
 		}
-		req.Ctx = ctx
-		out, err := eng.Write(ctx, req, cluster.AckQuorum)
+		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute+time.Duration(plan.Bytes/(100<<20))*time.Minute)
+		out, err := replication.Load(ctx, eng, plan, id, true, cluster.AckQuorum, store.Limits{})
 		cancel()
-		if err == nil {
-			err = out.Err
+		if err != nil && !replication.OutcomeUnknown(err) {
+			log.Error("restore: the backup was refused; nothing restored", "file", file, "err", err)
+			return
 		}
 		if err != nil {
 			log.Warn("restore: the load did not go through yet; retrying", "err", err)

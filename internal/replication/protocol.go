@@ -12,6 +12,7 @@ import (
 	"github.com/ddbgo/ddb/internal/cluster"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -34,6 +35,8 @@ type ForwardRequest struct {
 	Atomic bool `json:"atomic,omitempty"`
 	// Replace: the write replaces the whole user database (a load).
 	Replace bool `json:"replace,omitempty"`
+	// Load: the write is one step of a load sent in several entries.
+	Load *rlog.LoadStep `json:"load,omitempty"`
 }
 
 // ForwardResponse is the leader's answer to a forwarded write.
@@ -151,8 +154,14 @@ func ToWireError(err error) *WireError {
 		at *AckTimeoutError
 		wt *WaitTimeoutError
 		uo *UnknownOutcomeError
+		li *store.LoadInterruptedError
+		et *store.EntryTooLargeError
 	)
 	switch {
+	case errors.As(err, &et):
+		return &WireError{Kind: "entry_too_large", Index: uint64(et.Bytes)}
+	case errors.As(err, &li):
+		return &WireError{Kind: "load_interrupted", Message: li.ID}
 	case errors.As(err, &sb):
 		return &WireError{Kind: "step_budget", Index: uint64(sb.Steps)}
 	case errors.As(err, &ri):
@@ -209,6 +218,10 @@ func FromWireError(w *WireError, ackTimeout time.Duration) error {
 		return &WaitTimeoutError{Want: w.Index, Have: w.Have, After: after}
 	case "unknown_outcome":
 		return &UnknownOutcomeError{Reason: w.Message}
+	case "entry_too_large":
+		return &store.EntryTooLargeError{Bytes: int(w.Index)}
+	case "load_interrupted":
+		return &store.LoadInterruptedError{ID: w.Message}
 	}
 	// A kind this node does not know (a newer node's): its message, kept
 	// whole, answered as an internal error.

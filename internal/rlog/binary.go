@@ -16,8 +16,9 @@ const binaryVersion = 0x01
 // The binary encoding of a Write:
 //
 //	0x01, flags (uvarint), request id (string), max rows and max bytes
-//	(uvarints), max steps (uvarint, with flagSteps only), the number of
-//	statements (uvarint), then each statement:
+//	(uvarints), max steps (uvarint, with flagSteps only), the load step
+//	(with flagLoad only: its id (string), op and seq (uvarints)), the
+//	number of statements (uvarint), then each statement:
 //	its SQL (string), the number of positional values (uvarint) and the
 //	values, the number of named values (uvarint) and each name (string)
 //	with its value, names in order.
@@ -32,6 +33,7 @@ const (
 	flagAtomic
 	flagReplace
 	flagSteps // a step budget follows the byte limit (bodies written before have none)
+	flagLoad  // a load step follows
 )
 
 const (
@@ -82,7 +84,7 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	for _, f := range []struct {
 		on  bool
 		bit uint64
-	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}} {
+	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}} {
 		if f.on {
 			flags |= f.bit
 		}
@@ -102,6 +104,14 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(w.MaxBytes))
 	if w.MaxSteps > 0 {
 		b = binary.AppendUvarint(b, uint64(w.MaxSteps))
+	}
+	if l := w.Load; l != nil {
+		if l.Op < LoadStage || l.Op > LoadAbort || l.Seq < 0 {
+			return nil, errors.New("invalid load step")
+		}
+		b = appendString(b, l.ID)
+		b = binary.AppendUvarint(b, uint64(l.Op))
+		b = binary.AppendUvarint(b, uint64(l.Seq))
 	}
 	b = binary.AppendUvarint(b, uint64(len(w.Stmts)))
 	var err error
@@ -225,6 +235,15 @@ func decodeBinary(body []byte) (Write, error) {
 			return Write{}, errShort
 		}
 		w.MaxSteps = int64(steps)
+	}
+	if flags&flagLoad != 0 {
+		l := &LoadStep{ID: string(r.bytes())}
+		op, seq := r.uvarint(), r.uvarint()
+		if op < uint64(LoadStage) || op > uint64(LoadAbort) || seq > math.MaxInt64 {
+			return Write{}, errShort
+		}
+		l.Op, l.Seq = LoadOp(op), int64(seq)
+		w.Load = l
 	}
 	n := r.count()
 	if r.err == nil && n > 0 {

@@ -153,3 +153,32 @@ func TestStepBudgetTravelsWithTheWrite(t *testing.T) {
 		t.Fatal("a negative step budget encoded")
 	}
 }
+
+// A load's steps round-trip in the binary form (the only one that carries
+// them), and each step is its own request: two steps with the same SQL
+// have different fingerprints.
+func TestLoadStepsRoundTripAndAreTheirOwnRequests(t *testing.T) {
+	steps := []*LoadStep{{ID: "a1", Op: LoadStage, Seq: 0}, {ID: "a1", Op: LoadStage, Seq: 1}, {ID: "a1", Op: LoadCommit, Seq: 2}, {ID: "b2", Op: LoadAbort}}
+	seen := map[[32]byte]bool{}
+	for _, st := range steps {
+		w := Write{RequestID: "load:" + st.ID, AllowSchema: true, Replace: true, MaxSteps: 9, Load: st, Stmts: []Statement{{SQL: "INSERT INTO t VALUES (1);"}}}
+		b, err := w.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeWriteEntry(b)
+		if err != nil || !reflect.DeepEqual(got, w) {
+			t.Fatalf("decoded %#v, %v; want %#v", got, err, w)
+		}
+		fp, _ := w.Fingerprint()
+		if seen[fp] {
+			t.Fatalf("step %+v has another step's fingerprint", st)
+		}
+		seen[fp] = true
+	}
+	for _, bad := range []*LoadStep{{ID: "x", Op: 0}, {ID: "x", Op: LoadAbort + 1}, {ID: "x", Op: LoadStage, Seq: -1}} {
+		if _, err := (&Write{Load: bad}).Encode(); err == nil {
+			t.Fatalf("load step %+v encoded", bad)
+		}
+	}
+}

@@ -177,6 +177,10 @@ func DecodeValue(b []byte) (any, error) {
 	}
 }
 
+// MaxEntryBytes bounds one entry's write: every entry must cross the
+// stream between nodes, whose frames hold 64 MiB.
+const MaxEntryBytes = 32 << 20
+
 // MaxRequestIDLen bounds a client's request_id, in characters.
 const MaxRequestIDLen = 128
 
@@ -206,6 +210,35 @@ type Write struct {
 	// SQLite file): every user table, index, view and trigger is dropped
 	// first, in the same transaction.
 	Replace bool
+	// Load, when set, makes the write one step of a load too big for one
+	// entry (see LoadStep).
+	Load *LoadStep
+}
+
+// LoadOp is what one step of a load does.
+type LoadOp uint8
+
+const (
+	// LoadStage keeps the write's SQL text, unexecuted, as chunk Seq of
+	// load ID, in the database (so snapshots carry it). Chunk 0 starts the
+	// load and forgets any other load's chunks: one load at a time.
+	LoadStage LoadOp = iota + 1
+	// LoadCommit runs load ID: its Seq staged chunks in order, then the
+	// write's own statements, as one atomic write (with Replace, after
+	// dropping the user database), and forgets the chunks. If any chunk
+	// is missing (another load started meanwhile), nothing runs.
+	LoadCommit
+	// LoadAbort forgets load ID's chunks.
+	LoadAbort
+)
+
+// LoadStep is one entry of a load sent in several: every node stages the
+// chunks where it applies entries, and runs them all in the commit's
+// transaction, so a load is all or nothing, at one index, on every node.
+type LoadStep struct {
+	ID  string `json:"id"`
+	Op  LoadOp `json:"op"`
+	Seq int64  `json:"seq"`
 }
 
 // Fingerprint identifies what the client asked for: the statements with
@@ -215,7 +248,7 @@ type Write struct {
 // limits). A request id sent again with another fingerprint is not a
 // retry but a different request.
 func (w *Write) Fingerprint() ([sha256.Size]byte, error) {
-	c := Write{Stmts: w.Stmts, Collect: w.Collect, Each: w.Each, Atomic: w.Atomic, Replace: w.Replace}
+	c := Write{Stmts: w.Stmts, Collect: w.Collect, Each: w.Each, Atomic: w.Atomic, Replace: w.Replace, Load: w.Load}
 	b, err := c.encodeBinary()
 	if err != nil {
 		return [sha256.Size]byte{}, err

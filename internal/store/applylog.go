@@ -86,6 +86,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 	for i, e := range entries {
 		w := writes[i]
 		if err, ok := aborting[i]; ok {
+			if w.Load != nil && w.Load.Op == rlog.LoadCommit {
+				if err := s.forgetLoad(w.Load.ID); err != nil {
+					s.internal("ROLLBACK")
+					return nil, nil, err
+				}
+			}
 			out[i] = Outcome{Index: e.Index, Err: err}
 			continue
 		}
@@ -126,8 +132,10 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			w.Stmts = w.Stmts[:1]
 		}
 		var results []Result
-		s.steps = stepBudget{on: w.MaxSteps > 0, left: w.MaxSteps}
-		if len(w.Stmts) == 0 {
+		s.steps = stepBudget{on: w.MaxSteps > 0, left: w.MaxSteps, total: w.MaxSteps}
+		if w.Load != nil {
+			results, err = s.applyLoad(w)
+		} else if len(w.Stmts) == 0 {
 			err = &ParamError{Msg: "the log entry holds no statement"}
 		} else if w.Each {
 			var undo bool
@@ -150,7 +158,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		if s.steps.spent() {
 			// Out of steps, the write fails as a whole, whichever of its
 			// statements ran out.
-			err = &StepBudgetError{Steps: w.MaxSteps}
+			err = &StepBudgetError{Steps: s.steps.total}
 		}
 		s.steps = stepBudget{}
 		if err == nil && w.RequestID != "" {
@@ -163,6 +171,14 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			}
 			if rerr := s.rollbackEntry(); rerr != nil {
 				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, rerr)
+			}
+			if w.Load != nil && w.Load.Op == rlog.LoadCommit {
+				// A load that failed is over: its staged part goes
+				// (another load's, if one replaced it, stays).
+				if err := s.forgetLoad(w.Load.ID); err != nil {
+					s.internal("ROLLBACK")
+					return nil, nil, err
+				}
 			}
 			out[i] = Outcome{Index: e.Index, Err: err}
 			continue

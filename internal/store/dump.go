@@ -2,7 +2,6 @@ package store
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -15,7 +14,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
@@ -48,6 +46,14 @@ func (s *Store) Dump(ctx context.Context, w io.Writer) (uint64, error) {
 // SQL text (see Dump). The file is opened read-only and must pass SQLite's
 // integrity check: a damaged file is refused, not half read.
 func DumpFile(path string, w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	if err := dumpFile(path, writerSink{bw}); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+func dumpFile(path string, out stmtSink) error {
 	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}, "immutable": {"1"}})
 	if err != nil {
 		return fmt.Errorf("open the database file: %w", err)
@@ -64,7 +70,19 @@ func DumpFile(path string, w io.Writer) error {
 		return err
 	}
 	defer c.Exec("COMMIT")
-	return dumpConn(c, w)
+	return dumpStatements(c, out)
+}
+
+// stmtSink takes a dump's statements one at a time, each ending in ';'
+// (the bytes are only valid during the call).
+type stmtSink interface{ stmt(b []byte) error }
+
+// writerSink writes statements one a line.
+type writerSink struct{ w *bufio.Writer }
+
+func (s writerSink) stmt(b []byte) error {
+	s.w.Write(b)
+	return s.w.WriteByte('\n')
 }
 
 // IsSQLiteFile reports whether b starts with a SQLite database header.
@@ -81,11 +99,34 @@ func internalObject(name string) bool {
 
 func dumpConn(c *sqlite.Conn, out io.Writer) error {
 	w := bufio.NewWriterSize(out, 64<<10)
+	if err := dumpStatements(c, writerSink{w}); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// dumpStatements gives the dump's statements to out: the schema, every
+// row, then indexes, triggers and views, between BEGIN TRANSACTION and
+// COMMIT, leaving out the project's own tables.
+func dumpStatements(c *sqlite.Conn, out stmtSink) error {
 	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid")
 	if err != nil {
 		return fmt.Errorf("read the schema: %w", err)
 	}
-	w.WriteString("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n")
+	var b []byte
+	emit := func(parts ...string) error {
+		b = b[:0]
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return out.stmt(append(b, ';'))
+	}
+	if err := emit("PRAGMA foreign_keys=OFF"); err != nil {
+		return err
+	}
+	if err := emit("BEGIN TRANSACTION"); err != nil {
+		return err
+	}
 	var later []string
 	for _, o := range objs {
 		typ, name, sql := o[0].(string), o[1].(string), o[3].(string)
@@ -96,12 +137,13 @@ func dumpConn(c *sqlite.Conn, out io.Writer) error {
 			later = append(later, sql) // indexes, triggers and views need their tables (and rows) first
 			continue
 		}
-		w.WriteString(sql)
-		w.WriteString(";\n")
+		if err := emit(sql); err != nil {
+			return err
+		}
 		if strings.HasPrefix(strings.ToUpper(strings.TrimSpace(sql)), "CREATE VIRTUAL TABLE") {
 			continue
 		}
-		if err := dumpRows(c, w, name); err != nil {
+		if err := dumpRows(c, out, name); err != nil {
 			return err
 		}
 	}
@@ -111,27 +153,31 @@ func dumpConn(c *sqlite.Conn, out io.Writer) error {
 			return err
 		}
 		if len(seqs) > 0 {
-			w.WriteString("DELETE FROM sqlite_sequence;\n")
+			if err := emit("DELETE FROM sqlite_sequence"); err != nil {
+				return err
+			}
 		}
 		for _, sq := range seqs {
 			name, _ := sq[0].(string)
 			if internalObject(name) {
 				continue
 			}
-			fmt.Fprintf(w, "INSERT INTO sqlite_sequence VALUES(%s,%s);\n", sqlLiteral(sq[0]), sqlLiteral(sq[1]))
+			if err := emit("INSERT INTO sqlite_sequence VALUES(", sqlLiteral(sq[0]), ",", sqlLiteral(sq[1]), ")"); err != nil {
+				return err
+			}
 		}
 	}
 	for _, sql := range later {
-		w.WriteString(sql)
-		w.WriteString(";\n")
+		if err := emit(sql); err != nil {
+			return err
+		}
 	}
-	w.WriteString("COMMIT;\n")
-	return w.Flush()
+	return emit("COMMIT")
 }
 
-// dumpRows writes one INSERT per row, naming the rowid and the stored
+// dumpRows gives one INSERT per row, naming the rowid and the stored
 // columns (a generated column takes no value).
-func dumpRows(c *sqlite.Conn, w *bufio.Writer, table string) error {
+func dumpRows(c *sqlite.Conn, out stmtSink, table string) error {
 	cols, err := c.All("SELECT name FROM pragma_table_xinfo(?) WHERE hidden = 0 ORDER BY cid", table)
 	if err != nil {
 		return fmt.Errorf("read the columns of %s: %w", table, err)
@@ -167,6 +213,7 @@ func dumpRows(c *sqlite.Conn, w *bufio.Writer, table string) error {
 	defer stmt.Close()
 	prefix := "INSERT INTO " + quoteIdent(table) + "(" + list + ") VALUES("
 	row := make([]any, len(names))
+	var b []byte
 	for {
 		more, err := stmt.Step()
 		if err != nil {
@@ -176,14 +223,16 @@ func dumpRows(c *sqlite.Conn, w *bufio.Writer, table string) error {
 			return nil
 		}
 		row = stmt.Row(row[:0])
-		w.WriteString(prefix)
+		b = append(b[:0], prefix...)
 		for i, v := range row {
 			if i > 0 {
-				w.WriteByte(',')
+				b = append(b, ',')
 			}
-			w.WriteString(sqlLiteral(v))
+			b = append(b, sqlLiteral(v)...)
 		}
-		w.WriteString(");\n")
+		if err := out.stmt(append(b, ");"...)); err != nil {
+			return err
+		}
 	}
 }
 
@@ -241,26 +290,6 @@ func WriteTemp(r io.Reader, dir, pattern string) (string, error) {
 	return f.Name(), nil
 }
 
-// LoadStatements splits SQL text (a dump) into its statements, leaving out
-// those a dump frames itself with (BEGIN, COMMIT, PRAGMA foreign_keys): a
-// load runs as one write, in a transaction of its own.
-func LoadStatements(text string) []string {
-	var out []string
-	for _, st := range sqlite.Split(text) {
-		f := strings.Fields(strings.ToUpper(strings.TrimSuffix(st, ";")))
-		switch {
-		case len(f) == 0:
-			continue
-		case f[0] == "BEGIN" || f[0] == "COMMIT" || f[0] == "END":
-			continue
-		case f[0] == "PRAGMA" && strings.HasPrefix(strings.Join(f[1:], ""), "FOREIGN_KEYS"):
-			continue
-		}
-		out = append(out, st)
-	}
-	return out
-}
-
 // Standalone turns a copy Snapshot wrote into a file that stands alone:
 // rollback-journal mode instead of WAL, so that opening it later leaves
 // no -wal and -shm files beside it (and moving it moves all of it).
@@ -281,32 +310,3 @@ func Standalone(path string) error {
 
 // ErrNothingToLoad: a load's body is SQL text with no statement.
 var ErrNothingToLoad = errors.New("nothing to load: the body holds no SQL statement and is not a SQLite file")
-
-// LoadRequest turns a load's body into the one write that loads it: a
-// SQLite file (checked, dumped through a temporary copy in dir) replaces
-// the whole user database; SQL text runs as it is, without the statements a
-// dump frames itself with. The caller sets the request's context.
-func LoadRequest(body []byte, dir string) (*Request, error) {
-	replace := IsSQLiteFile(body)
-	text := string(body)
-	if replace {
-		path, err := WriteTemp(bytes.NewReader(body), dir, "load-*.db")
-		if err != nil {
-			return nil, err
-		}
-		defer os.Remove(path)
-		var dump bytes.Buffer
-		if err := DumpFile(path, &dump); err != nil {
-			return nil, &ParamError{Msg: "load: " + err.Error()}
-		}
-		text = dump.String()
-	}
-	stmts := LoadStatements(text)
-	switch {
-	case len(stmts) > 0:
-		return &Request{Stmts: []rlog.Statement{{SQL: strings.Join(stmts, "\n")}}, AllowSchema: true, Replace: replace}, nil
-	case replace: // an empty database: the load only empties this one
-		return &Request{Stmts: []rlog.Statement{{SQL: "SELECT 1"}}, AllowSchema: true, Replace: true}, nil
-	}
-	return nil, ErrNothingToLoad
-}

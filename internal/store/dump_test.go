@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"strings"
+	"path/filepath"
 	"testing"
 
 	"github.com/ddbgo/ddb/internal/rlog"
@@ -54,15 +54,27 @@ func TestDumpLoadsBackIntoTheSameContent(t *testing.T) {
 	}
 
 	dst := openTemp(t, "dst.db")
-	entries := logEntries(t,
-		rlog.Write{Stmts: stmts("CREATE TABLE leftover (x)", "INSERT INTO leftover VALUES (1)", "CREATE TABLE v (other)"), AllowSchema: true},
-		rlog.Write{Stmts: []rlog.Statement{{SQL: strings.Join(LoadStatements(dump.String()), "\n")}}, AllowSchema: true, Replace: true},
-	)
-	out, err := dst.ApplyLog(entries)
-	if err != nil || out[1].Err != nil {
-		t.Fatalf("load: %v %v\n%s", err, out[1].Err, dump.String())
+	text := filepath.Join(t.TempDir(), "dump.sql")
+	os.WriteFile(text, dump.Bytes(), 0o644)
+	plan, err := planLoad(text, t.TempDir(), 300) // several chunks
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Close()
+	if plan.Chunks() < 3 || plan.Replace {
+		t.Fatalf("%d chunks (replace %v)", plan.Chunks(), plan.Replace)
+	}
+	ws = []rlog.Write{{Stmts: stmts("CREATE TABLE leftover (x)", "INSERT INTO leftover VALUES (1)", "CREATE TABLE v (other)"), AllowSchema: true}}
+	ws = append(ws, loadWrites(t, plan, "L1")...)
+	ws[len(ws)-1].Replace = true
+	out, err := dst.ApplyLog(logEntries(t, ws...))
+	if err != nil || out[len(out)-1].Err != nil {
+		t.Fatalf("load: %v %v\n%s", err, out[len(out)-1].Err, dump.String())
 	}
 	sameContent(t, src, dst)
+	if n := count(t, dst, "_ddb_load"); n != 0 {
+		t.Fatalf("%d staged chunks left after the load", n)
+	}
 
 	// The same through a backup file.
 	path, _, err := src.Snapshot(context.Background(), t.TempDir())
@@ -85,4 +97,37 @@ func TestDumpLoadsBackIntoTheSameContent(t *testing.T) {
 	if err := DumpFile(bad, &bytes.Buffer{}); err == nil {
 		t.Fatal("a truncated file was dumped")
 	}
+}
+
+// loadWrites is the log's writes for a load plan: a stage per chunk, then
+// the commit.
+func loadWrites(t *testing.T, plan *LoadPlan, id string) []rlog.Write {
+	t.Helper()
+	var ws []rlog.Write
+	for i := range plan.Chunks() {
+		sql, err := plan.Chunk(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, rlog.Write{Stmts: stmts(sql), AllowSchema: true, Load: &rlog.LoadStep{ID: id, Op: rlog.LoadStage, Seq: int64(i)}})
+	}
+	return append(ws, rlog.Write{AllowSchema: true, Replace: plan.Replace, Load: &rlog.LoadStep{ID: id, Op: rlog.LoadCommit, Seq: int64(plan.Chunks())}})
+}
+
+// count is the number of rows of an internal table (0 if it does not exist).
+func count(t *testing.T, s *Store, table string) int64 {
+	t.Helper()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.wconn.auth.reset(policyReplica)
+	row, err := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = ?", table)
+	if err != nil || row[0].(int64) == 0 {
+		return 0
+	}
+	s.wconn.auth.reset(policyReplica)
+	row, err = s.w.QueryRow("SELECT count(*) FROM " + table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return row[0].(int64)
 }

@@ -544,8 +544,9 @@ func WriteStepBudget(d time.Duration) int64 {
 // stepBudget is what the entry the writer runs may still spend of its
 // step budget (rlog.Write.MaxSteps), over all its statements.
 type stepBudget struct {
-	on   bool
-	left int64 // below 0: a statement ran out, and the entry fails
+	on    bool
+	left  int64 // below 0: a statement ran out, and the entry fails
+	total int64
 }
 
 func (b stepBudget) spent() bool { return b.on && b.left < 0 }

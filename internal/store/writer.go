@@ -25,6 +25,9 @@ type Request struct {
 	// Each and Atomic: the statements are independent; Replace: the write
 	// replaces the whole user database (see rlog.Write).
 	Each, Atomic, Replace bool
+	// Load, when set, makes the write one step of a load sent in several
+	// entries (see rlog.LoadStep and PlanLoad).
+	Load *rlog.LoadStep
 }
 
 // Outcome is what happened to one Request of a batch.

@@ -283,6 +283,31 @@ func (c *Cluster) WaitReady() {
 	if _, ok := c.nodes[0]; ok {
 		c.WaitLeader(0, 30*time.Second)
 	}
+	// Every running node is a member that knows the leader: a node the
+	// leader has admitted serves nothing until its addition is applied.
+	for id := range c.nodes {
+		c.waitReadyz(id)
+	}
+}
+
+func (c *Cluster) waitReadyz(id int) {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		resp, err := c.Client.Get(c.URL(id) + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case 200, 401, 403: // ready, or a users file keeps the answer from this client
+				return
+			}
+			last = strings.TrimSpace(string(b))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("node %d not ready after 30s: %s", id, last)
 }
 
 // Role is node id's Raft role ("" when it cannot be asked, or the node
