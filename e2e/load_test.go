@@ -5,14 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/bench"
 	"github.com/ddbgo/ddb/internal/inspect"
 	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/testcluster"
@@ -174,4 +177,63 @@ func TestALoadOrWriteLargerThanAnEntryIsRefusedBeforeTheLog(t *testing.T) {
 		t.Fatalf("rows: %v", got)
 	}
 	c.Exec(1, "INSERT INTO t VALUES ('still writable')")
+}
+
+// A 1 GB database loads on every node (the size is DDB_BIG_LOAD_MB
+// megabytes). It takes minutes and about 20 GB of disk, so it runs only
+// when DDB_BIG_LOAD_MB is set: `DDB_BIG_LOAD_MB=1024 go test ./e2e -run
+// TestAGigabyteDatabase -timeout 60m`.
+func TestAGigabyteDatabaseLoadsOnEveryNode(t *testing.T) {
+	mb, _ := strconv.Atoi(os.Getenv("DDB_BIG_LOAD_MB"))
+	if mb <= 0 {
+		t.Skip("set DDB_BIG_LOAD_MB (e.g. 1024) to load a database of that size")
+	}
+	path := filepath.Join(t.TempDir(), "big.db")
+	db, err := sqlite.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rows of about 1 KB: an integer key, text, a blob, a real.
+	rows := mb * 1000
+	err = db.ExecScript(fmt.Sprintf(`PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+		CREATE TABLE big (id INTEGER PRIMARY KEY, t TEXT, b BLOB, r REAL);
+		INSERT INTO big WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)
+			SELECT i, printf('%%.*c', 300 + i %% 200, 'a'), randomblob(500 + i %% 100), i / 7.0 FROM n;
+		CREATE INDEX big_r ON big (r);`, rows))
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(path)
+	t.Logf("the file: %d MB, %d rows", st.Size()>>20, rows)
+	c := testcluster.Start(t, 2, "-max-body", strconv.FormatInt(st.Size()+1<<20, 10))
+	all := []int{0, 1, 2}
+	before := terms(t, c, all...)
+	f, _ := os.Open(path)
+	defer f.Close()
+	began := time.Now()
+	short := c.Client
+	c.Client = &http.Client{Timeout: 60 * time.Minute}
+	r := postLoad(t, c, 1, f, "big")
+	c.Client = short
+	if r.Status != 200 {
+		t.Fatalf("load: %v", r)
+	}
+	t.Logf("loaded through slave 1 in %v: %s", time.Since(began).Round(time.Second), bytes.TrimSpace(r.Body))
+	c.WaitConverged(30*time.Minute, 1, 2)
+	t.Logf("applied on every node after %v", time.Since(began).Round(time.Second))
+	if after := terms(t, c, all...); !slices.Equal(before, after) {
+		t.Fatalf("the load cost an election:\nbefore %v\nafter  %v", before, after)
+	}
+	for _, id := range all {
+		t.Logf("node %d: peak RSS %d MB", id, bench.PeakRSS(c.Node(id).Pid())>>20)
+	}
+	want, err := inspect.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbs := requireIdentical(t, c, all...)
+	if diffs := inspect.Compare([]*inspect.Database{want, dbs[0]}, 5); len(diffs) > 0 {
+		t.Fatalf("the loaded database differs from the file:\n%v", diffs)
+	}
 }

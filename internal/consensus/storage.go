@@ -25,7 +25,10 @@ import (
 // Storage is raft.Storage over a node's log file. It keeps the log in
 // memory as well (Raft asks for terms and recent entries far more often
 // than it appends), and writes through to the database: an entry is in
-// memory only once it is durable.
+// memory only once it is durable. Of the entries' data it keeps the
+// newest memLogBytes: older entries' data is read back from the file when
+// Raft asks for it (a follower catching up), so a log of big entries (a
+// load sends 4 MiB ones) costs disk, not memory.
 type Storage struct {
 	st *store.Store
 
@@ -35,6 +38,25 @@ type Storage struct {
 	snapIndex uint64
 	snapTerm  uint64
 	ents      []pb.Entry // the log after snapIndex, in order
+	dataBytes int        // the Data ents hold
+	// dropped: entries up to this index hold no Data here (it is in the
+	// file); always the oldest ones.
+	dropped uint64
+}
+
+// memLogBytes bounds the entries' data a node keeps in memory.
+const memLogBytes = 64 << 20
+
+// keepWithinMemory drops the oldest entries' data until what is kept fits
+// memLogBytes (the newest entry always keeps its own). Called with mu held.
+func (s *Storage) keepWithinMemory() {
+	s.dropped = max(s.dropped, s.snapIndex)
+	for s.dataBytes > memLogBytes && s.dropped+1 < s.lastIndex() {
+		e := &s.ents[s.dropped-s.snapIndex]
+		s.dataBytes -= len(e.Data)
+		e.Data = nil
+		s.dropped++
+	}
 }
 
 var _ raft.Storage = (*Storage)(nil)
@@ -60,14 +82,17 @@ func OpenStorage(ctx context.Context, st *store.Store) (*Storage, error) {
 	if err != nil {
 		return nil, err
 	}
-	if last > s.snapIndex {
-		stored, err := st.RaftEntries(ctx, s.snapIndex+1, last+1, 0)
+	for next := s.snapIndex + 1; next <= last; {
+		stored, err := st.RaftEntries(ctx, next, last+1, 8<<20)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range stored {
 			s.ents = append(s.ents, pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data})
+			s.dataBytes += len(e.Data)
 		}
+		s.keepWithinMemory()
+		next += uint64(len(stored))
 	}
 	return s, nil
 }
@@ -89,6 +114,9 @@ func (s *Storage) Entries(lo, hi, maxSize uint64) ([]pb.Entry, error) {
 	if hi > s.lastIndex()+1 || lo > hi {
 		return nil, raft.ErrUnavailable
 	}
+	if lo <= s.dropped {
+		return s.entriesFromFile(lo, hi, maxSize)
+	}
 	ents := s.ents[lo-s.snapIndex-1 : hi-s.snapIndex-1]
 	var size uint64
 	for i, e := range ents {
@@ -100,6 +128,27 @@ func (s *Storage) Entries(lo, hi, maxSize uint64) ([]pb.Entry, error) {
 	}
 	out := make([]pb.Entry, len(ents))
 	copy(out, ents)
+	return out, nil
+}
+
+// entriesFromFile is Entries for a range that starts among the entries
+// whose data is only in the file. Called with mu held (the log file's
+// reads are short: at most maxSize of data, or one entry).
+func (s *Storage) entriesFromFile(lo, hi, maxSize uint64) ([]pb.Entry, error) {
+	stored, err := s.st.RaftEntries(context.Background(), lo, hi, max(maxSize, 1))
+	if errors.Is(err, store.ErrRaftCompacted) {
+		return nil, raft.ErrCompacted
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]pb.Entry, len(stored))
+	for i, e := range stored {
+		out[i] = pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data}
+		if m := s.ents[e.Index-s.snapIndex-1]; m.Term != e.Term {
+			return nil, fmt.Errorf("raft log file holds entry %d in term %d, memory in term %d", e.Index, e.Term, m.Term)
+		}
+	}
 	return out, nil
 }
 
@@ -159,8 +208,12 @@ func (s *Storage) Compact(index uint64) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, e := range s.ents[:index-s.snapIndex] {
+		s.dataBytes -= len(e.Data)
+	}
 	s.ents = append([]pb.Entry(nil), s.ents[index-s.snapIndex:]...)
 	s.snapIndex, s.snapTerm = index, term
+	s.dropped = max(s.dropped, index)
 	return nil
 }
 
@@ -169,8 +222,9 @@ func (s *Storage) Compact(index uint64) error {
 func (s *Storage) installed(meta pb.SnapshotMetadata, hard pb.HardState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ents = nil
+	s.ents, s.dataBytes = nil, 0
 	s.snapIndex, s.snapTerm = meta.Index, meta.Term
+	s.dropped = meta.Index
 	s.conf = meta.ConfState
 	s.hard = hard
 }
@@ -233,7 +287,16 @@ func (s *Storage) saved(entries []pb.Entry, hard pb.HardState) error {
 	case first > s.lastIndex()+1:
 		return errors.New("raft: appending entries after a gap in the log")
 	}
+	for _, e := range s.ents[first-s.snapIndex-1:] {
+		s.dataBytes -= len(e.Data)
+	}
 	s.ents = append(s.ents[:first-s.snapIndex-1], entries...)
+	for _, e := range entries {
+		s.dataBytes += len(e.Data)
+	}
+	// Entries replaced from first on hold their data here again.
+	s.dropped = min(s.dropped, first-1)
+	s.keepWithinMemory()
 	return nil
 }
 
