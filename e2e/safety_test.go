@@ -190,3 +190,46 @@ func TestARefusedReturningWriteCostsEveryNodeBoundedMemory(t *testing.T) {
 		}
 	}
 }
+
+// The reproduction of a write and a read that spent seconds inside one
+// SQLite instruction (instr() over 1.4 MB, which took time in the product
+// of its arguments' lengths), at -query-timeout 1s: the write is stored
+// and answered 200 on every node, no term changes, and the read answers
+// within its deadline (200, not 504). Values longer than 64 MiB and LIKE
+// patterns longer than 100 bytes fail as SQL errors, nothing applied.
+func TestWorkInsideOneInstructionIsBounded(t *testing.T) {
+	c := testcluster.Start(t, 2, "-query-timeout", "1s")
+	c.Exec(0, "CREATE TABLE ins (x)")
+	c.WaitConverged(10*time.Second, 1, 2)
+	all := []int{0, 1, 2}
+	before := terms(t, c, all...)
+	const long = "instr(printf('%.*c', 1400000, 'a'), printf('%.*c', 700000, 'a') || 'b')"
+	r, err := c.Do(1, map[string]any{"command": "exec", "query": "INSERT INTO ins VALUES (" + long + ")"})
+	if err != nil || r.Status != 200 {
+		t.Fatalf("the long instr() write: %v %v", r, err)
+	}
+	for _, id := range all {
+		q, err := c.Do(id, map[string]any{"command": "query", "query": "SELECT " + long + " AS n"})
+		if err != nil || q.Status != 200 || !strings.Contains(string(q.Body), `"n":0`) {
+			t.Fatalf("the long instr() read on node %d: %v %v", id, q, err)
+		}
+	}
+	for _, sql := range []string{
+		"INSERT INTO ins VALUES (length(zeroblob(70000000)))",
+		"INSERT INTO ins SELECT 'a' LIKE printf('%.*c', 101, '%')",
+	} {
+		r, err := c.Do(0, map[string]any{"command": "exec", "query": sql})
+		if err != nil || r.Status != 400 || !strings.Contains(string(r.Body), `"kind":"sql"`) {
+			t.Fatalf("%s: %v %v", sql, r, err)
+		}
+	}
+	c.WaitConverged(10*time.Second, 1, 2)
+	if after := terms(t, c, all...); !slices.Equal(after, before) {
+		t.Fatalf("terms or leaders changed: before %v, after %v", before, after)
+	}
+	for _, id := range all {
+		if rows := c.Query(id, "SELECT count(*) AS n, sum(x) AS s FROM ins"); rows[0]["n"] != 1.0 || rows[0]["s"] != 0.0 {
+			t.Fatalf("node %d holds %v", id, rows)
+		}
+	}
+}

@@ -111,6 +111,7 @@ extern void *memmem(const void*, size_t, const void*, size_t);
 #define DDB_BLOB 4
 #define DDB_FUNC_FLAGS (1 | 0x000000800 | 0x000200000) // SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS
 #define DDB_LIMIT_LENGTH 0
+#define DDB_LIMIT_LIKE_PATTERN_LENGTH 8
 
 static void ddb_instr(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 	int typeH = sqlite3_value_type(argv[0]), typeN = sqlite3_value_type(argv[1]);
@@ -220,8 +221,9 @@ static void ddb_replace(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 
 // ddb_register_linear puts the linear functions in place of SQLite's, and
 // sets the length limits (see MaxLength).
-static int ddb_register_linear(sqlite3 *db, int maxLength) {
+static int ddb_register_linear(sqlite3 *db, int maxLength, int maxPattern) {
 	sqlite3_limit(db, DDB_LIMIT_LENGTH, maxLength);
+	sqlite3_limit(db, DDB_LIMIT_LIKE_PATTERN_LENGTH, maxPattern);
 	int rc = sqlite3_create_function_v2(db, "instr", 2, DDB_FUNC_FLAGS, 0, ddb_instr, 0, 0, 0);
 	if (rc == 0) rc = sqlite3_create_function_v2(db, "replace", 3, DDB_FUNC_FLAGS, 0, ddb_replace, 0, 0, 0);
 	return rc;
@@ -904,7 +906,7 @@ func open(path string, params url.Values) (*Conn, error) {
 		dc.Close()
 		return nil, errors.New("SQLite did not report the new connection to its auto-extension: the SQLite build or the driver changed (see internal/sqlite)")
 	}
-	if rc := C.ddb_register_linear(db, MaxLength); rc != codeOK {
+	if rc := C.ddb_register_linear(db, MaxLength, MaxLikePattern); rc != codeOK {
 		dc.Close()
 		return nil, fmt.Errorf("register instr() and replace(): SQLite error %d", int(rc))
 	}
@@ -925,6 +927,14 @@ func open(path string, params url.Values) (*Conn, error) {
 // longer value fails ("string or blob too big") on every node alike; a
 // write's entry holds 32 MiB at most, so no stored value comes near it.
 const MaxLength = 64 << 20
+
+// MaxLikePattern is the longest LIKE or GLOB pattern, in bytes (SQLite's
+// SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 50,000 by default). SQLite matches a
+// pattern in time up to the product of its length and the string's,
+// inside one instruction: a 10,000-byte pattern over 1 MB took 14 s. A
+// longer pattern fails ("LIKE or GLOB pattern too complex") on every node
+// alike.
+const MaxLikePattern = 100
 
 var (
 	installCapture sync.Once

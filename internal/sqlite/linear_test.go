@@ -133,3 +133,22 @@ func TestValuesLongerThanMaxLengthFail(t *testing.T) {
 		t.Fatalf("a value of MaxLength: %v %v", row, err)
 	}
 }
+
+// A LIKE or GLOB pattern longer than MaxLikePattern fails; one of that
+// length matches.
+func TestLikePatternsAreBounded(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "p.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, op := range []string{"LIKE", "GLOB"} {
+		if _, err := c.QueryRow(fmt.Sprintf("SELECT 'x' %s printf('%%.*c', %d, 'x')", op, MaxLikePattern+1)); err == nil || !strings.Contains(err.Error(), "too complex") {
+			t.Errorf("%s with a pattern of %d bytes: %v", op, MaxLikePattern+1, err)
+		}
+		row, err := c.QueryRow(fmt.Sprintf("SELECT printf('%%.*c', %d, 'x') %s printf('%%.*c', %d, 'x')", MaxLikePattern, op, MaxLikePattern))
+		if err != nil || row[0] != int64(1) {
+			t.Errorf("%s with a pattern of %d bytes: %v %v", op, MaxLikePattern, row, err)
+		}
+	}
+}
