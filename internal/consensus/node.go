@@ -229,9 +229,13 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		Applied:         cfg.Applied,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: 256,
-		CheckQuorum:     true,
-		PreVote:         true,
-		ReadOnlyOption:  raft.ReadOnlySafe,
+		// Bytes in flight to one follower: its messages carry one entry
+		// each when entries are big (a load's are 4 MiB), and 256 of them
+		// held a gigabyte.
+		MaxInflightBytes: 32 << 20,
+		CheckQuorum:      true,
+		PreVote:          true,
+		ReadOnlyOption:   raft.ReadOnlySafe,
 		// A follower's proposals go to the leader with its Raft messages
 		// (see Node.Propose and DESIGN.md).
 		Logger: quietLogger{},

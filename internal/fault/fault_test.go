@@ -51,6 +51,18 @@ func TestShortRunUnderFaultsFindsNoAnomaly(t *testing.T) {
 	}
 }
 
+// The heavy workload alone with appends, without faults: writes that
+// return megabytes over the limit, run near and past their step budget,
+// and spend long in one instruction are all or nothing on every node, and
+// no node's term changes (a write never costs the cluster an election).
+func TestHeavyWritesAreAtomicAndCostNoElection(t *testing.T) {
+	rep := Run(t, Options{Seed: runSeed(), Duration: 25 * time.Second, Workloads: []string{"heavy", "append"}, Clients: 2, Logf: t.Logf})
+	report(t, rep)
+	if rep.Ops["heavy"] < 6 {
+		t.Errorf("only %d heavy writes", rep.Ops["heavy"])
+	}
+}
+
 // Seeds that once found a bug, kept as regression runs with the options
 // of the run that found them (a seed schedules the same faults only with
 // the same options).
@@ -58,7 +70,7 @@ var regressionSeeds = []Options{
 	// The long run's options: a wiped slave was left out of the
 	// configuration when leadership moved between its removal and its
 	// addition (docs/RELIABILITY.md).
-	{Seed: 20263301, Duration: 2 * time.Minute, FaultEvery: 2 * time.Second, Clients: 4},
+	{Seed: 20263301, Duration: 2 * time.Minute, FaultEvery: 2 * time.Second, Clients: 4, Workloads: []string{"append", "bank", "register", "determinism"}},
 }
 
 func TestRegressionSeeds(t *testing.T) {

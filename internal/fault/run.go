@@ -28,7 +28,7 @@ type Options struct {
 	Duration   time.Duration // how long workloads and faults run
 	FaultEvery time.Duration // mean time between faults (0: no faults)
 	Faults     []string      // fault kinds to draw from (default: all)
-	Workloads  []string      // default: append, bank, register, determinism
+	Workloads  []string      // default: append, bank, register, determinism, heavy
 	Clients    int           // clients per workload (default 4)
 	Bug        string        // DDB_INJECT_BUG for every node (tests of the checkers)
 	KeepDir    string        // where a failing run's files are kept (default: the temp dir)
@@ -39,7 +39,7 @@ type Options struct {
 var AllFaults = []string{"kill", "kill-master", "pause", "isolate", "isolate-slave", "split", "one-way", "delay", "wipe"}
 
 // AllWorkloads are the workloads.
-var AllWorkloads = []string{"append", "bank", "register", "determinism"}
+var AllWorkloads = []string{"append", "bank", "register", "determinism", "heavy"}
 
 // Report is what a run found.
 type Report struct {
@@ -67,6 +67,7 @@ type run struct {
 	faults    []string
 	ops       map[string]int
 	appended  map[int64]string // append workload: id -> ok, unknown or failed
+	heavy     map[[2]int]heavyOp // heavy workload: (client, n) -> its write
 	regOps    []porcupine.Operation
 	regInfo   *porcupine.LinearizationInfo // of a history found not linearizable
 }
@@ -104,10 +105,10 @@ func Run(t testcluster.TB, o Options) Report {
 		o.Workloads = AllWorkloads
 	}
 	r := &run{t: t, o: o, rng: rand.New(rand.NewPCG(o.Seed, o.Seed^0xfa17)), start: time.Now(),
-		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, between: map[[2]int]*Link{}, ops: map[string]int{}, appended: map[int64]string{},
+		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, between: map[[2]int]*Link{}, ops: map[string]int{}, appended: map[int64]string{}, heavy: map[[2]int]heavyOp{},
 		http: &http.Client{Timeout: 15 * time.Second}}
 	r.logf("seed %d: %v of %v with faults %v every ~%v", o.Seed, o.Workloads, o.Duration, o.Faults, o.FaultEvery)
-	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000")
+	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000", "-query-timeout", "2s", "-max-result-bytes", "2000000")
 	if o.Bug != "" {
 		r.c.Env = []string{"DDB_INJECT_BUG=" + o.Bug}
 	}
@@ -148,7 +149,9 @@ func Run(t testcluster.TB, o Options) Report {
 	var wg sync.WaitGroup
 	work := map[string]func(int, <-chan struct{}){
 		"append": r.appendClient, "bank": r.bankClient, "register": r.registerClient, "determinism": r.determinismClient,
+		"heavy": r.heavyClient,
 	}
+	quiet := r.terms() // without faults, no node's term may change
 	for _, w := range o.Workloads {
 		for cl := 0; cl < o.Clients; cl++ {
 			wg.Add(1)
@@ -161,6 +164,11 @@ func Run(t testcluster.TB, o Options) Report {
 	close(stop)
 	<-faultsDone
 	wg.Wait()
+	if o.FaultEvery <= 0 {
+		if now := r.terms(); now != quiet {
+			r.anomaly("terms changed without any fault (a write cost an election?): %s, then %s", quiet, now)
+		}
+	}
 	r.heal()
 	r.check()
 	rep := Report{Seed: o.Seed, Faults: r.faults, Ops: r.ops, Anomalies: r.anomalies}
@@ -194,6 +202,7 @@ func (r *run) setup() {
 		"CREATE TABLE bank (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)",
 		"CREATE TABLE reg (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
 		"CREATE TABLE det (id INTEGER PRIMARY KEY, r INTEGER DEFAULT (random()), b BLOB DEFAULT (randomblob(8)), at TEXT DEFAULT CURRENT_TIMESTAMP, ms TEXT)",
+		"CREATE TABLE heavy (id INTEGER PRIMARY KEY, client INTEGER, n INTEGER, k INTEGER, b BLOB)",
 		"CREATE TRIGGER det_stamp AFTER INSERT ON det BEGIN UPDATE det SET ms = ms || ' ' || strftime('%H:%M:%f', 'now') WHERE id = new.id; END",
 	}
 	for _, q := range stmts {
@@ -315,6 +324,20 @@ func (r *run) faultLoop(stop <-chan struct{}) {
 	}
 }
 
+// terms describes every node's Raft term and known leader.
+func (r *run) terms() string {
+	var out []string
+	for id := 0; id <= 2; id++ {
+		st, err := r.c.Status(id)
+		if err != nil {
+			return fmt.Sprintf("node %d: %v", id, err)
+		}
+		rf, _ := st["raft"].(map[string]any)
+		out = append(out, fmt.Sprintf("node %d term %v leader %v", id, rf["term"], rf["leader_id"]))
+	}
+	return strings.Join(out, ", ")
+}
+
 func (r *run) note(desc string) {
 	r.logf("fault: %s", desc)
 	r.mu.Lock()
@@ -394,6 +417,8 @@ func (r *run) check() {
 			r.checkBank(dbs)
 		case "register":
 			r.checkRegister()
+		case "heavy":
+			r.checkHeavy(dbs)
 		}
 	}
 }

@@ -285,3 +285,84 @@ func (r *run) determinismClient(cl int, stop <-chan struct{}) {
 		r.count("determinism")
 	}
 }
+
+// heavyOp is one write of the heavy workload: the rows it inserts when it
+// applies (all of them or none).
+type heavyOp struct {
+	rows    int
+	outcome string
+}
+
+// heavyClient sends the writes that cost every node the most, through
+// every node in turn: big RETURNING results near and over
+// -max-result-bytes (refused whole, on every node), writes near and past
+// their step budget, and an instr() over long strings (seconds in one
+// instruction before it was made linear). Each inserts rows (client, n, k)
+// that checkHeavy finds all or none of.
+func (r *run) heavyClient(cl int, stop <-chan struct{}) {
+	rng := rand.New(rand.NewPCG(r.o.Seed, uint64(cl)))
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		var body map[string]any
+		rows := 1
+		switch n % 3 {
+		case 0: // 4 to 16 rows of 200 KB, returned: over the 2 MB limit from 10 on
+			rows = 4 + rng.IntN(13)
+			body = map[string]any{"command": "query", "query": "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < ?) INSERT INTO heavy (client, n, k, b) SELECT ?, ?, x, zeroblob(200000) FROM s RETURNING k, length(b)",
+				"params": []any{rows, cl, n}}
+		case 1: // about 60% to 140% of the 2 s step budget
+			steps := 6_000_000 + rng.IntN(8_000_000)
+			body = map[string]any{"command": "exec", "query": "INSERT INTO heavy (client, n, k) SELECT ?, ?, count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT x FROM c)",
+				"params": []any{cl, n, steps}}
+		case 2:
+			body = map[string]any{"command": "exec", "query": "INSERT INTO heavy (client, n, k) VALUES (?, ?, instr(printf('%.*c', 1400000, 'a'), printf('%.*c', 700000, 'a') || 'b'))",
+				"params": []any{cl, n}}
+		}
+		st, _, err := r.post((cl+n)%3, body)
+		r.mu.Lock()
+		r.heavy[[2]int{cl, n}] = heavyOp{rows: rows, outcome: outcome(st, err)}
+		r.mu.Unlock()
+		r.count("heavy")
+		if err != nil || st >= 500 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// checkHeavy: every heavy write is on every node whole if it was
+// acknowledged, absent if it was refused, whole or absent if its outcome
+// is unknown; and no node holds rows of a write never sent.
+func (r *run) checkHeavy(dbs []*inspect.Database) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for node, d := range dbs {
+		t := d.Table("heavy")
+		if t == nil {
+			r.anomalies = append(r.anomalies, fmt.Sprintf("heavy: table missing on node %d", node))
+			continue
+		}
+		have := map[[2]int]int{}
+		for _, row := range t.Rows {
+			have[[2]int{int(row[1].(int64)), int(row[2].(int64))}]++
+		}
+		for key, n := range have {
+			op, sent := r.heavy[key]
+			if !sent {
+				r.anomalies = append(r.anomalies, fmt.Sprintf("heavy: node %d holds %d rows of write %v, never sent", node, n, key))
+				continue
+			}
+			if n != op.rows || op.outcome == outFailed {
+				r.anomalies = append(r.anomalies, fmt.Sprintf("heavy: node %d holds %d rows of write %v (%s, %d rows)", node, n, key, op.outcome, op.rows))
+			}
+		}
+		for key, op := range r.heavy {
+			if op.outcome == outOK && have[key] == 0 {
+				r.anomalies = append(r.anomalies, fmt.Sprintf("heavy: node %d lacks acknowledged write %v", node, key))
+			}
+		}
+	}
+}
