@@ -26,9 +26,22 @@ type applyBatch struct {
 	ids []uint64
 }
 
+// applyQueueBytes bounds the entries' data waiting for the applier: an
+// applier behind by more (a follower applying a load while its chunks keep
+// coming) gets the entries without their data, and reads it back from the
+// log file when it comes to them. The loop never waits for it either way.
+const applyQueueBytes = 64 << 20
+
 // handApply queues a batch for the applier (run goroutine).
 func (n *Node) handApply(b applyBatch) {
 	n.amu.Lock()
+	for i := range b.run {
+		e := &b.run[i]
+		if n.applyqBytes+len(e.Data) > applyQueueBytes && e.Conf == nil && len(e.Data) > 0 {
+			e.Data, e.inLog = nil, true
+		}
+		n.applyqBytes += len(e.Data)
+	}
 	n.applyq = append(n.applyq, b)
 	n.amu.Unlock()
 	n.handed = b.run[len(b.run)-1].Index
@@ -73,6 +86,18 @@ func (n *Node) applyLoop() {
 // applyBatch applies one batch and answers its proposers; a leader then
 // tells the followers it has applied entries they proposed.
 func (n *Node) applyBatch(b applyBatch) error {
+	queued := 0
+	for i := range b.run {
+		queued += len(b.run[i].Data)
+	}
+	n.amu.Lock()
+	n.applyqBytes -= queued
+	n.amu.Unlock()
+	// A batch is one Ready's committed entries: a megabyte of data, or
+	// one entry, so what is read back here is as bounded.
+	if err := n.readBack(b.run); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
 	results, err := n.cfg.Apply(b.run)
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
@@ -100,6 +125,28 @@ func (n *Node) applyBatch(b applyBatch) error {
 	// generator, which the log file's checkpoint needs.)
 	if err := n.storage.st.CheckpointRaftLog(); err != nil {
 		n.cfg.Log.Warn("checkpointing the raft log failed; it is tried again after the next entries", "err", err)
+	}
+	return nil
+}
+
+// readBack gives the entries whose data was left in the log their data.
+func (n *Node) readBack(run []Entry) error {
+	for i := range run {
+		e := &run[i]
+		if !e.inLog {
+			continue
+		}
+		ents, err := n.storage.Entries(e.Index, e.Index+1, 0)
+		if err != nil {
+			return fmt.Errorf("read entry %d back from the log: %w", e.Index, err)
+		}
+		if len(ents) != 1 || ents[0].Term != e.Term {
+			return fmt.Errorf("read entry %d back from the log: the log holds another entry there", e.Index)
+		}
+		if _, ok := proposalOf(ents[0]); !ok {
+			return fmt.Errorf("read entry %d back from the log: it holds no write", e.Index)
+		}
+		e.Data, e.inLog = ents[0].Data[8:], false
 	}
 	return nil
 }

@@ -144,6 +144,7 @@ type Node struct {
 	// (run goroutine only); applied is the last it applied.
 	amu         sync.Mutex
 	applyq      []applyBatch
+	applyqBytes int // the entries' data applyq holds (see handApply)
 	applyWake   chan struct{}
 	applyStop   chan struct{}
 	applyDone   chan struct{}
@@ -167,6 +168,9 @@ type Entry struct {
 	// Rejoining: the new record of nodes being added again (encoded),
 	// when this configuration change altered it.
 	Rejoining []byte
+	// inLog: Data was left out of the apply queue (it was full); the
+	// applier reads it back from the log, where it is durable.
+	inLog bool
 }
 
 // Applied is what a proposer learns once its proposal is applied.

@@ -132,22 +132,29 @@ func (s *Storage) Entries(lo, hi, maxSize uint64) ([]pb.Entry, error) {
 }
 
 // entriesFromFile is Entries for a range that starts among the entries
-// whose data is only in the file. Called with mu held (the log file's
-// reads are short: at most maxSize of data, or one entry).
+// whose data is only in the file. Called with mu held; it lets go of mu
+// while it reads (Raft's loop asks for terms meanwhile), then checks the
+// entries read against the log in memory, which may have been compacted
+// or replaced in between.
 func (s *Storage) entriesFromFile(lo, hi, maxSize uint64) ([]pb.Entry, error) {
+	s.mu.Unlock()
 	stored, err := s.st.RaftEntries(context.Background(), lo, hi, max(maxSize, 1))
-	if errors.Is(err, store.ErrRaftCompacted) {
+	s.mu.Lock()
+	if errors.Is(err, store.ErrRaftCompacted) || lo <= s.snapIndex {
 		return nil, raft.ErrCompacted
 	}
 	if err != nil {
 		return nil, err
 	}
-	out := make([]pb.Entry, len(stored))
-	for i, e := range stored {
-		out[i] = pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data}
-		if m := s.ents[e.Index-s.snapIndex-1]; m.Term != e.Term {
-			return nil, fmt.Errorf("raft log file holds entry %d in term %d, memory in term %d", e.Index, e.Term, m.Term)
+	out := make([]pb.Entry, 0, len(stored))
+	for _, e := range stored {
+		if e.Index > s.lastIndex() || s.ents[e.Index-s.snapIndex-1].Term != e.Term {
+			break // replaced while the file was read: what is left is Raft's to ask again
 		}
+		out = append(out, pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data})
+	}
+	if len(out) == 0 {
+		return nil, raft.ErrUnavailable
 	}
 	return out, nil
 }

@@ -325,7 +325,11 @@ func (c *Conn) Cache(key string, st *Stmt, meta any) {
 		c.DropCache()
 		c.cache = map[string]*CachedStmt{}
 	}
-	c.cache[key] = &CachedStmt{Stmt: st, Meta: meta}
+	// A cached statement outlives the text it was prepared from: it keeps
+	// copies, not substrings that would keep the whole text alive (the
+	// last statement of each 4 MiB chunk of a load held its chunk).
+	st.SQL, st.Tail = strings.Clone(st.SQL), strings.Clone(st.Tail)
+	c.cache[strings.Clone(key)] = &CachedStmt{Stmt: st, Meta: meta}
 }
 
 // DropCache finalizes every cached statement.

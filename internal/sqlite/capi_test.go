@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // The handle SQLite reports for a new connection is the driver's own, and
@@ -97,5 +98,34 @@ func TestAStepBudgetRunsOutAtTheSamePointForAFreshAndAWarmStatement(t *testing.T
 	}
 	if seen[true] == 0 || seen[false] == 0 {
 		t.Fatalf("the budgets never crossed the statement's length: %v", seen)
+	}
+}
+
+// A cached statement keeps no part of the text it was prepared from: a
+// substring would keep the whole text in memory as long as the cache
+// holds the statement.
+func TestACachedStatementKeepsNoPartOfItsText(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "c.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	text := strings.Repeat("SELECT 1;\n", 100_000) + "SELECT 2"
+	st, err := c.Prepare(text[len(text)-len("SELECT 2"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := text[len(text)-len("SELECT 2"):]
+	c.Cache(key, st, nil)
+	lo := uintptr(unsafe.Pointer(unsafe.StringData(text)))
+	hi := lo + uintptr(len(text))
+	inside := func(s string) bool {
+		p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		return len(s) > 0 && p >= lo && p < hi
+	}
+	for k, e := range c.cache {
+		if inside(k) || inside(e.Stmt.SQL) || inside(e.Stmt.Tail) {
+			t.Fatalf("the cached statement %q points into the text it came from", k)
+		}
 	}
 }
