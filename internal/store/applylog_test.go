@@ -169,23 +169,6 @@ func TestTheAppliedTermFollowsEveryBatch(t *testing.T) {
 	position(s, 7)
 }
 
-// Entries are what a node acknowledges: a save that carries any is
-// synced, whatever the caller asks; only a hard state may go unsynced.
-func TestRaftEntriesAreNeverSavedUnsynced(t *testing.T) {
-	s, err := Open(Options{Path: t.TempDir() + "/a.db"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	lazy := RaftSave{Entries: []RaftEntry{{Index: 1, Term: 1, Data: []byte("x")}}, Lazy: true}
-	if err := s.SaveRaft(lazy); err == nil {
-		t.Fatal("entries were saved without an fsync")
-	}
-	if err := s.SaveRaft(RaftSave{HardState: []byte("hs"), Lazy: true}); err != nil {
-		t.Fatalf("a hard state alone: %v", err)
-	}
-}
-
 // The record of nodes being added back (written with a configuration
 // change) is the data's place in the log, like the configuration: a
 // snapshot copy carries it, and a node that installs the copy reads it.

@@ -140,7 +140,7 @@ func stepOfN(b *testing.B, n int) (*Store, func(i int) ([]rlog.Entry, []RaftEntr
 // CPU, not only time.
 func BenchmarkRaftStep(b *testing.B) {
 	for _, n := range []int{1, 20} {
-		for _, way := range []string{"two", "lazy"} {
+		for _, way := range []string{"two"} {
 			b.Run(fmt.Sprintf("%d-%s", n, way), func(b *testing.B) {
 				s, next := stepOfN(b, n)
 				i := 0
@@ -154,10 +154,6 @@ func BenchmarkRaftStep(b *testing.B) {
 					case "two":
 						if _, err = s.ApplyLog(es); err == nil {
 							err = s.SaveRaft(RaftSave{Entries: rs, HardState: []byte("hardstate")})
-						}
-					case "lazy":
-						if _, err = s.ApplyLog(es); err == nil {
-							err = s.SaveRaft(RaftSave{HardState: []byte("hardstate"), Lazy: true})
 						}
 					}
 					if err != nil {

@@ -318,46 +318,23 @@ func (s *Store) RaftEntries(ctx context.Context, lo, hi, maxBytes uint64) ([]Raf
 type RaftSave struct {
 	Entries   []RaftEntry
 	HardState []byte
-	// Lazy: nothing here needs to survive a power cut (no entries, and of
-	// the hard state only the commit index changed, which Raft learns again
-	// from the leader), so the transaction is not synced to disk. The next
-	// synced one covers it.
-	Lazy bool
 }
 
 // empty reports whether save writes nothing.
 func (save RaftSave) empty() bool { return len(save.Entries) == 0 && save.HardState == nil }
 
-// check refuses a save that would skip the fsync of entries: entries are
-// what a node acknowledges, so they are always synced.
-func (save RaftSave) check() error {
-	if save.Lazy && len(save.Entries) > 0 {
-		return errors.New("raft log entries cannot be saved without an fsync")
-	}
-	return nil
-}
-
 // SaveRaft makes entries and the hard state durable in one transaction
-// of the log file (written, not synced, if save is Lazy). Entries replace
+// of the log file. Entries replace
 // whatever the log holds from their first index on (a new leader
 // overwrote an uncommitted suffix). It never waits for the writer.
 func (s *Store) SaveRaft(save RaftSave) error {
 	if save.empty() {
 		return nil
 	}
-	if err := save.check(); err != nil {
-		return err
-	}
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	if s.rl == nil {
 		return ErrClosed
-	}
-	if save.Lazy && s.sync == "FULL" {
-		if err := s.rl.Exec("PRAGMA synchronous = NORMAL"); err != nil {
-			return err
-		}
-		defer s.rl.Exec("PRAGMA synchronous = FULL")
 	}
 	stmts := make([]stmt, 0, len(save.Entries)+2)
 	if len(save.Entries) > 0 {
