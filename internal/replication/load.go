@@ -63,15 +63,23 @@ func loadID(requestID string) string {
 }
 
 // writeUntilKnown writes req, again (with its request id) as long as its
-// outcome is unknown or no leader could take it, until ctx ends.
+// outcome is unknown, until ctx ends. A node that cannot reach a leader
+// (each attempt waits for one) or is no member is answered after three
+// attempts in a row.
 func writeUntilKnown(ctx context.Context, r Replicator, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
 	pause := 50 * time.Millisecond
+	unavailable := 0
 	for {
 		out, err := r.Write(ctx, req, ack)
 		if err == nil {
 			err = out.Err
 		}
-		if err == nil || !OutcomeUnknown(err) || ctx.Err() != nil {
+		if errors.Is(err, ErrUnavailable) {
+			unavailable++
+		} else {
+			unavailable = 0
+		}
+		if err == nil || !OutcomeUnknown(err) || ctx.Err() != nil || unavailable >= 3 {
 			return out, err
 		}
 		select {
