@@ -59,6 +59,47 @@ func isInternal(name string) bool {
 	return len(name) >= len(InternalPrefix) && strings.EqualFold(name[:len(InternalPrefix)], InternalPrefix)
 }
 
+// internalTables are the tables the project keeps for itself, in every
+// version: the only names of the internal namespace a database may hold.
+var internalTables = []string{"_ddb_meta", "_ddb_log", "_ddb_members", "_ddb_requests", "_ddb_raft_state", "_ddb_raft_log", "_ddb_load"}
+
+// knownInternal reports whether name is one of internalTables.
+func knownInternal(name string) bool {
+	for _, t := range internalTables {
+		if strings.EqualFold(name, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// internalNameTaken returns a schema object of the internal namespace
+// that is none of the project's own tables ("" if none): what a user
+// statement made there by a route the authorizer does not name (a RENAME
+// TO, whose new name it is not told; a virtual table's shadow tables).
+func internalNameTaken(c interface {
+	QueryRow(string, ...any) ([]any, error)
+}) (string, error) {
+	q := `SELECT name FROM sqlite_schema WHERE name LIKE '\_ddb\_%' ESCAPE '\' AND lower(name) NOT IN (`
+	for i, t := range internalTables {
+		if i > 0 {
+			q += ", "
+		}
+		q += "'" + t + "'"
+	}
+	row, err := c.QueryRow(q + ") LIMIT 1")
+	if err != nil || row == nil {
+		return "", err
+	}
+	name, _ := row[0].(string)
+	return name, nil
+}
+
+// errInternalName refuses a user object in the internal namespace.
+func errInternalName(name string) *ForbiddenError {
+	return &ForbiddenError{Reason: fmt.Sprintf("%s: names starting with %s are internal to the database; choose another name", name, InternalPrefix)}
+}
+
 func isSchemaTable(name string) bool {
 	switch strings.ToLower(name) {
 	case "sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema":
@@ -222,8 +263,13 @@ type authState struct {
 
 func (a *authState) reset(p policy) { *a = authState{policy: p} }
 
-func (a *authState) authorize(op int, a1, a2, _ string) int {
+func (a *authState) authorize(op int, a1, a2, db string) int {
 	k, why := judge(op, a1, a2)
+	if s := schemaOf(op, a1, db); why == "" && s != "" && !strings.EqualFold(s, "main") {
+		// What a statement changes is judged by where it lies, however
+		// it is spelled: temp.t is a TEMP table, as CREATE TEMP TABLE t.
+		why = fmt.Sprintf("objects in the %s schema are not allowed: they would exist on one connection of one node only; use the main database", s)
+	}
 	// DROP TABLE moves root pages with a nested UPDATE of sqlite_schema
 	// that reads rootpage in its WHERE: that read is SQLite's own.
 	own := op == sqlite3.SQLITE_READ && a.prevUpdatedRootpage
@@ -251,6 +297,30 @@ func (a *authState) authorize(op int, a1, a2, _ string) int {
 		return sqlite3.SQLITE_DENY
 	}
 	return sqlite3.SQLITE_OK
+}
+
+// schemaOf is the schema ("main", "temp") an action changes something in,
+// for the actions whose fourth authorizer argument names it ("" for the
+// others: for ALTER TABLE it names a column).
+func schemaOf(op int, a1, db string) string {
+	switch op {
+	case sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TRIGGER,
+		sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_TABLE,
+		sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW,
+		sqlite3.SQLITE_DROP_VTABLE:
+		return db
+	case sqlite3.SQLITE_INSERT:
+		// (Of a schema table too: a trigger named temp.tr on a main table
+		// is reported as CREATE TRIGGER in main, then recorded in temp's
+		// sqlite_master.)
+		return db
+	case sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE:
+		if isSchemaTable(a1) {
+			return "" // SQLite's own bookkeeping (a RENAME updates temp's sqlite_master too)
+		}
+		return db
+	}
+	return ""
 }
 
 // prepareError turns a failed prepare into the error the client should see.

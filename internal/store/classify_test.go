@@ -3,11 +3,13 @@ package store
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // classifierCorpus: each statement and what SQLite's authorizer makes of it.
@@ -159,5 +161,61 @@ func TestSQLWithANulCharacterIsRefusedNotFatal(t *testing.T) {
 		if out := s.CommitBatch([]*Request{{Stmts: []rlog.Statement{{SQL: q}}, AllowSchema: true}}, time.Now); out[0].Err == nil {
 			t.Errorf("%q written", q)
 		}
+	}
+}
+
+// What a statement changes is judged by where it lies, however it is
+// spelled: temp.t is a TEMP table whatever the case, quoting or comments
+// (each would live on one connection of one node). And no user statement
+// reaches the internal namespace by any route: a RENAME TO, a virtual
+// table whose shadow tables would land there, a file to load that holds
+// such a table (refused naming it, never dropped silently).
+func TestTempAndInternalNamesAreRefusedHoweverSpelled(t *testing.T) {
+	s := openTemp(t, "n.db")
+	applyNext(t, s, rlog.Write{Stmts: stmts("CREATE TABLE orders (id INTEGER PRIMARY KEY)", "INSERT INTO orders VALUES (1)"), AllowSchema: true})
+	for _, q := range []string{
+		"CREATE TABLE temp.t_shadow (x)",
+		`CREATE TABLE "TEMP".t_shadow (x)`,
+		"create /* c */ table TeMp . t_shadow (x)",
+		"CREATE TEMP TABLE t_shadow (x)",
+		"CREATE VIEW temp.v AS SELECT 1",
+		"CREATE TRIGGER temp.tr AFTER INSERT ON orders BEGIN SELECT 1; END",
+		"CREATE TRIGGER `temp`.tr AFTER INSERT ON main.orders BEGIN SELECT 1; END",
+		"ALTER TABLE orders RENAME TO _ddb_orders",
+		`ALTER TABLE orders RENAME TO "_DDB_Orders"`,
+		`ALTER TABLE main.orders RENAME TO [_ddb_x]`,
+		`CREATE VIRTUAL TABLE "_ddb" USING fts4(body)`,
+		"CREATE TABLE _ddb_mine (x)",
+		"CREATE INDEX _ddb_i ON orders (id)",
+	} {
+		out := applyNext(t, s, rlog.Write{Stmts: stmts(q), AllowSchema: true})
+		var fe *ForbiddenError
+		if !errors.As(out[0].Err, &fe) {
+			t.Errorf("%s: %v, want forbidden", q, out[0].Err)
+		}
+	}
+	for _, q := range []string{"CREATE TABLE main.ok (x)", `CREATE TABLE "MAIN".ok2 (x)`, "ALTER TABLE orders RENAME TO ddb_orders", "ALTER TABLE ddb_orders RENAME TO orders"} {
+		if out := applyNext(t, s, rlog.Write{Stmts: stmts(q), AllowSchema: true}); out[0].Err != nil {
+			t.Errorf("%s: %v", q, out[0].Err)
+		}
+	}
+	if n := scalar(t, s, "SELECT count(*) FROM orders"); n != int64(1) {
+		t.Fatalf("orders holds %v rows", n)
+	}
+	if n := scalar(t, s, "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%shadow%' OR name LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT IN ('_ddb_meta', '_ddb_log', '_ddb_members', '_ddb_requests', '_ddb_raft_state')"); n != int64(0) {
+		t.Fatalf("%v objects made it into temp or the internal namespace", n)
+	}
+
+	// A file holding a table of the internal namespace is refused, naming it.
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.db")
+	db, err := sqlite.Open(bad, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.ExecScript("CREATE TABLE _ddb_orders (id); INSERT INTO _ddb_orders VALUES (1); CREATE TABLE fine (x)")
+	db.Close()
+	if _, err := PlanLoad(bad, dir); err == nil || !strings.Contains(err.Error(), "_ddb_orders") {
+		t.Fatalf("a file with _ddb_orders: %v", err)
 	}
 }

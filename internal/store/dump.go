@@ -70,7 +70,7 @@ func dumpFile(path string, out stmtSink) error {
 		return err
 	}
 	defer c.Exec("COMMIT")
-	return dumpStatements(c, out)
+	return dumpStatements(c, out, true)
 }
 
 // stmtSink takes a dump's statements one at a time, each ending in ';'
@@ -99,7 +99,7 @@ func internalObject(name string) bool {
 
 func dumpConn(c *sqlite.Conn, out io.Writer) error {
 	w := bufio.NewWriterSize(out, 64<<10)
-	if err := dumpStatements(c, writerSink{w}); err != nil {
+	if err := dumpStatements(c, writerSink{w}, false); err != nil {
 		return err
 	}
 	return w.Flush()
@@ -107,8 +107,9 @@ func dumpConn(c *sqlite.Conn, out io.Writer) error {
 
 // dumpStatements gives the dump's statements to out: the schema, every
 // row, then indexes, triggers and views, between BEGIN TRANSACTION and
-// COMMIT, leaving out the project's own tables.
-func dumpStatements(c *sqlite.Conn, out stmtSink) error {
+// COMMIT, leaving out the project's own tables. strict (a file to load)
+// refuses any other object of the internal namespace, naming it.
+func dumpStatements(c *sqlite.Conn, out stmtSink, strict bool) error {
 	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid")
 	if err != nil {
 		return fmt.Errorf("read the schema: %w", err)
@@ -130,6 +131,9 @@ func dumpStatements(c *sqlite.Conn, out stmtSink) error {
 	var later []string
 	for _, o := range objs {
 		typ, name, sql := o[0].(string), o[1].(string), o[3].(string)
+		if strict && isInternal(name) && !(typ == "table" && knownInternal(name)) {
+			return errInternalName(name)
+		}
 		if internalObject(name) {
 			continue
 		}

@@ -698,6 +698,18 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 		if err := checkTriggerBodies(c, a); err != nil {
 			return res, err
 		}
+		if kind == KindSchema && p != policyReplica {
+			a.reset(policyReplica)
+			name, err := internalNameTaken(c)
+			if err != nil {
+				return res, err
+			}
+			if name != "" {
+				// The entry's savepoint undoes it, on every node alike.
+				return res, errInternalName(name)
+			}
+			a.reset(p)
+		}
 		if r.HasRows || !res.HasRows {
 			res = r
 		}
