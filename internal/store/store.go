@@ -710,9 +710,12 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			}
 			a.reset(p)
 		}
+		// The answer's rows are the last statement's that returns rows; its
+		// counters are the last statement's, whatever it is.
 		if r.HasRows || !res.HasRows {
 			res = r
 		}
+		res.RowsAffected, res.LastInsertID = r.RowsAffected, r.LastInsertID
 		sql = stmt.Tail
 		ran++
 	}

@@ -385,3 +385,33 @@ func TestAReadIsAnsweredAtItsDeadlineInsideALongInstruction(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The counters of a statement string are the last statement's, whatever
+// came before it, and rows come from the last statement that returns
+// rows: SQLite's own changes() and last_insert_rowid() after that
+// statement, 0 and 0 for a statement that changes nothing.
+func TestCountersAreTheLastStatements(t *testing.T) {
+	s := openTemp(t, "c.db")
+	applyNext(t, s, rlog.Write{Stmts: stmts("CREATE TABLE c (id INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO c (v) VALUES ('x'), ('y'), ('z'), ('w'), ('u')"), AllowSchema: true})
+	for _, tc := range []struct {
+		sql          string
+		collect      bool
+		affected, id int64
+		rows         int
+	}{
+		{"SELECT 1; INSERT INTO c (v) VALUES ('a')", false, 1, 6, 0},
+		{"INSERT INTO c (v) VALUES ('b') RETURNING id; INSERT INTO c (v) VALUES ('c')", true, 1, 8, 1},
+		{"UPDATE c SET v = v RETURNING id; DELETE FROM c WHERE id = 1", true, 1, 0, 8},
+		{"INSERT INTO c (v) VALUES ('d'); SELECT 1", false, 0, 0, 0},
+		{"DELETE FROM c WHERE id > 100; INSERT INTO c (v) VALUES ('e'), ('f')", false, 2, 11, 0},
+	} {
+		out := applyNext(t, s, rlog.Write{Stmts: stmts(tc.sql), Collect: tc.collect})
+		if out[0].Err != nil {
+			t.Fatalf("%s: %v", tc.sql, out[0].Err)
+		}
+		r := out[0].Results[0]
+		if r.RowsAffected != tc.affected || r.LastInsertID != tc.id || len(r.Rows) != tc.rows {
+			t.Errorf("%s: rows_affected %d, last_insert_id %d, %d rows; want %d, %d, %d", tc.sql, r.RowsAffected, r.LastInsertID, len(r.Rows), tc.affected, tc.id, tc.rows)
+		}
+	}
+}
