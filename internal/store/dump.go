@@ -114,6 +114,15 @@ func dumpStatements(c *sqlite.Conn, out stmtSink, strict bool) error {
 	if err != nil {
 		return fmt.Errorf("read the schema: %w", err)
 	}
+	// A virtual table's shadow tables hold its data: CREATE VIRTUAL TABLE
+	// makes them (with their first rows), then their rows are copied
+	// whole, so the loaded table is the same, index and all.
+	shadow := map[string]bool{}
+	if rows, err := c.All("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'"); err == nil {
+		for _, r := range rows {
+			shadow[r[0].(string)] = true
+		}
+	}
 	var b []byte
 	emit := func(parts ...string) error {
 		b = b[:0]
@@ -139,6 +148,15 @@ func dumpStatements(c *sqlite.Conn, out stmtSink, strict bool) error {
 		}
 		if typ != "table" {
 			later = append(later, sql) // indexes, triggers and views need their tables (and rows) first
+			continue
+		}
+		if shadow[name] {
+			if err := emit("DELETE FROM ", quoteIdent(name)); err != nil {
+				return err
+			}
+			if err := dumpRows(c, out, name); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := emit(sql); err != nil {
