@@ -937,40 +937,9 @@ func (s *Store) Read(ctx context.Context, stmts []rlog.Statement, lim Limits) ([
 	if err != nil {
 		return nil, err
 	}
-	if ctx.Done() == nil {
-		defer s.putReader(r)
-		return s.readOn(ctx, r, stmts, lim)
-	}
-	// ctx's end interrupts SQLite, which stops at its next instruction.
-	// One instruction can run on (a function over long values): the read
-	// is answered at its deadline all the same, and its connection goes
-	// back to the pool once the instruction ends.
-	type answer struct {
-		out []Result
-		err error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		defer s.putReader(r)
-		out, err := s.readOn(ctx, r, stmts, lim)
-		done <- answer{out, err}
-	}()
-	select {
-	case a := <-done:
-		return a.out, a.err
-	case <-ctx.Done():
-	}
-	select {
-	case a := <-done:
-		return a.out, a.err
-	case <-time.After(readGrace):
-		return nil, ctx.Err()
-	}
+	defer s.putReader(r)
+	return s.readOn(ctx, r, stmts, lim)
 }
-
-// readGrace is how long a read stopped by its context is given to end on
-// its own before it is answered without waiting.
-const readGrace = 50 * time.Millisecond
 
 func (s *Store) readOn(ctx context.Context, r *conn, stmts []rlog.Statement, lim Limits) ([]Result, error) {
 	out := make([]Result, 0, len(stmts))

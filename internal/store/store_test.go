@@ -364,28 +364,6 @@ func TestANodeKilledRightAfterASnapshotInstallStartsAgain(t *testing.T) {
 	}
 }
 
-// A read is answered when its context ends, even while SQLite is inside
-// one long instruction that the interrupt cannot stop (a LIKE of a long
-// pattern over a long string, seconds in one function call): the answer
-// comes while the connection is still busy, and the connection comes
-// back to the pool once the instruction ends.
-func TestAReadIsAnsweredAtItsDeadlineInsideALongInstruction(t *testing.T) {
-	s := openTemp(t, "r.db")
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	_, err := s.Read(ctx, stmts("SELECT printf('%.*c', 20000000, 'a') LIKE '%' || printf('%.*c', 98, 'a') || 'b'"), Limits{})
-	busy := s.nreaders - len(s.readers)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("the read answered %v", err)
-	}
-	if busy != 1 {
-		t.Fatalf("%d connections busy when the read was answered: it waited for the instruction to end", busy)
-	}
-	for len(s.readers) != s.nreaders {
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // The counters of a statement string are the last statement's, whatever
 // came before it, and rows come from the last statement that returns
 // rows: SQLite's own changes() and last_insert_rowid() after that
