@@ -259,6 +259,11 @@ type authState struct {
 	// the same on every node (see nondeterministic); a write may not use it.
 	nondet              string
 	prevUpdatedRootpage bool // the previous action was SQLite's own UPDATE of sqlite_schema.rootpage
+	// wrote: under policyReadOnly, a row change was seen and let through,
+	// to be judged once compiled (see prepare): a virtual table's module
+	// (R-Tree) prepares its own writes while a read that first uses the
+	// table on a connection compiles.
+	wrote bool
 }
 
 func (a *authState) reset(p policy) { *a = authState{policy: p} }
@@ -291,6 +296,10 @@ func (a *authState) authorize(op int, a1, a2, db string) int {
 			a.forbidden = why
 		}
 		return sqlite3.SQLITE_DENY
+	}
+	if a.policy == policyReadOnly && k == KindWrite {
+		a.wrote = true
+		return sqlite3.SQLITE_OK
 	}
 	if (a.policy == policyClientNoSchema && k == KindSchema) || (a.policy == policyReadOnly && k != KindRead) {
 		a.denied, a.deniedSet = k, true

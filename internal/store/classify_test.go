@@ -219,3 +219,23 @@ func TestTempAndInternalNamesAreRefusedHoweverSpelled(t *testing.T) {
 		t.Fatalf("a file with _ddb_orders: %v", err)
 	}
 }
+
+// A read of an R-Tree is a read on every connection: the module prepares
+// its own writes while the first read of the table on a connection
+// compiles, and those are the module's, not the statement's (the first
+// read on each read connection was refused as "a write"). A write to its
+// shadow table sent as a read is still no read.
+func TestAReadOfAnRTreeIsARead(t *testing.T) {
+	s := openTemp(t, "rt.db")
+	applyNext(t, s, rlog.Write{Stmts: stmts("CREATE VIRTUAL TABLE rt USING rtree(id, x0, x1)", "INSERT INTO rt VALUES (1, 0, 5)"), AllowSchema: true})
+	for i := range 2 * s.nreaders {
+		rs, err := s.Read(context.Background(), stmts("SELECT count(*) FROM rt WHERE x0 >= 0"), Limits{})
+		if err != nil || rs[0].Rows[0][0] != int64(1) {
+			t.Fatalf("read %d of the R-Tree: %v %v", i, rs, err)
+		}
+	}
+	var nr *NotReadError
+	if _, err := s.Read(context.Background(), stmts("INSERT INTO rt_node VALUES (99, x'00')"), Limits{}); !errors.As(err, &nr) {
+		t.Fatalf("a write to a shadow table as a read: %v", err)
+	}
+}

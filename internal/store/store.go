@@ -743,6 +743,18 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 	if stmt == nil || a.policy == policyReplica {
 		return stmt, nil
 	}
+	if a.wrote {
+		// Row changes under the read-only policy: the statement's own
+		// (it is no read), or a virtual table module's, compiled along
+		// with a statement that only reads.
+		if !stmt.Readonly() {
+			stmt.Close()
+			return nil, &NotReadError{Kind: a.kind}
+		}
+		if a.kind == KindWrite {
+			a.kind = KindRead
+		}
+	}
 	if !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() && dropOfNothing(stmt.SQL) {
 		// DROP ... IF EXISTS of an object that does not exist: SQLite
 		// asks the authorizer nothing (there is nothing to drop) and the
