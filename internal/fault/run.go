@@ -66,7 +66,7 @@ type run struct {
 	anomalies []string
 	faults    []string
 	ops       map[string]int
-	appended  map[int64]string // append workload: id -> ok, unknown or failed
+	appended  map[int64]string   // append workload: id -> ok, unknown or failed
 	heavy     map[[2]int]heavyOp // heavy workload: (client, n) -> its write
 	regOps    []porcupine.Operation
 	regInfo   *porcupine.LinearizationInfo // of a history found not linearizable
