@@ -314,8 +314,8 @@ func (r *run) heavyClient(cl int, stop <-chan struct{}) {
 			rows = 4 + rng.IntN(13)
 			body = map[string]any{"command": "query", "query": "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < ?) INSERT INTO heavy (client, n, k, b) SELECT ?, ?, x, zeroblob(200000) FROM s RETURNING k, length(b)",
 				"params": []any{rows, cl, n}}
-		case 1: // about 60% to 140% of the 2 s step budget
-			steps := 6_000_000 + rng.IntN(8_000_000)
+		case 1: // about 60% to 130% of the 500 ms step budget (10 instructions a row)
+			steps := 3_000_000 + rng.IntN(3_500_000)
 			body = map[string]any{"command": "exec", "query": "INSERT INTO heavy (client, n, k) SELECT ?, ?, count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT x FROM c)",
 				"params": []any{cl, n, steps}}
 		case 2:
@@ -327,9 +327,7 @@ func (r *run) heavyClient(cl int, stop <-chan struct{}) {
 		r.heavy[[2]int{cl, n}] = heavyOp{rows: rows, outcome: outcome(st, err)}
 		r.mu.Unlock()
 		r.count("heavy")
-		if err != nil || st >= 500 {
-			time.Sleep(50 * time.Millisecond)
-		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
