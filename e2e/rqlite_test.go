@@ -436,3 +436,34 @@ func TestQueuedWritesApplyInTheOrderQueued(t *testing.T) {
 		}
 	}
 }
+
+// A request sent to a node on rqlite's API after it queued writes waits
+// until they are applied: a client sees its own queued writes, in order.
+// (gorqlite's own suite queues a CREATE and a DROP, polls until the table
+// is gone, then creates it again: on a loaded machine the poll could run
+// before the queued CREATE, and the new CREATE met the old table.)
+func TestARequestAfterQueuedWritesSeesThem(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	c.Exec(0, "CREATE TABLE qa (n INTEGER)")
+	for node := 0; node <= 1; node++ {
+		for round := 0; round < 20; round++ {
+			for _, body := range []string{`["CREATE TABLE IF NOT EXISTS qz (x)"]`, `[["INSERT INTO qa VALUES (?)", 1]]`, `["DROP TABLE qz"]`} {
+				resp, err := c.Client.Post(c.URL(node)+"/db/execute?queue", "application/json", strings.NewReader(body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			}
+			resp, err := c.Client.Post(c.URL(node)+"/db/query", "application/json", strings.NewReader(`["SELECT (SELECT count(*) FROM sqlite_schema WHERE name = 'qz'), (SELECT count(*) FROM qa)"]`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := fmt.Sprintf("[[0,%d]]", node*20+round+1)
+			if !strings.Contains(strings.ReplaceAll(string(b), " ", ""), want) {
+				t.Fatalf("node %d round %d: %s, want values %s", node, round, b, want)
+			}
+		}
+	}
+}

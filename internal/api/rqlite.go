@@ -312,6 +312,9 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout+s.cfg.AckTimeout)
 	defer cancel()
+	if !flags.queue {
+		s.drained(ctx)
+	}
 	var resp *rqResponse
 	if write {
 		if flags.redirect && !s.isLeader() {

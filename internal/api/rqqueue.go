@@ -10,11 +10,30 @@ import (
 // rqQueue holds rqlite's queued writes (?queue) until they are applied,
 // one after the other in the order they were queued, as rqlite applies
 // its queue: a later queued write never lands before an earlier one (a
-// DROP queued after a CREATE drops the table it created).
+// DROP queued after a CREATE drops the table it created). A request this
+// node takes on rqlite's API without ?queue waits until the queue has
+// drained (up to its deadline): a client sees its own queued writes
+// applied, in order, before its next request runs.
 type rqQueue struct {
 	mu      sync.Mutex
 	waiting []*rqQueued
-	running bool // a goroutine is applying the queue
+	running bool          // a goroutine is applying the queue
+	idle    chan struct{} // closed once the running queue empties
+}
+
+// drained waits until no queued write is waiting or being applied, or
+// ctx ends.
+func (s *Server) drained(ctx context.Context) {
+	s.queue.mu.Lock()
+	idle := s.queue.idle
+	s.queue.mu.Unlock()
+	if idle == nil {
+		return
+	}
+	select {
+	case <-idle:
+	case <-ctx.Done():
+	}
 }
 
 type rqQueued struct {
@@ -32,6 +51,7 @@ func (s *Server) enqueue(req *store.Request) (int64, <-chan error) {
 	s.queue.waiting = append(s.queue.waiting, q)
 	if !s.queue.running {
 		s.queue.running = true
+		s.queue.idle = make(chan struct{})
 		go s.applyQueue()
 	}
 	return q.seq, q.done
@@ -43,6 +63,8 @@ func (s *Server) applyQueue() {
 		s.queue.mu.Lock()
 		if len(s.queue.waiting) == 0 {
 			s.queue.running = false
+			close(s.queue.idle)
+			s.queue.idle = nil
 			s.queue.mu.Unlock()
 			return
 		}
