@@ -115,8 +115,8 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer plan.Close()
-	rc.SetWriteDeadline(time.Now().Add(loadTimeout(plan.Bytes) + time.Minute))
-	ctx, cancel := context.WithTimeout(r.Context(), loadTimeout(plan.Bytes))
+	rc.SetWriteDeadline(time.Now().Add(replication.LoadTimeout(plan.Bytes) + time.Minute))
+	ctx, cancel := context.WithTimeout(r.Context(), replication.LoadTimeout(plan.Bytes))
 	defer cancel()
 	out, err := replication.Load(ctx, s.repl, plan, rq.RequestID, false, s.cfg.Ack, s.limits())
 	if err != nil {
@@ -130,10 +130,4 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 	s.metrics.Write()
 	w.Header().Set(IndexHeader, strconv.FormatUint(out.Index, 10))
 	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"results":[{}],"raft_index":%d}`+"\n", out.Index))
-}
-
-// loadTimeout is how long a load of this much SQL text may take: ten
-// minutes, and a minute more per 100 MB.
-func loadTimeout(bytes int64) time.Duration {
-	return 10*time.Minute + time.Duration(bytes/(100<<20))*time.Minute
 }

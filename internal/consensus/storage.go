@@ -88,7 +88,7 @@ func OpenStorage(ctx context.Context, st *store.Store) (*Storage, error) {
 			return nil, err
 		}
 		for _, e := range stored {
-			s.ents = append(s.ents, pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data})
+			s.ents = append(s.ents, raftEntry(e))
 			s.dataBytes += len(e.Data)
 		}
 		s.keepWithinMemory()
@@ -131,6 +131,11 @@ func (s *Storage) Entries(lo, hi, maxSize uint64) ([]pb.Entry, error) {
 	return out, nil
 }
 
+// raftEntry is an entry of the log file as Raft's type.
+func raftEntry(e store.RaftEntry) pb.Entry {
+	return pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data}
+}
+
 // entriesFromFile is Entries for a range that starts among the entries
 // whose data is only in the file. Called with mu held; it lets go of mu
 // while it reads (Raft's loop asks for terms meanwhile), then checks the
@@ -151,7 +156,7 @@ func (s *Storage) entriesFromFile(lo, hi, maxSize uint64) ([]pb.Entry, error) {
 		if e.Index > s.lastIndex() || s.ents[e.Index-s.snapIndex-1].Term != e.Term {
 			break // replaced while the file was read: what is left is Raft's to ask again
 		}
-		out = append(out, pb.Entry{Index: e.Index, Term: e.Term, Type: pb.EntryType(e.Type), Data: e.Data})
+		out = append(out, raftEntry(e))
 	}
 	if len(out) == 0 {
 		return nil, raft.ErrUnavailable

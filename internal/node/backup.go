@@ -150,7 +150,7 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string
 			log.Info("restore: the database already holds tables; the backup is not loaded", "file", file)
 			return
 		}
-		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute+time.Duration(plan.Bytes/(100<<20))*time.Minute)
+		ctx, cancel = context.WithTimeout(context.Background(), replication.LoadTimeout(plan.Bytes))
 		out, err := replication.Load(ctx, eng, plan, id, true, cluster.AckQuorum, store.Limits{})
 		cancel()
 		if err != nil && !replication.OutcomeUnknown(err) {

@@ -50,6 +50,12 @@ func Load(ctx context.Context, r Replicator, plan *store.LoadPlan, requestID str
 	return writeUntilKnown(ctx, r, commit, ack)
 }
 
+// LoadTimeout is how long a load of this much SQL text may take: ten
+// minutes, and a minute more per 100 MB.
+func LoadTimeout(bytes int64) time.Duration {
+	return 10*time.Minute + time.Duration(bytes/(100<<20))*time.Minute
+}
+
 // loadID names a load: from the client's request id, so that the same
 // load sent again is the same load, or new.
 func loadID(requestID string) string {

@@ -86,11 +86,8 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 	for i, e := range entries {
 		w := writes[i]
 		if err, ok := aborting[i]; ok {
-			if w.Load != nil && w.Load.Op == rlog.LoadCommit {
-				if err := s.forgetLoad(w.Load.ID); err != nil {
-					s.internal("ROLLBACK")
-					return nil, nil, err
-				}
+			if err := s.loadFailed(w); err != nil {
+				return nil, nil, err
 			}
 			out[i] = Outcome{Index: e.Index, Err: err}
 			continue
@@ -172,13 +169,8 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			if rerr := s.rollbackEntry(); rerr != nil {
 				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, rerr)
 			}
-			if w.Load != nil && w.Load.Op == rlog.LoadCommit {
-				// A load that failed is over: its staged part goes
-				// (another load's, if one replaced it, stays).
-				if err := s.forgetLoad(w.Load.ID); err != nil {
-					s.internal("ROLLBACK")
-					return nil, nil, err
-				}
+			if err := s.loadFailed(w); err != nil {
+				return nil, nil, err
 			}
 			out[i] = Outcome{Index: e.Index, Err: err}
 			continue

@@ -278,15 +278,36 @@ func (s *Store) applyLoad(w rlog.Write) ([]Result, error) {
 	return nil, &ParamError{Msg: fmt.Sprintf("unknown load step %d", l.Op)}
 }
 
-// stagedLoad counts load id's staged chunks and their SQL text.
-func (s *Store) stagedLoad(id string) (chunks, bytes int64, err error) {
+// loadFailed ends a failed write that was a load's commit: a load that
+// failed is over, and its staged part goes (another load's, if one
+// replaced it, stays). Outside the entry's savepoint, in the batch's
+// transaction, which it rolls back if it cannot.
+func (s *Store) loadFailed(w rlog.Write) error {
+	if w.Load == nil || w.Load.Op != rlog.LoadCommit {
+		return nil
+	}
+	if err := s.forgetLoad(w.Load.ID); err != nil {
+		s.internal("ROLLBACK")
+		return err
+	}
+	return nil
+}
+
+// loadTableExists reports whether a load was ever staged here (the table
+// is made by the first chunk).
+func (s *Store) loadTableExists() (bool, error) {
 	s.wconn.auth.reset(policyReplica)
 	row, err := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = '_ddb_load'")
-	if err != nil || row[0].(int64) == 0 {
+	return err == nil && row[0].(int64) > 0, err
+}
+
+// stagedLoad counts load id's staged chunks and their SQL text.
+func (s *Store) stagedLoad(id string) (chunks, bytes int64, err error) {
+	if ok, err := s.loadTableExists(); !ok {
 		return 0, 0, err
 	}
 	s.wconn.auth.reset(policyReplica)
-	row, err = s.w.QueryRow("SELECT count(*), coalesce(sum(length(CAST(sql AS BLOB))), 0) FROM _ddb_load WHERE load = ?", id)
+	row, err := s.w.QueryRow("SELECT count(*), coalesce(sum(length(CAST(sql AS BLOB))), 0) FROM _ddb_load WHERE load = ?", id)
 	if err != nil {
 		return 0, 0, fmt.Errorf("read a load's staged chunks: %w", err)
 	}
@@ -295,9 +316,7 @@ func (s *Store) stagedLoad(id string) (chunks, bytes int64, err error) {
 
 // forgetLoad drops load id's staged chunks.
 func (s *Store) forgetLoad(id string) error {
-	s.wconn.auth.reset(policyReplica)
-	row, err := s.w.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = '_ddb_load'")
-	if err != nil || row[0].(int64) == 0 {
+	if ok, err := s.loadTableExists(); !ok {
 		return err
 	}
 	s.wconn.auth.reset(policyReplica)

@@ -950,10 +950,6 @@ func (s *Store) Read(ctx context.Context, stmts []rlog.Statement, lim Limits) ([
 		return nil, err
 	}
 	defer s.putReader(r)
-	return s.readOn(ctx, r, stmts, lim)
-}
-
-func (s *Store) readOn(ctx context.Context, r *conn, stmts []rlog.Statement, lim Limits) ([]Result, error) {
 	out := make([]Result, 0, len(stmts))
 	b := &budget{lim: lim}
 	for _, st := range stmts {
