@@ -42,6 +42,11 @@ func Load(ctx context.Context, r Replicator, plan *store.LoadPlan, requestID str
 			Load: &rlog.LoadStep{ID: id, Op: rlog.LoadStage, Seq: int64(seq)}}
 		if _, err := writeUntilKnown(ctx, r, req, ack); err != nil {
 			abort(r, id, ack)
+			var ri *store.RequestIDReusedError
+			if errors.As(err, &ri) {
+				// The client's key, not the chunk's made from it.
+				err = &store.RequestIDReusedError{ID: requestID, Index: ri.Index}
+			}
 			return store.Outcome{}, err
 		}
 	}

@@ -103,6 +103,18 @@ func TestALoadStopsAtARefusalAndAbortsItsChunks(t *testing.T) {
 	if len(f.sent) != 3 || last.Load.Op != rlog.LoadAbort || last.Load.ID != f.sent[0].Load.ID {
 		t.Fatalf("%d writes, last %+v", len(f.sent), last.Load)
 	}
+	// A client key used before for another load: the answer names the
+	// client's key, not the chunk's.
+	f = &fakeLog{answer: func(n int, req *store.Request) (store.Outcome, error) {
+		if n == 1 {
+			return store.Outcome{}, &store.RequestIDReusedError{ID: req.RequestID, Index: 8}
+		}
+		return store.Outcome{Index: 1}, nil
+	}}
+	var ri *store.RequestIDReusedError
+	if _, err := Load(context.Background(), f, p, "L1", false, cluster.AckQuorum, store.Limits{}); !errors.As(err, &ri) || ri.ID != "L1" || ri.Index != 8 {
+		t.Fatalf("a reused client key: %v", err)
+	}
 	f = &fakeLog{answer: func(int, *store.Request) (store.Outcome, error) {
 		return store.Outcome{}, &UnavailableError{Reason: "not a member"}
 	}}
