@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -58,9 +59,14 @@ func TestEveryErrorHasItsStatusAndKind(t *testing.T) {
 		{follower, &replication.UnavailableError{Reason: "r"}, 503, "unavailable", ""},
 		{follower, store.ErrClosed, 503, "unavailable", ""},
 		{follower, errQueryDeadline, 504, "deadline", ""},
+		{follower, &store.EntryTooLargeError{Bytes: 40 << 20}, 413, "too_large", ""},
+		{follower, &store.LoadInterruptedError{ID: "abc"}, 409, "conflict", ""},
 		{follower, errors.New("boom"), 500, "internal", ""},
 	}
+	covered := map[errkind.Kind]bool{}
 	for _, c := range cases {
+		k, _ := errkind.Of(c.err)
+		covered[k] = true
 		for _, err := range []error{c.err, fmt.Errorf("wrapped: %w", c.err)} {
 			w := c.s.describe(err)
 			if w.status != c.status || w.kind != c.kind {
@@ -69,6 +75,32 @@ func TestEveryErrorHasItsStatusAndKind(t *testing.T) {
 			if body := string(w.body()); c.body != "" && !strings.Contains(body, c.body) {
 				t.Errorf("%T: body %s lacks %s", c.err, body, c.body)
 			}
+		}
+	}
+	for _, k := range errkind.All() {
+		if !covered[k] && k != errkind.NotLeader { // NotLeader: Schema on a follower
+			t.Errorf("kind %s has no error type in this test", k)
+		}
+	}
+}
+
+// Every kind maps to its table's status and client name, and only an
+// error no type claims is a 500.
+func TestNoKnownErrorIsA500(t *testing.T) {
+	s := &Server{repl: fakeRepl{url: "http://leader:8080"}}
+	for _, k := range errkind.All() {
+		w := s.describe(fmt.Errorf("context: %w", errkind.New(k, "m")))
+		if k == errkind.Schema {
+			if w.kind != "not_leader" || w.status != 403 {
+				t.Errorf("schema on a follower: %d %s", w.status, w.kind)
+			}
+			continue
+		}
+		if w.status != k.Status() || w.kind != k.Client() || w.msg != "context: m" {
+			t.Errorf("%s: %d %s %q", k, w.status, w.kind, w.msg)
+		}
+		if (w.status == 500) != (k == errkind.Internal) {
+			t.Errorf("%s answers %d", k, w.status)
 		}
 	}
 }

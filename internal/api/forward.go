@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/replication"
 )
 
@@ -250,7 +251,7 @@ func (s *Server) handleForwardBatch(w http.ResponseWriter, r *http.Request, body
 	var wg sync.WaitGroup
 	for i, req := range reqs {
 		if req == nil {
-			out[i] = &replication.ForwardResponse{Error: &replication.WireError{Kind: "param", Message: "empty forwarded write"}}
+			out[i] = &replication.ForwardResponse{Error: &replication.WireError{Kind: errkind.Param.String(), Message: "empty forwarded write"}}
 			continue
 		}
 		if !cluster.ValidAck(req.Ack) {

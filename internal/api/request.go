@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/rlog"
 )
 
@@ -61,6 +62,9 @@ type Request struct {
 type BadRequest struct{ Msg string }
 
 func (e *BadRequest) Error() string { return e.Msg }
+
+// Kind is bad_request (see package errkind).
+func (e *BadRequest) Kind() errkind.Kind { return errkind.BadRequest }
 
 func bad(format string, args ...any) error { return &BadRequest{Msg: fmt.Sprintf(format, args...)} }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
@@ -179,126 +180,38 @@ type wireError struct {
 	leader string // not_leader: where to send the request
 }
 
-// errorKinds is the one table from errors to what clients see, first
-// match wins. Kinds are part of the protocol (docs/PROTOCOL.md).
-var errorKinds = []struct {
-	kind   string
-	status int
-	match  func(s *Server, err error) (msg string, ok bool)
-}{
-	{"bad_request", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
-		var e *BadRequest
-		return as(err, &e, func() string { return e.Msg })
-	}},
-	{"forbidden", http.StatusForbidden, func(_ *Server, err error) (string, bool) {
-		var e *store.ForbiddenError
-		return as(err, &e, func() string { return e.Reason })
-	}},
-	{"unauthorized", http.StatusUnauthorized, func(_ *Server, err error) (string, bool) {
-		var e *permissionError
-		return as(err, &e, func() string {
-			return "authentication required: anonymous requests lack the \"" + e.perm + "\" permission"
-		}, func() bool { return e.anonymous })
-	}},
-	{"permission", http.StatusForbidden, func(_ *Server, err error) (string, bool) {
-		var e *permissionError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"permission", http.StatusForbidden, func(s *Server, err error) (string, bool) {
-		var e *store.SchemaDeniedError
-		return as(err, &e, func() string { return "your user lacks the \"schema\" permission that schema changes need" }, s.isLeader)
-	}},
-	{"unavailable", http.StatusServiceUnavailable, func(s *Server, err error) (string, bool) {
-		var e *store.SchemaDeniedError
-		return as(err, &e, func() string {
-			return "schema changes run only on the leader, and no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"
-		}, func() bool { return s.repl.LeaderURL() == "" })
-	}},
-	{"not_leader", http.StatusForbidden, func(s *Server, err error) (string, bool) {
-		var e *store.SchemaDeniedError
-		return as(err, &e, func() string {
-			return "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the leader (normally the master): send this request to " + s.repl.LeaderURL()
-		})
-	}},
-	{"sql", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
-		var e *store.SQLError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"request_id_reused", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
-		var e *store.RequestIDReusedError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"bad_request", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
-		var e *store.ParamError
-		return as(err, &e, func() string { return e.Msg })
-	}},
-	{"too_large", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
-		var e *store.ResultTooLargeError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"too_large", http.StatusBadRequest, func(_ *Server, err error) (string, bool) {
-		var e *store.StepBudgetError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"too_large", http.StatusRequestEntityTooLarge, func(_ *Server, err error) (string, bool) {
-		var e *store.EntryTooLargeError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"conflict", http.StatusConflict, func(_ *Server, err error) (string, bool) {
-		var e *store.LoadInterruptedError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"ack_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
-		var e *replication.AckTimeoutError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"wait_timeout", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
-		var e *replication.WaitTimeoutError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"unknown_outcome", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
-		var e *replication.UnknownOutcomeError
-		return as(err, &e, func() string { return e.Error() })
-	}},
-	{"unavailable", http.StatusServiceUnavailable, func(_ *Server, err error) (string, bool) {
-		return err.Error(), errors.Is(err, replication.ErrUnavailable) || errors.Is(err, store.ErrClosed)
-	}},
-	{"deadline", http.StatusGatewayTimeout, func(_ *Server, err error) (string, bool) {
-		return err.Error(), errors.Is(err, errQueryDeadline)
-	}},
-}
-
-// as reports whether err is a *T (into target), with msg its message; all
-// extra conditions must hold too.
-func as[T error](err error, target *T, msg func() string, extra ...func() bool) (string, bool) {
-	if !errors.As(err, target) {
-		return "", false
-	}
-	for _, f := range extra {
-		if !f() {
-			return "", false
-		}
-	}
-	return msg(), true
-}
-
-// describe maps an error to what the client sees (see errorKinds).
+// describe maps an error to what the client sees: its kind's status and
+// name (package errkind holds the one table), its message, and for some
+// kinds the write's index or the leader's URL. A schema change the policy
+// refused is told apart by this node's role.
 func (s *Server) describe(err error) wireError {
-	for _, k := range errorKinds {
-		if msg, ok := k.match(s, err); ok {
-			w := wireError{status: k.status, kind: k.kind, msg: msg}
-			switch k.kind {
-			case "ack_timeout":
-				var at *replication.AckTimeoutError
-				errors.As(err, &at)
-				w.index = at.Index
-			case "not_leader":
-				w.leader = s.repl.LeaderURL()
-			}
-			return w
+	k, e := errkind.Of(err)
+	msg := e.Error()
+	if _, ok := e.(*errkind.Sentinel); ok {
+		msg = err.Error() // the wrappers carry the detail
+	}
+	w := wireError{}
+	switch k {
+	case errkind.Schema:
+		switch {
+		case s.isLeader():
+			k, msg = errkind.Permission, "your user lacks the \"schema\" permission that schema changes need"
+		case s.repl.LeaderURL() == "":
+			k, msg = errkind.Unavailable, "schema changes run only on the leader, and no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"
+		default:
+			k, msg = errkind.NotLeader, "schema changes (CREATE, DROP, ALTER of tables, indexes, views, triggers) run only on the leader (normally the master): send this request to "+s.repl.LeaderURL()
+		}
+	case errkind.AckTimeout:
+		var at *replication.AckTimeoutError
+		if errors.As(err, &at) {
+			w.index = at.Index
 		}
 	}
-	return wireError{status: http.StatusInternalServerError, kind: "internal", msg: err.Error()}
+	if k == errkind.NotLeader {
+		w.leader = s.repl.LeaderURL()
+	}
+	w.status, w.kind, w.msg = k.Status(), k.Client(), msg
+	return w
 }
 
 // statusOf maps an error to the HTTP status and message a client sees.

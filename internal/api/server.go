@@ -18,6 +18,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -85,7 +86,7 @@ var version = func() string {
 }()
 
 // errQueryDeadline: a statement ran past -query-timeout and was interrupted.
-var errQueryDeadline = errors.New("the query ran past its deadline and was stopped")
+var errQueryDeadline error = errkind.New(errkind.Deadline, "the query ran past its deadline and was stopped")
 
 func (s *Server) isLeader() bool { return s.repl.IsLeader() }
 
@@ -369,6 +370,14 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *
 	return s
 }
 
+// Kind: unauthorized when credentials may grant the permission.
+func (e *permissionError) Kind() errkind.Kind {
+	if e.anonymous {
+		return errkind.Unauthorized
+	}
+	return errkind.Permission
+}
+
 // permissionError: the request lacks a permission (anonymous: it came
 // without credentials, which may grant it).
 type permissionError struct {
@@ -377,6 +386,9 @@ type permissionError struct {
 }
 
 func (e *permissionError) Error() string {
+	if e.anonymous {
+		return "authentication required: anonymous requests lack the \"" + e.perm + "\" permission"
+	}
 	return fmt.Sprintf("your user lacks the %q permission this request needs", e.perm)
 }
 

@@ -797,7 +797,7 @@ func (e *Engine) waitAppliedEverywhere(ctx context.Context, index uint64) error 
 func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequest) *replication.ForwardResponse {
 	stmts, err := rlog.DecodeStatements(req.Body)
 	if err != nil {
-		return &replication.ForwardResponse{Error: &replication.WireError{Kind: "param", Message: err.Error()}}
+		return &replication.ForwardResponse{Error: replication.ToWireError(&store.ParamError{Msg: err.Error()})}
 	}
 	if !e.IsLeader() {
 		return &replication.ForwardResponse{Error: replication.ToWireError(&replication.UnavailableError{Reason: "this node does not lead any more; retry"})}

@@ -10,6 +10,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -317,3 +318,13 @@ func (r *Replica) WaitDurableOnAllVoters(ctx context.Context, index uint64) erro
 		}
 	}
 }
+
+// The kinds of the engine's errors (see package errkind): the engine turns
+// them into replication's before they reach a client, and these say what
+// they are if one gets through.
+
+func (e *NotLeaderError) Kind() errkind.Kind      { return errkind.Unavailable }
+func (e *UnknownOutcomeError) Kind() errkind.Kind { return errkind.UnknownOutcome }
+func (e *LeaderApplyError) Kind() errkind.Kind    { return errkind.AckTimeout }
+func (removedError) Kind() errkind.Kind           { return errkind.Unavailable }
+func (notMemberError) Kind() errkind.Kind         { return errkind.Unavailable }

@@ -9,9 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/cluster"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -95,7 +96,7 @@ type Replicator interface {
 
 // ErrUnavailable means no leader can be reached (or this node cannot
 // serve yet): writes and strong reads answer 503.
-var ErrUnavailable = errors.New("no leader can be reached")
+var ErrUnavailable error = errkind.New(errkind.Unavailable, "no leader can be reached")
 
 // UnavailableError wraps ErrUnavailable with the reason.
 type UnavailableError struct{ Reason string }
@@ -104,6 +105,13 @@ func (e *UnavailableError) Error() string {
 	return e.Reason + "; nothing was applied: retry shortly (with the same request_id, if the write has one)"
 }
 func (e *UnavailableError) Unwrap() error { return ErrUnavailable }
+
+// The kinds of replication's errors (see package errkind).
+
+func (e *UnavailableError) Kind() errkind.Kind    { return errkind.Unavailable }
+func (e *AckTimeoutError) Kind() errkind.Kind     { return errkind.AckTimeout }
+func (e *UnknownOutcomeError) Kind() errkind.Kind { return errkind.UnknownOutcome }
+func (e *WaitTimeoutError) Kind() errkind.Kind    { return errkind.WaitTimeout }
 
 // AckTimeoutError: the write is committed at Index, but its
 // acknowledgement level was not reached in time. It will still replicate.
@@ -141,89 +149,118 @@ func (e *WaitTimeoutError) Error() string {
 	return fmt.Sprintf("this node has applied index %d, not %d, after waiting %v", e.Have, e.Want, e.After)
 }
 
-// ToWireError describes err for a forward response.
+// ToWireError describes err for a forward response: its kind's name
+// (package errkind) and the fields its codec carries.
 func ToWireError(err error) *WireError {
-	var (
-		fe *store.ForbiddenError
-		sd *store.SchemaDeniedError
-		se *store.SQLError
-		pe *store.ParamError
-		tl *store.ResultTooLargeError
-		sb *store.StepBudgetError
-		ri *store.RequestIDReusedError
-		at *AckTimeoutError
-		wt *WaitTimeoutError
-		uo *UnknownOutcomeError
-		li *store.LoadInterruptedError
-		et *store.EntryTooLargeError
-	)
-	switch {
-	case errors.As(err, &et):
-		return &WireError{Kind: "entry_too_large", Index: uint64(et.Bytes)}
-	case errors.As(err, &li):
-		return &WireError{Kind: "load_interrupted", Message: li.ID}
-	case errors.As(err, &sb):
-		return &WireError{Kind: "step_budget", Index: uint64(sb.Steps)}
-	case errors.As(err, &ri):
-		return &WireError{Kind: "request_id_reused", Message: ri.ID, Index: ri.Index}
-	case errors.As(err, &wt):
-		return &WireError{Kind: "wait_timeout", Message: wt.After.String(), Index: wt.Want, Have: wt.Have}
-	case errors.As(err, &uo):
-		return &WireError{Kind: "unknown_outcome", Message: uo.Reason}
-	case errors.As(err, &fe):
-		return &WireError{Kind: "forbidden", Message: fe.Reason}
-	case errors.As(err, &sd):
-		return &WireError{Kind: "schema", Message: sd.Statement}
-	case errors.As(err, &se):
-		return &WireError{Kind: "sql", Message: se.Error()}
-	case errors.As(err, &pe):
-		return &WireError{Kind: "param", Message: pe.Msg}
-	case errors.As(err, &tl):
-		return &WireError{Kind: "too_large", Message: tl.What}
-	case errors.As(err, &at):
-		return &WireError{Kind: "ack_timeout", Message: at.Level, Index: at.Index}
-	case errors.Is(err, ErrUnavailable):
-		msg := err.Error()
-		if ue := (*UnavailableError)(nil); errors.As(err, &ue) {
-			msg = ue.Reason // the receiver's UnavailableError says the rest
-		}
-		return &WireError{Kind: "unavailable", Message: msg}
+	k, e := errkind.Of(err)
+	w := &WireError{Kind: k.String(), Message: message(err, e)}
+	if c, ok := codecs[k]; ok {
+		c.encode(e, w)
 	}
-	return &WireError{Kind: "internal", Message: err.Error()}
+	return w
 }
 
 // FromWireError turns a forward response's error back into the error type.
+// A kind this node knows but has no codec for comes back with its kind and
+// message; a kind it does not know (a newer node's) is kept whole, as an
+// internal error.
 func FromWireError(w *WireError, ackTimeout time.Duration) error {
-	switch w.Kind {
-	case "forbidden":
-		return &store.ForbiddenError{Reason: w.Message}
-	case "schema":
-		return &store.SchemaDeniedError{Statement: w.Message}
-	case "sql":
-		return &store.SQLError{Err: errors.New(w.Message)}
-	case "param":
-		return &store.ParamError{Msg: w.Message}
-	case "too_large":
-		return &store.ResultTooLargeError{What: w.Message}
-	case "ack_timeout":
-		return &AckTimeoutError{Index: w.Index, Level: w.Message, After: ackTimeout}
-	case "unavailable":
-		return &UnavailableError{Reason: w.Message}
-	case "step_budget":
-		return &store.StepBudgetError{Steps: int64(w.Index)}
-	case "request_id_reused":
-		return &store.RequestIDReusedError{ID: w.Message, Index: w.Index}
-	case "wait_timeout":
+	k, ok := errkind.Parse(w.Kind)
+	if !ok || k == errkind.Internal {
+		return fmt.Errorf("the leader answered an error of kind %q: %s", w.Kind, w.Message)
+	}
+	if c, ok := codecs[k]; ok {
+		return c.decode(w, ackTimeout)
+	}
+	return &errkind.Message{K: k, Msg: w.Message}
+}
+
+// message is what err says, e being the error of its chain that knows its
+// kind: e's own words, or the whole chain's for a sentinel (whose wrappers
+// carry the detail).
+func message(err, e error) string {
+	if _, ok := e.(*errkind.Sentinel); ok {
+		return err.Error()
+	}
+	return e.Error()
+}
+
+// codec carries one kind's fields across a forward.
+type codec struct {
+	encode func(e error, w *WireError)
+	decode func(w *WireError, ackTimeout time.Duration) error
+}
+
+// codecOf is the codec of the kind whose errors are T's: a T's fields go in
+// the wire form; an error of the kind that is not a T keeps its message.
+func codecOf[T errkind.Error](enc func(T, *WireError), dec func(*WireError, time.Duration) T) codec {
+	return codec{
+		encode: func(e error, w *WireError) {
+			if t, ok := e.(T); ok {
+				enc(t, w)
+			}
+		},
+		decode: func(w *WireError, d time.Duration) error { return dec(w, d) },
+	}
+}
+
+// codecs: the wire form of each kind a leader can answer a forward with.
+var codecs = map[errkind.Kind]codec{
+	errkind.Forbidden: codecOf(func(e *store.ForbiddenError, w *WireError) { w.Message = e.Reason },
+		func(w *WireError, _ time.Duration) *store.ForbiddenError {
+			return &store.ForbiddenError{Reason: w.Message}
+		}),
+	errkind.Schema: codecOf(func(e *store.SchemaDeniedError, w *WireError) { w.Message = e.Statement },
+		func(w *WireError, _ time.Duration) *store.SchemaDeniedError {
+			return &store.SchemaDeniedError{Statement: w.Message}
+		}),
+	errkind.SQL: codecOf(func(e *store.SQLError, w *WireError) { w.Message = e.Error() },
+		func(w *WireError, _ time.Duration) *store.SQLError {
+			return &store.SQLError{Err: errors.New(w.Message)}
+		}),
+	errkind.Param: codecOf(func(e *store.ParamError, w *WireError) { w.Message = e.Msg },
+		func(w *WireError, _ time.Duration) *store.ParamError { return &store.ParamError{Msg: w.Message} }),
+	errkind.TooLarge: codecOf(func(e *store.ResultTooLargeError, w *WireError) { w.Message = e.What },
+		func(w *WireError, _ time.Duration) *store.ResultTooLargeError {
+			return &store.ResultTooLargeError{What: w.Message}
+		}),
+	errkind.StepBudget: codecOf(func(e *store.StepBudgetError, w *WireError) { w.Index = uint64(e.Steps) },
+		func(w *WireError, _ time.Duration) *store.StepBudgetError {
+			return &store.StepBudgetError{Steps: int64(w.Index)}
+		}),
+	errkind.RequestIDReused: codecOf(func(e *store.RequestIDReusedError, w *WireError) { w.Message, w.Index = e.ID, e.Index },
+		func(w *WireError, _ time.Duration) *store.RequestIDReusedError {
+			return &store.RequestIDReusedError{ID: w.Message, Index: w.Index}
+		}),
+	errkind.EntryTooLarge: codecOf(func(e *store.EntryTooLargeError, w *WireError) {
+		w.Index, w.Message = uint64(e.Bytes), ""
+		if e.Load {
+			w.Message = "load"
+		}
+	}, func(w *WireError, _ time.Duration) *store.EntryTooLargeError {
+		return &store.EntryTooLargeError{Bytes: int(w.Index), Load: w.Message == "load"}
+	}),
+	errkind.LoadInterrupted: codecOf(func(e *store.LoadInterruptedError, w *WireError) { w.Message = e.ID },
+		func(w *WireError, _ time.Duration) *store.LoadInterruptedError {
+			return &store.LoadInterruptedError{ID: w.Message}
+		}),
+	errkind.AckTimeout: codecOf(func(e *AckTimeoutError, w *WireError) { w.Message, w.Index = e.Level, e.Index },
+		func(w *WireError, d time.Duration) *AckTimeoutError {
+			return &AckTimeoutError{Index: w.Index, Level: w.Message, After: d}
+		}),
+	errkind.WaitTimeout: codecOf(func(e *WaitTimeoutError, w *WireError) {
+		w.Message, w.Index, w.Have = e.After.String(), e.Want, e.Have
+	}, func(w *WireError, _ time.Duration) *WaitTimeoutError {
 		after, _ := time.ParseDuration(w.Message)
 		return &WaitTimeoutError{Want: w.Index, Have: w.Have, After: after}
-	case "unknown_outcome":
-		return &UnknownOutcomeError{Reason: w.Message}
-	case "entry_too_large":
-		return &store.EntryTooLargeError{Bytes: int(w.Index)}
-	case "load_interrupted":
-		return &store.LoadInterruptedError{ID: w.Message}
-	}
-	// A kind this node does not know (a newer node's): its message, kept
-	// whole, answered as an internal error.
-	return fmt.Errorf("the leader answered an error of kind %q: %s", w.Kind, w.Message)
+	}),
+	errkind.UnknownOutcome: codecOf(func(e *UnknownOutcomeError, w *WireError) { w.Message = e.Reason },
+		func(w *WireError, _ time.Duration) *UnknownOutcomeError {
+			return &UnknownOutcomeError{Reason: w.Message}
+		}),
+	// Any unavailable error (a sentinel, a node not a member, ...) comes
+	// back as an UnavailableError with its message; the receiver's
+	// UnavailableError says the rest.
+	errkind.Unavailable: codecOf(func(e *UnavailableError, w *WireError) { w.Message = e.Reason },
+		func(w *WireError, _ time.Duration) *UnavailableError { return &UnavailableError{Reason: w.Message} }),
 }

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
 )
@@ -462,7 +463,7 @@ func (s *Store) Close() error {
 }
 
 // ErrClosed is returned after Close.
-var ErrClosed = errors.New("database is closed")
+var ErrClosed error = errkind.New(errkind.Unavailable, "database is closed")
 
 func (s *Store) getReader(ctx context.Context) (*conn, error) {
 	if s.closed.Load() {
