@@ -303,17 +303,21 @@ func TestTheSameStatementsGiveTheSameResultsThroughBothAPIs(t *testing.T) {
 	script := []struct {
 		sql    string
 		params []any
+		exec   bool // a write, though it starts with SELECT
 	}{
-		{"CREATE TABLE %s (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT UNIQUE, b BLOB, n NUMERIC)", nil},
-		{"INSERT INTO %s (i, r, t, b, n) VALUES (?, ?, ?, x'00ff', ?)", []any{9007199254740993, 0.1, "a", "12"}},
-		{"INSERT INTO %s (i, r, t) VALUES (-9223372036854775808, 1e300, 'b')", nil},
-		{"INSERT INTO %s (t) VALUES ('a')", nil}, // UNIQUE fails
-		{"UPDATE %s SET r = r * 2 WHERE i > 0", nil},
-		{"SELECT id, i, r, t, b, n, typeof(n), i + 1, length(b) FROM %s ORDER BY id", nil},
-		{"SELECT * FROM %s WHERE t = ?", []any{"nothing"}},
-		{"DELETE FROM %s WHERE t = 'b'", nil},
-		{"SELECT count(*), sum(i), avg(r) FROM %s", nil},
-		{"SELECT * FROM nothere_%s", nil},
+		{"CREATE TABLE %s (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT UNIQUE, b BLOB, n NUMERIC)", nil, false},
+		{"INSERT INTO %s (i, r, t, b, n) VALUES (?, ?, ?, x'00ff', ?)", []any{9007199254740993, 0.1, "a", "12"}, false},
+		{"INSERT INTO %s (i, r, t) VALUES (-9223372036854775808, 1e300, 'b')", nil, false},
+		{"INSERT INTO %s (t) VALUES ('a')", nil, false}, // UNIQUE fails
+		{"UPDATE %s SET r = r * 2 WHERE i > 0", nil, false},
+		{"SELECT id, i, r, t, b, n, typeof(n), i + 1, length(b) FROM %s ORDER BY id", nil, false},
+		{"SELECT * FROM %s WHERE t = ?", []any{"nothing"}, false},
+		{"DELETE FROM %s WHERE t = 'b'", nil, false},
+		{"SELECT count(*), sum(i), avg(r) FROM %s", nil, false},
+		{"SELECT * FROM nothere_%s", nil, false},
+		// Several statements in one string: the last one's counters.
+		{"SELECT 1; INSERT INTO %s (t) VALUES ('m')", nil, true},
+		{"INSERT INTO %s (t) VALUES ('n') RETURNING id; UPDATE %[1]s SET i = 1 WHERE t = 'm'", nil, false},
 	}
 	type outcome struct {
 		Err          bool
@@ -336,7 +340,7 @@ func TestTheSameStatementsGiveTheSameResultsThroughBothAPIs(t *testing.T) {
 		// The original protocol, on table o.
 		sqlO := fmt.Sprintf(st.sql, "o")
 		cmd := "exec"
-		if strings.HasPrefix(sqlO, "SELECT") {
+		if strings.HasPrefix(sqlO, "SELECT") && !st.exec {
 			cmd = "query"
 		}
 		resp, err := c.Do(0, map[string]any{"command": cmd, "query": sqlO, "params": st.params, "format": "columns"})

@@ -420,7 +420,9 @@ func (s *Server) rqWrite(ctx context.Context, stmts []rlog.Statement, flags rqFl
 		return resp, nil
 	}
 	for _, r := range out.Results {
-		resp.results = append(resp.results, rqResultOf(r, ep != rqExecute || r.HasRows))
+		// On /db/execute, a statement answers rows when it returns them
+		// (RETURNING); of a query holding several, the last one decides.
+		resp.results = append(resp.results, rqResultOf(r, ep != rqExecute || (r.HasRows && !r.RowsBeforeLast)))
 	}
 	return resp, nil
 }

@@ -485,12 +485,16 @@ func (s *Store) putReader(r *conn) { s.readers <- r }
 
 // Result is what one client statement produced.
 type Result struct {
-	Columns      []string
-	Types        []string // declared types, "" where none
-	Rows         [][]any
-	HasRows      bool // the statement returns columns
-	RowsAffected int64
-	LastInsertID int64
+	Columns []string
+	Types   []string // declared types, "" where none
+	Rows    [][]any
+	HasRows bool // the statement returns columns
+	// RowsBeforeLast: of a query holding several statements, the rows are
+	// an earlier statement's, and the last returns none (rqlite's API
+	// answers the last statement's counters then).
+	RowsBeforeLast bool
+	RowsAffected   int64
+	LastInsertID   int64
 	// Err is the statement's own failure, in a write whose statements
 	// are independent (Request.Each); nil otherwise.
 	Err *StatementError
@@ -715,6 +719,8 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 		// counters are the last statement's, whatever it is.
 		if r.HasRows || !res.HasRows {
 			res = r
+		} else {
+			res.RowsBeforeLast = true
 		}
 		res.RowsAffected, res.LastInsertID = r.RowsAffected, r.LastInsertID
 		sql = stmt.Tail
