@@ -195,8 +195,10 @@ func TestARefusedReturningWriteCostsEveryNodeBoundedMemory(t *testing.T) {
 // SQLite instruction (instr() over 1.4 MB, which took time in the product
 // of its arguments' lengths), at -query-timeout 1s: the write is stored
 // and answered 200 on every node, no term changes, and the read answers
-// within its deadline (200, not 504). Values longer than 64 MiB and LIKE
-// patterns longer than 100 bytes fail as SQL errors, nothing applied.
+// within its deadline (200, not 504). A LIKE that compares billions of
+// characters stops at a read's deadline and at a write's step budget.
+// Values longer than 64 MiB and LIKE patterns longer than 100 bytes fail
+// as SQL errors, nothing applied.
 func TestWorkInsideOneInstructionIsBounded(t *testing.T) {
 	c := testcluster.Start(t, 2, "-query-timeout", "1s")
 	c.Exec(0, "CREATE TABLE ins (x)")
@@ -213,6 +215,27 @@ func TestWorkInsideOneInstructionIsBounded(t *testing.T) {
 		if err != nil || q.Status != 200 || !strings.Contains(string(q.Body), `"n":0`) {
 			t.Fatalf("the long instr() read on node %d: %v %v", id, q, err)
 		}
+	}
+	// LIKE over a long string, failing at the end of its pattern at each
+	// of millions of places (billions of comparisons inside one
+	// instruction; SQLite's own LIKE took many seconds): as a read it
+	// stops at its deadline (504), as a write it runs out of its step
+	// budget on every node alike (400 too_large), nothing applied.
+	const like = "printf('%.*c', 40000000, 'a') LIKE '%' || printf('%.*c', 90, 'a') || 'b'"
+	const longerLike = "printf('%.*c', 60000000, 'a') LIKE '%' || printf('%.*c', 98, 'a') || 'b'"
+	for _, id := range all {
+		start := time.Now()
+		q, err := c.Do(id, map[string]any{"command": "query", "query": "SELECT " + longerLike})
+		if err != nil || q.Status != 504 || !strings.Contains(string(q.Body), `"kind":"deadline"`) {
+			t.Fatalf("the long LIKE read on node %d: %v %v", id, q, err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("the long LIKE read on node %d answered after %v, its deadline 1 s", id, took)
+		}
+	}
+	r, err = c.Do(2, map[string]any{"command": "exec", "query": "INSERT INTO ins SELECT " + like})
+	if err != nil || r.Status != 400 || !strings.Contains(string(r.Body), `"kind":"too_large"`) {
+		t.Fatalf("the long LIKE write: %v %v", r, err)
 	}
 	for _, sql := range []string{
 		"INSERT INTO ins VALUES (length(zeroblob(70000000)))",

@@ -13,11 +13,10 @@ package sqlite
 /*
 #include <stdlib.h>
 #include <string.h>
+#include "ddb.h"
 
-typedef struct sqlite3 sqlite3;
 typedef struct sqlite3_stmt sqlite3_stmt;
 typedef struct sqlite3_backup sqlite3_backup;
-typedef long long sqlite3_int64;
 
 extern int sqlite3_prepare_v2(sqlite3*, const char*, int, sqlite3_stmt**, const char**);
 extern int sqlite3_step(sqlite3_stmt*);
@@ -64,14 +63,13 @@ extern int sqlite3_stmt_status(sqlite3_stmt*, int, int);
 // program and data, so a budget runs out at the same instruction on any
 // machine; the statement then stops with SQLITE_INTERRUPT.
 #define DDB_BUDGET_OPS 1000
-typedef struct { sqlite3_int64 left; } ddb_budget; // spent once below 0
 static int ddb_budget_tick(void *p) {
 	ddb_budget *b = (ddb_budget*)p;
 	b->left -= DDB_BUDGET_OPS;
 	return b->left < 0;
 }
-static void ddb_set_budget(sqlite3 *db, ddb_budget *b) { sqlite3_progress_handler(db, DDB_BUDGET_OPS, ddb_budget_tick, b); }
-static void ddb_clear_budget(sqlite3 *db) { sqlite3_progress_handler(db, 0, 0, 0); }
+static void ddb_set_budget(sqlite3 *db, ddb_budget *b) { b->active = 1; sqlite3_progress_handler(db, DDB_BUDGET_OPS, ddb_budget_tick, b); }
+static void ddb_clear_budget(sqlite3 *db, ddb_budget *b) { b->active = 0; b->left = 0; sqlite3_progress_handler(db, 0, 0, 0); }
 
 // Each new connection is reported by SQLite itself: an auto-extension is
 // called with the new handle while sqlite3_open_v2 runs, on the opening
@@ -296,7 +294,7 @@ type Conn struct {
 	Driver *sqlite3.SQLiteConn
 	auth   func(op int, arg1, arg2, dbName string) int
 	cache  map[string]*CachedStmt
-	budget *C.ddb_budget // C memory, once a step budget was set (see SetStepBudget)
+	budget *C.ddb_budget // C memory, from open to Close (see SetStepBudget)
 }
 
 // CachedStmt is a prepared statement kept for reuse, with whatever the
@@ -367,14 +365,8 @@ func (c *Conn) Close() error {
 // SetStepBudget. 0 removes the limit.
 func (c *Conn) SetStepBudget(steps int64) {
 	if steps <= 0 {
-		if c.budget != nil {
-			C.ddb_clear_budget(c.db)
-			c.budget.left = 0
-		}
+		C.ddb_clear_budget(c.db, c.budget)
 		return
-	}
-	if c.budget == nil {
-		c.budget = (*C.ddb_budget)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ddb_budget{}))))
 	}
 	c.budget.left = C.sqlite3_int64(steps)
 	C.ddb_set_budget(c.db, c.budget)
@@ -382,15 +374,12 @@ func (c *Conn) SetStepBudget(steps int64) {
 
 // StepBudgetLeft is what is left of the step budget (0 without one).
 func (c *Conn) StepBudgetLeft() int64 {
-	if c.budget == nil {
-		return 0
-	}
 	return int64(c.budget.left)
 }
 
 // BudgetSpent reports whether a statement stopped because the step budget
 // ran out.
-func (c *Conn) BudgetSpent() bool { return c.budget != nil && c.budget.left < 0 }
+func (c *Conn) BudgetSpent() bool { return c.budget.left < 0 }
 
 // VMSteps is the count of virtual-machine instructions the statement ran
 // since it was prepared or its count restarted (SQLITE_STMTSTATUS_VM_STEP).
@@ -915,6 +904,11 @@ func open(path string, params url.Values) (*Conn, error) {
 		return nil, fmt.Errorf("register instr() and replace(): SQLite error %d", int(rc))
 	}
 	c := &Conn{db: db, Driver: dc.(*sqlite3.SQLiteConn)}
+	c.budget = (*C.ddb_budget)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ddb_budget{}))))
+	if rc := C.ddb_register_match(db, c.budget); rc != codeOK {
+		c.Close()
+		return nil, fmt.Errorf("register like() and glob(): SQLite error %d", int(rc))
+	}
 	c.Driver.RegisterAuthorizer(func(op int, a1, a2, db string) int {
 		if c.auth == nil {
 			return 0
@@ -933,11 +927,12 @@ func open(path string, params url.Values) (*Conn, error) {
 const MaxLength = 64 << 20
 
 // MaxLikePattern is the longest LIKE or GLOB pattern, in bytes (SQLite's
-// SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 50,000 by default). SQLite matches a
-// pattern in time up to the product of its length and the string's,
-// inside one instruction: a 10,000-byte pattern over 1 MB took 14 s. A
-// longer pattern fails ("LIKE or GLOB pattern too complex") on every node
-// alike.
+// SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 50,000 by default). A match takes time
+// up to the product of the pattern's length and the string's, inside one
+// instruction (a 10,000-byte pattern over 1 MB took 14 s); match.c counts
+// that work against the step budget and stops at an interrupt, and this
+// bounds it further. A longer pattern fails ("LIKE or GLOB pattern too
+// complex") on every node alike.
 const MaxLikePattern = 100
 
 var (

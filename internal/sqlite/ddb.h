@@ -1,0 +1,23 @@
+// Declarations shared by the package's C files. SQLite itself is compiled
+// into the binary by github.com/mattn/go-sqlite3; its functions are
+// declared here as the package uses them.
+#ifndef DDB_H
+#define DDB_H
+
+typedef struct sqlite3 sqlite3;
+typedef long long sqlite3_int64;
+
+// A step budget (see Conn.SetStepBudget): what is left of it, and whether
+// one is set. The progress handler spends it in thousands of instructions
+// of SQLite's virtual machine; LIKE and GLOB spend it by the work their
+// matching does inside one instruction (see match.c).
+typedef struct {
+	sqlite3_int64 left; // spent once below 0
+	int active;
+} ddb_budget;
+
+// ddb_register_match puts LIKE and GLOB with bounded, counted work in place
+// of SQLite's on db; b is the connection's budget (it lives as long as db).
+int ddb_register_match(sqlite3 *db, ddb_budget *b);
+
+#endif
