@@ -129,6 +129,17 @@ func (g *replicas) leader() uint64 {
 	return 0
 }
 
+// waitKnowsLeader waits until node id knows a leader.
+func (g *replicas) waitKnowsLeader(id uint64) {
+	g.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if lead, _ := g.r[id].Node().Leader(); lead != 0 {
+			return
+		}
+	}
+	g.t.Fatalf("node %d knows no leader", id)
+}
+
 // follower is a node other than l.
 func (g *replicas) follower(l uint64) uint64 {
 	if g.ids[0] != l {
@@ -313,10 +324,23 @@ func TestFollowerWritesGoThroughTheLeaderWithItsClock(t *testing.T) {
 	})
 	var outs []store.Outcome
 	for i := range 11 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		o, err := g.r[f].WriteThroughLeader(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO k (v, at) VALUES (random(), CURRENT_TIMESTAMP) RETURNING id, v, at"}},
-			RequestID: fmt.Sprint("w", i), Collect: true})
-		cancel()
+		var o store.Outcome
+		var err error
+		for try := 0; ; try++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			o, err = g.r[f].WriteThroughLeader(ctx, &store.Request{Stmts: []rlog.Statement{{SQL: "INSERT INTO k (v, at) VALUES (random(), CURRENT_TIMESTAMP) RETURNING id, v, at"}},
+				RequestID: fmt.Sprint("w", i), Collect: true})
+			cancel()
+			// A follower that restarted on a busy machine may not know
+			// the leader yet (nothing was proposed): as a client does,
+			// try again once it does.
+			var nl *NotLeaderError
+			if !errors.As(err, &nl) || try == 100 {
+				break
+			}
+			g.waitKnowsLeader(f)
+		}
+		l = g.leader()
 		if err != nil {
 			t.Fatalf("write %d at the follower: %v", i, err)
 		}
