@@ -463,6 +463,7 @@ func (s *Store) RaftStateEmpty(ctx context.Context) (bool, error) {
 func (s *Store) SeedRaft(index, term uint64, hardState, confState []byte) error {
 	s.wmu.Lock()
 	s.termRecorded = 0
+	s.vtabsKnown = false
 	err := s.execInTx("seed raft state",
 		setRaftState("applied_term", int64(term)),
 		setRaftState("conf_state", confState),

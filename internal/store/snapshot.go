@@ -143,6 +143,7 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	}
 	s.schemaGen.Add(1) // the whole schema may have changed
 	s.termRecorded = 0 // the copy's own
+	s.vtabsKnown = false
 	s.applied.Store(index)
 	s.visible.Store(index)
 	return index, nil

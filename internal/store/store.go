@@ -82,10 +82,14 @@ type Store struct {
 	// last committed it (0: not known): a batch in the same term need not
 	// write it again (writer only).
 	termRecorded uint64
-	sync         string // the writer's PRAGMA synchronous (Options.Synchronous)
-	readers      chan *conn
-	nreaders     int
-	applied      atomic.Uint64 // last log index applied (committed) here
+	// vtabs: the schema holds a virtual table (see isolating), as of
+	// schema version vtabsAt (vtabsKnown once looked at).
+	vtabs, vtabsKnown bool
+	vtabsAt           int64
+	sync              string // the writer's PRAGMA synchronous (Options.Synchronous)
+	readers           chan *conn
+	nreaders          int
+	applied           atomic.Uint64 // last log index applied (committed) here
 	// visible is at or above every index whose changes a reader may
 	// have seen: it is raised just before COMMIT, and applied just
 	// after. A read index or a read's token must cover what readers see,
