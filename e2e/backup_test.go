@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"database/sql"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/ddbgo/ddb/internal/inspect"
 	"github.com/ddbgo/ddb/internal/testcluster"
+
+	_ "github.com/mattn/go-sqlite3"
 )
 
 func fetch(t *testing.T, url string) ([]byte, uint64) {
@@ -187,6 +190,9 @@ func TestPeriodicBackupsAndRestoreIntoAFreshCluster(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	b.WaitConverged(10*time.Second, 1, 2)
+	if st, err := b.Status(0); err != nil || fmt.Sprint(st["restore"]) != fmt.Sprintf("map[file:%s index:%v state:restored tries:1]", newest, st["restore"].(map[string]any)["index"]) {
+		t.Fatalf("/status restore after the restore: %v %v", st["restore"], err)
+	}
 	got := requireIdentical(t, b, 0, 1, 2)
 	if diffs := inspect.Compare([]*inspect.Database{want, got[0]}, 5); len(diffs) > 0 {
 		t.Fatalf("the restored cluster differs from the backup:\n%v", diffs)
@@ -205,7 +211,53 @@ func TestPeriodicBackupsAndRestoreIntoAFreshCluster(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	if st, err := b.Status(0); err != nil || st["restore"].(map[string]any)["state"] != "skipped" {
+		t.Fatalf("/status restore after the restart: %v %v", st["restore"], err)
+	}
 	if rows := b.Query(0, "SELECT count(*) AS n FROM p WHERE v = 'after the restore'"); rows[0]["n"] != 1.0 {
 		t.Fatalf("a restart with -restore still given changed the data: %v", rows)
+	}
+}
+
+// A backup the cluster refuses (it holds a table in the project's own
+// namespace) is not loaded, and -restore says so once, in the log and on
+// /status, instead of trying again: the restore's state is "failed", with
+// the reason, and nothing of the file was loaded.
+func TestARestoreThatCannotSucceedStopsAndSaysWhy(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "refused.db")
+	db, err := sql.Open("sqlite3", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("CREATE TABLE _ddb_evil (x); INSERT INTO _ddb_evil VALUES (1); CREATE TABLE fine (y)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	c := testcluster.Start(t, 2)
+	c.Node(0).Stop()
+	p := c.StartNode(0, "-restore", file)
+	c.WaitReady()
+	var restore map[string]any
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		st, err := c.Status(0)
+		if err == nil {
+			restore, _ = st["restore"].(map[string]any)
+			if restore != nil && restore["state"] == "failed" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused restore did not fail: %v", restore)
+		}
+	}
+	if tries, _ := restore["tries"].(float64); tries > 1 || !strings.Contains(fmt.Sprint(restore["error"]), "_ddb_evil") || restore["file"] != file {
+		t.Fatalf("/status restore: %v", restore)
+	}
+	l, _ := os.ReadFile(p.Log)
+	if n := strings.Count(string(l), `level=ERROR msg="restore: `); n != 1 {
+		t.Fatalf("the log says %d times that the restore failed:\n%s", n, l)
+	}
+	if rows := c.Query(1, "SELECT count(*) AS n FROM sqlite_schema WHERE name = 'fine'"); rows[0]["n"] != 0.0 {
+		t.Fatalf("part of the refused backup was loaded: %v", rows)
 	}
 }

@@ -107,6 +107,15 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	s.metricsHandler.ServeHTTP(w, r)
 }
 
+// SetStatus adds key to /status, its value f's answer at each request
+// (set before the server serves).
+func (s *Server) SetStatus(key string, f func() any) {
+	if s.statusFields == nil {
+		s.statusFields = map[string]func() any{}
+	}
+	s.statusFields[key] = f
+}
+
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if !s.guard(w, r, PermStatus, http.MethodGet, http.MethodHead) {
 		return
@@ -124,6 +133,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	st["raft"] = es
 	for k, v := range s.rqStatus(es) {
 		st[k] = v
+	}
+	for k, f := range s.statusFields {
+		st[k] = f()
 	}
 	if key := r.URL.Query().Get("key"); key != "" {
 		v, ok := selectKey(st, key)

@@ -25,15 +25,17 @@ import (
 
 // Server serves one node.
 type Server struct {
-	cfg     *cluster.Config
-	st      *store.Store
-	repl    replication.Replicator // the client protocol's only view of replication
-	eng     *consensus.Engine      // membership, status, node-to-node endpoints
-	tr      *Transport             // signed calls to other nodes
-	auth    *cluster.Auth
-	users   *Users // nil: no client authentication
-	sem     chan struct{}
-	metrics *Metrics
+	cfg  *cluster.Config
+	st   *store.Store
+	repl replication.Replicator // the client protocol's only view of replication
+	eng  *consensus.Engine      // membership, status, node-to-node endpoints
+	tr   *Transport             // signed calls to other nodes
+	// statusFields are keys other parts of the node add to /status.
+	statusFields map[string]func() any
+	auth         *cluster.Auth
+	users        *Users // nil: no client authentication
+	sem          chan struct{}
+	metrics      *Metrics
 	// metricsHandler serves the metrics' registry, with the node's own
 	// collector.
 	metricsHandler http.Handler

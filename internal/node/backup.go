@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/consensus"
@@ -118,20 +119,63 @@ func prune(dir string, keep int) error {
 	return nil
 }
 
+// RestoreStatus is what /status says of -restore (key "restore"): its
+// file, its state ("waiting" for this node to lead, "loading", "restored",
+// "skipped" when the database already held tables, "failed"), the index
+// it was restored at, how many tries the load took, and why it failed.
+type RestoreStatus struct {
+	File  string `json:"file"`
+	State string `json:"state"`
+	Index uint64 `json:"index,omitempty"`
+	Tries int    `json:"tries,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// restoreState is a restore's RestoreStatus, safe to read while it runs.
+type restoreState struct {
+	mu sync.Mutex
+	st RestoreStatus
+}
+
+func (r *restoreState) set(f func(*RestoreStatus)) {
+	r.mu.Lock()
+	f(&r.st)
+	r.mu.Unlock()
+}
+
+// Status is the restore's state now.
+func (r *restoreState) Status() any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st
+}
+
+// maxRestoreTries bounds the tries of a restore whose outcome stays
+// unknown (the leader changes, or no majority answers, try after try).
+const maxRestoreTries = 10
+
 // restoreWhenLeading loads the backup file into a fresh cluster through
 // the log, once this node leads, if the database holds no table yet (a
-// restart with the flag still given changes nothing).
-func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string, log *slog.Logger, stop <-chan struct{}) {
+// restart with the flag still given changes nothing). A backup the
+// cluster refuses fails at once; one whose load keeps ending with an
+// unknown outcome fails after maxRestoreTries. Either way the log and
+// /status (rs) say why.
+func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string, log *slog.Logger, stop <-chan struct{}, rs *restoreState) {
+	rs.set(func(s *RestoreStatus) { s.File, s.State = file, "waiting" })
+	fail := func(msg string, err error) {
+		log.Error("restore: "+msg, "file", file, "err", err)
+		rs.set(func(s *RestoreStatus) { s.State, s.Error = "failed", msg+": "+err.Error() })
+	}
 	plan, err := store.PlanLoad(file, dir)
 	if err != nil {
-		log.Error("restore: the backup cannot be loaded; nothing restored", "file", file, "err", err)
+		fail("the backup cannot be loaded; nothing restored", err)
 		return
 	}
 	defer plan.Close()
 	// One id for every try: a try cut short by a change of leader is
 	// taken up by the next, entry by entry.
 	id := fmt.Sprintf("restore-%d", time.Now().UnixNano())
-	for {
+	for tries := 0; ; {
 		select {
 		case <-stop:
 			return
@@ -146,22 +190,30 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string
 		if err != nil {
 			continue
 		}
-		if n, _ := rows[0].Rows[0][0].(int64); n > 0 {
+		if n, _ := rows[0].Rows[0][0].(int64); n > 0 && tries == 0 {
 			log.Info("restore: the database already holds tables; the backup is not loaded", "file", file)
+			rs.set(func(s *RestoreStatus) { s.State = "skipped" })
 			return
 		}
+		tries++
+		rs.set(func(s *RestoreStatus) { s.State, s.Tries = "loading", tries })
 		ctx, cancel = context.WithTimeout(context.Background(), replication.LoadTimeout(plan.Bytes))
 		out, err := replication.Load(ctx, eng, plan, id, true, cluster.AckQuorum, store.Limits{})
 		cancel()
 		if err != nil && !replication.OutcomeUnknown(err) {
-			log.Error("restore: the backup was refused; nothing restored", "file", file, "err", err)
+			fail("the backup was refused; nothing restored", err)
+			return
+		}
+		if err != nil && tries >= maxRestoreTries {
+			fail(fmt.Sprintf("gave up after %d tries whose outcome stayed unknown (the load may have been applied: check the tables; restart the node with -restore to try again)", tries), err)
 			return
 		}
 		if err != nil {
-			log.Warn("restore: the load did not go through yet; retrying", "err", err)
+			log.Warn("restore: the load did not go through yet; retrying", "try", tries, "err", err)
 			continue
 		}
 		log.Info("restored from a backup", "file", file, "index", out.Index)
+		rs.set(func(s *RestoreStatus) { s.State, s.Index, s.Error = "restored", out.Index, "" })
 		return
 	}
 }

@@ -100,7 +100,9 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop)
 	}
 	if cfg.Restore != "" {
-		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.Dir, logger, n.stop)
+		rs := &restoreState{}
+		handler.SetStatus("restore", rs.Status)
+		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.Dir, logger, n.stop, rs)
 	}
 	n.server = &http.Server{
 		Handler:           handler,
