@@ -19,7 +19,9 @@ import (
 // grammar below: DML with subqueries, RETURNING, UPSERT, CTEs, triggers,
 // views, generated columns, AUTOINCREMENT, WITHOUT ROWID, rowids at the
 // maximum, JSON and date/time functions with their modifiers, functions
-// that expose connection state, and random schema changes), and replicas
+// that expose connection state, FTS3, FTS4 and R-Tree virtual tables with
+// FTS's optimize, merge and automerge and their shadow tables' shape
+// stored in ordinary tables, and random schema changes), and replicas
 // apply its log in other groupings, after reads of their own, through
 // restarts and re-snapshots. In the end every replica, and a replay of the
 // whole log into an empty database, must hold exactly the leader's content.
@@ -50,7 +52,7 @@ func TestDeterminismFuzz(t *testing.T) {
 	seed := firstSeed()
 	if long == 0 {
 		for i := uint64(0); i < 3; i++ {
-			if r := runDeterminism(t, seed+i, 250, ""); r.diverged != "" {
+			if r := runDeterminism(t, seed+i, 250, "", true); r.diverged != "" {
 				t.Fatalf("seed %d: %s", seed+i, r.diverged)
 			}
 		}
@@ -59,7 +61,7 @@ func TestDeterminismFuzz(t *testing.T) {
 	deadline := time.Now().Add(long)
 	var runs, steps, entries int
 	for ; time.Now().Before(deadline); seed++ {
-		r := runDeterminism(t, seed, 2000, "")
+		r := runDeterminism(t, seed, 2000, "", true)
 		runs++
 		steps += r.steps
 		entries += r.entries
@@ -92,11 +94,11 @@ var fuzzRegressions = []struct {
 
 func TestDeterminismFuzzRegressions(t *testing.T) {
 	for _, c := range fuzzRegressions {
-		if r := runDeterminism(t, c.seed, c.steps, ""); r.diverged != "" {
+		if r := runDeterminism(t, c.seed, c.steps, "", false); r.diverged != "" {
 			t.Errorf("seed %d (once: %s): %s", c.seed, c.what, r.diverged)
 		}
 		if c.bug != "" && faults.Enabled {
-			if r := runDeterminism(t, c.seed, c.steps, c.bug); r.diverged == "" {
+			if r := runDeterminism(t, c.seed, c.steps, c.bug, false); r.diverged == "" {
 				t.Errorf("seed %d with %s: no divergence; the case no longer reproduces %s", c.seed, c.bug, c.what)
 			}
 		}
@@ -112,7 +114,7 @@ func TestDeterminismFuzzCatchesAnUnpinnedSource(t *testing.T) {
 		t.Run(bug, func(t *testing.T) {
 			seed := firstSeed()
 			for i := uint64(0); i < 5; i++ {
-				if r := runDeterminism(t, seed+i, 250, bug); r.diverged != "" {
+				if r := runDeterminism(t, seed+i, 250, bug, true); r.diverged != "" {
 					return
 				}
 			}
@@ -126,7 +128,10 @@ type determinismRun struct {
 	diverged                                    string
 }
 
-func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string) (r determinismRun) {
+// runDeterminism runs the fuzzer from seed; vtabs: its grammar makes
+// virtual tables too (the regression cases run the grammar they were
+// found with, which did not).
+func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string, vtabs bool) (r determinismRun) {
 	t.Helper()
 	dir := t.TempDir()
 	rng := rand.New(rand.NewPCG(seed, seed^0xdeadbeef))
@@ -154,6 +159,7 @@ func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string) (r 
 		}
 	}()
 	g := newGrammar(rng)
+	g.vtabsOn = vtabs
 	var history []string
 	var restartsAt []uint64
 	clock := time.Date(2031, 3, 30, 23, 59, 58, 0, time.UTC)
@@ -281,6 +287,8 @@ type grammar struct {
 	views    []string
 	triggers []string
 	indexes  []string
+	vtabs    []gvtab
+	vtabsOn  bool // make virtual tables (FTS3, FTS4, R-Tree)
 	n        int
 	pending  func() // model change of the request being built
 	changes  map[string]func()
@@ -293,6 +301,9 @@ type gtable struct {
 	autoinc  bool
 	generate bool
 }
+
+// gvtab is a virtual table: FTS3, FTS4 or R-Tree, the modules built in.
+type gvtab struct{ name, module string }
 
 func newGrammar(rng *rand.Rand) *grammar {
 	return &grammar{rng: rng, tables: map[string]*gtable{}, changes: map[string]func(){}}
@@ -432,6 +443,14 @@ func (g *grammar) request() []string {
 	if len(g.tables) < 2 || g.rng.IntN(8) == 0 {
 		return []string{g.schemaChange()}
 	}
+	if g.vtabsOn && len(g.vtabs) > 0 && g.rng.IntN(3) == 0 {
+		n := 1 + g.rng.IntN(3)
+		out := make([]string, n)
+		for i := range out {
+			out[i] = g.vtabDML()
+		}
+		return out
+	}
 	if g.rng.IntN(6) == 0 {
 		// A parent and a child pointing at it, in one transaction.
 		p, c := g.table(), g.table()
@@ -506,6 +525,47 @@ func (g *grammar) dml() string {
 	}
 }
 
+// vtabDML writes to a virtual table, runs its special commands (FTS:
+// optimize, merge, automerge, which do work at COMMIT or change what
+// COMMIT does), or stores what its shadow tables look like in an ordinary
+// table, where a difference in them would spread.
+func (g *grammar) vtabDML() string {
+	v := g.vtabs[g.rng.IntN(len(g.vtabs))]
+	words := func() string {
+		var w []string
+		for range 1 + g.rng.IntN(6) {
+			w = append(w, g.pick("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")+fmt.Sprint(g.rng.IntN(20)))
+		}
+		return strings.Join(w, " ")
+	}
+	if v.module == "rtree" {
+		x := g.rng.IntN(1000)
+		return g.pick(
+			fmt.Sprintf("INSERT INTO %s VALUES (NULL, %d, %d)", v.name, x, x+g.rng.IntN(50)),
+			fmt.Sprintf("INSERT INTO %s SELECT NULL, x, x + 3 FROM (WITH RECURSIVE c(x) AS (SELECT %d UNION ALL SELECT x + 7 FROM c WHERE x < %d) SELECT x FROM c)", v.name, x, x+100),
+			fmt.Sprintf("DELETE FROM %s WHERE id %% 3 = %d", v.name, g.rng.IntN(3)),
+			fmt.Sprintf("UPDATE %s SET x1 = x1 + 1 WHERE id %% 2 = 0", v.name),
+		)
+	}
+	cmds := []string{
+		fmt.Sprintf("INSERT INTO %s (body) VALUES ('%s')", v.name, words()),
+		fmt.Sprintf("INSERT INTO %s (body) VALUES ('%s'), ('%s'), ('%s')", v.name, words(), words(), words()),
+		fmt.Sprintf("DELETE FROM %s WHERE rowid %% 4 = %d", v.name, g.rng.IntN(4)),
+		fmt.Sprintf("UPDATE %s SET body = body || ' %s' WHERE rowid %% 3 = 1", v.name, words()),
+		fmt.Sprintf("INSERT INTO %s (%s) VALUES ('optimize')", v.name, v.name),
+	}
+	if v.module == "fts4" {
+		cmds = append(cmds,
+			fmt.Sprintf("INSERT INTO %s (%s) VALUES ('automerge=%d')", v.name, v.name, g.rng.IntN(9)),
+			fmt.Sprintf("INSERT INTO %s (%s) VALUES ('merge=%d,%d')", v.name, v.name, 1+g.rng.IntN(8), 2+g.rng.IntN(4)),
+		)
+	}
+	if t := g.table(); t != nil && len(t.cols) > 0 {
+		cmds = append(cmds, fmt.Sprintf("INSERT INTO %s (%s) SELECT (SELECT count(*) FROM %s_segdir) || '/' || (SELECT count(*) FROM %s_segments) || '/' || (SELECT group_concat(level || ':' || idx, ',') FROM %s_segdir)", t.name, t.cols[0], v.name, v.name, v.name))
+	}
+	return g.pick(cmds...)
+}
+
 func (g *grammar) read() string {
 	t := g.table()
 	if t == nil {
@@ -526,7 +586,26 @@ func (g *grammar) schemaChange() string {
 	var sql string
 	var change func()
 	t := g.table()
-	switch x := g.rng.IntN(20); {
+	kinds := 20
+	if g.vtabsOn {
+		kinds = 22
+	}
+	switch x := g.rng.IntN(kinds); {
+	case x >= 20 && t != nil:
+		if len(g.vtabs) > 2 {
+			v := g.vtabs[0]
+			sql = "DROP TABLE " + v.name
+			change = func() { g.vtabs = g.vtabs[1:] }
+			break
+		}
+		v := gvtab{name: "f" + name, module: g.pick("fts4", "fts4", "fts3", "rtree")}
+		switch v.module {
+		case "rtree":
+			sql = fmt.Sprintf("CREATE VIRTUAL TABLE %s USING rtree(id, x0, x1)", v.name)
+		default:
+			sql = fmt.Sprintf("CREATE VIRTUAL TABLE %s USING %s(body)", v.name, v.module)
+		}
+		change = func() { g.vtabs = append(g.vtabs, v) }
 	case x < 6 || t == nil:
 		nt := &gtable{name: name, rowid: true}
 		var defs []string
