@@ -72,10 +72,12 @@ var (
 	descBatches       = prometheus.NewDesc("ddb_raft_send_batches_total", "Batches of Raft messages sent to other nodes.", nil, nil)
 	descRoundTrip     = prometheus.NewDesc("ddb_raft_send_round_trip_seconds_total", "Round trips of those batches, summed (divide by the batches for the mean).", nil, nil)
 	descSnapshots     = prometheus.NewDesc("ddb_raft_snapshots_installed_total", "Snapshots this node installed since it started.", nil, nil)
+	descChecks        = prometheus.NewDesc("ddb_consistency_checks_total", "Consistency checks this node compared (its digest against the leader's, or on the leader against every node's).", nil, nil)
+	descDiverged      = prometheus.NewDesc("ddb_consistency_diverged_nodes", "Nodes the last consistency check found differing from the leader (on a follower: 1 when it is this node).", nil, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descApplied, descTerm, descCommit, descIsLeader, descLeaderChanges, descPending, descLag, descBatches, descRoundTrip, descSnapshots} {
+	for _, d := range []*prometheus.Desc{descApplied, descTerm, descCommit, descIsLeader, descLeaderChanges, descPending, descLag, descBatches, descRoundTrip, descSnapshots, descChecks, descDiverged} {
 		ch <- d
 	}
 }
@@ -87,6 +89,9 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		leader = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(c.s.st.Applied()))
+	cs := c.s.eng.Consistency()
+	ch <- prometheus.MustNewConstMetric(descChecks, prometheus.CounterValue, float64(cs.Checks))
+	ch <- prometheus.MustNewConstMetric(descDiverged, prometheus.GaugeValue, float64(len(cs.DivergedNodes)))
 	ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(v.Term))
 	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(v.Commit))
 	ch <- prometheus.MustNewConstMetric(descIsLeader, prometheus.GaugeValue, leader)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/replication"
@@ -105,6 +107,38 @@ func (s *Server) handleApplied(w http.ResponseWriter, r *http.Request, body []by
 	}
 	b, _ := json.Marshal(map[string]uint64{"applied": s.st.Applied()})
 	writeJSON(w, http.StatusOK, b)
+}
+
+// handleDigest answers another node's request for this node's digest as
+// of an index (a consistency check), once this node has applied the index
+// and computed it (within the request's deadline: 504 past it).
+func (s *Server) handleDigest(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req struct {
+		Index uint64 `json:"index"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request: "+err.Error())
+		return
+	}
+	for {
+		if d, ok := s.st.DigestAt(req.Index); ok {
+			b, _ := json.Marshal(d)
+			writeJSON(w, http.StatusOK, b)
+			return
+		}
+		if s.st.Applied() > req.Index+1000 {
+			// Long past it without a digest: this node installed a
+			// snapshot over the index, or restarted meanwhile.
+			writeError(w, http.StatusNotFound, fmt.Sprintf("this node has no digest as of index %d (it is at %d)", req.Index, s.st.Applied()))
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			writeError(w, http.StatusGatewayTimeout, fmt.Sprintf("no digest as of index %d yet (this node is at %d)", req.Index, s.st.Applied()))
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // countRefused counts the requests h refuses for their signature (403).

@@ -17,6 +17,7 @@ import (
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Transport carries the engine's calls to other nodes (consensus.PeerCaller):
@@ -123,6 +124,16 @@ func (t *Transport) RemoteApplied(ctx context.Context, url string, index uint64)
 	}
 	err := t.post(ctx, url+"/_ddb/applied", body, &out)
 	return out.Applied, err
+}
+
+// RemoteDigest implements consensus.PeerCaller.
+func (t *Transport) RemoteDigest(ctx context.Context, url string, index uint64) (*store.Digest, error) {
+	body, _ := json.Marshal(map[string]uint64{"index": index})
+	var d store.Digest
+	if err := t.post(ctx, url+"/_ddb/digest", body, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
 }
 
 // Instance implements consensus.PeerCaller: the token /livez reports.

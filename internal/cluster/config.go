@@ -73,10 +73,13 @@ type Config struct {
 	Pprof          string        // address to serve Go profiles on ("" = off)
 	BackupDir      string        // periodic backups go here ("" = none)
 	BackupInterval time.Duration // between periodic backups
-	BackupKeep     int           // periodic backups kept
-	Restore        string        // master: a backup file a fresh cluster starts from
-	LogLevel       string        // debug, info, warn, error
-	LogFormat      string        // text or json
+	// CheckInterval is how often the leader logs a consistency check (the
+	// replicas then compare digests of their databases); 0: never.
+	CheckInterval time.Duration
+	BackupKeep    int    // periodic backups kept
+	Restore       string // master: a backup file a fresh cluster starts from
+	LogLevel      string // debug, info, warn, error
+	LogFormat     string // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It
@@ -110,6 +113,7 @@ var defaults = Config{
 	LogKeep:  200_000,
 	LogLevel: "info", LogFormat: "text",
 	BackupInterval: time.Hour, BackupKeep: 24,
+	CheckInterval: 30 * time.Second,
 }
 
 // Default is a copy of the default settings.
@@ -320,6 +324,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
 	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir")
 	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
+	fs.DurationVar(&c.CheckInterval, "check-interval", defaults.CheckInterval, "how often the leader starts a consistency check, when writes were applied since the last one: every node takes a digest of its database as of one log index, and the replicas compare them (0: never)")
 	var slaves string
 	if role == Master {
 		fs.StringVar(&c.Restore, "restore", "", "start a fresh cluster from this backup file (a SQLite file or SQL dump): once the master leads and if the database holds no table yet, the backup is loaded through the log, so every node gets it")

@@ -37,6 +37,9 @@ type PeerCaller interface {
 	// RemoteApplied waits (up to ctx) until the node at url has applied
 	// index, and returns the index it has applied.
 	RemoteApplied(ctx context.Context, url string, index uint64) (uint64, error)
+	// RemoteDigest waits (up to ctx) for the digest the node at url took
+	// of its database as of index (a consistency check), and returns it.
+	RemoteDigest(ctx context.Context, url string, index uint64) (*store.Digest, error)
 }
 
 // EngineConfig configures a node's replication through Raft.
@@ -70,6 +73,9 @@ type EngineConfig struct {
 	Client    *http.Client
 	Calls     PeerCaller
 	Log       *slog.Logger
+	// CheckInterval: how often the leader logs a consistency check (0:
+	// never; see checker.go).
+	CheckInterval time.Duration
 }
 
 // Engine is a node's replicated database: the client protocol's writes and
@@ -94,6 +100,7 @@ type Engine struct {
 	removed       atomic.Bool            // the log took this node out of the configuration while it ran
 	missing       atomic.Pointer[[]int]  // named voters missing from the configuration (see MissingVoters)
 	joinTrouble   atomic.Pointer[string] // why the last round of announcing this node failed ("" or nil: it did not)
+	check         checker                // the consistency checks (see checker.go)
 }
 
 // electionWindow is how long an election normally takes at most (two
@@ -235,6 +242,11 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	e.wg.Add(2)
 	go e.announce()
 	go e.watchMembers()
+	st.OnDigest(e.onDigest)
+	if cfg.CheckInterval > 0 {
+		e.wg.Add(1)
+		go e.proposeChecks(cfg.CheckInterval)
+	}
 	go func() {
 		// A node whose own database fails cannot go on: the process stops
 		// (and a restart reports what is wrong with the file).
@@ -1053,6 +1065,9 @@ func (notMemberError) Unwrap() error { return replication.ErrUnavailable }
 func (e *Engine) Serving() error {
 	if e.removed.Load() {
 		return errRemoved
+	}
+	if err := e.divergence(); err != nil {
+		return err
 	}
 	if !e.isMember() {
 		var why string

@@ -135,7 +135,7 @@ func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(
 // runs with, then the write.
 func (r *Replica) entry(req *store.Request) ([]byte, error) {
 	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
-		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, MaxSteps: req.Limits.MaxSteps, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load}
+		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, MaxSteps: req.Limits.MaxSteps, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load, Check: req.Check}
 	body, err := w.Encode()
 	if err != nil {
 		return nil, &store.ParamError{Msg: err.Error()}
@@ -328,3 +328,4 @@ func (e *UnknownOutcomeError) Kind() errkind.Kind { return errkind.UnknownOutcom
 func (e *LeaderApplyError) Kind() errkind.Kind    { return errkind.AckTimeout }
 func (removedError) Kind() errkind.Kind           { return errkind.Unavailable }
 func (notMemberError) Kind() errkind.Kind         { return errkind.Unavailable }
+func (divergedError) Kind() errkind.Kind          { return errkind.Unavailable }

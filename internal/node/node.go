@@ -95,6 +95,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	}
 	handler := api.NewServer(cfg, st, n.eng, tr, auth, users)
 	handler.SetLogger(logger)
+	handler.SetStatus("consistency", func() any { return n.eng.Consistency() })
 	n.stop = make(chan struct{})
 	if cfg.BackupDir != "" {
 		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop)
@@ -160,6 +161,7 @@ func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logg
 		Limits: api.Limits(cfg),
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
 		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Log: logger,
+		CheckInterval: cfg.CheckInterval,
 	}
 }
 

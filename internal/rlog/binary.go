@@ -34,6 +34,7 @@ const (
 	flagReplace
 	flagSteps // a step budget follows the byte limit (bodies written before have none)
 	flagLoad  // a load step follows
+	flagCheck // a consistency check: no statements (see Write.Check)
 )
 
 const (
@@ -84,7 +85,7 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	for _, f := range []struct {
 		on  bool
 		bit uint64
-	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}} {
+	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}, {w.Check, flagCheck}} {
 		if f.on {
 			flags |= f.bit
 		}
@@ -222,7 +223,7 @@ func decodeBinary(body []byte) (Write, error) {
 	var w Write
 	flags := r.uvarint()
 	w.AllowSchema, w.Collect, w.Each = flags&flagSchema != 0, flags&flagCollect != 0, flags&flagEach != 0
-	w.Atomic, w.Replace = flags&flagAtomic != 0, flags&flagReplace != 0
+	w.Atomic, w.Replace, w.Check = flags&flagAtomic != 0, flags&flagReplace != 0, flags&flagCheck != 0
 	w.RequestID = string(r.bytes())
 	maxRows, maxBytes := r.uvarint(), r.uvarint()
 	if maxRows > math.MaxInt32 || maxBytes > math.MaxInt64/2 {

@@ -213,6 +213,10 @@ type Write struct {
 	// Load, when set, makes the write one step of a load too big for one
 	// entry (see LoadStep).
 	Load *LoadStep
+	// Check marks a consistency check (it holds no statements): every node
+	// ends its transaction after it and computes a digest of its database
+	// as of its index, and the nodes compare their digests.
+	Check bool
 }
 
 // LoadOp is what one step of a load does.

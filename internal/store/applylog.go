@@ -131,6 +131,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		return nil, nil, err
 	}
 	out = make([]Outcome, len(entries))
+	var check uint64 // a consistency check's index, which ends the transaction
 	for i, e := range entries {
 		if i > 0 {
 			// Once the schema holds a virtual table, each entry commits
@@ -149,6 +150,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			}
 		}
 		w := writes[i]
+		if w.Check {
+			out[i] = Outcome{Index: e.Index}
+			check = e.Index
+			out, entries = out[:i+1], entries[:i+1]
+			break
+		}
 		if err, ok := aborting[i]; ok {
 			if err := s.loadFailed(w); err != nil {
 				return nil, nil, err
@@ -260,6 +267,9 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 	}
 	if term > 0 {
 		s.termRecorded = term
+	}
+	if check != 0 {
+		s.startDigest(check)
 	}
 	return out, nil, nil
 }

@@ -86,10 +86,12 @@ type Store struct {
 	// schema version vtabsAt (vtabsKnown once looked at).
 	vtabs, vtabsKnown bool
 	vtabsAt           int64
-	sync              string // the writer's PRAGMA synchronous (Options.Synchronous)
-	readers           chan *conn
-	nreaders          int
-	applied           atomic.Uint64 // last log index applied (committed) here
+	// digests are the consistency checks' digests (see startDigest).
+	digests  digests
+	sync     string // the writer's PRAGMA synchronous (Options.Synchronous)
+	readers  chan *conn
+	nreaders int
+	applied  atomic.Uint64 // last log index applied (committed) here
 	// visible is at or above every index whose changes a reader may
 	// have seen: it is raised just before COMMIT, and applied just
 	// after. A read index or a read's token must cover what readers see,

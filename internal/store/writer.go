@@ -28,6 +28,8 @@ type Request struct {
 	// Load, when set, makes the write one step of a load sent in several
 	// entries (see rlog.LoadStep and PlanLoad).
 	Load *rlog.LoadStep
+	// Check: the entry is a consistency check (see rlog.Write.Check).
+	Check bool
 }
 
 // Outcome is what happened to one Request of a batch.

@@ -1,0 +1,215 @@
+package consensus
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/store"
+)
+
+// The consistency checker compares replicas while the cluster runs. Every
+// CheckInterval (when writes were applied since the last check) the leader
+// logs a check entry; at that entry every node computes a digest of its
+// database as of exactly that index (store.Digest, in the background, on a
+// read connection). Each follower then compares its digest with the
+// leader's, and the leader with every other node's. A difference is
+// reported at once: a loud log line naming the node and the tables, the
+// /status "consistency" object, a metric and the console; a follower that
+// finds itself diverged stops serving (503 with the reason) until it is
+// repaired (see Serving).
+
+// ConsistencyStatus is what /status says under "consistency".
+type ConsistencyStatus struct {
+	CheckedIndex  uint64    `json:"checked_index"`
+	CheckedAt     time.Time `json:"checked_at,omitzero"`
+	State         string    `json:"state"` // "none" (no check yet), "checking", "ok", "diverged"
+	DivergedNodes []int     `json:"diverged_nodes"`
+	Detail        string    `json:"detail,omitempty"`
+	Checks        uint64    `json:"checks"`
+}
+
+// digestWait is how long a node waits for another's digest (that node may
+// be behind, or still computing it).
+const digestWait = 60 * time.Second
+
+// checker holds the checks' state.
+type checker struct {
+	mu       sync.Mutex
+	st       ConsistencyStatus
+	diverged bool // this node's own data differs from the leader's
+	last     uint64
+}
+
+// Consistency is the state of the consistency checks, as this node knows
+// it (the leader knows every node's).
+func (e *Engine) Consistency() ConsistencyStatus {
+	e.check.mu.Lock()
+	defer e.check.mu.Unlock()
+	st := e.check.st
+	if st.State == "" {
+		st.State = "none"
+	}
+	st.DivergedNodes = append([]int{}, st.DivergedNodes...)
+	return st
+}
+
+// proposeChecks logs a check entry every interval on the leader, when
+// entries were applied since the last one.
+func (e *Engine) proposeChecks(interval time.Duration) {
+	defer e.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		if !e.IsLeader() || e.st.Applied() <= last {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
+		out, err := e.rep.Write(ctx, &store.Request{Check: true})
+		cancel()
+		if err == nil {
+			last = out.Index
+		}
+	}
+}
+
+// onDigest compares the digest this node computed with the others' (on a
+// goroutine of its own: fetching them may wait).
+func (e *Engine) onDigest(d *store.Digest) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.compare(d)
+	}()
+}
+
+func (e *Engine) compare(d *store.Digest) {
+	e.check.mu.Lock()
+	if d.Index <= e.check.last {
+		e.check.mu.Unlock()
+		return
+	}
+	e.check.last = d.Index
+	e.check.st.State, e.check.st.CheckedIndex = "checking", d.Index
+	e.check.mu.Unlock()
+	self := int(e.cfg.ID) - 1
+	var diverged []int
+	var details, unknown []string
+	ctx, cancel := context.WithTimeout(context.Background(), digestWait)
+	defer cancel()
+	go func() {
+		select {
+		case <-e.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	lead := e.lead()
+	if d.Err != "" {
+		unknown = append(unknown, fmt.Sprintf("this node could not compute its digest: %s", d.Err))
+	} else if lead == e.cfg.ID {
+		st := e.rep.Node().Status()
+		var ids []uint64
+		for id := range st.Config.Voters.IDs() {
+			ids = append(ids, id)
+		}
+		for id := range st.Config.Learners {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		for _, id := range ids {
+			if id == e.cfg.ID {
+				continue
+			}
+			theirs, err := e.remoteDigest(ctx, id, d.Index)
+			switch {
+			case err != nil:
+				unknown = append(unknown, fmt.Sprintf("node %d: %v", int(id)-1, err))
+			case theirs.Err != "":
+				unknown = append(unknown, fmt.Sprintf("node %d could not compute its digest: %s", int(id)-1, theirs.Err))
+			default:
+				if diff := d.Differences(theirs); diff != "" {
+					diverged = append(diverged, int(id)-1)
+					details = append(details, fmt.Sprintf("node %d: %s", int(id)-1, diff))
+				}
+			}
+		}
+	} else if lead != 0 {
+		theirs, err := e.remoteDigest(ctx, lead, d.Index)
+		switch {
+		case err != nil:
+			unknown = append(unknown, fmt.Sprintf("the leader (node %d): %v", int(lead)-1, err))
+		case theirs.Err != "":
+			unknown = append(unknown, fmt.Sprintf("the leader could not compute its digest: %s", theirs.Err))
+		default:
+			if diff := theirs.Differences(d); diff != "" {
+				diverged = append(diverged, self)
+				details = append(details, fmt.Sprintf("node %d (this node) differs from the leader: %s", self, diff))
+			}
+		}
+	} else {
+		unknown = append(unknown, "no leader to compare with")
+	}
+	e.check.mu.Lock()
+	defer e.check.mu.Unlock()
+	if d.Index != e.check.last {
+		return // a newer check took over
+	}
+	st := &e.check.st
+	st.Checks++
+	st.CheckedAt = time.Now()
+	st.DivergedNodes = diverged
+	st.Detail = strings.Join(append(details, unknown...), "; ")
+	st.State = "ok"
+	if len(diverged) > 0 {
+		st.State = "diverged"
+		for _, n := range diverged {
+			e.cfg.Log.Error("CONSISTENCY CHECK FAILED: a replica's data differs from the leader's", "index", d.Index, "diverged_node", n, "detail", st.Detail)
+		}
+	}
+	if lead != e.cfg.ID && d.Err == "" && len(unknown) == 0 {
+		// A follower knows its own state for sure only from the leader's
+		// digest.
+		e.check.diverged = len(diverged) > 0
+	}
+}
+
+// remoteDigest asks the node id for its digest as of index.
+func (e *Engine) remoteDigest(ctx context.Context, id, index uint64) (*store.Digest, error) {
+	url := e.tr.Peer(id)
+	if url == "" {
+		return nil, fmt.Errorf("no known URL")
+	}
+	return e.cfg.Calls.RemoteDigest(ctx, url, index)
+}
+
+// divergedError is Serving's answer on a follower whose data the last
+// consistency check found different from the leader's.
+type divergedError struct {
+	index  uint64
+	detail string
+}
+
+func (e divergedError) Error() string {
+	return fmt.Sprintf("this node's data differs from the leader's (consistency check at index %d: %s); it serves nothing until it is repaired: stop it, move its database files away, and start it again to copy the leader's", e.index, e.detail)
+}
+
+// divergence is Serving's answer while the last check found this node's
+// data different from the leader's (nil otherwise).
+func (e *Engine) divergence() error {
+	e.check.mu.Lock()
+	defer e.check.mu.Unlock()
+	if !e.check.diverged {
+		return nil
+	}
+	return divergedError{index: e.check.st.CheckedIndex, detail: e.check.st.Detail}
+}

@@ -1,0 +1,254 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/sqlite"
+)
+
+// A consistency check: at a log entry marked as a check (rlog.Write.Check),
+// every node ends its transaction, and computes a digest of its database
+// as of exactly that index, on a read connection whose snapshot it takes
+// before the next entry commits. The nodes then compare their digests (see
+// package consensus). The digest covers what clients can read and what a
+// replica must hold alike: the schema (without root page numbers, which
+// say where a table lies in the file), and every table's rows with their
+// rowids, shadow tables of virtual tables included; the project's own
+// tables (each node's own Raft state) are left out.
+
+// TableDigest is one table's part of a Digest.
+type TableDigest struct {
+	Name string `json:"name"`
+	Rows int64  `json:"rows"`
+	Sum  string `json:"sum"`
+}
+
+// Digest is a database's content as of one log index.
+type Digest struct {
+	Index  uint64        `json:"index"`
+	At     time.Time     `json:"at"`
+	Sum    string        `json:"sum"` // of the schema and every table
+	Schema string        `json:"schema"`
+	Tables []TableDigest `json:"tables"`
+	Err    string        `json:"error,omitempty"` // the digest could not be computed
+}
+
+// Differences says how d and o differ ("" when they do not): the schema,
+// then each table that is missing on one side or differs, with its row
+// counts.
+func (d *Digest) Differences(o *Digest) string {
+	if d.Sum == o.Sum {
+		return ""
+	}
+	var out []string
+	if d.Schema != o.Schema {
+		out = append(out, "the schema differs")
+	}
+	theirs := map[string]TableDigest{}
+	for _, t := range o.Tables {
+		theirs[t.Name] = t
+	}
+	for _, t := range d.Tables {
+		u, ok := theirs[t.Name]
+		delete(theirs, t.Name)
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("table %s is missing on one side", t.Name))
+		case u.Sum != t.Sum:
+			out = append(out, fmt.Sprintf("table %s differs (%d rows against %d)", t.Name, t.Rows, u.Rows))
+		}
+	}
+	for name := range theirs {
+		out = append(out, fmt.Sprintf("table %s is missing on one side", name))
+	}
+	if len(out) == 0 {
+		out = append(out, "the digests differ")
+	}
+	return strings.Join(out, "; ")
+}
+
+// digests keeps the newest digests this node computed.
+type digests struct {
+	mu     sync.Mutex
+	byIdx  map[uint64]*Digest
+	order  []uint64
+	notify func(*Digest)
+}
+
+const keepDigests = 8
+
+func (d *digests) put(dg *Digest) {
+	d.mu.Lock()
+	if d.byIdx == nil {
+		d.byIdx = map[uint64]*Digest{}
+	}
+	d.byIdx[dg.Index] = dg
+	d.order = append(d.order, dg.Index)
+	for len(d.order) > keepDigests {
+		delete(d.byIdx, d.order[0])
+		d.order = d.order[1:]
+	}
+	notify := d.notify
+	d.mu.Unlock()
+	if notify != nil {
+		notify(dg)
+	}
+}
+
+// DigestAt is this node's digest as of index, once computed.
+func (s *Store) DigestAt(index uint64) (*Digest, bool) {
+	s.digests.mu.Lock()
+	defer s.digests.mu.Unlock()
+	d, ok := s.digests.byIdx[index]
+	return d, ok
+}
+
+// OnDigest sets the function told of each digest this node computes (on
+// the goroutine that computed it).
+func (s *Store) OnDigest(f func(*Digest)) {
+	s.digests.mu.Lock()
+	s.digests.notify = f
+	s.digests.mu.Unlock()
+}
+
+// startDigest takes a read snapshot as of index, which the writer has just
+// committed (writer goroutine, before the next entry commits), and
+// computes the digest on it in the background.
+func (s *Store) startDigest(index uint64) {
+	fail := func(err error) {
+		s.digests.put(&Digest{Index: index, At: time.Now(), Err: err.Error()})
+	}
+	r, err := s.getReader(context.Background())
+	if err != nil {
+		fail(err)
+		return
+	}
+	r.auth.reset(policyReplica)
+	if err := r.c.Exec("BEGIN"); err != nil {
+		s.putReader(r)
+		fail(err)
+		return
+	}
+	// The first read takes the snapshot; it must be the index's.
+	row, err := r.c.QueryRow("SELECT value FROM _ddb_meta WHERE key = 'applied'")
+	if err == nil {
+		if v, _ := row[0].(int64); uint64(v) != index {
+			err = fmt.Errorf("the snapshot is at index %d, not %d", v, index)
+		}
+	}
+	if err != nil {
+		r.c.Exec("ROLLBACK")
+		s.putReader(r)
+		fail(err)
+		return
+	}
+	go func() {
+		d, err := digestOn(r.c, index)
+		r.c.Exec("ROLLBACK")
+		s.putReader(r)
+		if err != nil {
+			fail(err)
+			return
+		}
+		s.digests.put(d)
+	}()
+}
+
+// digestOn computes the digest of the database c reads.
+func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
+	d := &Digest{Index: index, At: time.Now()}
+	all := sha256.New()
+	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' ORDER BY type, name")
+	if err != nil {
+		return nil, fmt.Errorf("read the schema: %w", err)
+	}
+	h := sha256.New()
+	for _, o := range objs {
+		for _, v := range o {
+			hashValue(h, v)
+		}
+	}
+	d.Schema = hex.EncodeToString(h.Sum(nil))
+	all.Write([]byte(d.Schema))
+	tables, err := c.All("SELECT s.name, t.wr FROM sqlite_schema s JOIN pragma_table_list t ON t.name = s.name AND t.schema = 'main' " +
+		"WHERE s.type = 'table' AND s.rootpage != 0 AND s.name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' ORDER BY s.name")
+	if err != nil {
+		return nil, fmt.Errorf("list the tables: %w", err)
+	}
+	for _, t := range tables {
+		name, _ := t[0].(string)
+		quoted := `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+		q := "SELECT rowid, * FROM " + quoted + " ORDER BY rowid"
+		if wr, _ := t[1].(int64); wr == 1 {
+			q = "SELECT * FROM " + quoted // in primary key order
+		}
+		st, err := c.Prepare(q)
+		if err != nil {
+			return nil, fmt.Errorf("read table %s: %w", name, err)
+		}
+		h := sha256.New()
+		var rows int64
+		var row []any
+		for {
+			more, err := st.Step()
+			if err != nil {
+				st.Close()
+				return nil, fmt.Errorf("read table %s: %w", name, err)
+			}
+			if !more {
+				break
+			}
+			row = st.Row(row[:0])
+			for _, v := range row {
+				hashValue(h, v)
+			}
+			rows++
+		}
+		st.Close()
+		td := TableDigest{Name: name, Rows: rows, Sum: hex.EncodeToString(h.Sum(nil))}
+		d.Tables = append(d.Tables, td)
+		all.Write([]byte(name))
+		all.Write([]byte{0})
+		all.Write([]byte(td.Sum))
+	}
+	d.Sum = hex.EncodeToString(all.Sum(nil))
+	return d, nil
+}
+
+// hashValue adds one value to h, its type included.
+func hashValue(h hash.Hash, v any) {
+	var b [9]byte
+	switch x := v.(type) {
+	case nil:
+		h.Write([]byte{0})
+	case int64:
+		b[0] = 1
+		binary.BigEndian.PutUint64(b[1:], uint64(x))
+		h.Write(b[:])
+	case float64:
+		b[0] = 2
+		binary.BigEndian.PutUint64(b[1:], math.Float64bits(x))
+		h.Write(b[:])
+	case string:
+		b[0] = 3
+		binary.BigEndian.PutUint64(b[1:], uint64(len(x)))
+		h.Write(b[:])
+		h.Write([]byte(x))
+	case []byte:
+		b[0] = 4
+		binary.BigEndian.PutUint64(b[1:], uint64(len(x)))
+		h.Write(b[:])
+		h.Write(x)
+	default:
+		fmt.Fprintf(h, "%T:%v", v, v)
+	}
+}
