@@ -128,6 +128,11 @@ func TestCheckersCatchDeliberatelyBrokenGuarantees(t *testing.T) {
 		{"append catches a slave that skips log entries", "skip-entry", []string{"append"}, nil, 0, 4 * time.Second, "append:"},
 		{"register catches stale strong reads", "stale-strong-read", []string{"register"}, []string{"isolate-slave"}, 2 * time.Second, 10 * time.Second, "register:"},
 		{"replica comparison catches nondeterministic replay", "unpinned-clock", []string{"determinism"}, nil, 0, 4 * time.Second, "replicas differ"},
+		// The cluster's own consistency checker catches each defect of the
+		// apply path while the cluster runs.
+		{"the consistency checker catches a slave that applies part of a transaction", "partial-apply", []string{"bank"}, nil, 0, 5 * time.Second, "consistency checker: node"},
+		{"the consistency checker catches a slave that skips log entries", "skip-entry", []string{"append"}, nil, 0, 4 * time.Second, "consistency checker: node"},
+		{"the consistency checker catches nondeterministic replay", "unpinned-clock", []string{"determinism"}, nil, 0, 4 * time.Second, "consistency checker: node"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

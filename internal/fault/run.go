@@ -72,11 +72,22 @@ type run struct {
 	regInfo   *porcupine.LinearizationInfo // of a history found not linearizable
 }
 
+// anomaly records what a checker found: at most 50 of each checker (the
+// text before the first colon), so one that reports thousands leaves room
+// for the others.
 func (r *run) anomaly(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.anomalies) < 200 {
-		r.anomalies = append(r.anomalies, fmt.Sprintf(format, args...))
+	a := fmt.Sprintf(format, args...)
+	kind, _, _ := strings.Cut(a, ":")
+	n := 0
+	for _, b := range r.anomalies {
+		if strings.HasPrefix(b, kind+":") {
+			n++
+		}
+	}
+	if n < 50 {
+		r.anomalies = append(r.anomalies, a)
 	}
 }
 
@@ -108,7 +119,7 @@ func Run(t testcluster.TB, o Options) Report {
 		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, between: map[[2]int]*Link{}, ops: map[string]int{}, appended: map[int64]string{}, heavy: map[[2]int]heavyOp{},
 		http: &http.Client{Timeout: 15 * time.Second}}
 	r.logf("seed %d: %v of %v with faults %v every ~%v", o.Seed, o.Workloads, o.Duration, o.Faults, o.FaultEvery)
-	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000", "-query-timeout", "500ms", "-max-result-bytes", "2000000")
+	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000", "-query-timeout", "500ms", "-max-result-bytes", "2000000", "-check-interval", "1s")
 	if o.Bug != "" {
 		r.c.Env = []string{"DDB_INJECT_BUG=" + o.Bug}
 	}
@@ -386,7 +397,9 @@ func (r *run) heal() {
 			r.c.StartNode(i)
 		}
 	}
-	r.c.WaitReady()
+	// (Not WaitReady: a node the consistency checker found diverged runs
+	// but serves nothing; checkConsistency reports it.)
+	r.c.WaitUp()
 	// A wiped node replays the whole log when the leader still holds it
 	// (-log-keep 3000): with the heavy workload, a minute or more of
 	// CPU on a machine the other nodes share.
@@ -418,6 +431,7 @@ func (r *run) check() {
 	for _, d := range inspect.Compare(dbs, 10) {
 		r.anomaly("replicas differ: %s", d)
 	}
+	r.checkConsistency()
 	for _, w := range r.o.Workloads {
 		switch w {
 		case "append":
@@ -466,4 +480,39 @@ func (r *run) keep() string {
 	sort.Strings(ids)
 	os.WriteFile(filepath.Join(dir, "append-history.txt"), []byte(strings.Join(ids, "\n")+"\n"), 0o644)
 	return dir
+}
+
+// checkConsistency asks the cluster's own consistency checker: after a
+// write made once everything healed, every node must report a check that
+// covers it, and none may report a divergence (which it found while the
+// run went on, or now).
+func (r *run) checkConsistency() {
+	for _, q := range []string{"CREATE TABLE IF NOT EXISTS fault_probe (x)", "INSERT INTO fault_probe VALUES (1)"} {
+		if resp, err := r.c.Do(0, map[string]any{"command": "exec", "query": q}); err != nil || resp.Status != 200 {
+			r.anomaly("consistency checker: the probe write failed: %v %v", resp, err)
+			return
+		}
+	}
+	want := r.c.Applied(0)
+	deadline := time.Now().Add(90 * time.Second)
+	for i := 0; i <= 2; i++ {
+		for {
+			st, err := r.c.Status(i)
+			cs, _ := st["consistency"].(map[string]any)
+			if err == nil && cs != nil {
+				idx, _ := cs["checked_index"].(float64)
+				if state := cs["state"]; uint64(idx) >= want && (state == "ok" || state == "diverged") {
+					if state == "diverged" {
+						r.anomaly("consistency checker: node %d reports %v diverged at index %v: %v", i, cs["diverged_nodes"], idx, cs["detail"])
+					}
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				r.anomaly("consistency checker: node %d reported no check covering index %d: %v %v", i, want, cs, err)
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }

@@ -290,6 +290,19 @@ func (c *Cluster) WaitReady() {
 	}
 }
 
+// WaitUp is WaitReady but for /readyz: every node runs and the master
+// knows a leader, whether or not each node serves (a node the consistency
+// checker found diverged runs, and answers 503).
+func (c *Cluster) WaitUp() {
+	c.t.Helper()
+	for id := range c.nodes {
+		c.WaitHealthy(id)
+	}
+	if _, ok := c.nodes[0]; ok {
+		c.WaitLeader(0, 30*time.Second)
+	}
+}
+
 func (c *Cluster) waitReadyz(id int) {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
