@@ -34,6 +34,7 @@ func main() {
 	catchup := flag.Int("catchup", 100000, "entries a slave is behind in the catchup workload")
 	soak := flag.Duration("soak", 10*time.Minute, "length of the soak workload (memory growth under sustained load)")
 	markdown := flag.Bool("markdown", false, "print the table as Markdown")
+	nodeArgs := flag.String("node-args", "", "extra flags for the nodes it starts, space-separated (e.g. \"-check-interval 0\")")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -43,7 +44,7 @@ func main() {
 	nodes := strings.Split(*urls, ",")
 	if *urls == "" {
 		log.Printf("starting 1 master + 2 slaves (separate processes)...")
-		c = testcluster.Start(&tb, 2)
+		c = testcluster.Start(&tb, 2, strings.Fields(*nodeArgs)...)
 		nodes = []string{c.URL(0), c.URL(1), c.URL(2)}
 	}
 	for i := range nodes {

@@ -74,7 +74,8 @@ type Config struct {
 	BackupDir      string        // periodic backups go here ("" = none)
 	BackupInterval time.Duration // between periodic backups
 	// CheckInterval is how often the leader logs a consistency check (the
-	// replicas then compare digests of their databases); 0: never.
+	// replicas then compare digests of their databases); negative: never
+	// (the flag's 0).
 	CheckInterval time.Duration
 	BackupKeep    int    // periodic backups kept
 	Restore       string // master: a backup file a fresh cluster starts from
@@ -167,6 +168,7 @@ func (c *Config) Defaults() {
 	fill(&c.LogFormat, d.LogFormat)
 	fill(&c.BackupInterval, d.BackupInterval)
 	fill(&c.BackupKeep, d.BackupKeep)
+	fill(&c.CheckInterval, d.CheckInterval)
 }
 
 func (c *Config) scheme() string {
@@ -405,6 +407,9 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)
 	}
 	c.InjectBug = faults.FromEnv()
+	if c.CheckInterval == 0 {
+		c.CheckInterval = -1 // -check-interval 0: never (Defaults fills a zero)
+	}
 	c.Defaults()
 	return c, nil
 }
