@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -188,8 +189,13 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 		name, _ := t[0].(string)
 		quoted := `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
 		q := "SELECT rowid, * FROM " + quoted + " ORDER BY rowid"
-		if wr, _ := t[1].(int64); wr == 1 {
-			q = "SELECT * FROM " + quoted // in primary key order
+		// SQLite's own tables (sqlite_sequence, sqlite_stat1) also hold
+		// rows of the project's tables, which are left out, and the
+		// rowids of their rows depend on those: their rows are compared
+		// without rowid, in the order of their content.
+		own := strings.HasPrefix(name, "sqlite_")
+		if wr, _ := t[1].(int64); wr == 1 || own {
+			q = "SELECT * FROM " + quoted // (WITHOUT ROWID: in primary key order)
 		}
 		st, err := c.Prepare(q)
 		if err != nil {
@@ -198,6 +204,7 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 		h := sha256.New()
 		var rows int64
 		var row []any
+		var sorted []string
 		for {
 			more, err := st.Step()
 			if err != nil {
@@ -208,10 +215,25 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 				break
 			}
 			row = st.Row(row[:0])
-			for _, v := range row {
-				hashValue(h, v)
+			if own {
+				if n, _ := row[0].(string); isInternal(n) {
+					continue
+				}
+				rh := sha256.New()
+				for _, v := range row {
+					hashValue(rh, v)
+				}
+				sorted = append(sorted, string(rh.Sum(nil)))
+			} else {
+				for _, v := range row {
+					hashValue(h, v)
+				}
 			}
 			rows++
+		}
+		slices.Sort(sorted)
+		for _, r := range sorted {
+			h.Write([]byte(r))
 		}
 		st.Close()
 		td := TableDigest{Name: name, Rows: rows, Sum: hex.EncodeToString(h.Sum(nil))}

@@ -105,3 +105,69 @@ func TestDigestsAgreeAndNameTheTableThatDiffers(t *testing.T) {
 		t.Fatalf("differences: %q", diff)
 	}
 }
+
+// SQLite's own tables are digested by content: sqlite_stat1 rows whose
+// rowids differ (they depend on the project's own tables, analysed and
+// then deleted) and rows of the project's tables in sqlite_sequence
+// change nothing; a changed statistic does.
+func TestDigestOfSQLitesOwnTablesIgnoresRowidsAndInternalRows(t *testing.T) {
+	entries := logEntries(t,
+		rlog.Write{AllowSchema: true, Stmts: stmts("CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)", "CREATE INDEX a_v ON a(v)")},
+		rlog.Write{Stmts: stmts("INSERT INTO a (v) VALUES (1), (2), (2)")},
+		rlog.Write{AllowSchema: true, Stmts: stmts("ANALYZE")},
+		rlog.Write{Check: true},
+	)
+	// digest applies the log to a new store, changes its file with tweak
+	// (another program), and returns the digest of one more check.
+	digest := func(tweak string) *Digest {
+		path := filepath.Join(t.TempDir(), "d.db")
+		s, err := Open(Options{Path: path, Synchronous: "OFF"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ApplyLog(entries); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if tweak != "" {
+			db, err := sql.Open("sqlite3", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = db.Exec(tweak)
+			db.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s, err = Open(Options{Path: path, Synchronous: "OFF"}); err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		got := make(chan *Digest, 1)
+		s.OnDigest(func(d *Digest) { got <- d })
+		e := entries[len(entries)-1]
+		e.Index = s.Applied() + 1
+		if _, err := s.ApplyLog([]rlog.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+		d := <-got
+		if d.Err != "" {
+			t.Fatalf("digest: %s", d.Err)
+		}
+		return d
+	}
+	base := digest("")
+	for _, c := range []struct {
+		tweak string
+		same  bool
+	}{
+		{"UPDATE sqlite_stat1 SET rowid = rowid + 100", true},
+		{"INSERT INTO sqlite_sequence VALUES ('_ddb_other', 5)", true},
+		{"UPDATE sqlite_stat1 SET stat = stat || ' 1'", false},
+	} {
+		if diff := base.Differences(digest(c.tweak)); (diff == "") != c.same {
+			t.Errorf("%s: differences %q", c.tweak, diff)
+		}
+	}
+}
