@@ -91,17 +91,27 @@ func (s *Server) handleTransfer(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, []byte(`{"status":"success"}`+"\n"))
 }
 
-// handleApplied answers the leader's question for ack=all: has this node
-// applied {"index": N}? It waits up to -ack-timeout.
-func (s *Server) handleApplied(w http.ResponseWriter, r *http.Request, body []byte) {
+// indexRequest reads a peer's {"index": N}; a body that is not one is
+// answered 400 here (ok false).
+func indexRequest(w http.ResponseWriter, body []byte) (index uint64, ok bool) {
 	var req struct {
 		Index uint64 `json:"index"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad request: "+err.Error())
+		return 0, false
+	}
+	return req.Index, true
+}
+
+// handleApplied answers the leader's question for ack=all: has this node
+// applied {"index": N}? It waits up to -ack-timeout.
+func (s *Server) handleApplied(w http.ResponseWriter, r *http.Request, body []byte) {
+	index, ok := indexRequest(w, body)
+	if !ok {
 		return
 	}
-	if err := s.eng.WaitApplied(r.Context(), req.Index, s.cfg.AckTimeout); err != nil {
+	if err := s.eng.WaitApplied(r.Context(), index, s.cfg.AckTimeout); err != nil {
 		writeError(w, http.StatusGatewayTimeout, err.Error())
 		return
 	}
@@ -113,28 +123,25 @@ func (s *Server) handleApplied(w http.ResponseWriter, r *http.Request, body []by
 // of an index (a consistency check), once this node has applied the index
 // and computed it (within the request's deadline: 504 past it).
 func (s *Server) handleDigest(w http.ResponseWriter, r *http.Request, body []byte) {
-	var req struct {
-		Index uint64 `json:"index"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad request: "+err.Error())
+	index, ok := indexRequest(w, body)
+	if !ok {
 		return
 	}
 	for {
-		if d, ok := s.st.DigestAt(req.Index); ok {
+		if d, ok := s.st.DigestAt(index); ok {
 			b, _ := json.Marshal(d)
 			writeJSON(w, http.StatusOK, b)
 			return
 		}
-		if s.st.Applied() > req.Index+1000 {
+		if s.st.Applied() > index+1000 {
 			// Long past it without a digest: this node installed a
 			// snapshot over the index, or restarted meanwhile.
-			writeError(w, http.StatusNotFound, fmt.Sprintf("this node has no digest as of index %d (it is at %d)", req.Index, s.st.Applied()))
+			writeError(w, http.StatusNotFound, fmt.Sprintf("this node has no digest as of index %d (it is at %d)", index, s.st.Applied()))
 			return
 		}
 		select {
 		case <-r.Context().Done():
-			writeError(w, http.StatusGatewayTimeout, fmt.Sprintf("no digest as of index %d yet (this node is at %d)", req.Index, s.st.Applied()))
+			writeError(w, http.StatusGatewayTimeout, fmt.Sprintf("no digest as of index %d yet (this node is at %d)", index, s.st.Applied()))
 			return
 		case <-time.After(50 * time.Millisecond):
 		}

@@ -19,17 +19,7 @@ import (
 // are not UTF-8. An index or a generated column built with SQLite's
 // functions stays valid under these.
 func TestLinearInstrAndReplaceAgreeWithSQLites(t *testing.T) {
-	ours, err := Open(filepath.Join(t.TempDir(), "ours.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ours.Close()
-	theirs, err := sql.Open("sqlite3", ":memory:")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer theirs.Close()
-	theirs.SetMaxOpenConns(1)
+	ours, theirs := oursAndSQLites(t)
 
 	pieces := [][]byte{{'a'}, {'a'}, {'b'}, {0xc3, 0xa9}, {0xe2, 0x82, 0xac}, {0x80}, {'1'}, {0}}
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -80,6 +70,24 @@ func TestLinearInstrAndReplaceAgreeWithSQLites(t *testing.T) {
 			}
 		}
 	}
+}
+
+// oursAndSQLites opens a connection of this package and one the driver
+// opens alone, which keeps SQLite's own functions (closed when t ends).
+func oursAndSQLites(t *testing.T) (*Conn, *sql.DB) {
+	t.Helper()
+	ours, err := Open(filepath.Join(t.TempDir(), "ours.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ours.Close() })
+	theirs, err := sql.Open("sqlite3", ":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { theirs.Close() })
+	theirs.SetMaxOpenConns(1)
+	return ours, theirs
 }
 
 func literal(v any) string {

@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"database/sql"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -19,17 +18,7 @@ import (
 // sequence), NUL, numbers, blobs and NULLs, with and without ESCAPE (of
 // one character, of two, empty, a wildcard itself).
 func TestMatchAgreesWithSQLites(t *testing.T) {
-	ours, err := Open(filepath.Join(t.TempDir(), "ours.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ours.Close()
-	theirs, err := sql.Open("sqlite3", ":memory:")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer theirs.Close()
-	theirs.SetMaxOpenConns(1)
+	ours, theirs := oursAndSQLites(t)
 
 	pieces := []string{"a", "A", "b", "B", "z", "%", "_", "*", "?", "[", "]", "^", "-", "\\", "é", "É", "€", "😀",
 		"\x80", "\xc3", "\xff", "\xf8\x88\x80\x80\x80", "\xed\xa0\x80", "\xc0\x80", "x"}

@@ -277,12 +277,7 @@ func (c *Cluster) Restart(id int) *Proc {
 // the master leads (when it was started).
 func (c *Cluster) WaitReady() {
 	c.t.Helper()
-	for id := range c.nodes {
-		c.WaitHealthy(id)
-	}
-	if _, ok := c.nodes[0]; ok {
-		c.WaitLeader(0, 30*time.Second)
-	}
+	c.WaitUp()
 	// Every running node is a member that knows the leader: a node the
 	// leader has admitted serves nothing until its addition is applied.
 	for id := range c.nodes {
