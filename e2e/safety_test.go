@@ -161,20 +161,27 @@ func TestALongWriteCostsTheClusterNoElection(t *testing.T) {
 }
 
 // What SQLite builds while a write is applied counts against memory on
-// every node, slaves included: a RETURNING write of 150 and 600 rows of
-// 1 MB each, over -max-result-bytes 64 MB, is refused (400 too_large,
-// nothing applied) with every node's peak memory under 4 x the limit +
-// 128 MB. Before, SQLite kept the whole RETURNING result in memory before
-// the first row was counted: 600 rows cost every node 1.5 GB or more.
+// every node, slaves included: a RETURNING write of 150, 600 and 6,000
+// rows of 1 MB each, over -max-result-bytes 64 MB, is refused (400
+// too_large, nothing applied) with every node's peak memory under 4 x the
+// limit + 128 MB. Before, SQLite kept the whole RETURNING result in memory
+// before the first row was counted: 600 rows cost every node 1.5 GB or
+// more. The 6,000 rows are refused after about 1,000 of them are stored,
+// as what the write writes to temporary files (its RETURNING result) is
+// counted against its step budget (-query-timeout 5s: 500 million steps, 2
+// bytes a step): before, every node stored 6 GB, and as much again of
+// temporary files, for minutes.
 func TestARefusedReturningWriteCostsEveryNodeBoundedMemory(t *testing.T) {
 	const limit = 64 << 20
-	c := testcluster.Start(t, 2, "-ack-timeout", "60s", "-max-result-bytes", fmt.Sprint(limit))
+	c := testcluster.Start(t, 2, "-ack-timeout", "60s", "-query-timeout", "5s", "-max-result-bytes", fmt.Sprint(limit))
 	c.Exec(0, "CREATE TABLE p6_blob (b)")
-	for _, rows := range []int{150, 600} {
+	for _, rows := range []int{150, 600, 6000} {
+		start := time.Now()
 		r, err := c.Do(0, map[string]any{"command": "query", "query": fmt.Sprintf("WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM s WHERE x < %d) INSERT INTO p6_blob SELECT zeroblob(1000000) FROM s RETURNING b", rows)})
 		if err != nil || r.Status != 400 || !strings.Contains(string(r.Body), "too_large") {
 			t.Fatalf("%d rows: %v %v, want 400 too_large", rows, r, err)
 		}
+		t.Logf("%d rows refused after %v: %s", rows, time.Since(start).Round(time.Millisecond), r.Body)
 		c.WaitConverged(60*time.Second, 1, 2)
 		for id := 0; id <= 2; id++ {
 			peak := bench.PeakRSS(c.Node(id).Pid())

@@ -909,6 +909,10 @@ func open(path string, params url.Values) (*Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("register like() and glob(): SQLite error %d", int(rc))
 	}
+	if rc := C.ddb_register_blob(db, c.budget); rc != codeOK {
+		c.Close()
+		return nil, fmt.Errorf("register zeroblob() and randomblob(): SQLite error %d", int(rc))
+	}
 	c.Driver.RegisterAuthorizer(func(op int, a1, a2, db string) int {
 		if c.auth == nil {
 			return 0

@@ -203,15 +203,20 @@ func Open(opts Options) (*Store, error) {
 	// The writer keeps what a statement builds (a RETURNING result, a
 	// sort, an index being made) in temporary files, not in memory: a
 	// write of a few hundred MB of blobs would otherwise cost every node
-	// that much memory before any limit could count it. Naming such a file
-	// leaves SQLite's generator as it was (sqlite.Clock), so spilling,
-	// which depends on the page cache, changes nothing an entry computes.
+	// that much memory before any limit could count it. What it writes
+	// there counts against the write's step budget as it is written (the
+	// same amount on every node: sqlite.Clock.CountTempWrites), so a write
+	// that builds gigabytes stops where one that runs too long does.
+	// Naming such a file leaves SQLite's generator as it was
+	// (sqlite.Clock), so spilling (a statement journal's depends on the
+	// page cache) changes nothing an entry computes.
 	// Readers keep them in memory: their results are bounded, and they must
 	// not draw from the generator at all.
 	if err := w.Exec("PRAGMA temp_store = FILE"); err != nil {
 		s.Close()
 		return nil, err
 	}
+	clock.CountTempWrites(w)
 	if err := s.initWriter(); err != nil {
 		s.Close()
 		return nil, err
