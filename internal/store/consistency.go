@@ -9,6 +9,7 @@ import (
 	"hash"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,11 +27,51 @@ import (
 // rowids, shadow tables of virtual tables included; the project's own
 // tables (each node's own Raft state) are left out.
 
-// TableDigest is one table's part of a Digest.
+// TableDigest is one table's part of a Digest. The rows of an ordinary
+// or WITHOUT ROWID table are digested in chunks of consecutive keys (its
+// Sum is of the chunks'), so two digests that differ say where: the first
+// chunk that differs is the first differing key range.
 type TableDigest struct {
-	Name string `json:"name"`
-	Rows int64  `json:"rows"`
-	Sum  string `json:"sum"`
+	Name   string        `json:"name"`
+	Rows   int64         `json:"rows"`
+	Sum    string        `json:"sum"`
+	Chunks []ChunkDigest `json:"chunks,omitempty"`
+}
+
+// ChunkDigest is the digest of consecutive rows of a table: the keys of
+// its first and last rows (a rowid, or a WITHOUT ROWID table's primary
+// key, as SQL literals), their number, and a sum of their values.
+type ChunkDigest struct {
+	First string `json:"first"`
+	Last  string `json:"last"`
+	Rows  int64  `json:"rows"`
+	Sum   string `json:"sum"`
+}
+
+// A chunk holds chunkRows rows, and doubles once a table has more than
+// maxChunks of them (pairs merge: the digest of a large table stays small).
+const (
+	chunkRows = 256
+	maxChunks = 512
+)
+
+// firstDifference says where two digests of a table first differ: the key
+// range of the first chunk that differs ("" when none does).
+func firstDifference(a, b []ChunkDigest) string {
+	for i := 0; i < max(len(a), len(b)); i++ {
+		switch {
+		case i >= len(a):
+			return fmt.Sprintf("first difference: rows with keys %s..%s on one side only", b[i].First, b[i].Last)
+		case i >= len(b):
+			return fmt.Sprintf("first difference: rows with keys %s..%s on one side only", a[i].First, a[i].Last)
+		case a[i] != b[i]:
+			if a[i].First == b[i].First && a[i].Last == b[i].Last {
+				return fmt.Sprintf("first difference: keys %s..%s", a[i].First, a[i].Last)
+			}
+			return fmt.Sprintf("first difference: keys %s..%s against %s..%s", a[i].First, a[i].Last, b[i].First, b[i].Last)
+		}
+	}
+	return ""
 }
 
 // Digest is a database's content as of one log index.
@@ -65,7 +106,11 @@ func (d *Digest) Differences(o *Digest) string {
 		case !ok:
 			out = append(out, fmt.Sprintf("table %s is missing on one side", t.Name))
 		case u.Sum != t.Sum:
-			out = append(out, fmt.Sprintf("table %s differs (%d rows against %d)", t.Name, t.Rows, u.Rows))
+			what := fmt.Sprintf("table %s differs (%d rows against %d)", t.Name, t.Rows, u.Rows)
+			if where := firstDifference(t.Chunks, u.Chunks); where != "" {
+				what += ", " + where
+			}
+			out = append(out, what)
 		}
 	}
 	for name := range theirs {
@@ -187,56 +232,11 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 	}
 	for _, t := range tables {
 		name, _ := t[0].(string)
-		quoted := `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
-		q := "SELECT rowid, * FROM " + quoted + " ORDER BY rowid"
-		// SQLite's own tables (sqlite_sequence, sqlite_stat1) also hold
-		// rows of the project's tables, which are left out, and the
-		// rowids of their rows depend on those: their rows are compared
-		// without rowid, in the order of their content.
-		own := strings.HasPrefix(name, "sqlite_")
-		if wr, _ := t[1].(int64); wr == 1 || own {
-			q = "SELECT * FROM " + quoted // (WITHOUT ROWID: in primary key order)
-		}
-		st, err := c.Prepare(q)
+		wr, _ := t[1].(int64)
+		td, err := digestTable(c, name, wr == 1)
 		if err != nil {
 			return nil, fmt.Errorf("read table %s: %w", name, err)
 		}
-		h := sha256.New()
-		var rows int64
-		var row []any
-		var sorted []string
-		for {
-			more, err := st.Step()
-			if err != nil {
-				st.Close()
-				return nil, fmt.Errorf("read table %s: %w", name, err)
-			}
-			if !more {
-				break
-			}
-			row = st.Row(row[:0])
-			if own {
-				if n, _ := row[0].(string); isInternal(n) {
-					continue
-				}
-				rh := sha256.New()
-				for _, v := range row {
-					hashValue(rh, v)
-				}
-				sorted = append(sorted, string(rh.Sum(nil)))
-			} else {
-				for _, v := range row {
-					hashValue(h, v)
-				}
-			}
-			rows++
-		}
-		slices.Sort(sorted)
-		for _, r := range sorted {
-			h.Write([]byte(r))
-		}
-		st.Close()
-		td := TableDigest{Name: name, Rows: rows, Sum: hex.EncodeToString(h.Sum(nil))}
 		d.Tables = append(d.Tables, td)
 		all.Write([]byte(name))
 		all.Write([]byte{0})
@@ -244,6 +244,171 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 	}
 	d.Sum = hex.EncodeToString(all.Sum(nil))
 	return d, nil
+}
+
+// digestTable digests one table's rows, in key order.
+func digestTable(c *sqlite.Conn, name string, withoutRowid bool) (TableDigest, error) {
+	td := TableDigest{Name: name}
+	quoted := quoteIdent(name)
+	// SQLite's own tables (sqlite_sequence, sqlite_stat1) also hold rows of
+	// the project's tables, which are left out, and the rowids of their
+	// rows depend on those: their rows are compared without rowid, in the
+	// order of their content, and in no chunks.
+	if strings.HasPrefix(name, "sqlite_") {
+		return digestOwnTable(c, td, quoted)
+	}
+	// Each row starts with its key: the rowid, or the primary key's
+	// columns (a WITHOUT ROWID table is read in primary key order).
+	keyCols := 1
+	q := "SELECT rowid, * FROM " + quoted + " ORDER BY rowid"
+	if withoutRowid {
+		pk, err := c.All("SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", name)
+		if err != nil || len(pk) == 0 {
+			return td, fmt.Errorf("read its primary key: %v", err)
+		}
+		var cols []string
+		for _, r := range pk {
+			n, _ := r[0].(string)
+			cols = append(cols, quoteIdent(n))
+		}
+		keyCols = len(cols)
+		q = "SELECT " + strings.Join(cols, ", ") + ", * FROM " + quoted
+	}
+	st, err := c.Prepare(q)
+	if err != nil {
+		return td, err
+	}
+	defer st.Close()
+	size := int64(chunkRows)
+	var cur ChunkDigest
+	h := sha256.New()
+	var row []any
+	flush := func() {
+		cur.Sum = hex.EncodeToString(h.Sum(nil)[:8])
+		td.Chunks = append(td.Chunks, cur)
+		cur = ChunkDigest{}
+		h.Reset()
+		if len(td.Chunks) > maxChunks {
+			td.Chunks = mergeChunks(td.Chunks)
+			size *= 2
+		}
+	}
+	for {
+		more, err := st.Step()
+		if err != nil {
+			return td, err
+		}
+		if !more {
+			break
+		}
+		row = st.Row(row[:0])
+		key := keyLiteral(row[:keyCols])
+		if cur.Rows == 0 {
+			cur.First = key
+		}
+		cur.Last = key
+		for _, v := range row {
+			hashValue(h, v)
+		}
+		cur.Rows++
+		td.Rows++
+		if cur.Rows == size {
+			flush()
+		}
+	}
+	if cur.Rows > 0 {
+		flush()
+	}
+	sum := sha256.New()
+	for _, ch := range td.Chunks {
+		sum.Write([]byte(ch.Sum))
+	}
+	td.Sum = hex.EncodeToString(sum.Sum(nil))
+	return td, nil
+}
+
+// mergeChunks halves a list of chunks: each pair becomes one.
+func mergeChunks(cs []ChunkDigest) []ChunkDigest {
+	out := cs[:0]
+	for i := 0; i < len(cs); i += 2 {
+		if i+1 == len(cs) {
+			out = append(out, cs[i])
+			break
+		}
+		h := sha256.New()
+		h.Write([]byte(cs[i].Sum))
+		h.Write([]byte(cs[i+1].Sum))
+		out = append(out, ChunkDigest{First: cs[i].First, Last: cs[i+1].Last, Rows: cs[i].Rows + cs[i+1].Rows, Sum: hex.EncodeToString(h.Sum(nil)[:8])})
+	}
+	return out
+}
+
+// digestOwnTable digests one of SQLite's own tables by its rows' content.
+func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string) (TableDigest, error) {
+	st, err := c.Prepare("SELECT * FROM " + quoted)
+	if err != nil {
+		return td, err
+	}
+	defer st.Close()
+	var sorted []string
+	var row []any
+	for {
+		more, err := st.Step()
+		if err != nil {
+			return td, err
+		}
+		if !more {
+			break
+		}
+		row = st.Row(row[:0])
+		if n, _ := row[0].(string); isInternal(n) {
+			continue
+		}
+		rh := sha256.New()
+		for _, v := range row {
+			hashValue(rh, v)
+		}
+		sorted = append(sorted, string(rh.Sum(nil)))
+		td.Rows++
+	}
+	slices.Sort(sorted)
+	h := sha256.New()
+	for _, r := range sorted {
+		h.Write([]byte(r))
+	}
+	td.Sum = hex.EncodeToString(h.Sum(nil))
+	return td, nil
+}
+
+// keyLiteral writes a row's key as SQL literals (long text and blobs cut
+// short).
+func keyLiteral(vals []any) string {
+	parts := make([]string, len(vals))
+	for i, v := range vals {
+		switch x := v.(type) {
+		case nil:
+			parts[i] = "NULL"
+		case int64:
+			parts[i] = strconv.FormatInt(x, 10)
+		case float64:
+			parts[i] = strconv.FormatFloat(x, 'g', -1, 64)
+		case string:
+			if len(x) > 40 {
+				x = x[:40] + "..."
+			}
+			parts[i] = "'" + strings.ReplaceAll(x, "'", "''") + "'"
+		case []byte:
+			if len(x) > 20 {
+				parts[i] = fmt.Sprintf("x'%x'...", x[:20])
+			} else {
+				parts[i] = fmt.Sprintf("x'%x'", x)
+			}
+		}
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
 }
 
 // hashValue adds one value to h, its type included.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // At a check entry every node takes a digest of its database as of that
@@ -101,8 +102,65 @@ func TestDigestsAgreeAndNameTheTableThatDiffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed := <-got
-	if diff := one.Differences(changed); !strings.Contains(diff, "table w differs (40 rows against 40)") || strings.Contains(diff, "table a") {
+	if diff := one.Differences(changed); !strings.Contains(diff, "table w differs (40 rows against 40), first difference: keys 'k0'..'k9'") || strings.Contains(diff, "table a") {
 		t.Fatalf("differences: %q", diff)
+	}
+}
+
+// A digest says where a table first differs: the key range of the first
+// chunk of rows that differs, in tables large enough that chunks merge
+// (the digest of 140,000 rows holds at most maxChunks chunks), for a
+// changed row, a row only one side holds, and a WITHOUT ROWID table's
+// composite key.
+func TestDigestsSayWhereATableFirstDiffers(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *sqlite.Conn {
+		c, err := sqlite.Open(filepath.Join(dir, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a := open("a.db")
+	if err := a.ExecScript(`CREATE TABLE big (id INTEGER PRIMARY KEY, v);
+		WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 140000) INSERT INTO big SELECT x, x * 3 FROM s;
+		CREATE TABLE pairs (a TEXT, b INTEGER, v, PRIMARY KEY (a, b)) WITHOUT ROWID;
+		WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 1000) INSERT INTO pairs SELECT 'g' || (x % 7), x, x FROM s`); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Exec("VACUUM INTO ?", filepath.Join(dir, "b.db")); err != nil {
+		t.Fatal(err)
+	}
+	b := open("b.db")
+	digest := func(c *sqlite.Conn) *Digest {
+		d, err := digestOn(c, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	da := digest(a)
+	if diff := da.Differences(digest(b)); diff != "" {
+		t.Fatalf("copies differ: %s", diff)
+	}
+	for _, td := range da.Tables {
+		if td.Name == "big" && (len(td.Chunks) > maxChunks || len(td.Chunks) < maxChunks/2) {
+			t.Fatalf("big's digest has %d chunks", len(td.Chunks))
+		}
+	}
+	for _, tc := range []struct{ change, want string }{
+		{"UPDATE big SET v = 0 WHERE id = 100000", "table big differs (140000 rows against 140000), first difference: keys 99841..100352"},
+		{"UPDATE big SET v = 300000 WHERE id = 100000; INSERT INTO big VALUES (140001, 0)", "table big differs (140000 rows against 140001), first difference: keys 139521..140000 against 139521..140001"},
+		{"DELETE FROM big WHERE id = 140001; UPDATE big SET v = 0 WHERE id = 3", "first difference: keys 1..512"},
+		{"UPDATE big SET v = 9 WHERE id = 3; UPDATE pairs SET v = -1 WHERE a = 'g3' AND b = 500", "table pairs differs (1000 rows against 1000), first difference: keys ('g1', 799)..('g3', 584)"},
+	} {
+		if err := b.ExecScript(tc.change); err != nil {
+			t.Fatal(err)
+		}
+		if diff := da.Differences(digest(b)); !strings.Contains(diff, tc.want) {
+			t.Fatalf("after %s: %q, want %q", tc.change, diff, tc.want)
+		}
 	}
 }
 
