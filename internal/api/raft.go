@@ -2,11 +2,15 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/consensus"
@@ -170,4 +174,53 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// copyPath is the peer endpoint that answers with a copy of the leader's
+// database: a follower whose data a consistency check found different from
+// the leader's replaces its own with it (consensus: repair).
+const copyPath = "/_ddb/copy"
+
+// Headers of a copy: its applied index, its SHA-256 (hex), and their MAC
+// (cluster.Auth.CopyMAC), which the requester checks.
+const (
+	headerCopyIndex  = "X-Ddb-Copy-Index"
+	headerCopySHA256 = "X-Ddb-Copy-Sha256"
+	headerCopyMAC    = "X-Ddb-Copy-Mac"
+)
+
+func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, _ []byte) {
+	if !s.eng.IsLeader() {
+		writeError(w, http.StatusServiceUnavailable, "this node does not lead: ask the leader for its copy")
+		return
+	}
+	path, index, err := s.st.Snapshot(r.Context(), s.cfg.Dir)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "copy the database: "+err.Error())
+		return
+	}
+	defer os.Remove(path)
+	f, err := os.Open(path)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(6 * time.Hour))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set(headerCopyIndex, strconv.FormatUint(index, 10))
+	w.Header().Set(headerCopySHA256, sum)
+	w.Header().Set(headerCopyMAC, s.auth.CopyMAC(r, index, sum))
+	io.Copy(w, f)
 }

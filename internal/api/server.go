@@ -368,6 +368,7 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *
 	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
 	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
 	s.mux.HandleFunc("/_ddb/digest", s.peer(s.handleDigest))
+	s.mux.HandleFunc(copyPath, s.peer(s.handleCopy))
 	s.mux.HandleFunc("/_ddb/status", s.peer(s.handlePeerStatus))
 	s.mux.HandleFunc("/console/cluster", s.handleConsoleCluster)
 	return s

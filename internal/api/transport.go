@@ -3,13 +3,18 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -134,6 +139,59 @@ func (t *Transport) RemoteDigest(ctx context.Context, url string, index uint64) 
 		return nil, err
 	}
 	return &d, nil
+}
+
+// FetchCopy implements consensus.PeerCaller: the copy of its database the
+// node at url (the leader) answers with, written to a new file in dir and
+// checked against its signed SHA-256 as it arrives. The caller removes the
+// file.
+func (t *Transport) FetchCopy(ctx context.Context, url, dir string) (path string, index uint64, err error) {
+	body := []byte("{}")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+copyPath, bytes.NewReader(body))
+	if err != nil {
+		return "", 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	t.auth.Sign(req, t.node, cluster.BodyHash(body))
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return "", 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = string(b)
+		}
+		return "", 0, &peerError{status: resp.StatusCode, msg: e.Error}
+	}
+	sum := resp.Header.Get(headerCopySHA256)
+	index, err = strconv.ParseUint(resp.Header.Get(headerCopyIndex), 10, 64)
+	if err != nil {
+		return "", 0, fmt.Errorf("the copy's index: %w", err)
+	}
+	if !hmac.Equal([]byte(resp.Header.Get(headerCopyMAC)), []byte(t.auth.CopyMAC(req, index, sum))) {
+		return "", 0, errors.New("the copy is not authenticated by the cluster secret (wrong secret, or altered on the way)")
+	}
+	f, err := os.CreateTemp(dir, "repair-*.db")
+	if err != nil {
+		return "", 0, err
+	}
+	path = f.Name()
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(f, h), resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && hex.EncodeToString(h.Sum(nil)) != sum {
+		err = errors.New("the copy does not match its signed SHA-256")
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", 0, fmt.Errorf("receive the copy: %w", err)
+	}
+	return path, index, nil
 }
 
 // Instance implements consensus.PeerCaller: the token /livez reports.

@@ -132,3 +132,13 @@ func (a *Auth) Verify(r *http.Request, bodyHash []byte) error {
 func (a *Auth) SessionKey(r *http.Request) []byte {
 	return a.mac("SESSION", r.URL.RequestURI(), r.Header.Get(HeaderNode), r.Header.Get(HeaderTime), r.Header.Get(HeaderNonce), nil)
 }
+
+// CopyMAC authenticates a copy of a database sent in answer to the signed
+// request r: both ends compute it over the copy's index and SHA-256 with
+// r's session key (see SessionKey), so the receiver knows the copy comes
+// from a node of the cluster, in answer to this very request.
+func (a *Auth) CopyMAC(r *http.Request, index uint64, sum string) string {
+	m := hmac.New(sha256.New, a.SessionKey(r))
+	fmt.Fprintf(m, "COPY\n%d\n%s", index, sum)
+	return hex.EncodeToString(m.Sum(nil))
+}

@@ -77,10 +77,14 @@ type Config struct {
 	// replicas then compare digests of their databases); negative: never
 	// (the flag's 0).
 	CheckInterval time.Duration
-	BackupKeep    int    // periodic backups kept
-	Restore       string // master: a backup file a fresh cluster starts from
-	LogLevel      string // debug, info, warn, error
-	LogFormat     string // text or json
+	// CheckRepair is what a follower a check finds diverged does: "auto"
+	// (replace its data with a copy of the leader's) or "off" (stop
+	// serving until repaired by hand).
+	CheckRepair string
+	BackupKeep  int    // periodic backups kept
+	Restore     string // master: a backup file a fresh cluster starts from
+	LogLevel    string // debug, info, warn, error
+	LogFormat   string // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It
@@ -114,7 +118,7 @@ var defaults = Config{
 	LogKeep:  200_000,
 	LogLevel: "info", LogFormat: "text",
 	BackupInterval: time.Hour, BackupKeep: 24,
-	CheckInterval: 30 * time.Second,
+	CheckInterval: 30 * time.Second, CheckRepair: "auto",
 }
 
 // Default is a copy of the default settings.
@@ -169,6 +173,7 @@ func (c *Config) Defaults() {
 	fill(&c.BackupInterval, d.BackupInterval)
 	fill(&c.BackupKeep, d.BackupKeep)
 	fill(&c.CheckInterval, d.CheckInterval)
+	fill(&c.CheckRepair, d.CheckRepair)
 }
 
 func (c *Config) scheme() string {
@@ -326,6 +331,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
 	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir")
 	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
+	fs.StringVar(&c.CheckRepair, "check-repair", defaults.CheckRepair, "what a follower whose data a consistency check finds different from the leader's does: auto (keep its diverged database as <database>.diverged and replace its data with a copy of the leader's) or off (serve nothing until repaired by hand)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", defaults.CheckInterval, "how often the leader starts a consistency check, when writes were applied since the last one: every node takes a digest of its database as of one log index, and the replicas compare them (0: never)")
 	var slaves string
 	if role == Master {
@@ -402,6 +408,9 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return nil, fmt.Errorf("-log-format must be text or json, not %q", c.LogFormat)
+	}
+	if c.CheckRepair != "auto" && c.CheckRepair != "off" {
+		return nil, fmt.Errorf("-check-repair must be auto or off, not %q", c.CheckRepair)
 	}
 	if !ValidAck(c.Ack) {
 		return nil, fmt.Errorf("-ack must be master, quorum or all, not %q", c.Ack)

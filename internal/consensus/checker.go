@@ -2,7 +2,9 @@ package consensus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -17,19 +19,26 @@ import (
 // database as of exactly that index (store.Digest, in the background, on a
 // read connection). Each follower then compares its digest with the
 // leader's, and the leader with every other node's. A difference is
-// reported at once: a loud log line naming the node and the tables, the
-// /status "consistency" object, a metric and the console; a follower that
-// finds itself diverged stops serving (503 with the reason) until it is
-// repaired (see Serving).
+// reported at once: a loud log line naming the node, the tables and the
+// first differing key range, the /status "consistency" object, a metric
+// and the console. A follower that finds itself diverged stops serving
+// (503 with the reason, see Serving) and, unless EngineConfig.NoRepair,
+// repairs itself: it keeps a copy of its diverged database beside it
+// (<database>.diverged, for inspection), then replaces its data with a
+// copy of the leader's database (see repair).
 
 // ConsistencyStatus is what /status says under "consistency".
 type ConsistencyStatus struct {
 	CheckedIndex  uint64    `json:"checked_index"`
 	CheckedAt     time.Time `json:"checked_at,omitzero"`
-	State         string    `json:"state"` // "none" (no check yet), "checking", "ok", "diverged"
+	State         string    `json:"state"` // "none" (no check yet), "checking", "ok", "diverged", "repairing"
 	DivergedNodes []int     `json:"diverged_nodes"`
 	Detail        string    `json:"detail,omitempty"`
 	Checks        uint64    `json:"checks"`
+	// Repairs counts the times this node replaced its data with a copy
+	// of the leader's; RepairedIndex is the last copy's index.
+	Repairs       uint64 `json:"repairs"`
+	RepairedIndex uint64 `json:"repaired_index,omitempty"`
 }
 
 // digestWait is how long a node waits for another's digest (that node may
@@ -38,10 +47,11 @@ const digestWait = 60 * time.Second
 
 // checker holds the checks' state.
 type checker struct {
-	mu       sync.Mutex
-	st       ConsistencyStatus
-	diverged bool // this node's own data differs from the leader's
-	last     uint64
+	mu        sync.Mutex
+	st        ConsistencyStatus
+	diverged  bool // this node's own data differs from the leader's
+	last      uint64
+	repairing bool // a repair runs (see repair)
 }
 
 // Consistency is the state of the consistency checks, as this node knows
@@ -176,10 +186,97 @@ func (e *Engine) compare(d *store.Digest) {
 			e.cfg.Log.Error("CONSISTENCY CHECK FAILED: a replica's data differs from the leader's", "index", d.Index, "diverged_node", n, "detail", st.Detail)
 		}
 	}
-	if lead != e.cfg.ID && d.Err == "" && len(unknown) == 0 {
+	if lead != e.cfg.ID && d.Err == "" && len(unknown) == 0 && d.Index > st.RepairedIndex {
 		// A follower knows its own state for sure only from the leader's
-		// digest.
+		// digest (and a digest taken before its last repair says nothing
+		// of its data now).
 		e.check.diverged = len(diverged) > 0
+		if e.check.diverged && !e.cfg.NoRepair && !e.check.repairing {
+			e.check.repairing = true
+			st.State = "repairing"
+			e.wg.Add(1)
+			go e.repair(d.Index)
+		}
+	}
+	if e.check.repairing {
+		st.State = "repairing"
+	}
+}
+
+// repair replaces this node's data, which the check at index found
+// different from the leader's, with a copy of the leader's database. It
+// keeps the diverged data beside the database first (<database>.diverged,
+// the last one only), then asks the leader for a copy until one installs:
+// a copy behind what this node has applied is asked for again. The node
+// serves nothing meanwhile; once the copy is in place it serves again, and
+// the next check confirms it.
+func (e *Engine) repair(index uint64) {
+	defer e.wg.Done()
+	done := false
+	defer func() {
+		e.check.mu.Lock()
+		e.check.repairing = false
+		if !done && e.check.st.State == "repairing" {
+			e.check.st.State = "diverged"
+		}
+		e.check.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-e.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	e.cfg.Log.Warn("repairing this node: its data differs from the leader's; it keeps its diverged database beside it and copies the leader's", "index", index, "kept", e.st.Path()+".diverged")
+	if path, _, err := e.st.Snapshot(ctx, e.cfg.Dir); err != nil {
+		e.cfg.Log.Warn("the diverged database could not be kept", "err", err)
+	} else if err := os.Rename(path, e.st.Path()+".diverged"); err != nil {
+		os.Remove(path)
+		e.cfg.Log.Warn("the diverged database could not be kept", "err", err)
+	}
+	wait := 200 * time.Millisecond
+	for try := 1; ; try++ {
+		var err error
+		lead := e.lead()
+		switch {
+		case lead == 0:
+			err = errors.New("no leader is known")
+		case lead == e.cfg.ID:
+			err = errors.New("this node leads now")
+		default:
+			var path string
+			var at uint64
+			if path, _, err = e.cfg.Calls.FetchCopy(ctx, e.tr.Peer(lead), e.cfg.Dir); err == nil {
+				at, err = e.st.InstallCopy(path)
+			}
+			if err == nil {
+				done = true
+				e.check.mu.Lock()
+				e.check.diverged = false
+				e.check.st.Repairs++
+				e.check.st.RepairedIndex = at
+				e.check.st.Detail = fmt.Sprintf("this node's data was replaced with a copy of the leader's database at index %d (after the check at index %d found it different); the next check confirms it", at, index)
+				e.check.mu.Unlock()
+				e.rep.wake()
+				e.cfg.Log.Info("repaired: this node's data is now a copy of the leader's", "index", at, "tries", try)
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if try%10 == 1 {
+			e.cfg.Log.Warn("the repair did not succeed yet; this node tries again", "try", try, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 
@@ -195,12 +292,16 @@ func (e *Engine) remoteDigest(ctx context.Context, id, index uint64) (*store.Dig
 // divergedError is Serving's answer on a follower whose data the last
 // consistency check found different from the leader's.
 type divergedError struct {
-	index  uint64
-	detail string
+	index     uint64
+	detail    string
+	repairing bool
 }
 
 func (e divergedError) Error() string {
-	return fmt.Sprintf("this node's data differs from the leader's (consistency check at index %d: %s); it serves nothing until it is repaired: stop it, move its database files away, and start it again to copy the leader's", e.index, e.detail)
+	if e.repairing {
+		return fmt.Sprintf("this node's data differs from the leader's (consistency check at index %d: %s); it serves nothing until it has replaced its data with a copy of the leader's, which it is doing now", e.index, e.detail)
+	}
+	return fmt.Sprintf("this node's data differs from the leader's (consistency check at index %d: %s); it serves nothing until it is repaired: it runs with -check-repair off, so stop it, move its database files away, and start it again to copy the leader's", e.index, e.detail)
 }
 
 // divergence is Serving's answer while the last check found this node's
@@ -211,5 +312,5 @@ func (e *Engine) divergence() error {
 	if !e.check.diverged {
 		return nil
 	}
-	return divergedError{index: e.check.st.CheckedIndex, detail: e.check.st.Detail}
+	return divergedError{index: e.check.st.CheckedIndex, detail: e.check.st.Detail, repairing: e.check.repairing}
 }

@@ -40,6 +40,9 @@ type PeerCaller interface {
 	// RemoteDigest waits (up to ctx) for the digest the node at url took
 	// of its database as of index (a consistency check), and returns it.
 	RemoteDigest(ctx context.Context, url string, index uint64) (*store.Digest, error)
+	// FetchCopy receives a copy of the database of the node at url (the
+	// leader) into a new file in dir, verified, and says its index.
+	FetchCopy(ctx context.Context, url, dir string) (path string, index uint64, err error)
 }
 
 // EngineConfig configures a node's replication through Raft.
@@ -76,6 +79,9 @@ type EngineConfig struct {
 	// CheckInterval: how often the leader logs a consistency check (0:
 	// never; see checker.go).
 	CheckInterval time.Duration
+	// NoRepair: a follower that a check finds diverged stops serving but
+	// does not replace its data with a copy of the leader's.
+	NoRepair bool
 }
 
 // Engine is a node's replicated database: the client protocol's writes and

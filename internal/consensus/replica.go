@@ -127,7 +127,12 @@ func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(
 	case err != nil:
 		return a, store.Outcome{}, &UnknownOutcomeError{Err: err}
 	}
-	out, _ := a.Result.(store.Outcome)
+	out, ok := a.Result.(store.Outcome)
+	if !ok {
+		// The entry was committed, but this node's database took it from
+		// a copy of the leader's (a repair), not by running it here.
+		return a, out, &UnknownOutcomeError{Err: errors.New("the entry was committed while this node replaced its data with a copy of the leader's, so its results are not known here")}
+	}
 	return a, out, nil
 }
 

@@ -485,7 +485,9 @@ func (r *run) keep() string {
 // checkConsistency asks the cluster's own consistency checker: after a
 // write made once everything healed, every node must report a check that
 // covers it, and none may report a divergence (which it found while the
-// run went on, or now).
+// run went on, or now), nor have repaired itself (a node that a check
+// found diverged replaces its data with the leader's: that it had to is
+// the anomaly).
 func (r *run) checkConsistency() {
 	for _, q := range []string{"CREATE TABLE IF NOT EXISTS fault_probe (x)", "INSERT INTO fault_probe VALUES (1)"} {
 		if resp, err := r.c.Do(0, map[string]any{"command": "exec", "query": q}); err != nil || resp.Status != 200 {
@@ -500,6 +502,10 @@ func (r *run) checkConsistency() {
 			st, err := r.c.Status(i)
 			cs, _ := st["consistency"].(map[string]any)
 			if err == nil && cs != nil {
+				if n, _ := cs["repairs"].(float64); n > 0 {
+					r.anomaly("consistency checker: node %d repaired itself %v times, the last at index %v (a check had found its data different from the leader's): %v", i, n, cs["repaired_index"], cs["detail"])
+					break
+				}
 				idx, _ := cs["checked_index"].(float64)
 				if state := cs["state"]; uint64(idx) >= want && (state == "ok" || state == "diverged") {
 					if state == "diverged" {

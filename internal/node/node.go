@@ -165,7 +165,7 @@ func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logg
 		Limits: api.Limits(cfg),
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
 		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Log: logger,
-		CheckInterval: cfg.CheckInterval,
+		CheckInterval: cfg.CheckInterval, NoRepair: cfg.CheckRepair == "off",
 	}
 }
 

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -227,5 +229,78 @@ func TestDigestOfSQLitesOwnTablesIgnoresRowidsAndInternalRows(t *testing.T) {
 		if diff := base.Differences(digest(c.tweak)); (diff == "") != c.same {
 			t.Errorf("%s: differences %q", c.tweak, diff)
 		}
+	}
+}
+
+// A node found diverged installs a copy of the leader's database while it
+// runs: its data becomes the leader's, its consensus log file (entries and
+// hard state) stays its own, and the entries after the copy's index apply
+// from the log as they commit (those before it are skipped). A copy that
+// stands before what the node has applied is refused, changing nothing.
+func TestADivergedNodeInstallsACopyOfTheLeaders(t *testing.T) {
+	ws := []rlog.Write{{AllowSchema: true, Stmts: stmts("CREATE TABLE a (id INTEGER PRIMARY KEY, v)")}}
+	for i := range 40 {
+		ws = append(ws, rlog.Write{Stmts: stmts(fmt.Sprintf("INSERT INTO a (v) VALUES (%d)", i))})
+	}
+	entries := logEntries(t, ws...)
+	for i := range entries {
+		entries[i].Term = 2
+	}
+	leader, follower := openTemp(t, "leader.db"), openTemp(t, "follower.db")
+	if _, err := leader.ApplyLog(entries[:30]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := follower.ApplyLog(entries[:20]); err != nil {
+		t.Fatal(err)
+	}
+	// The follower's data differs, and its log holds entries of its own.
+	applyNext(t, follower, rlog.Write{Stmts: stmts("UPDATE a SET v = -1 WHERE id = 3")})
+	log := RaftSave{Entries: []RaftEntry{{Index: 25, Term: 3, Data: []byte("e25")}}, HardState: []byte("own hard state")}
+	if err := follower.SaveRaft(log); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	copyOf := func(s *Store) string {
+		path, _, err := s.Snapshot(ctx, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	at, err := follower.InstallCopy(copyOf(leader))
+	if err != nil || at != 30 || follower.Applied() != 30 {
+		t.Fatalf("install: at %d, applied %d, %v", at, follower.Applied(), err)
+	}
+	sameContent(t, leader, follower)
+	if rs, err := follower.LoadRaftState(ctx); err != nil || string(rs.HardState) != "own hard state" {
+		t.Fatalf("the follower's hard state after the install: %q %v", rs.HardState, err)
+	}
+	if last, err := follower.RaftLastIndex(ctx); err != nil || last != 25 {
+		t.Fatalf("the follower's log after the install ends at %d (%v)", last, err)
+	}
+	// The log hands entries again from before the copy's index: those up
+	// to it are skipped, the rest apply.
+	if _, err := leader.ApplyLog(entries[30:35]); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := follower.ApplyLog(entries[20:35]); err != nil || len(out) != 5 || out[0].Index != 31 {
+		t.Fatalf("entries after the install: %v %v", describe(out), err)
+	}
+	sameContent(t, leader, follower)
+	// A copy behind what the follower applied is refused.
+	stale := openTemp(t, "stale.db")
+	if _, err := stale.ApplyLog(entries[:33]); err != nil {
+		t.Fatal(err)
+	}
+	extra := logEntries(t, append(ws[:33:33], rlog.Write{Stmts: stmts("INSERT INTO a VALUES (1000, 'stale')")})...)[33]
+	extra.Term = 2
+	if _, err := stale.ApplyLog([]rlog.Entry{extra}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := follower.InstallCopy(copyOf(stale)); !errors.Is(err, ErrCopyBehind) {
+		t.Fatalf("a copy at 34 installed over a database at 35: %v", err)
+	}
+	if n := scalar(t, follower, "SELECT count(*) FROM a WHERE id = 1000"); n != int64(0) || follower.Applied() != 35 {
+		t.Fatalf("the refused copy changed the follower: %v rows, applied %d", n, follower.Applied())
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -79,8 +80,10 @@ func removeCopy(path string) {
 
 // install replaces the database's content with the snapshot file at path,
 // after prepare (if set) has adjusted the copy, and returns its applied
-// index. The copy becomes the database in one transaction.
-func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) error) (uint64, error) {
+// index. The copy becomes the database in one transaction. With notBehind,
+// a copy that stands before what the database has applied is refused
+// (ErrCopyBehind), and nothing changes.
+func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) error, notBehind bool) (uint64, error) {
 	// The file keeps its own id (see checkFile), not the snapshot's. It
 	// is written into the copy before the copy is installed, so that the
 	// installing transaction carries it: a process killed right after the
@@ -130,6 +133,9 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	defer s.wmu.Unlock()
 	if s.w == nil {
 		return 0, ErrClosed
+	}
+	if notBehind && index < s.applied.Load() {
+		return 0, fmt.Errorf("%w (the copy is at index %d, this database at %d)", ErrCopyBehind, index, s.applied.Load())
 	}
 	s.wconn.auth.reset(policyReplica)
 	sqlite.LockPRNG() // the copy's WAL writes may salt a new WAL header
@@ -215,22 +221,51 @@ func (s *Store) InstallRaftSnapshot(path string, index, term uint64, hardState [
 	if pos.Index != index || pos.Term != term {
 		return fmt.Errorf("the snapshot stands at index %d, term %d, not at %d, %d", pos.Index, pos.Term, index, term)
 	}
-	own, err := s.nodeKeys()
-	if err != nil {
+	if _, err := s.installOwn(path, false); err != nil {
 		return err
 	}
-	_, err = s.install(path, func(c *sqlite.Conn, _ uint64) error {
+	return s.ResetRaftLog(index, term, hardState)
+}
+
+// installOwn installs the copy at path, keeping this node's own keys (its
+// identity and its log file's).
+func (s *Store) installOwn(path string, notBehind bool) (uint64, error) {
+	own, err := s.nodeKeys()
+	if err != nil {
+		return 0, err
+	}
+	return s.install(path, func(c *sqlite.Conn, _ uint64) error {
 		for _, q := range own {
 			if err := c.Exec(q.sql, q.args...); err != nil {
 				return fmt.Errorf("prepare snapshot: %w", err)
 			}
 		}
 		return nil
-	})
+	}, notBehind)
+}
+
+// ErrCopyBehind: a copy of the leader's database stands before what this
+// database has applied; a newer copy is needed.
+var ErrCopyBehind = errors.New("the copy stands before what this database has applied")
+
+// InstallCopy makes a copy of the leader's database (received whole and
+// verified) this node's database, in one transaction, while the node runs:
+// a node whose data a consistency check found different from the leader's
+// repairs itself so. Only the data changes: the consensus log file is
+// this node's, and the entries after the copy's index apply from it as
+// they commit (those up to it are skipped). A copy behind what the
+// database has applied is refused (ErrCopyBehind). The file is consumed;
+// the copy's index is returned.
+func (s *Store) InstallCopy(path string) (uint64, error) {
+	defer removeCopy(path)
+	pos, err := SnapshotPosition(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return s.ResetRaftLog(index, term, hardState)
+	if pos.Index == 0 {
+		return 0, errors.New("the copy holds no applied index")
+	}
+	return s.installOwn(path, true)
 }
 
 // Checkpoint copies the WAL back into the database file (PASSIVE mode: it

@@ -93,5 +93,5 @@ func (s *Store) Restore(r io.Reader, dir string) (uint64, error) {
 	if err := f.Close(); err != nil {
 		return 0, err
 	}
-	return s.install(path, nil)
+	return s.install(path, nil, false)
 }
