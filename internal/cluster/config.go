@@ -81,10 +81,14 @@ type Config struct {
 	// (replace its data with a copy of the leader's) or "off" (stop
 	// serving until repaired by hand).
 	CheckRepair string
-	BackupKeep  int    // periodic backups kept
-	Restore     string // master: a backup file a fresh cluster starts from
-	LogLevel    string // debug, info, warn, error
-	LogFormat   string // text or json
+	// CheckRate is how fast a node reads its database for a check's
+	// digest, in MB of rows a second; negative: as fast as it can (the
+	// flag's 0).
+	CheckRate  int
+	BackupKeep int    // periodic backups kept
+	Restore    string // master: a backup file a fresh cluster starts from
+	LogLevel   string // debug, info, warn, error
+	LogFormat  string // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It
@@ -118,7 +122,7 @@ var defaults = Config{
 	LogKeep:  200_000,
 	LogLevel: "info", LogFormat: "text",
 	BackupInterval: time.Hour, BackupKeep: 24,
-	CheckInterval: 30 * time.Second, CheckRepair: "auto",
+	CheckInterval: 30 * time.Second, CheckRepair: "auto", CheckRate: 64,
 }
 
 // Default is a copy of the default settings.
@@ -174,6 +178,7 @@ func (c *Config) Defaults() {
 	fill(&c.BackupKeep, d.BackupKeep)
 	fill(&c.CheckInterval, d.CheckInterval)
 	fill(&c.CheckRepair, d.CheckRepair)
+	fill(&c.CheckRate, d.CheckRate)
 }
 
 func (c *Config) scheme() string {
@@ -331,6 +336,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
 	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir")
 	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
+	fs.IntVar(&c.CheckRate, "check-rate", defaults.CheckRate, "how fast a node reads its database for a consistency check's digest, in MB of rows a second, so that a large database's check takes a share of a core over seconds rather than all of it at once (0: as fast as it can)")
 	fs.StringVar(&c.CheckRepair, "check-repair", defaults.CheckRepair, "what a follower whose data a consistency check finds different from the leader's does: auto (keep its diverged database as <database>.diverged and replace its data with a copy of the leader's) or off (serve nothing until repaired by hand)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", defaults.CheckInterval, "how often the leader starts a consistency check, when writes were applied since the last one: every node takes a digest of its database as of one log index, and the replicas compare them (0: never)")
 	var slaves string
@@ -418,6 +424,12 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	c.InjectBug = faults.FromEnv()
 	if c.CheckInterval == 0 {
 		c.CheckInterval = -1 // -check-interval 0: never (Defaults fills a zero)
+	}
+	if c.CheckRate < 0 {
+		return nil, fmt.Errorf("-check-rate must be 0 or more MB a second, not %d", c.CheckRate)
+	}
+	if c.CheckRate == 0 {
+		c.CheckRate = -1 // -check-rate 0: as fast as it can (Defaults fills a zero)
 	}
 	c.Defaults()
 	return c, nil

@@ -42,8 +42,9 @@ type ConsistencyStatus struct {
 }
 
 // digestWait is how long a node waits for another's digest (that node may
-// be behind, or still computing it).
-const digestWait = 60 * time.Second
+// be behind, or still computing it: at -check-rate's default of 64 MB a
+// second, a database of a few GB).
+const digestWait = 3 * time.Minute
 
 // checker holds the checks' state.
 type checker struct {
@@ -68,12 +69,16 @@ func (e *Engine) Consistency() ConsistencyStatus {
 }
 
 // proposeChecks logs a check entry every interval on the leader, when
-// entries were applied since the last one.
+// entries were applied since the last one, and when the leader has
+// compared the last check it logged (a large database's digests may take
+// longer than the interval: checks do not pile up, each holding a read
+// connection on every node), or gave up waiting for it.
 func (e *Engine) proposeChecks(interval time.Duration) {
 	defer e.wg.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var last uint64
+	var proposedAt time.Time
 	for {
 		select {
 		case <-e.stop:
@@ -83,11 +88,17 @@ func (e *Engine) proposeChecks(interval time.Duration) {
 		if !e.IsLeader() || e.st.Applied() <= last {
 			continue
 		}
+		e.check.mu.Lock()
+		pending := last > 0 && (e.check.last < last || e.check.st.State == "checking")
+		e.check.mu.Unlock()
+		if pending && time.Since(proposedAt) < 2*digestWait {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
 		out, err := e.rep.Write(ctx, &store.Request{Check: true})
 		cancel()
 		if err == nil {
-			last = out.Index
+			last, proposedAt = out.Index, time.Now()
 		}
 	}
 }

@@ -73,7 +73,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	if cfg.Role == cluster.Master && (storeBug == "skip-entry" || storeBug == "partial-apply") {
 		storeBug = "" // defects of the slaves' apply: the master applies right, and they differ from it
 	}
-	st, err := store.Open(store.Options{Path: cfg.DBPath(), InjectBug: storeBug})
+	st, err := store.Open(store.Options{Path: cfg.DBPath(), InjectBug: storeBug, DigestRate: max(int64(cfg.CheckRate), 0) << 20})
 	if err != nil {
 		return nil, err
 	}

@@ -198,7 +198,7 @@ func (s *Store) startDigest(index uint64) {
 		return
 	}
 	go func() {
-		d, err := digestOn(r.c, index)
+		d, err := digestOn(r.c, index, newPacer(s.digestRate))
 		r.c.Exec("ROLLBACK")
 		s.putReader(r)
 		if err != nil {
@@ -209,8 +209,45 @@ func (s *Store) startDigest(index uint64) {
 	}()
 }
 
-// digestOn computes the digest of the database c reads.
-func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
+// pacer spreads a digest over time: it reads at most rate bytes of rows a
+// second (0: as fast as it can), so a large database's digest takes a
+// share of a core over seconds rather than all of it at once.
+type pacer struct {
+	rate  int64
+	start time.Time
+	bytes int64
+	now   func() time.Time
+	sleep func(time.Duration)
+}
+
+func newPacer(rate int64) *pacer {
+	return &pacer{rate: rate, start: time.Now(), now: time.Now, sleep: time.Sleep}
+}
+
+// wait sleeps until the bytes read so far are due at the rate.
+func (p *pacer) wait() {
+	if p.rate <= 0 {
+		return
+	}
+	due := p.start.Add(time.Duration(float64(p.bytes) / float64(p.rate) * float64(time.Second)))
+	if d := due.Sub(p.now()); d > 0 {
+		p.sleep(d)
+	}
+}
+
+// valueBytes is about what v takes in a row.
+func valueBytes(v any) int64 {
+	switch x := v.(type) {
+	case string:
+		return int64(len(x)) + 1
+	case []byte:
+		return int64(len(x)) + 1
+	}
+	return 8
+}
+
+// digestOn computes the digest of the database c reads, at p's pace.
+func digestOn(c *sqlite.Conn, index uint64, p *pacer) (*Digest, error) {
 	d := &Digest{Index: index, At: time.Now()}
 	all := sha256.New()
 	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' ORDER BY type, name")
@@ -233,7 +270,7 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 	for _, t := range tables {
 		name, _ := t[0].(string)
 		wr, _ := t[1].(int64)
-		td, err := digestTable(c, name, wr == 1)
+		td, err := digestTable(c, name, wr == 1, p)
 		if err != nil {
 			return nil, fmt.Errorf("read table %s: %w", name, err)
 		}
@@ -246,8 +283,8 @@ func digestOn(c *sqlite.Conn, index uint64) (*Digest, error) {
 	return d, nil
 }
 
-// digestTable digests one table's rows, in key order.
-func digestTable(c *sqlite.Conn, name string, withoutRowid bool) (TableDigest, error) {
+// digestTable digests one table's rows, in key order, at p's pace.
+func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (TableDigest, error) {
 	td := TableDigest{Name: name}
 	quoted := quoteIdent(name)
 	// SQLite's own tables (sqlite_sequence, sqlite_stat1) also hold rows of
@@ -255,7 +292,7 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool) (TableDigest, e
 	// rows depend on those: their rows are compared without rowid, in the
 	// order of their content, and in no chunks.
 	if strings.HasPrefix(name, "sqlite_") {
-		return digestOwnTable(c, td, quoted)
+		return digestOwnTable(c, td, quoted, p)
 	}
 	// Each row starts with its key: the rowid, or the primary key's
 	// columns (a WITHOUT ROWID table is read in primary key order).
@@ -309,11 +346,13 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool) (TableDigest, e
 		cur.Last = key
 		for _, v := range row {
 			hashValue(h, v)
+			p.bytes += valueBytes(v)
 		}
 		cur.Rows++
 		td.Rows++
 		if cur.Rows == size {
 			flush()
+			p.wait()
 		}
 	}
 	if cur.Rows > 0 {
@@ -344,7 +383,7 @@ func mergeChunks(cs []ChunkDigest) []ChunkDigest {
 }
 
 // digestOwnTable digests one of SQLite's own tables by its rows' content.
-func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string) (TableDigest, error) {
+func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string, p *pacer) (TableDigest, error) {
 	st, err := c.Prepare("SELECT * FROM " + quoted)
 	if err != nil {
 		return td, err
@@ -367,6 +406,7 @@ func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string) (TableDigest,
 		rh := sha256.New()
 		for _, v := range row {
 			hashValue(rh, v)
+			p.bytes += valueBytes(v)
 		}
 		sorted = append(sorted, string(rh.Sum(nil)))
 		td.Rows++

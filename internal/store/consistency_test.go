@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
@@ -136,7 +137,7 @@ func TestDigestsSayWhereATableFirstDiffers(t *testing.T) {
 	}
 	b := open("b.db")
 	digest := func(c *sqlite.Conn) *Digest {
-		d, err := digestOn(c, 1)
+		d, err := digestOn(c, 1, newPacer(0))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,5 +303,35 @@ func TestADivergedNodeInstallsACopyOfTheLeaders(t *testing.T) {
 	}
 	if n := scalar(t, follower, "SELECT count(*) FROM a WHERE id = 1000"); n != int64(0) || follower.Applied() != 35 {
 		t.Fatalf("the refused copy changed the follower: %v rows, applied %d", n, follower.Applied())
+	}
+}
+
+// A digest is spread over time: read at rate bytes a second, a table of
+// about 6.6 MB takes at least its bytes over the rate (on a clock that
+// moves only when the digest sleeps), and the digest is the same as an
+// unpaced one.
+func TestADigestIsSpreadOverTime(t *testing.T) {
+	c, err := sqlite.Open(filepath.Join(t.TempDir(), "p.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.ExecScript(`CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB);
+		WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 6000) INSERT INTO t SELECT x, zeroblob(1000 + x % 3) FROM s`); err != nil {
+		t.Fatal(err)
+	}
+	var clock time.Time
+	p := &pacer{rate: 1 << 20, start: clock, now: func() time.Time { return clock }, sleep: func(d time.Duration) { clock = clock.Add(d) }}
+	paced, err := digestOn(c, 1, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rowBytes = 8 + 8 + 1001 // at least: the rowid, the id, the blob
+	if want := time.Duration((6000-chunkRows)*rowBytes) * time.Second / (1 << 20); clock.Sub(time.Time{}) < want {
+		t.Fatalf("the digest of 6,000 rows of about %d bytes at 1 MB a second took %v, want at least %v", rowBytes, clock.Sub(time.Time{}), want)
+	}
+	unpaced, err := digestOn(c, 1, newPacer(0))
+	if err != nil || unpaced.Differences(paced) != "" {
+		t.Fatalf("paced and unpaced digests differ: %v %v", unpaced.Differences(paced), err)
 	}
 }

@@ -50,19 +50,24 @@ type Options struct {
 	// connections keep the statistics they loaded). Only for proving that the
 	// fault-injection checkers and the determinism fuzzer work.
 	InjectBug string
+	// DigestRate spreads a consistency check's digest over time: at most
+	// this many bytes of rows read a second (0: as fast as it can).
+	DigestRate int64
 }
 
 // Store is a node's database. Its zero value is not usable; call Open.
 type Store struct {
-	steps    stepBudget // the writer's entry's (under wmu)
-	path     string
-	clock    *sqlite.Clock
-	wmu      sync.Mutex // held by whoever uses w
-	w        *sqlite.Conn
-	wconn    *conn      // w with its state; nil once closed
-	entry    entryState // the writer's per-entry connection state
-	rng      *rand.Rand // random()/randomblob() source while an entry runs
-	entering bool       // lockEntries holds SQLite's generator
+	steps stepBudget // the writer's entry's (under wmu)
+	path  string
+	// digestRate: see Options.DigestRate.
+	digestRate int64
+	clock      *sqlite.Clock
+	wmu        sync.Mutex // held by whoever uses w
+	w          *sqlite.Conn
+	wconn      *conn      // w with its state; nil once closed
+	entry      entryState // the writer's per-entry connection state
+	rng        *rand.Rand // random()/randomblob() source while an entry runs
+	entering   bool       // lockEntries holds SQLite's generator
 	// schemaDirty: a statement that changes the schema or the statistics
 	// ran on the writer (and may have failed and been rolled back) since
 	// the writer last loaded the schema afresh.
@@ -188,7 +193,7 @@ func Open(opts Options) (*Store, error) {
 	if opts.Seeds == nil {
 		opts.Seeds = randomSeed
 	}
-	s := &Store{path: abs, clock: clock, lock: lock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds, sync: opts.Synchronous}
+	s := &Store{path: abs, clock: clock, lock: lock, readers: make(chan *conn, opts.ReadConns), bug: opts.InjectBug, seeds: opts.Seeds, sync: opts.Synchronous, digestRate: opts.DigestRate}
 	w, err := openConn(abs, url.Values{
 		"vfs": {clock.Name}, "_journal_mode": {"WAL"}, "_synchronous": {opts.Synchronous},
 		"_busy_timeout": {"10000"},
