@@ -778,11 +778,12 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 			a.kind = KindRead
 		}
 	}
-	if !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() && dropOfNothing(stmt.SQL) {
-		// DROP ... IF EXISTS of an object that does not exist: SQLite
-		// asks the authorizer nothing (there is nothing to drop) and the
-		// statement changes nothing. It is a schema change all the same,
-		// as it would be if the object existed.
+	if !stmt.Readonly() && a.kind == KindRead && !stmt.IsExplain() && schemaChangeOfNothing(stmt.SQL) {
+		// DROP ... IF EXISTS of an object that does not exist, or CREATE
+		// INDEX IF NOT EXISTS of one that does: SQLite asks the authorizer
+		// nothing (there is nothing to do) and the statement changes
+		// nothing. It is a schema change all the same, as it would be if
+		// it did something.
 		a.kind = KindSchema
 		switch a.policy {
 		case policyReadOnly:
@@ -806,16 +807,27 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 }
 
 // nondetError refuses a write that reads what (see authState.nondet).
-// dropOfNothing reports whether sql is DROP TABLE/INDEX/VIEW/TRIGGER IF
-// EXISTS (which, when the authorizer saw nothing, found nothing to drop).
-func dropOfNothing(sql string) bool {
-	f := strings.Fields(strings.ToUpper(stripComments(sql)))
-	if len(f) < 4 || f[0] != "DROP" || f[2] != "IF" || f[3] != "EXISTS" {
+// schemaChangeOfNothing reports whether sql is DROP TABLE/INDEX/VIEW/
+// TRIGGER IF EXISTS (which, when the authorizer saw nothing, found nothing
+// to drop) or CREATE [UNIQUE] INDEX IF NOT EXISTS (which found the index
+// there: SQLite looks for it before it asks the authorizer, unlike for a
+// table, a view or a trigger).
+func schemaChangeOfNothing(sql string) bool {
+	// (A quoted name may follow EXISTS with no space.)
+	f := strings.Fields(strings.NewReplacer(`"`, ` "`, "`", " `", "[", " [", "'", " '").Replace(strings.ToUpper(stripComments(sql))))
+	if len(f) >= 4 && f[0] == "DROP" && f[2] == "IF" && f[3] == "EXISTS" {
+		switch f[1] {
+		case "TABLE", "INDEX", "VIEW", "TRIGGER":
+			return true
+		}
 		return false
 	}
-	switch f[1] {
-	case "TABLE", "INDEX", "VIEW", "TRIGGER":
-		return true
+	if len(f) > 0 && f[0] == "CREATE" {
+		f = f[1:]
+		if len(f) > 0 && f[0] == "UNIQUE" {
+			f = f[1:]
+		}
+		return len(f) >= 4 && f[0] == "INDEX" && f[1] == "IF" && f[2] == "NOT" && f[3] == "EXISTS"
 	}
 	return false
 }
