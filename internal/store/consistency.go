@@ -250,7 +250,10 @@ func valueBytes(v any) int64 {
 func digestOn(c *sqlite.Conn, index uint64, p *pacer) (*Digest, error) {
 	d := &Digest{Index: index, At: time.Now()}
 	all := sha256.New()
-	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' ORDER BY type, name")
+	// (SQLite's own objects are left out: what they are follows from the
+	// rest, and sqlite_sequence stays once made, empty after its last
+	// AUTOINCREMENT table is dropped. Their rows count below.)
+	objs, err := c.All("SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name")
 	if err != nil {
 		return nil, fmt.Errorf("read the schema: %w", err)
 	}
@@ -273,6 +276,12 @@ func digestOn(c *sqlite.Conn, index uint64, p *pacer) (*Digest, error) {
 		td, err := digestTable(c, name, wr == 1, p)
 		if err != nil {
 			return nil, fmt.Errorf("read table %s: %w", name, err)
+		}
+		if td.Rows == 0 && strings.HasPrefix(name, "sqlite_") {
+			// SQLite's own table without rows of the user's (it stays
+			// once made: sqlite_sequence after its last AUTOINCREMENT
+			// table is dropped) is as good as none.
+			continue
 		}
 		d.Tables = append(d.Tables, td)
 		all.Write([]byte(name))

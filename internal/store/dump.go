@@ -194,6 +194,31 @@ func dumpStatements(c *sqlite.Conn, out stmtSink, strict bool) error {
 			return err
 		}
 	}
+	// The statistics ANALYZE gathered (they choose query plans, and so
+	// the order of rows a query without ORDER BY returns), as SQLite's
+	// shell dumps them: ANALYZE sqlite_schema makes the table, then its
+	// rows, but those of the project's own tables.
+	if row, err := c.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'"); err == nil && row[0].(int64) > 0 {
+		stats, err := c.All("SELECT tbl, idx, stat FROM sqlite_stat1")
+		if err != nil {
+			return err
+		}
+		first := true
+		for _, st := range stats {
+			if tbl, _ := st[0].(string); isInternal(tbl) {
+				continue
+			}
+			if first {
+				if err := emit("ANALYZE sqlite_schema"); err != nil {
+					return err
+				}
+				first = false
+			}
+			if err := emit("INSERT INTO sqlite_stat1 VALUES(", sqlLiteral(st[0]), ",", sqlLiteral(st[1]), ",", sqlLiteral(st[2]), ")"); err != nil {
+				return err
+			}
+		}
+	}
 	return emit("COMMIT")
 }
 
