@@ -564,8 +564,17 @@ func TestFollowerProposalAnswersOnlyOnceTheLeaderApplied(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if got := g.appliedBy(l); len(got) != 2 || got[1] != "from the follower" {
+	// (On a busy machine the follower may send its proposal again before
+	// the first is acknowledged, and both are logged: the first answers,
+	// and the project's request ids make the second apply nothing.)
+	got := g.appliedBy(l)
+	if len(got) < 2 || got[0] != "first" {
 		t.Fatalf("the follower answered; the leader has applied %q", got)
+	}
+	for _, d := range got[1:] {
+		if d != "from the follower" {
+			t.Fatalf("the follower answered; the leader has applied %q", got)
+		}
 	}
 }
 
