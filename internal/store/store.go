@@ -856,6 +856,12 @@ func checkTriggerBodies(c *sqlite.Conn, a *authState) error {
 			if err != nil && a.forbidden != "" {
 				return &ForbiddenError{Reason: "trigger body: " + a.forbidden}
 			}
+			if name, ok := missingTable(err); ok && isInternal(name) {
+				// A body that names a table of the internal namespace that
+				// does not exist (yet): SQLite resolves no name, so the
+				// authorizer hears nothing; the name is refused all the same.
+				return &ForbiddenError{Reason: "trigger body: " + errInternalName(name).Reason}
+			}
 			if a.nondet != "" {
 				return nondetError("trigger body: ", a.nondet)
 			}
@@ -863,6 +869,22 @@ func checkTriggerBodies(c *sqlite.Conn, a *authState) error {
 	}
 	a.reset(p)
 	return nil
+}
+
+// missingTable is the table a "no such table" error names, without its
+// schema.
+func missingTable(err error) (string, bool) {
+	if err == nil {
+		return "", false
+	}
+	_, name, ok := strings.Cut(err.Error(), "no such table: ")
+	if !ok {
+		return "", false
+	}
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		name = name[i+1:]
+	}
+	return name, true
 }
 
 // step runs a bound statement. The column names and declared types are
