@@ -240,12 +240,21 @@ func TestWorkInsideOneInstructionIsBounded(t *testing.T) {
 			t.Fatalf("the long LIKE read on node %d answered after %v, its deadline 1 s", id, took)
 		}
 	}
+	// A read asking for a blob past any limit fails; the node lives on.
+	for _, id := range all {
+		q, err := c.Do(id, map[string]any{"command": "query", "query": "SELECT length(randomblob(9223372036854775807))"})
+		if err != nil || q.Status != 400 || !strings.Contains(string(q.Body), "too big") {
+			t.Fatalf("a read of randomblob(9223372036854775807) on node %d: %v %v", id, q, err)
+		}
+	}
 	r, err = c.Do(2, map[string]any{"command": "exec", "query": "INSERT INTO ins SELECT " + like})
 	if err != nil || r.Status != 400 || !strings.Contains(string(r.Body), `"kind":"too_large"`) {
 		t.Fatalf("the long LIKE write: %v %v", r, err)
 	}
 	for _, sql := range []string{
 		"INSERT INTO ins VALUES (length(zeroblob(70000000)))",
+		"INSERT INTO ins VALUES (length(randomblob(70000000)))",
+		"INSERT INTO ins VALUES (length(randomblob(9223372036854775807)))", // once crashed every node
 		"INSERT INTO ins SELECT 'a' LIKE printf('%.*c', 101, '%')",
 	} {
 		r, err := c.Do(0, map[string]any{"command": "exec", "query": sql})

@@ -41,9 +41,6 @@ extern int sqlite3_create_function_v2(sqlite3*, const char*, int, int, void*,
 #define DDB_DETERMINISTIC 0x000000800
 #define DDB_INNOCUOUS 0x000200000
 
-// DDB_BYTES_PER_STEP bytes made cost one step of the budget.
-#define DDB_BYTES_PER_STEP 4
-
 // ddb_charge_bytes spends n bytes on ctx's budget; nonzero (and the
 // function's error set) once the budget is spent.
 static int ddb_charge_bytes(sqlite3_context *ctx, sqlite3_int64 n) {

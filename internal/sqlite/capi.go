@@ -372,6 +372,19 @@ func (c *Conn) SetStepBudget(steps int64) {
 	C.ddb_set_budget(c.db, c.budget)
 }
 
+// ChargeMade charges n bytes that a function made to the step budget, as
+// the project's zeroblob() and randomblob() do (DDB_BYTES_PER_STEP bytes a
+// step), for a function written in Go; it reports whether the budget is
+// now spent (the function must then fail). Without a budget it charges
+// nothing.
+func (c *Conn) ChargeMade(n int64) bool {
+	if c.budget.active == 0 {
+		return false
+	}
+	c.budget.left -= C.sqlite3_int64(n / C.DDB_BYTES_PER_STEP)
+	return c.budget.left < 0
+}
+
 // StepBudgetLeft is what is left of the step budget (0 without one).
 func (c *Conn) StepBudgetLeft() int64 {
 	return int64(c.budget.left)

@@ -21,6 +21,10 @@ typedef struct {
 // of SQLite's on db; b is the connection's budget (it lives as long as db).
 int ddb_register_match(sqlite3 *db, ddb_budget *b);
 
+// DDB_BYTES_PER_STEP bytes that zeroblob() and randomblob() make cost one
+// step of the budget (see blob.c).
+#define DDB_BYTES_PER_STEP 4
+
 // ddb_register_blob puts zeroblob() and randomblob() with their output
 // counted against b in place of SQLite's on db (see blob.c).
 int ddb_register_blob(sqlite3 *db, ddb_budget *b);

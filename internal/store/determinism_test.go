@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net/url"
 	"os"
@@ -605,5 +606,41 @@ func TestAWriteStopsAtItsStepBudgetOnEveryNode(t *testing.T) {
 	}
 	if fails[true] == 0 || fails[false] == 0 {
 		t.Fatalf("the sweep never crossed the budget's edge: %v", fails)
+	}
+}
+
+// randomblob() (the project's, on every connection) keeps SQLite's limits
+// and counts what it makes: a length past sqlite.MaxLength fails as "string
+// or blob too big" before anything is made, in a read and in a write
+// (randomblob(9223372036854775807) once crashed the process, so every node
+// as a write), and in a write its bytes cost steps like zeroblob()'s, the
+// same on every node, so a write that makes too many fails on its budget.
+func TestRandomblobKeepsItsLimitsAndCountsItsBytes(t *testing.T) {
+	s := openTemp(t, "rb.db")
+	now := fixedClock(time.Now())
+	mustCommit(t, s, now, "CREATE TABLE b (x)")
+	for _, n := range []string{"9223372036854775807", fmt.Sprint(sqlite.MaxLength + 1)} {
+		q := "SELECT length(randomblob(" + n + "))"
+		if _, err := s.Read(context.Background(), stmts(q), Limits{}); err == nil || !strings.Contains(err.Error(), "too big") {
+			t.Fatalf("a read of %s: %v", q, err)
+		}
+		out := s.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts("INSERT INTO b " + q)}}, now)
+		if err := out[0].Err; err == nil || !strings.Contains(err.Error(), "too big") {
+			t.Fatalf("a write of %s: %v", q, err)
+		}
+	}
+	// 40 blobs of 1 MB cost 10 million steps of what they make: a budget
+	// of 5 million stops the write, one of 20 million does not.
+	const many = "INSERT INTO b WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40) SELECT length(randomblob(1000000)) FROM s"
+	out := s.CommitBatch([]*Request{
+		{Ctx: context.Background(), Stmts: stmts(many), Limits: Limits{MaxSteps: 5_000_000}},
+		{Ctx: context.Background(), Stmts: stmts(many), Limits: Limits{MaxSteps: 20_000_000}},
+	}, now)
+	var spent *StepBudgetError
+	if !errors.As(out[0].Err, &spent) || out[1].Err != nil {
+		t.Fatalf("outcomes: %v / %v", out[0].Err, out[1].Err)
+	}
+	if n := scalar(t, s, "SELECT count(*) FROM b"); n != int64(40) {
+		t.Fatalf("b holds %v rows", n)
 	}
 }

@@ -263,14 +263,25 @@ func cryptoSeed() (seed [32]byte) {
 
 // registerRandom makes random() and randomblob() draw from rng instead of
 // SQLite's process-wide generator, which the writer pins to each entry's
-// seed: no other connection may draw from it.
+// seed: no other connection may draw from it. randomblob() keeps SQLite's
+// limits: a length past sqlite.MaxLength fails ("string or blob too big")
+// before anything is made (randomblob(9223372036854775807) once crashed
+// the process, and randomblob(50000000000) would have made 50 GB), and
+// what it makes counts against the step budget like the project's own
+// zeroblob() (sqlite.Conn.ChargeMade).
 func registerRandom(c *sqlite.Conn, rng *rand.Rand) error {
 	if err := c.Driver.RegisterFunc("random", func() int64 { return int64(rng.Uint64()) }, false); err != nil {
 		return err
 	}
-	return c.Driver.RegisterFunc("randomblob", func(n int64) []byte {
+	return c.Driver.RegisterFunc("randomblob", func(n int64) ([]byte, error) {
 		if n < 1 {
 			n = 1
+		}
+		if n > sqlite.MaxLength {
+			return nil, errTooBig
+		}
+		if c.ChargeMade(n) {
+			return nil, errMadeTooMuch
 		}
 		b := make([]byte, n)
 		for i := 0; i < len(b); i += 8 {
@@ -278,9 +289,14 @@ func registerRandom(c *sqlite.Conn, rng *rand.Rand) error {
 			binary.LittleEndian.PutUint64(w[:], rng.Uint64())
 			copy(b[i:], w[:])
 		}
-		return b
+		return b, nil
 	}, false)
 }
+
+var (
+	errTooBig      = errors.New("string or blob too big")
+	errMadeTooMuch = errors.New("the write made more bytes than its step budget allows")
+)
 
 // checkFile refuses to open a database that is not whole: SQLite's
 // integrity check must pass, and a WAL beside the file must belong to it.
