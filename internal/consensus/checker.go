@@ -125,15 +125,8 @@ func (e *Engine) compare(d *store.Digest) {
 	self := int(e.cfg.ID) - 1
 	var diverged []int
 	var details, unknown []string
-	ctx, cancel := context.WithTimeout(context.Background(), digestWait)
+	ctx, cancel := e.untilStop(context.WithTimeout(context.Background(), digestWait))
 	defer cancel()
-	go func() {
-		select {
-		case <-e.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	lead := e.lead()
 	if d.Err != "" {
 		unknown = append(unknown, fmt.Sprintf("this node could not compute its digest: %s", d.Err))
@@ -232,15 +225,8 @@ func (e *Engine) repair(index uint64) {
 		}
 		e.check.mu.Unlock()
 	}()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := e.untilStop(context.WithCancel(context.Background()))
 	defer cancel()
-	go func() {
-		select {
-		case <-e.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	e.cfg.Log.Warn("repairing this node: its data differs from the leader's; it keeps its diverged database beside it and copies the leader's", "index", index, "kept", e.st.Path()+".diverged")
 	if path, _, err := e.st.Snapshot(ctx, e.cfg.Dir); err != nil {
 		e.cfg.Log.Warn("the diverged database could not be kept", "err", err)
@@ -289,6 +275,18 @@ func (e *Engine) repair(index uint64) {
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// untilStop makes ctx end when the engine stops, too.
+func (e *Engine) untilStop(ctx context.Context, cancel context.CancelFunc) (context.Context, context.CancelFunc) {
+	go func() {
+		select {
+		case <-e.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // remoteDigest asks the node id for its digest as of index.

@@ -328,7 +328,6 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 	size := int64(chunkRows)
 	var cur ChunkDigest
 	h := sha256.New()
-	var row []any
 	flush := func() {
 		cur.Sum = hex.EncodeToString(h.Sum(nil)[:8])
 		td.Chunks = append(td.Chunks, cur)
@@ -339,15 +338,7 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 			size *= 2
 		}
 	}
-	for {
-		more, err := st.Step()
-		if err != nil {
-			return td, err
-		}
-		if !more {
-			break
-		}
-		row = st.Row(row[:0])
+	err = eachRow(st, func(row []any) {
 		key := keyLiteral(row[:keyCols])
 		if cur.Rows == 0 {
 			cur.First = key
@@ -363,6 +354,9 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 			flush()
 			p.wait()
 		}
+	})
+	if err != nil {
+		return td, err
 	}
 	if cur.Rows > 0 {
 		flush()
@@ -373,6 +367,20 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 	}
 	td.Sum = hex.EncodeToString(sum.Sum(nil))
 	return td, nil
+}
+
+// eachRow steps st to its end, giving f each row (the same slice each
+// time, valid until f returns).
+func eachRow(st *sqlite.Stmt, f func(row []any)) error {
+	var row []any
+	for {
+		more, err := st.Step()
+		if err != nil || !more {
+			return err
+		}
+		row = st.Row(row[:0])
+		f(row)
+	}
 }
 
 // mergeChunks halves a list of chunks: each pair becomes one.
@@ -399,18 +407,9 @@ func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string, p *pacer) (Ta
 	}
 	defer st.Close()
 	var sorted []string
-	var row []any
-	for {
-		more, err := st.Step()
-		if err != nil {
-			return td, err
-		}
-		if !more {
-			break
-		}
-		row = st.Row(row[:0])
+	err = eachRow(st, func(row []any) {
 		if n, _ := row[0].(string); isInternal(n) {
-			continue
+			return
 		}
 		rh := sha256.New()
 		for _, v := range row {
@@ -419,6 +418,9 @@ func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string, p *pacer) (Ta
 		}
 		sorted = append(sorted, string(rh.Sum(nil)))
 		td.Rows++
+	})
+	if err != nil {
+		return td, err
 	}
 	slices.Sort(sorted)
 	h := sha256.New()
