@@ -269,7 +269,10 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		// Only committed entries are applied, so the applied index is a
 		// commit index too. The leader applies before it writes the
 		// step's hard state, so a crash in between leaves the recorded
-		// commit behind what the database applied: catch it up.
+		// commit behind what the database applied; so does a repair,
+		// which installs the leader's data at the leader's applied index
+		// (see Engine.repair): catch it up (Raft refuses an applied index
+		// past its commit).
 		hard.Commit = cfg.Applied
 		if err := storage.Save(nil, hard); err != nil {
 			return nil, fmt.Errorf("record the commit index: %w", err)

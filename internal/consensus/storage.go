@@ -358,22 +358,6 @@ func mendLog(ctx context.Context, st *store.Store, s *Storage, applied uint64) (
 	if applied <= last {
 		term, err := s.Term(applied)
 		if err != nil || pos.Term == 0 || term == pos.Term {
-			if err == nil && hard.Commit < applied {
-				// The data is a committed state of the leader's at an
-				// index this log holds in the same term (a repair copied
-				// the leader's database while the commit index saved here
-				// was behind it): the log up to it is the leader's, and
-				// committed. Raft refuses an applied index past its commit.
-				hard.Commit = applied
-				hb, err := hard.Marshal()
-				if err == nil {
-					err = st.SaveRaft(store.RaftSave{HardState: hb})
-				}
-				if err != nil {
-					return nil, err
-				}
-				return OpenStorage(ctx, st)
-			}
 			return s, nil
 		}
 	}

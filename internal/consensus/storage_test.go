@@ -8,7 +8,6 @@ import (
 
 	pb "go.etcd.io/raft/v3/raftpb"
 
-	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -85,47 +84,3 @@ func TestTheLogKeepsBoundedDataInMemoryAndServesTheRestFromTheFile(t *testing.T)
 	check("after a restart")
 }
 
-// A repair copies the leader's database while the node runs, so the data
-// may stand past the commit index this node saved (Raft refuses to start
-// with an applied index past its commit). At the next start the log, which
-// holds that index in the same term, keeps every entry, and its commit
-// index moves up to the data's.
-func TestDataPastTheSavedCommitIndexMovesItUp(t *testing.T) {
-	ctx := context.Background()
-	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "s.db"), Synchronous: "OFF"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	w := rlog.Write{Stmts: []rlog.Statement{{SQL: "SELECT 1"}}}
-	body, err := w.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var applied []rlog.Entry
-	for i := uint64(1); i <= 10; i++ {
-		applied = append(applied, rlog.Entry{Index: i, Term: 3, Body: body})
-	}
-	if _, err := st.ApplyLog(applied); err != nil {
-		t.Fatal(err)
-	}
-	s, err := OpenStorage(ctx, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var es []pb.Entry
-	for i := uint64(1); i <= 15; i++ {
-		es = append(es, pb.Entry{Index: i, Term: 3, Type: pb.EntryNormal, Data: []byte{byte(i)}})
-	}
-	if err := s.Save(es, pb.HardState{Term: 3, Vote: 1, Commit: 7}); err != nil {
-		t.Fatal(err)
-	}
-	if s, err = mendLog(ctx, st, s, 10); err != nil {
-		t.Fatal(err)
-	}
-	hard, _, _ := s.InitialState()
-	last, _ := s.LastIndex()
-	if hard.Commit != 10 || hard.Term != 3 || hard.Vote != 1 || last != 15 {
-		t.Fatalf("after mending: %+v, last index %d", hard, last)
-	}
-}
