@@ -134,6 +134,16 @@ func TestTheConsistencyCheckerFindsAndRepairsADivergedReplica(t *testing.T) {
 			t.Fatalf("node %d holds %v", id, rows)
 		}
 	}
+	// A repaired node restarts (its data may stand past the commit index
+	// it saved) and goes on.
+	c.Node(2).Kill()
+	c.StartNode(2)
+	c.WaitHealthy(2)
+	c.Exec(0, "INSERT INTO acct (owner, balance) VALUES ('after restart', 1)")
+	c.WaitConverged(30*time.Second, 1, 2)
+	if rows := c.Query(2, "SELECT count(*) AS n FROM acct"); rows[0]["n"] != 602.0 {
+		t.Fatalf("the restarted repaired slave holds %v", rows)
+	}
 	kept, err := sql.Open("sqlite3", c.DBPath(2)+".diverged")
 	if err != nil {
 		t.Fatal(err)
