@@ -242,7 +242,7 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 		ReadOnlyOption:   raft.ReadOnlySafe,
 		// A follower's proposals go to the leader with its Raft messages
 		// (see Node.Propose and DESIGN.md).
-		Logger: quietLogger{},
+		Logger: raftLogger{cfg.Log},
 	}
 	if cfg.HoldProposals == 0 {
 		cfg.HoldProposals = DefaultHoldProposals
@@ -1281,23 +1281,24 @@ func (n *Node) confChange(cc pb.ConfChangeI) ([]byte, error) {
 	return cs.Marshal()
 }
 
-// quietLogger discards Raft's own logging (the node logs what matters).
-type quietLogger struct{}
+// raftLogger gives Raft's own logging to the node's log: its warnings and
+// errors as such (prefixed "raft:"), its informational lines at debug level
+// (elections and term changes, which the node logs in its own words), and
+// its fatal conditions as panics, as Raft's default logger does.
+type raftLogger struct{ log *slog.Logger }
 
-func (quietLogger) Debug(...any)            {}
-func (quietLogger) Debugf(string, ...any)   {}
-func (quietLogger) Error(...any)            {}
-func (quietLogger) Errorf(string, ...any)   {}
-func (quietLogger) Info(...any)             {}
-func (quietLogger) Infof(string, ...any)    {}
-func (quietLogger) Warning(...any)          {}
-func (quietLogger) Warningf(string, ...any) {}
-func (quietLogger) Fatal(v ...any)          { panic(fmt.Sprint(v...)) }
-func (quietLogger) Fatalf(f string, v ...any) {
-	panic(fmt.Sprintf(f, v...))
-}
-func (quietLogger) Panic(v ...any)            { panic(fmt.Sprint(v...)) }
-func (quietLogger) Panicf(f string, v ...any) { panic(fmt.Sprintf(f, v...)) }
+func (l raftLogger) Debug(v ...any)              { l.log.Debug("raft: " + fmt.Sprint(v...)) }
+func (l raftLogger) Debugf(f string, v ...any)   { l.log.Debug("raft: " + fmt.Sprintf(f, v...)) }
+func (l raftLogger) Info(v ...any)               { l.log.Debug("raft: " + fmt.Sprint(v...)) }
+func (l raftLogger) Infof(f string, v ...any)    { l.log.Debug("raft: " + fmt.Sprintf(f, v...)) }
+func (l raftLogger) Warning(v ...any)            { l.log.Warn("raft: " + fmt.Sprint(v...)) }
+func (l raftLogger) Warningf(f string, v ...any) { l.log.Warn("raft: " + fmt.Sprintf(f, v...)) }
+func (l raftLogger) Error(v ...any)              { l.log.Error("raft: " + fmt.Sprint(v...)) }
+func (l raftLogger) Errorf(f string, v ...any)   { l.log.Error("raft: " + fmt.Sprintf(f, v...)) }
+func (l raftLogger) Fatal(v ...any)              { panic(fmt.Sprint(v...)) }
+func (l raftLogger) Fatalf(f string, v ...any)   { panic(fmt.Sprintf(f, v...)) }
+func (l raftLogger) Panic(v ...any)              { panic(fmt.Sprint(v...)) }
+func (l raftLogger) Panicf(f string, v ...any)   { panic(fmt.Sprintf(f, v...)) }
 
 // ReportUnreachable tells Raft that a message to id could not be sent.
 func (n *Node) ReportUnreachable(id uint64) {

@@ -1,11 +1,14 @@
 package consensus
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -686,4 +689,20 @@ func TestHeldProposalsGoOutAfterTheHold(t *testing.T) {
 	}
 	g.healAndCommit(inFlight, second)
 	g.waitApplied(g.ids, []string{"first", "in flight", "second"})
+}
+
+// Raft's own warnings and errors reach the node's log (they were thrown
+// away); its informational lines go at debug level.
+func TestRaftsWarningsReachTheLog(t *testing.T) {
+	var buf bytes.Buffer
+	l := raftLogger{slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	l.Warningf("%x rejected MsgApp [logterm: %d, index: %d]", 2, 3, 4)
+	l.Errorf("failed to %s", "send")
+	l.Infof("%x became leader at term %d", 1, 2)
+	out := buf.String()
+	for _, want := range []string{`level=WARN msg="raft: 2 rejected MsgApp [logterm: 3, index: 4]"`, `level=ERROR msg="raft: failed to send"`, `level=DEBUG msg="raft: 1 became leader at term 2"`} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("the log lacks %s:\n%s", want, out)
+		}
+	}
 }
