@@ -83,4 +83,3 @@ func TestTheLogKeepsBoundedDataInMemoryAndServesTheRestFromTheFile(t *testing.T)
 	}
 	check("after a restart")
 }
-
