@@ -383,7 +383,7 @@ func (e *rqWaitTimeout) Error() string {
 // rqWrite runs statements through the log, each on its own unless the
 // request is a transaction, and answers each statement's result.
 func (s *Server) rqWrite(ctx context.Context, stmts []rlog.Statement, flags rqFlags, allowSchema bool, ep rqEndpoint) (*rqResponse, error) {
-	req := &store.Request{Ctx: ctx, Stmts: stmts, AllowSchema: allowSchema, Collect: true, Each: true, Atomic: flags.transaction,
+	req := &store.Request{Stmts: stmts, AllowSchema: allowSchema, Collect: true, Each: true, Atomic: flags.transaction,
 		Limits: s.limits()}
 	if flags.queue {
 		seq, done := s.enqueue(req)

@@ -80,7 +80,6 @@ func (s *Server) applyQueue() {
 func (s *Server) applyQueued(q *rqQueued) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
 	defer cancel()
-	q.req.Ctx = ctx
 	out, err := s.repl.Write(ctx, q.req, s.cfg.Ack)
 	if err == nil {
 		s.metrics.Write()

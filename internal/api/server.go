@@ -409,7 +409,7 @@ func (s *Server) deadlineError() error {
 
 func (s *Server) write(ctx context.Context, req *Request, collect bool, fail func(error) (int, []byte, uint64)) (status int, body []byte, index uint64) {
 	allowSchema := s.isLeader() && (req.perms == nil || has(req.perms, PermSchema))
-	sr := &store.Request{Ctx: ctx, Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
+	sr := &store.Request{Stmts: req.Stmts, AllowSchema: allowSchema, Collect: collect, RequestID: req.RequestID,
 		Limits: s.limits()}
 	out, err := s.repl.Write(ctx, sr, req.Ack)
 	if err != nil {

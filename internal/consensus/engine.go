@@ -820,7 +820,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 	if !e.IsLeader() {
 		return &replication.ForwardResponse{Error: replication.ToWireError(&replication.UnavailableError{Reason: "this node does not lead any more; retry"})}
 	}
-	out, err := e.proposeHere(ctx, &store.Request{Ctx: ctx, Stmts: stmts, Collect: req.Collect, Limits: e.cfg.Limits, RequestID: req.RequestID,
+	out, err := e.proposeHere(ctx, &store.Request{Stmts: stmts, Collect: req.Collect, Limits: e.cfg.Limits, RequestID: req.RequestID,
 		AllowSchema: req.Schema, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load}, req.Ack)
 	var nl *NotLeaderError
 	var uo *UnknownOutcomeError

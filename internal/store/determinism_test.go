@@ -78,11 +78,11 @@ func TestConnectionStateFunctionsAreTheSameOnEveryReplica(t *testing.T) {
 		"CREATE TABLE other (x)")
 	// The leader's connection has history the replica's lacks.
 	mustCommit(t, leader, now, "INSERT INTO other VALUES (1), (2), (3)", "UPDATE other SET x = x + 1")
-	out := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts(
+	out := leader.CommitBatch([]*Request{{Stmts: stmts(
 		"INSERT INTO parent (name) VALUES ('p')",
 		"INSERT INTO child (parent_id, c, tc) VALUES (last_insert_rowid(), changes(), total_changes())",
 		"INSERT INTO seen VALUES (last_insert_rowid(), changes(), total_changes())",
-	)}, {Ctx: context.Background(), Stmts: stmts("INSERT INTO seen VALUES (last_insert_rowid(), changes(), total_changes())")}}, now)
+	)}, {Stmts: stmts("INSERT INTO seen VALUES (last_insert_rowid(), changes(), total_changes())")}}, now)
 	for _, o := range out {
 		if o.Err != nil {
 			t.Fatal(o.Err)
@@ -172,7 +172,7 @@ func TestWritesMayNotReadWhatDiffersBetweenNodes(t *testing.T) {
 		"CREATE TABLE v AS SELECT data_version FROM pragma_data_version",
 		"CREATE TRIGGER tr AFTER INSERT ON u BEGIN INSERT INTO u SELECT rootpage FROM sqlite_schema; END",
 	} {
-		out := s.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts(q), AllowSchema: true}}, now)
+		out := s.CommitBatch([]*Request{{Stmts: stmts(q), AllowSchema: true}}, now)
 		var fe *ForbiddenError
 		if !errors.As(out[0].Err, &fe) || !strings.Contains(fe.Reason, "differs from node to node") {
 			t.Errorf("%s: got %v, want a refusal naming what differs between nodes", q, out[0].Err)
@@ -190,7 +190,7 @@ func TestRequestIDAppliesOnceAndAnswersTheFirstOutcome(t *testing.T) {
 	now := fixedClock(time.Now())
 	mustCommit(t, leader, now, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
 	req := func() *Request {
-		return &Request{Ctx: context.Background(), Stmts: stmts("INSERT INTO t (v) VALUES (random()) RETURNING id, v"), Collect: true, RequestID: "req-1"}
+		return &Request{Stmts: stmts("INSERT INTO t (v) VALUES (random()) RETURNING id, v"), Collect: true, RequestID: "req-1"}
 	}
 	first := leader.CommitBatch([]*Request{req(), req()}, now) // twice in one batch
 	again := leader.CommitBatch([]*Request{req()}, now)        // and once more later
@@ -221,13 +221,13 @@ func TestRequestIDSentWithAnotherRequestIsRefusedAndChangesNothing(t *testing.T)
 	insert := func(v any) []rlog.Statement {
 		return []rlog.Statement{{SQL: "INSERT INTO t (v) VALUES (?)", Pos: []any{v}}}
 	}
-	first := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(1)), RequestID: "k"}}, now)[0]
+	first := leader.CommitBatch([]*Request{{Stmts: insert(int64(1)), RequestID: "k"}}, now)[0]
 	if first.Err != nil {
 		t.Fatal(first.Err)
 	}
 	// The same request through another node (which did not lead, and has
 	// other limits) is a retry: it answers the first outcome.
-	retry := &Request{Ctx: context.Background(), Stmts: insert(int64(1)), RequestID: "k", AllowSchema: true, Limits: Limits{MaxRows: 5, MaxBytes: 1 << 20}}
+	retry := &Request{Stmts: insert(int64(1)), RequestID: "k", AllowSchema: true, Limits: Limits{MaxRows: 5, MaxBytes: 1 << 20}}
 	// Anything else sent with the same id is another request.
 	others := map[string]*Request{
 		"another value":      {Stmts: insert(int64(2))},
@@ -243,7 +243,7 @@ func TestRequestIDSentWithAnotherRequestIsRefusedAndChangesNothing(t *testing.T)
 	reqs := []*Request{retry}
 	for _, name := range names {
 		r := others[name]
-		r.Ctx, r.RequestID = context.Background(), "k"
+		r.RequestID = "k"
 		reqs = append(reqs, r)
 	}
 	check := func(node string, st *Store, out []Outcome) {
@@ -266,13 +266,13 @@ func TestRequestIDSentWithAnotherRequestIsRefusedAndChangesNothing(t *testing.T)
 	replicate(t, leader, replica)
 	check("replica", replica, replica.CommitBatch(reqs, now))
 	// Nor was anything recorded under the id: a new id applies.
-	if out := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(2)), RequestID: "k2"}}, now); out[0].Err != nil || out[0].Duplicate {
+	if out := leader.CommitBatch([]*Request{{Stmts: insert(int64(2)), RequestID: "k2"}}, now); out[0].Err != nil || out[0].Duplicate {
 		t.Fatalf("a new request id: %+v", out[0])
 	}
 
 	// An id recorded before requests had fingerprints (its result alone, a
 	// JSON array) answers any request with its first outcome, as it did.
-	legacy := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(3)), RequestID: "old"}}, now)[0]
+	legacy := leader.CommitBatch([]*Request{{Stmts: insert(int64(3)), RequestID: "old"}}, now)[0]
 	leader.wmu.Lock()
 	leader.wconn.auth.reset(policyReplica)
 	err := leader.w.Exec("UPDATE _ddb_requests SET result = CAST(json_extract(result, '$.results') AS BLOB) WHERE id = 'old'")
@@ -280,7 +280,7 @@ func TestRequestIDSentWithAnotherRequestIsRefusedAndChangesNothing(t *testing.T)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: insert(int64(4)), RequestID: "old"}}, now)[0]
+	out := leader.CommitBatch([]*Request{{Stmts: insert(int64(4)), RequestID: "old"}}, now)[0]
 	if !out.Duplicate || out.Index != legacy.Index || !reflect.DeepEqual(out.Results, legacy.Results) {
 		t.Fatalf("an id recorded without a fingerprint answered %+v, want %+v", out, legacy)
 	}
@@ -392,7 +392,7 @@ func TestAnswersAfterASchemaChangeDescribeTheCurrentColumns(t *testing.T) {
 	}
 	returning := func() Result {
 		t.Helper()
-		out := s.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts("UPDATE t SET a = a RETURNING *"), Collect: true}}, now)
+		out := s.CommitBatch([]*Request{{Stmts: stmts("UPDATE t SET a = a RETURNING *"), Collect: true}}, now)
 		if out[0].Err != nil {
 			t.Fatal(out[0].Err)
 		}
@@ -494,7 +494,7 @@ func TestResultLimitsHoldForTheWholeRequest(t *testing.T) {
 	if _, err := s.Read(context.Background(), stmts("SELECT * FROM l; SELECT * FROM l"), lim); !errors.As(err, &tl) {
 		t.Fatalf("a read of 120 rows in one string: %v", err)
 	}
-	out := s.CommitBatch([]*Request{{Ctx: context.Background(), Collect: true, Limits: lim,
+	out := s.CommitBatch([]*Request{{Collect: true, Limits: lim,
 		Stmts: stmts("UPDATE l SET v = v RETURNING v", "UPDATE l SET v = v + 1 RETURNING v")}}, now)
 	if !errors.As(out[0].Err, &tl) {
 		t.Fatalf("a transaction returning 120 rows: %v", out[0].Err)
@@ -575,7 +575,7 @@ func TestAWriteStopsAtItsStepBudgetOnEveryNode(t *testing.T) {
 	mustCommit(t, leader, now, "CREATE TABLE t (x)")
 	forever := "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
 	req := func(sql string, steps int64) *Request {
-		return &Request{Ctx: context.Background(), Stmts: stmts(sql), Limits: Limits{MaxSteps: steps}}
+		return &Request{Stmts: stmts(sql), Limits: Limits{MaxSteps: steps}}
 	}
 	out := leader.CommitBatch([]*Request{req("INSERT INTO t VALUES ('before')", 1e6), req(forever, 2e6), req("INSERT INTO t VALUES ('after')", 1e6)}, now)
 	var spent *StepBudgetError
@@ -624,7 +624,7 @@ func TestRandomblobKeepsItsLimitsAndCountsItsBytes(t *testing.T) {
 		if _, err := s.Read(context.Background(), stmts(q), Limits{}); err == nil || !strings.Contains(err.Error(), "too big") {
 			t.Fatalf("a read of %s: %v", q, err)
 		}
-		out := s.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts("INSERT INTO b " + q)}}, now)
+		out := s.CommitBatch([]*Request{{Stmts: stmts("INSERT INTO b " + q)}}, now)
 		if err := out[0].Err; err == nil || !strings.Contains(err.Error(), "too big") {
 			t.Fatalf("a write of %s: %v", q, err)
 		}
@@ -633,8 +633,8 @@ func TestRandomblobKeepsItsLimitsAndCountsItsBytes(t *testing.T) {
 	// of 5 million stops the write, one of 20 million does not.
 	const many = "INSERT INTO b WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40) SELECT length(randomblob(1000000)) FROM s"
 	out := s.CommitBatch([]*Request{
-		{Ctx: context.Background(), Stmts: stmts(many), Limits: Limits{MaxSteps: 5_000_000}},
-		{Ctx: context.Background(), Stmts: stmts(many), Limits: Limits{MaxSteps: 20_000_000}},
+		{Stmts: stmts(many), Limits: Limits{MaxSteps: 5_000_000}},
+		{Stmts: stmts(many), Limits: Limits{MaxSteps: 20_000_000}},
 	}, now)
 	var spent *StepBudgetError
 	if !errors.As(out[0].Err, &spent) || out[1].Err != nil {

@@ -130,7 +130,7 @@ func runAnswers(t *testing.T, seed uint64, steps int, bug ...string) (r answersR
 				r.schema++
 			}
 			history = append(history, strings.Join(sqls, "; "))
-			if o := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts(sqls...), AllowSchema: true}}, now); o[0].Err == nil {
+			if o := leader.CommitBatch([]*Request{{Stmts: stmts(sqls...), AllowSchema: true}}, now); o[0].Err == nil {
 				g.commit(history[len(history)-1])
 			}
 			sync()
@@ -146,7 +146,7 @@ func runAnswers(t *testing.T, seed uint64, steps int, bug ...string) (r answersR
 				q = fmt.Sprintf("UPDATE %s SET %s = %s RETURNING *", t0.name, t0.cols[len(t0.cols)-1], t0.cols[len(t0.cols)-1])
 			}
 			want, werr := oracle(t, leader, dir, q)
-			o := leader.CommitBatch([]*Request{{Ctx: context.Background(), Stmts: stmts(q), Collect: true}}, now)
+			o := leader.CommitBatch([]*Request{{Stmts: stmts(q), Collect: true}}, now)
 			r.compared++
 			if msg := compareAnswer(q, o[0].Results, o[0].Err, want, werr); msg != "" {
 				r.mismatch = msg + "\nlast statements:\n" + tail(history)

@@ -200,7 +200,7 @@ func runDeterminism(t *testing.T, seed uint64, steps int, replicaBug string, vta
 			for i := range reqs {
 				sqls := g.request()
 				history = append(history, strings.Join(sqls, "; "))
-				reqs[i] = &Request{Ctx: context.Background(), Stmts: stmts(sqls...), AllowSchema: true, Collect: rng.IntN(2) == 0}
+				reqs[i] = &Request{Stmts: stmts(sqls...), AllowSchema: true, Collect: rng.IntN(2) == 0}
 				if rng.IntN(4) == 0 {
 					reqs[i].RequestID = fmt.Sprintf("rid-%d", rng.IntN(50))
 				}

@@ -42,7 +42,7 @@ func FuzzClassify(f *testing.F) {
 			}
 		}
 		if errors.As(err, &fe) {
-			out := s.CommitBatch([]*Request{{Ctx: ctx, Stmts: []rlog.Statement{{SQL: sql}}, AllowSchema: true}}, time.Now)
+			out := s.CommitBatch([]*Request{{Stmts: []rlog.Statement{{SQL: sql}}, AllowSchema: true}}, time.Now)
 			if out[0].Err == nil {
 				t.Fatalf("%q is forbidden to classify but the writer ran it", sql)
 			}

@@ -38,7 +38,7 @@ func mustCommit(t *testing.T, s *Store, now Now, sqls ...string) []Outcome {
 	t.Helper()
 	var reqs []*Request
 	for _, q := range sqls {
-		reqs = append(reqs, &Request{Ctx: context.Background(), Stmts: stmts(q), AllowSchema: true})
+		reqs = append(reqs, &Request{Stmts: stmts(q), AllowSchema: true})
 	}
 	out := s.CommitBatch(reqs, now)
 	for i, o := range out {

@@ -12,7 +12,6 @@ import (
 
 // Request is one client write: its statements run as one atomic unit.
 type Request struct {
-	Ctx         context.Context
 	Stmts       []rlog.Statement
 	AllowSchema bool // false for writes that entered at a slave
 	Collect     bool // return rows (a write sent as "query", e.g. RETURNING)
