@@ -96,17 +96,15 @@ type Engine struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 
-	forwards      atomic.Uint64 // request ids made here
-	boot          string
-	leaderChanges atomic.Uint64
-	lastLeader    atomic.Uint64
-	fatal         chan error
-	admitted      atomic.Bool            // this node's Raft takes messages (see JoinRequest.Fresh)
-	leaderSeen    atomic.Int64           // unix ns when a leader was last known here (checked every tick)
-	removed       atomic.Bool            // the log took this node out of the configuration while it ran
-	missing       atomic.Pointer[[]int]  // named voters missing from the configuration (see MissingVoters)
-	joinTrouble   atomic.Pointer[string] // why the last round of announcing this node failed ("" or nil: it did not)
-	check         checker                // the consistency checks (see checker.go)
+	forwards    atomic.Uint64 // request ids made here
+	boot        string
+	fatal       chan error
+	admitted    atomic.Bool            // this node's Raft takes messages (see JoinRequest.Fresh)
+	leaderSeen  atomic.Int64           // unix ns when a leader was last known here (checked every tick)
+	removed     atomic.Bool            // the log took this node out of the configuration while it ran
+	missing     atomic.Pointer[[]int]  // named voters missing from the configuration (see MissingVoters)
+	joinTrouble atomic.Pointer[string] // why the last round of announcing this node failed ("" or nil: it did not)
+	check       checker                // the consistency checks (see checker.go)
 }
 
 // electionWindow is how long an election normally takes at most (two
@@ -969,12 +967,6 @@ func (e *Engine) Status() Status {
 		}
 		sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].ID < s.Nodes[j].ID })
 	}
-	if l := st.Lead; l != e.lastLeader.Load() {
-		e.lastLeader.Store(l)
-		if l != 0 {
-			e.leaderChanges.Add(1)
-		}
-	}
 	return s
 }
 
@@ -1115,7 +1107,7 @@ type MetricValues struct {
 // Metrics reads the engine's numbers.
 func (e *Engine) Metrics() MetricValues {
 	s := e.Status()
-	m := MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.leaderChanges.Load(),
+	m := MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.rep.Node().LeaderChanges(),
 		SnapshotsInstalled: s.SnapshotsInstalled}
 	e.rep.Node().mu.Lock()
 	m.ProposalsPending = len(e.rep.Node().waiting)

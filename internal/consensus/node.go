@@ -125,7 +125,10 @@ type Node struct {
 	// leadChange is closed (and replaced) when the leader this node knows
 	// changes: proposals on their way to the old one are sent again.
 	leadChange atomic.Pointer[chan struct{}]
-	receiving  sync.Map // path of a received snapshot -> *snapshotFile
+	// leaderChanges counts the times a leader became known here (the Raft
+	// loop counts each one as it happens).
+	leaderChanges atomic.Uint64
+	receiving     sync.Map // path of a received snapshot -> *snapshotFile
 	// rejoining is the log's record of the nodes taken out of the
 	// configuration to be added again (see Rejoining); written by the run
 	// goroutine as it applies configuration changes.
@@ -867,6 +870,9 @@ func (n *Node) handle(rd raft.Ready) error {
 		}
 		n.leading = leading
 		if old := n.softLead.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead {
+			if rd.SoftState.Lead != 0 {
+				n.leaderChanges.Add(1)
+			}
 			lc := make(chan struct{})
 			close(*n.leadChange.Swap(&lc))
 		}
@@ -1299,6 +1305,9 @@ func (l raftLogger) Fatal(v ...any)              { panic(fmt.Sprint(v...)) }
 func (l raftLogger) Fatalf(f string, v ...any)   { panic(fmt.Sprintf(f, v...)) }
 func (l raftLogger) Panic(v ...any)              { panic(fmt.Sprint(v...)) }
 func (l raftLogger) Panicf(f string, v ...any)   { panic(fmt.Sprintf(f, v...)) }
+
+// LeaderChanges is how many times a leader became known to this node.
+func (n *Node) LeaderChanges() uint64 { return n.leaderChanges.Load() }
 
 // ReportUnreachable tells Raft that a message to id could not be sent.
 func (n *Node) ReportUnreachable(id uint64) {

@@ -706,3 +706,32 @@ func TestRaftsWarningsReachTheLog(t *testing.T) {
 		}
 	}
 }
+
+// Each node counts the leaders it sees take over as they do, in its Raft
+// loop (the count was made when status was asked for, so a change between
+// two scrapes went uncounted).
+func TestLeaderChangesAreCountedAsTheyHappen(t *testing.T) {
+	g := newGroup(t, 3)
+	seen := func(id uint64, n uint64) {
+		t.Helper()
+		for i := 0; g.nodes[id].LeaderChanges() < n; i++ {
+			if i == 300 {
+				t.Fatalf("node %d counted %d leaders, want %d", id, g.nodes[id].LeaderChanges(), n)
+			}
+			g.tick()
+		}
+	}
+	first := g.waitLeader(100)
+	for _, id := range g.ids {
+		seen(id, 1)
+	}
+	g.stop(first)
+	if second := g.waitLeader(300); second == first {
+		t.Fatalf("the stopped leader %d still leads", first)
+	}
+	for _, id := range g.ids {
+		if id != first {
+			seen(id, 2)
+		}
+	}
+}
