@@ -204,7 +204,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	ticks := make(chan time.Time)
 	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Applied: &applied, Node: Config{
-		ID: cfg.ID, Voters: voters, Ticks: ticks, Preferred: cfg.Preferred, Log: cfg.Log,
+		ID: cfg.ID, Voters: voters, Ticks: ticks, TickEvery: cfg.Tick, Preferred: cfg.Preferred, Log: cfg.Log,
 		// A follower starts an election after 7 to 14 ticks without a
 		// leader (Raft randomizes each timeout in [ElectionTick,
 		// 2*ElectionTick)): 0.7-1.4 s with 100 ms ticks, so a new leader

@@ -47,6 +47,9 @@ type Config struct {
 	// Ticks drives Raft's clock: one tick per value received. Production
 	// passes a time.Ticker's channel; tests, one of their own.
 	Ticks <-chan time.Time
+	// TickEvery is how often Ticks ticks (default 100 ms): what a wait
+	// counted in ticks takes in time.
+	TickEvery time.Duration
 	// HoldProposals is how long a leader's own proposals may wait while
 	// entries it appended are not yet committed (default
 	// DefaultHoldProposals; negative: never): they go out together once
@@ -250,6 +253,9 @@ func Start(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Nod
 	if cfg.HoldProposals == 0 {
 		cfg.HoldProposals = DefaultHoldProposals
 	}
+	if cfg.TickEvery == 0 {
+		cfg.TickEvery = 100 * time.Millisecond
+	}
 	if cfg.PreferredAfter == 0 {
 		cfg.PreferredAfter = 2 * cfg.ElectionTick
 	}
@@ -369,7 +375,7 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 		select {
 		case <-ch:
 			return nil
-		case <-time.After(time.Duration(2*n.cfg.ElectionTick) * 100 * time.Millisecond):
+		case <-time.After(time.Duration(2*n.cfg.ElectionTick) * n.cfg.TickEvery):
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-n.done:
