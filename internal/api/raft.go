@@ -137,10 +137,10 @@ func (s *Server) handleDigest(w http.ResponseWriter, r *http.Request, body []byt
 			writeJSON(w, http.StatusOK, b)
 			return
 		}
-		if s.st.Applied() > index+1000 {
-			// Long past it without a digest: this node installed a
-			// snapshot over the index, or restarted meanwhile.
-			writeError(w, http.StatusNotFound, fmt.Sprintf("this node has no digest as of index %d (it is at %d)", index, s.st.Applied()))
+		if !s.st.DigestExpected(index) {
+			// Past it without a digest: this node installed a snapshot
+			// over the index, or restarted meanwhile.
+			writeError(w, http.StatusNotFound, fmt.Sprintf("this node has no digest as of index %d (it is at %d, and did not apply that entry itself: it installed a snapshot over it, or restarted)", index, s.st.Applied()))
 			return
 		}
 		select {

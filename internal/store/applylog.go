@@ -262,6 +262,9 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		s.internal("ROLLBACK")
 		return nil, nil, err
 	}
+	if check != 0 {
+		s.digests.markPending(check) // before the index counts as applied
+	}
 	if err := s.commitAt(last); err != nil {
 		return nil, nil, err
 	}

@@ -122,12 +122,25 @@ func (d *Digest) Differences(o *Digest) string {
 	return strings.Join(out, "; ")
 }
 
-// digests keeps the newest digests this node computed.
+// digests keeps the newest digests this node computed, and knows which it
+// is computing.
 type digests struct {
-	mu     sync.Mutex
-	byIdx  map[uint64]*Digest
-	order  []uint64
-	notify func(*Digest)
+	mu      sync.Mutex
+	byIdx   map[uint64]*Digest
+	order   []uint64
+	pending map[uint64]bool
+	notify  func(*Digest)
+}
+
+// markPending records that a digest as of index is on its way (before the
+// index counts as applied: see DigestExpected).
+func (d *digests) markPending(index uint64) {
+	d.mu.Lock()
+	if d.pending == nil {
+		d.pending = map[uint64]bool{}
+	}
+	d.pending[index] = true
+	d.mu.Unlock()
 }
 
 const keepDigests = 8
@@ -138,6 +151,7 @@ func (d *digests) put(dg *Digest) {
 		d.byIdx = map[uint64]*Digest{}
 	}
 	d.byIdx[dg.Index] = dg
+	delete(d.pending, dg.Index)
 	d.order = append(d.order, dg.Index)
 	for len(d.order) > keepDigests {
 		delete(d.byIdx, d.order[0])
@@ -156,6 +170,19 @@ func (s *Store) DigestAt(index uint64) (*Digest, bool) {
 	defer s.digests.mu.Unlock()
 	d, ok := s.digests.byIdx[index]
 	return d, ok
+}
+
+// DigestExpected reports whether this node will have a digest as of
+// index: it has it, is computing it, or has not yet applied index. A node
+// that applied index without taking a digest there (it installed a
+// snapshot or a copy over it, or restarted meanwhile) never will, and the
+// node asking for it need not wait.
+func (s *Store) DigestExpected(index uint64) bool {
+	s.digests.mu.Lock()
+	_, have := s.digests.byIdx[index]
+	pending := s.digests.pending[index]
+	s.digests.mu.Unlock()
+	return have || pending || s.applied.Load() < index
 }
 
 // OnDigest sets the function told of each digest this node computes (on

@@ -335,3 +335,39 @@ func TestADigestIsSpreadOverTime(t *testing.T) {
 		t.Fatalf("paced and unpaced digests differ: %v %v", unpaced.Differences(paced), err)
 	}
 }
+
+// A node knows whether it will have a digest as of an index: yes once it
+// applied a check there (while computing it, and after), and for an index
+// it has not applied yet; no for an index it passed without a check of its
+// own there, and after a restart (its digests are in memory), so a node
+// asking for it does not wait for nothing (a check once waited minutes for
+// a restarted node, and the leader logged no new one meanwhile).
+func TestANodeKnowsWhichDigestsItWillHave(t *testing.T) {
+	ws := []rlog.Write{{AllowSchema: true, Stmts: stmts("CREATE TABLE a (x)")}, {Check: true}, {Stmts: stmts("INSERT INTO a VALUES (1)")}}
+	entries := logEntries(t, ws...)
+	path := filepath.Join(t.TempDir(), "k.db")
+	s, err := Open(Options{Path: path, Synchronous: "OFF"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *Digest, 1)
+	s.OnDigest(func(d *Digest) { got <- d })
+	if _, err := s.ApplyLog(entries); err != nil {
+		t.Fatal(err)
+	}
+	if !s.DigestExpected(2) || s.DigestExpected(1) || s.DigestExpected(3) || !s.DigestExpected(4) {
+		t.Fatalf("before the digest: at 2 %v, 1 %v, 3 %v, 4 %v", s.DigestExpected(2), s.DigestExpected(1), s.DigestExpected(3), s.DigestExpected(4))
+	}
+	<-got
+	if !s.DigestExpected(2) {
+		t.Fatal("after the digest: not expected at 2")
+	}
+	s.Close()
+	if s, err = Open(Options{Path: path, Synchronous: "OFF"}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.DigestExpected(2) || !s.DigestExpected(4) {
+		t.Fatalf("after a restart: at 2 %v, at 4 %v", s.DigestExpected(2), s.DigestExpected(4))
+	}
+}
