@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/replication"
 )
@@ -200,22 +199,12 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, _ []byte) {
 		return
 	}
 	defer os.Remove(path)
-	f, err := os.Open(path)
+	f, size, sum, err := cluster.OpenHashed(path)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	defer f.Close()
-	h := sha256.New()
-	size, err := io.Copy(h, f)
-	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(6 * time.Hour))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))

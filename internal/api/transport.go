@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"syscall"
@@ -59,16 +56,7 @@ type peerError struct {
 func (e *peerError) Error() string { return fmt.Sprintf("peer answered %d: %s", e.status, e.msg) }
 
 func (t *Transport) post(ctx context.Context, url string, body []byte, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if body[0] != '{' {
-		req.Header.Set("Content-Type", "application/octet-stream")
-	}
-	t.auth.Sign(req, t.node, cluster.BodyHash(body))
-	resp, err := t.client.Do(req)
+	resp, _, err := t.send(ctx, url, body)
 	if err != nil {
 		return err
 	}
@@ -77,15 +65,37 @@ func (t *Transport) post(ctx context.Context, url string, body []byte, out any) 
 	if err != nil {
 		return err
 	}
+	return json.Unmarshal(b, out)
+}
+
+// send makes a signed POST of body to url; an answer other than 200 is a
+// *peerError (its body read and closed). It returns the request too, whose
+// signature keys what the answer may carry (cluster.Auth.CopyMAC).
+func (t *Transport) send(ctx context.Context, url string, body []byte) (*http.Response, *http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if body[0] != '{' {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	t.auth.Sign(req, t.node, cluster.BodyHash(body))
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
 	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxPeerBody))
 		var e struct{ Error string }
 		json.Unmarshal(b, &e)
 		if e.Error == "" {
 			e.Error = string(b)
 		}
-		return &peerError{status: resp.StatusCode, msg: e.Error}
+		return nil, nil, &peerError{status: resp.StatusCode, msg: e.Error}
 	}
-	return json.Unmarshal(b, out)
+	return resp, req, nil
 }
 
 func classifyForwardError(url string, err error) error {
@@ -146,26 +156,11 @@ func (t *Transport) RemoteDigest(ctx context.Context, url string, index uint64) 
 // checked against its signed SHA-256 as it arrives. The caller removes the
 // file.
 func (t *Transport) FetchCopy(ctx context.Context, url, dir string) (path string, index uint64, err error) {
-	body := []byte("{}")
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+copyPath, bytes.NewReader(body))
-	if err != nil {
-		return "", 0, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	t.auth.Sign(req, t.node, cluster.BodyHash(body))
-	resp, err := t.client.Do(req)
+	resp, req, err := t.send(ctx, url+copyPath, []byte("{}"))
 	if err != nil {
 		return "", 0, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var e struct{ Error string }
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = string(b)
-		}
-		return "", 0, &peerError{status: resp.StatusCode, msg: e.Error}
-	}
 	sum := resp.Header.Get(headerCopySHA256)
 	index, err = strconv.ParseUint(resp.Header.Get(headerCopyIndex), 10, 64)
 	if err != nil {
@@ -174,22 +169,8 @@ func (t *Transport) FetchCopy(ctx context.Context, url, dir string) (path string
 	if !hmac.Equal([]byte(resp.Header.Get(headerCopyMAC)), []byte(t.auth.CopyMAC(req, index, sum))) {
 		return "", 0, errors.New("the copy is not authenticated by the cluster secret (wrong secret, or altered on the way)")
 	}
-	f, err := os.CreateTemp(dir, "repair-*.db")
-	if err != nil {
-		return "", 0, err
-	}
-	path = f.Name()
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(f, h), resp.Body)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && hex.EncodeToString(h.Sum(nil)) != sum {
-		err = errors.New("the copy does not match its signed SHA-256")
-	}
-	if err != nil {
-		os.Remove(path)
-		return "", 0, fmt.Errorf("receive the copy: %w", err)
+	if path, err = cluster.ReceiveFile(resp.Body, dir, "repair-*.db", 0, sum); err != nil {
+		return "", 0, fmt.Errorf("the copy: %w", err)
 	}
 	return path, index, nil
 }

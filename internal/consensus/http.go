@@ -3,17 +3,14 @@ package consensus
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -396,20 +393,11 @@ func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) err
 		return fmt.Errorf("copy the database: %w", err)
 	}
 	defer removeFile(path)
-	f, err := os.Open(path)
+	f, size, sum, err := cluster.OpenHashed(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	h := sha256.New()
-	size, err := io.Copy(h, f)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	msg, err := out.Marshal()
 	if err != nil {
 		return err
@@ -479,27 +467,9 @@ func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes
 			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
 			return
 		}
-		f, err := os.CreateTemp(dir, "raft-snapshot-*.db")
+		path, err := cluster.ReceiveFile(r.Body, dir, "raft-snapshot-*.db", maxBytes, sum)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		path := f.Name()
-		h := sha256.New()
-		got, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r.Body, maxBytes+1))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		switch {
-		case err != nil:
-			err = fmt.Errorf("receive snapshot: %w", err)
-		case got > maxBytes:
-			err = fmt.Errorf("snapshot over this node's limit of %d bytes", maxBytes)
-		case hex.EncodeToString(h.Sum(nil)) != sum:
-			err = errors.New("the snapshot does not match its signed hash")
-		}
-		if err != nil {
-			removeFile(path)
+			err = fmt.Errorf("the snapshot: %w", err)
 			log.Warn("snapshot not installed", "from", r.RemoteAddr, "err", err)
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

@@ -1,0 +1,70 @@
+package cluster
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// A copy of a database travels between nodes with its SHA-256, which the
+// sender signs (a snapshot, a repair's copy): the sender hashes the file
+// before it sends it, and the receiver checks what arrives against the
+// signed hash as it writes it.
+
+// OpenHashed opens the file at path to send it: its size and SHA-256 (hex),
+// with the file read from its start again. The caller closes it.
+func OpenHashed(path string) (f *os.File, size int64, sum string, err error) {
+	f, err = os.Open(path)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	h := sha256.New()
+	size, err = io.Copy(h, f)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		return nil, 0, "", err
+	}
+	return f, size, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// ErrOverLimit: a file received was longer than the receiver takes.
+var ErrOverLimit = errors.New("over this node's limit")
+
+// ReceiveFile writes r into a new file in dir (named after pattern, as
+// os.CreateTemp names), at most maxBytes of it (0: no limit), and checks it
+// against sum, the SHA-256 (hex) it was signed with. On any failure the
+// file is removed; the caller removes it otherwise.
+func ReceiveFile(r io.Reader, dir, pattern string, maxBytes int64, sum string) (path string, err error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return "", err
+	}
+	path = f.Name()
+	if maxBytes > 0 {
+		r = io.LimitReader(r, maxBytes+1)
+	}
+	h := sha256.New()
+	got, err := io.Copy(io.MultiWriter(f, h), r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case err != nil:
+		err = fmt.Errorf("receive: %w", err)
+	case maxBytes > 0 && got > maxBytes:
+		err = fmt.Errorf("%w of %d bytes", ErrOverLimit, maxBytes)
+	case hex.EncodeToString(h.Sum(nil)) != sum:
+		err = errors.New("it does not match its signed SHA-256")
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", err
+	}
+	return path, nil
+}
