@@ -1,36 +1,31 @@
-// zeroblob() and randomblob() whose output is counted.
+// zeroblob() whose output is counted.
 //
-// Each makes a value of up to SQLITE_LIMIT_LENGTH bytes in one instruction
+// It makes a value of up to SQLITE_LIMIT_LENGTH bytes in one instruction
 // of SQLite's virtual machine, and a write that stores the value pays for
 // every byte of it on every node: storing a byte in a table takes about a
 // quarter of the time of an instruction (BenchmarkStoredBytes: 0.57 steps'
 // time for a byte stored and returned, half of which is the RETURNING
 // result's temporary file, charged on its own in clock.go). The step
-// budget counts instructions, so 6,000 rows of randomblob(1000000) cost a
-// few thousand steps and seconds of storing. These functions give SQLite's
-// results exactly (the same value, the same limits and errors,
-// randomblob's bytes from SQLite's own generator) and charge
-// DDB_BYTES_PER_STEP bytes of what they make as one step of the
+// budget counts instructions, so 6,000 rows of zeroblob(1000000 + x) cost
+// a few thousand steps and seconds of storing. This function gives
+// SQLite's results exactly (the same value, the same limits and errors)
+// and charges DDB_BYTES_PER_STEP bytes of what it makes as one step of the
 // connection's step budget, so such a write runs out of its budget as one
 // that runs too long does, at the same value on every node. (SQLite
 // computes zeroblob() of a constant once per statement, and then it is
-// charged once.)
+// charged once.) randomblob(), which draws from each log entry's seed, is
+// the store's, and charges the same through Conn.ChargeMade.
 #include "ddb.h"
 
 typedef struct sqlite3_context sqlite3_context;
 typedef struct sqlite3_value sqlite3_value;
 extern sqlite3_int64 sqlite3_value_int64(sqlite3_value*);
 extern int sqlite3_result_zeroblob64(sqlite3_context*, unsigned long long);
-extern void sqlite3_result_blob64(sqlite3_context*, const void*, unsigned long long, void(*)(void*));
 extern void sqlite3_result_error_code(sqlite3_context*, int);
-extern void sqlite3_result_error_nomem(sqlite3_context*);
 extern void sqlite3_result_error_toobig(sqlite3_context*);
 extern void *sqlite3_user_data(sqlite3_context*);
 extern sqlite3 *sqlite3_context_db_handle(sqlite3_context*);
 extern int sqlite3_limit(sqlite3*, int, int);
-extern void sqlite3_randomness(int, void*);
-extern void *sqlite3_malloc64(unsigned long long);
-extern void sqlite3_free(void*);
 extern int sqlite3_create_function_v2(sqlite3*, const char*, int, int, void*,
 	void (*)(sqlite3_context*,int,sqlite3_value**), void (*)(sqlite3_context*,int,sqlite3_value**),
 	void (*)(sqlite3_context*), void(*)(void*));
@@ -68,27 +63,6 @@ static void ddb_zeroblob(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 	if (rc) sqlite3_result_error_code(ctx, rc);
 }
 
-// As SQLite's: a length below 1 is 1; the bytes come from SQLite's
-// generator (which a node seeds for each log entry).
-static void ddb_randomblob(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-	sqlite3_int64 n = sqlite3_value_int64(argv[0]);
-	if (n < 1) n = 1;
-	if (n > sqlite3_limit(sqlite3_context_db_handle(ctx), DDB_LIMIT_LENGTH, -1)) {
-		sqlite3_result_error_toobig(ctx);
-		return;
-	}
-	if (ddb_charge_bytes(ctx, n)) return;
-	unsigned char *p = sqlite3_malloc64((unsigned long long)n);
-	if (p == 0) {
-		sqlite3_result_error_nomem(ctx);
-		return;
-	}
-	sqlite3_randomness((int)n, p);
-	sqlite3_result_blob64(ctx, p, (unsigned long long)n, sqlite3_free);
-}
-
 int ddb_register_blob(sqlite3 *db, ddb_budget *b) {
-	int rc = sqlite3_create_function_v2(db, "zeroblob", 1, DDB_UTF8 | DDB_DETERMINISTIC | DDB_INNOCUOUS, b, ddb_zeroblob, 0, 0, 0);
-	if (rc == 0) rc = sqlite3_create_function_v2(db, "randomblob", 1, DDB_UTF8 | DDB_INNOCUOUS, b, ddb_randomblob, 0, 0, 0);
-	return rc;
+	return sqlite3_create_function_v2(db, "zeroblob", 1, DDB_UTF8 | DDB_DETERMINISTIC | DDB_INNOCUOUS, b, ddb_zeroblob, 0, 0, 0);
 }

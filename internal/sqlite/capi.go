@@ -373,7 +373,7 @@ func (c *Conn) SetStepBudget(steps int64) {
 }
 
 // ChargeMade charges n bytes that a function made to the step budget, as
-// the project's zeroblob() and randomblob() do (DDB_BYTES_PER_STEP bytes a
+// the project's zeroblob() does (DDB_BYTES_PER_STEP bytes a
 // step), for a function written in Go; it reports whether the budget is
 // now spent (the function must then fail). Without a budget it charges
 // nothing.
@@ -924,7 +924,7 @@ func open(path string, params url.Values) (*Conn, error) {
 	}
 	if rc := C.ddb_register_blob(db, c.budget); rc != codeOK {
 		c.Close()
-		return nil, fmt.Errorf("register zeroblob() and randomblob(): SQLite error %d", int(rc))
+		return nil, fmt.Errorf("register zeroblob(): SQLite error %d", int(rc))
 	}
 	c.Driver.RegisterAuthorizer(func(op int, a1, a2, db string) int {
 		if c.auth == nil {

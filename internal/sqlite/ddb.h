@@ -10,8 +10,8 @@ typedef long long sqlite3_int64;
 // A step budget (see Conn.SetStepBudget): what is left of it, and whether
 // one is set. The progress handler spends it in thousands of instructions
 // of SQLite's virtual machine; LIKE and GLOB spend it by the work their
-// matching does inside one instruction (see match.c), zeroblob() and
-// randomblob() by the bytes they make (see blob.c).
+// matching does inside one instruction (see match.c), zeroblob() by the
+// bytes it makes (see blob.c).
 typedef struct {
 	sqlite3_int64 left; // spent once below 0
 	int active;
@@ -21,12 +21,12 @@ typedef struct {
 // of SQLite's on db; b is the connection's budget (it lives as long as db).
 int ddb_register_match(sqlite3 *db, ddb_budget *b);
 
-// DDB_BYTES_PER_STEP bytes that zeroblob() and randomblob() make cost one
-// step of the budget (see blob.c).
+// DDB_BYTES_PER_STEP bytes that zeroblob() (and the store's randomblob())
+// make cost one step of the budget (see blob.c).
 #define DDB_BYTES_PER_STEP 4
 
-// ddb_register_blob puts zeroblob() and randomblob() with their output
-// counted against b in place of SQLite's on db (see blob.c).
+// ddb_register_blob puts zeroblob() with its output counted against b in
+// place of SQLite's on db (see blob.c).
 int ddb_register_blob(sqlite3 *db, ddb_budget *b);
 
 #endif
