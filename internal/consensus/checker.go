@@ -197,7 +197,6 @@ func (e *Engine) compare(d *store.Digest) {
 		e.check.diverged = len(diverged) > 0
 		if e.check.diverged && !e.cfg.NoRepair && !e.check.repairing {
 			e.check.repairing = true
-			st.State = "repairing"
 			e.wg.Add(1)
 			go e.repair(d.Index)
 		}

@@ -354,8 +354,10 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 	defer st.Close()
 	size := int64(chunkRows)
 	var cur ChunkDigest
+	var lastKey []any // the chunk's last key, written out once it ends
 	h := sha256.New()
 	flush := func() {
+		cur.Last = keyLiteral(lastKey)
 		cur.Sum = hex.EncodeToString(h.Sum(nil)[:8])
 		td.Chunks = append(td.Chunks, cur)
 		cur = ChunkDigest{}
@@ -366,11 +368,10 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 		}
 	}
 	err = eachRow(st, func(row []any) {
-		key := keyLiteral(row[:keyCols])
 		if cur.Rows == 0 {
-			cur.First = key
+			cur.First = keyLiteral(row[:keyCols])
 		}
-		cur.Last = key
+		lastKey = append(lastKey[:0], row[:keyCols]...) // (Row's values are copies)
 		for _, v := range row {
 			hashValue(h, v)
 			p.bytes += valueBytes(v)

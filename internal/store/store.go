@@ -822,7 +822,6 @@ func prepare(c *sqlite.Conn, a *authState, sql string) (*sqlite.Stmt, error) {
 	return stmt, nil
 }
 
-// nondetError refuses a write that reads what (see authState.nondet).
 // schemaChangeOfNothing reports whether sql is DROP TABLE/INDEX/VIEW/
 // TRIGGER IF EXISTS (which, when the authorizer saw nothing, found nothing
 // to drop) or CREATE [UNIQUE] INDEX IF NOT EXISTS (which found the index
@@ -848,6 +847,7 @@ func schemaChangeOfNothing(sql string) bool {
 	return false
 }
 
+// nondetError refuses a write that reads what (see authState.nondet).
 func nondetError(where, what string) error {
 	return &ForbiddenError{Reason: where + what + ": it differs from node to node, so a write may not use it (a read may)"}
 }
