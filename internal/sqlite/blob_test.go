@@ -86,18 +86,8 @@ func TestMadeBytesAreCountedAgainstTheBudget(t *testing.T) {
 // charged (its temporary storage, DDB_TEMP_BYTES_PER_STEP in clock.go):
 // ns/byte over ns/step is what a byte's charge should be.
 func BenchmarkStoredBytes(b *testing.B) {
-	clock, err := NewClock()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer clock.Close()
-	c, err := Open(filepath.Join(b.TempDir(), "s.db"), url.Values{"vfs": {clock.Name}, "_journal_mode": {"WAL"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	clock.CountTempWrites(c)
-	for _, q := range []string{"PRAGMA temp_store=FILE", "PRAGMA synchronous=NORMAL", "CREATE TABLE p(b)"} {
+	c := openWriterLike(b, filepath.Join(b.TempDir(), "s.db"), true)
+	for _, q := range []string{"PRAGMA synchronous=NORMAL", "CREATE TABLE p(b)"} {
 		if err := c.Exec(q); err != nil {
 			b.Fatal(q, err)
 		}
@@ -107,25 +97,9 @@ func BenchmarkStoredBytes(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer c.Exec("ROLLBACK")
-		st, err := c.Prepare(q)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer st.Close()
-		st.StartCounting()
-		c.SetStepBudget(1 << 40)
-		defer c.SetStepBudget(0)
 		start := time.Now()
-		for {
-			more, err := st.Step()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if !more {
-				break
-			}
-		}
-		return 1<<40 - c.StepBudgetLeft(), time.Since(start)
+		steps = stepsSpent(b, c, q)
+		return steps, time.Since(start)
 	}
 	const rows, size = 200, 1000000
 	var perByte, perStep, charged float64
@@ -168,25 +142,8 @@ func BenchmarkStoredBytes(b *testing.B) {
 func TestTempWritesAreCountedAgainstTheBudget(t *testing.T) {
 	dir := t.TempDir()
 	open := func(name string, counted bool) *Conn {
-		params := url.Values{"_journal_mode": {"WAL"}}
-		var clock *Clock
-		if counted {
-			var err error
-			if clock, err = NewClock(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(clock.Close)
-			params.Set("vfs", clock.Name)
-		}
-		c, err := Open(filepath.Join(dir, name), params)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		if counted {
-			clock.CountTempWrites(c)
-		}
-		for _, q := range []string{"PRAGMA temp_store = FILE", "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, b)", "CREATE TABLE IF NOT EXISTS pad (x)"} {
+		c := openWriterLike(t, filepath.Join(dir, name), counted)
+		for _, q := range []string{"CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, b)", "CREATE TABLE IF NOT EXISTS pad (x)"} {
 			if err := c.Exec(q); err != nil {
 				t.Fatal(q, err)
 			}
@@ -204,24 +161,7 @@ func TestTempWritesAreCountedAgainstTheBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.ExecScript("ROLLBACK TO s; RELEASE s")
-		st, err := c.Prepare(q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		st.StartCounting()
-		c.SetStepBudget(1 << 40)
-		defer c.SetStepBudget(0)
-		for {
-			more, err := st.Step()
-			if err != nil {
-				t.Fatal(q, err)
-			}
-			if !more {
-				break
-			}
-		}
-		return (1 << 40) - c.StepBudgetLeft()
+		return stepsSpent(t, c, q)
 	}
 	fresh := open("a.db", true)
 	if err := fresh.Exec(fill); err != nil {
@@ -250,6 +190,59 @@ func TestTempWritesAreCountedAgainstTheBudget(t *testing.T) {
 		}
 		if p := spent(plain, q); p > a/10 {
 			t.Fatalf("%s: %d steps uncounted, %d counted", q, p, a)
+		}
+	}
+}
+
+// openWriterLike opens the database at path as a node opens its writer:
+// WAL, temporary storage in files, and with counted, through a Clock of
+// its own whose temporary files count against the connection's budget.
+// Both close when tb ends.
+func openWriterLike(tb testing.TB, path string, counted bool) *Conn {
+	tb.Helper()
+	params := url.Values{"_journal_mode": {"WAL"}}
+	var clock *Clock
+	if counted {
+		var err error
+		if clock, err = NewClock(); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(clock.Close)
+		params.Set("vfs", clock.Name)
+	}
+	c, err := Open(path, params)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	if counted {
+		clock.CountTempWrites(c)
+	}
+	if err := c.Exec("PRAGMA temp_store = FILE"); err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// stepsSpent runs q to its end under an ample step budget, and says what
+// it spent of it.
+func stepsSpent(tb testing.TB, c *Conn, q string) int64 {
+	tb.Helper()
+	st, err := c.Prepare(q)
+	if err != nil {
+		tb.Fatal(q, err)
+	}
+	defer st.Close()
+	st.StartCounting()
+	c.SetStepBudget(1 << 40)
+	defer c.SetStepBudget(0)
+	for {
+		more, err := st.Step()
+		if err != nil {
+			tb.Fatal(q, err)
+		}
+		if !more {
+			return (1 << 40) - c.StepBudgetLeft()
 		}
 	}
 }
