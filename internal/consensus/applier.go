@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 )
@@ -83,6 +85,21 @@ func (n *Node) applyLoop() {
 	}
 }
 
+// ApplyNext applies, on a stepped node (see Open), the oldest batch of
+// committed entries handed to the applier, and reports whether there was
+// one. The applier of a started node does this on its own goroutine.
+func (n *Node) ApplyNext() (bool, error) {
+	n.amu.Lock()
+	if len(n.applyq) == 0 {
+		n.amu.Unlock()
+		return false, nil
+	}
+	b := n.applyq[0]
+	n.applyq = n.applyq[1:]
+	n.amu.Unlock()
+	return true, n.applyBatch(b)
+}
+
 // applyBatch applies one batch and answers its proposers; a leader then
 // tells the followers it has applied entries they proposed.
 func (n *Node) applyBatch(b applyBatch) error {
@@ -158,8 +175,13 @@ func (n *Node) signalApplied() {
 }
 
 // drainApplier waits until the applier has applied everything handed to
-// it (run goroutine).
+// it (run goroutine; a stepped node applies it now).
 func (n *Node) drainApplier() error {
+	for n.stepped {
+		if more, err := n.ApplyNext(); err != nil || !more {
+			return err
+		}
+	}
 	for {
 		sig := *n.appliedSig.Load()
 		if n.applied.Load() >= n.handed {
@@ -183,7 +205,7 @@ func (n *Node) drainApplier() error {
 func (n *Node) reportApplied(index uint64) {
 	st := n.RecentStatus()
 	msgs := make([]pb.Message, 0, len(st.Progress))
-	for id := range st.Progress {
+	for _, id := range slices.Sorted(maps.Keys(st.Progress)) { // (in order: a simulation replays it)
 		if id != n.cfg.ID {
 			msgs = append(msgs, appliedReport(n.cfg.ID, id, index))
 		}
@@ -201,4 +223,50 @@ func appliedReport(from, to, index uint64) pb.Message {
 // isAppliedReport says whether m is an appliedReport.
 func isAppliedReport(m pb.Message) bool {
 	return m.Type == pb.MsgHup && string(m.Context) == string(appliedMarker)
+}
+
+// committed prepares committed entries for the database: configuration
+// changes are applied to Raft here, and every entry, in order, goes to
+// one Apply call (with its proposal id), so that the database's applied
+// index covers each index of the log (an entry that is not a proposal,
+// such as a new leader's empty entry or a configuration change, reaches
+// Apply with nil data).
+func (n *Node) committed(ents []pb.Entry) (run []Entry, ids []uint64, err error) {
+	for _, e := range ents {
+		if e.Index <= n.handed {
+			continue // applied before a restart, or covered by a snapshot
+		}
+		var id uint64
+		var data, conf, rejoin []byte
+		switch e.Type {
+		case pb.EntryConfChange:
+			var cc pb.ConfChange
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, err)
+			}
+			if conf, err = n.confChange(cc); err != nil {
+				return nil, nil, err
+			}
+			if rj, changed := n.Rejoining().after(cc); changed {
+				n.rejoining.Store(&rj)
+				rejoin = rj.encode()
+			}
+			n.confApplied(cc)
+		case pb.EntryConfChangeV2:
+			var cc pb.ConfChangeV2
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return nil, nil, fmt.Errorf("entry %d: %w", e.Index, err)
+			}
+			if conf, err = n.confChange(cc); err != nil {
+				return nil, nil, err
+			}
+		case pb.EntryNormal:
+			if pid, ok := proposalOf(e); ok {
+				id, data = pid, e.Data[8:]
+			}
+		}
+		run = append(run, Entry{Index: e.Index, Term: e.Term, Data: data, Conf: conf, Rejoining: rejoin})
+		ids = append(ids, id)
+	}
+	return run, ids, nil
 }

@@ -70,7 +70,7 @@ func (m *MemNetwork) Attach(id uint64, n *Node) {
 				n.NoteLeaderApplied(msg.m.From, msg.m.Index)
 				continue
 			}
-			n.Step(context.Background(), msg.m)
+			n.Queue(context.Background(), msg.m)
 		}
 	}()
 }

@@ -1,0 +1,160 @@
+package consensus
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/store"
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+)
+
+// Snapshots: a copy of the leader's database replaces a follower's that
+// is behind the kept log; the log is compacted behind what is applied.
+
+// install makes the snapshot Raft restored from (its data: the path of a
+// copy of the leader's database, received whole and verified) this node's
+// database, with this node's own term and vote, in one transaction.
+func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
+	path := string(snap.Data)
+	if path == "" {
+		return errors.New("the snapshot carries no database")
+	}
+	if v, ok := n.receiving.Load(path); ok {
+		f := v.(*snapshotFile)
+		close(f.started)
+		defer close(f.done)
+	}
+	if raft.IsEmptyHardState(hard) {
+		hard = n.storage.HardState()
+	}
+	if hard.Commit < snap.Metadata.Index {
+		hard.Commit = snap.Metadata.Index
+	}
+	hb, err := hard.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := n.storage.st.InstallRaftSnapshot(path, snap.Metadata.Index, snap.Metadata.Term, hb); err != nil {
+		return err
+	}
+	n.storage.installed(snap.Metadata, hard)
+	n.changed = true // the configuration is the snapshot's: RecentStatus follows at once
+	if err := n.loadRejoining(context.Background()); err != nil {
+		return err
+	}
+	n.applied.Store(snap.Metadata.Index)
+	n.handed = snap.Metadata.Index
+	n.signalApplied()
+	n.installed.Add(1)
+	n.cfg.Log.Info("installed a snapshot of the leader's database", "index", snap.Metadata.Index)
+	if n.cfg.Installed != nil {
+		n.cfg.Installed(snap.Metadata.Index)
+	}
+	return nil
+}
+
+// compact drops applied entries beyond the LogKeep the log keeps, in
+// steps of an eighth of it (each delete stays short).
+func (n *Node) compact() error {
+	keep := n.cfg.LogKeep
+	if keep == 0 {
+		return nil
+	}
+	applied := n.applied.Load()
+	first, _ := n.storage.FirstIndex()
+	if applied+1 < first+keep+keep/8+1 {
+		return nil
+	}
+	// The data commits without an fsync: it must be durable before the
+	// log drops what would apply it again (a checkpoint syncs the WAL
+	// before it copies it back).
+	if err := n.storage.st.Checkpoint(); err != nil {
+		return err
+	}
+	return n.storage.Compact(applied - keep)
+}
+
+// SnapshotToSend turns Raft's request to send a snapshot into one that
+// carries a fresh copy of this node's database (written to a new file in
+// dir, which the caller sends and removes): the message then describes the
+// copy's own position in the log, which is at or after the compacted
+// position Raft asked for, and is what the follower restores to.
+func (n *Node) SnapshotToSend(ctx context.Context, m pb.Message, dir string) (path string, out pb.Message, err error) {
+	path, _, err = n.storage.st.Snapshot(ctx, dir)
+	if err != nil {
+		return "", m, err
+	}
+	pos, err := store.SnapshotPosition(path)
+	var cs pb.ConfState
+	if err == nil {
+		err = cs.Unmarshal(pos.Conf)
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", m, err
+	}
+	m.Snapshot = &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: pos.Index, Term: pos.Term, ConfState: cs}}
+	return path, m, nil
+}
+
+// snapshotFile follows a received snapshot file from Step to its install.
+type snapshotFile struct{ started, done chan struct{} }
+
+// StepSnapshot hands Raft a snapshot message whose database was received
+// whole into the file at path. The file is removed once installed, or
+// after two minutes if Raft ignored the message (the node had caught up
+// otherwise meanwhile).
+func (n *Node) StepSnapshot(ctx context.Context, m pb.Message, path string) error {
+	f := &snapshotFile{started: make(chan struct{}), done: make(chan struct{})}
+	n.receiving.Store(path, f)
+	m.Snapshot.Data = []byte(path)
+	n.contact(m)
+	var err error
+	if !n.do(ctx, func(rn *raft.RawNode) { err = rn.Step(m) }) {
+		err = cmp.Or(ctx.Err(), ErrStopped)
+	}
+	if err != nil {
+		n.receiving.Delete(path)
+		removeFile(path)
+		return err
+	}
+	go func() {
+		defer n.receiving.Delete(path)
+		defer removeFile(path)
+		select {
+		case <-f.started:
+		case <-time.After(2 * time.Minute):
+			return
+		case <-n.done:
+			return
+		}
+		select {
+		case <-f.done:
+		case <-n.done:
+		}
+	}()
+	return nil
+}
+
+func removeFile(path string) {
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		os.Remove(p)
+	}
+}
+
+// SnapshotsInstalled counts the snapshots this node installed since it
+// started.
+func (n *Node) SnapshotsInstalled() uint64 { return n.installed.Load() }
+
+// ReportSnapshot tells Raft whether a snapshot reached follower id.
+func (n *Node) ReportSnapshot(id uint64, ok bool) {
+	st := raft.SnapshotFinish
+	if !ok {
+		st = raft.SnapshotFailure
+	}
+	n.do(context.Background(), func(rn *raft.RawNode) { rn.ReportSnapshot(id, st) })
+}
