@@ -424,66 +424,89 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 	}
 	st := e.rep.Node().Status()
 	resp.Running = st.Commit > 0
+	d := DecideJoin(st, e.rep.Node().Rejoining(), req, e.namedVoter(req.ID), e.bug)
+	resp.Reason = d.Reason
+	if d.Change != nil {
+		if d.Change.Type == pb.ConfChangeRemoveNode {
+			e.cfg.Log.Warn(d.Log, "peer", int(req.ID)-1, "had_index", st.Progress[req.ID].Match)
+		} else {
+			e.cfg.Log.Info(d.Log, "node", int(req.ID)-1, "url", req.URL)
+		}
+		cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+		err := e.rep.Node().ChangeMembership(cctx, *d.Change)
+		cancel()
+		if err != nil {
+			return nil, &replication.UnavailableError{Reason: "changing the configuration: " + err.Error()}
+		}
+		if d.Change.Type == pb.ConfChangeRemoveNode {
+			e.moveLeadershipForTest(req.ID)
+		}
+	}
+	if _, self := e.rep.Node().Leader(); self && d.FinishRejoins {
+		e.finishRejoins()
+	}
+	resp.Admitted = d.Admitted
+	return resp, nil
+}
+
+// JoinDecision is what a node that is admitted itself does with a join
+// request (see DecideJoin).
+type JoinDecision struct {
+	Admitted bool   // the node may take part (see JoinRequest.Fresh)
+	Reason   string // why not
+	// Change is the configuration change the leader makes first (nil:
+	// none), and Log what it logs then.
+	Change *pb.ConfChange
+	Log    string
+	// FinishRejoins: the leader then takes the nodes being added back a
+	// step further (see RejoinSteps).
+	FinishRejoins bool
+}
+
+// DecideJoin decides, from Raft's status st on the node asked, and its
+// record rj of nodes being added back, what comes of req. named says
+// whether the master's command line names the node a voter; bug says
+// whether a deliberate defect is switched on (fault builds only). The
+// engine and the simulator (package sim) both decide with it.
+func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug func(string) bool) JoinDecision {
 	voter, learner := membership(st.Config, req.ID)
 	if st.RaftState != raft.StateLeader {
 		switch {
 		case !req.Fresh && (voter || learner):
-			resp.Admitted = true
+			return JoinDecision{Admitted: true}
 		case req.Fresh && st.Lead == 0:
 			// No leader is known here (a new cluster, or an election):
 			// the next leader probes every node afresh.
-			resp.Admitted = true
-		default:
-			resp.Reason = "ask the leader"
+			return JoinDecision{Admitted: true}
 		}
-		return resp, nil
+		return JoinDecision{Reason: "ask the leader"}
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
-	defer cancel()
-	change := func(cc pb.ConfChange) error {
-		if err := e.rep.Node().ChangeMembership(cctx, cc); err != nil {
-			return &replication.UnavailableError{Reason: "changing the configuration: " + err.Error()}
-		}
-		return nil
-	}
-	_, rejoining := e.rep.Node().Rejoining()[req.ID]
+	_, rejoining := rj[req.ID]
 	switch {
 	case rejoining:
 		// Taken out to be added back after it lost its data: as a
 		// learner first, a voter once it holds the log (rejoin.go).
-		if !e.bug("rejoin-once") {
-			e.finishRejoins()
-		}
-	case !voter && !learner && req.Fresh && e.namedVoter(req.ID):
+		return JoinDecision{Admitted: true, FinishRejoins: !bug("rejoin-once")}
+	case !voter && !learner && req.Fresh && named:
 		// A voter the master's command line names that lost its data and
 		// is out of the configuration (taking it out and adding it again
 		// did not finish): it votes again. (A voter removed by hand that
 		// merely restarts is not fresh, and comes back only as a learner.)
-		e.cfg.Log.Info("node joins as a voter", "node", int(req.ID)-1, "url", req.URL)
-		if err := change(pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
-			return nil, err
-		}
+		return JoinDecision{Admitted: true, Log: "node joins as a voter",
+			Change: &pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: req.ID, Context: []byte(req.URL)}}
 	case !voter && !learner:
-		e.cfg.Log.Info("node joins as a learner", "node", int(req.ID)-1, "url", req.URL)
-		if err := change(pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}); err != nil {
-			return nil, err
-		}
+		return JoinDecision{Admitted: true, Log: "node joins as a learner",
+			Change: &pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}}
 	case req.Fresh && st.Progress[req.ID].Match > 0:
 		// The node lost its data: this leader still counts its old log.
 		// Take it out, marked to be added again, so that the leader probes
 		// it afresh; whichever node leads then adds it back (see
 		// rejoin.go), this one at once.
-		e.cfg.Log.Warn("node lost its data; it is taken out of the configuration and added back", "peer", int(req.ID)-1, "had_index", st.Progress[req.ID].Match)
-		if err := change(pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})}); err != nil {
-			return nil, err
-		}
-		e.moveLeadershipForTest(req.ID)
-		if _, self := e.rep.Node().Leader(); self && !e.bug("rejoin-once") {
-			e.finishRejoins()
-		}
+		return JoinDecision{Admitted: true, Log: "node lost its data; it is taken out of the configuration and added back",
+			Change:        &pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})},
+			FinishRejoins: !bug("rejoin-once")}
 	}
-	resp.Admitted = true
-	return resp, nil
+	return JoinDecision{Admitted: true}
 }
 
 // namedVoter reports whether the command line names node id a voter.

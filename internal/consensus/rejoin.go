@@ -146,35 +146,44 @@ func (e *Engine) watchMembers() {
 }
 
 // finishRejoins, on the leader, takes each rejoining node one step
-// further: a node out of the configuration is added as a learner; a
-// learner that was a voter is promoted once it holds the log.
+// further (see RejoinSteps).
 func (e *Engine) finishRejoins() {
 	node := e.rep.Node()
-	rj := node.Rejoining()
-	for _, id := range slices.Sorted(maps.Keys(rj)) {
-		note := rj[id]
-		st := node.RecentStatus()
-		voter, learner := membership(st.Config, id)
-		var cc pb.ConfChange
-		switch {
-		case !voter && !learner:
-			cc = pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: id, Context: []byte(cmp.Or(e.tr.Peer(id), note.URL))}
-			e.cfg.Log.Info("adding a node back after it lost its data: as a learner until it holds the log", "peer", int(id)-1, "url", string(cc.Context))
-		case learner && note.Voter && caughtUp(st, id):
-			cc = pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: id}
-			e.cfg.Log.Info("a node added back after it lost its data holds the log: it votes again", "peer", int(id)-1)
-		default:
-			continue
+	for _, cc := range RejoinSteps(node.RecentStatus(), node.Rejoining(), e.tr.Peer) {
+		if cc.Type == pb.ConfChangeAddLearnerNode {
+			e.cfg.Log.Info("adding a node back after it lost its data: as a learner until it holds the log", "peer", int(cc.NodeID)-1, "url", string(cc.Context))
+		} else {
+			e.cfg.Log.Info("a node added back after it lost its data holds the log: it votes again", "peer", int(cc.NodeID)-1)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
 		err := node.ChangeMembership(ctx, cc)
 		cancel()
 		if err != nil {
-			e.cfg.Log.Warn("adding a node back did not finish; the leader tries again", "peer", int(id)-1, "err", err)
+			e.cfg.Log.Warn("adding a node back did not finish; the leader tries again", "peer", int(cc.NodeID)-1, "err", err)
 			return
 		}
-		e.moveLeadershipForTest(id)
+		e.moveLeadershipForTest(cc.NodeID)
 	}
+}
+
+// RejoinSteps are the configuration changes that take each node of rj a
+// step further, given the leader's status st: a node out of the
+// configuration is added as a learner (at the URL peer knows, else the
+// one recorded); a learner that was a voter is promoted once it holds
+// the log. The engine and the simulator (package sim) both use it.
+func RejoinSteps(st raft.Status, rj Rejoining, peer func(id uint64) string) []pb.ConfChange {
+	var out []pb.ConfChange
+	for _, id := range slices.Sorted(maps.Keys(rj)) {
+		note := rj[id]
+		voter, learner := membership(st.Config, id)
+		switch {
+		case !voter && !learner:
+			out = append(out, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: id, Context: []byte(cmp.Or(peer(id), note.URL))})
+		case learner && note.Voter && caughtUp(st, id):
+			out = append(out, pb.ConfChange{Type: pb.ConfChangeAddNode, NodeID: id})
+		}
+	}
+	return out
 }
 
 // membership says whether node id is a voter (in the incoming or, during a
