@@ -100,6 +100,14 @@ func (n *Node) ApplyNext() (bool, error) {
 	return true, n.applyBatch(b)
 }
 
+// Unapplied says how many batches of committed entries wait for the
+// applier.
+func (n *Node) Unapplied() int {
+	n.amu.Lock()
+	defer n.amu.Unlock()
+	return len(n.applyq)
+}
+
 // applyBatch applies one batch and answers its proposers; a leader then
 // tells the followers it has applied entries they proposed.
 func (n *Node) applyBatch(b applyBatch) error {

@@ -67,9 +67,13 @@ type EngineConfig struct {
 	MaxSnapshot int64
 	// InjectBug switches on a deliberate defect, for the fault-injection
 	// suite's proof that its checkers catch broken guarantees (never set
-	// otherwise): "ack-before-commit" (a write is answered before it is
-	// proposed, and proposed 100 ms later) or "stale-strong-read" (a
-	// strong read waits for nothing).
+	// otherwise), comma-separated: "ack-before-commit" (a write is
+	// answered before it is proposed, and proposed 100 ms later),
+	// "stale-strong-read" (a strong read waits for nothing),
+	// "admit-fresh-voter" (a node that lost its data votes again at once,
+	// as before the simulator found what that costs), "rejoin-once" (a
+	// node taken out to be added back is added back by no one), or the
+	// schedule "transfer-mid-rejoin" (see moveLeadershipForTest).
 	InjectBug string
 	Auth      *cluster.Auth
 	Name      string // this node's name in signatures
@@ -474,9 +478,16 @@ func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug 
 		switch {
 		case !req.Fresh && (voter || learner):
 			return JoinDecision{Admitted: true}
-		case req.Fresh && st.Lead == 0:
-			// No leader is known here (a new cluster, or an election):
-			// the next leader probes every node afresh.
+		case req.Fresh && st.Lead == 0 && (st.Term <= 1 && st.Commit > 0 || bug("admit-fresh-voter")):
+			// This node holds the configuration the cluster was created
+			// with, and no election has been held yet (the first is in
+			// term 2): nothing was acknowledged by a majority, so a node
+			// without data loses nothing by voting in the first one.
+			// Once one was held, a node without data may have lost what
+			// it acknowledged: were it to vote, a node without those
+			// entries could win an election, and they would be lost.
+			// Only the leader admits it then, out of the configuration
+			// and back as a learner.
 			return JoinDecision{Admitted: true}
 		}
 		return JoinDecision{Reason: "ask the leader"}
@@ -497,10 +508,15 @@ func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug 
 	case !voter && !learner:
 		return JoinDecision{Admitted: true, Log: "node joins as a learner",
 			Change: &pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}}
-	case req.Fresh && st.Progress[req.ID].Match > 0:
-		// The node lost its data: this leader still counts its old log.
-		// Take it out, marked to be added again, so that the leader probes
-		// it afresh; whichever node leads then adds it back (see
+	case req.Fresh && (voter && !bug("admit-fresh-voter") || st.Progress[req.ID].Match > 0):
+		// The node lost its data. A voter may have lost entries it
+		// acknowledged, which a majority counted: voting with an empty
+		// log, it could elect a node that lacks them. (Whether this leader
+		// heard from it since does not tell: its acknowledgements may
+		// have gone to an earlier leader.) And this leader may still
+		// count its old log. Take it out, marked to be added again, so
+		// that it votes only once it holds the log again and the leader
+		// probes it afresh; whichever node leads then adds it back (see
 		// rejoin.go), this one at once.
 		return JoinDecision{Admitted: true, Log: "node lost its data; it is taken out of the configuration and added back",
 			Change:        &pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})},

@@ -54,6 +54,21 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 	}
 }
 
+// ProposeChange proposes a configuration change on a stepped node (see
+// Open), without waiting: Raft drops it while an earlier change is not
+// applied, so the caller proposes it again until the configuration has it
+// (HasChange), as ChangeMembership does.
+func (n *Node) ProposeChange(cc pb.ConfChange) error {
+	var err error
+	if !n.do(context.Background(), func(rn *raft.RawNode) { err = rn.ProposeConfChange(cc) }) {
+		return ErrStopped
+	}
+	return err
+}
+
+// HasChange reports whether the configuration in st holds cc's result.
+func HasChange(st raft.Status, cc pb.ConfChange) bool { return hasChange(st, cc) }
+
 // hasChange reports whether the configuration already holds cc's result.
 func hasChange(st raft.Status, cc pb.ConfChange) bool {
 	voter, learner := membership(st.Config, cc.NodeID)

@@ -258,8 +258,8 @@ func (n *Node) holdBatch() bool {
 
 // Submit queues data for the next step as proposal id without waiting for
 // its outcome (a stepped node's proposals; see Open). The entry, once
-// applied, carries id in its first 8 bytes (see ProposalID). It reports
-// false if the queue is full.
+// applied, answers id's proposer (see Await). It reports false if the
+// queue is full.
 func (n *Node) Submit(id uint64, data []byte) bool {
 	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
 	select {
@@ -271,14 +271,16 @@ func (n *Node) Submit(id uint64, data []byte) bool {
 }
 
 // Await registers proposal id's proposer on a stepped node (see Submit):
-// the channel gets the entry's Applied once this node applies it. forget
+// done gets the entry's Applied once this node applies it; dropped is
+// signalled when Raft refused the proposal here (no leader is known) or
+// the transport certainly did not deliver it (see Undelivered). forget
 // unregisters it.
-func (n *Node) Await(id uint64) (done <-chan Applied, forget func()) {
+func (n *Node) Await(id uint64) (done <-chan Applied, dropped <-chan struct{}, forget func()) {
 	p := &proposer{done: make(chan Applied, 1), event: make(chan struct{}, 1)}
 	n.mu.Lock()
 	n.waiting[id] = p
 	n.mu.Unlock()
-	return p.done, func() {
+	return p.done, p.event, func() {
 		n.mu.Lock()
 		delete(n.waiting, id)
 		n.mu.Unlock()

@@ -48,6 +48,16 @@ type ReplicaConfig struct {
 
 // StartReplica starts the node over st.
 func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg ReplicaConfig) (*Replica, error) {
+	return startReplica(ctx, st, tr, cfg, Start)
+}
+
+// OpenReplica opens the node over st without starting it: its caller
+// steps it (see Open).
+func OpenReplica(ctx context.Context, st *store.Store, tr Transport, cfg ReplicaConfig) (*Replica, error) {
+	return startReplica(ctx, st, tr, cfg, Open)
+}
+
+func startReplica(ctx context.Context, st *store.Store, tr Transport, cfg ReplicaConfig, start func(context.Context, *store.Store, Transport, Config) (*Node, error)) (*Replica, error) {
 	r := &Replica{st: st, now: cfg.Now, seeds: cfg.Seeds}
 	if r.now == nil {
 		r.now = time.Now
@@ -63,7 +73,7 @@ func StartReplica(ctx context.Context, st *store.Store, tr Transport, cfg Replic
 	cfg.Node.ApplyRecordsConf = true
 	cfg.Node.Installed = func(uint64) { r.wake() }
 	cfg.Node.Restamp = r.restamp
-	n, err := Start(ctx, st, tr, cfg.Node)
+	n, err := start(ctx, st, tr, cfg.Node)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +125,7 @@ func (r *Replica) Write(ctx context.Context, req *store.Request) (store.Outcome,
 // outcome, a NotLeaderError (certainly not logged), or an
 // UnknownOutcomeError.
 func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(context.Context, []byte) (Applied, error)) (Applied, store.Outcome, error) {
-	data, err := r.entry(req)
+	data, err := r.Entry(req)
 	if err != nil {
 		return Applied{}, store.Outcome{}, err
 	}
@@ -136,9 +146,10 @@ func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(
 	return a, out, nil
 }
 
-// entry is the data a write is proposed with: the time and random seed it
-// runs with, then the write.
-func (r *Replica) entry(req *store.Request) ([]byte, error) {
+// Entry is the data a write is proposed with: the time and random seed it
+// runs with, then the write (what a stepped node's caller submits; see
+// Node.Submit).
+func (r *Replica) Entry(req *store.Request) ([]byte, error) {
 	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
 		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, MaxSteps: req.Limits.MaxSteps, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load, Check: req.Check}
 	body, err := w.Encode()

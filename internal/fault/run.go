@@ -20,6 +20,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/inspect"
 	"github.com/ddbgo/ddb/internal/testcluster"
+	"github.com/ddbgo/ddb/internal/verify"
 )
 
 // Options configure one run.
@@ -66,8 +67,8 @@ type run struct {
 	anomalies []string
 	faults    []string
 	ops       map[string]int
-	appended  map[int64]string   // append workload: id -> ok, unknown or failed
-	heavy     map[[2]int]heavyOp // heavy workload: (client, n) -> its write
+	appended  map[int64]verify.Outcome // append workload: id -> ok, unknown or failed
+	heavy     map[[2]int]heavyOp       // heavy workload: (client, n) -> its write
 	regOps    []porcupine.Operation
 	regInfo   *porcupine.LinearizationInfo // of a history found not linearizable
 }
@@ -116,7 +117,7 @@ func Run(t testcluster.TB, o Options) Report {
 		o.Workloads = AllWorkloads
 	}
 	r := &run{t: t, o: o, rng: rand.New(rand.NewPCG(o.Seed, o.Seed^0xfa17)), start: time.Now(),
-		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, between: map[[2]int]*Link{}, ops: map[string]int{}, appended: map[int64]string{}, heavy: map[[2]int]heavyOp{},
+		toSlave: map[int]*Link{}, toMast: map[int]*Link{}, between: map[[2]int]*Link{}, ops: map[string]int{}, appended: map[int64]verify.Outcome{}, heavy: map[[2]int]heavyOp{},
 		http: &http.Client{Timeout: 15 * time.Second}}
 	r.logf("seed %d: %v of %v with faults %v every ~%v", o.Seed, o.Workloads, o.Duration, o.Faults, o.FaultEvery)
 	r.c = testcluster.New(t, 2, "-ack-timeout", "2s", "-read-timeout", "2s", "-log-keep", "3000", "-query-timeout", "500ms", "-max-result-bytes", "2000000", "-check-interval", "1s")
@@ -214,14 +215,7 @@ func (r *run) postIndex(node int, body map[string]any) (int, []byte, uint64, err
 }
 
 func (r *run) setup() {
-	stmts := []string{
-		"CREATE TABLE append_log (id INTEGER PRIMARY KEY, client INTEGER, n INTEGER)",
-		"CREATE TABLE bank (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)",
-		"CREATE TABLE reg (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
-		"CREATE TABLE det (id INTEGER PRIMARY KEY, r INTEGER DEFAULT (random()), b BLOB DEFAULT (randomblob(8)), at TEXT DEFAULT CURRENT_TIMESTAMP, ms TEXT)",
-		"CREATE TABLE heavy (id INTEGER PRIMARY KEY, client INTEGER, n INTEGER, k INTEGER, b BLOB)",
-		"CREATE TRIGGER det_stamp AFTER INSERT ON det BEGIN UPDATE det SET ms = ms || ' ' || strftime('%H:%M:%f', 'now') WHERE id = new.id; END",
-	}
+	stmts := verify.Schema
 	for _, q := range stmts {
 		if st, b, err := r.postToLeader(map[string]any{"command": "exec", "query": q}); err != nil || st != 200 {
 			r.t.Fatalf("setup %q: %d %s %v", q, st, b, err)
@@ -229,7 +223,7 @@ func (r *run) setup() {
 	}
 	var qs []map[string]any
 	for i := 0; i < bankAccounts; i++ {
-		qs = append(qs, map[string]any{"query": "INSERT INTO bank VALUES (?, ?)", "params": []any{i, bankTotal / bankAccounts}})
+		qs = append(qs, map[string]any{"query": verify.BankInitSQL, "params": []any{i, bankTotal / bankAccounts}})
 	}
 	if st, b, err := r.postToLeader(map[string]any{"command": "exec", "queries": qs}); err != nil || st != 200 {
 		r.t.Fatalf("setup bank: %d %s %v", st, b, err)

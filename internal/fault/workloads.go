@@ -10,22 +10,23 @@ import (
 	"github.com/anishathalye/porcupine"
 
 	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/verify"
 )
 
 const (
-	bankAccounts = 8
-	bankTotal    = 8000
-	regKeys      = 4
+	bankAccounts = verify.BankAccounts
+	bankTotal    = verify.BankTotal
+	regKeys      = verify.RegKeys
 )
 
 // Outcomes of a write, as a client knows them.
 const (
-	outOK      = "ok"      // answered 200: must be everywhere
-	outFailed  = "failed"  // refused before anything happened (4xx, or 503 from a node that never sent it)
-	outUnknown = "unknown" // timeout, connection lost, 504: may or may not be there
+	outOK      = verify.OK      // answered 200: must be everywhere
+	outFailed  = verify.Failed  // refused before anything happened (4xx, or 503 from a node that never sent it)
+	outUnknown = verify.Unknown // timeout, connection lost, 504: may or may not be there
 )
 
-func outcome(status int, err error) string {
+func outcome(status int, err error) verify.Outcome {
 	switch {
 	case err != nil:
 		return outUnknown
@@ -46,7 +47,7 @@ func (r *run) appendClient(cl int, stop <-chan struct{}) {
 		default:
 		}
 		id := int64(cl)*1_000_000_000 + int64(i)
-		st, _, err := r.post((cl+i)%3, map[string]any{"command": "exec", "query": "INSERT INTO append_log (id, client, n) VALUES (?, ?, ?)", "params": []any{id, cl, i}})
+		st, _, err := r.post((cl+i)%3, map[string]any{"command": "exec", "query": verify.AppendSQL, "params": []any{id, cl, i}})
 		r.mu.Lock()
 		r.appended[id] = outcome(st, err)
 		r.mu.Unlock()
@@ -59,35 +60,9 @@ func (r *run) appendClient(cl int, stop <-chan struct{}) {
 
 func (r *run) checkAppend(dbs []*inspect.Database) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	for n, d := range dbs {
-		t := d.Table("append_log")
-		if t == nil {
-			r.anomalies = append(r.anomalies, fmt.Sprintf("append: table missing on node %d", n))
-			continue
-		}
-		have := map[int64]bool{}
-		for _, row := range t.Rows {
-			id := row[0].(int64)
-			o, sent := r.appended[id]
-			if !sent || o == outFailed {
-				r.anomalies = append(r.anomalies, fmt.Sprintf("append: node %d has row %d, which was never sent or was refused (%q)", n, id, o))
-			}
-			have[id] = true
-		}
-		missing := 0
-		for id, o := range r.appended {
-			if o == outOK && !have[id] {
-				if missing < 5 {
-					r.anomalies = append(r.anomalies, fmt.Sprintf("append: acknowledged row %d is missing on node %d", id, n))
-				}
-				missing++
-			}
-		}
-		if missing > 5 {
-			r.anomalies = append(r.anomalies, fmt.Sprintf("append: %d acknowledged rows missing on node %d in all", missing, n))
-		}
-	}
+	found := verify.Appends(dbs, r.appended)
+	r.anomalies = append(r.anomalies, found...)
+	r.mu.Unlock()
 }
 
 // bankClient moves money between accounts in one multi-statement
@@ -106,8 +81,8 @@ func (r *run) bankClient(cl int, stop <-chan struct{}) {
 			a, b := rng.IntN(bankAccounts), rng.IntN(bankAccounts)
 			amt := 1 + rng.IntN(50)
 			st, _, err := r.post(node, map[string]any{"command": "exec", "queries": []map[string]any{
-				{"query": "UPDATE bank SET balance = balance - ? WHERE id = ?", "params": []any{amt, a}},
-				{"query": "UPDATE bank SET balance = balance + ? WHERE id = ?", "params": []any{amt, b}},
+				{"query": verify.BankTakeSQL, "params": []any{amt, a}},
+				{"query": verify.BankGiveSQL, "params": []any{amt, b}},
 			}})
 			if err != nil || st != 200 {
 				time.Sleep(20 * time.Millisecond)
@@ -117,7 +92,7 @@ func (r *run) bankClient(cl int, stop <-chan struct{}) {
 			if rng.IntN(2) == 0 {
 				consistency = "strong"
 			}
-			st, body, err := r.post(node, map[string]any{"command": "query", "query": "SELECT sum(balance) AS total, count(*) AS n FROM bank", "consistency": consistency})
+			st, body, err := r.post(node, map[string]any{"command": "query", "query": verify.BankTotalSQL, "consistency": consistency})
 			if err == nil && st == 200 {
 				var rows []struct{ Total, N int64 }
 				if json.Unmarshal(body, &rows) != nil || len(rows) != 1 || rows[0].Total != bankTotal || rows[0].N != bankAccounts {
@@ -132,68 +107,17 @@ func (r *run) bankClient(cl int, stop <-chan struct{}) {
 }
 
 func (r *run) checkBank(dbs []*inspect.Database) {
-	for n, d := range dbs {
-		t := d.Table("bank")
-		if t == nil {
-			r.anomaly("bank: table missing on node %d", n)
-			continue
-		}
-		var sum int64
-		for _, row := range t.Rows {
-			sum += row[1].(int64)
-		}
-		if sum != bankTotal || len(t.Rows) != bankAccounts {
-			r.anomaly("bank: node %d ends with total %d over %d accounts (want %d over %d)", n, sum, len(t.Rows), bankTotal, bankAccounts)
-		}
+	for _, a := range verify.Bank(dbs) {
+		r.anomaly("%s", a)
 	}
 }
 
-// Register operations, for porcupine.
-type regInput struct {
-	Write bool  `json:"write"`
-	Key   int   `json:"key"`
-	Value int64 `json:"value"`
-}
+type (
+	regInput  = verify.RegInput
+	regOutput = verify.RegOutput
+)
 
-type regOutput struct {
-	Value   int64 `json:"value"`
-	Unknown bool  `json:"unknown"`
-	// Where the answer came from, for reading a failed history (the
-	// model ignores them): the node asked and the X-Ddb-Index it gave.
-	Node  int    `json:"node"`
-	Index uint64 `json:"index"`
-}
-
-// registerModel: each key holds the last value written (0: none).
-var registerModel = porcupine.Model{
-	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-		by := map[int][]porcupine.Operation{}
-		for _, op := range h {
-			k := op.Input.(regInput).Key
-			by[k] = append(by[k], op)
-		}
-		var out [][]porcupine.Operation
-		for _, ops := range by {
-			out = append(out, ops)
-		}
-		return out
-	},
-	Init: func() any { return int64(0) },
-	Step: func(state, input, output any) (bool, any) {
-		in, out := input.(regInput), output.(regOutput)
-		if in.Write {
-			return true, in.Value
-		}
-		return out.Value == state.(int64), state
-	},
-	DescribeOperation: func(input, output any) string {
-		in, out := input.(regInput), output.(regOutput)
-		if in.Write {
-			return fmt.Sprintf("write(%d, %d) at node %d, index %d, unknown=%v", in.Key, in.Value, out.Node, out.Index, out.Unknown)
-		}
-		return fmt.Sprintf("read(%d) -> %d at node %d, index %d", in.Key, out.Value, out.Node, out.Index)
-	},
-}
+var registerModel = verify.RegisterModel
 
 // registerClient writes unique values to a few keys and reads them with
 // consistency=strong, at every node, recording the history.
@@ -210,7 +134,7 @@ func (r *run) registerClient(cl int, stop <-chan struct{}) {
 		call := time.Since(r.start).Nanoseconds()
 		if rng.IntN(2) == 0 {
 			v := int64(cl+1)*1_000_000 + int64(i)
-			st, _, index, err := r.postIndex(node, map[string]any{"command": "exec", "query": "INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", "params": []any{key, v}})
+			st, _, index, err := r.postIndex(node, map[string]any{"command": "exec", "query": verify.RegWriteSQL, "params": []any{key, v}})
 			ret := time.Since(r.start).Nanoseconds()
 			o := outcome(st, err)
 			if o != outFailed {
@@ -227,7 +151,7 @@ func (r *run) registerClient(cl int, stop <-chan struct{}) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		} else {
-			st, body, index, err := r.postIndex(node, map[string]any{"command": "query", "query": "SELECT v FROM reg WHERE k = ?", "params": []any{key}, "consistency": "strong"})
+			st, body, index, err := r.postIndex(node, map[string]any{"command": "query", "query": verify.RegReadSQL, "params": []any{key}, "consistency": "strong"})
 			ret := time.Since(r.start).Nanoseconds()
 			if err == nil && st == 200 {
 				var rows []struct{ V int64 }
@@ -254,17 +178,17 @@ func (r *run) checkRegister() {
 	r.mu.Lock()
 	ops := append([]porcupine.Operation(nil), r.regOps...)
 	r.mu.Unlock()
-	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, 60*time.Second)
-	switch res {
-	case porcupine.Illegal:
+	found, did, info := verify.Register(ops, 60*time.Second)
+	for _, a := range found {
+		r.anomaly("%s", a)
+	}
+	if info != nil {
 		r.mu.Lock()
-		r.regInfo = &info
+		r.regInfo = info
 		r.mu.Unlock()
-		r.anomaly("register: the history of %d strong reads and writes is not linearizable", len(ops))
-	case porcupine.Unknown:
-		r.logf("register: linearizability check timed out on %d operations (inconclusive)", len(ops))
-	default:
-		r.logf("register: %d operations, linearizable", len(ops))
+	}
+	if did != "" {
+		r.logf("%s", did)
 	}
 }
 
@@ -278,7 +202,7 @@ func (r *run) determinismClient(cl int, stop <-chan struct{}) {
 			return
 		default:
 		}
-		st, _, err := r.post((cl+i)%3, map[string]any{"command": "exec", "query": "INSERT INTO det (ms) VALUES (strftime('%Y-%m-%d %H:%M:%f', 'now') || ' ' || random())"})
+		st, _, err := r.post((cl+i)%3, map[string]any{"command": "exec", "query": verify.DetSQL})
 		if err != nil || st != 200 {
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -290,7 +214,7 @@ func (r *run) determinismClient(cl int, stop <-chan struct{}) {
 // applies (all of them or none).
 type heavyOp struct {
 	rows    int
-	outcome string
+	outcome verify.Outcome
 }
 
 // heavyClient sends the writes that cost every node the most, through

@@ -1,0 +1,413 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+
+	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/faults"
+	"github.com/ddbgo/ddb/internal/store"
+)
+
+// The timings of a simulated node: the production defaults (see
+// consensus.StartEngine), except that the log is compacted early, so that
+// snapshots are sent often.
+const (
+	tick         = 100 * time.Millisecond
+	electionTick = 7
+	logKeep      = 64
+	watchEvery   = 500 * time.Millisecond // rejoinEvery
+	ackTimeout   = 4 * time.Second        // how long a write or a configuration change may wait
+	readResend   = 200 * time.Millisecond // a read index request Raft dropped is asked again
+)
+
+// node is one simulated node.
+type node struct {
+	s    *sim
+	i    int    // command-line id: 0 is the master
+	id   uint64 // Raft id
+	path string // its database file
+
+	up       bool
+	inc      int // incarnation: bumped at every start; events of an earlier one are ignored
+	st       *store.Store
+	rep      *consensus.Replica
+	n        *consensus.Node
+	admitted bool          // takes Raft messages (see consensus.JoinRequest.Fresh)
+	offset   time.Duration // its clock's error
+	slowTill time.Duration // applies slowly until then (fault "slow-apply")
+	applying bool          // an apply is scheduled
+	joining  time.Duration // the wait before it announces itself again
+	wiped    bool          // lost its data, and is not back as a voter holding the log
+
+	ops     []*op
+	changes map[uint64]*change // configuration changes this node (leading) waits for, by node
+}
+
+func newNode(s *sim, i int) *node {
+	return &node{s: s, i: i, id: uint64(i) + 1, path: filepath.Join(s.o.Dir, fmt.Sprintf("slave%d.db", i))}
+}
+
+// clock is the node's time.
+func (nd *node) clock() time.Time { return epoch.Add(nd.s.now + nd.offset) }
+
+// url is how the others know the node.
+func url(id uint64) string { return fmt.Sprintf("sim://node%d", id-1) }
+
+// bug says whether the deliberate defect name is on (fault builds only), as
+// the engine's does.
+func (s *sim) bug(name string) bool {
+	return faults.Enabled && slices.Contains(strings.Split(s.o.Bug, ","), name)
+}
+
+// start opens the node's store and Raft state as consensus.StartEngine
+// does, and schedules its ticks and its background work.
+func (s *sim) start(nd *node) error {
+	storeBug := ""
+	if faults.Enabled {
+		storeBug = s.o.Bug
+	}
+	st, err := store.Open(store.Options{Path: nd.path, ReadConns: 1, Synchronous: "OFF", Seeds: s.rng.Int64, InjectBug: storeBug})
+	if err != nil {
+		return fmt.Errorf("node %d: %w", nd.i, err)
+	}
+	if _, err := st.ClaimRaftNode(nd.id); err != nil {
+		st.Close()
+		return err
+	}
+	fresh, err := st.RaftStateEmpty(context.Background())
+	if err != nil {
+		st.Close()
+		return err
+	}
+	applied := st.Applied()
+	admitted := !fresh
+	var voters []uint64
+	if fresh {
+		applied = 0 // its data, if any, is replaced by a snapshot
+		if nd.i == 0 && !s.clusterRunning(nd) {
+			admitted = true
+			for _, o := range s.nodes {
+				voters = append(voters, o.id)
+			}
+		}
+	}
+	nd.inc++
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if s.o.Log != nil {
+		log = slog.New(slog.NewTextHandler(logWriter{s, nd.i}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	rep, err := consensus.OpenReplica(context.Background(), st, transport{s, nd, nd.inc}, consensus.ReplicaConfig{
+		Applied: &applied, Now: nd.clock, Seeds: s.rng.Int64,
+		Node: consensus.Config{ID: nd.id, Voters: voters, TickEvery: tick, ElectionTick: electionTick, Preferred: 1,
+			LogKeep: logKeep, HoldProposals: -1, Now: nd.clock, Log: log},
+	})
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("node %d: %w", nd.i, err)
+	}
+	nd.st, nd.rep, nd.n = st, rep, rep.Node()
+	nd.up, nd.admitted, nd.applying = true, admitted, false
+	nd.changes = map[uint64]*change{}
+	nd.joining = 200 * time.Millisecond
+	s.log(fmt.Sprintf("start %d fresh=%v admitted=%v applied=%d", nd.i, fresh, admitted, applied))
+	inc := nd.inc
+	var ticker func()
+	ticker = func() {
+		if nd.inc != inc || !nd.up {
+			return
+		}
+		s.guard(nd, "tick", func() { nd.n.Tick() })
+		s.step(nd)
+		s.after(tick, "", ticker)
+	}
+	s.after(s.between(0, tick), "", ticker)
+	var watch func()
+	watch = func() {
+		if nd.inc != inc || !nd.up {
+			return
+		}
+		if _, self := nd.n.Leader(); self && !s.bug("rejoin-once") {
+			s.finishRejoins(nd)
+		}
+		s.after(watchEvery, "", watch)
+	}
+	s.after(watchEvery, "", watch)
+	s.after(0, "", func() { s.announce(nd, inc) })
+	return nil
+}
+
+// logWriter sends a node's log lines to the run's log (not its trace).
+type logWriter struct {
+	s *sim
+	i int
+}
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.s.o.Log(fmt.Sprintf("[%9.3fs] node %d: %s", w.s.now.Seconds(), w.i, strings.TrimSpace(string(b))))
+	return len(b), nil
+}
+
+// clusterRunning says whether a node reachable from nd has a running
+// cluster (what consensus.Engine's first join round asks).
+func (s *sim) clusterRunning(nd *node) bool {
+	if !s.began {
+		return false
+	}
+	for _, o := range s.upNodes() {
+		if o != nd && o.admitted && !s.net.cutBetween(nd.id, o.id) && o.n.RecentStatus().Commit > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// stop stops the node as a crash would: its Raft state and store close,
+// and what waited on it learns nothing more.
+func (nd *node) stop() {
+	nd.n.Stop()
+	nd.st.Close()
+	nd.up = false
+	nd.inc++
+	for _, o := range nd.ops {
+		o.forget()
+		o.finish(result{outcome: unknownOutcome, node: nd.i})
+	}
+	nd.ops = nil
+	nd.changes = nil
+}
+
+// wipe deletes the node's files (it must be down).
+func (nd *node) wipe() {
+	for _, p := range []string{nd.path, store.RaftLogPath(nd.path)} {
+		for _, f := range []string{p, p + "-wal", p + "-shm"} {
+			os.Remove(f)
+		}
+	}
+}
+
+// guard runs f on nd: a panic in Raft or the store (a broken invariant)
+// is an anomaly, and the node crashes.
+func (s *sim) guard(nd *node, what string, f func()) (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.anomaly("node: node %d panicked in %s: %v", nd.i, what, r)
+			if nd.up {
+				nd.stop()
+			}
+			ok = false
+		}
+	}()
+	f()
+	return true
+}
+
+// step takes one step of the node's loop, then schedules its applier and
+// settles what waits on it.
+func (s *sim) step(nd *node) {
+	if !nd.up {
+		return
+	}
+	var err error
+	if !s.guard(nd, "step", func() { err = nd.n.Step() }) {
+		return
+	}
+	if err != nil {
+		s.anomaly("node: node %d stopped: %v", nd.i, err)
+		nd.stop()
+		return
+	}
+	s.noteLeader(nd)
+	s.scheduleApply(nd)
+	s.settle(nd)
+}
+
+// scheduleApply has the node's applier apply its next batch after a
+// while (longer while the node is slow): the loop goes on meanwhile.
+func (s *sim) scheduleApply(nd *node) {
+	if nd.applying || nd.n.Unapplied() == 0 {
+		return
+	}
+	nd.applying = true
+	d := s.between(100*time.Microsecond, 2*time.Millisecond)
+	if s.now < nd.slowTill {
+		d = s.between(50*time.Millisecond, 400*time.Millisecond)
+	}
+	inc := nd.inc
+	s.after(d, "", func() {
+		if nd.inc != inc || !nd.up {
+			return
+		}
+		nd.applying = false
+		var err error
+		if !s.guard(nd, "apply", func() { _, err = nd.n.ApplyNext() }) {
+			return
+		}
+		if err != nil {
+			s.anomaly("node: node %d failed to apply: %v", nd.i, err)
+			nd.stop()
+			return
+		}
+		s.log(fmt.Sprintf("applied %d %d", nd.i, nd.st.Applied()))
+		s.scheduleApply(nd)
+		s.settle(nd)
+		// What the applier sends (a leader's report of what it applied)
+		// goes out with the next step.
+		s.step(nd)
+	})
+}
+
+// change is a configuration change a leader waits for, as
+// consensus.Node.ChangeMembership does: proposed again until the
+// configuration holds it, given up after the ack timeout.
+type change struct {
+	cc       pb.ConfChange
+	proposed time.Duration
+	deadline time.Duration
+	done     func(ok bool)
+}
+
+// changeConf proposes cc on nd, which leads, and calls done (if set) with
+// whether the configuration came to hold it.
+func (s *sim) changeConf(nd *node, cc pb.ConfChange, done func(ok bool)) {
+	if c := nd.changes[cc.NodeID]; c != nil {
+		if c.cc.Type != cc.Type {
+			if done != nil {
+				done(false) // another change of that node is under way
+			}
+			return
+		}
+		if done != nil {
+			prev := c.done
+			c.done = func(ok bool) {
+				if prev != nil {
+					prev(ok)
+				}
+				done(ok)
+			}
+		}
+		return
+	}
+	s.log(fmt.Sprintf("propose %d %s %d", nd.i, cc.Type, cc.NodeID-1))
+	nd.changes[cc.NodeID] = &change{cc: cc, proposed: s.now, deadline: s.now + ackTimeout, done: done}
+	if s.guard(nd, "propose change", func() { _ = nd.n.ProposeChange(cc) }) {
+		s.after(0, "", func() { s.step(nd) })
+	}
+}
+
+// settleChanges finishes the configuration changes nd waits for.
+func (s *sim) settleChanges(nd *node) {
+	if len(nd.changes) == 0 {
+		return
+	}
+	st := nd.n.RecentStatus()
+	for _, id := range sortedKeys(nd.changes) {
+		c := nd.changes[id]
+		var ok, over bool
+		switch {
+		case consensus.HasChange(st, c.cc):
+			ok, over = true, true
+		case st.RaftState != raft.StateLeader || s.now >= c.deadline:
+			over = true
+		case s.now-c.proposed >= 2*electionTick*tick:
+			c.proposed = s.now
+			s.guard(nd, "propose change", func() { _ = nd.n.ProposeChange(c.cc) })
+			s.after(0, "", func() { s.step(nd) })
+		}
+		if over {
+			delete(nd.changes, id)
+			s.log(fmt.Sprintf("changed %d %s %d ok=%v", nd.i, c.cc.Type, id-1, ok))
+			if c.done != nil {
+				c.done(ok)
+			}
+		}
+	}
+}
+
+// finishRejoins, on the leader, takes each node being added back a step
+// further (consensus.RejoinSteps, as the engine does).
+func (s *sim) finishRejoins(nd *node) {
+	for _, cc := range consensus.RejoinSteps(nd.n.RecentStatus(), nd.n.Rejoining(), url) {
+		s.changeConf(nd, cc, nil)
+	}
+}
+
+// inConfig says whether nd is in its own view of the configuration.
+func (nd *node) inConfig() bool {
+	cfg := nd.n.RecentStatus().Config
+	_, v0 := cfg.Voters[0][nd.id]
+	_, v1 := cfg.Voters[1][nd.id]
+	_, l := cfg.Learners[nd.id]
+	return v0 || v1 || l
+}
+
+// announce sends a join request to every other node, until nd is admitted
+// and in the configuration (consensus.Engine.announce).
+func (s *sim) announce(nd *node, inc int) {
+	if nd.inc != inc || !nd.up {
+		return
+	}
+	if nd.admitted && nd.inConfig() {
+		return
+	}
+	req := consensus.JoinRequest{ID: nd.id, URL: url(nd.id), Fresh: !nd.admitted}
+	for _, o := range s.nodes {
+		if o == nd {
+			continue
+		}
+		s.rpc(nd, o, fmt.Sprintf("join %d->%d fresh=%v", nd.i, o.i, req.Fresh), func(reply func(string, func())) {
+			s.handleJoin(o, req, func(admitted bool, why string) {
+				reply(fmt.Sprintf("joined %d<-%d admitted=%v %s", nd.i, o.i, admitted, why), func() {
+					if nd.inc == inc && admitted && req.Fresh && !nd.admitted {
+						nd.admitted = true
+						s.log(fmt.Sprintf("admitted %d by %d", nd.i, o.i))
+					}
+				})
+			})
+		})
+	}
+	s.after(nd.joining, "", func() { s.announce(nd, inc) })
+	nd.joining = min(2*nd.joining, 2*time.Second)
+}
+
+// handleJoin is a node's answer to a join request (consensus.Engine.HandleJoin).
+func (s *sim) handleJoin(nd *node, req consensus.JoinRequest, answer func(admitted bool, why string)) {
+	if !nd.admitted {
+		answer(false, "this node is starting")
+		return
+	}
+	d := consensus.DecideJoin(nd.n.RecentStatus(), nd.n.Rejoining(), &req, true, s.bug)
+	finish := func() {
+		if _, self := nd.n.Leader(); self && d.FinishRejoins {
+			s.finishRejoins(nd)
+		}
+	}
+	if d.Change == nil {
+		finish()
+		answer(d.Admitted, d.Reason)
+		return
+	}
+	s.log(fmt.Sprintf("decide %d: %s (%s %d)", nd.i, d.Log, d.Change.Type, d.Change.NodeID-1))
+	inc := nd.inc
+	s.changeConf(nd, *d.Change, func(ok bool) {
+		if nd.inc != inc || !nd.up {
+			return
+		}
+		if !ok {
+			answer(false, "changing the configuration failed")
+			return
+		}
+		finish()
+		answer(true, "")
+	})
+}
