@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/raft/v3/tracker"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
@@ -310,6 +311,11 @@ type JoinRequest struct {
 	// lost). It takes part only once admitted: a leader that counted its
 	// old log would otherwise send it a commit index it cannot have.
 	Fresh bool `json:"fresh,omitempty"`
+	// Data is the index a fresh node's database holds (0: none). A
+	// database an operator copied from another node to rebuild a
+	// cluster (docs/REPLICATION.md, "Restoring a node") has data but no
+	// Raft state; a wiped one has neither.
+	Data uint64 `json:"data,omitempty"`
 }
 
 // JoinResponse lists the URLs of the nodes the receiver knows, and says
@@ -350,7 +356,7 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Instance: e.boot, Fresh: fresh})
+		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Instance: e.boot, Fresh: fresh, Data: e.st.Applied()})
 		cancel()
 		var refused *replication.JoinRefusedError
 		if errors.As(err, &refused) {
@@ -478,16 +484,22 @@ func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug 
 		switch {
 		case !req.Fresh && (voter || learner):
 			return JoinDecision{Admitted: true}
-		case req.Fresh && st.Lead == 0 && (st.Term <= 1 && st.Commit > 0 || bug("admit-fresh-voter")):
-			// This node holds the configuration the cluster was created
-			// with, and no election has been held yet (the first is in
-			// term 2): nothing was acknowledged by a majority, so a node
-			// without data loses nothing by voting in the first one.
-			// Once one was held, a node without data may have lost what
-			// it acknowledged: were it to vote, a node without those
-			// entries could win an election, and they would be lost.
-			// Only the leader admits it then, out of the configuration
-			// and back as a learner.
+		case req.Fresh && st.Lead == 0 && st.Term <= 1 && st.Commit > 0,
+			req.Fresh && st.Lead == 0 && req.Data > 0 && req.Data >= st.Applied,
+			req.Fresh && st.Lead == 0 && faults.Enabled && bug("admit-fresh-voter"):
+			// Either this node holds the configuration the cluster was
+			// created with and no election has been held yet (the first
+			// is in term 2): nothing was acknowledged by a majority, so a
+			// node without data loses nothing by voting in the first one.
+			// Or the node holds a database copied from another node, at
+			// least as far as this node applied the log: an
+			// operator rebuilding the cluster from its best copy
+			// (docs/REPLICATION.md, "Restoring a node").
+			// Otherwise a node without Raft state may have lost what it
+			// acknowledged: were it to vote, a node without those entries
+			// could win an election, and they would be lost. Only the
+			// leader admits it then, out of the configuration and back as
+			// a learner.
 			return JoinDecision{Admitted: true}
 		}
 		return JoinDecision{Reason: "ask the leader"}
@@ -497,7 +509,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug 
 	case rejoining:
 		// Taken out to be added back after it lost its data: as a
 		// learner first, a voter once it holds the log (rejoin.go).
-		return JoinDecision{Admitted: true, FinishRejoins: !bug("rejoin-once")}
+		return JoinDecision{Admitted: true, FinishRejoins: !(faults.Enabled && bug("rejoin-once"))}
 	case !voter && !learner && req.Fresh && named:
 		// A voter the master's command line names that lost its data and
 		// is out of the configuration (taking it out and adding it again
@@ -508,7 +520,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug 
 	case !voter && !learner:
 		return JoinDecision{Admitted: true, Log: "node joins as a learner",
 			Change: &pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}}
-	case req.Fresh && (voter && !bug("admit-fresh-voter") || st.Progress[req.ID].Match > 0):
+	case req.Fresh && (voter && !(faults.Enabled && bug("admit-fresh-voter")) || st.Progress[req.ID].Match > 0):
 		// The node lost its data. A voter may have lost entries it
 		// acknowledged, which a majority counted: voting with an empty
 		// log, it could elect a node that lacks them. (Whether this leader
@@ -520,7 +532,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug 
 		// rejoin.go), this one at once.
 		return JoinDecision{Admitted: true, Log: "node lost its data; it is taken out of the configuration and added back",
 			Change:        &pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})},
-			FinishRejoins: !bug("rejoin-once")}
+			FinishRejoins: !(faults.Enabled && bug("rejoin-once"))}
 	}
 	return JoinDecision{Admitted: true}
 }

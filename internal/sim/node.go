@@ -360,7 +360,7 @@ func (s *sim) announce(nd *node, inc int) {
 	if nd.admitted && nd.inConfig() {
 		return
 	}
-	req := consensus.JoinRequest{ID: nd.id, URL: url(nd.id), Fresh: !nd.admitted}
+	req := consensus.JoinRequest{ID: nd.id, URL: url(nd.id), Fresh: !nd.admitted, Data: nd.st.Applied()}
 	for _, o := range s.nodes {
 		if o == nd {
 			continue
