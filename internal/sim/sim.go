@@ -44,6 +44,10 @@ type Options struct {
 	FaultEvery time.Duration
 	Faults     []string // fault kinds to draw from (default AllFaults)
 	Clients    int      // clients per workload (default 2)
+	// Think is a client's mean pause between two operations (default
+	// 200 ms: some 40 operations a simulated second in all). The real
+	// store is most of a run's cost: fewer operations simulate more time.
+	Think time.Duration
 	// Bug switches deliberate defects on, comma-separated (fault builds
 	// only; see consensus.EngineConfig.InjectBug and store.Options.InjectBug).
 	Bug string
@@ -117,6 +121,9 @@ func Run(o Options) (Report, error) {
 	}
 	if o.Clients == 0 {
 		o.Clients = 2
+	}
+	if o.Think == 0 {
+		o.Think = 200 * time.Millisecond
 	}
 	if o.Dir == "" {
 		return Report{}, fmt.Errorf("sim: Options.Dir is required")

@@ -250,7 +250,7 @@ func (s *sim) think(then func()) {
 	if s.ended {
 		return
 	}
-	s.after(s.between(time.Millisecond, 60*time.Millisecond), "", then)
+	s.after(s.between(time.Millisecond, 2*s.o.Think), "", then)
 }
 
 // retried sends a write with a request id, and again (same id) while its
