@@ -27,6 +27,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
@@ -59,25 +60,25 @@ func TestForgedReplayedAndTamperedPeerRequestsChangeNothing(t *testing.T) {
 	evil, _ := consensus.EncodeMessages(0, []raftpb.Message{{Type: raftpb.MsgApp, To: 2, From: 1, Term: 1000, Index: c.Applied(1), LogTerm: 1000,
 		Entries: []raftpb.Entry{{Index: c.Applied(1) + 1, Term: 1000, Data: append(make([]byte, 24), body...)}}, Commit: c.Applied(1) + 1}})
 
-	if st := peerPost(t, c, 1, consensus.RaftPath, evil, nil); st != 403 {
+	if st := peerPost(t, c, 1, replication.RaftPath, evil, nil); st != 403 {
 		t.Fatalf("unsigned raft message: %d", st)
 	}
 	wrong := cluster.NewAuth("not the secret", nil)
-	if st := peerPost(t, c, 1, consensus.RaftPath, evil, func(r *http.Request) { wrong.Sign(r, "master", cluster.BodyHash(evil)) }); st != 403 {
+	if st := peerPost(t, c, 1, replication.RaftPath, evil, func(r *http.Request) { wrong.Sign(r, "master", cluster.BodyHash(evil)) }); st != 403 {
 		t.Fatalf("raft message signed with the wrong secret: %d", st)
 	}
 	empty := []byte{}
 	var signed http.Header
-	if st := peerPost(t, c, 1, consensus.RaftPath, empty, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)); signed = r.Header.Clone() }); st != 204 {
+	if st := peerPost(t, c, 1, replication.RaftPath, empty, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)); signed = r.Header.Clone() }); st != 204 {
 		t.Fatalf("a correctly signed (empty) request: %d", st)
 	}
-	if st := peerPost(t, c, 1, consensus.RaftPath, empty, func(r *http.Request) { r.Header = signed }); st != 403 {
+	if st := peerPost(t, c, 1, replication.RaftPath, empty, func(r *http.Request) { r.Header = signed }); st != 403 {
 		t.Fatalf("replayed request: %d", st)
 	}
-	if st := peerPost(t, c, 1, consensus.RaftPath, evil, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)) }); st != 403 {
+	if st := peerPost(t, c, 1, replication.RaftPath, evil, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)) }); st != 403 {
 		t.Fatalf("tampered body: %d", st)
 	}
-	if st := peerPost(t, c, 1, consensus.SnapshotPath, []byte("not a database"), nil); st != 403 {
+	if st := peerPost(t, c, 1, replication.SnapshotPath, []byte("not a database"), nil); st != 403 {
 		t.Fatalf("unsigned snapshot: %d", st)
 	}
 	fwd := []byte(`{"origin":1,"body":` + string(body) + `,"ack":"master"}`)

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/replication"
 )
 
 // The web console: GET / from a browser (Accept: text/html) answers one
@@ -57,19 +57,19 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 	if !s.guard(w, r, PermStatus, http.MethodGet) {
 		return
 	}
-	members := s.eng.Members()
+	members := s.admin.Members()
 	nodes := make([]consoleNode, len(members))
 	var wg sync.WaitGroup
 	for i, m := range members {
 		nodes[i] = consoleNode{ID: m.ID, URL: m.URL, Voter: m.Voter}
 		wg.Add(1)
-		go func(n *consoleNode, m consensus.Member) {
+		go func(n *consoleNode, m replication.Member) {
 			defer wg.Done()
-			var st consensus.Status
+			var st replication.Status
 			var err error
 			switch {
 			case m.ID == s.cfg.ID:
-				st = s.eng.Status()
+				st = s.admin.Status()
 			case m.URL == "":
 				err = errUnknownAddress
 			default:
@@ -98,7 +98,7 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 			nodes[i].Lag = commit - nodes[i].Applied
 		}
 	}
-	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "missing_voters": s.eng.MissingVoters(), "consistency": s.eng.Consistency(), "time": time.Now().UnixMilli()})
+	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "missing_voters": s.admin.MissingVoters(), "consistency": s.admin.Consistency(), "time": time.Now().UnixMilli()})
 }
 
 // errUnknownAddress: a member this node has no URL for yet.
@@ -106,6 +106,6 @@ var errUnknownAddress = errors.New("its address is not known here yet")
 
 // handlePeerStatus answers another node's console with this node's status.
 func (s *Server) handlePeerStatus(w http.ResponseWriter, r *http.Request, _ []byte) {
-	b, _ := json.Marshal(s.eng.Status())
+	b, _ := json.Marshal(s.admin.Status())
 	writeJSON(w, http.StatusOK, b)
 }

@@ -27,6 +27,9 @@ func (f fakeRepl) WaitApplied(context.Context, uint64, time.Duration) error { re
 func (f fakeRepl) IsLeader() bool                                           { return f.leader }
 func (f fakeRepl) LeaderURL() string                                        { return f.url }
 func (f fakeRepl) Serving() error                                           { return nil }
+func (f fakeRepl) WaitLeader(context.Context) bool                          { return f.url != "" }
+func (f fakeRepl) Learner() bool                                            { return false }
+func (f fakeRepl) SinceLeaderContact() time.Duration                        { return 0 }
 
 // Every error a request can meet maps to its status and kind, wrapped or
 // not, and the answer's body carries what the kind promises.

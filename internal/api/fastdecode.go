@@ -2,10 +2,11 @@ package api
 
 import (
 	"encoding/json"
-	"github.com/ddbgo/ddb/internal/cluster"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/ddbgo/ddb/internal/cluster"
 
 	"github.com/ddbgo/ddb/internal/rlog"
 )

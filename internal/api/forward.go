@@ -63,7 +63,7 @@ func (t *Transport) forwardQueue(url string) *forwardQueue {
 	return q
 }
 
-// Forward implements consensus.PeerCaller. A request that never reached
+// Forward implements replication.PeerCaller. A request that never reached
 // the leader is ErrUnavailable (503); one that reached it but got no answer
 // has an unknown outcome (504).
 func (t *Transport) Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error) {
@@ -257,7 +257,7 @@ func (s *Server) handleForwardBatch(w http.ResponseWriter, r *http.Request, body
 		if !cluster.ValidAck(req.Ack) {
 			req.Ack = s.cfg.Ack
 		}
-		wg.Go(func() { out[i] = s.eng.HandleForward(ctx, req) })
+		wg.Go(func() { out[i] = s.admin.HandleForward(ctx, req) })
 	}
 	wg.Wait()
 	b, _ := json.Marshal(out)

@@ -83,13 +83,13 @@ func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
-	v := c.s.eng.Metrics()
+	v := c.s.admin.Metrics()
 	leader := 0.0
 	if v.Leader {
 		leader = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(c.s.st.Applied()))
-	cs := c.s.eng.Consistency()
+	cs := c.s.admin.Consistency()
 	ch <- prometheus.MustNewConstMetric(descChecks, prometheus.CounterValue, float64(cs.Checks))
 	ch <- prometheus.MustNewConstMetric(descDiverged, prometheus.GaugeValue, float64(len(cs.DivergedNodes)))
 	ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(v.Term))
@@ -133,7 +133,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"database":       s.st.Path(),
 		"uptime_seconds": time.Since(s.started).Seconds(),
 	}
-	es := s.eng.Status()
+	es := s.admin.Status()
 	st["role"] = es.Role
 	st["raft"] = es
 	for k, v := range s.rqStatus(es) {
@@ -163,12 +163,12 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
 		return
 	}
-	why := s.eng.Ready()
+	why := s.admin.Ready()
 	if why != "" {
 		writeError(w, http.StatusServiceUnavailable, "not ready: "+why)
 		return
 	}
-	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+s.eng.Status().Role+`"}`+"\n"))
+	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+s.admin.Status().Role+`"}`+"\n"))
 }
 
 // handleLive is liveness: 200 while the process serves HTTP and can read
@@ -180,7 +180,7 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 	}
 	// The process's token: a node that finds this id at another address
 	// can tell the same process from an impostor.
-	writeJSON(w, http.StatusOK, []byte(`{"status":"alive","instance":"`+s.eng.Instance()+`"}`+"\n"))
+	writeJSON(w, http.StatusOK, []byte(`{"status":"alive","instance":"`+s.admin.Instance()+`"}`+"\n"))
 }
 
 var storeLimitsNone = store.Limits{}

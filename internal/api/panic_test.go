@@ -29,6 +29,9 @@ func (brokenReplicator) WaitApplied(context.Context, uint64, time.Duration) erro
 func (brokenReplicator) IsLeader() bool                                           { return true }
 func (brokenReplicator) LeaderURL() string                                        { return "http://leader" }
 func (brokenReplicator) Serving() error                                           { return nil }
+func (brokenReplicator) WaitLeader(context.Context) bool                          { return true }
+func (brokenReplicator) Learner() bool                                            { return false }
+func (brokenReplicator) SinceLeaderContact() time.Duration                        { return 0 }
 
 // A committed write whose answer cannot be built is answered 500 with its
 // index, in JSON, and the node goes on serving.

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
-	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/replication"
 )
 
@@ -23,17 +22,17 @@ func (s *Server) handleForward(w http.ResponseWriter, r *http.Request, body []by
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
 	defer cancel()
-	b, _ := json.Marshal(s.eng.HandleForward(ctx, req))
+	b, _ := json.Marshal(s.admin.HandleForward(ctx, req))
 	writeJSON(w, http.StatusOK, b)
 }
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request, body []byte) {
-	var req consensus.JoinRequest
+	var req replication.JoinRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad join: "+err.Error())
 		return
 	}
-	resp, err := s.eng.HandleJoin(r.Context(), &req)
+	resp, err := s.admin.HandleJoin(r.Context(), &req)
 	if err != nil {
 		var refused *replication.JoinRefusedError
 		if errors.As(err, &refused) {
@@ -66,7 +65,7 @@ func readID(w http.ResponseWriter, r *http.Request, what string) (uint64, bool) 
 		writeError(w, http.StatusBadRequest, `send {"id": N}, the id of the node `+what+` (0: the master, i: slave i)`)
 		return 0, false
 	}
-	return consensus.NodeID(*id), true
+	return cluster.RaftID(*id), true
 }
 
 // handleTransfer hands leadership to another voter by hand (POST {"id": N}
@@ -83,11 +82,11 @@ func (s *Server) handleTransfer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !s.eng.IsLeader() {
-		writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.eng.LeaderURL())
+	if !s.repl.IsLeader() {
+		writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.repl.LeaderURL())
 		return
 	}
-	if err := s.eng.TransferLeadership(r.Context(), id); err != nil {
+	if err := s.admin.TransferLeadership(r.Context(), id); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -114,7 +113,7 @@ func (s *Server) handleApplied(w http.ResponseWriter, r *http.Request, body []by
 	if !ok {
 		return
 	}
-	if err := s.eng.WaitApplied(r.Context(), index, s.cfg.AckTimeout); err != nil {
+	if err := s.repl.WaitApplied(r.Context(), index, s.cfg.AckTimeout); err != nil {
 		writeError(w, http.StatusGatewayTimeout, err.Error())
 		return
 	}
@@ -189,7 +188,7 @@ const (
 )
 
 func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, _ []byte) {
-	if !s.eng.IsLeader() {
+	if !s.repl.IsLeader() {
 		writeError(w, http.StatusServiceUnavailable, "this node does not lead: ask the leader for its copy")
 		return
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -183,7 +183,7 @@ func TestMembershipRequestsReadTheirIDExactlyOnce(t *testing.T) {
 		switch {
 		case want < 0 && (ok || w.Code != http.StatusBadRequest):
 			t.Errorf("%s: read id %d (%v, status %d), want a 400", body, id, ok, w.Code)
-		case want >= 0 && (!ok || id != consensus.NodeID(want)):
+		case want >= 0 && (!ok || id != cluster.RaftID(want)):
 			t.Errorf("%s: read id %d (%v, status %d), want node %d", body, id, ok, w.Code, want)
 		}
 	}

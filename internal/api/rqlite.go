@@ -494,13 +494,13 @@ func (s *Server) rqReadable(ctx context.Context, w http.ResponseWriter, r *http.
 	level := flags.level
 	if level == "auto" {
 		level = "weak"
-		if s.eng.Status().Role == "learner" {
+		if s.repl.Learner() {
 			level = "none"
 		}
 	}
 	if level == "none" {
 		if flags.freshness > 0 {
-			if age := s.eng.SinceLeaderContact(); age > flags.freshness {
+			if age := s.repl.SinceLeaderContact(); age > flags.freshness {
 				return &store.ForbiddenError{Reason: fmt.Sprintf("stale read: this node last heard from a leader %v ago, more than freshness=%v", age.Round(time.Millisecond), flags.freshness)}
 			}
 		}

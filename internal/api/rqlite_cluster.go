@@ -12,7 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ddbgo/ddb/internal/consensus"
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/replication"
 )
 
 // rqlite's cluster API (docs/RQLITE.md): /nodes, /readyz, /leader, and
@@ -31,7 +32,7 @@ func hostOf(u string) string {
 }
 
 // rqStatus is rqlite's part of /status, beside this project's fields.
-func (s *Server) rqStatus(es consensus.Status) map[string]any {
+func (s *Server) rqStatus(es replication.Status) map[string]any {
 	leader := map[string]any{"addr": "", "node_id": ""}
 	if es.LeaderID != nil {
 		leader = map[string]any{"addr": hostOf(es.LeaderURL), "node_id": rqNodeID(*es.LeaderID)}
@@ -40,7 +41,7 @@ func (s *Server) rqStatus(es consensus.Status) map[string]any {
 	// /nodes, and so learn every reachable node, not only the leader,
 	// which lets them go on when the leader dies.
 	var nodes []map[string]any
-	for _, m := range s.eng.Members() {
+	for _, m := range s.admin.Members() {
 		if m.URL == "" {
 			continue
 		}
@@ -130,8 +131,8 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		timeout = 5 * time.Second
 	}
 	_, nonvoters := r.URL.Query()["nonvoters"]
-	var members []consensus.Member
-	for _, m := range s.eng.Members() {
+	var members []replication.Member
+	for _, m := range s.admin.Members() {
 		if m.Voter || nonvoters {
 			members = append(members, m)
 		}
@@ -141,7 +142,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	for i, m := range members {
 		nodes[i] = rqNode{ID: rqNodeID(m.ID), APIAddr: m.URL, Addr: hostOf(m.URL), Voter: m.Voter, Leader: m.Leader}
 		wg.Add(1)
-		go func(n *rqNode, m consensus.Member) {
+		go func(n *rqNode, m replication.Member) {
 			defer wg.Done()
 			start := time.Now()
 			err := s.probe(r.Context(), m, timeout)
@@ -167,7 +168,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 }
 
 // probe checks that node m answers (this node answers for itself).
-func (s *Server) probe(ctx context.Context, m consensus.Member, timeout time.Duration) error {
+func (s *Server) probe(ctx context.Context, m replication.Member, timeout time.Duration) error {
 	if m.ID == s.cfg.ID {
 		return nil
 	}
@@ -180,7 +181,7 @@ func (s *Server) probe(ctx context.Context, m consensus.Member, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	resp, err := s.eng.Client().Do(req)
+	resp, err := s.tr.client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -205,14 +206,14 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	lines := []string{"[+]node ok"}
 	ok := true
 	if !noLeader {
-		if why := s.eng.Ready(); why == "" {
+		if why := s.admin.Ready(); why == "" {
 			lines = append(lines, "[+]leader ok")
 		} else {
 			lines = append(lines, "[-]leader not ok: "+why)
 			ok = false
 		}
 	}
-	if m := s.eng.MissingVoters(); len(m) > 0 {
+	if m := s.admin.MissingVoters(); len(m) > 0 {
 		// Reported, not failed: the node serves; the cluster tolerates
 		// fewer failures than its command line says.
 		lines = append(lines, fmt.Sprintf("[!]voters missing from the configuration: %v", m))
@@ -241,7 +242,7 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		for _, m := range s.eng.Members() {
+		for _, m := range s.admin.Members() {
 			if m.Leader {
 				writeValue(w, http.StatusOK, map[string]any{"leader": rqNode{ID: rqNodeID(m.ID), APIAddr: m.URL, Addr: hostOf(m.URL), Voter: m.Voter, Leader: true, Reachable: true}})
 				return
@@ -265,8 +266,8 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 			}
 			rawID = fields["id"]
 		}
-		if !s.eng.IsLeader() {
-			writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.eng.LeaderURL())
+		if !s.repl.IsLeader() {
+			writeError(w, http.StatusForbidden, "leadership is handed over by the leader: send this request to "+s.repl.LeaderURL())
 			return
 		}
 		target := -1
@@ -283,7 +284,7 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 			target = id
 		} else {
 			var best uint64
-			self := s.eng.Status()
+			self := s.admin.Status()
 			for _, n := range self.Nodes {
 				if n.ID != self.ID && n.Voter && n.Reachable && (target < 0 || n.Match > best) {
 					target, best = n.ID, n.Match
@@ -294,7 +295,7 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if err := s.eng.TransferLeadership(r.Context(), consensus.NodeID(target)); err != nil {
+		if err := s.admin.TransferLeadership(r.Context(), cluster.RaftID(target)); err != nil {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}

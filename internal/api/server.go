@@ -7,17 +7,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/ddbgo/ddb/internal/cluster"
-	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
@@ -25,11 +27,11 @@ import (
 
 // Server serves one node.
 type Server struct {
-	cfg  *cluster.Config
-	st   *store.Store
-	repl replication.Replicator // the client protocol's only view of replication
-	eng  *consensus.Engine      // membership, status, node-to-node endpoints
-	tr   *Transport             // signed calls to other nodes
+	cfg   *cluster.Config
+	st    *store.Store
+	repl  replication.Replicator // the client protocol's only view of replication
+	admin replication.Admin      // membership, status, node-to-node endpoints
+	tr    *Transport             // signed calls to other nodes
 	// statusFields are keys other parts of the node add to /status.
 	statusFields map[string]func() any
 	auth         *cluster.Auth
@@ -320,9 +322,9 @@ func (s *Server) serve(ctx context.Context, req *Request) (int, []byte, uint64) 
 }
 
 // awaitLeader waits until a leader is known, while an election may still
-// produce one (see consensus.Engine.WaitLeader).
+// produce one (see replication.Replicator.WaitLeader).
 func (s *Server) awaitLeader(ctx context.Context) {
-	s.eng.WaitLeader(ctx)
+	s.repl.WaitLeader(ctx)
 }
 
 // permitted reports whether the request's user may run command.
@@ -338,8 +340,8 @@ func (s *Server) permitted(req *Request, command Command) bool {
 
 // NewServer builds the handler for a node: the client protocol, the
 // operations endpoints, and the engine's node-to-node endpoints.
-func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *Transport, auth *cluster.Auth, users *Users) *Server {
-	s := &Server{cfg: cfg, st: st, repl: eng, eng: eng, tr: tr, auth: auth, users: users,
+func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, admin replication.Admin, tr *Transport, auth *cluster.Auth, users *Users) *Server {
+	s := &Server{cfg: cfg, st: st, repl: repl, admin: admin, tr: tr, auth: auth, users: users,
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), log: slog.Default(), started: time.Now()}
 	s.metrics.reg.MustRegister(nodeCollector{s})
@@ -360,9 +362,9 @@ func NewServer(cfg *cluster.Config, st *store.Store, eng *consensus.Engine, tr *
 	s.mux.HandleFunc("/leader", s.handleLeader)
 	s.mux.HandleFunc("/db/backup", s.handleBackup)
 	s.mux.HandleFunc("/db/load", s.handleLoad)
-	s.mux.HandleFunc(consensus.RaftPath, s.countRefused(eng.RaftHandler()))
-	s.mux.HandleFunc(consensus.StreamPath, s.countRefused(eng.RaftStreamHandler()))
-	s.mux.HandleFunc(consensus.SnapshotPath, s.countRefused(eng.SnapshotHandler()))
+	for _, path := range slices.Sorted(maps.Keys(admin.PeerHandlers())) {
+		s.mux.Handle(path, s.countRefused(admin.PeerHandlers()[path].ServeHTTP))
+	}
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
 	s.mux.HandleFunc(forwardBatchPath, s.peer(s.handleForwardBatch))
 	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
@@ -523,11 +525,11 @@ func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !s.eng.IsLeader() {
-		writeError(w, http.StatusForbidden, "membership changes go to the leader: send this request to "+s.eng.LeaderURL())
+	if !s.repl.IsLeader() {
+		writeError(w, http.StatusForbidden, "membership changes go to the leader: send this request to "+s.repl.LeaderURL())
 		return
 	}
-	if err := s.eng.Remove(r.Context(), id); err != nil {
+	if err := s.admin.Remove(r.Context(), id); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}

@@ -17,12 +17,11 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
-	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
-// Transport carries the engine's calls to other nodes (consensus.PeerCaller):
+// Transport carries the engine's calls to other nodes (replication.PeerCaller):
 // signed JSON requests over kept-alive connections.
 type Transport struct {
 	client *http.Client
@@ -113,13 +112,13 @@ func classifyForwardError(url string, err error) error {
 	return &replication.UnknownOutcomeError{Reason: fmt.Sprintf("the leader at %s did not answer: %v", url, err)}
 }
 
-// RaftJoin implements consensus.PeerCaller: 409 is a refusal.
-func (t *Transport) RaftJoin(ctx context.Context, url string, req *consensus.JoinRequest) (*consensus.JoinResponse, error) {
+// RaftJoin implements replication.PeerCaller: 409 is a refusal.
+func (t *Transport) RaftJoin(ctx context.Context, url string, req *replication.JoinRequest) (*replication.JoinResponse, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	var resp consensus.JoinResponse
+	var resp replication.JoinResponse
 	err = t.post(ctx, url+"/_ddb/join", body, &resp)
 	var pe *peerError
 	if errors.As(err, &pe) && (pe.status == http.StatusConflict || pe.status == http.StatusBadRequest) {
@@ -131,7 +130,7 @@ func (t *Transport) RaftJoin(ctx context.Context, url string, req *consensus.Joi
 	return &resp, err
 }
 
-// RemoteApplied implements consensus.PeerCaller.
+// RemoteApplied implements replication.PeerCaller.
 func (t *Transport) RemoteApplied(ctx context.Context, url string, index uint64) (uint64, error) {
 	body, _ := json.Marshal(map[string]uint64{"index": index})
 	var out struct {
@@ -141,7 +140,7 @@ func (t *Transport) RemoteApplied(ctx context.Context, url string, index uint64)
 	return out.Applied, err
 }
 
-// RemoteDigest implements consensus.PeerCaller.
+// RemoteDigest implements replication.PeerCaller.
 func (t *Transport) RemoteDigest(ctx context.Context, url string, index uint64) (*store.Digest, error) {
 	body, _ := json.Marshal(map[string]uint64{"index": index})
 	var d store.Digest
@@ -151,7 +150,7 @@ func (t *Transport) RemoteDigest(ctx context.Context, url string, index uint64) 
 	return &d, nil
 }
 
-// FetchCopy implements consensus.PeerCaller: the copy of its database the
+// FetchCopy implements replication.PeerCaller: the copy of its database the
 // node at url (the leader) answers with, written to a new file in dir and
 // checked against its signed SHA-256 as it arrives. The caller removes the
 // file.
@@ -175,7 +174,7 @@ func (t *Transport) FetchCopy(ctx context.Context, url, dir string) (path string
 	return path, index, nil
 }
 
-// Instance implements consensus.PeerCaller: the token /livez reports.
+// Instance implements replication.PeerCaller: the token /livez reports.
 func (t *Transport) Instance(ctx context.Context, url string) string {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/livez", nil)
 	if err != nil {
@@ -196,8 +195,8 @@ func (t *Transport) Instance(ctx context.Context, url string) string {
 }
 
 // PeerStatus asks the node at url for its Raft status (for the console).
-func (t *Transport) PeerStatus(ctx context.Context, url string) (consensus.Status, error) {
-	var st consensus.Status
+func (t *Transport) PeerStatus(ctx context.Context, url string) (replication.Status, error) {
+	var st replication.Status
 	return st, t.post(ctx, url+"/_ddb/status", []byte("{}"), &st)
 }
 

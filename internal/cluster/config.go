@@ -434,3 +434,8 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	c.Defaults()
 	return c, nil
 }
+
+// RaftID is the Raft id of the node the command line calls id (0: the
+// master, i: slave i): Raft reserves 0 for "no node". Every conversion from
+// a command-line id goes through here.
+func RaftID(id int) uint64 { return uint64(id) + 1 }

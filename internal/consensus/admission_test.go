@@ -3,6 +3,7 @@ package consensus
 import (
 	"testing"
 
+	"github.com/ddbgo/ddb/internal/replication"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/quorum"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -28,13 +29,13 @@ func statusOf(state raft.StateType, lead, term, commit, applied uint64, match ma
 // added it back (the simulator's seed 27 found the rule this replaces).
 func TestANodeWithoutRaftStateVotesOnlyWhenItCannotLoseAnEntry(t *testing.T) {
 	never := func(string) bool { return false }
-	wiped := &JoinRequest{ID: 3, URL: "u3", Fresh: true}
-	copied := &JoinRequest{ID: 3, URL: "u3", Fresh: true, Data: 500}
-	restarted := &JoinRequest{ID: 3, URL: "u3"}
+	wiped := &replication.JoinRequest{ID: 3, URL: "u3", Fresh: true}
+	copied := &replication.JoinRequest{ID: 3, URL: "u3", Fresh: true, Data: 500}
+	restarted := &replication.JoinRequest{ID: 3, URL: "u3"}
 	cases := []struct {
 		name     string
 		st       raft.Status
-		req      *JoinRequest
+		req      *replication.JoinRequest
 		admitted bool
 		change   pb.ConfChangeType // -1: none
 	}{

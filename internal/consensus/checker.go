@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -27,20 +28,6 @@ import (
 // (<database>.diverged, for inspection), then replaces its data with a
 // copy of the leader's database (see repair).
 
-// ConsistencyStatus is what /status says under "consistency".
-type ConsistencyStatus struct {
-	CheckedIndex  uint64    `json:"checked_index"`
-	CheckedAt     time.Time `json:"checked_at,omitzero"`
-	State         string    `json:"state"` // "none" (no check yet), "checking", "ok", "diverged", "repairing"
-	DivergedNodes []int     `json:"diverged_nodes"`
-	Detail        string    `json:"detail,omitempty"`
-	Checks        uint64    `json:"checks"`
-	// Repairs counts the times this node replaced its data with a copy
-	// of the leader's; RepairedIndex is the last copy's index.
-	Repairs       uint64 `json:"repairs"`
-	RepairedIndex uint64 `json:"repaired_index,omitempty"`
-}
-
 // digestWait is how long a node waits for another's digest (that node may
 // be behind, or still computing it: at -check-rate's default of 64 MB a
 // second, a database of a few GB).
@@ -49,7 +36,7 @@ const digestWait = 3 * time.Minute
 // checker holds the checks' state.
 type checker struct {
 	mu        sync.Mutex
-	st        ConsistencyStatus
+	st        replication.ConsistencyStatus
 	diverged  bool // this node's own data differs from the leader's
 	last      uint64
 	repairing bool // a repair runs (see repair)
@@ -57,7 +44,7 @@ type checker struct {
 
 // Consistency is the state of the consistency checks, as this node knows
 // it (the leader knows every node's).
-func (e *Engine) Consistency() ConsistencyStatus {
+func (e *Engine) Consistency() replication.ConsistencyStatus {
 	e.check.mu.Lock()
 	defer e.check.mu.Unlock()
 	st := e.check.st

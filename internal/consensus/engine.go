@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -15,7 +14,6 @@ import (
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
-	"go.etcd.io/raft/v3/tracker"
 
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/faults"
@@ -23,28 +21,6 @@ import (
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
-
-// PeerCaller carries the node-to-node requests that are not Raft messages:
-// a write forwarded to the leader, and a node announcing itself. (HTTP in
-// production: api.Transport.)
-type PeerCaller interface {
-	Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error)
-	// Join announces a node; a *replication.JoinRefusedError means it may
-	// not take part (its id is held by another live node).
-	RaftJoin(ctx context.Context, url string, req *JoinRequest) (*JoinResponse, error)
-	// Instance is the instance token of the node process answering at
-	// url ("" when none answers).
-	Instance(ctx context.Context, url string) string
-	// RemoteApplied waits (up to ctx) until the node at url has applied
-	// index, and returns the index it has applied.
-	RemoteApplied(ctx context.Context, url string, index uint64) (uint64, error)
-	// RemoteDigest waits (up to ctx) for the digest the node at url took
-	// of its database as of index (a consistency check), and returns it.
-	RemoteDigest(ctx context.Context, url string, index uint64) (*store.Digest, error)
-	// FetchCopy receives a copy of the database of the node at url (the
-	// leader) into a new file in dir, verified, and says its index.
-	FetchCopy(ctx context.Context, url, dir string) (path string, index uint64, err error)
-}
 
 // EngineConfig configures a node's replication through Raft.
 type EngineConfig struct {
@@ -79,7 +55,7 @@ type EngineConfig struct {
 	Auth      *cluster.Auth
 	Name      string // this node's name in signatures
 	Client    *http.Client
-	Calls     PeerCaller
+	Calls     replication.PeerCaller
 	Log       *slog.Logger
 	// CheckInterval: how often the leader logs a consistency check (0:
 	// never; see checker.go).
@@ -104,7 +80,7 @@ type Engine struct {
 	forwards    atomic.Uint64 // request ids made here
 	boot        string
 	fatal       chan error
-	admitted    atomic.Bool            // this node's Raft takes messages (see JoinRequest.Fresh)
+	admitted    atomic.Bool            // this node's Raft takes messages (see replication.JoinRequest.Fresh)
 	leaderSeen  atomic.Int64           // unix ns when a leader was last known here (checked every tick)
 	removed     atomic.Bool            // the log took this node out of the configuration while it ran
 	missing     atomic.Pointer[[]int]  // named voters missing from the configuration (see MissingVoters)
@@ -299,34 +275,6 @@ func (e *Engine) confChanged(cc pb.ConfChange) {
 	}
 }
 
-// JoinRequest is what a node tells the others at start: where it is. The
-// answer is every URL the receiver knows.
-type JoinRequest struct {
-	ID  uint64 `json:"id"`
-	URL string `json:"url"`
-	// Instance is the token of the process (new at every start): the
-	// same node reached at another address is not an impostor.
-	Instance string `json:"instance"`
-	// Fresh: the node holds no Raft state (first start, or its data was
-	// lost). It takes part only once admitted: a leader that counted its
-	// old log would otherwise send it a commit index it cannot have.
-	Fresh bool `json:"fresh,omitempty"`
-	// Data is the index a fresh node's database holds (0: none). A
-	// database an operator copied from another node to rebuild a
-	// cluster (docs/REPLICATION.md, "Restoring a node") has data but no
-	// Raft state; a wiped one has neither.
-	Data uint64 `json:"data,omitempty"`
-}
-
-// JoinResponse lists the URLs of the nodes the receiver knows, and says
-// whether the node may take part now and whether the cluster has a log.
-type JoinResponse struct {
-	Peers    map[uint64]string `json:"peers"`
-	Admitted bool              `json:"admitted"`
-	Running  bool              `json:"running"` // the cluster has committed entries
-	Reason   string            `json:"reason,omitempty"`
-}
-
 // announce tells the known peers where this node is and learns theirs,
 // until this node is admitted (a fresh node: see JoinRequest.Fresh) and
 // in the configuration (a node the master's command line did not name is
@@ -356,7 +304,7 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Instance: e.boot, Fresh: fresh, Data: e.st.Applied()})
+		resp, err := e.cfg.Calls.RaftJoin(ctx, u, &replication.JoinRequest{ID: e.cfg.ID, URL: e.cfg.URL, Instance: e.boot, Fresh: fresh, Data: e.st.Applied()})
 		cancel()
 		var refused *replication.JoinRefusedError
 		if errors.As(err, &refused) {
@@ -405,7 +353,7 @@ func (e *Engine) peerURLs() map[uint64]string {
 
 // HandleJoin records a node's URL and answers with the URLs known here. On
 // the leader, a node outside the configuration is added as a learner.
-func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, error) {
+func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (*replication.JoinResponse, error) {
 	if req.ID == 0 || req.URL == "" {
 		return nil, &replication.JoinRefusedError{Reason: "a join needs the node's id and URL"}
 	}
@@ -427,7 +375,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 		// (The command line's address wins: it is how this node reaches it.)
 		e.tr.SetPeer(req.ID, req.URL)
 	}
-	resp := &JoinResponse{Peers: e.peerURLs()}
+	resp := &replication.JoinResponse{Peers: e.peerURLs()}
 	if e.rep == nil || !e.admitted.Load() {
 		resp.Reason = "this node is starting"
 		return resp, nil
@@ -462,7 +410,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *JoinRequest) (*JoinRespons
 // JoinDecision is what a node that is admitted itself does with a join
 // request (see DecideJoin).
 type JoinDecision struct {
-	Admitted bool   // the node may take part (see JoinRequest.Fresh)
+	Admitted bool   // the node may take part (see replication.JoinRequest.Fresh)
 	Reason   string // why not
 	// Change is the configuration change the leader makes first (nil:
 	// none), and Log what it logs then.
@@ -478,7 +426,7 @@ type JoinDecision struct {
 // whether the master's command line names the node a voter; bug says
 // whether a deliberate defect is switched on (fault builds only). The
 // engine and the simulator (package sim) both decide with it.
-func DecideJoin(st raft.Status, rj Rejoining, req *JoinRequest, named bool, bug func(string) bool) JoinDecision {
+func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, named bool, bug func(string) bool) JoinDecision {
 	voter, learner := membership(st.Config, req.ID)
 	if st.RaftState != raft.StateLeader {
 		switch {
@@ -597,13 +545,28 @@ func (e *Engine) admittedNode() *Node {
 	return e.rep.Node()
 }
 
+// Learner reports whether this node receives the log without voting.
+func (e *Engine) Learner() bool {
+	_, learner := e.rep.Node().RecentStatus().Config.Learners[e.cfg.ID]
+	return learner && !e.removed.Load()
+}
+
+// PeerHandlers are the node-to-node endpoints of the engine, by path.
+func (e *Engine) PeerHandlers() map[string]http.Handler {
+	return map[string]http.Handler{
+		replication.RaftPath:     e.RaftHandler(),
+		replication.StreamPath:   e.RaftStreamHandler(),
+		replication.SnapshotPath: e.SnapshotHandler(),
+	}
+}
+
 // RaftHandler serves Raft messages from the other nodes.
 func (e *Engine) RaftHandler() http.HandlerFunc {
 	return Handler(e.cfg.Auth, e.admittedNode, e.cfg.Log)
 }
 
 // RaftStreamHandler serves the streams of Raft messages other nodes open
-// (see StreamPath).
+// (see replication.StreamPath).
 func (e *Engine) RaftStreamHandler() http.HandlerFunc {
 	return e.tr.StreamHandler(e.admittedNode)
 }
@@ -931,95 +894,10 @@ func (e *Engine) WaitApplied(ctx context.Context, index uint64, timeout time.Dur
 	return nil
 }
 
-// NodeStatus is one node as the leader sees it. Ids are those of the
-// command line: 0 for the master, i for slave i.
-type NodeStatus struct {
-	ID        int    `json:"id"`
-	URL       string `json:"url"`
-	Voter     bool   `json:"voter"`
-	Match     uint64 `json:"acknowledged_index"`
-	Lag       uint64 `json:"lag"`
-	State     string `json:"state"`
-	Reachable bool   `json:"reachable"`
-}
-
-// Status is this node's view of the cluster (GET /status). Ids are those
-// of the command line: 0 for the master, i for slave i.
-type Status struct {
-	ID        int    `json:"id"`
-	URL       string `json:"url"`
-	Role      string `json:"role"` // leader, follower, candidate, learner, removed
-	Preferred bool   `json:"preferred_leader"`
-	LeaderID  *int   `json:"leader_id"` // null: no leader known
-	LeaderURL string `json:"leader_url,omitempty"`
-	Term      uint64 `json:"term"`
-	Commit    uint64 `json:"commit_index"`
-	Applied   uint64 `json:"applied_index"`
-	// SnapshotsInstalled counts the snapshots this node installed since
-	// it started.
-	SnapshotsInstalled uint64       `json:"snapshots_installed"`
-	Nodes              []NodeStatus `json:"nodes,omitempty"` // on the leader
-	// MissingVoters are the voters the command line names that have been
-	// missing from the configuration for a few election timeouts.
-	MissingVoters []int `json:"missing_voters,omitempty"`
-	// Rejoining are the nodes the log records as being added back after
-	// they lost their data.
-	Rejoining []int `json:"rejoining,omitempty"`
-}
-
-// NodeID is the Raft id of the node a command line calls id (0: the
-// master, i: slave i).
-func NodeID(id int) uint64 { return uint64(id) + 1 }
 
 // statusWait bounds how long a status report waits for the step under
 // way; past it, the report is as of the last step.
 const statusWait = 50 * time.Millisecond
-
-// Status reports the node's Raft state: now, or as of its last step when
-// the step under way runs long (a large load being applied, a snapshot
-// installed), so that monitoring is never held up.
-func (e *Engine) Status() Status {
-	st := e.rep.Node().StatusWithin(statusWait)
-	s := Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
-		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied(), SnapshotsInstalled: e.rep.Node().SnapshotsInstalled()}
-	// What is applied is committed (a status of the last step may predate
-	// the step that applied it).
-	s.Commit = max(s.Commit, s.Applied)
-	if st.Lead != 0 {
-		l := int(st.Lead) - 1
-		s.LeaderID, s.LeaderURL = &l, e.tr.Peer(st.Lead)
-	}
-	_, learner := st.Config.Learners[e.cfg.ID]
-	switch {
-	case e.removed.Load():
-		s.Role = "removed"
-	case st.RaftState == raft.StateLeader:
-		s.Role = "leader"
-	case learner:
-		s.Role = "learner"
-	case st.RaftState == raft.StateCandidate || st.RaftState == raft.StatePreCandidate:
-		s.Role = "candidate"
-	default:
-		s.Role = "follower"
-	}
-	s.MissingVoters = e.MissingVoters()
-	for id := range e.rep.Node().Rejoining() {
-		s.Rejoining = append(s.Rejoining, int(id)-1)
-	}
-	slices.Sort(s.Rejoining)
-	if st.RaftState == raft.StateLeader {
-		for id, pr := range st.Progress {
-			ns := NodeStatus{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
-				Reachable: id == e.cfg.ID || pr.RecentActive || pr.State == tracker.StateReplicate}
-			if st.Commit > pr.Match {
-				ns.Lag = st.Commit - pr.Match
-			}
-			s.Nodes = append(s.Nodes, ns)
-		}
-		sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].ID < s.Nodes[j].ID })
-	}
-	return s
-}
 
 // SinceLeaderContact is how long ago this node last heard from a leader
 // (0 on the leader).
@@ -1034,20 +912,12 @@ func (e *Engine) SinceLeaderContact() time.Duration {
 // Client is the HTTP client the engine reaches other nodes with.
 func (e *Engine) Client() *http.Client { return e.cfg.Client }
 
-// Member is one node of the configuration, as this node knows it.
-type Member struct {
-	ID     int    // the command line's id (0: the master)
-	URL    string // "" while this node does not know it
-	Voter  bool
-	Leader bool
-}
-
 // Members lists the configuration's nodes, voters and learners, by id.
-func (e *Engine) Members() []Member {
+func (e *Engine) Members() []replication.Member {
 	st := e.rep.Node().StatusWithin(statusWait)
-	var out []Member
+	var out []replication.Member
 	add := func(id uint64, voter bool) {
-		out = append(out, Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})
+		out = append(out, replication.Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})
 	}
 	for id := range st.Config.Voters.IDs() {
 		add(id, true)
@@ -1143,22 +1013,10 @@ func (e *Engine) Ready() string {
 	return ""
 }
 
-// MetricValues are the engine's numbers for /metrics.
-type MetricValues struct {
-	Term, Commit       uint64
-	Leader             bool
-	LeaderChanges      uint64
-	ProposalsPending   int
-	Lag                map[int]uint64 // on the leader: each node's entries behind the commit index
-	Batches            uint64         // batches of Raft messages sent
-	RoundTripSeconds   float64        // their round trips, summed
-	SnapshotsInstalled uint64
-}
-
 // Metrics reads the engine's numbers.
-func (e *Engine) Metrics() MetricValues {
+func (e *Engine) Metrics() replication.MetricValues {
 	s := e.Status()
-	m := MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.rep.Node().LeaderChanges(),
+	m := replication.MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.rep.Node().LeaderChanges(),
 		SnapshotsInstalled: s.SnapshotsInstalled}
 	e.rep.Node().mu.Lock()
 	m.ProposalsPending = len(e.rep.Node().waiting)

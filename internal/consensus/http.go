@@ -18,10 +18,8 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/replication"
 )
-
-// RaftPath is the HTTP path nodes post Raft messages to.
-const RaftPath = "/_ddb/raft"
 
 // maxRaftBody bounds one request (or frame) of Raft messages; a sender's
 // batches stay under maxBatchBytes, plus one message (at most Raft's
@@ -104,7 +102,7 @@ type HTTPTransport struct {
 	snapDir     string                // where snapshot copies are written
 	sending     map[uint64]bool       // a snapshot to this peer is on its way
 	noStream    map[uint64]time.Time  // peers that take no streams, until then
-	inbound     map[net.Conn]struct{} // streams from peers (see StreamPath)
+	inbound     map[net.Conn]struct{} // streams from peers (see replication.StreamPath)
 
 	// Batches of messages sent, and their round trips summed (nanoseconds).
 	batches   atomic.Uint64
@@ -276,7 +274,7 @@ func (t *HTTPTransport) post(to uint64, msgs []pb.Message) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+RaftPath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+replication.RaftPath, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -308,7 +306,7 @@ func (t *HTTPTransport) leaderApplied() uint64 {
 	return n.ReportedApplied()
 }
 
-// Handler serves RaftPath: it checks the request's signature and hands
+// Handler serves replication.RaftPath: it checks the request's signature and hands
 // every message to node.
 func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.HandlerFunc {
 	if log == nil {
@@ -344,9 +342,6 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
-
-// SnapshotPath is the HTTP path snapshots are streamed to.
-const SnapshotPath = "/_ddb/raft/snapshot"
 
 // Headers of a snapshot request: the Raft message (base64) and the
 // SHA-256 of the database copy that is the body (hex). The signature
@@ -402,7 +397,7 @@ func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) err
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+SnapshotPath, f)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+replication.SnapshotPath, f)
 	if err != nil {
 		return err
 	}
@@ -424,7 +419,7 @@ func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) err
 	return nil
 }
 
-// SnapshotHandler serves SnapshotPath: it checks the signature over the
+// SnapshotHandler serves replication.SnapshotPath: it checks the signature over the
 // message and the body's hash before reading the body, receives the body
 // into a file in dir (at most maxBytes), checks it against the signed
 // hash, and hands the message to the node, which installs the copy.

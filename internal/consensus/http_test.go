@@ -26,6 +26,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/inspect"
+	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -73,9 +74,9 @@ func TestReplicasOverSignedHTTP(t *testing.T) {
 	}
 }
 
-// testReplicasOverSignedHTTP: with streams, every node serves StreamPath
+// testReplicasOverSignedHTTP: with streams, every node serves replication.StreamPath
 // and batches travel over streams only; without, the nodes are of an
-// earlier version (no StreamPath: 404), and every batch is a request.
+// earlier version (no replication.StreamPath: 404), and every batch is a request.
 func testReplicasOverSignedHTTP(t *testing.T, streams, tls bool) {
 	auth := cluster.NewAuth("a cluster secret", nil)
 	ids := []uint64{1, 2, 3}
@@ -105,12 +106,12 @@ func testReplicasOverSignedHTTP(t *testing.T, streams, tls bool) {
 		}
 		mux := http.NewServeMux()
 		raft := Handler(auth, node, nil)
-		mux.HandleFunc(RaftPath, func(w http.ResponseWriter, r *http.Request) {
+		mux.HandleFunc(replication.RaftPath, func(w http.ResponseWriter, r *http.Request) {
 			requests.Add(1)
 			raft(w, r)
 		})
 		if streams {
-			mux.HandleFunc(StreamPath, trs[id].StreamHandler(node))
+			mux.HandleFunc(replication.StreamPath, trs[id].StreamHandler(node))
 		}
 		servers[id] = httptest.NewUnstartedServer(mux)
 		if tls {
@@ -203,12 +204,12 @@ func testReplicasOverSignedHTTP(t *testing.T, streams, tls bool) {
 	}
 	// Unsigned, and signed with another secret: refused.
 	body, _ := EncodeMessages(0, []pb.Message{{Type: pb.MsgHeartbeat, To: 1, From: 2, Term: 99}})
-	resp, err := client.Post(servers[1].URL+RaftPath, "application/octet-stream", bytes.NewReader(body))
+	resp, err := client.Post(servers[1].URL+replication.RaftPath, "application/octet-stream", bytes.NewReader(body))
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("an unsigned raft request: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	req, _ := http.NewRequest(http.MethodPost, servers[1].URL+RaftPath, bytes.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, servers[1].URL+replication.RaftPath, bytes.NewReader(body))
 	cluster.NewAuth("another secret", nil).Sign(req, "intruder", cluster.BodyHash(body))
 	resp, err = client.Do(req)
 	if err != nil || resp.StatusCode != http.StatusForbidden {
@@ -288,9 +289,9 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 			auth = recvAuth
 		}
 		mux := http.NewServeMux()
-		mux.HandleFunc(RaftPath, Handler(auth, nodeOf(id), nil))
+		mux.HandleFunc(replication.RaftPath, Handler(auth, nodeOf(id), nil))
 		snap := SnapshotHandler(auth, nodeOf(id), dir, 1<<30, nil)
-		mux.HandleFunc(SnapshotPath, func(w http.ResponseWriter, r *http.Request) {
+		mux.HandleFunc(replication.SnapshotPath, func(w http.ResponseWriter, r *http.Request) {
 			r.Body = &slowBody{r: r.Body, read: &read, advance: func() {
 				mu.Lock()
 				clock = time.Now().Add(3 * cluster.Window)
@@ -385,7 +386,7 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 	}
 
 	// Refused unread: no signature.
-	resp, err := http.Post(servers[3].URL+SnapshotPath, "application/octet-stream", bytes.NewReader(make([]byte, 1<<20)))
+	resp, err := http.Post(servers[3].URL+replication.SnapshotPath, "application/octet-stream", bytes.NewReader(make([]byte, 1<<20)))
 	if err != nil || resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("an unsigned snapshot: %v %v", resp, err)
 	}
@@ -429,7 +430,7 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 	msg, _ := (&pb.Message{Type: pb.MsgSnap, To: 3, From: leader, Term: 1, Snapshot: &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: 1, Term: 1}}}).Marshal()
 	good := bytes.Repeat([]byte("x"), 1000)
 	sum := sha256.Sum256(good)
-	req, _ := http.NewRequest(http.MethodPost, servers[3].URL+SnapshotPath, bytes.NewReader(bytes.Repeat([]byte("y"), 1000)))
+	req, _ := http.NewRequest(http.MethodPost, servers[3].URL+replication.SnapshotPath, bytes.NewReader(bytes.Repeat([]byte("y"), 1000)))
 	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
 	req.Header.Set(headerSnapshotSHA256, hex.EncodeToString(sum[:]))
 	cluster.NewAuth(secret, nil).Sign(req, "node1", snapshotSigned(msg, hex.EncodeToString(sum[:])))
@@ -451,7 +452,7 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 // auth, and returns the connection and the frames' key.
 func openTestStream(t *testing.T, auth *cluster.Auth, url string) (io.ReadWriteCloser, []byte, int) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url+StreamPath, nil)
+	req, _ := http.NewRequest(http.MethodPost, url+replication.StreamPath, nil)
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", streamProtocol)
 	auth.Sign(req, "tester", cluster.BodyHash(nil))
@@ -553,7 +554,7 @@ func TestBatchesOfLargeAppendsStayUnderTheLimit(t *testing.T) {
 	var sizes []int
 	got := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != RaftPath {
+		if r.URL.Path != replication.RaftPath {
 			http.NotFound(w, r) // no streams: every batch is a request
 			return
 		}

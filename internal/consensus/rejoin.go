@@ -14,6 +14,7 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/faults"
 )
 
@@ -235,7 +236,7 @@ func (e *Engine) noteMissingVoters(since map[uint64]time.Time, now time.Time) {
 	old := e.missing.Swap(&missing)
 	for _, id := range missing {
 		if old == nil || !slices.Contains(*old, id) {
-			e.cfg.Log.Warn("a voter the command line names is missing from the configuration (removed by hand, or not yet added back after it lost its data): the cluster tolerates fewer failures than its command line says; GET /status lists it under missing_voters", "peer", id, "missing_for", now.Sub(since[NodeID(id)]).Round(time.Second).String())
+			e.cfg.Log.Warn("a voter the command line names is missing from the configuration (removed by hand, or not yet added back after it lost its data): the cluster tolerates fewer failures than its command line says; GET /status lists it under missing_voters", "peer", id, "missing_for", now.Sub(since[cluster.RaftID(id)]).Round(time.Second).String())
 		}
 	}
 }

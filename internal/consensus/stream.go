@@ -18,22 +18,23 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/replication"
 )
 
-// StreamPath is where a node opens its stream of Raft messages to a peer:
-// one long-lived connection per peer and direction instead of an HTTP
-// request per batch. The opening request is signed like any peer request
-// and upgrades the connection (101 Switching Protocols). Then every batch
-// is a frame: its length (a uvarint), the batch (EncodeMessages), and an
-// HMAC-SHA256 of its sequence number and content under a key both ends
-// derive from the signed request (cluster.Auth.SessionKey), so a frame
-// cannot be forged, altered, replayed or reordered. The receiver answers
-// with acknowledgements (the sequence number reached, authenticated the
-// same way): a stream whose frames go unacknowledged for streamTimeout is
-// closed (a peer paused, or a link that drops packets without closing the
-// connection), and the next batch opens a new one. A peer that does not
-// know streams (404) gets a request per batch, as before.
-const StreamPath = "/_ddb/raft/stream"
+// The stream (replication.StreamPath) is where a node sends its Raft
+// messages to a peer: one long-lived connection per peer and direction
+// instead of an HTTP request per batch. The opening request is signed like
+// any peer request and upgrades the connection (101 Switching Protocols).
+// Then every batch is a frame: its length (a uvarint), the batch
+// (EncodeMessages), and an HMAC-SHA256 of its sequence number and content
+// under a key both ends derive from the signed request
+// (cluster.Auth.SessionKey), so a frame cannot be forged, altered, replayed
+// or reordered. The receiver answers with acknowledgements (the sequence
+// number reached, authenticated the same way): a stream whose frames go
+// unacknowledged for streamTimeout is closed (a peer paused, or a link
+// that drops packets without closing the connection), and the next batch
+// opens a new one. A peer that does not know streams (404) gets a request
+// per batch, as before.
 
 const streamProtocol = "ddb-raft-stream/1"
 
@@ -96,7 +97,7 @@ func (t *HTTPTransport) openStream(to uint64) (*outStream, error) {
 		return nil, fmt.Errorf("node %d: %w", to, errNoAddress)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+StreamPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+replication.StreamPath, nil)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -269,7 +270,7 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 	return nil
 }
 
-// StreamHandler serves StreamPath: it checks the opening request's
+// StreamHandler serves replication.StreamPath: it checks the opening request's
 // signature, takes over the connection, and hands every authenticated
 // frame's messages to node.
 func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {

@@ -97,7 +97,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		st.Close()
 		return nil, err
 	}
-	handler := api.NewServer(cfg, st, n.eng, tr, auth, users)
+	handler := api.NewServer(cfg, st, n.eng, n.eng, tr, auth, users)
 	handler.SetLogger(logger)
 	handler.SetStatus("consistency", func() any { return n.eng.Consistency() })
 	n.stop = make(chan struct{})

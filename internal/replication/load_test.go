@@ -30,6 +30,9 @@ func (f *fakeLog) WaitApplied(context.Context, uint64, time.Duration) error { re
 func (f *fakeLog) IsLeader() bool                                           { return true }
 func (f *fakeLog) LeaderURL() string                                        { return "" }
 func (f *fakeLog) Serving() error                                           { return nil }
+func (f *fakeLog) WaitLeader(context.Context) bool                          { return true }
+func (f *fakeLog) Learner() bool                                            { return false }
+func (f *fakeLog) SinceLeaderContact() time.Duration                        { return 0 }
 
 func plan(t *testing.T) *store.LoadPlan {
 	t.Helper()

@@ -92,6 +92,14 @@ type Replicator interface {
 	// configuration while it ran no longer receives the log, and its data
 	// stays as it was.
 	Serving() error
+	// WaitLeader waits until a leader is known, while an election may
+	// still produce one; false when none is (no majority is reachable).
+	WaitLeader(ctx context.Context) bool
+	// Learner reports whether this node receives the log without voting.
+	Learner() bool
+	// SinceLeaderContact is how long ago a leader last reached this node
+	// (0 on the leader).
+	SinceLeaderContact() time.Duration
 }
 
 // ErrUnavailable means no leader can be reached (or this node cannot

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/faults"
+	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -43,7 +44,7 @@ type node struct {
 	st       *store.Store
 	rep      *consensus.Replica
 	n        *consensus.Node
-	admitted bool          // takes Raft messages (see consensus.JoinRequest.Fresh)
+	admitted bool          // takes Raft messages (see replication.JoinRequest.Fresh)
 	offset   time.Duration // its clock's error
 	slowTill time.Duration // applies slowly until then (fault "slow-apply")
 	applying bool          // an apply is scheduled
@@ -360,7 +361,7 @@ func (s *sim) announce(nd *node, inc int) {
 	if nd.admitted && nd.inConfig() {
 		return
 	}
-	req := consensus.JoinRequest{ID: nd.id, URL: url(nd.id), Fresh: !nd.admitted, Data: nd.st.Applied()}
+	req := replication.JoinRequest{ID: nd.id, URL: url(nd.id), Fresh: !nd.admitted, Data: nd.st.Applied()}
 	for _, o := range s.nodes {
 		if o == nd {
 			continue
@@ -381,7 +382,7 @@ func (s *sim) announce(nd *node, inc int) {
 }
 
 // handleJoin is a node's answer to a join request (consensus.Engine.HandleJoin).
-func (s *sim) handleJoin(nd *node, req consensus.JoinRequest, answer func(admitted bool, why string)) {
+func (s *sim) handleJoin(nd *node, req replication.JoinRequest, answer func(admitted bool, why string)) {
 	if !nd.admitted {
 		answer(false, "this node is starting")
 		return
