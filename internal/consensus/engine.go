@@ -341,15 +341,7 @@ func (e *Engine) inConfig() bool {
 	return voter || learner
 }
 
-func (e *Engine) peerURLs() map[uint64]string {
-	e.tr.mu.Lock()
-	defer e.tr.mu.Unlock()
-	out := make(map[uint64]string, len(e.tr.peers))
-	for id, u := range e.tr.peers {
-		out[id] = u
-	}
-	return out
-}
+func (e *Engine) peerURLs() map[uint64]string { return e.tr.Peers() }
 
 // HandleJoin records a node's URL and answers with the URLs known here. On
 // the leader, a node outside the configuration is added as a learner.
@@ -894,7 +886,6 @@ func (e *Engine) WaitApplied(ctx context.Context, index uint64, timeout time.Dur
 	return nil
 }
 
-
 // statusWait bounds how long a status report waits for the step under
 // way; past it, the report is as of the last step.
 const statusWait = 50 * time.Millisecond
@@ -1018,9 +1009,7 @@ func (e *Engine) Metrics() replication.MetricValues {
 	s := e.Status()
 	m := replication.MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.rep.Node().LeaderChanges(),
 		SnapshotsInstalled: s.SnapshotsInstalled}
-	e.rep.Node().mu.Lock()
-	m.ProposalsPending = len(e.rep.Node().waiting)
-	e.rep.Node().mu.Unlock()
+	m.ProposalsPending = e.rep.Node().Pending()
 	if len(s.Nodes) > 0 {
 		m.Lag = map[int]uint64{}
 		for _, n := range s.Nodes {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -141,6 +142,13 @@ func (t *HTTPTransport) Peer(id uint64) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.peers[id]
+}
+
+// Peers is every peer's URL, by Raft id.
+func (t *HTTPTransport) Peers() map[uint64]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.peers)
 }
 
 // SetUnreachable sets the function told about peers that cannot be reached.

@@ -286,3 +286,10 @@ func (n *Node) Await(id uint64) (done <-chan Applied, dropped <-chan struct{}, f
 		n.mu.Unlock()
 	}
 }
+
+// Pending is how many proposals made here wait for their entry.
+func (n *Node) Pending() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.waiting)
+}
