@@ -319,7 +319,7 @@ func TestReleaseBinariesCannotSwitchOnDefects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range []string{"DDB_INJECT_BUG", "ack-before-commit", "stale-strong-read", "skip-entry", "partial-apply", "unpinned-clock", "transfer-mid-rejoin", "rejoin-once", "admit-fresh-voter"} {
+		for _, s := range []string{"DDB_INJECT_BUG", "ack-before-commit", "stale-strong-read", "skip-entry", "partial-apply", "unpinned-clock", "transfer-mid-rejoin", "rejoin-once", "admit-fresh-voter", "create-alone"} {
 			if has := bytes.Contains(b, []byte(s)); has != build.want {
 				t.Errorf("build with tags %q: %q in the binary = %v", build.tags, s, has)
 			}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -49,8 +50,11 @@ type EngineConfig struct {
 	// "stale-strong-read" (a strong read waits for nothing),
 	// "admit-fresh-voter" (a node that lost its data votes again at once,
 	// as before the simulator found what that costs), "rejoin-once" (a
-	// node taken out to be added back is added back by no one), or the
-	// schedule "transfer-mid-rejoin" (see moveLeadershipForTest).
+	// node taken out to be added back is added back by no one),
+	// "create-alone" (a master without Raft state that reaches no running
+	// cluster creates one, as before the simulator found what that
+	// costs), or the schedule "transfer-mid-rejoin" (see
+	// moveLeadershipForTest).
 	InjectBug string
 	Auth      *cluster.Auth
 	Name      string // this node's name in signatures
@@ -81,6 +85,8 @@ type Engine struct {
 	boot        string
 	fatal       chan error
 	admitted    atomic.Bool            // this node's Raft takes messages (see replication.JoinRequest.Fresh)
+	fresh       bool                   // it started without Raft state
+	creating    atomic.Bool            // the master, without Raft state, creates the cluster once it may (see mayCreate)
 	leaderSeen  atomic.Int64           // unix ns when a leader was last known here (checked every tick)
 	removed     atomic.Bool            // the log took this node out of the configuration while it ran
 	missing     atomic.Pointer[[]int]  // named voters missing from the configuration (see MissingVoters)
@@ -167,19 +173,27 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	var voters []uint64
 	applied := st.Applied()
 	e.admitted.Store(!fresh)
+	e.fresh = fresh
 	if fresh {
 		applied = 0 // its data, if any, is replaced by a snapshot
-		if cfg.ID == cfg.Preferred && !e.joinRound(true) {
-			e.admitted.Store(true)
-			voters = cfg.Voters
-			if st.Applied() > 0 {
-				// A database that replication without Raft built: the new
-				// log starts after it, as after a snapshot.
-				if err := seedRaft(st, voters); err != nil {
-					return nil, err
+		if cfg.ID == cfg.Preferred {
+			create, err := e.mayCreate()
+			if err != nil {
+				return nil, err
+			}
+			if create {
+				e.admitted.Store(true)
+				voters = cfg.Voters
+				if st.Applied() > 0 {
+					// A database that holds data but no Raft state (an
+					// operator's copy): the new log starts after it, as
+					// after a snapshot.
+					if err := seedRaft(st, voters); err != nil {
+						return nil, err
+					}
+					voters, applied = nil, st.Applied()
+					cfg.Log.Info("the log starts after the database's index", "index", applied)
 				}
-				voters, applied = nil, st.Applied()
-				cfg.Log.Info("the log starts after the database's index", "index", applied)
 			}
 		}
 	}
@@ -283,7 +297,15 @@ func (e *Engine) announce() {
 	defer e.wg.Done()
 	delay := 200 * time.Millisecond
 	for {
-		e.joinRound(!e.admitted.Load())
+		running, empty := e.joinRound(!e.admitted.Load())
+		if e.creating.Load() && !e.admitted.Load() {
+			switch {
+			case running:
+				e.creating.Store(false) // it joins the cluster that runs
+			case MayCreate(e.cfg.ID, e.cfg.Voters, empty):
+				e.create()
+			}
+		}
 		if e.admitted.Load() && e.inConfig() {
 			return
 		}
@@ -296,9 +318,68 @@ func (e *Engine) announce() {
 	}
 }
 
+// mayCreate decides, on the master without Raft state, whether it creates
+// the cluster now: only when no peer has one running and a majority of the
+// voters, itself included, hold no Raft state (MayCreate). A master that
+// lost its data while the others were out of reach must not create a
+// cluster of its own: it would vote with an empty log, and the entries
+// the others hold committed would be lost. When it cannot tell yet, it
+// starts without taking part and goes on asking (announce; create). A
+// master whose database holds data waits here until it can tell (its log
+// must start after that data, before its Raft node starts).
+func (e *Engine) mayCreate() (bool, error) {
+	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		running, empty := e.joinRound(true)
+		switch {
+		case running:
+			return false, nil
+		case MayCreate(e.cfg.ID, e.cfg.Voters, empty), e.bug("create-alone"):
+			return true, nil
+		case e.st.Applied() == 0:
+			e.creating.Store(true)
+			e.cfg.Log.Info("waiting for a majority of the voters to answer before creating the cluster (or for one that runs it)", "voters", len(e.cfg.Voters))
+			return false, nil
+		}
+		e.cfg.Log.Info("this node holds data but no Raft state: it waits for a majority of the voters to answer before it creates the cluster (or for one that runs it)", "voters", len(e.cfg.Voters))
+		select {
+		case <-time.After(wait):
+		case <-e.stop:
+			return false, ErrStopped
+		}
+	}
+}
+
+// MayCreate says whether node self, the master, may create the cluster
+// with voters, given the voters that answered that they hold no Raft
+// state: a majority of them, itself included, must. A cluster created
+// otherwise could elect a leader that lacks entries a majority of the
+// running cluster acknowledged (the simulator found one, seed 1100).
+func MayCreate(self uint64, voters, empty []uint64) bool {
+	n := 0
+	for _, v := range voters {
+		if v == self || slices.Contains(empty, v) {
+			n++
+		}
+	}
+	return slices.Contains(voters, self) && n > len(voters)/2
+}
+
+// create creates the cluster on the master, which started without Raft
+// state and without taking part (see mayCreate).
+func (e *Engine) create() {
+	if err := e.rep.Node().Bootstrap(e.cfg.Voters); err != nil {
+		e.cfg.Log.Warn("creating the cluster failed; this node tries again", "err", err)
+		return
+	}
+	e.creating.Store(false)
+	e.admitted.Store(true)
+	e.cfg.Log.Info("a majority of the voters hold no Raft state: this node creates the cluster", "voters", len(e.cfg.Voters))
+}
+
 // joinRound announces this node to every known peer once. It reports
-// whether any of them has a running cluster.
-func (e *Engine) joinRound(fresh bool) (running bool) {
+// whether any of them has a running cluster, and which of them hold no
+// Raft state.
+func (e *Engine) joinRound(fresh bool) (running bool, empty []uint64) {
 	for id, u := range e.peerURLs() {
 		if id == e.cfg.ID {
 			continue
@@ -313,7 +394,7 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			case e.fatal <- err:
 			default:
 			}
-			return false
+			return false, empty
 		}
 		if err != nil {
 			e.noteJoinTrouble(u, err)
@@ -328,12 +409,15 @@ func (e *Engine) joinRound(fresh bool) (running bool) {
 			}
 		}
 		running = running || resp.Running
+		if resp.Empty {
+			empty = append(empty, id)
+		}
 		if resp.Admitted && fresh && !e.admitted.Load() {
 			e.cfg.Log.Info("admitted", "by", int(id)-1, "url", u)
 			e.admitted.Store(true)
 		}
 	}
-	return running
+	return running, empty
 }
 
 func (e *Engine) inConfig() bool {
@@ -370,6 +454,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 	resp := &replication.JoinResponse{Peers: e.peerURLs()}
 	if e.rep == nil || !e.admitted.Load() {
 		resp.Reason = "this node is starting"
+		resp.Empty = e.fresh && !e.admitted.Load()
 		return resp, nil
 	}
 	st := e.rep.Node().Status()

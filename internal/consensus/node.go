@@ -360,6 +360,23 @@ func (n *Node) do(ctx context.Context, f func(rn *raft.RawNode)) bool {
 	}
 }
 
+// Bootstrap creates the cluster's first configuration, voters, on a node
+// that holds no Raft state and has taken part in nothing yet.
+func (n *Node) Bootstrap(voters []uint64) error {
+	peers := make([]raft.Peer, len(voters))
+	for i, id := range voters {
+		peers[i] = raft.Peer{ID: id}
+	}
+	var err error
+	if !n.do(context.Background(), func(rn *raft.RawNode) { err = rn.Bootstrap(peers) }) {
+		return ErrStopped
+	}
+	if err != nil {
+		return fmt.Errorf("bootstrap the cluster: %w", err)
+	}
+	return nil
+}
+
 // Queue hands the node a message another node sent it, in order, and
 // waits until it is queued for the next step.
 func (n *Node) Queue(ctx context.Context, m pb.Message) error {

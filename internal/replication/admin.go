@@ -101,7 +101,11 @@ type JoinResponse struct {
 	Peers    map[uint64]string `json:"peers"`
 	Admitted bool              `json:"admitted"`
 	Running  bool              `json:"running"` // the cluster has committed entries
-	Reason   string            `json:"reason,omitempty"`
+	// Empty: the answering node holds no Raft state and takes no part yet
+	// (a first start, or lost data). The master creates the cluster only
+	// once a majority of its voters are empty (consensus.MayCreate).
+	Empty  bool   `json:"empty,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // NodeStatus is one node as the leader sees it. Ids are those of the

@@ -24,6 +24,7 @@ func TestSimFindsDeliberateBugs(t *testing.T) {
 		{"unpinned-clock", []string{"clock"}, "replicas differ", 3},
 		{"rejoin-once", []string{"wipe"}, "converge:", 10},
 		{"admit-fresh-voter", []string{"wipe", "isolate", "crash"}, "", 30},
+		{"create-alone", []string{"wipe", "isolate"}, "", 30},
 	}
 	for _, c := range cases {
 		t.Run(c.bug, func(t *testing.T) {

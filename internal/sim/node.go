@@ -44,12 +44,15 @@ type node struct {
 	st       *store.Store
 	rep      *consensus.Replica
 	n        *consensus.Node
-	admitted bool          // takes Raft messages (see replication.JoinRequest.Fresh)
-	offset   time.Duration // its clock's error
-	slowTill time.Duration // applies slowly until then (fault "slow-apply")
-	applying bool          // an apply is scheduled
-	joining  time.Duration // the wait before it announces itself again
-	wiped    bool          // lost its data, and is not back as a voter holding the log
+	admitted bool            // takes Raft messages (see replication.JoinRequest.Fresh)
+	offset   time.Duration   // its clock's error
+	slowTill time.Duration   // applies slowly until then (fault "slow-apply")
+	applying bool            // an apply is scheduled
+	joining  time.Duration   // the wait before it announces itself again
+	fresh    bool            // started without Raft state
+	creating bool            // the master, without Raft state, creates the cluster once it may
+	empties  map[uint64]bool // this round's answers: which peers hold no Raft state
+	wiped    bool            // lost its data, and is not back as a voter holding the log
 
 	ops     []*op
 	changes map[uint64]*change // configuration changes this node (leading) waits for, by node
@@ -94,12 +97,18 @@ func (s *sim) start(nd *node) error {
 	applied := st.Applied()
 	admitted := !fresh
 	var voters []uint64
+	nd.fresh, nd.creating = fresh, false
 	if fresh {
 		applied = 0 // its data, if any, is replaced by a snapshot
-		if nd.i == 0 && !s.clusterRunning(nd) {
-			admitted = true
-			for _, o := range s.nodes {
-				voters = append(voters, o.id)
+		if nd.i == 0 {
+			// The engine's first join round (consensus.Engine.mayCreate).
+			running, empty := s.firstRound(nd)
+			switch {
+			case running:
+			case consensus.MayCreate(nd.id, s.voters(), empty), s.bug("create-alone"):
+				admitted, voters = true, s.voters()
+			default:
+				nd.creating = true
 			}
 		}
 	}
@@ -159,18 +168,39 @@ func (w logWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// clusterRunning says whether a node reachable from nd has a running
-// cluster (what consensus.Engine's first join round asks).
-func (s *sim) clusterRunning(nd *node) bool {
-	if !s.began {
-		return false
+// voters are the voters the master's command line names: every node.
+func (s *sim) voters() []uint64 {
+	var out []uint64
+	for _, o := range s.nodes {
+		out = append(out, o.id)
 	}
+	return out
+}
+
+// firstRound is what the master's first join round learns at once from
+// the nodes it can reach both ways: whether one runs the cluster, and
+// which hold no Raft state.
+func (s *sim) firstRound(nd *node) (running bool, empty []uint64) {
 	for _, o := range s.upNodes() {
-		if o != nd && o.admitted && !s.net.cutBetween(nd.id, o.id) && o.n.RecentStatus().Commit > 0 {
-			return true
+		if o == nd || s.net.cutBetween(nd.id, o.id) {
+			continue
+		}
+		r := s.joinAnswer(o)
+		running = running || r.Running
+		if r.Empty {
+			empty = append(empty, o.id)
 		}
 	}
-	return false
+	return running, empty
+}
+
+// joinAnswer is the part of a node's answer to a join request that does
+// not depend on the request (consensus.Engine.HandleJoin).
+func (s *sim) joinAnswer(o *node) replication.JoinResponse {
+	if !o.admitted {
+		return replication.JoinResponse{Reason: "this node is starting", Empty: o.fresh}
+	}
+	return replication.JoinResponse{Running: o.n.RecentStatus().Commit > 0}
 }
 
 // stop stops the node as a crash would: its Raft state and store close,
@@ -362,17 +392,22 @@ func (s *sim) announce(nd *node, inc int) {
 		return
 	}
 	req := replication.JoinRequest{ID: nd.id, URL: url(nd.id), Fresh: !nd.admitted, Data: nd.st.Applied()}
+	nd.empties = map[uint64]bool{}
 	for _, o := range s.nodes {
 		if o == nd {
 			continue
 		}
 		s.rpc(nd, o, fmt.Sprintf("join %d->%d fresh=%v", nd.i, o.i, req.Fresh), func(reply func(string, func())) {
-			s.handleJoin(o, req, func(admitted bool, why string) {
-				reply(fmt.Sprintf("joined %d<-%d admitted=%v %s", nd.i, o.i, admitted, why), func() {
-					if nd.inc == inc && admitted && req.Fresh && !nd.admitted {
+			s.handleJoin(o, req, func(r replication.JoinResponse) {
+				reply(fmt.Sprintf("joined %d<-%d admitted=%v running=%v empty=%v %s", nd.i, o.i, r.Admitted, r.Running, r.Empty, r.Reason), func() {
+					if nd.inc != inc {
+						return
+					}
+					if r.Admitted && req.Fresh && !nd.admitted {
 						nd.admitted = true
 						s.log(fmt.Sprintf("admitted %d by %d", nd.i, o.i))
 					}
+					s.mayCreate(nd, o, r)
 				})
 			})
 		})
@@ -381,10 +416,38 @@ func (s *sim) announce(nd *node, inc int) {
 	nd.joining = min(2*nd.joining, 2*time.Second)
 }
 
+// mayCreate is the master's decision, as its join round's answers come
+// in, to create the cluster (consensus.Engine.announce and create).
+func (s *sim) mayCreate(nd, from *node, r replication.JoinResponse) {
+	if !nd.creating || nd.admitted || !nd.up {
+		return
+	}
+	if r.Running {
+		nd.creating = false
+		return
+	}
+	if r.Empty {
+		nd.empties[from.id] = true
+	}
+	if !consensus.MayCreate(nd.id, s.voters(), sortedKeys(nd.empties)) {
+		return
+	}
+	if s.guard(nd, "bootstrap", func() {
+		if err := nd.n.Bootstrap(s.voters()); err != nil {
+			s.anomaly("node: node %d could not create the cluster: %v", nd.i, err)
+		}
+	}) {
+		nd.creating, nd.admitted = false, true
+		s.log(fmt.Sprintf("create %d", nd.i))
+		s.after(0, "", func() { s.step(nd) })
+	}
+}
+
 // handleJoin is a node's answer to a join request (consensus.Engine.HandleJoin).
-func (s *sim) handleJoin(nd *node, req replication.JoinRequest, answer func(admitted bool, why string)) {
+func (s *sim) handleJoin(nd *node, req replication.JoinRequest, answer func(replication.JoinResponse)) {
+	base := s.joinAnswer(nd)
 	if !nd.admitted {
-		answer(false, "this node is starting")
+		answer(base)
 		return
 	}
 	d := consensus.DecideJoin(nd.n.RecentStatus(), nd.n.Rejoining(), &req, true, s.bug)
@@ -395,7 +458,8 @@ func (s *sim) handleJoin(nd *node, req replication.JoinRequest, answer func(admi
 	}
 	if d.Change == nil {
 		finish()
-		answer(d.Admitted, d.Reason)
+		base.Admitted, base.Reason = d.Admitted, d.Reason
+		answer(base)
 		return
 	}
 	s.log(fmt.Sprintf("decide %d: %s (%s %d)", nd.i, d.Log, d.Change.Type, d.Change.NodeID-1))
@@ -405,10 +469,12 @@ func (s *sim) handleJoin(nd *node, req replication.JoinRequest, answer func(admi
 			return
 		}
 		if !ok {
-			answer(false, "changing the configuration failed")
+			base.Reason = "changing the configuration failed"
+			answer(base)
 			return
 		}
 		finish()
-		answer(true, "")
+		base.Admitted = true
+		answer(base)
 	})
 }

@@ -83,7 +83,6 @@ type sim struct {
 	net    network
 	nextID uint64 // proposal ids
 	ended  bool   // workloads and faults are over
-	began  bool   // the cluster has been created
 
 	faults    []string
 	ops       map[string]int
@@ -140,7 +139,6 @@ func Run(o Options) (Report, error) {
 			return s.report(), err
 		}
 	}
-	s.began = true
 	if err := s.setup(); err != nil {
 		return s.report(), err
 	}
