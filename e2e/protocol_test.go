@@ -106,7 +106,7 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 		{"attach", `{"command":"exec","query":"ATTACH '/etc/passwd' AS p"}`, 0, 403, "ATTACH"},
 		{"vacuum into", `{"command":"exec","query":"VACUUM INTO '/tmp/x.db'"}`, 0, 403, "not allowed"},
 		{"writable_schema", `{"command":"exec","query":"PRAGMA writable_schema = ON"}`, 0, 403, "PRAGMA"},
-		{"internal table", `{"command":"query","query":"SELECT * FROM _ddb_log"}`, 0, 403, "internal"},
+		{"internal table", `{"command":"query","query":"SELECT * FROM _ddb_requests"}`, 0, 403, "internal"},
 		{"write to internal table", `{"command":"exec","query":"INSERT INTO _ddb_meta VALUES ('applied', 0)"}`, 0, 403, "internal"},
 		{"load_extension", `{"command":"query","query":"SELECT load_extension('/tmp/x.so')"}`, 0, 403, "load_extension"},
 		{"transaction control", `{"command":"exec","query":"BEGIN; DELETE FROM t; COMMIT"}`, 0, 403, "queries"},

@@ -49,7 +49,7 @@ func TestApplyLogFailuresAreOutcomesTheSameEverywhere(t *testing.T) {
 		w("INSERT INTO t (v) VALUES ('a')"),             // constraint: fails alone
 		w("INSERT OR ROLLBACK INTO t (v) VALUES ('a')"), // rolls back the whole transaction
 		w("CREATE TABLE u (x)"),                         // a schema change without the leader's consent
-		w("SELECT * FROM _ddb_log"),                     // forbidden
+		w("SELECT * FROM _ddb_requests"),                // forbidden
 		rlog.Write{Stmts: stmts("INSERT INTO t (v) VALUES ('b'), ('c'), ('d') RETURNING id"), Collect: true, MaxRows: 2}, // over its limit
 		rlog.Write{Stmts: stmts("INSERT INTO t (v) VALUES ('e') RETURNING id, r"), Collect: true, RequestID: "k"},
 		rlog.Write{Stmts: stmts("INSERT INTO t (v) VALUES ('e') RETURNING id, r"), Collect: true, RequestID: "k"}, // a retry

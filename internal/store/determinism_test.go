@@ -369,7 +369,7 @@ func TestOpenRefusesALogThatDisagreesWithTheData(t *testing.T) {
 	mustCommit(t, s, fixedClock(time.Now()), "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)")
 	s.wconn.auth.reset(policyReplica)
 	// A log the former engine kept, which runs past the data.
-	if err := s.w.ExecScript("UPDATE _ddb_meta SET value = 1 WHERE key = 'applied'; INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (1, 0, 0, '[]'), (2, 0, 0, '[]')"); err != nil {
+	if err := s.w.ExecScript(preRaftSchema + "UPDATE _ddb_meta SET value = 1 WHERE key = 'applied'; INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (1, 0, 0, '[]'), (2, 0, 0, '[]')"); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -642,5 +642,45 @@ func TestRandomblobKeepsItsLimitsAndCountsItsBytes(t *testing.T) {
 	}
 	if n := scalar(t, s, "SELECT count(*) FROM b"); n != int64(40) {
 		t.Fatalf("b holds %v rows", n)
+	}
+}
+
+// preRaftSchema is what the engine before Raft kept in every database.
+const preRaftSchema = `CREATE TABLE _ddb_log (idx INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, seed INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE _ddb_members (id INTEGER PRIMARY KEY, url TEXT NOT NULL);
+`
+
+// A database the engine before Raft wrote (its own log of writes and its
+// members in the database) opens through one migration: its data and
+// applied index stay, the former tables go, and it opens the same way
+// again.
+func TestADatabaseTheFormerEngineWroteOpensThroughOneMigration(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, fixedClock(time.Now()), "CREATE TABLE t (x)", "INSERT INTO t VALUES (1), (2)")
+	applied := s.Applied()
+	s.wconn.auth.reset(policyReplica)
+	if err := s.w.ExecScript(preRaftSchema + fmt.Sprintf("INSERT INTO _ddb_log(idx, time_ms, seed, body) VALUES (%d, 0, 0, '[]'); INSERT INTO _ddb_members VALUES (0, 'http://localhost:8080')", applied)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for range 2 {
+		s, err := Open(Options{Path: path})
+		if err != nil {
+			t.Fatalf("open the former engine's database: %v", err)
+		}
+		if s.Applied() != applied {
+			t.Fatalf("applied index %d after the migration, want %d", s.Applied(), applied)
+		}
+		if n := scalar(t, s, "SELECT count(*) FROM t"); n != int64(2) {
+			t.Fatalf("%v rows after the migration, want 2", n)
+		}
+		if n := scalar(t, s, "SELECT count(*) FROM sqlite_schema WHERE name IN ('_ddb_log', '_ddb_members')"); n != int64(0) {
+			t.Fatalf("%v former tables left after the migration", n)
+		}
+		s.Close()
 	}
 }

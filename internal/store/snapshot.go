@@ -43,12 +43,11 @@ func (s *Store) Snapshot(ctx context.Context, dir string) (path string, index ui
 	if err := dst.Backup(r.c); err != nil {
 		return "", 0, fmt.Errorf("copy database: %w", err)
 	}
-	// The log's entries are not needed (the copy's applied index says
-	// where it stands). No VACUUM: it may renumber the rowids of tables
+	// Not the consensus log and this node's own Raft state (its term and
+	// vote): only where the copy stands in the log stays (see
+	// RaftPosition). No VACUUM: it may renumber the rowids of tables
 	// without an INTEGER PRIMARY KEY, and the copy must be row for row.
-	// Nor the consensus log and this node's own Raft state (its term and
-	// vote): only where the copy stands in the log stays (see RaftPosition).
-	if err := dst.ExecScript("DELETE FROM _ddb_log; DROP TABLE IF EXISTS _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term', 'rejoining')"); err != nil {
+	if err := dst.ExecScript("DROP TABLE IF EXISTS _ddb_raft_log; DELETE FROM _ddb_raft_state WHERE key NOT IN ('conf_state', 'applied_term', 'rejoining')"); err != nil {
 		return "", 0, fmt.Errorf("compact snapshot: %w", err)
 	}
 	index, err = appliedOf(dst)

@@ -136,8 +136,6 @@ type entryState struct {
 
 const schemaSQL = `
 CREATE TABLE IF NOT EXISTS _ddb_meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS _ddb_log (idx INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, seed INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS _ddb_members (id INTEGER PRIMARY KEY, url TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS _ddb_requests (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time_ms INTEGER NOT NULL, result BLOB NOT NULL);
 INSERT OR IGNORE INTO _ddb_meta(key, value) VALUES ('applied', 0);
 `
@@ -370,6 +368,39 @@ func fileID(path string, params url.Values) (string, error) {
 	return id, nil
 }
 
+// migratePreRaft is the one migration from the engine that came before
+// Raft: it kept its own log of writes in the database (_ddb_log) and the
+// members' URLs (_ddb_members). Raft keeps its log in a file of its own,
+// and the data's applied index says where the database stands, so both
+// tables go, once: a database the former engine wrote opens as one that
+// holds data but no Raft state (its log starts after the data: see
+// consensus.StartEngine). A former log that runs past the data means the
+// file was put together from pieces: it is refused, and nothing changes.
+func (s *Store) migratePreRaft() error {
+	row, err := s.w.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '_ddb_log'`)
+	if err != nil {
+		return fmt.Errorf("look for the former engine's log: %w", err)
+	}
+	if n, _ := row[0].(int64); n == 0 {
+		return nil
+	}
+	row, err = s.w.QueryRow(`SELECT max(idx) FROM _ddb_log`)
+	if err != nil {
+		return fmt.Errorf("read the former engine's log: %w", err)
+	}
+	// The log and the change it records committed together. (A log that
+	// ends before the data is fine: a node that only applied entries kept
+	// none.)
+	if hi, ok := row[0].(int64); ok && uint64(hi) > s.applied.Load() {
+		return fmt.Errorf("%s: its log ends at index %d but its data is at index %d; the file was changed outside the database or mixed with another node's. Restore it from a healthy replica (docs/REPLICATION.md)", s.path, hi, s.applied.Load())
+	}
+	if err := s.w.ExecScript("BEGIN; DROP TABLE _ddb_log; DROP TABLE IF EXISTS _ddb_members; COMMIT"); err != nil {
+		s.w.Exec("ROLLBACK")
+		return fmt.Errorf("drop the former engine's log: %w", err)
+	}
+	return nil
+}
+
 func (s *Store) initWriter() error {
 	if err := s.w.ExecScript(schemaSQL + raftSchemaSQL); err != nil {
 		return fmt.Errorf("create internal tables: %w", err)
@@ -385,19 +416,8 @@ func (s *Store) initWriter() error {
 		s.applied.Store(uint64(v))
 	}
 	s.visible.Store(s.applied.Load())
-	row, err = s.w.QueryRow(`SELECT min(idx), max(idx) FROM _ddb_log`)
-	if err != nil {
-		return fmt.Errorf("read the log's bounds: %w", err)
-	}
-	if _, ok := row[0].(int64); ok {
-		hi := row[1].(int64)
-		// The log and the change it records commit together: a log that
-		// runs ahead of the data means the file was put together from
-		// pieces. (A log that ends before the data is fine: a node that
-		// only applied entries keeps none.)
-		if uint64(hi) > s.applied.Load() {
-			return fmt.Errorf("%s: its log ends at index %d but its data is at index %d; the file was changed outside the database or mixed with another node's. Restore it from a healthy replica (docs/REPLICATION.md)", s.path, hi, s.applied.Load())
-		}
+	if err := s.migratePreRaft(); err != nil {
+		return err
 	}
 	// random() and randomblob() draw from the entry's seed, so every node
 	// computes the same values. The clock VFS does the same for 'now'.
