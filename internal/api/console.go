@@ -37,16 +37,16 @@ func (s *Server) handleConsole(w http.ResponseWriter, r *http.Request) {
 
 // consoleNode is one node as the console shows it.
 type consoleNode struct {
-	ID        int    `json:"id"`
-	URL       string `json:"url"`
-	Voter     bool   `json:"voter"`
-	Reachable bool   `json:"reachable"`
-	Role      string `json:"role"`
-	Applied   uint64 `json:"applied_index"`
-	Commit    uint64 `json:"commit_index"`
-	Term      uint64 `json:"term"`
-	Lag       uint64 `json:"lag"`
-	Error     string `json:"error,omitempty"`
+	ID        int              `json:"id"`
+	URL       string           `json:"url"`
+	Voter     bool             `json:"voter"`
+	Reachable bool             `json:"reachable"`
+	Role      replication.Role `json:"role"`
+	Applied   uint64           `json:"applied_index"`
+	Commit    uint64           `json:"commit_index"`
+	Term      uint64           `json:"term"`
+	Lag       uint64           `json:"lag"`
+	Error     string           `json:"error,omitempty"`
 }
 
 // handleConsoleCluster asks every node of the configuration for its status
@@ -89,7 +89,7 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 	leader := -1
 	for _, n := range nodes {
 		commit = max(commit, n.Commit)
-		if n.Role == "leader" {
+		if n.Role == replication.RoleLeader {
 			leader = n.ID
 		}
 	}

@@ -168,7 +168,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "not ready: "+why)
 		return
 	}
-	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+s.admin.Status().Role+`"}`+"\n"))
+	writeJSON(w, http.StatusOK, []byte(`{"status":"ok","role":"`+string(s.admin.Status().Role)+`"}`+"\n"))
 }
 
 // handleLive is liveness: 200 while the process serves HTTP and can read

@@ -32,10 +32,22 @@ import (
 // rqFlags are the query-string flags of a data API request. rqlite's
 // flags are present or absent (?timings, not ?timings=true); a value of
 // "false" or "0" counts as absent.
+// rqLevel is a read consistency level of rqlite's API.
+type rqLevel string
+
+// rqlite's levels (any other reads as weak; see rqReadable).
+const (
+	rqNone         rqLevel = "none"         // this node's data, as it is
+	rqWeak         rqLevel = "weak"         // the leader's, confirmed with it
+	rqLinearizable rqLevel = "linearizable" // the leader's, confirmed with a majority
+	rqStrong       rqLevel = "strong"
+	rqAuto         rqLevel = "auto" // none on a learner, else weak
+)
+
 type rqFlags struct {
 	transaction, timings, associative, pretty, blobArray bool
 	redirect, queue, wait, raftIndex                     bool
-	level                                                string
+	level                                                rqLevel
 	freshness                                            time.Duration
 	freshnessStrict                                      bool
 	timeout                                              time.Duration
@@ -54,7 +66,7 @@ func parseRqFlags(q url.Values) (rqFlags, error) {
 		pretty: on("pretty"), blobArray: on("blob_array"), redirect: on("redirect"),
 		queue: on("queue"), wait: on("wait"), raftIndex: on("raft_index"),
 		freshnessStrict: on("freshness_strict"),
-		level:           strings.ToLower(q.Get("level")),
+		level:           rqLevel(strings.ToLower(q.Get("level"))),
 	}
 	for _, d := range []struct {
 		name string
@@ -492,13 +504,13 @@ func (s *Server) rqReadable(ctx context.Context, w http.ResponseWriter, r *http.
 		return err
 	}
 	level := flags.level
-	if level == "auto" {
-		level = "weak"
+	if level == rqAuto {
+		level = rqWeak
 		if s.repl.Learner() {
-			level = "none"
+			level = rqNone
 		}
 	}
-	if level == "none" {
+	if level == rqNone {
 		if flags.freshness > 0 {
 			if age := s.repl.SinceLeaderContact(); age > flags.freshness {
 				return &store.ForbiddenError{Reason: fmt.Sprintf("stale read: this node last heard from a leader %v ago, more than freshness=%v", age.Round(time.Millisecond), flags.freshness)}
@@ -510,7 +522,7 @@ func (s *Server) rqReadable(ctx context.Context, w http.ResponseWriter, r *http.
 		s.rqRedirect(w, r)
 		return nil
 	}
-	if level == "weak" && s.isLeader() {
+	if level == rqWeak && s.isLeader() {
 		return nil
 	}
 	idx, err := s.repl.ReadIndex(ctx)

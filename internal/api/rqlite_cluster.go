@@ -63,7 +63,7 @@ func (s *Server) rqStatus(es replication.Status) map[string]any {
 				"term":          es.Term,
 				"commit_index":  es.Commit,
 				"applied_index": es.Applied,
-				"voter":         es.Role != "learner",
+				"voter":         es.Role != replication.RoleLearner,
 			},
 		},
 		"http": map[string]any{"bind_addr": s.cfg.ListenAddr(), "auth": auth},
@@ -72,11 +72,11 @@ func (s *Server) rqStatus(es replication.Status) map[string]any {
 }
 
 // rqState is rqlite's spelling of a Raft role.
-func rqState(role string) string {
+func rqState(role replication.Role) string {
 	switch role {
-	case "leader":
+	case replication.RoleLeader:
 		return "Leader"
-	case "candidate":
+	case replication.RoleCandidate:
 		return "Candidate"
 	}
 	return "Follower"

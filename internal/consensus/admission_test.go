@@ -3,6 +3,7 @@ package consensus
 import (
 	"testing"
 
+	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/replication"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/quorum"
@@ -28,7 +29,7 @@ func statusOf(state raft.StateType, lead, term, commit, applied uint64, match ma
 // operator's copy of the data, or after the leader has taken it out and
 // added it back (the simulator's seed 27 found the rule this replaces).
 func TestANodeWithoutRaftStateVotesOnlyWhenItCannotLoseAnEntry(t *testing.T) {
-	never := func(string) bool { return false }
+	never := func(faults.Bug) bool { return false }
 	wiped := &replication.JoinRequest{ID: 3, URL: "u3", Fresh: true}
 	copied := &replication.JoinRequest{ID: 3, URL: "u3", Fresh: true, Data: 500}
 	restarted := &replication.JoinRequest{ID: 3, URL: "u3"}

@@ -333,7 +333,7 @@ func (e *Engine) mayCreate() (bool, error) {
 		switch {
 		case running:
 			return false, nil
-		case MayCreate(e.cfg.ID, e.cfg.Voters, empty), e.bug("create-alone"):
+		case MayCreate(e.cfg.ID, e.cfg.Voters, empty), e.bug(faults.CreateAlone):
 			return true, nil
 		case e.st.Applied() == 0:
 			e.creating.Store(true)
@@ -503,7 +503,7 @@ type JoinDecision struct {
 // whether the master's command line names the node a voter; bug says
 // whether a deliberate defect is switched on (fault builds only). The
 // engine and the simulator (package sim) both decide with it.
-func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, named bool, bug func(string) bool) JoinDecision {
+func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, named bool, bug func(faults.Bug) bool) JoinDecision {
 	voter, learner := membership(st.Config, req.ID)
 	if st.RaftState != raft.StateLeader {
 		switch {
@@ -511,7 +511,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, name
 			return JoinDecision{Admitted: true}
 		case req.Fresh && st.Lead == 0 && st.Term <= 1 && st.Commit > 0,
 			req.Fresh && st.Lead == 0 && req.Data > 0 && req.Data >= st.Applied,
-			req.Fresh && st.Lead == 0 && faults.Enabled && bug("admit-fresh-voter"):
+			req.Fresh && st.Lead == 0 && faults.Enabled && bug(faults.AdmitFreshVoter):
 			// Either this node holds the configuration the cluster was
 			// created with and no election has been held yet (the first
 			// is in term 2): nothing was acknowledged by a majority, so a
@@ -534,7 +534,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, name
 	case rejoining:
 		// Taken out to be added back after it lost its data: as a
 		// learner first, a voter once it holds the log (rejoin.go).
-		return JoinDecision{Admitted: true, FinishRejoins: !(faults.Enabled && bug("rejoin-once"))}
+		return JoinDecision{Admitted: true, FinishRejoins: !(faults.Enabled && bug(faults.RejoinOnce))}
 	case !voter && !learner && req.Fresh && named:
 		// A voter the master's command line names that lost its data and
 		// is out of the configuration (taking it out and adding it again
@@ -545,7 +545,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, name
 	case !voter && !learner:
 		return JoinDecision{Admitted: true, Log: "node joins as a learner",
 			Change: &pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: req.ID, Context: []byte(req.URL)}}
-	case req.Fresh && (voter && !(faults.Enabled && bug("admit-fresh-voter")) || st.Progress[req.ID].Match > 0):
+	case req.Fresh && (voter && !(faults.Enabled && bug(faults.AdmitFreshVoter)) || st.Progress[req.ID].Match > 0):
 		// The node lost its data. A voter may have lost entries it
 		// acknowledged, which a majority counted: voting with an empty
 		// log, it could elect a node that lacks them. (Whether this leader
@@ -557,7 +557,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, name
 		// rejoin.go), this one at once.
 		return JoinDecision{Admitted: true, Log: "node lost its data; it is taken out of the configuration and added back",
 			Change:        &pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})},
-			FinishRejoins: !(faults.Enabled && bug("rejoin-once"))}
+			FinishRejoins: !(faults.Enabled && bug(faults.RejoinOnce))}
 	}
 	return JoinDecision{Admitted: true}
 }
@@ -778,7 +778,7 @@ func (e *Engine) proposeThroughLeader(ctx context.Context, req *store.Request, a
 		// to a leader that died): it applies once.
 		req.RequestID = e.newRequestID()
 	}
-	if e.bug("ack-before-commit") {
+	if e.bug(faults.AckBeforeCommit) {
 		return e.ackBeforeCommit(req, e.rep.WriteThroughLeader), nil, false
 	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
@@ -836,7 +836,7 @@ func (e *Engine) ackBeforeCommit(req *store.Request, write func(context.Context,
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
 func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
-	if e.bug("ack-before-commit") {
+	if e.bug(faults.AckBeforeCommit) {
 		return e.ackBeforeCommit(req, e.rep.Write), nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
@@ -934,7 +934,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 // confirmed by the leader with a majority. Without a leader: 503 at once;
 // with one that cannot confirm in time: 503 after ReadWait.
 func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
-	if e.bug("stale-strong-read") {
+	if e.bug(faults.StaleStrongRead) {
 		return 0, nil
 	}
 	if err := e.Serving(); err != nil {
@@ -1092,7 +1092,7 @@ func (e *Engine) Ready() string {
 // Metrics reads the engine's numbers.
 func (e *Engine) Metrics() replication.MetricValues {
 	s := e.Status()
-	m := replication.MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == "leader", LeaderChanges: e.rep.Node().LeaderChanges(),
+	m := replication.MetricValues{Term: s.Term, Commit: s.Commit, Leader: s.Role == replication.RoleLeader, LeaderChanges: e.rep.Node().LeaderChanges(),
 		SnapshotsInstalled: s.SnapshotsInstalled}
 	m.ProposalsPending = e.rep.Node().Pending()
 	if len(s.Nodes) > 0 {

@@ -140,7 +140,7 @@ func (e *Engine) watchMembers() {
 			return
 		}
 		e.noteMissingVoters(since, time.Now())
-		if _, self := e.rep.Node().Leader(); self && !e.bug("rejoin-once") {
+		if _, self := e.rep.Node().Leader(); self && !e.bug(faults.RejoinOnce) {
 			e.finishRejoins()
 		}
 	}
@@ -252,14 +252,14 @@ func (e *Engine) MissingVoters() []int {
 
 // bug reports whether the deliberate defect or forced schedule name is
 // switched on (a comma-separated list; fault builds only).
-func (e *Engine) bug(name string) bool {
+func (e *Engine) bug(name faults.Bug) bool {
 	// (Small enough to be inlined: in a release build, where Enabled is a
 	// false constant, the compiler drops the call and the names with it.)
 	return faults.Enabled && e.listsBug(name)
 }
 
-func (e *Engine) listsBug(name string) bool {
-	return slices.Contains(strings.Split(e.cfg.InjectBug, ","), name)
+func (e *Engine) listsBug(name faults.Bug) bool {
+	return slices.Contains(strings.Split(e.cfg.InjectBug, ","), string(name))
 }
 
 // moveLeadershipForTest, in the fault build with the schedule
@@ -267,7 +267,7 @@ func (e *Engine) listsBug(name string) bool {
 // voter right after a step of adding node id back, so that a test sees
 // every step finished by another leader.
 func (e *Engine) moveLeadershipForTest(id uint64) {
-	if !e.bug("transfer-mid-rejoin") {
+	if !e.bug(faults.TransferMidRejoin) {
 		return
 	}
 	st := e.rep.Node().RecentStatus()

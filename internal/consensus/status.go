@@ -26,15 +26,15 @@ func (e *Engine) Status() replication.Status {
 	_, learner := st.Config.Learners[e.cfg.ID]
 	switch {
 	case e.removed.Load():
-		s.Role = "removed"
+		s.Role = replication.RoleRemoved
 	case st.RaftState == raft.StateLeader:
-		s.Role = "leader"
+		s.Role = replication.RoleLeader
 	case learner:
-		s.Role = "learner"
+		s.Role = replication.RoleLearner
 	case st.RaftState == raft.StateCandidate || st.RaftState == raft.StatePreCandidate:
-		s.Role = "candidate"
+		s.Role = replication.RoleCandidate
 	default:
-		s.Role = "follower"
+		s.Role = replication.RoleFollower
 	}
 	s.MissingVoters = e.MissingVoters()
 	for id := range e.rep.Node().Rejoining() {

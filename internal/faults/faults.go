@@ -5,3 +5,30 @@
 // binaries (go build ./master ./node) cannot switch them on, and the
 // compiler leaves their code out, since Enabled is a false constant there.
 package faults
+
+// Bug names a deliberate defect (or a forced schedule) that a fault build
+// can switch on: a comma-separated list of them is a node's
+// DDB_INJECT_BUG, consensus.EngineConfig.InjectBug, store.Options.InjectBug
+// and sim.Options.Bug.
+type Bug string
+
+// The defects of the replication engine (see consensus.EngineConfig.InjectBug).
+const (
+	AckBeforeCommit   Bug = "ack-before-commit"
+	StaleStrongRead   Bug = "stale-strong-read"
+	AdmitFreshVoter   Bug = "admit-fresh-voter"
+	CreateAlone       Bug = "create-alone"
+	RejoinOnce        Bug = "rejoin-once"
+	TransferMidRejoin Bug = "transfer-mid-rejoin"
+)
+
+// The defects of the store (see store.Options.InjectBug).
+const (
+	SkipEntry         Bug = "skip-entry"
+	PartialApply      Bug = "partial-apply"
+	UnpinnedClock     Bug = "unpinned-clock"
+	UnpinnedPRNG      Bug = "unpinned-prng"
+	UnpinnedState     Bug = "unpinned-state"
+	IncrementalSchema Bug = "incremental-schema"
+	StaleReaderStats  Bug = "stale-reader-stats"
+)

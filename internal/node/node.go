@@ -70,7 +70,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		logger.Warn("deliberate defect switched on: this node breaks its guarantees", "defect", cfg.InjectBug)
 	}
 	storeBug := cfg.InjectBug
-	if cfg.Role == cluster.Master && (storeBug == "skip-entry" || storeBug == "partial-apply") {
+	if cfg.Role == cluster.Master && (storeBug == string(faults.SkipEntry) || storeBug == string(faults.PartialApply)) {
 		storeBug = "" // defects of the slaves' apply: the master applies right, and they differ from it
 	}
 	st, err := store.Open(store.Options{Path: cfg.DBPath(), InjectBug: storeBug, DigestRate: max(int64(cfg.CheckRate), 0) << 20})

@@ -20,6 +20,18 @@ const (
 	SnapshotPath = "/_ddb/raft/snapshot" // a copy of the leader's database
 )
 
+// Role is a node's part in the cluster, as /status reports it.
+type Role string
+
+// The roles.
+const (
+	RoleLeader    Role = "leader"    // orders writes
+	RoleFollower  Role = "follower"  // a voter that follows the leader
+	RoleCandidate Role = "candidate" // a voter asking for votes
+	RoleLearner   Role = "learner"   // receives the log without voting
+	RoleRemoved   Role = "removed"   // taken out of the configuration while it ran
+)
+
 // Admin is what the API needs of the replication engine beyond the client
 // protocol: the cluster's state, its membership, and the endpoints other
 // nodes call. Ids are the command line's (0: the master), except where a
@@ -125,7 +137,7 @@ type NodeStatus struct {
 type Status struct {
 	ID        int    `json:"id"`
 	URL       string `json:"url"`
-	Role      string `json:"role"` // leader, follower, candidate, learner, removed
+	Role      Role   `json:"role"`
 	Preferred bool   `json:"preferred_leader"`
 	LeaderID  *int   `json:"leader_id"` // null: no leader known
 	LeaderURL string `json:"leader_url,omitempty"`

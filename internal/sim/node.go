@@ -70,8 +70,8 @@ func url(id uint64) string { return fmt.Sprintf("sim://node%d", id-1) }
 
 // bug says whether the deliberate defect name is on (fault builds only), as
 // the engine's does.
-func (s *sim) bug(name string) bool {
-	return faults.Enabled && slices.Contains(strings.Split(s.o.Bug, ","), name)
+func (s *sim) bug(name faults.Bug) bool {
+	return faults.Enabled && slices.Contains(strings.Split(s.o.Bug, ","), string(name))
 }
 
 // start opens the node's store and Raft state as consensus.StartEngine
@@ -105,7 +105,7 @@ func (s *sim) start(nd *node) error {
 			running, empty := s.firstRound(nd)
 			switch {
 			case running:
-			case consensus.MayCreate(nd.id, s.voters(), empty), s.bug("create-alone"):
+			case consensus.MayCreate(nd.id, s.voters(), empty), s.bug(faults.CreateAlone):
 				admitted, voters = true, s.voters()
 			default:
 				nd.creating = true
@@ -147,7 +147,7 @@ func (s *sim) start(nd *node) error {
 		if nd.inc != inc || !nd.up {
 			return
 		}
-		if _, self := nd.n.Leader(); self && !s.bug("rejoin-once") {
+		if _, self := nd.n.Leader(); self && !s.bug(faults.RejoinOnce) {
 			s.finishRejoins(nd)
 		}
 		s.after(watchEvery, "", watch)

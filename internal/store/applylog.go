@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 
+	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/rlog"
 )
 
@@ -193,10 +194,10 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			s.internal("ROLLBACK")
 			return nil, nil, err
 		}
-		if s.faulty("skip-entry") && e.Index%50 == 0 && len(w.Stmts) > 0 {
+		if s.faulty(faults.SkipEntry) && e.Index%50 == 0 && len(w.Stmts) > 0 {
 			w.Stmts = []rlog.Statement{{SQL: "SELECT 1"}} // succeeds, changes nothing
 		}
-		if s.faulty("partial-apply") && len(w.Stmts) > 1 {
+		if s.faulty(faults.PartialApply) && len(w.Stmts) > 1 {
 			w.Stmts = w.Stmts[:1]
 		}
 		var results []Result

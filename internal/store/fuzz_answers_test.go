@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/faults"
 	"math/rand/v2"
 	"net/url"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ddbgo/ddb/internal/faults"
 
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"

@@ -4,13 +4,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/faults"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ddbgo/ddb/internal/faults"
 
 	"github.com/ddbgo/ddb/internal/rlog"
 )

@@ -16,7 +16,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/faults"
 	"math/rand/v2"
 	"net/url"
 	"os"
@@ -25,6 +24,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ddbgo/ddb/internal/faults"
 
 	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/rlog"
@@ -454,7 +455,7 @@ func (r randSource) Uint64() uint64 { return r.s.rng.Uint64() }
 // faulty reports whether the deliberate defect name is switched on; in a
 // build without the ddb_faults tag it is constantly false, and the
 // defect's code is compiled out.
-func (s *Store) faulty(name string) bool { return faults.Enabled && s.bug == name }
+func (s *Store) faulty(name faults.Bug) bool { return faults.Enabled && s.bug == string(name) }
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
@@ -675,7 +676,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 	if gen := s.schemaGen.Load(); cn.gen != gen {
 		c.DropCache()
 		cn.gen = gen
-		if cn.entry == nil && !s.faulty("stale-reader-stats") {
+		if cn.entry == nil && !s.faulty(faults.StaleReaderStats) {
 			// A read connection also loads the schema and the statistics
 			// afresh (SQLite reloads the schema when another connection
 			// changes it, but not the statistics ANALYZE gathered): it
@@ -1103,14 +1104,14 @@ const resetChanges = "UPDATE _ddb_meta SET value = value WHERE 0"
 // generator) and the connection state. The caller holds wmu and has called
 // lockEntries.
 func (s *Store) enter(timeMs, seed int64) error {
-	if !s.faulty("unpinned-clock") {
+	if !s.faulty(faults.UnpinnedClock) {
 		s.clock.Pin(timeMs)
 	}
 	s.rng = rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
-	if !s.faulty("unpinned-prng") {
+	if !s.faulty(faults.UnpinnedPRNG) {
 		sqlite.SeedPRNG(seed)
 	}
-	if !s.faulty("unpinned-state") {
+	if !s.faulty(faults.UnpinnedState) {
 		// changes() is SQLite's own: a statement that changes no row
 		// sets it to 0, as on a fresh connection.
 		if err := s.internal(resetChanges); err != nil {
@@ -1132,7 +1133,7 @@ func (s *Store) enter(timeMs, seed int64) error {
 // its entries were grouped into transactions, interrupted by restarts, or
 // mixed with requests that failed.
 func (s *Store) afterEntry() error {
-	if !s.schemaDirty || s.faulty("incremental-schema") {
+	if !s.schemaDirty || s.faulty(faults.IncrementalSchema) {
 		return nil
 	}
 	s.schemaDirty = false
