@@ -33,11 +33,12 @@ type EngineConfig struct {
 	// Voters is the configuration the master creates the cluster with
 	// (itself and the first slaves, up to five). A node that is not one
 	// of them joins as a learner.
-	Voters     []uint64
-	Preferred  uint64        // the master: leads whenever it is up and caught up
-	Tick       time.Duration // Raft's tick (default 100 ms; an election timeout is 7-14 ticks)
+	Voters    []uint64
+	Preferred uint64 // the master: leads whenever it is up and caught up
+	// Timing is every duration the engine waits (zero: the defaults,
+	// cluster.DefaultTiming).
+	Timing     cluster.Timing
 	AckTimeout time.Duration // how long a write may wait for its ack level or a leader
-	ReadWait   time.Duration // how long a strong read waits for a read index
 	Limits     store.Limits  // result limits of forwarded writes
 	Dir        string        // where snapshot copies are written (the data directory)
 	LogKeep    uint64        // applied entries the log keeps for followers behind (0: 200,000)
@@ -94,11 +95,6 @@ type Engine struct {
 	check       checker                // the consistency checks (see checker.go)
 }
 
-// electionWindow is how long an election normally takes at most (two
-// randomized timeouts of 0.7-1.4 s): a node without a leader for longer
-// answers writes and strong reads at once that no majority is reachable.
-const electionWindow = 2 * time.Second
-
 // WaitLeader waits until a leader is known. It gives up at once when
 // none has been known for the election window (no majority is reachable:
 // waiting would only hang the client), else when the window ends.
@@ -107,7 +103,7 @@ func (e *Engine) WaitLeader(ctx context.Context) bool {
 		if lead, _ := e.rep.Node().Leader(); lead != 0 {
 			return true
 		}
-		if time.Since(time.Unix(0, e.leaderSeen.Load())) > electionWindow || ctx.Err() != nil {
+		if time.Since(time.Unix(0, e.leaderSeen.Load())) > e.cfg.Timing.ElectionWindow || ctx.Err() != nil {
 			return false
 		}
 		select {
@@ -124,14 +120,11 @@ func (e *Engine) Fatal() <-chan error { return e.fatal }
 
 // StartEngine starts the node's Raft replica over st.
 func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
-	if cfg.Tick <= 0 {
-		cfg.Tick = 100 * time.Millisecond
+	if cfg.Timing.Tick <= 0 {
+		cfg.Timing = cluster.DefaultTiming()
 	}
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = cluster.Default().AckTimeout
-	}
-	if cfg.ReadWait <= 0 {
-		cfg.ReadWait = 2 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = discard
@@ -199,12 +192,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	ticks := make(chan time.Time)
 	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Applied: &applied, Node: Config{
-		ID: cfg.ID, Voters: voters, Ticks: ticks, TickEvery: cfg.Tick, Preferred: cfg.Preferred, Log: cfg.Log,
-		// A follower starts an election after 7 to 14 ticks without a
-		// leader (Raft randomizes each timeout in [ElectionTick,
-		// 2*ElectionTick)): 0.7-1.4 s with 100 ms ticks, so a new leader
-		// is usually in place within 1.5 s of the old one's death.
-		ElectionTick: 7,
+		ID: cfg.ID, Voters: voters, Ticks: ticks, Timing: cfg.Timing, Preferred: cfg.Preferred, Log: cfg.Log,
 		LogKeep:      cfg.LogKeep,
 		OnConfChange: e.confChanged,
 	}})
@@ -216,7 +204,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	e.rep = rep
 	// Raft's clock starts once e.rep is set: the ticker reads it.
-	e.ticks = time.NewTicker(cfg.Tick)
+	e.ticks = time.NewTicker(cfg.Timing.Tick)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -295,7 +283,7 @@ func (e *Engine) confChanged(cc pb.ConfChange) {
 // then a learner the leader added).
 func (e *Engine) announce() {
 	defer e.wg.Done()
-	delay := 200 * time.Millisecond
+	delay := e.cfg.Timing.JoinFirst
 	for {
 		running, empty := e.joinRound(!e.admitted.Load())
 		if e.creating.Load() && !e.admitted.Load() {
@@ -314,7 +302,7 @@ func (e *Engine) announce() {
 		case <-e.stop:
 			return
 		}
-		delay = min(2*delay, 2*time.Second)
+		delay = min(2*delay, e.cfg.Timing.JoinMax)
 	}
 }
 
@@ -328,7 +316,7 @@ func (e *Engine) announce() {
 // master whose database holds data waits here until it can tell (its log
 // must start after that data, before its Raft node starts).
 func (e *Engine) mayCreate() (bool, error) {
-	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+	for wait := e.cfg.Timing.JoinFirst; ; wait = min(2*wait, e.cfg.Timing.JoinMax) {
 		running, empty := e.joinRound(true)
 		switch {
 		case running:
@@ -932,7 +920,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 
 // ReadIndex is an index covering every write acknowledged before the call,
 // confirmed by the leader with a majority. Without a leader: 503 at once;
-// with one that cannot confirm in time: 503 after ReadWait.
+// with one that cannot confirm in time: 503 after Timing.ReadWait.
 func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
 	if e.bug(faults.StaleStrongRead) {
 		return 0, nil
@@ -943,14 +931,14 @@ func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
 	if !e.WaitLeader(ctx) {
 		return 0, &replication.UnavailableError{Reason: "no leader is known: an election is under way, or a majority of the voters cannot be reached; retry shortly"}
 	}
-	rctx, cancel := context.WithTimeout(ctx, e.cfg.ReadWait)
+	rctx, cancel := context.WithTimeout(ctx, e.cfg.Timing.ReadWait)
 	defer cancel()
 	idx, err := e.rep.ReadIndex(rctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		return 0, &replication.UnavailableError{Reason: fmt.Sprintf("the leader could not confirm a read index with a majority within %v: %v", e.cfg.ReadWait, err)}
+		return 0, &replication.UnavailableError{Reason: fmt.Sprintf("the leader could not confirm a read index with a majority within %v: %v", e.cfg.Timing.ReadWait, err)}
 	}
 	return idx, nil
 }
@@ -971,10 +959,6 @@ func (e *Engine) WaitApplied(ctx context.Context, index uint64, timeout time.Dur
 	return nil
 }
 
-// statusWait bounds how long a status report waits for the step under
-// way; past it, the report is as of the last step.
-const statusWait = 50 * time.Millisecond
-
 // SinceLeaderContact is how long ago this node last heard from a leader
 // (0 on the leader).
 func (e *Engine) SinceLeaderContact() time.Duration {
@@ -990,7 +974,7 @@ func (e *Engine) Client() *http.Client { return e.cfg.Client }
 
 // Members lists the configuration's nodes, voters and learners, by id.
 func (e *Engine) Members() []replication.Member {
-	st := e.rep.Node().StatusWithin(statusWait)
+	st := e.rep.Node().StatusWithin(e.cfg.Timing.StatusWait)
 	var out []replication.Member
 	add := func(id uint64, voter bool) {
 		out = append(out, replication.Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})

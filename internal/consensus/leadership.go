@@ -114,7 +114,7 @@ func (n *Node) SinceLeaderContact() time.Duration {
 const caughtUpLag = 1024
 
 // leadPreferred, on the leader, hands leadership to the preferred node once
-// it has held the whole log for PreferredAfter ticks in a row.
+// it has held the whole log for Timing.PreferredAfter ticks in a row.
 func (n *Node) leadPreferred() {
 	p := n.cfg.Preferred
 	if p == 0 || p == n.cfg.ID {
@@ -132,7 +132,7 @@ func (n *Node) leadPreferred() {
 		return
 	}
 	n.caughtUp++
-	if n.caughtUp >= n.cfg.PreferredAfter {
+	if n.caughtUp >= n.cfg.Timing.PreferredAfter {
 		n.caughtUp = 0
 		n.cfg.Log.Info("handing leadership back to the preferred leader", "to", int(p)-1)
 		n.rn.TransferLeader(p)

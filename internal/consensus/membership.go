@@ -45,7 +45,7 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 		select {
 		case <-ch:
 			return nil
-		case <-time.After(time.Duration(2*n.cfg.ElectionTick) * n.cfg.TickEvery):
+		case <-time.After(n.cfg.Timing.ChangeResend):
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-n.done:

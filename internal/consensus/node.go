@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -36,21 +37,13 @@ type Config struct {
 	// Applied is the last log index the database has applied: Raft gives
 	// nothing at or below it to apply again.
 	Applied uint64
-	// ElectionTick and HeartbeatTick count ticks (default 10 and 1: with
-	// a tick of 100 ms, an election timeout near 1 s).
-	ElectionTick, HeartbeatTick int
 	// Ticks drives Raft's clock: one tick per value received. Production
 	// passes a time.Ticker's channel; tests, one of their own.
 	Ticks <-chan time.Time
-	// TickEvery is how often Ticks ticks (default 100 ms): what a wait
-	// counted in ticks takes in time.
-	TickEvery time.Duration
-	// HoldProposals is how long a leader's own proposals may wait while
-	// entries it appended are not yet committed (default
-	// DefaultHoldProposals; negative: never): they go out together once
-	// the entries in flight commit, or when the oldest has waited this
-	// long. A leader with nothing in flight proposes at once.
-	HoldProposals time.Duration
+	// Timing is every duration and count of ticks the node goes by (zero:
+	// cluster.DefaultTiming). A negative Timing.HoldProposals holds no
+	// proposal.
+	Timing cluster.Timing
 	// Apply applies committed entries, in log order, and returns what each
 	// entry's proposer is answered; an error stops the node (its database
 	// failed). It runs on the node's applier goroutine, never on Raft's
@@ -60,10 +53,9 @@ type Config struct {
 	Apply func(entries []Entry) ([]any, error)
 	// Preferred is the node that should lead whenever it is up and caught
 	// up (the master); 0: no preference. The leader hands leadership to it
-	// once it has held the leader's whole log for PreferredAfter ticks in a
-	// row (default: 2 election timeouts), so leadership never flaps.
-	Preferred      uint64
-	PreferredAfter int
+	// once it has held the leader's whole log for Timing.PreferredAfter
+	// ticks in a row, so leadership never flaps.
+	Preferred uint64
 	// Log logs (default: nothing).
 	Log *slog.Logger
 	// ApplyRecordsConf: Apply records each entry's Conf (the configuration
@@ -111,7 +103,7 @@ type Node struct {
 	// reached this node (Unix nanoseconds; 0: never).
 	leaderContact atomic.Int64
 	softState     atomic.Uint32 // raft.StateType
-	// recent is Raft's status as of the last step (at most statusEvery
+	// recent is Raft's status as of the last step (at most Timing.StatusEvery
 	// old, unless a step is running long), for readers that must not wait
 	// for a step: /status, /metrics, the console.
 	recent   atomic.Pointer[raft.Status]
@@ -227,11 +219,8 @@ func Open(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Node
 }
 
 func open(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Node, error) {
-	if cfg.ElectionTick == 0 {
-		cfg.ElectionTick = 10
-	}
-	if cfg.HeartbeatTick == 0 {
-		cfg.HeartbeatTick = 1
+	if cfg.Timing.Tick == 0 {
+		cfg.Timing = cluster.DefaultTiming()
 	}
 	if cfg.Log == nil {
 		cfg.Log = discard
@@ -245,8 +234,8 @@ func open(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Node
 	}
 	rc := &raft.Config{
 		ID:              cfg.ID,
-		ElectionTick:    cfg.ElectionTick,
-		HeartbeatTick:   cfg.HeartbeatTick,
+		ElectionTick:    cfg.Timing.ElectionTicks,
+		HeartbeatTick:   cfg.Timing.HeartbeatTicks,
 		Storage:         storage,
 		Applied:         cfg.Applied,
 		MaxSizePerMsg:   1 << 20,
@@ -261,15 +250,6 @@ func open(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Node
 		// A follower's proposals go to the leader with its Raft messages
 		// (see Node.Propose and DESIGN.md).
 		Logger: raftLogger{cfg.Log},
-	}
-	if cfg.HoldProposals == 0 {
-		cfg.HoldProposals = DefaultHoldProposals
-	}
-	if cfg.TickEvery == 0 {
-		cfg.TickEvery = 100 * time.Millisecond
-	}
-	if cfg.PreferredAfter == 0 {
-		cfg.PreferredAfter = 2 * cfg.ElectionTick
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -419,12 +399,9 @@ func (n *Node) step(m pb.Message) {
 	_ = n.rn.Step(m) // a message from a node no longer in the configuration, or of a past term: ignored
 }
 
-// statusEvery is how often the run goroutine refreshes RecentStatus.
-const statusEvery = 20 * time.Millisecond
-
 // publishStatus refreshes RecentStatus (run goroutine).
 func (n *Node) publishStatus(force bool) {
-	if now := n.cfg.Now(); force || n.stepped || n.changed || now.Sub(n.recentAt) >= statusEvery {
+	if now := n.cfg.Now(); force || n.stepped || n.changed || now.Sub(n.recentAt) >= n.cfg.Timing.StatusEvery {
 		st := n.rn.Status()
 		n.recent.Store(&st)
 		n.recentAt, n.changed = now, false

@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -85,8 +86,12 @@ func (g *group) start(id uint64) {
 		g.appends[id] = new(atomic.Int64)
 	}
 	tr := countingTransport{Transport: g.net.Transport(id), appends: g.appends[id]}
+	timing := cluster.DefaultTiming()
+	if g.holdProposals != 0 {
+		timing.HoldProposals = g.holdProposals
+	}
 	n, err := Start(context.Background(), st, tr, Config{
-		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred, HoldProposals: g.holdProposals,
+		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred, Timing: timing,
 		Apply: func(ents []Entry) ([]any, error) {
 			g.mu.Lock()
 			hold, entered := g.hold, g.entered

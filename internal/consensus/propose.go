@@ -60,10 +60,6 @@ func (n *Node) ProposeThroughLeader(ctx context.Context, data []byte) (Applied, 
 	return n.propose(ctx, data, true)
 }
 
-// resendAfter is how long a follower's proposal waits for its entry before
-// it is sent again (then twice as long, and so on).
-const resendAfter = time.Second
-
 func (n *Node) propose(ctx context.Context, data []byte, resend bool) (Applied, error) {
 	id := proposalID()
 	p := &proposer{done: make(chan Applied, 1), event: make(chan struct{}, 1)}
@@ -90,7 +86,7 @@ func (n *Node) propose(ctx context.Context, data []byte, resend bool) (Applied, 
 	var leadChange chan struct{}
 	var timer *time.Timer
 	var expired <-chan time.Time // nil (never) without resend
-	wait := resendAfter
+	wait := n.cfg.Timing.ProposalResend
 	if resend {
 		leadChange = *n.leadChange.Load()
 		timer = time.NewTimer(wait)
@@ -163,14 +159,6 @@ func proposalID() uint64 {
 	return binary.BigEndian.Uint64(b[:]) | 1 // never 0
 }
 
-// DefaultHoldProposals is Config.HoldProposals' default. Under load the
-// entries in flight commit within about a millisecond on this project's
-// test machine, so the wait is mostly shorter; proposals that would each
-// have cost a step, an fsync on every node and a round of messages share
-// one (docs/BENCHMARKS.md: inserts through the leader at 64 clients rose
-// from 21–22% of the no-op ceiling to 23–24%).
-const DefaultHoldProposals = time.Millisecond
-
 // deliver answers the proposers of applied entries, and reports whether
 // any entry was proposed elsewhere (no proposer waits here).
 func (n *Node) deliver(run []Entry, ids []uint64, results []any) (foreign bool, err error) {
@@ -212,7 +200,7 @@ func (n *Node) take(p proposal) {
 func (n *Node) proposeBatch() {
 	if n.holdBatch() {
 		if n.holdC == nil && n.holdTimer != nil {
-			n.holdTimer.Reset(n.cfg.HoldProposals - n.cfg.Now().Sub(n.batchSince))
+			n.holdTimer.Reset(n.cfg.Timing.HoldProposals - n.cfg.Now().Sub(n.batchSince))
 			n.holdC = n.holdTimer.C
 		}
 		return
@@ -244,12 +232,12 @@ func (n *Node) proposeBatch() {
 // has committed entries still to apply, proposals that arrive go out
 // together once those are done (the step that commits them takes them;
 // the applier's progress wakes the loop) or once the oldest has waited
-// Config.HoldProposals. Each step costs an fsync on every node and a round
+// Timing.HoldProposals. Each step costs an fsync on every node and a round
 // of messages; proposals held meanwhile share the next one instead of each
 // paying a step of its own. A follower's proposals, a leader's with
 // nothing in flight, and a stepped node's (see Open) are never held.
 func (n *Node) holdBatch() bool {
-	if len(n.batch) == 0 || !n.leading || n.stepped || n.cfg.HoldProposals <= 0 || n.cfg.Now().Sub(n.batchSince) >= n.cfg.HoldProposals {
+	if len(n.batch) == 0 || !n.leading || n.stepped || n.cfg.Timing.HoldProposals <= 0 || n.cfg.Now().Sub(n.batchSince) >= n.cfg.Timing.HoldProposals {
 		return false
 	}
 	last, _ := n.storage.LastIndex()

@@ -30,7 +30,6 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	// Raft drops a read index request that finds no leader, or a leader
 	// that has not committed an entry of its term yet, or that is lost on
 	// the way: it is sent again every resend until answered.
-	const resend = 200 * time.Millisecond
 	for {
 		if !n.do(ctx, func(rn *raft.RawNode) { rn.ReadIndex(key[:]) }) {
 			return 0, cmp.Or(ctx.Err(), ErrStopped)
@@ -42,7 +41,7 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 			return 0, ctx.Err()
 		case <-n.done:
 			return 0, ErrStopped
-		case <-time.After(resend):
+		case <-time.After(n.cfg.Timing.ReadResend):
 		}
 	}
 }

@@ -117,20 +117,13 @@ func (n *Node) loadRejoining(ctx context.Context) error {
 // node has applied it. Callers must not modify it.
 func (n *Node) Rejoining() Rejoining { return *n.rejoining.Load() }
 
-// rejoinEvery is how often a leader looks for nodes to add back, and every
-// node for named voters missing from the configuration.
-const rejoinEvery = 500 * time.Millisecond
-
-// missingAfter is how long a voter the command line names may be missing
-// from the configuration (a few election timeouts) before it is reported.
-const missingAfter = 3 * electionWindow
-
 // watchMembers finishes, on whichever node leads, the re-addition of the
 // nodes the log records as rejoining, and reports on every node the named
-// voters that are missing from the configuration.
+// voters that are missing from the configuration (every
+// Timing.RejoinEvery).
 func (e *Engine) watchMembers() {
 	defer e.wg.Done()
-	t := time.NewTicker(rejoinEvery)
+	t := time.NewTicker(e.cfg.Timing.RejoinEvery)
 	defer t.Stop()
 	since := map[uint64]time.Time{} // named voter -> first seen missing
 	for {
@@ -206,7 +199,7 @@ func caughtUp(st raft.Status, id uint64) bool {
 }
 
 // noteMissingVoters reports the voters the command line names that have
-// been missing from the configuration for missingAfter (since: when each
+// been missing from the configuration for Timing.MissingAfter (since: when each
 // was first seen missing).
 func (e *Engine) noteMissingVoters(since map[uint64]time.Time, now time.Time) {
 	st := e.rep.Node().RecentStatus()
@@ -228,7 +221,7 @@ func (e *Engine) noteMissingVoters(since map[uint64]time.Time, now time.Time) {
 			since[id] = now
 			continue
 		}
-		if now.Sub(first) < missingAfter {
+		if now.Sub(first) < e.cfg.Timing.MissingAfter {
 			continue
 		}
 		missing = append(missing, int(id)-1)

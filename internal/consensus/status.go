@@ -13,7 +13,7 @@ import (
 // the step under way runs long (a large load being applied, a snapshot
 // installed), so that monitoring is never held up.
 func (e *Engine) Status() replication.Status {
-	st := e.rep.Node().StatusWithin(statusWait)
+	st := e.rep.Node().StatusWithin(e.cfg.Timing.StatusWait)
 	s := replication.Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
 		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied(), SnapshotsInstalled: e.rep.Node().SnapshotsInstalled()}
 	// What is applied is committed (a status of the last step may predate

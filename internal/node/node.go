@@ -159,9 +159,11 @@ func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logg
 	for id := uint64(1); id <= uint64(min(cfg.NumSlaves+1, 5)); id++ {
 		voters = append(voters, id)
 	}
+	timing := cluster.DefaultTiming()
+	timing.ReadWait = min(cfg.ReadTimeout, timing.ReadWait)
 	return consensus.EngineConfig{
-		ID: uint64(cfg.ID + 1), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: 1,
-		AckTimeout: cfg.AckTimeout, ReadWait: min(cfg.ReadTimeout, 2*time.Second),
+		ID: cluster.RaftID(cfg.ID), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: 1,
+		AckTimeout: cfg.AckTimeout, Timing: timing,
 		Limits: api.Limits(cfg),
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
 		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Log: logger,

@@ -14,22 +14,21 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
-// The timings of a simulated node: the production defaults (see
-// consensus.StartEngine), except that the log is compacted early, so that
-// snapshots are sent often.
+// A simulated node goes by the production timing table, and compacts its
+// log early, so that snapshots are sent often.
+var timing = cluster.DefaultTiming()
+
 const (
-	tick         = 100 * time.Millisecond
-	electionTick = 7
-	logKeep      = 64
-	watchEvery   = 500 * time.Millisecond // rejoinEvery
-	ackTimeout   = 4 * time.Second        // how long a write or a configuration change may wait
-	readResend   = 200 * time.Millisecond // a read index request Raft dropped is asked again
+	tick       = cluster.DefaultTick
+	logKeep    = 64
+	ackTimeout = 4 * time.Second // how long a write or a configuration change may wait
 )
 
 // node is one simulated node.
@@ -119,8 +118,8 @@ func (s *sim) start(nd *node) error {
 	}
 	rep, err := consensus.OpenReplica(context.Background(), st, transport{s, nd, nd.inc}, consensus.ReplicaConfig{
 		Applied: &applied, Now: nd.clock, Seeds: s.rng.Int64,
-		Node: consensus.Config{ID: nd.id, Voters: voters, TickEvery: tick, ElectionTick: electionTick, Preferred: 1,
-			LogKeep: logKeep, HoldProposals: -1, Now: nd.clock, Log: log},
+		Node: consensus.Config{ID: nd.id, Voters: voters, Timing: timing, Preferred: 1,
+			LogKeep: logKeep, Now: nd.clock, Log: log},
 	})
 	if err != nil {
 		st.Close()
@@ -129,7 +128,7 @@ func (s *sim) start(nd *node) error {
 	nd.st, nd.rep, nd.n = st, rep, rep.Node()
 	nd.up, nd.admitted, nd.applying = true, admitted, false
 	nd.changes = map[uint64]*change{}
-	nd.joining = 200 * time.Millisecond
+	nd.joining = timing.JoinFirst
 	s.log(fmt.Sprintf("start %d fresh=%v admitted=%v applied=%d", nd.i, fresh, admitted, applied))
 	inc := nd.inc
 	var ticker func()
@@ -150,9 +149,9 @@ func (s *sim) start(nd *node) error {
 		if _, self := nd.n.Leader(); self && !s.bug(faults.RejoinOnce) {
 			s.finishRejoins(nd)
 		}
-		s.after(watchEvery, "", watch)
+		s.after(timing.RejoinEvery, "", watch)
 	}
-	s.after(watchEvery, "", watch)
+	s.after(timing.RejoinEvery, "", watch)
 	s.after(0, "", func() { s.announce(nd, inc) })
 	return nil
 }
@@ -350,7 +349,7 @@ func (s *sim) settleChanges(nd *node) {
 			ok, over = true, true
 		case st.RaftState != raft.StateLeader || s.now >= c.deadline:
 			over = true
-		case s.now-c.proposed >= 2*electionTick*tick:
+		case s.now-c.proposed >= timing.ChangeResend:
 			c.proposed = s.now
 			s.guard(nd, "propose change", func() { _ = nd.n.ProposeChange(c.cc) })
 			s.after(0, "", func() { s.step(nd) })
@@ -413,7 +412,7 @@ func (s *sim) announce(nd *node, inc int) {
 		})
 	}
 	s.after(nd.joining, "", func() { s.announce(nd, inc) })
-	nd.joining = min(2*nd.joining, 2*time.Second)
+	nd.joining = min(2*nd.joining, timing.JoinMax)
 }
 
 // mayCreate is the master's decision, as its join round's answers come

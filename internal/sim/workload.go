@@ -198,7 +198,7 @@ func (s *sim) settleOp(nd *node, o *op) func() {
 	if s.now >= o.deadline {
 		return res(result{outcome: verify.Failed})
 	}
-	if o.readAt == 0 && s.now-o.asked >= readResend {
+	if o.readAt == 0 && s.now-o.asked >= timing.ReadResend {
 		s.askReadIndex(nd, o)
 	}
 	return nil
