@@ -140,7 +140,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if req.IsReplicated {
 		// The original's loop-stopping flag: honoured only on requests a
 		// peer signed with the cluster secret.
-		if err := s.verifyPeer(r, body); err != nil {
+		if err := s.auth.Verify(r, cluster.BodyHash(body)); err != nil {
 			s.log.Warn("refused is_replicated request", "from", r.RemoteAddr, "err", err)
 			s.metrics.Request(string(req.Command), http.StatusForbidden, time.Since(start))
 			writeError(w, http.StatusForbidden, "is_replicated is reserved for authenticated node-to-node requests: "+err.Error())

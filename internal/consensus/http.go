@@ -320,22 +320,7 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 	if log == nil {
 		log = discard
 	}
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", "POST")
-			http.Error(w, "use POST", http.StatusMethodNotAllowed)
-			return
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRaftBody))
-		if err != nil {
-			http.Error(w, "raft request too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		if err := auth.Verify(r, cluster.BodyHash(body)); err != nil {
-			log.Warn("refused raft messages", "from", r.RemoteAddr, "err", err)
-			http.Error(w, err.Error(), http.StatusForbidden)
-			return
-		}
+	return auth.PeerEndpoint(cluster.Endpoint{MaxBody: maxRaftBody, Refused: refused(log, "refused raft messages")}, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		report, msgs, err := DecodeMessages(body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -348,7 +333,12 @@ func Handler(auth *cluster.Auth, node func() *Node, log *slog.Logger) http.Handl
 		}
 		n.Receive(report, msgs)
 		w.WriteHeader(http.StatusNoContent)
-	}
+	})
+}
+
+// refused logs a request refused for its signature.
+func refused(log *slog.Logger, what string) func(r *http.Request, err error) {
+	return func(r *http.Request, err error) { log.Warn(what, "from", r.RemoteAddr, "err", err) }
 }
 
 // Headers of a snapshot request: the Raft message (base64) and the
@@ -362,8 +352,8 @@ const (
 	headerSnapshotSHA256 = "X-Ddb-Snapshot-Sha256"
 )
 
-func snapshotSigned(msg []byte, sum string) []byte {
-	return cluster.BodyHash(append(append([]byte(nil), msg...), sum...))
+func snapshotSigned(msg []byte, sum string) []byte { // what a snapshot request's signature covers
+	return append(append([]byte(nil), msg...), sum...)
 }
 
 // sendSnapshot copies the node's database and streams it to m.To with
@@ -413,7 +403,7 @@ func (t *HTTPTransport) streamSnapshot(node *Node, dir string, m pb.Message) err
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
 	req.Header.Set(headerSnapshotSHA256, sum)
-	t.auth.Sign(req, t.self, snapshotSigned(msg, sum))
+	t.auth.Sign(req, t.self, cluster.BodyHash(snapshotSigned(msg, sum)))
 	t.log.Info("sending a snapshot", "to", int(m.To)-1, "index", out.Snapshot.Metadata.Index, "bytes", size)
 	resp, err := t.client.Do(req)
 	if err != nil {
@@ -435,27 +425,17 @@ func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes
 	if log == nil {
 		log = discard
 	}
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", "POST")
-			http.Error(w, "use POST", http.StatusMethodNotAllowed)
-			return
-		}
-		if !cluster.Signed(r) {
-			http.Error(w, cluster.ErrNoSignature.Error(), http.StatusForbidden)
-			return
-		}
+	covered := func(r *http.Request) ([]byte, error) {
 		msg, err := base64.StdEncoding.DecodeString(r.Header.Get(headerRaftMessage))
 		sum := r.Header.Get(headerSnapshotSHA256)
 		if err != nil || len(sum) != 64 {
-			http.Error(w, "a snapshot request needs its message and hash headers", http.StatusBadRequest)
-			return
+			return nil, errors.New("a snapshot request needs its message and hash headers")
 		}
-		if err := auth.Verify(r, snapshotSigned(msg, sum)); err != nil {
-			log.Warn("refused a snapshot", "from", r.RemoteAddr, "err", err)
-			http.Error(w, err.Error(), http.StatusForbidden)
-			return
-		}
+		return snapshotSigned(msg, sum), nil
+	}
+	return auth.PeerEndpoint(cluster.Endpoint{Covered: covered, Refused: refused(log, "refused a snapshot")}, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		msg, _ := base64.StdEncoding.DecodeString(r.Header.Get(headerRaftMessage))
+		sum := r.Header.Get(headerSnapshotSHA256)
 		if r.ContentLength > maxBytes {
 			http.Error(w, fmt.Sprintf("snapshot of %d bytes is over this node's limit of %d", r.ContentLength, maxBytes), http.StatusRequestEntityTooLarge)
 			return
@@ -482,5 +462,5 @@ func SnapshotHandler(auth *cluster.Auth, node func() *Node, dir string, maxBytes
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
-	}
+	})
 }

@@ -433,7 +433,7 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, servers[3].URL+replication.SnapshotPath, bytes.NewReader(bytes.Repeat([]byte("y"), 1000)))
 	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
 	req.Header.Set(headerSnapshotSHA256, hex.EncodeToString(sum[:]))
-	cluster.NewAuth(secret, nil).Sign(req, "node1", snapshotSigned(msg, hex.EncodeToString(sum[:])))
+	cluster.NewAuth(secret, nil).Sign(req, "node1", cluster.BodyHash(snapshotSigned(msg, hex.EncodeToString(sum[:]))))
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("a tampered snapshot: %v %v", resp, err)

@@ -274,21 +274,14 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 // signature, takes over the connection, and hands every authenticated
 // frame's messages to node.
 func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", "POST")
-			http.Error(w, "use POST", http.StatusMethodNotAllowed)
-			return
-		}
+	// The opening request has no body: its signature covers an empty one.
+	upgrade := func(r *http.Request) ([]byte, error) {
 		if !strings.EqualFold(r.Header.Get("Upgrade"), streamProtocol) {
-			http.Error(w, "a stream of Raft messages needs Upgrade: "+streamProtocol, http.StatusBadRequest)
-			return
+			return nil, errors.New("a stream of Raft messages needs Upgrade: " + streamProtocol)
 		}
-		if err := t.auth.Verify(r, cluster.BodyHash(nil)); err != nil {
-			t.log.Warn("refused a stream of raft messages", "from", r.RemoteAddr, "err", err)
-			http.Error(w, err.Error(), http.StatusForbidden)
-			return
-		}
+		return nil, nil
+	}
+	return t.auth.PeerEndpoint(cluster.Endpoint{Covered: upgrade, Refused: refused(t.log, "refused a stream of raft messages")}, func(w http.ResponseWriter, r *http.Request, _ []byte) {
 		if node() == nil {
 			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
 			return
@@ -326,7 +319,7 @@ func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
 				t.log.Warn("a stream of raft messages ended", "from", r.RemoteAddr, "err", err)
 			}
 		}()
-	}
+	})
 }
 
 // serveStream reads frames until the stream ends. A frame that fails its

@@ -1,0 +1,97 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// unreadable is a body that fails the test if anything reads it.
+type unreadable struct{ t *testing.T }
+
+func (u unreadable) Read([]byte) (int, error) {
+	u.t.Error("the body of a request refused for its signature was read")
+	return 0, io.EOF
+}
+
+// Every node-to-node endpoint is authenticated the same way: POST only, an
+// unsigned request refused before its body is read, the signature checked
+// over the body (or what a streamed body's headers carry) before the
+// handler sees anything, and every refusal reported.
+func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
+	auth, other := NewAuth("0123456789abcdef0123456789abcdef", nil), NewAuth("another secret, another cluster.", nil)
+	var refusals int
+	var got []byte
+	whole := auth.PeerEndpoint(Endpoint{MaxBody: 16, Refused: func(*http.Request, error) { refusals++ }},
+		func(w http.ResponseWriter, r *http.Request, body []byte) {
+			got = body
+			w.WriteHeader(http.StatusNoContent)
+		})
+	streamed := auth.PeerEndpoint(Endpoint{Covered: func(r *http.Request) ([]byte, error) {
+		if r.Header.Get("X-Covered") == "" {
+			return nil, errors.New("no covered header")
+		}
+		return []byte(r.Header.Get("X-Covered")), nil
+	}}, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if body != nil {
+			t.Error("a streamed body was read for the handler")
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	do := func(h http.HandlerFunc, method string, body io.Reader, prep func(*http.Request)) int {
+		r := httptest.NewRequest(method, "/_ddb/x", body)
+		if prep != nil {
+			prep(r)
+		}
+		w := httptest.NewRecorder()
+		h(w, r)
+		return w.Code
+	}
+	signWith := func(a *Auth, body []byte) func(*http.Request) {
+		return func(r *http.Request) { a.Sign(r, "node", BodyHash(body)) }
+	}
+	cases := []struct {
+		name string
+		code int
+		run  func() int
+	}{
+		{"GET is not allowed", 405, func() int { return do(whole, http.MethodGet, nil, nil) }},
+		{"an unsigned request is refused unread", 403, func() int { return do(whole, http.MethodPost, unreadable{t}, nil) }},
+		{"another cluster's signature is refused", 403, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), signWith(other, []byte("hi")))
+		}},
+		{"a signature over another body is refused", 403, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), signWith(auth, []byte("ho")))
+		}},
+		{"a body over the limit is refused", 413, func() int {
+			b := bytes.Repeat([]byte("x"), 17)
+			return do(whole, http.MethodPost, bytes.NewReader(b), signWith(auth, b))
+		}},
+		{"a signed body reaches the handler", 204, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), signWith(auth, []byte("hi")))
+		}},
+		{"a streamed request without what its signature covers is bad", 400, func() int {
+			return do(streamed, http.MethodPost, unreadable{t}, signWith(auth, nil))
+		}},
+		{"a streamed request signed over its headers reaches the handler", 204, func() int {
+			return do(streamed, http.MethodPost, unreadable{t}, func(r *http.Request) {
+				r.Header.Set("X-Covered", "m")
+				auth.Sign(r, "node", BodyHash([]byte("m")))
+			})
+		}},
+	}
+	for _, c := range cases {
+		if code := c.run(); code != c.code {
+			t.Errorf("%s: %d, want %d", c.name, code, c.code)
+		}
+	}
+	if refusals != 3 {
+		t.Errorf("%d refusals reported, want 3 (unsigned, other cluster, other body)", refusals)
+	}
+	if string(got) != "hi" {
+		t.Errorf("the handler got body %q", got)
+	}
+}
