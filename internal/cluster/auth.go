@@ -22,6 +22,12 @@ const (
 	HeaderNonce     = "X-Ddb-Nonce"
 	HeaderSignature = "X-Ddb-Signature"
 	HeaderNode      = "X-Ddb-Node"
+	// HeaderProtocol carries the version of the node-to-node protocol a
+	// node speaks (PeerProtocol), on every peer request and answer, so
+	// that nodes of different versions (a rolling upgrade) tell each
+	// other apart. A request without it comes from a node that predates
+	// it: version 1.
+	HeaderProtocol = "X-Ddb-Peer-Protocol"
 )
 
 // Window is how far a peer request's timestamp may be from the receiver's
@@ -71,6 +77,7 @@ func (a *Auth) Sign(r *http.Request, node string, bodyHash []byte) {
 	nonce := hex.EncodeToString(n[:])
 	ts := strconv.FormatInt(a.now().UnixMilli(), 10)
 	r.Header.Set(HeaderNode, node)
+	r.Header.Set(HeaderProtocol, strconv.Itoa(PeerProtocol))
 	r.Header.Set(HeaderTime, ts)
 	r.Header.Set(HeaderNonce, nonce)
 	r.Header.Set(HeaderSignature, hex.EncodeToString(a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, bodyHash)))

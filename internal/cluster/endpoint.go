@@ -1,9 +1,30 @@
 package cluster
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 )
+
+// PeerProtocol is the version of the node-to-node protocol this build
+// speaks (see HeaderProtocol). A node refuses requests of a later version
+// with 400 and says so; a later version reads this one's.
+const PeerProtocol = 1
+
+// RequestProtocol is the protocol version r was sent with (1 when it
+// does not say: a node that predates the header).
+func RequestProtocol(r *http.Request) (int, error) {
+	v := r.Header.Get(HeaderProtocol)
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("bad %s header %q", HeaderProtocol, v)
+	}
+	return n, nil
+}
 
 // Endpoint describes a node-to-node endpoint for PeerEndpoint: what its
 // requests' signatures cover, and how it answers a refusal.
@@ -26,14 +47,17 @@ type Endpoint struct {
 // endpoint is authenticated: POST only (else 405); a request without a
 // signature is refused (403) before anything in it is read; the signature
 // is checked (403) over the body, or over what Covered says for a
-// streamed body, before the handler sees anything. The handler gets the
-// body when it was read whole (nil otherwise).
+// streamed body, before the handler sees anything; a request of a later
+// protocol version than this node's is refused (400, saying so). Every
+// answer carries this node's version. The handler gets the body when it
+// was read whole (nil otherwise).
 func (a *Auth) PeerEndpoint(e Endpoint, h func(w http.ResponseWriter, r *http.Request, body []byte)) http.HandlerFunc {
 	fail := e.Error
 	if fail == nil {
 		fail = func(w http.ResponseWriter, status int, msg string) { http.Error(w, msg, status) }
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(HeaderProtocol, strconv.Itoa(PeerProtocol))
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", "POST")
 			fail(w, http.StatusMethodNotAllowed, "use POST")
@@ -66,6 +90,13 @@ func (a *Auth) PeerEndpoint(e Endpoint, h func(w http.ResponseWriter, r *http.Re
 				e.Refused(r, err)
 			}
 			fail(w, http.StatusForbidden, err.Error())
+			return
+		}
+		if v, err := RequestProtocol(r); err != nil {
+			fail(w, http.StatusBadRequest, err.Error())
+			return
+		} else if v > PeerProtocol {
+			fail(w, http.StatusBadRequest, fmt.Sprintf("the node at %s speaks node-to-node protocol %d, this one %d: upgrade this node too", r.RemoteAddr, v, PeerProtocol))
 			return
 		}
 		h(w, r, body)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 )
 
@@ -72,6 +73,18 @@ func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
 		}},
 		{"a signed body reaches the handler", 204, func() int {
 			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), signWith(auth, []byte("hi")))
+		}},
+		{"a request of a later protocol is refused, saying so", 400, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), func(r *http.Request) {
+				auth.Sign(r, "node", BodyHash([]byte("hi")))
+				r.Header.Set(HeaderProtocol, strconv.Itoa(PeerProtocol+1))
+			})
+		}},
+		{"a request that predates the protocol header is taken", 204, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), func(r *http.Request) {
+				auth.Sign(r, "node", BodyHash([]byte("hi")))
+				r.Header.Del(HeaderProtocol)
+			})
 		}},
 		{"a streamed request without what its signature covers is bad", 400, func() int {
 			return do(streamed, http.MethodPost, unreadable{t}, signWith(auth, nil))
