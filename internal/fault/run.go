@@ -323,6 +323,14 @@ func (r *run) faultLoop(stop <-chan struct{}) {
 			time.Sleep(hold)
 			r.eachLink((*Link).Heal)
 		case "wipe":
+			if why := r.rejoining(); why != "" {
+				// One loss of data at a time: while a node that lost its
+				// data is added back, the cluster runs with one voter less
+				// (REPLICATION.md, "Membership"), and a second loss could
+				// leave no majority holding the log.
+				r.logf("no wipe now: %s", why)
+				continue
+			}
 			desc = fmt.Sprintf("wipe slave %d (kill, delete its database) and let it rejoin", slave)
 			r.note(desc)
 			r.c.Node(slave).Kill()
@@ -333,6 +341,31 @@ func (r *run) faultLoop(stop <-chan struct{}) {
 			r.c.StartNode(slave)
 		}
 	}
+}
+
+// rejoining says why a node may still be being added back after it lost
+// its data ("" when every node answers as a voter and none reports a node
+// being added back).
+func (r *run) rejoining() string {
+	for i := 0; i <= 2; i++ {
+		st, err := r.c.Status(i)
+		if err != nil {
+			return fmt.Sprintf("node %d does not answer", i)
+		}
+		if ai, _ := st["applied_index"].(float64); ai == 0 {
+			return fmt.Sprintf("node %d holds no data yet", i)
+		}
+		if role := st["role"]; role == "learner" || role == "removed" {
+			return fmt.Sprintf("node %d is a %v", i, role)
+		}
+		if rj, _ := st["rejoining"].([]any); len(rj) > 0 {
+			return fmt.Sprintf("node %d reports nodes %v being added back", i, rj)
+		}
+		if mv, _ := st["missing_voters"].([]any); len(mv) > 0 {
+			return fmt.Sprintf("node %d reports voters %v missing", i, mv)
+		}
+	}
+	return ""
 }
 
 // terms describes every node's Raft term and known leader.
