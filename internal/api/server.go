@@ -9,10 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -362,8 +360,8 @@ func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	s.mux.HandleFunc("/leader", s.handleLeader)
 	s.mux.HandleFunc("/db/backup", s.handleBackup)
 	s.mux.HandleFunc("/db/load", s.handleLoad)
-	for _, path := range slices.Sorted(maps.Keys(admin.PeerHandlers())) {
-		s.mux.Handle(path, s.countRefused(admin.PeerHandlers()[path].ServeHTTP))
+	for path, h := range admin.PeerHandlers() {
+		s.mux.Handle(path, s.countRefused(h.ServeHTTP))
 	}
 	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
 	s.mux.HandleFunc(forwardBatchPath, s.peer(s.handleForwardBatch))

@@ -152,7 +152,7 @@ func (e *Engine) joinRound(fresh bool) (running bool, empty []uint64) {
 }
 
 func (e *Engine) inConfig() bool {
-	voter, learner := membership(e.rep.Node().Status().Config, e.cfg.ID)
+	voter, learner := Membership(e.rep.Node().Status().Config, e.cfg.ID)
 	return voter || learner
 }
 
@@ -235,7 +235,7 @@ type JoinDecision struct {
 // whether a deliberate defect is switched on (fault builds only). The
 // engine and the simulator (package sim) both decide with it.
 func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, named bool, bug func(faults.Bug) bool) JoinDecision {
-	voter, learner := membership(st.Config, req.ID)
+	voter, learner := Membership(st.Config, req.ID)
 	if st.RaftState != raft.StateLeader {
 		switch {
 		case !req.Fresh && (voter || learner):
@@ -310,7 +310,7 @@ func (e *Engine) Remove(ctx context.Context, id uint64) error {
 		return errors.New("a node cannot remove itself: send the request to another node")
 	}
 	st := e.rep.Node().Status()
-	voter, learner := membership(st.Config, id)
+	voter, learner := Membership(st.Config, id)
 	if !voter && !learner {
 		return fmt.Errorf("node %d is not in the configuration", int(id)-1)
 	}
@@ -327,7 +327,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 	if st.RaftState != raft.StateLeader {
 		return &NotLeaderError{Leader: st.Lead}
 	}
-	if voter, _ := membership(st.Config, id); !voter {
+	if voter, _ := Membership(st.Config, id); !voter {
 		return fmt.Errorf("node %d is not a voter", int(id)-1)
 	}
 	e.rep.Node().TransferLeadership(ctx, id)

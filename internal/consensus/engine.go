@@ -259,33 +259,16 @@ func (e *Engine) admittedNode() *Node {
 	return e.rep.Node()
 }
 
-// PeerHandlers are the node-to-node endpoints of the engine, by path.
+// PeerHandlers are the node-to-node endpoints of the engine, by path:
+// Raft messages, the streams of them other nodes open, and snapshots the
+// leader streams to this node.
 func (e *Engine) PeerHandlers() map[string]http.Handler {
 	return map[string]http.Handler{
-		replication.RaftPath:     e.RaftHandler(),
-		replication.StreamPath:   e.RaftStreamHandler(),
-		replication.SnapshotPath: e.SnapshotHandler(),
+		replication.RaftPath:     Handler(e.cfg.Auth, e.admittedNode, e.cfg.Log),
+		replication.StreamPath:   e.tr.StreamHandler(e.admittedNode),
+		replication.SnapshotPath: SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Log),
 	}
-}
-
-// RaftHandler serves Raft messages from the other nodes.
-func (e *Engine) RaftHandler() http.HandlerFunc {
-	return Handler(e.cfg.Auth, e.admittedNode, e.cfg.Log)
-}
-
-// RaftStreamHandler serves the streams of Raft messages other nodes open
-// (see replication.StreamPath).
-func (e *Engine) RaftStreamHandler() http.HandlerFunc {
-	return e.tr.StreamHandler(e.admittedNode)
-}
-
-// SnapshotHandler serves snapshots the leader streams to this node.
-func (e *Engine) SnapshotHandler() http.HandlerFunc {
-	return SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Log)
 }
 
 // Instance is this process's token (see JoinRequest.Instance).
 func (e *Engine) Instance() string { return e.boot }
-
-// Client is the HTTP client the engine reaches other nodes with.
-func (e *Engine) Client() *http.Client { return e.cfg.Client }

@@ -28,7 +28,7 @@ func (n *Node) ChangeMembership(ctx context.Context, cc pb.ConfChange) error {
 		if st.RaftState != raft.StateLeader {
 			return &NotLeaderError{Leader: st.Lead}
 		}
-		if hasChange(st, cc) {
+		if HasChange(st, cc) {
 			return nil
 		}
 		ch := make(chan struct{}, 1)
@@ -66,12 +66,9 @@ func (n *Node) ProposeChange(cc pb.ConfChange) error {
 	return err
 }
 
-// HasChange reports whether the configuration in st holds cc's result.
-func HasChange(st raft.Status, cc pb.ConfChange) bool { return hasChange(st, cc) }
-
-// hasChange reports whether the configuration already holds cc's result.
-func hasChange(st raft.Status, cc pb.ConfChange) bool {
-	voter, learner := membership(st.Config, cc.NodeID)
+// HasChange reports whether the configuration already holds cc's result.
+func HasChange(st raft.Status, cc pb.ConfChange) bool {
+	voter, learner := Membership(st.Config, cc.NodeID)
 	switch cc.Type {
 	case pb.ConfChangeAddNode:
 		return voter

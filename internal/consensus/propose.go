@@ -71,11 +71,10 @@ func (n *Node) propose(ctx context.Context, data []byte, resend bool) (Applied, 
 		delete(n.waiting, id)
 		n.mu.Unlock()
 	}()
-	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
-	framed = append(framed, data...)
+	framed := newProposal(id, data)
 	send := func() error {
 		select {
-		case n.props <- proposal{id: id, data: framed}:
+		case n.props <- framed:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -142,6 +141,13 @@ func (n *Node) Undelivered(msgs []pb.Message) {
 			}
 		}
 	}
+}
+
+// newProposal frames data as proposal id: the id, then the data (see
+// proposalOf).
+func newProposal(id uint64, data []byte) proposal {
+	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
+	return proposal{id: id, data: append(framed, data...)}
 }
 
 // proposalOf is the id of the proposal an entry carries (ok false: the
@@ -249,9 +255,8 @@ func (n *Node) holdBatch() bool {
 // applied, answers id's proposer (see Await). It reports false if the
 // queue is full.
 func (n *Node) Submit(id uint64, data []byte) bool {
-	framed := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), id)
 	select {
-	case n.props <- proposal{id: id, data: append(framed, data...)}:
+	case n.props <- newProposal(id, data):
 		return true
 	default:
 		return false

@@ -169,7 +169,7 @@ func RejoinSteps(st raft.Status, rj Rejoining, peer func(id uint64) string) []pb
 	var out []pb.ConfChange
 	for _, id := range slices.Sorted(maps.Keys(rj)) {
 		note := rj[id]
-		voter, learner := membership(st.Config, id)
+		voter, learner := Membership(st.Config, id)
 		switch {
 		case !voter && !learner:
 			out = append(out, pb.ConfChange{Type: pb.ConfChangeAddLearnerNode, NodeID: id, Context: []byte(cmp.Or(peer(id), note.URL))})
@@ -180,9 +180,9 @@ func RejoinSteps(st raft.Status, rj Rejoining, peer func(id uint64) string) []pb
 	return out
 }
 
-// membership says whether node id is a voter (in the incoming or, during a
+// Membership says whether node id is a voter (in the incoming or, during a
 // joint change, the outgoing configuration) or a learner of cfg.
-func membership(cfg tracker.Config, id uint64) (voter, learner bool) {
+func Membership(cfg tracker.Config, id uint64) (voter, learner bool) {
 	_, in := cfg.Voters[0][id]
 	_, out := cfg.Voters[1][id]
 	_, learner = cfg.Learners[id]

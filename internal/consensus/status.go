@@ -137,7 +137,7 @@ func (e *Engine) isMember() bool {
 	if e.rep == nil || !e.admitted.Load() {
 		return false
 	}
-	voter, learner := membership(e.rep.Node().RecentStatus().Config, e.cfg.ID)
+	voter, learner := Membership(e.rep.Node().RecentStatus().Config, e.cfg.ID)
 	return voter || learner
 }
 

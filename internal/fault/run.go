@@ -79,17 +79,7 @@ type run struct {
 func (r *run) anomaly(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a := fmt.Sprintf(format, args...)
-	kind, _, _ := strings.Cut(a, ":")
-	n := 0
-	for _, b := range r.anomalies {
-		if strings.HasPrefix(b, kind+":") {
-			n++
-		}
-	}
-	if n < 50 {
-		r.anomalies = append(r.anomalies, a)
-	}
+	r.anomalies, _ = verify.Record(r.anomalies, fmt.Sprintf(format, args...), 50)
 }
 
 func (r *run) count(w string) {

@@ -374,11 +374,8 @@ func (s *sim) finishRejoins(nd *node) {
 
 // inConfig says whether nd is in its own view of the configuration.
 func (nd *node) inConfig() bool {
-	cfg := nd.n.RecentStatus().Config
-	_, v0 := cfg.Voters[0][nd.id]
-	_, v1 := cfg.Voters[1][nd.id]
-	_, l := cfg.Learners[nd.id]
-	return v0 || v1 || l
+	voter, learner := consensus.Membership(nd.n.RecentStatus().Config, nd.id)
+	return voter || learner
 }
 
 // announce sends a join request to every other node, until nd is admitted

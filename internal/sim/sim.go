@@ -24,7 +24,6 @@ import (
 	"hash"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -165,15 +164,8 @@ func (s *sim) report() Report {
 // anomaly records what a checker found (at most 20 of each checker).
 func (s *sim) anomaly(format string, args ...any) {
 	a := fmt.Sprintf(format, args...)
-	kind, _, _ := strings.Cut(a, ":")
-	n := 0
-	for _, b := range s.anomalies {
-		if strings.HasPrefix(b, kind+":") {
-			n++
-		}
-	}
-	if n < 20 {
-		s.anomalies = append(s.anomalies, a)
+	var kept bool
+	if s.anomalies, kept = verify.Record(s.anomalies, a, 20); kept {
 		s.log("ANOMALY " + a)
 	}
 }

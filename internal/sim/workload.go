@@ -53,6 +53,7 @@ func (s *sim) write(req *store.Request, finish func(result)) {
 	data, err := nd.rep.Entry(req)
 	if err != nil {
 		s.anomaly("workload: encode a write: %v", err)
+		s.after(0, "", func() { finish(result{outcome: verify.Failed}) })
 		return
 	}
 	s.nextID++

@@ -7,6 +7,7 @@ package verify
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -57,6 +58,24 @@ const (
 	Failed  Outcome = "failed"  // refused before anything happened: must be nowhere
 	Unknown Outcome = "unknown" // timeout, connection lost: may or may not be there
 )
+
+// Record appends a to found unless its checker (the text before its first
+// colon) has already reported limit lines there, so that a checker that
+// finds thousands leaves room for the others. It reports whether a was
+// kept.
+func Record(found []string, a string, limit int) ([]string, bool) {
+	kind, _, _ := strings.Cut(a, ":")
+	n := 0
+	for _, b := range found {
+		if strings.HasPrefix(b, kind+":") {
+			n++
+		}
+	}
+	if n >= limit {
+		return found, false
+	}
+	return append(found, a), true
+}
 
 // Replicas compares every node's database: they must be identical.
 func Replicas(dbs []*inspect.Database) []string {
