@@ -193,8 +193,10 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 	d := DecideJoin(st, e.rep.Node().Rejoining(), req, e.namedVoter(req.ID), e.bug)
 	resp.Reason = d.Reason
 	if d.Change != nil {
-		if d.Change.Type == pb.ConfChangeRemoveNode {
-			e.cfg.Log.Warn(d.Log, "peer", int(req.ID)-1, "had_index", st.Progress[req.ID].Match)
+		if match := st.Progress[req.ID].Match; d.Change.Type == pb.ConfChangeRemoveNode && match > 0 {
+			e.cfg.Log.Warn(d.Log, "peer", int(req.ID)-1, "had_index", match) // it did lose data
+		} else if d.Change.Type == pb.ConfChangeRemoveNode {
+			e.cfg.Log.Info(d.Log, "peer", int(req.ID)-1)
 		} else {
 			e.cfg.Log.Info(d.Log, "node", int(req.ID)-1, "url", req.URL)
 		}
@@ -286,7 +288,7 @@ func DecideJoin(st raft.Status, rj Rejoining, req *replication.JoinRequest, name
 		// that it votes only once it holds the log again and the leader
 		// probes it afresh; whichever node leads then adds it back (see
 		// rejoin.go), this one at once.
-		return JoinDecision{Admitted: true, Log: "node lost its data; it is taken out of the configuration and added back",
+		return JoinDecision{Admitted: true, Log: "node holds no Raft state (it lost its data, or starts for the first time in a running cluster); it is taken out of the configuration and added back",
 			Change:        &pb.ConfChange{Type: pb.ConfChangeRemoveNode, NodeID: req.ID, Context: rejoinContext(RejoinNote{URL: req.URL, Voter: voter})},
 			FinishRejoins: !(faults.Enabled && bug(faults.RejoinOnce))}
 	}
