@@ -78,7 +78,7 @@ func TestWipedVoterComesBackWhenLeadershipMovesAtEveryStep(t *testing.T) {
 		// (Until the leader learns of the wipe, it still lists the old
 		// node 2 as a voter: the rejoin must have begun.)
 		r := leaderView(c, all...)
-		begun := countInLogs(c, all, "node lost its data") > 0
+		begun := countInLogs(c, all, "it is taken out of the configuration and added back") > 0
 		if begun && r != nil && voterIn(r, 2) && r["rejoining"] == nil {
 			break
 		}
