@@ -26,8 +26,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ddbgo/ddb/internal/cluster"
-	"github.com/ddbgo/ddb/internal/consensus"
-	"github.com/ddbgo/ddb/internal/replication"
+	"github.com/ddbgo/ddb/internal/peer"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
@@ -57,32 +56,35 @@ func TestForgedReplayedAndTamperedPeerRequestsChangeNothing(t *testing.T) {
 	auth := cluster.NewAuth(strings.TrimSpace(string(secret)), nil)
 	body, _ := rlog.EncodeStatements([]rlog.Statement{{SQL: "INSERT INTO p VALUES ('forged')"}})
 	// A forged leader's append, at a term far ahead, carrying a write.
-	evil, _ := consensus.EncodeMessages(0, []raftpb.Message{{Type: raftpb.MsgApp, To: 2, From: 1, Term: 1000, Index: c.Applied(1), LogTerm: 1000,
+	evil, _ := peer.EncodeFrame(0, 1, []raftpb.Message{{Type: raftpb.MsgApp, To: 2, From: 1, Term: 1000, Index: c.Applied(1), LogTerm: 1000,
 		Entries: []raftpb.Entry{{Index: c.Applied(1) + 1, Term: 1000, Data: append(make([]byte, 24), body...)}}, Commit: c.Applied(1) + 1}})
 
-	if st := peerPost(t, c, 1, replication.RaftPath, evil, nil); st != 403 {
+	if st := peerPost(t, c, 1, peer.RaftPath, evil, nil); st != 403 {
 		t.Fatalf("unsigned raft message: %d", st)
 	}
 	wrong := cluster.NewAuth("not the secret", nil)
-	if st := peerPost(t, c, 1, replication.RaftPath, evil, func(r *http.Request) { wrong.Sign(r, "master", cluster.BodyHash(evil)) }); st != 403 {
+	if st := peerPost(t, c, 1, peer.RaftPath, evil, func(r *http.Request) { peer.Sign(wrong, r, "master", cluster.BodyHash(evil)) }); st != 403 {
 		t.Fatalf("raft message signed with the wrong secret: %d", st)
 	}
-	empty := []byte{}
+	empty, _ := peer.EncodeFrame(0, 0, nil) // a frame of no messages
 	var signed http.Header
-	if st := peerPost(t, c, 1, replication.RaftPath, empty, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)); signed = r.Header.Clone() }); st != 204 {
+	if st := peerPost(t, c, 1, peer.RaftPath, empty, func(r *http.Request) {
+		peer.Sign(auth, r, "master", cluster.BodyHash(empty))
+		signed = r.Header.Clone()
+	}); st != 204 {
 		t.Fatalf("a correctly signed (empty) request: %d", st)
 	}
-	if st := peerPost(t, c, 1, replication.RaftPath, empty, func(r *http.Request) { r.Header = signed }); st != 403 {
+	if st := peerPost(t, c, 1, peer.RaftPath, empty, func(r *http.Request) { r.Header = signed }); st != 403 {
 		t.Fatalf("replayed request: %d", st)
 	}
-	if st := peerPost(t, c, 1, replication.RaftPath, evil, func(r *http.Request) { auth.Sign(r, "master", cluster.BodyHash(empty)) }); st != 403 {
+	if st := peerPost(t, c, 1, peer.RaftPath, evil, func(r *http.Request) { peer.Sign(auth, r, "master", cluster.BodyHash(empty)) }); st != 403 {
 		t.Fatalf("tampered body: %d", st)
 	}
-	if st := peerPost(t, c, 1, replication.SnapshotPath, []byte("not a database"), nil); st != 403 {
+	if st := peerPost(t, c, 1, peer.SnapshotPath, []byte("not a database"), nil); st != 403 {
 		t.Fatalf("unsigned snapshot: %d", st)
 	}
 	fwd := []byte(`{"origin":1,"body":` + string(body) + `,"ack":"master"}`)
-	if st := peerPost(t, c, 0, "/_ddb/forward", fwd, nil); st != 403 {
+	if st := peerPost(t, c, 0, peer.ForwardPath, fwd, nil); st != 403 {
 		t.Fatalf("forged forward to the master: %d", st)
 	}
 	if st := c.Role(1); st != "follower" {

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	_ "embed"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -74,7 +73,7 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 				err = errUnknownAddress
 			default:
 				ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-				st, err = s.tr.PeerStatus(ctx, m.URL)
+				st, err = s.tr.Status(ctx, m.URL)
 				cancel()
 			}
 			if err != nil {
@@ -103,9 +102,3 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 
 // errUnknownAddress: a member this node has no URL for yet.
 var errUnknownAddress = errors.New("its address is not known here yet")
-
-// handlePeerStatus answers another node's console with this node's status.
-func (s *Server) handlePeerStatus(w http.ResponseWriter, r *http.Request, _ []byte) {
-	b, _ := json.Marshal(s.admin.Status())
-	writeJSON(w, http.StatusOK, b)
-}

@@ -181,7 +181,7 @@ func (s *Server) probe(ctx context.Context, m replication.Member, timeout time.D
 	if err != nil {
 		return err
 	}
-	resp, err := s.tr.client.Do(req)
+	resp, err := s.tr.HTTP().Do(req)
 	if err != nil {
 		return err
 	}

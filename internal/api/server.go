@@ -19,6 +19,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/errkind"
+	"github.com/ddbgo/ddb/internal/peer"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -29,7 +30,7 @@ type Server struct {
 	st    *store.Store
 	repl  replication.Replicator // the client protocol's only view of replication
 	admin replication.Admin      // membership, status, node-to-node endpoints
-	tr    *Transport             // signed calls to other nodes
+	tr    *peer.Client           // signed calls to other nodes
 	// statusFields are keys other parts of the node add to /status.
 	statusFields map[string]func() any
 	auth         *cluster.Auth
@@ -338,7 +339,8 @@ func (s *Server) permitted(req *Request, command Command) bool {
 
 // NewServer builds the handler for a node: the client protocol, the
 // operations endpoints, and the engine's node-to-node endpoints.
-func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, admin replication.Admin, tr *Transport, auth *cluster.Auth, users *Users) *Server {
+func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, admin replication.Admin, tr *peer.Client, users *Users) *Server {
+	auth := tr.Auth()
 	s := &Server{cfg: cfg, st: st, repl: repl, admin: admin, tr: tr, auth: auth, users: users,
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), log: slog.Default(), started: time.Now()}
@@ -360,16 +362,18 @@ func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	s.mux.HandleFunc("/leader", s.handleLeader)
 	s.mux.HandleFunc("/db/backup", s.handleBackup)
 	s.mux.HandleFunc("/db/load", s.handleLoad)
-	for path, h := range admin.PeerHandlers() {
-		s.mux.Handle(path, s.countRefused(h.ServeHTTP))
+	// The node-to-node endpoints (package peer): the engine's (Raft), and
+	// the others. Every refusal for a signature is counted.
+	others := peer.Handlers(peer.Local{Auth: auth, Admin: admin, Repl: repl, Store: st, Dir: cfg.Dir,
+		ForwardTimeout: cfg.QueryTimeout + cfg.AckTimeout, AckTimeout: cfg.AckTimeout, DefaultAck: cfg.Ack,
+		Refused: func(r *http.Request, err error) {
+			s.log.Warn("refused peer request", "path", r.URL.Path, "from", r.RemoteAddr, "err", err)
+		}})
+	for _, hs := range []map[string]http.Handler{admin.PeerHandlers(), others} {
+		for path, h := range hs {
+			s.mux.Handle(path, s.countRefused(h.ServeHTTP))
+		}
 	}
-	s.mux.HandleFunc("/_ddb/forward", s.peer(s.handleForward))
-	s.mux.HandleFunc(forwardBatchPath, s.peer(s.handleForwardBatch))
-	s.mux.HandleFunc("/_ddb/join", s.peer(s.handleJoin))
-	s.mux.HandleFunc("/_ddb/applied", s.peer(s.handleApplied))
-	s.mux.HandleFunc("/_ddb/digest", s.peer(s.handleDigest))
-	s.mux.HandleFunc(copyPath, s.peer(s.handleCopy))
-	s.mux.HandleFunc("/_ddb/status", s.peer(s.handlePeerStatus))
 	s.mux.HandleFunc("/console/cluster", s.handleConsoleCluster)
 	return s
 }

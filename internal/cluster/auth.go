@@ -22,11 +22,9 @@ const (
 	HeaderNonce     = "X-Ddb-Nonce"
 	HeaderSignature = "X-Ddb-Signature"
 	HeaderNode      = "X-Ddb-Node"
-	// HeaderProtocol carries the version of the node-to-node protocol a
-	// node speaks (PeerProtocol), on every peer request and answer, so
-	// that nodes of different versions (a rolling upgrade) tell each
-	// other apart. A request without it comes from a node that predates
-	// it: version 1.
+	// HeaderProtocol carries the version of the node-to-node protocol
+	// (see peer.Version). From version 2 on the signature covers it, so
+	// that a frame cannot be read as another version's.
 	HeaderProtocol = "X-Ddb-Peer-Protocol"
 )
 
@@ -63,24 +61,27 @@ func BodyHash(body []byte) []byte {
 	return h[:]
 }
 
-func (a *Auth) mac(method, uri, node, ts, nonce string, bodyHash []byte) []byte {
+func (a *Auth) mac(method, uri, node, ts, nonce, version string, bodyHash []byte) []byte {
 	m := hmac.New(sha256.New, a.key)
 	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%s\n", method, uri, node, ts, nonce)
+	if version != "" && version != "1" {
+		fmt.Fprintf(m, "v%s\n", version)
+	}
 	m.Write(bodyHash)
 	return m.Sum(nil)
 }
 
-// Sign adds the authentication headers to r, whose body hashes to bodyHash.
+// Sign adds the authentication headers to r, whose body hashes to
+// bodyHash. The signature covers r's HeaderProtocol, set beforehand.
 func (a *Auth) Sign(r *http.Request, node string, bodyHash []byte) {
 	var n [16]byte
 	_, _ = rand.Read(n[:])
 	nonce := hex.EncodeToString(n[:])
 	ts := strconv.FormatInt(a.now().UnixMilli(), 10)
 	r.Header.Set(HeaderNode, node)
-	r.Header.Set(HeaderProtocol, strconv.Itoa(PeerProtocol))
 	r.Header.Set(HeaderTime, ts)
 	r.Header.Set(HeaderNonce, nonce)
-	r.Header.Set(HeaderSignature, hex.EncodeToString(a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, bodyHash)))
+	r.Header.Set(HeaderSignature, hex.EncodeToString(a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, r.Header.Get(HeaderProtocol), bodyHash)))
 }
 
 // Errors Verify returns.
@@ -104,7 +105,7 @@ func (a *Auth) Verify(r *http.Request, bodyHash []byte) error {
 	// Exactly one encoding of the signature is accepted (lowercase hex),
 	// compared in constant time: a signature cannot be re-encoded into a
 	// "different" request.
-	want := hex.EncodeToString(a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, bodyHash))
+	want := hex.EncodeToString(a.mac(r.Method, r.URL.RequestURI(), node, ts, nonce, r.Header.Get(HeaderProtocol), bodyHash))
 	if !hmac.Equal([]byte(sig), []byte(want)) {
 		return ErrBadSignature
 	}
@@ -134,10 +135,10 @@ func (a *Auth) Verify(r *http.Request, bodyHash []byte) error {
 
 // SessionKey is a key that the two ends of a signed request r derive, and
 // nobody without the cluster secret can: it authenticates the frames of a
-// stream that the request opens (see consensus.StreamPath). It differs for
+// stream that the request opens (see peer.StreamPath). It differs for
 // every request (the nonce) and from r's signature, which travels in clear.
 func (a *Auth) SessionKey(r *http.Request) []byte {
-	return a.mac("SESSION", r.URL.RequestURI(), r.Header.Get(HeaderNode), r.Header.Get(HeaderTime), r.Header.Get(HeaderNonce), nil)
+	return a.mac("SESSION", r.URL.RequestURI(), r.Header.Get(HeaderNode), r.Header.Get(HeaderTime), r.Header.Get(HeaderNonce), r.Header.Get(HeaderProtocol), nil)
 }
 
 // CopyMAC authenticates a copy of a database sent in answer to the signed

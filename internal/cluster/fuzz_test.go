@@ -17,7 +17,7 @@ func FuzzVerify(f *testing.F) {
 	// The one genuine request, signed with a fixed nonce so that every
 	// fuzzing process agrees on it.
 	ts, nonce := "1800000000000", "00112233445566778899aabbccddeeff"
-	genuine := [4]string{"master", ts, nonce, hex.EncodeToString(a.mac("POST", "/_ddb/forward", "master", ts, nonce, BodyHash([]byte("body"))))}
+	genuine := [4]string{"master", ts, nonce, hex.EncodeToString(a.mac("POST", "/_ddb/forward", "master", ts, nonce, "", BodyHash([]byte("body"))))}
 	good, _ := http.NewRequest("POST", "http://n/_ddb/forward", bytes.NewBufferString("body"))
 	good.Header.Set(HeaderTime, ts)
 	good.Header.Set(HeaderNonce, nonce)

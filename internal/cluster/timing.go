@@ -49,6 +49,21 @@ type Timing struct {
 	// reads; StatusWait is how long a status report waits for the step
 	// under way (about monitoring, not the protocol: not derived).
 	StatusEvery, StatusWait time.Duration
+
+	// The node-to-node transport's timings (package peer), which are not
+	// Raft's but the network's. PeerDial bounds opening a connection;
+	// PeerRequest a request carrying Raft messages, and a stream's
+	// opening. A stream's frame may go unacknowledged for StreamAck
+	// before the stream is closed (a paused peer, a link that drops
+	// without closing); a receiver closes a stream idle for StreamIdle
+	// (a leader sends every tick); a peer that takes no streams gets a
+	// request per batch for StreamRetry before one is tried again.
+	PeerDial, PeerRequest time.Duration
+	StreamAck, StreamIdle time.Duration
+	StreamRetry           time.Duration
+	// SnapshotTransfer bounds sending a snapshot or a repair's copy (a
+	// large database over a slow link).
+	SnapshotTransfer time.Duration
 }
 
 // TimingOf derives every timing from tick.
@@ -66,6 +81,9 @@ func TimingOf(tick time.Duration) Timing {
 		RejoinEvery:    5 * tick, MissingAfter: 3 * window,
 		JoinFirst: 2 * tick, JoinMax: window,
 		StatusEvery: 20 * time.Millisecond, StatusWait: 50 * time.Millisecond,
+		PeerDial: time.Second, PeerRequest: 5 * time.Second,
+		StreamAck: 3 * time.Second, StreamIdle: 30 * time.Second, StreamRetry: time.Minute,
+		SnapshotTransfer: 6 * time.Hour,
 	}
 }
 

@@ -140,7 +140,7 @@ func (n *Node) applyBatch(b applyBatch) error {
 		// with it), and so does the next heartbeat at the latest. Under load
 		// that spares a message to every node for each batch.
 		if lastLogged, _ := n.storage.LastIndex(); lastLogged <= last {
-			n.reportApplied(last)
+			n.reportApplied()
 		}
 	}
 	if err := n.compact(); err != nil {
@@ -205,32 +205,20 @@ func (n *Node) drainApplier() error {
 	}
 }
 
-// reportApplied tells every other node of the configuration that this
-// node, the leader, has applied index: a follower answers a write it
+// reportApplied tells every other node of the configuration what this
+// node, the leader, has applied (ReportedApplied): a follower answers a write it
 // proposed once a leader has applied it (WaitLeaderApplied). The report
 // also rides on every batch of the leader's messages; this one is for
 // the followers whose writes wait now.
-func (n *Node) reportApplied(index uint64) {
+func (n *Node) reportApplied() {
 	st := n.RecentStatus()
-	msgs := make([]pb.Message, 0, len(st.Progress))
+	to := make([]uint64, 0, len(st.Progress))
 	for _, id := range slices.Sorted(maps.Keys(st.Progress)) { // (in order: a simulation replays it)
 		if id != n.cfg.ID {
-			msgs = append(msgs, appliedReport(n.cfg.ID, id, index))
+			to = append(to, id)
 		}
 	}
-	n.tr.Send(msgs)
-}
-
-// appliedReport is the message that carries a leader's applied index: of
-// a type Raft never takes from the network (MsgHup), marked appliedMarker.
-// A node of an earlier version hands it to Raft, which refuses it.
-func appliedReport(from, to, index uint64) pb.Message {
-	return pb.Message{Type: pb.MsgHup, From: from, To: to, Index: index, Context: appliedMarker}
-}
-
-// isAppliedReport says whether m is an appliedReport.
-func isAppliedReport(m pb.Message) bool {
-	return m.Type == pb.MsgHup && string(m.Context) == string(appliedMarker)
+	n.tr.Report(to)
 }
 
 // committed prepares committed entries for the database: configuration

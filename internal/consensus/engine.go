@@ -12,6 +12,7 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/peer"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -50,11 +51,12 @@ type EngineConfig struct {
 	// costs), or the schedule "transfer-mid-rejoin" (see
 	// moveLeadershipForTest).
 	InjectBug string
-	Auth      *cluster.Auth
-	Name      string // this node's name in signatures
-	Client    *http.Client
-	Calls     replication.PeerCaller
-	Log       *slog.Logger
+	// Peer is the client of this node's requests to the others (signed
+	// as this node); Calls, if set, carries the calls that are not Raft
+	// messages instead (default: Peer).
+	Peer  *peer.Client
+	Calls replication.PeerCaller
+	Log   *slog.Logger
 	// CheckInterval: how often the leader logs a consistency check (0:
 	// never; see checker.go).
 	CheckInterval time.Duration
@@ -69,7 +71,7 @@ type EngineConfig struct {
 type Engine struct {
 	cfg   EngineConfig
 	st    *store.Store
-	tr    *HTTPTransport
+	tr    *peer.RaftTransport
 	rep   *Replica
 	ticks *time.Ticker
 	stop  chan struct{}
@@ -111,7 +113,11 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, st: st, stop: make(chan struct{}), boot: fmt.Sprintf("%x", proposalID()), fatal: make(chan error, 1)}
 	e.leaderSeen.Store(time.Now().UnixNano()) // a node that starts gives the first election its window
-	e.tr = NewHTTPTransport(cfg.Auth, cfg.Name, cfg.Client, cfg.Log)
+	if cfg.Calls == nil {
+		cfg.Calls = cfg.Peer
+		e.cfg.Calls = cfg.Peer
+	}
+	e.tr = peer.NewRaftTransport(cfg.Peer, cfg.Log)
 	for id, u := range cfg.Peers {
 		if id != cfg.ID {
 			e.tr.SetPeer(id, u)
@@ -198,8 +204,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 			}
 		}
 	}()
-	e.tr.SetUnreachable(rep.Node().ReportUnreachable)
-	e.tr.SetSnapshots(rep.Node(), cfg.Dir)
+	e.tr.SetNode(cfg.ID, rep.Node(), cfg.Dir)
 	e.wg.Add(2)
 	go e.announce()
 	go e.watchMembers()
@@ -263,12 +268,17 @@ func (e *Engine) admittedNode() *Node {
 // Raft messages, the streams of them other nodes open, and snapshots the
 // leader streams to this node.
 func (e *Engine) PeerHandlers() map[string]http.Handler {
-	return map[string]http.Handler{
-		replication.RaftPath:     Handler(e.cfg.Auth, e.admittedNode, e.cfg.Log),
-		replication.StreamPath:   e.tr.StreamHandler(e.admittedNode),
-		replication.SnapshotPath: SnapshotHandler(e.cfg.Auth, e.admittedNode, e.cfg.Dir, e.cfg.MaxSnapshot, e.cfg.Log),
+	node := func() peer.RaftNode {
+		if n := e.admittedNode(); n != nil {
+			return n
+		}
+		return nil // (not a nil *Node in an interface)
 	}
+	return e.tr.Handlers(node, e.cfg.Dir, e.cfg.MaxSnapshot)
 }
 
 // Instance is this process's token (see JoinRequest.Instance).
 func (e *Engine) Instance() string { return e.boot }
+
+// discard is a logger that logs nothing.
+var discard = slog.New(slog.DiscardHandler)

@@ -33,10 +33,12 @@ func (m *MemNetwork) SetCopies(f func(from uint64, m pb.Message) int) {
 }
 
 // memMessage is a message, with what its sender has applied if it leads
-// (as the HTTP transport reports it).
+// (as the HTTP transport reports it); a report alone has no message.
 type memMessage struct {
 	m             pb.Message
+	from          uint64
 	leaderApplied uint64
+	reportOnly    bool
 }
 
 // NewMemNetwork returns an empty network.
@@ -64,10 +66,9 @@ func (m *MemNetwork) Attach(id uint64, n *Node) {
 	go func() {
 		for msg := range in {
 			if msg.leaderApplied > 0 {
-				n.NoteLeaderApplied(msg.m.From, msg.leaderApplied)
+				n.NoteLeaderApplied(msg.from, msg.leaderApplied)
 			}
-			if isAppliedReport(msg.m) {
-				n.NoteLeaderApplied(msg.m.From, msg.m.Index)
+			if msg.reportOnly {
 				continue
 			}
 			n.Queue(context.Background(), msg.m)
@@ -120,13 +121,35 @@ func (t memTransport) Send(msgs []pb.Message) {
 		delivered := 0
 		for range copies {
 			select {
-			case in <- memMessage{m: msg, leaderApplied: applied}:
+			case in <- memMessage{m: msg, from: t.from, leaderApplied: applied}:
 				delivered++
 			default: // a full inbox drops, as a congested network would
 			}
 		}
 		if delivered == 0 && copies > 0 {
 			t.undelivered(msg)
+		}
+	}
+}
+
+// Report implements Transport.
+func (t memTransport) Report(to []uint64) {
+	t.m.mu.Lock()
+	defer t.m.mu.Unlock()
+	n := t.m.nodes[t.from]
+	if n == nil {
+		return
+	}
+	applied := n.ReportedApplied()
+	if applied == 0 {
+		return
+	}
+	for _, id := range to {
+		if in, ok := t.m.inbox[id]; ok && !t.m.cut[[2]uint64{t.from, id}] {
+			select {
+			case in <- memMessage{from: t.from, leaderApplied: applied, reportOnly: true}:
+			default:
+			}
 		}
 	}
 }

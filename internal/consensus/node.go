@@ -13,14 +13,18 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/peer"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
 // Transport delivers Raft messages to other nodes. Send must not block on
 // the network: a message that cannot be delivered is dropped (Raft
-// retries).
+// retries). Every batch a leader sends carries what it has applied
+// (ReportedApplied); Report sends that report to nodes with no message
+// to carry it.
 type Transport interface {
 	Send(msgs []pb.Message)
+	Report(to []uint64)
 }
 
 // Config configures a Node.
@@ -463,7 +467,7 @@ func (n *Node) Stop() {
 
 // Receive takes a batch of messages from another node, with the applied
 // index it reported if it leads.
-func (n *Node) Receive(report Report, msgs []pb.Message) {
+func (n *Node) Receive(report peer.Report, msgs []pb.Message) {
 	if report.Applied > 0 {
 		n.NoteLeaderApplied(report.From, report.Applied)
 	}

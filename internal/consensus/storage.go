@@ -198,7 +198,7 @@ func (s *Storage) FirstIndex() (uint64, error) {
 // Snapshot implements raft.Storage: the position the log was compacted
 // at. Its data is the database itself, which the transport copies when it
 // sends a snapshot (and then describes the copy's own position instead;
-// see HTTPTransport and MemNetwork).
+// see peer.RaftTransport and MemNetwork).
 func (s *Storage) Snapshot() (pb.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -26,6 +26,7 @@ import (
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/faults"
+	"github.com/ddbgo/ddb/internal/peer"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -88,16 +89,17 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 			cfg.Listen = ln.Addr().String()
 		}
 	}
-	auth := cluster.NewAuth(secret, nil)
-	tr := api.NewTransport(auth, cfg.Name(), tlsClient)
+	timing := cluster.DefaultTiming()
+	timing.ReadWait = min(cfg.ReadTimeout, timing.ReadWait)
+	tr := peer.NewClient(cluster.NewAuth(secret, nil), cfg.Name(), tlsClient, timing)
 	n := &Node{Config: cfg, Store: st, ln: ln, done: make(chan error, 1), logger: logger}
-	n.eng, err = consensus.StartEngine(st, raftConfig(cfg, auth, tr, logger))
+	n.eng, err = consensus.StartEngine(st, raftConfig(cfg, timing, tr, logger))
 	if err != nil {
 		ln.Close()
 		st.Close()
 		return nil, err
 	}
-	handler := api.NewServer(cfg, st, n.eng, n.eng, tr, auth, users)
+	handler := api.NewServer(cfg, st, n.eng, n.eng, tr, users)
 	handler.SetLogger(logger)
 	handler.SetStatus("consistency", func() any { return n.eng.Consistency() })
 	n.stop = make(chan struct{})
@@ -148,7 +150,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 // four slaves vote. Every node knows the URLs the command line gives it
 // (all of them with the port arithmetic; with explicit addresses, the
 // master's list) and learns the others' when it announces itself.
-func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logger *slog.Logger) consensus.EngineConfig {
+func raftConfig(cfg *cluster.Config, timing cluster.Timing, tr *peer.Client, logger *slog.Logger) consensus.EngineConfig {
 	peers := map[uint64]string{1: cfg.MasterAddr()}
 	if cfg.Role == cluster.Master || cfg.MasterURL == "" || len(cfg.SlaveURLs) > 0 {
 		for i := 1; i <= cfg.NumSlaves; i++ {
@@ -159,14 +161,12 @@ func raftConfig(cfg *cluster.Config, auth *cluster.Auth, tr *api.Transport, logg
 	for id := uint64(1); id <= uint64(min(cfg.NumSlaves+1, 5)); id++ {
 		voters = append(voters, id)
 	}
-	timing := cluster.DefaultTiming()
-	timing.ReadWait = min(cfg.ReadTimeout, timing.ReadWait)
 	return consensus.EngineConfig{
 		ID: cluster.RaftID(cfg.ID), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: 1,
 		AckTimeout: cfg.AckTimeout, Timing: timing,
 		Limits: api.Limits(cfg),
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
-		Auth: auth, Name: cfg.Name(), Client: tr.Client(), Calls: tr, Log: logger,
+		Peer: tr, Log: logger,
 		CheckInterval: cfg.CheckInterval, NoRepair: cfg.CheckRepair == "off",
 	}
 }

@@ -12,14 +12,6 @@ import (
 // the engine needs of the other nodes (PeerCaller), and the types both
 // speak in.
 
-// The paths of the node-to-node endpoints of the replication engine (see
-// Admin.PeerHandlers).
-const (
-	RaftPath     = "/_ddb/raft"          // batches of Raft messages
-	StreamPath   = "/_ddb/raft/stream"   // a long-lived stream of them
-	SnapshotPath = "/_ddb/raft/snapshot" // a copy of the leader's database
-)
-
 // Role is a node's part in the cluster, as /status reports it.
 type Role string
 
@@ -68,7 +60,7 @@ type Admin interface {
 
 // PeerCaller carries the node-to-node requests that are not Raft messages:
 // a write forwarded to the leader, and a node announcing itself. (HTTP in
-// production: api.Transport.)
+// production: peer.Client.)
 type PeerCaller interface {
 	Forward(ctx context.Context, url string, req *ForwardRequest) (*ForwardResponse, error)
 	// Join announces a node; a *JoinRefusedError means it may

@@ -7,9 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/peer"
 	pb "go.etcd.io/raft/v3/raftpb"
-
-	"github.com/ddbgo/ddb/internal/consensus"
 )
 
 // network is the simulated network's state: which links are cut, and how
@@ -39,8 +38,8 @@ func (n *network) isCut(a, b uint64) bool { return n.cut[[2]uint64{a, b}] > 0 }
 func (n *network) cutBetween(a, b uint64) bool { return n.isCut(a, b) || n.isCut(b, a) }
 
 // transport is a node's consensus.Transport: each message is framed as
-// the HTTP transport frames a batch (consensus.EncodeMessages, with the
-// leader's applied index), and travels on its own.
+// the HTTP transport frames a batch (peer.EncodeFrame, with the leader's
+// applied index), and travels on its own.
 type transport struct {
 	s   *sim
 	nd  *node
@@ -58,31 +57,53 @@ func (t transport) Send(msgs []pb.Message) {
 			s.after(s.delay(), fmt.Sprintf("snapshot-request %d->%d", m.From-1, m.To-1), func() { s.sendSnapshot(nd, t.inc, m) })
 			continue
 		}
-		data, err := consensus.EncodeMessages(applied, []pb.Message{m})
+		data, err := peer.EncodeFrame(applied, nd.id, []pb.Message{m})
 		if err != nil {
 			s.anomaly("node: node %d could not encode %s: %v", nd.i, m.Type, err)
 			continue
 		}
-		to := s.nodes[m.To-1]
 		desc := fmt.Sprintf("%s %d->%d t%d i%d c%d n%d", m.Type, m.From-1, m.To-1, m.Term, m.Index, m.Commit, len(m.Entries))
-		switch {
-		case s.net.isCut(nd.id, to.id):
-			continue // lost without a word, as in a partition
-		case !to.up:
-			// The connection is refused: the sender knows it was not
-			// delivered.
-			s.after(s.delay(), "refused "+desc, func() { s.unreachable(nd, t.inc, m) })
-			continue
-		case s.chance(s.net.drop):
-			continue
-		}
-		copies := 1
-		if s.chance(s.net.dup) {
-			copies = 2
-		}
-		for range copies {
-			s.after(s.delay(), desc, func() { s.receive(to, data) })
-		}
+		s.transmit(nd, t.inc, m.To, []pb.Message{m}, data, desc)
+	}
+}
+
+// Report implements consensus.Transport: a frame with the report alone.
+func (t transport) Report(to []uint64) {
+	s, nd := t.s, t.nd
+	if nd.inc != t.inc || !nd.up {
+		return
+	}
+	applied := nd.n.ReportedApplied()
+	if applied == 0 {
+		return
+	}
+	for _, id := range to {
+		data, _ := peer.EncodeFrame(applied, nd.id, nil)
+		s.transmit(nd, t.inc, id, nil, data, fmt.Sprintf("report %d->%d a%d", nd.id-1, id-1, applied))
+	}
+}
+
+// transmit sends one frame, holding msgs, from nd to the node with Raft
+// id id, through the network's faults.
+func (s *sim) transmit(nd *node, inc int, id uint64, msgs []pb.Message, data []byte, desc string) {
+	to := s.nodes[id-1]
+	switch {
+	case s.net.isCut(nd.id, to.id):
+		return // lost without a word, as in a partition
+	case !to.up:
+		// The connection is refused: the sender knows it was not
+		// delivered.
+		s.after(s.delay(), "refused "+desc, func() { s.unreachable(nd, inc, id, msgs) })
+		return
+	case s.chance(s.net.drop):
+		return
+	}
+	copies := 1
+	if s.chance(s.net.dup) {
+		copies = 2
+	}
+	for range copies {
+		s.after(s.delay(), desc, func() { s.receive(to, data) })
 	}
 }
 
@@ -95,12 +116,16 @@ func (s *sim) receive(to *node, data []byte) {
 	if !to.up || !to.admitted {
 		return
 	}
-	report, msgs, err := consensus.DecodeMessages(data)
+	report, msgs, err := peer.DecodeFrame(peer.Version, data)
 	if err != nil {
 		s.anomaly("node: node %d could not decode a message: %v", to.i, err)
 		return
 	}
-	if len(msgs) > 0 && s.net.isCut(msgs[0].From, to.id) {
+	from := report.From
+	if len(msgs) > 0 {
+		from = msgs[0].From
+	}
+	if from != 0 && s.net.isCut(from, to.id) {
 		return // the link was cut while the message travelled
 	}
 	if !s.guard(to, "receive", func() { to.n.Receive(report, msgs) }) {
@@ -109,14 +134,17 @@ func (s *sim) receive(to *node, data []byte) {
 	s.step(to)
 }
 
-// unreachable tells the sender that a message certainly did not arrive.
-func (s *sim) unreachable(nd *node, inc int, m pb.Message) {
+// unreachable tells the sender that a frame to peer id, holding msgs,
+// certainly did not arrive.
+func (s *sim) unreachable(nd *node, inc int, id uint64, msgs []pb.Message) {
 	if nd.inc != inc || !nd.up {
 		return
 	}
 	s.guard(nd, "unreachable", func() {
-		nd.n.Undelivered([]pb.Message{m})
-		nd.n.ReportUnreachable(m.To)
+		if len(msgs) > 0 {
+			nd.n.Undelivered(msgs)
+		}
+		nd.n.ReportUnreachable(id)
 	})
 	s.step(nd)
 }

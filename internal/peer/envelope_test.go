@@ -1,4 +1,4 @@
-package cluster
+package peer
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"testing"
+
+	"github.com/ddbgo/ddb/internal/cluster"
 )
 
 // unreadable is a body that fails the test if anything reads it.
@@ -23,20 +25,20 @@ func (u unreadable) Read([]byte) (int, error) {
 // over the body (or what a streamed body's headers carry) before the
 // handler sees anything, and every refusal reported.
 func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
-	auth, other := NewAuth("0123456789abcdef0123456789abcdef", nil), NewAuth("another secret, another cluster.", nil)
+	auth, other := cluster.NewAuth("0123456789abcdef0123456789abcdef", nil), cluster.NewAuth("another secret, another cluster.", nil)
 	var refusals int
 	var got []byte
-	whole := auth.PeerEndpoint(Endpoint{MaxBody: 16, Refused: func(*http.Request, error) { refusals++ }},
-		func(w http.ResponseWriter, r *http.Request, body []byte) {
+	whole := Serve(auth, Endpoint{MaxBody: 16, Refused: func(*http.Request, error) { refusals++ }},
+		func(w http.ResponseWriter, r *http.Request, body []byte, _ int) {
 			got = body
 			w.WriteHeader(http.StatusNoContent)
 		})
-	streamed := auth.PeerEndpoint(Endpoint{Covered: func(r *http.Request) ([]byte, error) {
+	streamed := Serve(auth, Endpoint{Covered: func(r *http.Request) ([]byte, error) {
 		if r.Header.Get("X-Covered") == "" {
 			return nil, errors.New("no covered header")
 		}
 		return []byte(r.Header.Get("X-Covered")), nil
-	}}, func(w http.ResponseWriter, r *http.Request, body []byte) {
+	}}, func(w http.ResponseWriter, r *http.Request, body []byte, _ int) {
 		if body != nil {
 			t.Error("a streamed body was read for the handler")
 		}
@@ -51,8 +53,8 @@ func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
 		h(w, r)
 		return w.Code
 	}
-	signWith := func(a *Auth, body []byte) func(*http.Request) {
-		return func(r *http.Request) { a.Sign(r, "node", BodyHash(body)) }
+	signWith := func(a *cluster.Auth, body []byte) func(*http.Request) {
+		return func(r *http.Request) { a.Sign(r, "node", cluster.BodyHash(body)) }
 	}
 	cases := []struct {
 		name string
@@ -76,14 +78,25 @@ func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
 		}},
 		{"a request of a later protocol is refused, saying so", 400, func() int {
 			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), func(r *http.Request) {
-				auth.Sign(r, "node", BodyHash([]byte("hi")))
-				r.Header.Set(HeaderProtocol, strconv.Itoa(PeerProtocol+1))
+				r.Header.Set(HeaderVersion, strconv.Itoa(Version+1))
+				auth.Sign(r, "node", cluster.BodyHash([]byte("hi")))
+			})
+		}},
+		{"a signature covers the version it was made for", 403, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), func(r *http.Request) {
+				Sign(auth, r, "node", cluster.BodyHash([]byte("hi")))
+				r.Header.Set(HeaderVersion, "1")
+			})
+		}},
+		{"a request in this version reaches the handler", 204, func() int {
+			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), func(r *http.Request) {
+				Sign(auth, r, "node", cluster.BodyHash([]byte("hi")))
 			})
 		}},
 		{"a request that predates the protocol header is taken", 204, func() int {
 			return do(whole, http.MethodPost, bytes.NewReader([]byte("hi")), func(r *http.Request) {
-				auth.Sign(r, "node", BodyHash([]byte("hi")))
-				r.Header.Del(HeaderProtocol)
+				auth.Sign(r, "node", cluster.BodyHash([]byte("hi")))
+				r.Header.Del(HeaderVersion)
 			})
 		}},
 		{"a streamed request without what its signature covers is bad", 400, func() int {
@@ -92,7 +105,7 @@ func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
 		{"a streamed request signed over its headers reaches the handler", 204, func() int {
 			return do(streamed, http.MethodPost, unreadable{t}, func(r *http.Request) {
 				r.Header.Set("X-Covered", "m")
-				auth.Sign(r, "node", BodyHash([]byte("m")))
+				auth.Sign(r, "node", cluster.BodyHash([]byte("m")))
 			})
 		}},
 	}
@@ -101,8 +114,8 @@ func TestEveryPeerEndpointIsAuthenticatedTheSameWay(t *testing.T) {
 			t.Errorf("%s: %d, want %d", c.name, code, c.code)
 		}
 	}
-	if refusals != 3 {
-		t.Errorf("%d refusals reported, want 3 (unsigned, other cluster, other body)", refusals)
+	if refusals != 4 {
+		t.Errorf("%d refusals reported, want 4 (unsigned, other cluster, other body, other version)", refusals)
 	}
 	if string(got) != "hi" {
 		t.Errorf("the handler got body %q", got)

@@ -1,4 +1,4 @@
-package consensus
+package peer
 
 import (
 	"bufio"
@@ -11,27 +11,25 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
-
-	"github.com/ddbgo/ddb/internal/cluster"
-	"github.com/ddbgo/ddb/internal/replication"
 )
 
-// The stream (replication.StreamPath) is where a node sends its Raft
+// The stream (StreamPath) is where a node sends its Raft
 // messages to a peer: one long-lived connection per peer and direction
 // instead of an HTTP request per batch. The opening request is signed like
 // any peer request and upgrades the connection (101 Switching Protocols).
 // Then every batch is a frame: its length (a uvarint), the batch
-// (EncodeMessages), and an HMAC-SHA256 of its sequence number and content
+// (EncodeFrame, of the version the opening request states), and an HMAC-SHA256 of its sequence number and content
 // under a key both ends derive from the signed request
 // (cluster.Auth.SessionKey), so a frame cannot be forged, altered, replayed
 // or reordered. The receiver answers with acknowledgements (the sequence
 // number reached, authenticated the same way): a stream whose frames go
-// unacknowledged for streamTimeout is closed (a peer paused, or a link
+// unacknowledged for Timing.StreamAck is closed (a peer paused, or a link
 // that drops packets without closing the connection), and the next batch
 // opens a new one. A peer that does not know streams (404) gets a request
 // per batch, as before.
@@ -39,16 +37,8 @@ import (
 const streamProtocol = "ddb-raft-stream/1"
 
 const (
-	// streamTimeout is how long a frame may go unacknowledged.
-	streamTimeout = 3 * time.Second
-	// streamIdle is how long the receiver waits for a frame (a leader
-	// sends a heartbeat every tick; its followers answer each).
-	streamIdle = 30 * time.Second
-	// streamRetry is how long a peer that does not know streams gets
-	// requests per batch before a stream is tried again.
-	streamRetry = time.Minute
-	macLen      = sha256.Size
-	ackMACLen   = 16
+	macLen    = sha256.Size
+	ackMACLen = 16
 )
 
 var errStreamUnsupported = errors.New("the peer does not take streams")
@@ -74,14 +64,15 @@ func ackMAC(key []byte, seq uint64) []byte {
 
 // outStream is this node's stream of batches to one peer.
 type outStream struct {
-	t      *HTTPTransport
-	to     uint64
-	url    string // the peer's address when the stream was opened
-	rwc    io.ReadWriteCloser
-	w      *bufio.Writer
-	key    []byte
-	cancel context.CancelFunc
-	seq    uint64 // frames written (the peer's sender goroutine only)
+	t       *RaftTransport
+	to      uint64
+	url     string // the peer's address when the stream was opened
+	rwc     io.ReadWriteCloser
+	w       *bufio.Writer
+	key     []byte
+	cancel  context.CancelFunc
+	seq     uint64 // frames written (the peer's sender goroutine only)
+	version int    // the protocol version of the stream's frames
 
 	mu     sync.Mutex
 	sent   []time.Time // when each frame after acked was written
@@ -91,31 +82,43 @@ type outStream struct {
 }
 
 // openStream opens a stream to peer to.
-func (t *HTTPTransport) openStream(to uint64) (*outStream, error) {
+func (t *RaftTransport) openStream(to uint64) (*outStream, error) {
 	url := t.Peer(to)
 	if url == "" {
 		return nil, fmt.Errorf("node %d: %w", to, errNoAddress)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+replication.StreamPath, nil)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", streamProtocol)
-	t.auth.Sign(req, t.self, cluster.BodyHash(nil))
-	// A paused peer accepts the connection but never answers.
-	timer := time.AfterFunc(5*time.Second, cancel)
-	resp, err := t.client.Do(req)
-	if !timer.Stop() && err == nil {
+	var req *http.Request
+	var resp *http.Response
+	var cancel context.CancelFunc
+	for try := 0; ; try++ {
+		var ctx context.Context
+		ctx, cancel = context.WithCancel(context.Background())
+		var err error
+		req, err = t.c.newRequest(ctx, url+StreamPath, t.c.VersionFor(url), nil, nil)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", streamProtocol)
+		// A paused peer accepts the connection but never answers.
+		timer := time.AfterFunc(t.c.timing.PeerRequest, cancel)
+		resp, err = t.c.http.Do(req)
+		if !timer.Stop() && err == nil {
+			resp.Body.Close()
+			err = errors.New("the stream's opening timed out")
+		}
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		if !t.c.learn(req, resp) || try > 0 {
+			break
+		}
 		resp.Body.Close()
-		err = errors.New("the stream's opening timed out")
-	}
-	if err != nil {
 		cancel()
-		return nil, err
 	}
+	version, _ := RequestVersion(req)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
@@ -131,7 +134,7 @@ func (t *HTTPTransport) openStream(to uint64) (*outStream, error) {
 		cancel()
 		return nil, errStreamUnsupported
 	}
-	s := &outStream{t: t, to: to, url: url, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: t.auth.SessionKey(req), cancel: cancel, done: make(chan struct{})}
+	s := &outStream{t: t, to: to, url: url, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: t.c.auth.SessionKey(req), cancel: cancel, version: version, done: make(chan struct{})}
 	go s.readAcks(bufio.NewReader(rwc))
 	go s.watch()
 	return s, nil
@@ -194,7 +197,8 @@ func (s *outStream) readAcks(r *bufio.Reader) {
 
 // watch closes the stream when a frame goes unacknowledged too long.
 func (s *outStream) watch() {
-	tk := time.NewTicker(streamTimeout / 4)
+	timeout := s.t.c.timing.StreamAck
+	tk := time.NewTicker(timeout / 4)
 	defer tk.Stop()
 	for {
 		select {
@@ -202,10 +206,10 @@ func (s *outStream) watch() {
 			return
 		case <-tk.C:
 			s.mu.Lock()
-			stale := len(s.sent) > 0 && time.Since(s.sent[0]) > streamTimeout
+			stale := len(s.sent) > 0 && time.Since(s.sent[0]) > timeout
 			s.mu.Unlock()
 			if stale {
-				s.t.log.Warn("a stream's frames went unacknowledged; it is closed", "peer", int(s.to)-1, "after", streamTimeout)
+				s.t.log.Warn("a stream's frames went unacknowledged; it is closed", "peer", int(s.to)-1, "after", timeout)
 				s.close()
 				return
 			}
@@ -232,14 +236,14 @@ func (s *outStream) close() {
 	s.cancel()
 }
 
-// sendBatch sends one batch to peer to over its stream (opening one if
+// sendBatch sends one frame to peer to over its stream (opening one if
 // need be), or as a request of its own to a peer that takes no streams.
-func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) error {
+func (t *RaftTransport) sendBatch(to uint64, s **outStream, batch []pb.Message, applied uint64) error {
 	t.mu.Lock()
 	until, url := t.noStream[to], t.peers[to]
 	t.mu.Unlock()
 	if time.Now().Before(until) {
-		return t.post(to, batch)
+		return t.post(to, batch, applied)
 	}
 	if *s != nil && (*s).url != url {
 		(*s).close() // the peer moved: its stream goes to the new address
@@ -247,11 +251,11 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 	if *s == nil || (*s).isClosed() {
 		ns, err := t.openStream(to)
 		if errors.Is(err, errStreamUnsupported) {
-			t.log.Info("peer takes no streams of raft messages (an earlier version?): one request per batch", "peer", int(to)-1, "retry_in", streamRetry)
+			t.log.Info("peer takes no streams of raft messages (an earlier version?): one request per batch", "peer", int(to)-1, "retry_in", t.c.timing.StreamRetry)
 			t.mu.Lock()
-			t.noStream[to] = time.Now().Add(streamRetry)
+			t.noStream[to] = time.Now().Add(t.c.timing.StreamRetry)
 			t.mu.Unlock()
-			return t.post(to, batch)
+			return t.post(to, batch, applied)
 		}
 		if err != nil {
 			return err
@@ -259,7 +263,7 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 		t.log.Debug("stream of raft messages opened", "peer", int(to)-1)
 		*s = ns
 	}
-	body, err := EncodeMessages(t.leaderApplied(), batch)
+	body, err := t.frame((*s).version, to, batch, applied)
 	if err != nil {
 		return err
 	}
@@ -270,10 +274,10 @@ func (t *HTTPTransport) sendBatch(to uint64, s **outStream, batch []pb.Message) 
 	return nil
 }
 
-// StreamHandler serves replication.StreamPath: it checks the opening request's
+// streamHandler serves StreamPath: it checks the opening request's
 // signature, takes over the connection, and hands every authenticated
 // frame's messages to node.
-func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
+func (t *RaftTransport) streamHandler(node func() RaftNode) http.HandlerFunc {
 	// The opening request has no body: its signature covers an empty one.
 	upgrade := func(r *http.Request) ([]byte, error) {
 		if !strings.EqualFold(r.Header.Get("Upgrade"), streamProtocol) {
@@ -281,18 +285,18 @@ func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
 		}
 		return nil, nil
 	}
-	return t.auth.PeerEndpoint(cluster.Endpoint{Covered: upgrade, Refused: refused(t.log, "refused a stream of raft messages")}, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+	return Serve(t.c.auth, Endpoint{Covered: upgrade, Refused: t.refused("refused a stream of raft messages")}, func(w http.ResponseWriter, r *http.Request, _ []byte, version int) {
 		if node() == nil {
-			http.Error(w, "this node's consensus is not running", http.StatusServiceUnavailable)
+			writeError(w, http.StatusServiceUnavailable, "this node's consensus is not running")
 			return
 		}
 		conn, rw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
-			http.Error(w, "this connection cannot carry a stream: "+err.Error(), http.StatusInternalServerError)
+			writeError(w, http.StatusInternalServerError, "this connection cannot carry a stream: "+err.Error())
 			return
 		}
 		conn.SetDeadline(time.Time{}) // the server's request deadlines
-		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n\r\n")
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + streamProtocol + "\r\n" + HeaderVersion + ": " + strconv.Itoa(Version) + "\r\n\r\n")
 		if err := rw.Flush(); err != nil {
 			conn.Close()
 			return
@@ -314,7 +318,7 @@ func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
 				t.mu.Unlock()
 				conn.Close()
 			}()
-			err := serveStream(conn, rw.Reader, t.auth.SessionKey(r), node)
+			err := serveStream(conn, rw.Reader, t.c.auth.SessionKey(r), version, t.c.timing.StreamIdle, node)
 			if err != nil {
 				t.log.Warn("a stream of raft messages ended", "from", r.RemoteAddr, "err", err)
 			}
@@ -325,21 +329,21 @@ func (t *HTTPTransport) StreamHandler(node func() *Node) http.HandlerFunc {
 // serveStream reads frames until the stream ends. A frame that fails its
 // authentication ends the stream (an error); so does one that cannot be
 // decoded.
-func serveStream(conn net.Conn, r *bufio.Reader, key []byte, node func() *Node) error {
+func serveStream(conn net.Conn, r *bufio.Reader, key []byte, version int, idle time.Duration, node func() RaftNode) error {
 	var seq uint64
 	var buf []byte
 	var deadlineSet time.Time
 	for {
 		if now := time.Now(); now.Sub(deadlineSet) > time.Second {
-			conn.SetDeadline(now.Add(streamIdle))
+			conn.SetDeadline(now.Add(idle))
 			deadlineSet = now
 		}
 		size, err := binary.ReadUvarint(r)
 		if err != nil {
 			return nil // closed, or idle past streamIdle
 		}
-		if size > maxRaftBody {
-			return fmt.Errorf("a frame of %d bytes is over the limit of %d", size, maxRaftBody)
+		if size > MaxFrame {
+			return fmt.Errorf("a frame of %d bytes is over the limit of %d", size, MaxFrame)
 		}
 		if need := int(size) + macLen; cap(buf) < need {
 			buf = make([]byte, need)
@@ -353,7 +357,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, node func() *Node) 
 		if !hmac.Equal(frame[size:], frameMAC(key, seq, payload)) {
 			return errors.New("a frame does not match its authentication (altered, replayed or reordered); the stream is closed")
 		}
-		report, msgs, err := DecodeMessages(payload)
+		report, msgs, err := DecodeFrame(version, payload)
 		if err != nil {
 			return err
 		}

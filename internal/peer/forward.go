@@ -1,4 +1,4 @@
-package api
+package peer
 
 import (
 	"bytes"
@@ -6,14 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/ddbgo/ddb/internal/cluster"
-	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/replication"
 )
 
@@ -29,7 +29,6 @@ const (
 	maxForwardRequests   = 16
 	maxForwardBatch      = 256
 	maxForwardBatchBytes = 1 << 20
-	forwardBatchPath     = "/_ddb/forward-batch"
 )
 
 // forwardQueue holds the writes forwarded to one leader URL.
@@ -49,16 +48,16 @@ type forwardCall struct {
 	done chan struct{}
 }
 
-func (t *Transport) forwardQueue(url string) *forwardQueue {
-	t.fmu.Lock()
-	defer t.fmu.Unlock()
-	if t.forwards == nil {
-		t.forwards = map[string]*forwardQueue{}
+func (cl *Client) forwardQueue(url string) *forwardQueue {
+	cl.fmu.Lock()
+	defer cl.fmu.Unlock()
+	if cl.forwards == nil {
+		cl.forwards = map[string]*forwardQueue{}
 	}
-	q := t.forwards[url]
+	q := cl.forwards[url]
 	if q == nil {
 		q = &forwardQueue{}
-		t.forwards[url] = q
+		cl.forwards[url] = q
 	}
 	return q
 }
@@ -66,18 +65,18 @@ func (t *Transport) forwardQueue(url string) *forwardQueue {
 // Forward implements replication.PeerCaller. A request that never reached
 // the leader is ErrUnavailable (503); one that reached it but got no answer
 // has an unknown outcome (504).
-func (t *Transport) Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error) {
+func (cl *Client) Forward(ctx context.Context, url string, req *replication.ForwardRequest) (*replication.ForwardResponse, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
 	c := &forwardCall{ctx: ctx, body: body, done: make(chan struct{})}
-	q := t.forwardQueue(url)
+	q := cl.forwardQueue(url)
 	q.mu.Lock()
 	if q.inflight < maxForwardRequests {
 		q.inflight++
 		q.mu.Unlock()
-		t.sendForwards(url, q, []*forwardCall{c})
+		cl.sendForwards(url, q, []*forwardCall{c})
 		return c.resp, c.err
 	}
 	q.waiting = append(q.waiting, c)
@@ -106,19 +105,19 @@ func (t *Transport) Forward(ctx context.Context, url string, req *replication.Fo
 
 // sendForwards sends calls (one request), answers them, then hands the
 // request's place to the writes that waited meanwhile, if any.
-func (t *Transport) sendForwards(url string, q *forwardQueue, calls []*forwardCall) {
-	defer t.nextForwards(url, q)
+func (cl *Client) sendForwards(url string, q *forwardQueue, calls []*forwardCall) {
+	defer cl.nextForwards(url, q)
 	q.mu.Lock()
 	single := q.single
 	q.mu.Unlock()
 	if len(calls) == 1 {
 		c := calls[0]
-		c.resp, c.err = t.forwardOne(c.ctx, url, c.body)
+		c.resp, c.err = cl.forwardOne(c.ctx, url, c.body)
 		close(c.done)
 		return
 	}
 	if !single {
-		if single = t.forwardBatch(url, calls); single {
+		if single = cl.forwardBatch(url, calls); single {
 			q.mu.Lock()
 			q.single = true
 			q.mu.Unlock()
@@ -128,7 +127,7 @@ func (t *Transport) sendForwards(url string, q *forwardQueue, calls []*forwardCa
 		var wg sync.WaitGroup
 		for _, c := range calls {
 			wg.Go(func() {
-				c.resp, c.err = t.forwardOne(c.ctx, url, c.body)
+				c.resp, c.err = cl.forwardOne(c.ctx, url, c.body)
 				close(c.done)
 			})
 		}
@@ -138,7 +137,7 @@ func (t *Transport) sendForwards(url string, q *forwardQueue, calls []*forwardCa
 
 // nextForwards starts the next request with the writes that wait, or
 // frees the request's place.
-func (t *Transport) nextForwards(url string, q *forwardQueue) {
+func (cl *Client) nextForwards(url string, q *forwardQueue) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.waiting) == 0 {
@@ -152,13 +151,13 @@ func (t *Transport) nextForwards(url string, q *forwardQueue) {
 	}
 	batch := append([]*forwardCall(nil), q.waiting[:n]...)
 	q.waiting = append(q.waiting[:0], q.waiting[n:]...)
-	go t.sendForwards(url, q, batch)
+	go cl.sendForwards(url, q, batch)
 }
 
 // forwardOne sends one forwarded write.
-func (t *Transport) forwardOne(ctx context.Context, url string, body []byte) (*replication.ForwardResponse, error) {
+func (cl *Client) forwardOne(ctx context.Context, url string, body []byte) (*replication.ForwardResponse, error) {
 	var resp replication.ForwardResponse
-	if err := t.postTraced(ctx, url+"/_ddb/forward", url, body, &resp); err != nil {
+	if err := cl.postTraced(ctx, url+ForwardPath, url, body, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -166,7 +165,7 @@ func (t *Transport) forwardOne(ctx context.Context, url string, body []byte) (*r
 
 // forwardBatch sends calls in one request and answers each. It reports
 // true, answering none, if the leader does not know batches.
-func (t *Transport) forwardBatch(url string, calls []*forwardCall) (single bool) {
+func (cl *Client) forwardBatch(url string, calls []*forwardCall) (single bool) {
 	// The request outlives any one caller that gives up (its write is in
 	// the batch, and its outcome becomes unknown to it); it ends at the
 	// latest of the callers' deadlines.
@@ -191,7 +190,7 @@ func (t *Transport) forwardBatch(url string, calls []*forwardCall) (single bool)
 	}
 	body.WriteByte(']')
 	var resps []*replication.ForwardResponse
-	err := t.postTraced(ctx, url+forwardBatchPath, url, body.Bytes(), &resps)
+	err := cl.postTraced(ctx, url+ForwardBatchPath, url, body.Bytes(), &resps)
 	var pe *peerError
 	if errors.As(err, &pe) && pe.status == http.StatusNotFound {
 		return true
@@ -214,19 +213,19 @@ func (t *Transport) forwardBatch(url string, calls []*forwardCall) (single bool)
 // decides what a broken connection means: unwritten, the leader cannot
 // have run them (it reads the whole body first), so none was applied;
 // written, they may have been.
-func (t *Transport) postTraced(ctx context.Context, path, url string, body []byte, out any) error {
+func (cl *Client) postTraced(ctx context.Context, path, url string, body []byte, out any) error {
 	var wrote atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
 		if i.Err == nil {
 			wrote.Store(true)
 		}
 	}})
-	err := t.post(ctx, path, body, out)
+	err := cl.post(ctx, path, body, out)
 	if err == nil {
 		return nil
 	}
 	var pe *peerError
-	if errors.As(err, &pe) && pe.status == http.StatusNotFound && path == url+forwardBatchPath {
+	if errors.As(err, &pe) && pe.status == http.StatusNotFound && path == url+ForwardBatchPath {
 		return err // the caller falls back to one write per request
 	}
 	err = classifyForwardError(url, err)
@@ -237,29 +236,20 @@ func (t *Transport) postTraced(ctx context.Context, path, url string, body []byt
 	return err
 }
 
-// handleForwardBatch runs a batch of forwarded writes (on the leader), all
-// at once, so that they are proposed together, and answers each in order.
-func (s *Server) handleForwardBatch(w http.ResponseWriter, r *http.Request, body []byte) {
-	var reqs []*replication.ForwardRequest
-	if err := json.Unmarshal(body, &reqs); err != nil {
-		writeError(w, http.StatusBadRequest, "bad forward batch: "+err.Error())
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout+s.cfg.AckTimeout)
-	defer cancel()
-	out := make([]*replication.ForwardResponse, len(reqs))
-	var wg sync.WaitGroup
-	for i, req := range reqs {
-		if req == nil {
-			out[i] = &replication.ForwardResponse{Error: &replication.WireError{Kind: errkind.Param.String(), Message: "empty forwarded write"}}
-			continue
+// classifyForwardError says what a forwarded write's failure means for
+// the client: the leader refused it or could not take it (unavailable),
+// could not be reached (unavailable), or did not answer (unknown outcome).
+func classifyForwardError(url string, err error) error {
+	var pe *peerError
+	if errors.As(err, &pe) {
+		if pe.status == http.StatusServiceUnavailable || pe.status == http.StatusConflict {
+			return &replication.UnavailableError{Reason: fmt.Sprintf("the node at %s cannot take writes: %s", url, pe.msg)}
 		}
-		if !cluster.ValidAck(req.Ack) {
-			req.Ack = s.cfg.Ack
-		}
-		wg.Go(func() { out[i] = s.admin.HandleForward(ctx, req) })
+		return fmt.Errorf("the leader at %s refused the forwarded write: %w", url, err)
 	}
-	wg.Wait()
-	b, _ := json.Marshal(out)
-	writeJSON(w, http.StatusOK, b)
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED) {
+		return &replication.UnavailableError{Reason: fmt.Sprintf("the leader at %s cannot be reached: %v", url, err)}
+	}
+	return &replication.UnknownOutcomeError{Reason: fmt.Sprintf("the leader at %s did not answer: %v", url, err)}
 }

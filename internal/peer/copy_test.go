@@ -1,4 +1,4 @@
-package api
+package peer
 
 import (
 	"crypto/sha256"
@@ -31,7 +31,7 @@ func TestACopyForARepairIsAuthenticated(t *testing.T) {
 	}))
 	defer srv.Close()
 	own := cluster.NewAuth("the secret", nil)
-	tr := NewTransport(own, "slave2", nil)
+	tr := NewClient(own, "slave2", nil, cluster.DefaultTiming())
 	dir := t.TempDir()
 	fetch := func() (string, uint64, error) { return tr.FetchCopy(t.Context(), srv.URL, dir) }
 

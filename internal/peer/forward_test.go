@@ -1,4 +1,4 @@
-package api
+package peer
 
 import (
 	"context"
@@ -25,7 +25,7 @@ const forwardTestSecret = "forward-test-secret-0123456789abcdef"
 // once release is closed, if set). It records what it received.
 type fakeLeader struct {
 	t       *testing.T
-	batches bool // it serves forwardBatchPath
+	batches bool // it serves ForwardBatchPath
 	hold    time.Duration
 	release chan struct{}
 
@@ -38,7 +38,7 @@ type fakeLeader struct {
 }
 
 func (f *fakeLeader) serve(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == forwardBatchPath && !f.batches {
+	if r.URL.Path == ForwardBatchPath && !f.batches {
 		http.NotFound(w, r)
 		return
 	}
@@ -47,7 +47,7 @@ func (f *fakeLeader) serve(w http.ResponseWriter, r *http.Request) {
 		f.t.Errorf("unsigned forward: %v", err)
 	}
 	var reqs []*replication.ForwardRequest
-	if r.URL.Path == forwardBatchPath {
+	if r.URL.Path == ForwardBatchPath {
 		if err := json.Unmarshal(body, &reqs); err != nil {
 			f.t.Errorf("bad batch: %v", err)
 		}
@@ -79,7 +79,7 @@ func (f *fakeLeader) serve(w http.ResponseWriter, r *http.Request) {
 		out = append(out, &replication.ForwardResponse{Index: uint64(n)})
 	}
 	var b []byte
-	if r.URL.Path == forwardBatchPath {
+	if r.URL.Path == ForwardBatchPath {
 		b, _ = json.Marshal(out)
 	} else {
 		b, _ = json.Marshal(out[0])
@@ -96,7 +96,7 @@ func (f *fakeLeader) start() string {
 
 // forwardMany forwards n writes at once and checks each gets its own answer.
 func forwardMany(t *testing.T, url string, n int) {
-	tr := NewTransport(cluster.NewAuth(forwardTestSecret, nil), "follower", nil)
+	tr := NewClient(cluster.NewAuth(forwardTestSecret, nil), "follower", nil, cluster.DefaultTiming())
 	var wg sync.WaitGroup
 	for i := 1; i <= n; i++ {
 		wg.Go(func() {
@@ -146,7 +146,7 @@ func TestForwardedWritesFallBackToOnePerRequest(t *testing.T) {
 func TestAForwardThatWaitedPastItsDeadlineWasNotSent(t *testing.T) {
 	f := &fakeLeader{t: t, batches: true, release: make(chan struct{})}
 	url := f.start()
-	tr := NewTransport(cluster.NewAuth(forwardTestSecret, nil), "follower", nil)
+	tr := NewClient(cluster.NewAuth(forwardTestSecret, nil), "follower", nil, cluster.DefaultTiming())
 	var wg sync.WaitGroup
 	var started atomic.Int32
 	for i := 1; i <= maxForwardRequests; i++ {
