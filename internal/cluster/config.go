@@ -439,3 +439,8 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 // master, i: slave i): Raft reserves 0 for "no node". Every conversion from
 // a command-line id goes through here.
 func RaftID(id int) uint64 { return uint64(id) + 1 }
+
+// CommandLineID is the command line's id of the node with Raft id id (0:
+// the master, i: slave i), the inverse of RaftID: every id a user reads
+// (logs, errors, /status) goes through here.
+func CommandLineID(id uint64) int { return int(id) - 1 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
@@ -144,7 +145,7 @@ func (e *Engine) joinRound(fresh bool) (running bool, empty []uint64) {
 			empty = append(empty, id)
 		}
 		if resp.Admitted && fresh && !e.admitted.Load() {
-			e.cfg.Log.Info("admitted", "by", int(id)-1, "url", u)
+			e.cfg.Log.Info("admitted", "by", cluster.CommandLineID(id), "url", u)
 			e.admitted.Store(true)
 		}
 	}
@@ -165,7 +166,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 		return nil, &replication.JoinRefusedError{Reason: "a join needs the node's id and URL"}
 	}
 	if req.ID == e.cfg.ID && req.Instance != e.boot {
-		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", int(req.ID)-1, e.cfg.URL)}
+		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", cluster.CommandLineID(req.ID), e.cfg.URL)}
 	}
 	if old := e.tr.Peer(req.ID); old != "" && old != req.URL && req.ID != e.cfg.ID {
 		// Another process claims a known id. It takes the id over only if
@@ -175,7 +176,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 		inst := e.cfg.Calls.Instance(lctx, old)
 		cancel()
 		if inst != "" && inst != req.Instance {
-			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", int(req.ID)-1, old)}
+			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", cluster.CommandLineID(req.ID), old)}
 		}
 	}
 	if _, given := e.cfg.Peers[req.ID]; !given && req.ID != e.cfg.ID {
@@ -194,11 +195,11 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 	resp.Reason = d.Reason
 	if d.Change != nil {
 		if match := st.Progress[req.ID].Match; d.Change.Type == pb.ConfChangeRemoveNode && match > 0 {
-			e.cfg.Log.Warn(d.Log, "peer", int(req.ID)-1, "had_index", match) // it did lose data
+			e.cfg.Log.Warn(d.Log, "peer", cluster.CommandLineID(req.ID), "had_index", match) // it did lose data
 		} else if d.Change.Type == pb.ConfChangeRemoveNode {
-			e.cfg.Log.Info(d.Log, "peer", int(req.ID)-1)
+			e.cfg.Log.Info(d.Log, "peer", cluster.CommandLineID(req.ID))
 		} else {
-			e.cfg.Log.Info(d.Log, "node", int(req.ID)-1, "url", req.URL)
+			e.cfg.Log.Info(d.Log, "node", cluster.CommandLineID(req.ID), "url", req.URL)
 		}
 		cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 		err := e.rep.Node().ChangeMembership(cctx, *d.Change)
@@ -314,7 +315,7 @@ func (e *Engine) Remove(ctx context.Context, id uint64) error {
 	st := e.rep.Node().Status()
 	voter, learner := Membership(st.Config, id)
 	if !voter && !learner {
-		return fmt.Errorf("node %d is not in the configuration", int(id)-1)
+		return fmt.Errorf("node %d is not in the configuration", cluster.CommandLineID(id))
 	}
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()
@@ -330,7 +331,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 		return &NotLeaderError{Leader: st.Lead}
 	}
 	if voter, _ := Membership(st.Config, id); !voter {
-		return fmt.Errorf("node %d is not a voter", int(id)-1)
+		return fmt.Errorf("node %d is not a voter", cluster.CommandLineID(id))
 	}
 	e.rep.Node().TransferLeadership(ctx, id)
 	deadline := time.Now().Add(e.cfg.AckTimeout)
@@ -344,7 +345,7 @@ func (e *Engine) TransferLeadership(ctx context.Context, id uint64) error {
 			return ctx.Err()
 		}
 	}
-	return fmt.Errorf("node %d did not take over within %v", int(id)-1, e.cfg.AckTimeout)
+	return fmt.Errorf("node %d did not take over within %v", cluster.CommandLineID(id), e.cfg.AckTimeout)
 }
 
 // noteJoinTrouble records, and logs in plain words, why announcing this

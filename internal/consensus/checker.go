@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -109,7 +110,7 @@ func (e *Engine) compare(d *store.Digest) {
 	e.check.last = d.Index
 	e.check.st.State, e.check.st.CheckedIndex = "checking", d.Index
 	e.check.mu.Unlock()
-	self := int(e.cfg.ID) - 1
+	self := cluster.CommandLineID(e.cfg.ID)
 	var diverged []int
 	var details, unknown []string
 	ctx, cancel := e.untilStop(context.WithTimeout(context.Background(), digestWait))
@@ -134,13 +135,13 @@ func (e *Engine) compare(d *store.Digest) {
 			theirs, err := e.remoteDigest(ctx, id, d.Index)
 			switch {
 			case err != nil:
-				unknown = append(unknown, fmt.Sprintf("node %d: %v", int(id)-1, err))
+				unknown = append(unknown, fmt.Sprintf("node %d: %v", cluster.CommandLineID(id), err))
 			case theirs.Err != "":
-				unknown = append(unknown, fmt.Sprintf("node %d could not compute its digest: %s", int(id)-1, theirs.Err))
+				unknown = append(unknown, fmt.Sprintf("node %d could not compute its digest: %s", cluster.CommandLineID(id), theirs.Err))
 			default:
 				if diff := d.Differences(theirs); diff != "" {
-					diverged = append(diverged, int(id)-1)
-					details = append(details, fmt.Sprintf("node %d: %s", int(id)-1, diff))
+					diverged = append(diverged, cluster.CommandLineID(id))
+					details = append(details, fmt.Sprintf("node %d: %s", cluster.CommandLineID(id), diff))
 				}
 			}
 		}
@@ -148,7 +149,7 @@ func (e *Engine) compare(d *store.Digest) {
 		theirs, err := e.remoteDigest(ctx, lead, d.Index)
 		switch {
 		case err != nil:
-			unknown = append(unknown, fmt.Sprintf("the leader (node %d): %v", int(lead)-1, err))
+			unknown = append(unknown, fmt.Sprintf("the leader (node %d): %v", cluster.CommandLineID(lead), err))
 		case theirs.Err != "":
 			unknown = append(unknown, fmt.Sprintf("the leader could not compute its digest: %s", theirs.Err))
 		default:

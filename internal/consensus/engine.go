@@ -134,7 +134,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	if from, err := st.ClaimRaftNode(cfg.ID); err != nil {
 		return nil, err
 	} else if from != 0 {
-		cfg.Log.Info("this database was copied from another node: its data is kept, its Raft state (that node's) is not", "from", int(from)-1)
+		cfg.Log.Info("this database was copied from another node: its data is kept, its Raft state (that node's) is not", "from", cluster.CommandLineID(from))
 	}
 	if st.RaftLogDiscarded {
 		cfg.Log.Warn("the consensus log file belonged to another database (this one was wiped or replaced): it was emptied, and this node joins as one without Raft state", "log", store.RaftLogPath(st.Path()))

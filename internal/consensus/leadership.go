@@ -5,6 +5,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	pb "go.etcd.io/raft/v3/raftpb"
 
 	"go.etcd.io/raft/v3"
@@ -134,7 +135,7 @@ func (n *Node) leadPreferred() {
 	n.caughtUp++
 	if n.caughtUp >= n.cfg.Timing.PreferredAfter {
 		n.caughtUp = 0
-		n.cfg.Log.Info("handing leadership back to the preferred leader", "to", int(p)-1)
+		n.cfg.Log.Info("handing leadership back to the preferred leader", "to", cluster.CommandLineID(p))
 		n.rn.TransferLeader(p)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
@@ -130,7 +131,7 @@ func (n *Node) handle(rd raft.Ready) error {
 			if leading {
 				n.cfg.Log.Info("this node leads now", "term", n.rn.BasicStatus().Term)
 			} else {
-				n.cfg.Log.Info("this node no longer leads", "term", n.rn.BasicStatus().Term, "leader", int(rd.SoftState.Lead)-1)
+				n.cfg.Log.Info("this node no longer leads", "term", n.rn.BasicStatus().Term, "leader", cluster.CommandLineID(rd.SoftState.Lead))
 			}
 		}
 		n.leading = leading

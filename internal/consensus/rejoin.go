@@ -145,15 +145,15 @@ func (e *Engine) finishRejoins() {
 	node := e.rep.Node()
 	for _, cc := range RejoinSteps(node.RecentStatus(), node.Rejoining(), e.tr.Peer) {
 		if cc.Type == pb.ConfChangeAddLearnerNode {
-			e.cfg.Log.Info("adding a node back after it lost its data: as a learner until it holds the log", "peer", int(cc.NodeID)-1, "url", string(cc.Context))
+			e.cfg.Log.Info("adding a node back after it lost its data: as a learner until it holds the log", "peer", cluster.CommandLineID(cc.NodeID), "url", string(cc.Context))
 		} else {
-			e.cfg.Log.Info("a node added back after it lost its data holds the log: it votes again", "peer", int(cc.NodeID)-1)
+			e.cfg.Log.Info("a node added back after it lost its data holds the log: it votes again", "peer", cluster.CommandLineID(cc.NodeID))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
 		err := node.ChangeMembership(ctx, cc)
 		cancel()
 		if err != nil {
-			e.cfg.Log.Warn("adding a node back did not finish; the leader tries again", "peer", int(cc.NodeID)-1, "err", err)
+			e.cfg.Log.Warn("adding a node back did not finish; the leader tries again", "peer", cluster.CommandLineID(cc.NodeID), "err", err)
 			return
 		}
 		e.moveLeadershipForTest(cc.NodeID)
@@ -212,7 +212,7 @@ func (e *Engine) noteMissingVoters(since map[uint64]time.Time, now time.Time) {
 		if _, ok := voters[id]; ok {
 			if _, was := since[id]; was {
 				delete(since, id)
-				e.cfg.Log.Info("a named voter is back in the configuration", "peer", int(id)-1)
+				e.cfg.Log.Info("a named voter is back in the configuration", "peer", cluster.CommandLineID(id))
 			}
 			continue
 		}
@@ -224,7 +224,7 @@ func (e *Engine) noteMissingVoters(since map[uint64]time.Time, now time.Time) {
 		if now.Sub(first) < e.cfg.Timing.MissingAfter {
 			continue
 		}
-		missing = append(missing, int(id)-1)
+		missing = append(missing, cluster.CommandLineID(id))
 	}
 	old := e.missing.Swap(&missing)
 	for _, id := range missing {
@@ -266,7 +266,7 @@ func (e *Engine) moveLeadershipForTest(id uint64) {
 	st := e.rep.Node().RecentStatus()
 	for v := range st.Config.Voters.IDs() {
 		if v != e.cfg.ID && v != id && caughtUp(st, v) {
-			e.cfg.Log.Warn("forced schedule: leadership moves in the middle of adding a node back", "peer", int(id)-1, "to", int(v)-1)
+			e.cfg.Log.Warn("forced schedule: leadership moves in the middle of adding a node back", "peer", cluster.CommandLineID(id), "to", cluster.CommandLineID(v))
 			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
 			defer cancel()
 			if err := e.TransferLeadership(ctx, v); err != nil {

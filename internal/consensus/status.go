@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/replication"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/tracker"
@@ -18,13 +19,13 @@ import (
 // installed), so that monitoring is never held up.
 func (e *Engine) Status() replication.Status {
 	st := e.rep.Node().StatusWithin(e.cfg.Timing.StatusWait)
-	s := replication.Status{ID: int(e.cfg.ID) - 1, URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
+	s := replication.Status{ID: cluster.CommandLineID(e.cfg.ID), URL: e.cfg.URL, Preferred: e.cfg.ID == e.cfg.Preferred,
 		Term: st.Term, Commit: st.Commit, Applied: e.st.Applied(), SnapshotsInstalled: e.rep.Node().SnapshotsInstalled()}
 	// What is applied is committed (a status of the last step may predate
 	// the step that applied it).
 	s.Commit = max(s.Commit, s.Applied)
 	if st.Lead != 0 {
-		l := int(st.Lead) - 1
+		l := cluster.CommandLineID(st.Lead)
 		s.LeaderID, s.LeaderURL = &l, e.tr.Peer(st.Lead)
 	}
 	_, learner := st.Config.Learners[e.cfg.ID]
@@ -42,12 +43,12 @@ func (e *Engine) Status() replication.Status {
 	}
 	s.MissingVoters = e.MissingVoters()
 	for id := range e.rep.Node().Rejoining() {
-		s.Rejoining = append(s.Rejoining, int(id)-1)
+		s.Rejoining = append(s.Rejoining, cluster.CommandLineID(id))
 	}
 	slices.Sort(s.Rejoining)
 	if st.RaftState == raft.StateLeader {
 		for id, pr := range st.Progress {
-			ns := replication.NodeStatus{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
+			ns := replication.NodeStatus{ID: cluster.CommandLineID(id), URL: e.tr.Peer(id), Voter: !pr.IsLearner, Match: pr.Match, State: pr.State.String(),
 				Reachable: id == e.cfg.ID || pr.RecentActive || pr.State == tracker.StateReplicate}
 			if st.Commit > pr.Match {
 				ns.Lag = st.Commit - pr.Match
@@ -112,7 +113,7 @@ func (e *Engine) Members() []replication.Member {
 	st := e.rep.Node().StatusWithin(e.cfg.Timing.StatusWait)
 	var out []replication.Member
 	add := func(id uint64, voter bool) {
-		out = append(out, replication.Member{ID: int(id) - 1, URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})
+		out = append(out, replication.Member{ID: cluster.CommandLineID(id), URL: e.tr.Peer(id), Voter: voter, Leader: id == st.Lead})
 	}
 	for id := range st.Config.Voters.IDs() {
 		add(id, true)
@@ -183,7 +184,7 @@ func (e *Engine) Ready() string {
 		return "no leader is known: an election is under way, or a majority of the voters cannot be reached"
 	}
 	if !self && e.tr.Peer(lead) == "" {
-		return fmt.Sprintf("node %d leads, but its URL is not known here yet", int(lead)-1)
+		return fmt.Sprintf("node %d leads, but its URL is not known here yet", cluster.CommandLineID(lead))
 	}
 	return ""
 }

@@ -80,7 +80,7 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.
 	}
 	url := e.tr.Peer(lead)
 	if url == "" {
-		return out, &replication.UnavailableError{Reason: fmt.Sprintf("node %d leads, but its URL is not known here yet; retry shortly", int(lead)-1)}, true
+		return out, &replication.UnavailableError{Reason: fmt.Sprintf("node %d leads, but its URL is not known here yet; retry shortly", cluster.CommandLineID(lead))}, true
 	}
 	body, err := rlog.EncodeStatements(req.Stmts)
 	if err != nil {
@@ -230,12 +230,12 @@ func (e *Engine) waitAppliedEverywhere(ctx context.Context, index uint64) error 
 			}
 			url := e.tr.Peer(id)
 			if url == "" {
-				errs <- fmt.Errorf("node %d has no known URL", int(id)-1)
+				errs <- fmt.Errorf("node %d has no known URL", cluster.CommandLineID(id))
 				return
 			}
 			_, err := e.cfg.Calls.RemoteApplied(ctx, url, index)
 			if err != nil {
-				err = fmt.Errorf("node %d: %w", int(id)-1, err)
+				err = fmt.Errorf("node %d: %w", cluster.CommandLineID(id), err)
 			}
 			errs <- err
 		}(id)

@@ -151,18 +151,19 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 // (all of them with the port arithmetic; with explicit addresses, the
 // master's list) and learns the others' when it announces itself.
 func raftConfig(cfg *cluster.Config, timing cluster.Timing, tr *peer.Client, logger *slog.Logger) consensus.EngineConfig {
-	peers := map[uint64]string{1: cfg.MasterAddr()}
+	master := cluster.RaftID(0)
+	peers := map[uint64]string{master: cfg.MasterAddr()}
 	if cfg.Role == cluster.Master || cfg.MasterURL == "" || len(cfg.SlaveURLs) > 0 {
 		for i := 1; i <= cfg.NumSlaves; i++ {
-			peers[uint64(i+1)] = cfg.SlaveURL(i)
+			peers[cluster.RaftID(i)] = cfg.SlaveURL(i)
 		}
 	}
 	var voters []uint64
-	for id := uint64(1); id <= uint64(min(cfg.NumSlaves+1, 5)); id++ {
-		voters = append(voters, id)
+	for id := range min(cfg.NumSlaves+1, 5) {
+		voters = append(voters, cluster.RaftID(id))
 	}
 	return consensus.EngineConfig{
-		ID: cluster.RaftID(cfg.ID), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: 1,
+		ID: cluster.RaftID(cfg.ID), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: master,
 		AckTimeout: cfg.AckTimeout, Timing: timing,
 		Limits: api.Limits(cfg),
 		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,

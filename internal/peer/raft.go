@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
 
@@ -249,13 +250,13 @@ func (t *RaftTransport) sender(to uint64, q *outQueue) {
 		t.mu.Unlock()
 		if err != nil {
 			if changed {
-				t.log.Warn("peer unreachable", "peer", int(to)-1, "err", err)
+				t.log.Warn("peer unreachable", "peer", cluster.CommandLineID(to), "err", err)
 			}
 			if node != nil {
 				node.ReportUnreachable(to)
 			}
 		} else if changed {
-			t.log.Info("peer reachable again", "peer", int(to)-1)
+			t.log.Info("peer reachable again", "peer", cluster.CommandLineID(to))
 		}
 	}
 }

@@ -43,7 +43,7 @@ func (t *RaftTransport) sendSnapshot(m pb.Message) {
 	}()
 	err := t.streamSnapshot(node, dir, m)
 	if err != nil {
-		t.log.Warn("snapshot not sent", "to", int(m.To)-1, "err", err)
+		t.log.Warn("snapshot not sent", "to", cluster.CommandLineID(m.To), "err", err)
 	}
 	node.ReportSnapshot(m.To, err == nil)
 }
@@ -92,7 +92,7 @@ func (t *RaftTransport) postSnapshot(ctx context.Context, url, path string, msg 
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
 	req.Header.Set(headerSnapshotSHA256, sum)
-	t.log.Info("sending a snapshot", "to", int(to)-1, "index", index, "bytes", size)
+	t.log.Info("sending a snapshot", "to", cluster.CommandLineID(to), "index", index, "bytes", size)
 	resp, err := t.c.http.Do(req)
 	if err != nil {
 		return false, err

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
 
@@ -174,7 +175,7 @@ func (s *outStream) readAcks(r *bufio.Reader) {
 		}
 		seq := binary.BigEndian.Uint64(b[:8])
 		if !hmac.Equal(b[8:], ackMAC(s.key, seq)) {
-			s.t.log.Warn("a stream's acknowledgement does not match its key; the stream is closed", "peer", int(s.to)-1)
+			s.t.log.Warn("a stream's acknowledgement does not match its key; the stream is closed", "peer", cluster.CommandLineID(s.to))
 			return
 		}
 		now := time.Now()
@@ -209,7 +210,7 @@ func (s *outStream) watch() {
 			stale := len(s.sent) > 0 && time.Since(s.sent[0]) > timeout
 			s.mu.Unlock()
 			if stale {
-				s.t.log.Warn("a stream's frames went unacknowledged; it is closed", "peer", int(s.to)-1, "after", timeout)
+				s.t.log.Warn("a stream's frames went unacknowledged; it is closed", "peer", cluster.CommandLineID(s.to), "after", timeout)
 				s.close()
 				return
 			}
@@ -251,7 +252,7 @@ func (t *RaftTransport) sendBatch(to uint64, s **outStream, batch []pb.Message, 
 	if *s == nil || (*s).isClosed() {
 		ns, err := t.openStream(to)
 		if errors.Is(err, errStreamUnsupported) {
-			t.log.Info("peer takes no streams of raft messages (an earlier version?): one request per batch", "peer", int(to)-1, "retry_in", t.c.timing.StreamRetry)
+			t.log.Info("peer takes no streams of raft messages (an earlier version?): one request per batch", "peer", cluster.CommandLineID(to), "retry_in", t.c.timing.StreamRetry)
 			t.mu.Lock()
 			t.noStream[to] = time.Now().Add(t.c.timing.StreamRetry)
 			t.mu.Unlock()
@@ -260,7 +261,7 @@ func (t *RaftTransport) sendBatch(to uint64, s **outStream, batch []pb.Message, 
 		if err != nil {
 			return err
 		}
-		t.log.Debug("stream of raft messages opened", "peer", int(to)-1)
+		t.log.Debug("stream of raft messages opened", "peer", cluster.CommandLineID(to))
 		*s = ns
 	}
 	body, err := t.frame((*s).version, to, batch, applied)

@@ -58,7 +58,7 @@ type node struct {
 }
 
 func newNode(s *sim, i int) *node {
-	return &node{s: s, i: i, id: uint64(i) + 1, path: filepath.Join(s.o.Dir, fmt.Sprintf("slave%d.db", i))}
+	return &node{s: s, i: i, id: cluster.RaftID(i), path: filepath.Join(s.o.Dir, fmt.Sprintf("slave%d.db", i))}
 }
 
 // clock is the node's time.
