@@ -22,6 +22,13 @@ type MemNetwork struct {
 	// copies, when set, says how many times a message node from sends is
 	// delivered (0: it is lost, 2: it arrives twice).
 	copies func(from uint64, m pb.Message) int
+
+	// flight counts the messages in inboxes that have not reached their
+	// node's queue yet (see Quiet).
+	fmu    sync.Mutex
+	flight int
+	puts   int64 // messages ever put in an inbox
+	quiet  *sync.Cond
 }
 
 // SetCopies makes f decide how many times each message is delivered (nil:
@@ -43,7 +50,45 @@ type memMessage struct {
 
 // NewMemNetwork returns an empty network.
 func NewMemNetwork() *MemNetwork {
-	return &MemNetwork{nodes: map[uint64]*Node{}, inbox: map[uint64]chan memMessage{}, cut: map[[2]uint64]bool{}}
+	m := &MemNetwork{nodes: map[uint64]*Node{}, inbox: map[uint64]chan memMessage{}, cut: map[[2]uint64]bool{}}
+	m.quiet = sync.NewCond(&m.fmu)
+	return m
+}
+
+// put puts msg in inbox in, unless it is full (the caller holds m.mu).
+func (m *MemNetwork) put(in chan memMessage, msg memMessage) bool {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	select {
+	case in <- msg:
+		m.flight++
+		m.puts++
+		return true
+	default: // a full inbox drops, as a congested network would
+		return false
+	}
+}
+
+// landed counts a message that reached its node's queue (or a node that
+// had stopped).
+func (m *MemNetwork) landed() {
+	m.fmu.Lock()
+	if m.flight--; m.flight == 0 {
+		m.quiet.Broadcast()
+	}
+	m.fmu.Unlock()
+}
+
+// Quiet waits until every message sent so far has reached its node's
+// queue (Raft's loop takes it in its next step), and returns how many
+// messages were ever sent (a node that sends one after the call counts it).
+func (m *MemNetwork) Quiet() (sent int64) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	for m.flight > 0 {
+		m.quiet.Wait()
+	}
+	return m.puts
 }
 
 // Transport returns the transport node id sends through.
@@ -68,10 +113,10 @@ func (m *MemNetwork) Attach(id uint64, n *Node) {
 			if msg.leaderApplied > 0 {
 				n.NoteLeaderApplied(msg.from, msg.leaderApplied)
 			}
-			if msg.reportOnly {
-				continue
+			if !msg.reportOnly {
+				n.Queue(context.Background(), msg.m)
 			}
-			n.Queue(context.Background(), msg.m)
+			m.landed()
 		}
 	}()
 }
@@ -120,10 +165,8 @@ func (t memTransport) Send(msgs []pb.Message) {
 		}
 		delivered := 0
 		for range copies {
-			select {
-			case in <- memMessage{m: msg, from: t.from, leaderApplied: applied}:
+			if t.m.put(in, memMessage{m: msg, from: t.from, leaderApplied: applied}) {
 				delivered++
-			default: // a full inbox drops, as a congested network would
 			}
 		}
 		if delivered == 0 && copies > 0 {
@@ -146,10 +189,7 @@ func (t memTransport) Report(to []uint64) {
 	}
 	for _, id := range to {
 		if in, ok := t.m.inbox[id]; ok && !t.m.cut[[2]uint64{t.from, id}] {
-			select {
-			case in <- memMessage{from: t.from, leaderApplied: applied, reportOnly: true}:
-			default:
-			}
+			t.m.put(in, memMessage{from: t.from, leaderApplied: applied, reportOnly: true})
 		}
 	}
 }
@@ -177,15 +217,7 @@ func (t memTransport) sendSnapshot(from *Node, msg pb.Message) {
 	out.Snapshot.Data = []byte(path)
 	t.m.mu.Lock()
 	in, ok := t.m.inbox[msg.To]
-	if ok && !t.m.cut[[2]uint64{t.from, msg.To}] {
-		select {
-		case in <- memMessage{m: out}:
-		default:
-			ok = false
-		}
-	} else {
-		ok = false
-	}
+	ok = ok && !t.m.cut[[2]uint64{t.from, msg.To}] && t.m.put(in, memMessage{m: out})
 	t.m.mu.Unlock()
 	if !ok {
 		os.Remove(path)
