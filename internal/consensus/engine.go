@@ -41,8 +41,9 @@ type EngineConfig struct {
 	// InjectBug switches on a deliberate defect, for the fault-injection
 	// suite's proof that its checkers catch broken guarantees (never set
 	// otherwise), comma-separated: "ack-before-commit" (a write is
-	// answered before it is proposed, and proposed 100 ms later),
-	// "stale-strong-read" (a strong read waits for nothing),
+	// answered before it is proposed, and proposed 100 ms later: see
+	// Config.InjectBug), "stale-strong-read" (a strong read waits for
+	// nothing, neither a leader nor a read index),
 	// "admit-fresh-voter" (a node that lost its data votes again at once,
 	// as before the simulator found what that costs), "rejoin-once" (a
 	// node taken out to be added back is added back by no one),
@@ -175,6 +176,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 		ID: cfg.ID, Voters: voters, Ticks: ticks, Timing: cfg.Timing, Preferred: cfg.Preferred, Log: cfg.Log,
 		LogKeep:      cfg.LogKeep,
 		OnConfChange: e.confChanged,
+		InjectBug:    cfg.InjectBug,
 	}})
 	if err != nil {
 		close(e.stop)

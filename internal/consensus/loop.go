@@ -86,6 +86,9 @@ const maxStepInputs = 8192
 func (n *Node) Tick() {
 	n.rn.Tick()
 	n.leadPreferred()
+	if len(n.late) > 0 {
+		n.releaseLate()
+	}
 }
 
 // Step takes one step of the loop: everything queued goes into Raft (the

@@ -80,6 +80,12 @@ type Config struct {
 	// Now is the node's clock (default time.Now): when a leader was last
 	// heard from, how long a proposal was held, how old RecentStatus is.
 	Now func() time.Time
+	// InjectBug switches deliberate defects of the node on (fault builds
+	// only; comma-separated): "ack-before-commit" (a proposal is answered
+	// as applied when the loop takes it, and handed to Raft only some
+	// 100 ms later) and "stale-strong-read" (a read index confirms
+	// nothing: it is 0 at once).
+	InjectBug string
 }
 
 // Node is one member of a Raft group. One goroutine (run) owns Raft's
@@ -157,6 +163,7 @@ type Node struct {
 	// (see holdBatch; the loop's only).
 	batch      []pb.Entry
 	batchIDs   []uint64
+	late       []lateProposal // held back by the defect ack-before-commit (loop only)
 	batchSince time.Time
 	holdTimer  *time.Timer
 	holdC      <-chan time.Time // set while the batch is held

@@ -5,9 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/faults"
+	"github.com/ddbgo/ddb/internal/store"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
@@ -192,6 +196,14 @@ func (n *Node) deliver(run []Entry, ids []uint64, results []any) (foreign bool, 
 
 // take adds a queued proposal to the next step's batch (loop only).
 func (n *Node) take(p proposal) {
+	if n.bug(faults.AckBeforeCommit) {
+		n.ackBeforeCommit(p)
+		return
+	}
+	n.takeNow(p)
+}
+
+func (n *Node) takeNow(p proposal) {
 	if len(n.batch) == 0 {
 		n.batchSince = n.cfg.Now()
 	}
@@ -285,4 +297,41 @@ func (n *Node) Pending() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return len(n.waiting)
+}
+
+// bug says whether the deliberate defect b is on (fault builds only).
+func (n *Node) bug(b faults.Bug) bool {
+	return faults.Enabled && n.cfg.InjectBug != "" && slices.Contains(strings.Split(n.cfg.InjectBug, ","), string(b))
+}
+
+// ackBeforeCommit is the deliberate defect "ack-before-commit" (fault
+// builds only): p's proposer is answered as if its write applied, and p
+// goes to Raft at the first tick 100 ms later (releaseLate).
+func (n *Node) ackBeforeCommit(p proposal) {
+	applied := n.applied.Load()
+	n.mu.Lock()
+	if w := n.waiting[p.id]; w != nil {
+		select {
+		case w.done <- Applied{Index: applied, Result: store.Outcome{Index: applied, Results: []store.Result{{RowsAffected: 1}}}}:
+		default:
+		}
+	}
+	n.mu.Unlock()
+	n.late = append(n.late, lateProposal{p: p, due: n.cfg.Now().Add(100 * time.Millisecond)})
+}
+
+// lateProposal is a proposal the defect ack-before-commit holds back.
+type lateProposal struct {
+	p   proposal
+	due time.Time
+}
+
+// releaseLate hands Raft the proposals ack-before-commit held back whose
+// time has come (loop only, at every tick).
+func (n *Node) releaseLate() {
+	now := n.cfg.Now()
+	for len(n.late) > 0 && !now.Before(n.late[0].due) {
+		n.takeNow(n.late[0].p)
+		n.late = n.late[1:]
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/faults"
 	"go.etcd.io/raft/v3"
 )
 
@@ -16,6 +17,9 @@ import (
 // read that waits until this node has applied it reflects all of them.
 // Without a leader reachable through a majority it fails when ctx ends.
 func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
+	if n.bug(faults.StaleStrongRead) {
+		return 0, nil
+	}
 	var key [16]byte
 	_, _ = rand.Read(key[:])
 	ch := make(chan uint64, 1)
@@ -52,6 +56,10 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 // committed) is never answered: ask again. forget unregisters it.
 func (n *Node) RequestRead(key []byte) (index <-chan uint64, forget func()) {
 	ch := make(chan uint64, 1)
+	if n.bug(faults.StaleStrongRead) {
+		ch <- 0
+		return ch, func() {}
+	}
 	n.mu.Lock()
 	n.reads[string(key)] = ch
 	n.mu.Unlock()

@@ -127,9 +127,6 @@ func (e *Engine) proposeThroughLeader(ctx context.Context, req *store.Request, a
 		// to a leader that died): it applies once.
 		req.RequestID = e.newRequestID()
 	}
-	if e.bug(faults.AckBeforeCommit) {
-		return e.ackBeforeCommit(req, e.rep.WriteThroughLeader), nil, false
-	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()
 	out, err = e.rep.WriteThroughLeader(pctx, req)
@@ -168,26 +165,10 @@ func unknownOutcome(err error, requestID string) *replication.UnknownOutcomeErro
 	return &replication.UnknownOutcomeError{Reason: reason, RequestID: requestID}
 }
 
-// ackBeforeCommit is the deliberate defect "ack-before-commit" (fault
-// builds only): the write is answered at once and proposed 100 ms later.
-func (e *Engine) ackBeforeCommit(req *store.Request, write func(context.Context, *store.Request) (store.Outcome, error)) store.Outcome {
-	r := *req
-	go func() {
-		time.Sleep(100 * time.Millisecond)
-		pctx, cancel := context.WithTimeout(context.Background(), e.cfg.AckTimeout)
-		defer cancel()
-		write(pctx, &r)
-	}()
-	return store.Outcome{Index: e.st.Applied(), Results: []store.Result{{RowsAffected: 1}}}
-}
-
 // proposeHere proposes on this node (the leader) and waits for the ack
 // level: quorum is the proposal's own answer (committed by a majority and
 // applied here); all also waits until every voter holds the entry.
 func (e *Engine) proposeHere(ctx context.Context, req *store.Request, ack cluster.Ack) (store.Outcome, error) {
-	if e.bug(faults.AckBeforeCommit) {
-		return e.ackBeforeCommit(req, e.rep.Write), nil
-	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 	defer cancel()
 	out, err := e.rep.Write(pctx, req)
@@ -284,7 +265,7 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 // with one that cannot confirm in time: 503 after Timing.ReadWait.
 func (e *Engine) ReadIndex(ctx context.Context) (uint64, error) {
 	if e.bug(faults.StaleStrongRead) {
-		return 0, nil
+		return 0, nil // (and the node's read index confirms nothing: Node.ReadIndex)
 	}
 	if err := e.Serving(); err != nil {
 		return 0, err

@@ -9,9 +9,9 @@ import (
 )
 
 // The simulator finds each deliberate defect (fault builds only) within a
-// few seeds: the defects of the apply path that the fault suite's checkers
-// catch, and the two membership defects the simulator and the long fault
-// runs found, brought back.
+// few seeds: those of the write, read and apply paths that the fault
+// suite's checkers catch, and the membership defects the simulator and
+// the long fault runs found, brought back.
 func TestSimFindsDeliberateBugs(t *testing.T) {
 	cases := []struct {
 		bug    string
@@ -19,6 +19,8 @@ func TestSimFindsDeliberateBugs(t *testing.T) {
 		want   string // an anomaly starting with this
 		seeds  int    // seeds tried at most
 	}{
+		{"ack-before-commit", []string{"crash", "crash-master"}, "append:", 10},
+		{"stale-strong-read", []string{"isolate", "split"}, "register:", 10},
 		{"partial-apply", []string{"lossy"}, "bank:", 3},
 		{"skip-entry", []string{"lossy"}, "append:", 3},
 		{"unpinned-clock", []string{"clock"}, "replicas differ", 3},

@@ -119,7 +119,7 @@ func (s *sim) start(nd *node) error {
 	rep, err := consensus.OpenReplica(context.Background(), st, transport{s, nd, nd.inc}, consensus.ReplicaConfig{
 		Applied: &applied, Now: nd.clock, Seeds: s.rng.Int64,
 		Node: consensus.Config{ID: nd.id, Voters: voters, Timing: timing, Preferred: 1,
-			LogKeep: logKeep, Now: nd.clock, Log: log},
+			LogKeep: logKeep, Now: nd.clock, Log: log, InjectBug: s.o.Bug},
 	})
 	if err != nil {
 		st.Close()
