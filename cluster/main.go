@@ -8,6 +8,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -19,7 +21,10 @@ import (
 )
 
 func main() {
-	base, err := cluster.ParseClusterArgs(os.Args[1:], os.Stderr)
+	base, err := cluster.ParseClusterArgs(os.Args[1:], os.Stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

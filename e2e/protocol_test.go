@@ -187,6 +187,47 @@ func TestBadInputGetsAClearJSONErrorAndChangesNothing(t *testing.T) {
 	if st := c.Query(0, "SELECT count(*) AS n FROM sqlite_master WHERE name = 't'"); st[0]["n"].(float64) != 1 {
 		t.Fatal("table t is gone")
 	}
+	// DNS rebinding: a page of evil.example whose name now points at the
+	// node is same-origin to the browser, so the cross-origin check lets
+	// it through; its Host header names evil.example, which the node is
+	// not known by: refused before anything runs. The names the node is
+	// known by, and IP addresses, go through.
+	hostPost := func(node int, host, path, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, c.URL(node)+path, strings.NewReader(body))
+		req.Host = host
+		req.Header.Set("Content-Type", "text/plain;charset=UTF-8")
+		port := req.URL.Port()
+		if req.Header.Get("Origin") == "" && strings.HasPrefix(host, "evil.example") {
+			req.Header.Set("Origin", "http://evil.example:"+port)
+			req.Header.Set("Sec-Fetch-Site", "same-origin")
+		}
+		resp, err := c.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	port := strings.TrimPrefix(c.URL(0), "http://127.0.0.1:")
+	for _, tc := range []struct {
+		host, path, body string
+		status           int
+	}{
+		{"evil.example:" + port, "/", `{"command":"exec","query":"DROP TABLE t"}`, 403},
+		{"evil.example:" + port, "/db/execute", `["DELETE FROM t"]`, 403},
+		{"EVIL.example.:" + port, "/db/query", `["SELECT * FROM t"]`, 403},
+		{"localhost:" + port, "/db/query", `["SELECT 1"]`, 200},
+		{"127.0.0.1:" + port, "/db/query", `["SELECT 1"]`, 200},
+		{"[::1]:" + port, "/db/query", `["SELECT 1"]`, 200},
+	} {
+		if got := hostPost(0, tc.host, tc.path, tc.body); got != tc.status {
+			t.Errorf("POST %s with Host %s: %d, want %d", tc.path, tc.host, got, tc.status)
+		}
+	}
+	if rows := c.Query(0, "SELECT id, v FROM t ORDER BY id"); len(rows) != 1 {
+		t.Fatalf("a request for another host changed the table: %v", rows)
+	}
 }
 
 func TestResultFormatsAndValueEncodings(t *testing.T) {

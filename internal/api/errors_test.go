@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +145,24 @@ func TestEveryForwardedErrorKeepsItsKind(t *testing.T) {
 	// A kind only a newer leader knows keeps its message.
 	if err := replication.FromWireError(&replication.WireError{Kind: "from_the_future", Message: "m"}, 0); !strings.Contains(err.Error(), "from_the_future") || !strings.Contains(err.Error(), "m") {
 		t.Errorf("unknown kind: %v", err)
+	}
+}
+
+// A request's Host must be a name the node is known by, an IP address or
+// a loopback name: anything else is a DNS rebinding's, refused.
+func TestHostsANodeAnswersFor(t *testing.T) {
+	cfg, err := cluster.ParseArgs(cluster.Slave, []string{"-host", "db2", "-advertise", "https://db2.internal:8081", "-allow-hosts", "lb.example", "1", "2"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{hosts: cfg.KnownHosts()}
+	for host, want := range map[string]bool{
+		"db2:8081": true, "DB2.:8081": true, "db2.internal": true, "lb.example:443": true, "localhost:8081": true,
+		"10.1.2.3:8081": true, "[fe80::1]:8081": true, "127.0.0.1": true, "": true,
+		"evil.example:8081": false, "db2.evil.example": false, "localhost.evil.example:8081": false, "db3:8081": false,
+	} {
+		if got := s.hostAllowed(host); got != want {
+			t.Errorf("Host %q: allowed %v, want %v", host, got, want)
+		}
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +33,8 @@ type Server struct {
 	repl  replication.Replicator // the client protocol's only view of replication
 	admin replication.Admin      // membership, status, node-to-node endpoints
 	tr    *peer.Client           // signed calls to other nodes
+	// hosts are the names requests may give in Host (see hostAllowed).
+	hosts []string
 	// statusFields are keys other parts of the node add to /status.
 	statusFields map[string]func() any
 	auth         *cluster.Auth
@@ -65,6 +69,11 @@ var crossOrigin http.CrossOriginProtection
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// rqlite's clients read the server's version from this header.
 	w.Header().Set("X-RQLITE-VERSION", version)
+	if !s.hostAllowed(r.Host) {
+		s.log.Warn("request for an unknown host refused", "host", r.Host, "method", r.Method, "path", r.URL.Path, "from", r.RemoteAddr)
+		writeJSON(w, http.StatusForbidden, appendHostError(r.Host))
+		return
+	}
 	if err := crossOrigin.Check(r); err != nil {
 		s.log.Warn("cross-origin request refused", "method", r.Method, "path", r.URL.Path, "origin", r.Header.Get("Origin"), "from", r.RemoteAddr)
 		writeJSON(w, http.StatusForbidden, []byte(`{"error":"cross-origin request refused: a web page of another origin had this browser send it; nothing was run. Send requests from a program (curl, a client library), or from this node's own console","kind":"forbidden"}`+"\n"))
@@ -92,6 +101,31 @@ var version = func() string {
 var errQueryDeadline error = errkind.New(errkind.Deadline, "the query ran past its deadline and was stopped")
 
 func (s *Server) isLeader() bool { return s.repl.IsLeader() }
+
+// hostAllowed says whether a request naming host (its Host header) is
+// for this node: an IP address, a loopback name, or a name the node is
+// known by (cluster.Config.KnownHosts). Any other name is what a browser
+// sends after a DNS rebinding (a page of another site whose name now
+// points here): such a request is refused before anything runs.
+func (s *Server) hostAllowed(host string) bool {
+	if host == "" {
+		return true // HTTP/1.0, without a Host: no browser sends that
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if net.ParseIP(host) != nil || cluster.IsLoopbackHost(host) {
+		return true
+	}
+	return slices.Contains(s.hosts, host)
+}
+
+// appendHostError is the answer to a request for an unknown host.
+func appendHostError(host string) []byte {
+	b := append([]byte(`{"error":`), appendString(nil, "this node is not known as "+host+": requests must name one of its own host names (-host, -listen, -advertise, a loopback name or an IP address), or one -allow-hosts adds; a browser sends another name only after a DNS rebinding")...)
+	return append(b, `,"kind":"forbidden"}`+"\n"...)
+}
 
 func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if wantsConsole(r) {
@@ -341,7 +375,7 @@ func (s *Server) permitted(req *Request, command Command) bool {
 // operations endpoints, and the engine's node-to-node endpoints.
 func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, admin replication.Admin, tr *peer.Client, users *Users) *Server {
 	auth := tr.Auth()
-	s := &Server{cfg: cfg, st: st, repl: repl, admin: admin, tr: tr, auth: auth, users: users,
+	s := &Server{cfg: cfg, st: st, repl: repl, admin: admin, tr: tr, auth: auth, users: users, hosts: cfg.KnownHosts(),
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), log: slog.Default(), started: time.Now()}
 	s.metrics.reg.MustRegister(nodeCollector{s})

@@ -3,9 +3,12 @@ package cluster
 import (
 	"bytes"
 	"errors"
+	"flag"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -88,7 +91,7 @@ func TestNodesSharingADirectoryAgreeOnOneGeneratedSecret(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			s, err := ResolveSecret("", dir)
+			s, _, err := ResolveSecret("", dir)
 			if err != nil {
 				t.Error(err)
 			}
@@ -105,11 +108,11 @@ func TestNodesSharingADirectoryAgreeOnOneGeneratedSecret(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("secret file: %v %v", st, err)
 	}
-	if s, _ := ResolveSecret("explicit", dir); s != "explicit" {
+	if s, src, _ := ResolveSecret("explicit", dir); s != "explicit" || src != "-secret" {
 		t.Fatal("flag must win")
 	}
 	t.Setenv("DDB_CLUSTER_SECRET", "fromenv")
-	if s, _ := ResolveSecret("", dir); s != "fromenv" {
+	if s, src, _ := ResolveSecret("", dir); s != "fromenv" || src != "DDB_CLUSTER_SECRET" {
 		t.Fatal("environment must win over the file")
 	}
 }
@@ -120,17 +123,70 @@ func TestArgumentsFollowTheOriginalCommands(t *testing.T) {
 		t.Fatalf("%+v %v", c, err)
 	}
 	c, err = ParseArgs(Master, []string{"-ack", "all", "2"}, os.Stderr)
-	if err != nil || c.NumSlaves != 2 || c.Ack != "all" || c.SlaveURL(2) != "http://localhost:8082" || c.ListenAddr() != ":8080" {
+	if err != nil || c.NumSlaves != 2 || c.Ack != "all" || c.SlaveURL(2) != "http://localhost:8082" || c.ListenAddr() != "127.0.0.1:8080" {
 		t.Fatalf("%+v %v", c, err)
 	}
 	var sink bytes.Buffer
-	for _, bad := range [][]string{{}, {"x"}, {"1", "2", "3"}, {"-ack", "most", "2"}} {
+	for _, bad := range [][]string{{}, {"x"}, {"1", "2", "3"}, {"-ack", "most", "2"}, {"-port", "99999", "2"}, {"-port", "65535", "2"},
+		{"-port", "0", "1"}, {"-listen", "8080", "1"}, {"-advertise", "db1:8080", "1"}, {"-bogus", "1"}} {
+		sink.Reset()
 		if _, err := ParseArgs(Master, bad, &sink); err == nil {
 			t.Errorf("%v accepted", bad)
+		} else if sink.Len() > 0 || strings.Count(err.Error(), "\n") > 3 {
+			t.Errorf("%v: the error is not one short message: %q, and %q printed", bad, err, sink.String())
 		}
 	}
 	if _, err := ParseArgs(Slave, []string{"0", "2"}, &sink); err == nil {
 		t.Error("slave id 0 accepted")
+	}
+	// -h: the usage and every flag, once, and ErrHelp (the binaries exit 0).
+	sink.Reset()
+	if _, err := ParseArgs(Master, []string{"-h"}, &sink); !errors.Is(err, flag.ErrHelp) || strings.Count(sink.String(), "usage: master") != 1 || !strings.Contains(sink.String(), "-allow-hosts") {
+		t.Errorf("-h: %v, printed %q", err, sink.String())
+	}
+}
+
+// A node listens on loopback unless told otherwise (the default -host is
+// localhost), the master as well as the slaves; a non-loopback -host or
+// an explicit -listen opens it to the network.
+func TestNodesListenOnLoopbackByDefault(t *testing.T) {
+	for _, c := range []struct {
+		role Role
+		args []string
+		want string
+	}{
+		{Master, []string{"2"}, "127.0.0.1:8080"},
+		{Slave, []string{"1", "2"}, "127.0.0.1:8081"},
+		{Slave, []string{"-host", "127.0.0.2", "1", "2"}, "127.0.0.2:8081"},
+		{Master, []string{"-host", "db1.example", "2"}, ":8080"},
+		{Master, []string{"-listen", "0.0.0.0:9000", "2"}, "0.0.0.0:9000"},
+		{Slave, []string{"-listen", "10.0.0.2:9001", "1", "2"}, "10.0.0.2:9001"},
+	} {
+		cfg, err := ParseArgs(c.role, c.args, io.Discard)
+		if err != nil || cfg.ListenAddr() != c.want {
+			t.Errorf("%s %v: listens on %q, want %q (%v)", c.role, c.args, cfg.ListenAddr(), c.want, err)
+		}
+	}
+	cfg, _ := ParseArgs(Master, []string{"-listen", "127.0.0.2:9000", "2"}, io.Discard)
+	if cfg.URL() != "http://127.0.0.2:9000" {
+		t.Errorf("a master with -listen is reached at %s", cfg.URL())
+	}
+	for _, h := range []string{"localhost", "LOCALHOST", "app.localhost", "127.0.0.1", "127.3.2.1", "::1", "[::1]"} {
+		if !IsLoopbackHost(h) {
+			t.Errorf("%s is not taken for loopback", h)
+		}
+	}
+	for _, h := range []string{"", "db1", "10.0.0.1", "0.0.0.0", "localhost.evil.example"} {
+		if IsLoopbackHost(h) {
+			t.Errorf("%q is taken for loopback", h)
+		}
+	}
+	cfg, _ = ParseArgs(Slave, []string{"-host", "db2", "-listen", "10.0.0.2:8081", "-advertise", "https://db2.internal:8081", "-allow-hosts", "lb.example, other", "1", "2"}, io.Discard)
+	got := cfg.KnownHosts()
+	for _, h := range []string{"localhost", "db2", "10.0.0.2", "db2.internal", "lb.example", "other"} {
+		if !slices.Contains(got, h) {
+			t.Errorf("known hosts %v lack %s", got, h)
+		}
 	}
 }
 

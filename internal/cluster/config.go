@@ -6,15 +6,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/faults"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ddbgo/ddb/internal/faults"
 )
 
 // Role is what a node is in the cluster.
@@ -55,7 +58,10 @@ type Config struct {
 	SlaveURLs []string // master: explicit slave URLs (override the port arithmetic)
 	MasterURL string   // slave: explicit master URL
 	Listen    string   // explicit listen address (host:port)
-	Advertise string   // slave: the URL the master should use to reach it
+	Advertise string   // the URL the other nodes reach this one at
+	// AllowHosts are host names, beyond the ones the node knows itself by
+	// (KnownHosts), that requests may name in their Host header.
+	AllowHosts []string
 
 	AckTimeout     time.Duration // how long a write waits for its ack level
 	ReadTimeout    time.Duration // how long min_index / strong reads wait
@@ -190,9 +196,6 @@ func (c *Config) scheme() string {
 
 // URL is this node's own URL, as the other nodes reach it.
 func (c *Config) URL() string {
-	if c.Role == Master {
-		return c.MasterAddr()
-	}
 	if c.Advertise != "" {
 		return strings.TrimRight(c.Advertise, "/")
 	}
@@ -204,6 +207,9 @@ func (c *Config) URL() string {
 			}
 			return fmt.Sprintf("%s://%s", c.scheme(), net.JoinHostPort(host, port))
 		}
+	}
+	if c.Role == Master {
+		return c.MasterAddr()
 	}
 	return c.SlaveURL(c.ID)
 }
@@ -224,15 +230,63 @@ func (c *Config) SlaveURL(i int) string {
 	return fmt.Sprintf("%s://%s", c.scheme(), net.JoinHostPort(c.Host, strconv.Itoa(c.Port+i)))
 }
 
-// ListenAddr is the address this node's HTTP server binds.
+// ListenAddr is the address this node's HTTP server binds: -listen, else
+// the port arithmetic's port on loopback when -host is a loopback name
+// (the default, localhost), and on every interface otherwise.
 func (c *Config) ListenAddr() string {
 	if c.Listen != "" {
 		return c.Listen
 	}
-	if c.Role == Master {
-		return ":" + strconv.Itoa(c.Port)
+	port := c.Port
+	if c.Role != Master {
+		port += c.ID
 	}
-	return ":" + strconv.Itoa(c.Port+c.ID)
+	if IsLoopbackHost(c.Host) {
+		host := c.Host
+		if strings.EqualFold(host, "localhost") {
+			host = "127.0.0.1"
+		}
+		return net.JoinHostPort(host, strconv.Itoa(port))
+	}
+	return ":" + strconv.Itoa(port)
+}
+
+// IsLoopbackHost says whether host (a name or an address, without a
+// port) is this machine's loopback: localhost (or a name under it), or an
+// address in 127.0.0.0/8 or ::1.
+func IsLoopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// KnownHosts are the host names a request's Host header may name (besides
+// any IP address): the loopback names, -host, the hosts of -listen,
+// -advertise and this node's URL, and -allow-hosts. A browser sends
+// another name only when a page of another site reached this node through
+// DNS rebinding.
+func (c *Config) KnownHosts() []string {
+	hosts := []string{"localhost", c.Host}
+	for _, u := range []string{c.Advertise, c.URL()} {
+		if parsed, err := url.Parse(u); err == nil && parsed.Hostname() != "" {
+			hosts = append(hosts, parsed.Hostname())
+		}
+	}
+	if h, _, err := net.SplitHostPort(c.Listen); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	hosts = append(hosts, c.AllowHosts...)
+	out := hosts[:0]
+	for _, h := range hosts {
+		h = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(h), "."))
+		if h != "" && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // DBPath is the node's database file: slave<id>.db in Dir.
@@ -249,38 +303,43 @@ func (c *Config) Name() string {
 // SecretFile is where a local cluster keeps its generated secret.
 const SecretFile = "ddb-cluster.secret"
 
-// ResolveSecret returns the secret to use: the configured one, else
-// $DDB_CLUSTER_SECRET, else the secret file in Dir, created by the first
-// node that needs it. Nodes sharing one Dir thus agree with no setup.
-func ResolveSecret(configured, dir string) (string, error) {
+// ResolveSecret returns the secret to use, and where it came from (for
+// the start-up line): the configured one, else $DDB_CLUSTER_SECRET, else
+// the secret file in Dir, created by the first node that needs it. Nodes
+// sharing one Dir thus agree with no setup.
+func ResolveSecret(configured, dir string) (secret, source string, err error) {
 	if configured != "" {
-		return configured, nil
+		return configured, "-secret", nil
 	}
 	if env := os.Getenv("DDB_CLUSTER_SECRET"); env != "" {
-		return env, nil
+		return env, "DDB_CLUSTER_SECRET", nil
 	}
 	path := filepath.Join(dir, SecretFile)
+	created := false
 	for attempt := 0; attempt < 50; attempt++ {
 		if b, err := os.ReadFile(path); err == nil {
 			if s := strings.TrimSpace(string(b)); s != "" {
-				return s, nil
+				if created {
+					return s, "created " + path, nil
+				}
+				return s, "file " + path, nil
 			}
 		} else if !errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("read cluster secret %s: %w", path, err)
+			return "", "", fmt.Errorf("read cluster secret %s: %w", path, err)
 		}
 		// Write the candidate to a temporary file, then hard-link it into
 		// place: the link fails if another node won the race, and a reader
 		// never sees a half-written file.
 		var raw [32]byte
 		if _, err := io.ReadFull(rand.Reader, raw[:]); err != nil {
-			return "", err
+			return "", "", err
 		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return "", err
+			return "", "", err
 		}
 		tmp, err := os.CreateTemp(dir, ".secret-*")
 		if err != nil {
-			return "", fmt.Errorf("create cluster secret in %s: %w", dir, err)
+			return "", "", fmt.Errorf("create cluster secret in %s: %w", dir, err)
 		}
 		tmp.WriteString(hex.EncodeToString(raw[:]) + "\n")
 		tmp.Chmod(0o600)
@@ -289,10 +348,11 @@ func ResolveSecret(configured, dir string) (string, error) {
 		err = os.Link(tmp.Name(), path)
 		os.Remove(tmp.Name())
 		if err != nil && !errors.Is(err, os.ErrExist) {
-			return "", fmt.Errorf("create cluster secret %s: %w", path, err)
+			return "", "", fmt.Errorf("create cluster secret %s: %w", path, err)
 		}
+		created = err == nil
 	}
-	return "", fmt.Errorf("cluster secret %s stays empty", path)
+	return "", "", fmt.Errorf("cluster secret %s stays empty", path)
 }
 
 // ParseArgs parses a binary's flags and positional arguments. For the
@@ -316,7 +376,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar(&c.Host, "host", defaults.Host, "host name the nodes use to reach each other")
 	fs.StringVar(&c.Dir, "dir", defaults.Dir, "data directory for slave<i>.db and the cluster secret")
 	fs.StringVar(&c.Secret, "secret", "", "cluster secret for node-to-node requests (default $DDB_CLUSTER_SECRET, else a file in -dir)")
-	fs.StringVar((*string)(&c.Ack), "ack", string(defaults.Ack), "default write acknowledgement: master, quorum or all")
+	fs.StringVar((*string)(&c.Ack), "ack", string(defaults.Ack), "default write acknowledgement: quorum (a majority logged it and the leader applied it), all (every voter applied it), or master (the same as quorum: the original's name for it)")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", defaults.AckTimeout, "how long a write waits for its acknowledgement level before 504")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaults.ReadTimeout, "how long min_index and strong reads wait before 504")
 	fs.DurationVar(&c.QueryTimeout, "query-timeout", defaults.QueryTimeout, "deadline of one request's SQL; SQLite is interrupted when it passes (a write: a budget of 100 million SQLite instructions a second of it, the same on every node)")
@@ -325,7 +385,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.IntVar(&c.MaxResultRows, "max-rows", defaults.MaxResultRows, "most rows one query may return")
 	fs.IntVar(&c.MaxResultBytes, "max-result-bytes", defaults.MaxResultBytes, "most bytes of values one query may return")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", defaults.MaxConcurrent, "client requests served at once (503 with Retry-After beyond)")
-	fs.Uint64Var(&c.LogKeep, "log-keep", defaults.LogKeep, "log entries the master keeps for catch-up; a slave further behind gets a snapshot")
+	fs.Uint64Var(&c.LogKeep, "log-keep", defaults.LogKeep, "applied log entries each node keeps for followers that fall behind; one further behind gets a snapshot of the database instead")
 	fs.StringVar(&c.AuthFile, "auth", "", "users file (JSON: username, password, perms); without it anyone may use the API")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for the HTTP API and peer traffic")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")
@@ -346,9 +406,11 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	} else {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated URLs of the slaves as this slave reaches them (default: http://host:port+i with the port arithmetic, else learned from the master)")
 		fs.StringVar(&c.MasterURL, "master", "", "the master's URL (instead of http://host:port)")
-		fs.StringVar(&c.Listen, "listen", "", "address to listen on (instead of :port+id)")
-		fs.StringVar(&c.Advertise, "advertise", "", "URL the master should use to reach this slave (default: from -host and the port, or -listen)")
 	}
+	fs.StringVar(&c.Listen, "listen", "", "address to listen on, host:port (default: the port arithmetic's port, on loopback when -host is localhost or another loopback name, else on every interface)")
+	fs.StringVar(&c.Advertise, "advertise", "", "URL the other nodes reach this node at (default: from -listen, else -host and the port)")
+	var allow string
+	fs.StringVar(&allow, "allow-hosts", "", "comma-separated host names requests may name in their Host header, besides this node's own (loopback names, -host, -listen, -advertise) and IP addresses; any other is refused with 403 (a defence against DNS rebinding)")
 	want := 1
 	usage := "usage: master [flags] <num_slaves>\n       master -hash-password   (reads a password, prints its bcrypt hash for the users file)"
 	if role == Slave {
@@ -358,16 +420,24 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	if usageLine != "" {
 		usage = usageLine
 	}
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, usage)
-		fs.PrintDefaults()
-	}
+	// The flag package's own messages are replaced: -h prints the usage
+	// and every flag (ErrHelp, for the caller to exit 0); a bad flag is
+	// one error with the usage line, not the whole list twice.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	// Accept flags after the positional arguments too.
 	var pos []string
 	rest := args
 	for {
 		if err := fs.Parse(rest); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(stderr, usage)
+				fmt.Fprintln(stderr, "\nflags:")
+				fs.SetOutput(stderr)
+				fs.PrintDefaults()
+				return nil, flag.ErrHelp
+			}
+			return nil, fmt.Errorf("%v\n%s\n(-h lists every flag)", err, usage)
 		}
 		if fs.NArg() == 0 {
 			break
@@ -376,8 +446,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 		rest = fs.Args()[1:]
 	}
 	if len(pos) != want {
-		fs.Usage()
-		return nil, fmt.Errorf("%s", usage)
+		return nil, fmt.Errorf("%d arguments given, %d wanted\n%s\n(-h lists every flag)", len(pos), want, usage)
 	}
 	nums := make([]int, len(pos))
 	for i, p := range pos {
@@ -393,6 +462,34 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 		c.ID, c.NumSlaves = nums[0], nums[1]
 		if c.ID < 1 {
 			return nil, fmt.Errorf("slave ids start at 1 (slave 0 is the master's database)")
+		}
+	}
+	if allow != "" {
+		for _, h := range strings.Split(allow, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				c.AllowHosts = append(c.AllowHosts, h)
+			}
+		}
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return nil, fmt.Errorf("-port must be between 1 and 65535, not %d", c.Port)
+	}
+	if last := c.Port + max(c.NumSlaves, c.ID); last > 65535 {
+		return nil, fmt.Errorf("-port %d leaves no port for slave %d (%d is over 65535)", c.Port, max(c.NumSlaves, c.ID), last)
+	}
+	if c.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+			return nil, fmt.Errorf("-listen must be host:port (e.g. 0.0.0.0:8081 or 127.0.0.1:8081), not %q: %v", c.Listen, err)
+		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return nil, fmt.Errorf("-listen %q: the port must be between 0 and 65535", c.Listen)
+		}
+	}
+	for _, u := range []struct{ flag, url string }{{"-advertise", c.Advertise}, {"-master", c.MasterURL}} {
+		if u.url == "" {
+			continue
+		}
+		if parsed, err := url.Parse(u.url); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
+			return nil, fmt.Errorf("%s must be a URL such as http://10.0.0.2:8081, not %q", u.flag, u.url)
 		}
 	}
 	if slaves != "" {

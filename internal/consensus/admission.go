@@ -199,7 +199,7 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 		} else if d.Change.Type == pb.ConfChangeRemoveNode {
 			e.cfg.Log.Info(d.Log, "peer", cluster.CommandLineID(req.ID))
 		} else {
-			e.cfg.Log.Info(d.Log, "node", cluster.CommandLineID(req.ID), "url", req.URL)
+			e.cfg.Log.Info(d.Log, "peer", cluster.CommandLineID(req.ID), "url", req.URL)
 		}
 		cctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
 		err := e.rep.Node().ChangeMembership(cctx, *d.Change)

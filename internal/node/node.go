@@ -8,14 +8,17 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -53,7 +56,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	secret, err := cluster.ResolveSecret(cfg.Secret, cfg.Dir)
+	secret, secretFrom, err := cluster.ResolveSecret(cfg.Secret, cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +144,18 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		}
 		n.done <- err
 	}()
-	logger.Info("serving", "role", string(cfg.Role), "url", cfg.URL(), "listen", ln.Addr().String(), "database", st.Path(), "applied_index", st.Applied())
+	peers := raftConfig(cfg, timing, tr, logger).Peers
+	var peerURLs []string
+	for _, id := range slices.Sorted(maps.Keys(peers)) {
+		if id != cluster.RaftID(cfg.ID) {
+			peerURLs = append(peerURLs, fmt.Sprintf("%d=%s", cluster.CommandLineID(id), peers[id]))
+		}
+	}
+	logger.Info("serving", "role", string(cfg.Role), "id", cfg.ID, "url", cfg.URL(), "listen", ln.Addr().String(), "database", st.Path(),
+		"users", onOff(users != nil), "tls", onOff(tlsServer != nil), "secret", secretFrom, "peers", strings.Join(peerURLs, ","), "applied_index", st.Applied())
+	if !listensOnLoopback(ln.Addr()) && users == nil {
+		logger.Warn("this node listens beyond loopback without a users file: anyone who can reach "+ln.Addr().String()+" can read and change everything, the schema included. Give -auth a users file (docs/SECURITY.md), or listen on loopback only (-host localhost, the default)", "listen", ln.Addr().String())
+	}
 	return n, nil
 }
 
@@ -281,7 +295,10 @@ func Main(role cluster.Role, args []string) int {
 	if len(args) == 1 && (args[0] == "-hash-password" || args[0] == "--hash-password") {
 		return hashPassword(os.Stdin, os.Stdout)
 	}
-	cfg, err := cluster.ParseArgs(role, args, os.Stderr)
+	cfg, err := cluster.ParseArgs(role, args, os.Stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -293,4 +310,19 @@ func Main(role cluster.Role, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// onOff is a start-up line's word for a setting.
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
+}
+
+// listensOnLoopback says whether addr (the node's listener) takes
+// connections from this machine only.
+func listensOnLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }

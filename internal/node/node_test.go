@@ -46,7 +46,7 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 		if id == 0 {
 			role, args = cluster.Master, []string{"2"}
 		}
-		args = append(args, "-port", fmt.Sprint(base), "-dir", dir, "-secret", "in-process-secret", "-host", "127.0.0.1")
+		args = append(args, "-port", fmt.Sprint(base), "-dir", dir, "-secret", "in-process-secret", "-host", "127.0.0.1", "-log-format", "json")
 		cfg, err := cluster.ParseArgs(role, args, io.Discard)
 		if err != nil {
 			t.Fatal(err)
@@ -68,6 +68,7 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 			t.Logf("logs:\n%s", logs.b.String())
 		}
 	}()
+	defer func() { checkJSONLog(t, logs.String(), 3) }()
 	client := &http.Client{Timeout: 20 * time.Second}
 	url := func(id int) string { return fmt.Sprintf("http://127.0.0.1:%d", base+id) }
 	post := func(id int, req map[string]any) (int, string) {
@@ -127,6 +128,91 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 				t.Fatalf("node %d: %d %s", id, st, body)
 			}
 			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// checkJSONLog checks a JSON log: every line an object whose keys appear
+// once, and nodes start-up lines, each naming everything a reader needs
+// (role and id, URL, listen address, data file, users, TLS, where the
+// secret came from, peers), and the leadership changes.
+func checkJSONLog(t *testing.T, log string, nodes int) {
+	t.Helper()
+	starts, leads := 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+		dec := json.NewDecoder(strings.NewReader(line))
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+			t.Errorf("a log line is not a JSON object: %s", line)
+			continue
+		}
+		keys := map[string]any{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				t.Errorf("a log line does not parse (%v): %s", err, line)
+				break
+			}
+			key := tok.(string)
+			var v any
+			if err := dec.Decode(&v); err != nil {
+				t.Errorf("a log line does not parse (%v): %s", err, line)
+				break
+			}
+			if _, dup := keys[key]; dup {
+				t.Errorf("a log line repeats the key %q: %s", key, line)
+			}
+			keys[key] = v
+		}
+		switch keys["msg"] {
+		case "serving":
+			starts++
+			for _, k := range []string{"node", "role", "id", "url", "listen", "database", "users", "tls", "secret", "peers"} {
+				if keys[k] == nil || keys[k] == "" {
+					t.Errorf("the start-up line lacks %q: %s", k, line)
+				}
+			}
+			if keys["secret"] != "-secret" || keys["users"] != "off" || keys["tls"] != "off" || strings.Count(keys["peers"].(string), "=") != nodes-1 {
+				t.Errorf("the start-up line says %s", line)
+			}
+		case "this node leads now":
+			leads++
+		}
+	}
+	if starts < nodes || leads == 0 {
+		t.Errorf("%d start-up lines for %d nodes, %d lines of a node taking the lead", starts, nodes, leads)
+	}
+}
+
+// A node listening beyond loopback without a users file says, at start,
+// that anyone who can reach it can change everything; on loopback, or
+// with a users file, it does not.
+func TestANodeOpenToTheNetworkWithoutUsersSaysSo(t *testing.T) {
+	base, err := testcluster.FreeBasePort(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		listen string
+		warn   bool
+	}{{fmt.Sprintf("0.0.0.0:%d", base), true}, {fmt.Sprintf("127.0.0.1:%d", base), false}} {
+		logs := &syncBuffer{}
+		cfg, err := cluster.ParseArgs(cluster.Master, []string{"-listen", c.listen, "-dir", t.TempDir(), "-secret", "s", "0"}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := Start(cfg, logs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Shutdown(context.Background())
+		if got := strings.Contains(logs.String(), "anyone who can reach"); got != c.warn {
+			t.Errorf("listening on %s: warned %v, want %v:\n%s", c.listen, got, c.warn, logs.String())
 		}
 	}
 }
