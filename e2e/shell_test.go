@@ -47,6 +47,11 @@ func TestShellWithPipedInput(t *testing.T) {
 		"INSERT INTO s (name) VALUES ('lost by the restore')",
 		".restore " + backup,
 		"SELECT name FROM s ORDER BY id;",
+		"CREATE TABLE pasted (",
+		"  a INTEGER, -- a comment; with a semicolon",
+		"  b TEXT",
+		");",
+		".schema pasted",
 	}, "\n") + "\n"
 	cmd := exec.Command(bin, "-nodes", strings.Join(endpoints(c, 2, 1, 0), ","))
 	cmd.Stdin = strings.NewReader(script)
@@ -64,6 +69,7 @@ func TestShellWithPipedInput(t *testing.T) {
 		"leader: node 0 (" + c.URL(0) + ")",
 		"backed up",
 		"restored " + backup + " on every node",
+		`CREATE TABLE pasted (\n  a INTEGER, -- a comment; with a semicolon\n  b TEXT\n)`, // (a newline shows as \n)
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("the shell's output lacks %q:\n%s", want, out)
@@ -73,10 +79,18 @@ func TestShellWithPipedInput(t *testing.T) {
 		t.Fatalf("the restore did not replace the database:\n%s", out)
 	}
 	bad := exec.Command(bin, "-nodes", c.URL(1))
-	bad.Stdin = strings.NewReader("SELEC nonsense;\nSELECT 1;\n")
+	bad.Stdin = strings.NewReader("SELEC nonsense;\n.schema nosuch\nSELECT 1;\n")
 	out, err = bad.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), `Error: SQL error: near "SELEC": syntax error`) || !strings.Contains(string(out), "| 1 |") {
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), `Error: SQL error: near "SELEC": syntax error`) || !strings.Contains(string(out), "| 1 |") ||
+		!strings.Contains(string(out), "Error: no such table: nosuch") {
 		t.Fatalf("an error in a script: %v\n%s", err, out)
+	}
+	// -h: the flags, the commands, and piped mode.
+	out, err = exec.Command(bin, "-h").CombinedOutput()
+	for _, want := range []string{"-nodes", ".schema [TABLE]", ".restore FILE", "pipe", "exits 1"} {
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("shell -h (%v) lacks %q:\n%s", err, want, out)
+		}
 	}
 }
 

@@ -40,7 +40,9 @@ const help = `.tables              list the tables
 .timer on|off        show how long each statement takes
 .help                this text
 .quit                leave (also .exit, or Ctrl-D)
-Anything else is SQL, one statement a line (a trailing ; is optional).`
+Anything else is SQL: a statement runs once a line ends it with ; (it may span
+lines; a trigger's ends with END;). A dot command, or the end of the input,
+also runs a statement left without its ;.`
 
 type shell struct {
 	c     *client.Client
@@ -58,6 +60,22 @@ func main() {
 	caFile := flag.String("ca", "", "CA certificate to verify https nodes with")
 	insecure := flag.Bool("insecure", false, "do not verify https nodes' certificates")
 	strong := flag.Bool("strong", false, "strong reads: each query sees every write acknowledged before it")
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), `usage: shell [flags]
+
+A SQL shell for the cluster. At a terminal it has a prompt, line editing and
+history (~/.ddb_history); with input from a pipe or a file it runs the input
+without a prompt and exits 1 if any statement or command failed:
+
+  echo 'SELECT 1;' | shell -nodes http://db1:8080
+
+Commands:
+`+help+`
+
+Flags:
+`)
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: *insecure}
@@ -121,13 +139,24 @@ func (s *shell) interactive() int {
 	}
 	s.out = crlf{t}
 	fmt.Fprintf(s.out, "Connected to %s. .help lists the commands.\n", strings.Join(s.nodes, ", "))
+	var pending statements
 	for {
 		line, err := t.ReadLine()
 		if err != nil { // Ctrl-D
+			for _, stmt := range pending.flush() {
+				s.run(stmt)
+			}
 			return 0
 		}
-		if quit := s.run(line); quit {
-			return 0
+		for _, cmd := range pending.add(line) {
+			if quit := s.run(cmd); quit {
+				return 0
+			}
+		}
+		if pending.open() {
+			t.SetPrompt("   ...> ")
+		} else {
+			t.SetPrompt("ddb> ")
 		}
 	}
 }
@@ -138,9 +167,18 @@ func (s *shell) piped(in io.Reader) int {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	failed := false
-	for sc.Scan() {
-		if quit := s.runChecked(sc.Text(), &failed); quit {
-			break
+	var pending statements
+	quit := false
+	for !quit && sc.Scan() {
+		for _, cmd := range pending.add(sc.Text()) {
+			if quit = s.runChecked(cmd, &failed); quit {
+				break
+			}
+		}
+	}
+	if !quit {
+		for _, stmt := range pending.flush() {
+			s.runChecked(stmt, &failed)
 		}
 	}
 	if failed {
@@ -169,7 +207,7 @@ func (s *shell) run(line string) bool {
 // exec runs one line: a dot command or a statement.
 func (s *shell) exec(line string) (quit bool, err error) {
 	line = strings.TrimSpace(line)
-	if line == "" || strings.HasPrefix(line, "--") {
+	if strings.TrimSpace(stripComments(line)) == "" {
 		return false, nil
 	}
 	ctx := context.Background()
@@ -186,7 +224,15 @@ func (s *shell) exec(line string) (quit bool, err error) {
 		case ".schema":
 			q := `SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE '\_ddb\_%' ESCAPE '\' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`
 			if arg != "" {
-				return false, s.query(ctx, q+" AND tbl_name = ? ORDER BY rowid", arg)
+				rows, err := s.c.Query(ctx, q+" AND tbl_name = ? ORDER BY rowid", arg)
+				if err != nil {
+					return false, err
+				}
+				if len(rows.Values) == 0 {
+					return false, fmt.Errorf("no such table: %s (.tables lists them)", arg)
+				}
+				printTable(s.out, rows)
+				return false, nil
 			}
 			return false, s.query(ctx, q+" ORDER BY rowid")
 		case ".timer":
@@ -218,7 +264,7 @@ func (s *shell) exec(line string) (quit bool, err error) {
 		return false, nil
 	}
 	stmt := strings.TrimSuffix(line, ";")
-	if isRead(stmt) {
+	if isRead(stripComments(stmt)) {
 		return false, s.query(ctx, stmt)
 	}
 	start := time.Now()
