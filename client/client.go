@@ -24,8 +24,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -367,14 +369,15 @@ func (c *Client) callIndex(ctx context.Context, write bool, body map[string]any,
 	}
 	backoff := 20 * time.Millisecond
 	var last error
-	unknown := false // a write attempt whose outcome is unknown
+	unknown := false            // a write attempt whose outcome is unknown
+	tried := map[string]error{} // each node's last failure (the final error names them all)
 	for attempt := 0; ; attempt++ {
 		target := c.pick(write, attempt)
 		status, resp, idx, err := c.post(ctx, target, payload)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
-				return c.finalError(ctx.Err(), write, unknown, body)
+				return c.finalError(ctx.Err(), write, unknown, body, tried)
 			}
 			// The node is down or the connection broke. A write may have
 			// reached it: its request_id makes sending it again safe.
@@ -421,13 +424,14 @@ func (c *Client) callIndex(ctx context.Context, write bool, body map[string]any,
 				return e
 			}
 		}
+		tried[target] = last
 		if time.Now().Add(backoff).After(deadline) {
-			return c.finalError(last, write, unknown, body)
+			return c.finalError(last, write, unknown, body, tried)
 		}
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
-			return c.finalError(ctx.Err(), write, unknown, body)
+			return c.finalError(ctx.Err(), write, unknown, body, tried)
 		}
 		if backoff < 300*time.Millisecond {
 			backoff *= 2
@@ -435,15 +439,16 @@ func (c *Client) callIndex(ctx context.Context, write bool, body map[string]any,
 	}
 }
 
-// finalError is what a call that gave up returns.
-func (c *Client) finalError(last error, write, unknown bool, body map[string]any) error {
+// finalError is what a call that gave up returns; tried holds each node's
+// last failure.
+func (c *Client) finalError(last error, write, unknown bool, body map[string]any, tried map[string]error) error {
 	if write && unknown {
 		id, _ := body["request_id"].(string)
 		return &TimeoutError{OutcomeKnown: false, RequestID: id, Message: fmt.Sprintf("the write may or may not have applied (last: %v); send it again with request_id %s, which applies it at most once", last, id)}
 	}
 	var e *Error
 	if errors.As(last, &e) && (e.Kind == "unavailable" || e.Kind == "unreachable" || e.Status == http.StatusServiceUnavailable) {
-		return &NoLeaderError{Message: e.Message}
+		return &NoLeaderError{Message: c.everyNode(tried)}
 	}
 	if errors.Is(last, context.DeadlineExceeded) || errors.Is(last, context.Canceled) {
 		return last
@@ -452,6 +457,33 @@ func (c *Client) finalError(last error, write, unknown bool, body map[string]any
 		return &NoLeaderError{Message: "no node answered"}
 	}
 	return last
+}
+
+// everyNode says what became of the call at each node it tried, in the
+// order the client was given them (and any leader they named after).
+func (c *Client) everyNode(tried map[string]error) string {
+	var parts []string
+	seen := map[string]bool{}
+	say := func(url string) {
+		err, ok := tried[url]
+		if !ok || seen[url] || err == nil {
+			return
+		}
+		seen[url] = true
+		msg := err.Error()
+		var e *Error
+		if errors.As(err, &e) {
+			msg = strings.TrimPrefix(e.Message, url+": ")
+		}
+		parts = append(parts, url+": "+msg)
+	}
+	for _, u := range c.s.endpoints {
+		say(u)
+	}
+	for _, u := range slices.Sorted(maps.Keys(tried)) {
+		say(u)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // pick chooses the node for an attempt: writes go to the leader while it
