@@ -330,4 +330,21 @@ func TestShowAllAsksLiveNodesGivesJSONAndShowsDifferingRows(t *testing.T) {
 	if r.Databases[0].Tables[0].Checksum == r.Databases[2].Tables[0].Checksum {
 		t.Fatal("the changed table's checksum did not change")
 	}
+	// -summary: counts, checksums and the verdict, no rows; -limit: at
+	// most N rows a table.
+	_, out, code = run("-summary", "-dir", c.Dir, "3")
+	if code != 1 || strings.Count(out, "1 tables, 5 rows, checksum ") != 3 || !strings.Contains(out, "VERDICT: the databases differ") || strings.Contains(out, "n4") && !strings.Contains(out, "rowid=") {
+		t.Fatalf("show_all -summary: %d\n%s", code, out)
+	}
+	_, out, _ = run("-limit", "2", "-dir", c.Dir, "3")
+	if strings.Count(out, "(3 more rows: -limit 0 prints them all)") != 3 {
+		t.Fatalf("show_all -limit 2:\n%s", out)
+	}
+	if _, out, code = run(); code != 2 {
+		t.Fatalf("show_all without arguments: %d %s", code, out)
+	}
+	usage, _ := exec.Command(bin).CombinedOutput()
+	if !strings.Contains(string(usage), "usage: show_all ") {
+		t.Fatalf("the binary's usage does not name it:\n%s", usage)
+	}
 }

@@ -41,9 +41,12 @@ func main() {
 	dir := flag.String("dir", ".", "directory holding slave<i>.db")
 	asJSON := flag.Bool("json", false, "print the databases, checksums and verdict as JSON")
 	nodes := flag.String("http", "", "comma-separated URLs of live nodes to ask (a consistent copy of each, from GET /db/backup) instead of reading files; credentials may be in the URLs")
+	summary := flag.Bool("summary", false, "print each database's log index, tables, rows and checksum, and the verdict, without the rows")
+	limit := flag.Int("limit", 0, "print at most this many rows of each table (0: every row)")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: go run show_all/main.go [-dir DIR] [-json] <num_databases>   (num_databases = slaves + 1)")
-		fmt.Fprintln(os.Stderr, "       go run show_all/main.go [-json] -http URL,URL,...")
+		name := commandName()
+		fmt.Fprintf(os.Stderr, "usage: %s [-dir DIR] [-json|-summary] [-limit N] <num_databases>   (num_databases = slaves + 1)\n", name)
+		fmt.Fprintf(os.Stderr, "       %s [-json|-summary] [-limit N] -http URL,URL,...\n", name)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -80,12 +83,16 @@ func main() {
 			fmt.Printf("=== %s (%s): %v\n\n", s.name, s.role, s.err)
 			continue
 		}
+		if *summary {
+			fmt.Printf("=== %s (%s), log index %d: %d tables, %d rows, checksum %s\n", s.name, s.role, s.db.Applied, len(s.db.Tables), s.db.RowCount(), s.db.Checksum()[:16])
+			continue
+		}
 		fmt.Printf("=== %s (%s), log index %d\n", s.name, s.role, s.db.Applied)
 		if len(s.db.Tables) == 0 {
 			fmt.Println("(no tables)")
 		}
 		for _, t := range s.db.Tables {
-			printTable(t)
+			printTable(t, *limit)
 		}
 		fmt.Println()
 	}
@@ -396,14 +403,26 @@ func cell(row []any, i int) string {
 
 func pad(s string, w int) string { return s + strings.Repeat(" ", w-utf8.RuneCountInString(s)) }
 
-func printTable(t *inspect.Table) {
+// commandName is how the user ran this program, for the usage line.
+func commandName() string {
+	if strings.Contains(os.Args[0], "go-build") {
+		return "go run show_all/main.go"
+	}
+	return filepath.Base(os.Args[0])
+}
+
+func printTable(t *inspect.Table, limit int) {
 	fmt.Printf("--- %s (%d rows, checksum %s)\n", t.Name, len(t.Rows), t.Checksum()[:16])
+	rows := t.Rows
+	if limit > 0 && len(rows) > limit {
+		rows = rows[:limit]
+	}
 	width := make([]int, len(t.Columns))
-	cells := make([][]string, len(t.Rows))
+	cells := make([][]string, len(rows))
 	for i, c := range t.Columns {
 		width[i] = utf8.RuneCountInString(c)
 	}
-	for r, row := range t.Rows {
+	for r, row := range rows {
 		cells[r] = make([]string, len(row))
 		for i, v := range row {
 			s := show(v)
@@ -431,5 +450,8 @@ func printTable(t *inspect.Table) {
 	fmt.Println(strings.Join(seps, "-+-"))
 	for _, c := range cells {
 		line(c)
+	}
+	if len(rows) < len(t.Rows) {
+		fmt.Printf("(%d more rows: -limit 0 prints them all)\n", len(t.Rows)-len(rows))
 	}
 }
