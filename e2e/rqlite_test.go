@@ -255,6 +255,16 @@ func TestRqliteShellRequestsAreAnsweredAsRqliteAnswersThem(t *testing.T) {
 	if got := r["results"].([]any)[0].(map[string]any); got["error"] != "no such table: nothere" {
 		t.Fatalf("error: %v", r)
 	}
+	// Several statements in one string: a result for each, as rqlite
+	// answers (reads, and writes through the log alike).
+	r = post("/db/request", body("SELECT name FROM foo; SELECT 1 AS one"))
+	if res := r["results"].([]any); len(res) != 2 || !reflect.DeepEqual(res[0].(map[string]any)["values"], []any{[]any{"fiona"}}) || !reflect.DeepEqual(res[1].(map[string]any)["values"], []any{[]any{1.0}}) {
+		t.Fatalf("two reads in one string: %v", r)
+	}
+	r = post("/db/request", body(`INSERT INTO foo(name) VALUES ('a'); INSERT INTO foo(name) VALUES ('b')`))
+	if res := r["results"].([]any); len(res) != 2 || res[1].(map[string]any)["last_insert_id"] != 3.0 {
+		t.Fatalf("two writes in one string: %v", r)
+	}
 	status, _, b := get("/db/query?level=weak&q=" + url.QueryEscape(`SELECT name FROM sqlite_master WHERE type="table"`))
 	if status != 200 || !strings.Contains(string(b), `["foo"]`) {
 		t.Fatalf(".tables: %d %s", status, b)

@@ -19,6 +19,7 @@ import (
 	sqlite3 "github.com/mattn/go-sqlite3"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -302,6 +303,7 @@ func (s *Server) serveRqlite(w http.ResponseWriter, r *http.Request, ep rqEndpoi
 	}
 	write := ep == rqExecute
 	if ep == rqRequest {
+		stmts = splitStatements(stmts)
 		kind, err := s.st.Classify(r.Context(), stmts)
 		// A statement that cannot be compiled yet (it may use a table an
 		// earlier one creates) goes through the log, where it runs in order.
@@ -765,4 +767,28 @@ func appendRqValue(b []byte, v any, blobArray bool) []byte {
 		return append(b, '"')
 	}
 	return appendString(b, fmt.Sprint(v))
+}
+
+// splitStatements gives each SQL statement of a /db/request its own place
+// (and so its own result, as rqlite answers): a string without parameters
+// that holds several statements ("SELECT 1; SELECT 2") becomes one entry
+// for each, as SQLite reads them. A string with parameters stays whole
+// (which statement they belong to would be a guess).
+func splitStatements(stmts []rlog.Statement) []rlog.Statement {
+	out := make([]rlog.Statement, 0, len(stmts))
+	for _, st := range stmts {
+		if len(st.Pos) > 0 || len(st.Named) > 0 || !strings.Contains(st.SQL, ";") {
+			out = append(out, st)
+			continue
+		}
+		parts := sqlite.Split(st.SQL)
+		if len(parts) <= 1 {
+			out = append(out, st)
+			continue
+		}
+		for _, p := range parts {
+			out = append(out, rlog.Statement{SQL: p})
+		}
+	}
+	return out
 }
