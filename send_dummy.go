@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"time"
@@ -18,9 +19,13 @@ import (
 func main() {
 	target := flag.String("url", "http://localhost:8080", "node to send the requests to")
 	flag.Parse()
+	// A name of its own at every run (the column is UNIQUE): the time to
+	// the nanosecond and a random suffix, so that runs in the same second,
+	// or on two machines at once, never collide.
+	unique := fmt.Sprintf("%d_%04x", time.Now().UnixNano(), rand.IntN(1<<16))
 	requests := []string{
 		`{"command": "exec", "query": "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, email TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)", "is_master": false}`,
-		fmt.Sprintf(`{"command": "exec", "query": "INSERT INTO users (username, email) VALUES (?, ?)", "params": ["user_%d", "user_%d@example.com"], "is_master": false}`, time.Now().Unix(), time.Now().Unix()),
+		fmt.Sprintf(`{"command": "exec", "query": "INSERT INTO users (username, email) VALUES (?, ?)", "params": ["user_%s", "user_%s@example.com"], "is_master": false}`, unique, unique),
 		`{"command": "query", "query": "SELECT * FROM users ORDER BY id DESC LIMIT 5"}`,
 	}
 	client := &http.Client{Timeout: 15 * time.Second}

@@ -334,3 +334,35 @@ func main() {
 		}
 	}
 }
+
+// The examples run in any order, any number of times, beside the tables
+// the docs' snippets make: send_dummy twice within a second (its user
+// names are unique), and the database/sql example after the CLIENT.md
+// snippet's notes table, twice.
+func TestExamplesRunInAnyOrderAnyNumberOfTimes(t *testing.T) {
+	c := testcluster.Start(t, 2)
+	// docs/CLIENT.md's snippet, as a user would have run it first.
+	c.Exec(0, "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, title TEXT, body BLOB, created TIMESTAMP)")
+	c.Exec(0, "INSERT INTO notes (title, body, created) VALUES ('first', x'0102', '2026-12-07T00:00:00Z')")
+	dir := t.TempDir()
+	for _, b := range []struct{ name, pkg string }{{"sqlapp", "./examples/sqlapp"}, {"send_dummy", "send_dummy.go"}} {
+		build := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
+		build.Dir = testcluster.RepoRoot()
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b.name, err, out)
+		}
+	}
+	for run := 1; run <= 2; run++ {
+		for _, cmd := range []*exec.Cmd{
+			exec.Command(filepath.Join(dir, "send_dummy"), "-url", c.URL(0)),
+			exec.Command(filepath.Join(dir, "sqlapp"), "-nodes", strings.Join(endpoints(c, 0, 1, 2), ","), "-duration", "500ms"),
+		} {
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("run %d of %s: %v\n%s", run, filepath.Base(cmd.Path), err, out)
+			}
+		}
+	}
+	if rows := c.Query(0, "SELECT count(*) AS n FROM users"); rows[0]["n"].(float64) != 2 {
+		t.Fatalf("send_dummy's users after two runs: %v", rows)
+	}
+}

@@ -39,12 +39,12 @@ func run(nodes string, duration time.Duration) error {
 	defer db.Close()
 	ctx := context.Background()
 
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS notes (
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS sqlapp_notes (
 		id INTEGER PRIMARY KEY, title TEXT NOT NULL, score REAL, body BLOB, created DATETIME)`); err != nil {
 		return fmt.Errorf("create table: %w", err)
 	}
 	created := time.Date(2026, 11, 27, 9, 30, 0, 0, time.UTC)
-	res, err := db.ExecContext(ctx, "INSERT INTO notes (title, score, body, created) VALUES (?, ?, ?, ?)",
+	res, err := db.ExecContext(ctx, "INSERT INTO sqlapp_notes (title, score, body, created) VALUES (?, ?, ?, ?)",
 		"first", 2.0, []byte{0, 1, 2, 255}, created)
 	if err != nil {
 		return fmt.Errorf("insert: %w", err)
@@ -58,7 +58,7 @@ func run(nodes string, duration time.Duration) error {
 		body  []byte
 		when  time.Time
 	)
-	if err := db.QueryRowContext(ctx, "SELECT title, score, body, created FROM notes WHERE id = ?", id).Scan(&title, &score, &body, &when); err != nil {
+	if err := db.QueryRowContext(ctx, "SELECT title, score, body, created FROM sqlapp_notes WHERE id = ?", id).Scan(&title, &score, &body, &when); err != nil {
 		return fmt.Errorf("read back: %w", err)
 	}
 	if title != "first" || score != 2.0 || !bytes.Equal(body, []byte{0, 1, 2, 255}) || !when.Equal(created) {
@@ -73,15 +73,17 @@ func run(nodes string, duration time.Duration) error {
 	}
 	fmt.Println("bad statement:", sqlErr)
 
-	// Keep writing: every write answered is there when read back.
+	// Keep writing: every write answered is there when read back (under
+	// a title of this run's own: the program may run again and again).
+	run := time.Now().UnixNano()
 	end := time.Now().Add(duration)
 	n := 0
 	for ; time.Now().Before(end); n++ {
-		if _, err := db.ExecContext(ctx, "INSERT INTO notes (title) VALUES (?)", fmt.Sprintf("loop %d", n)); err != nil {
+		if _, err := db.ExecContext(ctx, "INSERT INTO sqlapp_notes (title) VALUES (?)", fmt.Sprintf("loop %d-%d", run, n)); err != nil {
 			return fmt.Errorf("write %d: %w", n, err)
 		}
 		var count int
-		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM notes WHERE title = ?", fmt.Sprintf("loop %d", n)).Scan(&count); err != nil || count != 1 {
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlapp_notes WHERE title = ?", fmt.Sprintf("loop %d-%d", run, n)).Scan(&count); err != nil || count != 1 {
 			return fmt.Errorf("read of write %d: %d rows, %v", n, count, err)
 		}
 	}
