@@ -168,19 +168,26 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 	if req.ID == e.cfg.ID && req.Instance != e.boot {
 		return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", cluster.CommandLineID(req.ID), e.cfg.URL)}
 	}
+	moved := false
 	if old := e.tr.Peer(req.ID); old != "" && old != req.URL && req.ID != e.cfg.ID {
 		// Another process claims a known id. It takes the id over only if
-		// the node at the known address is gone (the node moved) or is
-		// the same process (reached another way).
+		// the node at the known address is gone (the node moved: a dead
+		// host replaced) or is the same process (reached another way).
 		lctx, cancel := context.WithTimeout(ctx, time.Second)
 		inst := e.cfg.Calls.Instance(lctx, old)
 		cancel()
 		if inst != "" && inst != req.Instance {
 			return nil, &replication.JoinRefusedError{Reason: fmt.Sprintf("node id %d is already held by the live node at %s: start this node with another id, or stop that one first", cluster.CommandLineID(req.ID), old)}
 		}
+		moved = inst == ""
 	}
-	if _, given := e.cfg.Peers[req.ID]; !given && req.ID != e.cfg.ID {
-		// (The command line's address wins: it is how this node reaches it.)
+	if _, given := e.cfg.Peers[req.ID]; (!given || moved) && req.ID != e.cfg.ID {
+		// The command line's address wins while a node answers there (it
+		// is how this node reaches it, which may differ from how the node
+		// names itself); a node that moved is reached where it says.
+		if moved {
+			e.cfg.Log.Info("a node answers at a new address; the old one does not answer", "peer", cluster.CommandLineID(req.ID), "old_url", e.tr.Peer(req.ID), "url", req.URL)
+		}
 		e.tr.SetPeer(req.ID, req.URL)
 	}
 	resp := &replication.JoinResponse{Peers: e.peerURLs()}

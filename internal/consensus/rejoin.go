@@ -126,6 +126,7 @@ func (e *Engine) watchMembers() {
 	t := time.NewTicker(e.cfg.Timing.RejoinEvery)
 	defer t.Stop()
 	since := map[uint64]time.Time{} // named voter -> first seen missing
+	warned := false                 // that no leader was heard from (see noteNoLeader)
 	for {
 		select {
 		case <-t.C:
@@ -133,9 +134,26 @@ func (e *Engine) watchMembers() {
 			return
 		}
 		e.noteMissingVoters(since, time.Now())
+		e.noteNoLeader(&warned, time.Now())
 		if _, self := e.rep.Node().Leader(); self && !e.bug(faults.RejoinOnce) {
 			e.finishRejoins()
 		}
+	}
+}
+
+// noteNoLeader warns, once until a leader is heard from again, when this
+// node has known no leader for three election windows: a majority of the
+// voters is down, or the others cannot reach this node at its URL (a
+// wrong -advertise or -host, a firewall), which the node cannot tell
+// apart but its operator can.
+func (e *Engine) noteNoLeader(warned *bool, now time.Time) {
+	quiet := now.Sub(time.Unix(0, e.leaderSeen.Load()))
+	switch {
+	case quiet <= 3*e.cfg.Timing.ElectionWindow:
+		*warned = false
+	case !*warned && e.admitted.Load():
+		*warned = true
+		e.cfg.Log.Warn(fmt.Sprintf("this node has heard from no leader for %v: a majority of the voters is down, or the others cannot reach this node at its URL %s; check that this URL (from -advertise, or -host and the port) reaches this node from the other hosts", quiet.Round(time.Second), e.cfg.URL), "url", e.cfg.URL)
 	}
 }
 

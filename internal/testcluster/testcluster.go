@@ -118,6 +118,9 @@ type Cluster struct {
 	Extra  []string         // flags given to every node
 	Env    []string         // extra environment for every node (KEY=value)
 	Flags  map[int][]string // extra flags for one node
+	// Bin, when it names a node, is the directory holding the master and
+	// node binaries that node runs (another build: a rolling upgrade).
+	Bin map[int]string
 	Scheme string           // "http" (default) or "https"
 	bin    string
 	nodes  map[int]*Proc
@@ -159,7 +162,7 @@ func New(t TB, slaves int, extra ...string) *Cluster {
 		t.Fatalf("%v", err)
 	}
 	c := &Cluster{t: t, Dir: t.TempDir(), Port: port, Slaves: slaves, Extra: extra, bin: bin,
-		nodes: map[int]*Proc{}, Flags: map[int][]string{}, Client: &http.Client{Timeout: 30 * time.Second}}
+		nodes: map[int]*Proc{}, Flags: map[int][]string{}, Bin: map[int]string{}, Client: &http.Client{Timeout: 30 * time.Second}}
 	t.Cleanup(func() {
 		for _, p := range c.nodes {
 			p.Kill()
@@ -202,11 +205,15 @@ func (c *Cluster) Spawn(id int, extra ...string) *Proc {
 	args = append(args, c.Extra...)
 	args = append(args, c.Flags[id]...)
 	args = append(args, extra...)
-	bin := filepath.Join(c.bin, "master")
+	dir := c.bin
+	if d := c.Bin[id]; d != "" {
+		dir = d
+	}
+	bin := filepath.Join(dir, "master")
 	if id == 0 {
 		args = append(args, strconv.Itoa(c.Slaves))
 	} else {
-		bin = filepath.Join(c.bin, "node")
+		bin = filepath.Join(dir, "node")
 		args = append(args, strconv.Itoa(id), strconv.Itoa(c.Slaves))
 	}
 	c.spawned++
