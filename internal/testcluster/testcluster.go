@@ -120,8 +120,8 @@ type Cluster struct {
 	Flags  map[int][]string // extra flags for one node
 	// Bin, when it names a node, is the directory holding the master and
 	// node binaries that node runs (another build: a rolling upgrade).
-	Bin map[int]string
-	Scheme string           // "http" (default) or "https"
+	Bin    map[int]string
+	Scheme string // "http" (default) or "https"
 	bin    string
 	nodes  map[int]*Proc
 	Client *http.Client
