@@ -116,6 +116,19 @@ func TestBackupUnderWriteLoadRestoresIntoANewCluster(t *testing.T) {
 	c := testcluster.Start(t, 1)
 	loadInto(t, c.URL(1), dump)
 	c.WaitConverged(10*time.Second, 1)
+	// The load and the backups were reported as they went (the long-work
+	// progress), and /status lists nothing under way once they are done.
+	for _, l := range []struct {
+		log  string
+		want string
+	}{{c.Node(1).Log, `msg="load-body done"`}, {c.Node(1).Log, `msg="load done"`}, {a.Node(2).Log, `msg="backup done"`}} {
+		if b, _ := os.ReadFile(l.log); !strings.Contains(string(b), l.want) {
+			t.Fatalf("%s does not say %s:\n%s", l.log, l.want, b)
+		}
+	}
+	if st, err := c.Status(1); err != nil || fmt.Sprint(st["progress"]) != "[]" {
+		t.Fatalf("/status progress after the load: %v %v", st["progress"], err)
+	}
 	got = requireIdentical(t, c, 0, 1)
 	if diffs := inspect.Compare([]*inspect.Database{want, got[0]}, 10); len(diffs) > 0 {
 		t.Fatalf("restored from the SQL dump, the new cluster differs:\n%v", diffs)
@@ -192,6 +205,9 @@ func TestPeriodicBackupsAndRestoreIntoAFreshCluster(t *testing.T) {
 	b.WaitConverged(10*time.Second, 1, 2)
 	if st, err := b.Status(0); err != nil || fmt.Sprint(st["restore"]) != fmt.Sprintf("map[file:%s index:%v state:restored tries:1]", newest, st["restore"].(map[string]any)["index"]) {
 		t.Fatalf("/status restore after the restore: %v %v", st["restore"], err)
+	}
+	if l, _ := os.ReadFile(b.Node(0).Log); !strings.Contains(string(l), `msg="restore done"`) || !strings.Contains(string(l), `msg="restore started"`) {
+		t.Fatalf("the restore was not reported as it went:\n%s", l)
 	}
 	got := requireIdentical(t, b, 0, 1, 2)
 	if diffs := inspect.Compare([]*inspect.Database{want, got[0]}, 5); len(diffs) > 0 {

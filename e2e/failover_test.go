@@ -166,6 +166,15 @@ func TestRaftLearnerJoinsThroughASnapshotAndTakenIDsAreRefused(t *testing.T) {
 	if b, _ := os.ReadFile(c.Node(3).Log); !strings.Contains(string(b), "installed a snapshot") {
 		t.Fatalf("node 3 did not catch up from a snapshot:\n%s", b)
 	}
+	// The transfer is reported on both ends (the long-work progress).
+	for _, l := range []struct {
+		id   int
+		want string
+	}{{0, "msg=\"snapshot-send done\""}, {3, "msg=\"snapshot-receive started\""}, {3, "msg=\"snapshot-receive done\""}} {
+		if b, _ := os.ReadFile(c.Node(l.id).Log); !strings.Contains(string(b), l.want) {
+			t.Fatalf("node %d's log does not say %s:\n%s", l.id, l.want, b)
+		}
+	}
 	r, _ := c.Do(3, map[string]any{"command": "exec", "query": "INSERT INTO j (v) VALUES ('from the learner')", "ack": "all"})
 	if r.Status != 200 {
 		t.Fatalf("a write at the learner: %v", r)

@@ -148,6 +148,16 @@ func TestShellInATerminal(t *testing.T) {
 	// History: the up arrow brings the query back.
 	tmux("send-keys", "-t", "sh", "Up", "Enter")
 	screen("| 7 |", 2)
+	// Long transfers show a progress line at a terminal.
+	backup := filepath.Join(home, "b.db")
+	typeLine(".backup "+backup, "Enter")
+	screen("backed up", 1)
+	if sc := screen("backing up: ", 1); !strings.Contains(sc, "MB of ") || !strings.Contains(sc, "(100%)") {
+		t.Fatalf("no progress line for .backup:\n%s", sc)
+	}
+	typeLine(".restore "+backup, "Enter")
+	screen("restored", 1)
+	screen("uploading "+backup+": ", 1)
 	typeLine(".quit", "Enter")
 	deadline := time.Now().Add(5 * time.Second)
 	for {

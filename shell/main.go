@@ -52,6 +52,9 @@ type shell struct {
 	pass  string
 	out   io.Writer
 	timer bool
+	// meter shows a progress line for long transfers (at a terminal; nil
+	// in piped mode, whose output stays the results alone).
+	meter func(what string, total int64) *meter
 }
 
 func main() {
@@ -138,6 +141,7 @@ func (s *shell) interactive() int {
 		t.SetSize(w, h)
 	}
 	s.out = crlf{t}
+	s.meter = func(what string, total int64) *meter { return newMeter(s.out, what, total) }
 	fmt.Fprintf(s.out, "Connected to %s. .help lists the commands.\n", strings.Join(s.nodes, ", "))
 	var pending statements
 	for {
@@ -369,11 +373,16 @@ func show(v any) string {
 
 // do sends an HTTP request to the first node that answers.
 func (s *shell) do(method, path string, body []byte, contentType string) (*http.Response, error) {
+	return s.doCounted(method, path, body, contentType, nil)
+}
+
+// doCounted is do, with the body's upload counted into m (nil: not).
+func (s *shell) doCounted(method, path string, body []byte, contentType string, m *meter) (*http.Response, error) {
 	var last error
 	for _, n := range s.nodes {
 		var rd io.Reader
 		if body != nil {
-			rd = bytes.NewReader(body)
+			rd = m.reader(bytes.NewReader(body))
 		}
 		req, err := http.NewRequest(method, n+path, rd)
 		if err != nil {
@@ -498,7 +507,9 @@ func (s *shell) backup(file string) error {
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(f, resp.Body)
+	m := s.startMeter("backing up", resp.ContentLength)
+	n, err := io.Copy(f, m.reader(resp.Body))
+	m.done()
 	if err == nil {
 		err = f.Sync()
 	}
@@ -521,7 +532,9 @@ func (s *shell) restore(file string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := s.do(http.MethodPost, "/db/load", b, "application/octet-stream")
+	m := s.startMeter("uploading "+file, int64(len(b)))
+	resp, err := s.doCounted(http.MethodPost, "/db/load", b, "application/octet-stream", m)
+	m.done()
 	if err != nil {
 		return err
 	}
@@ -583,3 +596,67 @@ func (h *fileHistory) Add(entry string) {
 func (h *fileHistory) Len() int { return len(h.lines) }
 
 func (h *fileHistory) At(i int) string { return h.lines[len(h.lines)-1-i] }
+
+// startMeter starts a progress line (nil when the shell is not at a
+// terminal).
+func (s *shell) startMeter(what string, total int64) *meter {
+	if s.meter == nil {
+		return nil
+	}
+	return s.meter(what, total)
+}
+
+// meter draws one progress line of a transfer, rewritten in place at
+// most every quarter second: bytes so far, of how many, and the share.
+type meter struct {
+	w     io.Writer
+	what  string
+	total int64 // 0 or less: not known
+	n     int64
+	drawn time.Time
+}
+
+func newMeter(w io.Writer, what string, total int64) *meter {
+	return &meter{w: w, what: what, total: total}
+}
+
+func (m *meter) reader(r io.Reader) io.Reader {
+	if m == nil {
+		return r
+	}
+	return meterReader{r: r, m: m}
+}
+
+type meterReader struct {
+	r io.Reader
+	m *meter
+}
+
+func (r meterReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.m.n += int64(n)
+	if time.Since(r.m.drawn) >= 250*time.Millisecond {
+		r.m.draw()
+	}
+	return n, err
+}
+
+func (m *meter) draw() {
+	m.drawn = time.Now()
+	line := fmt.Sprintf("%s: %s", m.what, megabytes(m.n))
+	if m.total > 0 {
+		line += fmt.Sprintf(" of %s (%d%%)", megabytes(m.total), 100*m.n/m.total)
+	}
+	fmt.Fprint(m.w, "\r"+line+"\x1b[K")
+}
+
+// done draws the line once more, finished, and ends it.
+func (m *meter) done() {
+	if m == nil {
+		return
+	}
+	m.draw()
+	fmt.Fprint(m.w, "\r\n")
+}
+
+func megabytes(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/(1<<20)) }

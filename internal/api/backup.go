@@ -62,7 +62,9 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Disposition", `attachment; filename="backup.db"`)
 		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
 		w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
-		io.Copy(w, f)
+		op := s.progress.Start("backup", "to "+r.RemoteAddr, "bytes", st.Size())
+		_, err = io.Copy(w, op.Reader(f))
+		op.End(err)
 	default:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("fmt=%s: use fmt=sql for SQL text, or leave it out for a SQLite file", f))
 	}
@@ -88,7 +90,9 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 	}
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(30 * time.Minute))
-	body, err := store.WriteTemp(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), s.cfg.Dir, "load-body-*")
+	recv := s.progress.Start("load-body", "from "+r.RemoteAddr, "bytes", r.ContentLength)
+	body, err := store.WriteTemp(recv.Reader(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)), s.cfg.Dir, "load-body-*")
+	recv.End(err)
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
@@ -118,7 +122,9 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 	rc.SetWriteDeadline(time.Now().Add(replication.LoadTimeout(plan.Bytes) + time.Minute))
 	ctx, cancel := context.WithTimeout(r.Context(), replication.LoadTimeout(plan.Bytes))
 	defer cancel()
-	out, err := replication.Load(ctx, s.repl, plan, rq.RequestID, false, s.cfg.Ack, s.limits())
+	op := s.progress.Start("load", "from "+r.RemoteAddr, "chunks", int64(plan.Chunks())+1)
+	out, err := replication.Load(ctx, s.repl, plan, rq.RequestID, false, s.cfg.Ack, s.limits(), op)
+	op.End(err)
 	if err != nil {
 		wire := s.describe(s.deadline(ctx, err))
 		if wire.status == http.StatusBadRequest || wire.status == http.StatusForbidden || wire.status == http.StatusConflict {

@@ -97,7 +97,7 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 			nodes[i].Lag = commit - nodes[i].Applied
 		}
 	}
-	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "missing_voters": s.admin.MissingVoters(), "consistency": s.admin.Consistency(), "time": time.Now().UnixMilli()})
+	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "missing_voters": s.admin.MissingVoters(), "consistency": s.admin.Consistency(), "progress": s.progress.UnderWay(), "time": time.Now().UnixMilli()})
 }
 
 // errUnknownAddress: a member this node has no URL for yet.

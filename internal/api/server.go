@@ -22,6 +22,7 @@ import (
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/errkind"
 	"github.com/ddbgo/ddb/internal/peer"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -33,6 +34,8 @@ type Server struct {
 	repl  replication.Replicator // the client protocol's only view of replication
 	admin replication.Admin      // membership, status, node-to-node endpoints
 	tr    *peer.Client           // signed calls to other nodes
+	// progress is where long operations are reported (nil: nowhere).
+	progress *progress.Tracker
 	// hosts are the names requests may give in Host (see hostAllowed).
 	hosts []string
 	// statusFields are keys other parts of the node add to /status.
@@ -49,6 +52,10 @@ type Server struct {
 	started        time.Time
 	queue          rqQueue // rqlite's queued writes, in the order queued
 }
+
+// SetProgress sets where the server reports its long operations (loads,
+// backups), which /status and the console show.
+func (s *Server) SetProgress(t *progress.Tracker) { s.progress = t }
 
 // SetLogger sets where the server logs (requests at debug level, refused
 // requests, internal errors).

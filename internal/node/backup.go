@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"github.com/ddbgo/ddb/internal/cluster"
 	"log/slog"
 	"net/url"
 	"os"
@@ -12,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/progress"
 
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/replication"
@@ -24,7 +26,7 @@ import (
 // interval, until stop: backup-<time>-<index>.db, written under a
 // temporary name, checked with SQLite's integrity check, then renamed;
 // only then are the oldest beyond keep deleted.
-func backupLoop(st *store.Store, dir string, interval time.Duration, keep int, log *slog.Logger, stop <-chan struct{}) {
+func backupLoop(st *store.Store, dir string, interval time.Duration, keep int, log *slog.Logger, stop <-chan struct{}, track *progress.Tracker) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -33,7 +35,9 @@ func backupLoop(st *store.Store, dir string, interval time.Duration, keep int, l
 			return
 		case <-t.C:
 		}
-		path, err := backupOnce(st, dir)
+		op := track.Start("backup", dir, "steps", 3)
+		path, err := backupOnce(st, dir, op)
+		op.End(err)
 		if err != nil {
 			log.Error("backup failed; older backups are kept", "dir", dir, "err", err)
 			continue
@@ -46,7 +50,7 @@ func backupLoop(st *store.Store, dir string, interval time.Duration, keep int, l
 }
 
 // backupOnce writes one verified backup into dir and returns its path.
-func backupOnce(st *store.Store, dir string) (string, error) {
+func backupOnce(st *store.Store, dir string, op *progress.Op) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -55,12 +59,15 @@ func backupOnce(st *store.Store, dir string) (string, error) {
 		return "", err
 	}
 	defer os.Remove(tmp) // once renamed, nothing is left to remove
+	op.Add(1)            // copied
 	if err := store.Standalone(tmp); err != nil {
 		return "", err
 	}
+	op.Add(1) // made standalone
 	if err := verify(tmp); err != nil {
 		return "", fmt.Errorf("the new backup fails its check: %w", err)
 	}
+	op.Add(1) // checked
 	if f, err := os.Open(tmp); err == nil {
 		err = f.Sync()
 		f.Close()
@@ -160,7 +167,7 @@ const maxRestoreTries = 10
 // cluster refuses fails at once; one whose load keeps ending with an
 // unknown outcome fails after maxRestoreTries. Either way the log and
 // /status (rs) say why.
-func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string, log *slog.Logger, stop <-chan struct{}, rs *restoreState) {
+func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string, log *slog.Logger, stop <-chan struct{}, rs *restoreState, track *progress.Tracker) {
 	rs.set(func(s *RestoreStatus) { s.File, s.State = file, "waiting" })
 	fail := func(msg string, err error) {
 		log.Error("restore: "+msg, "file", file, "err", err)
@@ -198,8 +205,10 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, file, dir string
 		tries++
 		rs.set(func(s *RestoreStatus) { s.State, s.Tries = "loading", tries })
 		ctx, cancel = context.WithTimeout(context.Background(), replication.LoadTimeout(plan.Bytes))
-		out, err := replication.Load(ctx, eng, plan, id, true, cluster.AckQuorum, store.Limits{})
+		op := track.Start("restore", file, "chunks", int64(plan.Chunks())+1)
+		out, err := replication.Load(ctx, eng, plan, id, true, cluster.AckQuorum, store.Limits{}, op)
 		cancel()
+		op.End(err)
 		if err != nil && !replication.OutcomeUnknown(err) {
 			fail("the backup was refused; nothing restored", err)
 			return

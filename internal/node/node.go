@@ -30,6 +30,7 @@ import (
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/peer"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -94,7 +95,9 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	}
 	timing := cluster.DefaultTiming()
 	timing.ReadWait = min(cfg.ReadTimeout, timing.ReadWait)
+	track := progress.New(logger, 5*time.Second)
 	tr := peer.NewClient(cluster.NewAuth(secret, nil), cfg.Name(), tlsClient, timing)
+	tr.SetProgress(track)
 	n := &Node{Config: cfg, Store: st, ln: ln, done: make(chan error, 1), logger: logger}
 	n.eng, err = consensus.StartEngine(st, raftConfig(cfg, timing, tr, logger))
 	if err != nil {
@@ -105,14 +108,16 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	handler := api.NewServer(cfg, st, n.eng, n.eng, tr, users)
 	handler.SetLogger(logger)
 	handler.SetStatus("consistency", func() any { return n.eng.Consistency() })
+	handler.SetProgress(track)
+	handler.SetStatus("progress", func() any { return track.UnderWay() })
 	n.stop = make(chan struct{})
 	if cfg.BackupDir != "" {
-		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop)
+		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop, track)
 	}
 	if cfg.Restore != "" {
 		rs := &restoreState{}
 		handler.SetStatus("restore", rs.Status)
-		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.Dir, logger, n.stop, rs)
+		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.Dir, logger, n.stop, rs, track)
 	}
 	n.server = &http.Server{
 		Handler:           handler,

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -35,7 +36,13 @@ type Client struct {
 
 	vmu      sync.Mutex
 	versions map[string]int // host -> the version it speaks, when earlier than Version
+
+	progress *progress.Tracker // where snapshot transfers are reported (nil: nowhere)
 }
+
+// SetProgress sets where the client's long transfers (snapshots) are
+// reported.
+func (c *Client) SetProgress(t *progress.Tracker) { c.progress = t }
 
 // NewClient returns a client that signs as name with auth. tlsConfig may
 // be nil (plain HTTP).

@@ -84,7 +84,9 @@ func (t *RaftTransport) postSnapshot(ctx context.Context, url, path string, msg 
 		return false, err
 	}
 	defer f.Close()
-	req, err := t.c.newRequest(ctx, url+SnapshotPath, t.c.VersionFor(url), f, snapshotSigned(msg, sum))
+	op := t.c.progress.Start("snapshot-send", fmt.Sprintf("to node %d (index %d)", cluster.CommandLineID(to), index), "bytes", size)
+	defer func() { op.End(err) }()
+	req, err := t.c.newRequest(ctx, url+SnapshotPath, t.c.VersionFor(url), op.Reader(f), snapshotSigned(msg, sum))
 	if err != nil {
 		return false, err
 	}
@@ -138,7 +140,9 @@ func (t *RaftTransport) snapshotHandler(node func() RaftNode, dir string, maxByt
 			writeError(w, http.StatusServiceUnavailable, "this node's consensus is not running")
 			return
 		}
-		path, err := cluster.ReceiveFile(r.Body, dir, "raft-snapshot-*.db", maxBytes, sum)
+		op := t.c.progress.Start("snapshot-receive", fmt.Sprintf("from %s (index %d)", r.RemoteAddr, m.Snapshot.Metadata.Index), "bytes", r.ContentLength)
+		path, err := cluster.ReceiveFile(op.Reader(r.Body), dir, "raft-snapshot-*.db", maxBytes, sum)
+		op.End(err)
 		if err != nil {
 			err = fmt.Errorf("the snapshot: %w", err)
 			t.log.Warn("snapshot not installed", "from", r.RemoteAddr, "err", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -26,8 +27,10 @@ import (
 // whole load again with the same requestID gets the first load's answer.
 // An entry is sent again while its outcome is unknown, until ctx ends.
 // A load that fails before its commit was sent has its staged chunks
-// dropped; after, the commit's own failure drops them.
-func Load(ctx context.Context, r Replicator, plan *store.LoadPlan, requestID string, replace bool, ack cluster.Ack, lim store.Limits) (store.Outcome, error) {
+// dropped; after, the commit's own failure drops them. op, if not nil,
+// counts the chunks through the log (and the commit).
+func Load(ctx context.Context, r Replicator, plan *store.LoadPlan, requestID string, replace bool, ack cluster.Ack, lim store.Limits, op *progress.Op) (store.Outcome, error) {
+	op.SetTotal(int64(plan.Chunks()) + 1)
 	id := loadID(requestID)
 	commitID := requestID
 	if commitID == "" {
@@ -49,10 +52,15 @@ func Load(ctx context.Context, r Replicator, plan *store.LoadPlan, requestID str
 			}
 			return store.Outcome{}, err
 		}
+		op.Add(1)
 	}
 	commit := &store.Request{AllowSchema: true, Replace: replace || plan.Replace, RequestID: commitID, Limits: store.Limits{MaxSteps: lim.MaxSteps},
 		Load: &rlog.LoadStep{ID: id, Op: rlog.LoadCommit, Seq: int64(plan.Chunks())}}
-	return writeUntilKnown(ctx, r, commit, ack)
+	out, err := writeUntilKnown(ctx, r, commit, ack)
+	if err == nil {
+		op.Add(1)
+	}
+	return out, err
 }
 
 // LoadTimeout is how long a load of this much SQL text may take: ten

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/cluster"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -61,9 +63,14 @@ func TestALoadSendsItsChunksThenItsCommitAgainUntilKnown(t *testing.T) {
 		}
 		return store.Outcome{Index: uint64(100 + n)}, nil
 	}}
-	out, err := Load(context.Background(), f, p, "client-key", false, cluster.AckQuorum, store.Limits{MaxSteps: 7})
+	track := progress.New(slog.New(slog.DiscardHandler), time.Second)
+	op := track.Start("load", "test", "chunks", 0)
+	out, err := Load(context.Background(), f, p, "client-key", false, cluster.AckQuorum, store.Limits{MaxSteps: 7}, op)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if st := track.UnderWay(); len(st) != 1 || st[0].Done != int64(p.Chunks())+1 || st[0].Total != st[0].Done {
+		t.Fatalf("the load's progress: %+v (%d chunks and the commit)", st, p.Chunks())
 	}
 	want := p.Chunks() + 3 // two resends, and the commit
 	if len(f.sent) != want || out.Index != uint64(100+want) {
@@ -99,7 +106,7 @@ func TestALoadStopsAtARefusalAndAbortsItsChunks(t *testing.T) {
 		}
 		return store.Outcome{Index: 1}, nil
 	}}
-	if _, err := Load(context.Background(), f, p, "", false, cluster.AckQuorum, store.Limits{}); err == nil || !strings.Contains(err.Error(), "disk full") {
+	if _, err := Load(context.Background(), f, p, "", false, cluster.AckQuorum, store.Limits{}, nil); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("load: %v", err)
 	}
 	last := f.sent[len(f.sent)-1]
@@ -115,13 +122,13 @@ func TestALoadStopsAtARefusalAndAbortsItsChunks(t *testing.T) {
 		return store.Outcome{Index: 1}, nil
 	}}
 	var ri *store.RequestIDReusedError
-	if _, err := Load(context.Background(), f, p, "L1", false, cluster.AckQuorum, store.Limits{}); !errors.As(err, &ri) || ri.ID != "L1" || ri.Index != 8 {
+	if _, err := Load(context.Background(), f, p, "L1", false, cluster.AckQuorum, store.Limits{}, nil); !errors.As(err, &ri) || ri.ID != "L1" || ri.Index != 8 {
 		t.Fatalf("a reused client key: %v", err)
 	}
 	f = &fakeLog{answer: func(int, *store.Request) (store.Outcome, error) {
 		return store.Outcome{}, &UnavailableError{Reason: "not a member"}
 	}}
-	if _, err := Load(context.Background(), f, p, "", false, cluster.AckQuorum, store.Limits{}); !errors.Is(err, ErrUnavailable) {
+	if _, err := Load(context.Background(), f, p, "", false, cluster.AckQuorum, store.Limits{}, nil); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("load on a node without a leader: %v", err)
 	}
 	if len(f.sent) != 6 { // three for the first chunk, three for the abort
