@@ -356,6 +356,14 @@ func TestTheDeploymentGuideAsWritten(t *testing.T) {
 	h.dir = t.TempDir() // (fresh data directories)
 	h.start("db4", db4, "DDB_CLUSTER_SECRET=not-the-cluster-secret")
 	h.waitLog("db4", "refuses this node: wrong cluster secret")
+	// It serves no data: a client is told why, with 503.
+	req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("https://127.0.0.4:%d/db/query", port), strings.NewReader(`["SELECT count(*) FROM t"]`))
+	req.SetBasicAuth("app", "app-pw")
+	if resp, err := h.client.Do(req); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a query on the node with the wrong secret: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	h.procs["db4"].Process.Kill()
 	h.dir = t.TempDir()
 	h.start("db4", strings.Replace(db4, "-listen db4:8080", "-listen db4:8080 -advertise https://db9:8080", 1))
@@ -366,7 +374,7 @@ func TestTheDeploymentGuideAsWritten(t *testing.T) {
 	if err := taken.Wait(); err == nil || !strings.Contains(h.logOf("db2-again"), "address already in use (is another node using this port?)") {
 		t.Fatalf("a node on a taken port: %v\n%s", err, h.logOf("db2-again"))
 	}
-	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/status", port), nil)
+	req, _ = http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/status", port), nil)
 	req.Host = "lb.example"
 	if resp, err := h.client.Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("a request naming another host: %v %v", resp, err)
