@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/peer"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/replication"
 )
 
@@ -46,6 +48,9 @@ type consoleNode struct {
 	Term      uint64           `json:"term"`
 	Lag       uint64           `json:"lag"`
 	Error     string           `json:"error,omitempty"`
+	// Progress: the node's long operations under way (loads, backups,
+	// snapshots).
+	Progress []progress.Status `json:"progress,omitempty"`
 }
 
 // handleConsoleCluster asks every node of the configuration for its status
@@ -64,11 +69,11 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func(n *consoleNode, m replication.Member) {
 			defer wg.Done()
-			var st replication.Status
+			var st peer.NodeStatus
 			var err error
 			switch {
 			case m.ID == s.cfg.ID:
-				st = s.admin.Status()
+				st = peer.NodeStatus{Status: s.admin.Status(), Progress: s.progress.UnderWay()}
 			case m.URL == "":
 				err = errUnknownAddress
 			default:
@@ -80,7 +85,7 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 				n.Error = err.Error()
 				return
 			}
-			n.Reachable, n.Role, n.Applied, n.Commit, n.Term = true, st.Role, st.Applied, st.Commit, st.Term
+			n.Reachable, n.Role, n.Applied, n.Commit, n.Term, n.Progress = true, st.Role, st.Applied, st.Commit, st.Term, st.Progress
 		}(&nodes[i], m)
 	}
 	wg.Wait()
@@ -97,7 +102,7 @@ func (s *Server) handleConsoleCluster(w http.ResponseWriter, r *http.Request) {
 			nodes[i].Lag = commit - nodes[i].Applied
 		}
 	}
-	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "missing_voters": s.admin.MissingVoters(), "consistency": s.admin.Consistency(), "progress": s.progress.UnderWay(), "time": time.Now().UnixMilli()})
+	writeValue(w, http.StatusOK, map[string]any{"self": s.cfg.ID, "leader": leader, "commit_index": commit, "nodes": nodes, "missing_voters": s.admin.MissingVoters(), "consistency": s.admin.Consistency(), "time": time.Now().UnixMilli()})
 }
 
 // errUnknownAddress: a member this node has no URL for yet.

@@ -407,6 +407,7 @@ func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	// the others. Every refusal for a signature is counted.
 	others := peer.Handlers(peer.Local{Auth: auth, Admin: admin, Repl: repl, Store: st, Dir: cfg.Dir,
 		ForwardTimeout: cfg.QueryTimeout + cfg.AckTimeout, AckTimeout: cfg.AckTimeout, DefaultAck: cfg.Ack,
+		Progress: func() []progress.Status { return s.progress.UnderWay() },
 		Refused: func(r *http.Request, err error) {
 			s.log.Warn("refused peer request", "path", r.URL.Path, "from", r.RemoteAddr, "err", err)
 		}})

@@ -267,8 +267,8 @@ func (c *Client) Instance(ctx context.Context, url string) string {
 	return out.Instance
 }
 
-// Status asks the node at url for its Raft status (for the console).
-func (c *Client) Status(ctx context.Context, url string) (replication.Status, error) {
-	var st replication.Status
+// Status asks the node at url for its status (for the console).
+func (c *Client) Status(ctx context.Context, url string) (NodeStatus, error) {
+	var st NodeStatus
 	return st, c.post(ctx, url+StatusPath, []byte("{}"), &st)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/errkind"
+	"github.com/ddbgo/ddb/internal/progress"
 	"github.com/ddbgo/ddb/internal/replication"
 	"github.com/ddbgo/ddb/internal/store"
 )
@@ -51,6 +52,15 @@ type Local struct {
 	// Refused is told of every request refused for its signature (nil:
 	// nobody).
 	Refused func(r *http.Request, err error)
+	// Progress lists the long operations under way here (nil: none).
+	Progress func() []progress.Status
+}
+
+// NodeStatus is a node's status as another node's console asks for it:
+// its Raft status, and its long operations under way.
+type NodeStatus struct {
+	replication.Status
+	Progress []progress.Status `json:"progress,omitempty"`
 }
 
 // Handlers are the node-to-node endpoints other than Raft's (which the
@@ -239,5 +249,9 @@ func (l *Local) copy(w http.ResponseWriter, r *http.Request, _ []byte, _ int) {
 
 // status answers another node's console with this node's status.
 func (l *Local) status(w http.ResponseWriter, _ *http.Request, _ []byte, _ int) {
-	writeJSON(w, l.Admin.Status())
+	st := NodeStatus{Status: l.Admin.Status()}
+	if l.Progress != nil {
+		st.Progress = l.Progress()
+	}
+	writeJSON(w, st)
 }
