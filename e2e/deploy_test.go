@@ -86,8 +86,10 @@ func (h *deployHosts) sub(line string) string {
 	if m := regexp.MustCompile(`-host (db\d)`).FindStringSubmatch(line); m != nil {
 		host = m[1]
 	}
-	line = strings.ReplaceAll(line, "/var/lib/ddb", filepath.Join(h.dir, "h"+host)) // (hdb1: not an address below)
-	// File names keep the guide's host names: /etc/ddb/db1.pem is etc/db1.pem.
+	// Each host's data directory is dir/hdb1 ...; /etc/ddb/db1.pem is
+	// etc/fdb1.pem (the prefixes keep those names from being taken for
+	// host names below).
+	line = strings.ReplaceAll(line, "/var/lib/ddb", filepath.Join(h.dir, "h"+host))
 	line = regexp.MustCompile(`/etc/ddb/(db\d)`).ReplaceAllString(line, h.etc+"/f$1")
 	line = strings.ReplaceAll(line, "/etc/ddb", h.etc)
 	line = strings.ReplaceAll(line, ":8080", fmt.Sprintf(":%d", h.port))
