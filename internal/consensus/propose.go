@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -300,15 +298,7 @@ func (n *Node) Pending() int {
 }
 
 // bug says whether the deliberate defect b is on (fault builds only).
-func (n *Node) bug(b faults.Bug) bool {
-	// (Small enough to be inlined: in a release build, where Enabled is a
-	// false constant, the compiler drops the call and the names with it.)
-	return faults.Enabled && n.listsBug(b)
-}
-
-func (n *Node) listsBug(b faults.Bug) bool {
-	return n.cfg.InjectBug != "" && slices.Contains(strings.Split(n.cfg.InjectBug, ","), string(b))
-}
+func (n *Node) bug(b faults.Bug) bool { return faults.On(n.cfg.InjectBug, b) }
 
 // ackBeforeCommit is the deliberate defect "ack-before-commit" (fault
 // builds only): p's proposer is answered as if its write applied, and p

@@ -263,15 +263,7 @@ func (e *Engine) MissingVoters() []int {
 
 // bug reports whether the deliberate defect or forced schedule name is
 // switched on (a comma-separated list; fault builds only).
-func (e *Engine) bug(name faults.Bug) bool {
-	// (Small enough to be inlined: in a release build, where Enabled is a
-	// false constant, the compiler drops the call and the names with it.)
-	return faults.Enabled && e.listsBug(name)
-}
-
-func (e *Engine) listsBug(name faults.Bug) bool {
-	return slices.Contains(strings.Split(e.cfg.InjectBug, ","), string(name))
-}
+func (e *Engine) bug(name faults.Bug) bool { return faults.On(e.cfg.InjectBug, name) }
 
 // moveLeadershipForTest, in the fault build with the schedule
 // "transfer-mid-rejoin", hands leadership from this leader to another

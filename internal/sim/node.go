@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -69,9 +68,7 @@ func url(id uint64) string { return fmt.Sprintf("sim://node%d", id-1) }
 
 // bug says whether the deliberate defect name is on (fault builds only), as
 // the engine's does.
-func (s *sim) bug(name faults.Bug) bool {
-	return faults.Enabled && slices.Contains(strings.Split(s.o.Bug, ","), string(name))
-}
+func (s *sim) bug(name faults.Bug) bool { return faults.On(s.o.Bug, name) }
 
 // start opens the node's store and Raft state as consensus.StartEngine
 // does, and schedules its ticks and its background work.
