@@ -83,8 +83,7 @@ func (c *Client) newRequest(ctx context.Context, url string, v int, body io.Read
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set(HeaderVersion, strconv.Itoa(v))
-	c.auth.Sign(req, c.name, cluster.BodyHash(signed))
+	signAs(c.auth, req, c.name, cluster.BodyHash(signed), v)
 	return req, nil
 }
 
@@ -125,6 +124,27 @@ func (c *Client) learn(req *http.Request, resp *http.Response) (retry bool) {
 	return resp.StatusCode >= 400 && v < sent
 }
 
+// do sends the request build makes for the version of the envelope the
+// node at url speaks (VersionFor). Refused by a node of an earlier
+// version (see learn), it sends build's request once more, in that
+// node's version: build encodes and signs for the version it is given.
+func (c *Client) do(url string, build func(version int) (*http.Request, error)) (*http.Request, *http.Response, error) {
+	for try := 0; ; try++ {
+		req, err := build(c.VersionFor(url))
+		if err != nil {
+			return nil, nil, err
+		}
+		resp, err := c.http.Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !c.learn(req, resp) || try > 0 {
+			return req, resp, nil
+		}
+		resp.Body.Close()
+	}
+}
+
 // peerError is a peer's answer other than the one expected.
 type peerError struct {
 	status int
@@ -148,21 +168,15 @@ func answerError(resp *http.Response) *peerError {
 // 200 is a *peerError (its body read and closed). It returns the request
 // too, whose signature keys what the answer may carry (cluster.Auth.CopyMAC).
 func (c *Client) send(ctx context.Context, url string, body []byte) (*http.Response, *http.Request, error) {
-	var req *http.Request
-	var resp *http.Response
-	for try := 0; ; try++ {
-		var err error
-		if req, err = c.newRequest(ctx, url, c.VersionFor(url), bytes.NewReader(body), body); err != nil {
-			return nil, nil, err
+	req, resp, err := c.do(url, func(v int) (*http.Request, error) {
+		req, err := c.newRequest(ctx, url, v, bytes.NewReader(body), body)
+		if err == nil {
+			req.Header.Set("Content-Type", "application/json")
 		}
-		req.Header.Set("Content-Type", "application/json")
-		if resp, err = c.http.Do(req); err != nil {
-			return nil, nil, err
-		}
-		if !c.learn(req, resp) || try > 0 {
-			break
-		}
-		resp.Body.Close()
+		return req, err
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()

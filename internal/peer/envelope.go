@@ -63,7 +63,12 @@ func RequestVersion(r *http.Request) (int, error) {
 // Sign signs r (whose body, or what stands for it, hashes to bodyHash) as
 // node, in this build's version of the envelope.
 func Sign(auth *cluster.Auth, r *http.Request, node string, bodyHash []byte) {
-	r.Header.Set(HeaderVersion, strconv.Itoa(Version))
+	signAs(auth, r, node, bodyHash, Version)
+}
+
+// signAs signs r in version v of the envelope (the signature covers it).
+func signAs(auth *cluster.Auth, r *http.Request, node string, bodyHash []byte, v int) {
+	r.Header.Set(HeaderVersion, strconv.Itoa(v))
 	auth.Sign(r, node, bodyHash)
 }
 

@@ -288,26 +288,20 @@ func (t *RaftTransport) post(to uint64, batch []pb.Message, applied uint64) erro
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.c.timing.PeerRequest)
 	defer cancel()
-	var resp *http.Response
 	start := time.Now()
-	for try := 0; ; try++ {
-		v := t.c.VersionFor(url)
+	_, resp, err := t.c.do(url+RaftPath, func(v int) (*http.Request, error) {
 		body, err := t.frame(v, to, batch, applied)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		req, err := t.c.newRequest(ctx, url+RaftPath, v, bytes.NewReader(body), body)
-		if err != nil {
-			return err
+		if err == nil {
+			req.Header.Set("Content-Type", "application/octet-stream")
 		}
-		req.Header.Set("Content-Type", "application/octet-stream")
-		if resp, err = t.c.http.Do(req); err != nil {
-			return err
-		}
-		if !t.c.learn(req, resp) || try > 0 {
-			break
-		}
-		resp.Body.Close()
+		return req, err
+	})
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {

@@ -68,47 +68,55 @@ func (t *RaftTransport) streamSnapshot(node RaftNode, dir string, m pb.Message) 
 	if err != nil {
 		return err
 	}
-	for try := 0; ; try++ {
-		retry, err := t.postSnapshot(ctx, url, path, msg, out.Snapshot.Metadata.Index, m.To)
-		if !retry || try > 0 {
-			return err
-		}
-	}
+	return t.postSnapshot(ctx, url, path, msg, out.Snapshot.Metadata.Index, m.To)
 }
 
-// postSnapshot sends the copy at path with its message; retry: the peer
-// refused this version of the envelope and speaks an earlier one.
-func (t *RaftTransport) postSnapshot(ctx context.Context, url, path string, msg []byte, index, to uint64) (retry bool, err error) {
+// postSnapshot sends the copy at path with its message.
+func (t *RaftTransport) postSnapshot(ctx context.Context, url, path string, msg []byte, index, to uint64) (err error) {
 	f, size, sum, err := cluster.OpenHashed(path)
 	if err != nil {
-		return false, err
+		return err
 	}
-	defer f.Close()
+	f.Close() // (each request reads the file from its start)
 	op := t.c.progress.Start("snapshot-send", fmt.Sprintf("to node %d (index %d)", cluster.CommandLineID(to), index), "bytes", size)
 	defer func() { op.End(err) }()
-	req, err := t.c.newRequest(ctx, url+SnapshotPath, t.c.VersionFor(url), op.Reader(f), snapshotSigned(msg, sum))
-	if err != nil {
-		return false, err
-	}
-	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
-	req.Header.Set(headerSnapshotSHA256, sum)
 	t.log.Info("sending a snapshot", "to", cluster.CommandLineID(to), "index", index, "bytes", size)
-	resp, err := t.c.http.Do(req)
+	_, resp, err := t.c.do(url+SnapshotPath, func(v int) (*http.Request, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		op.Set(0)
+		req, err := t.c.newRequest(ctx, url+SnapshotPath, v, readCloser{op.Reader(f), f}, snapshotSigned(msg, sum))
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		req.ContentLength = size
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set(headerRaftMessage, base64.StdEncoding.EncodeToString(msg))
+		req.Header.Set(headerSnapshotSHA256, sum)
+		return req, nil
+	})
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer resp.Body.Close()
-	if t.c.learn(req, resp) {
-		return true, fmt.Errorf("%s speaks an earlier protocol", url)
-	}
 	if resp.StatusCode != http.StatusNoContent {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return false, fmt.Errorf("%s answered %s: %s", url, resp.Status, bytes.TrimSpace(b))
+		return fmt.Errorf("%s answered %s: %s", url, resp.Status, bytes.TrimSpace(b))
 	}
-	return false, nil
+	return nil
 }
+
+// readCloser reads through r and closes c (a file read through a counter),
+// so that the HTTP client closes the file once the request is sent.
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (r readCloser) Close() error { return r.c.Close() }
 
 // snapshotHandler serves SnapshotPath: it checks the signature over the
 // message and the body's hash before reading the body, receives the body

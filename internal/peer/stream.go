@@ -88,36 +88,25 @@ func (t *RaftTransport) openStream(to uint64) (*outStream, error) {
 	if url == "" {
 		return nil, fmt.Errorf("node %d: %w", to, errNoAddress)
 	}
-	var req *http.Request
-	var resp *http.Response
-	var cancel context.CancelFunc
-	for try := 0; ; try++ {
-		var ctx context.Context
-		ctx, cancel = context.WithCancel(context.Background())
-		var err error
-		req, err = t.c.newRequest(ctx, url+StreamPath, t.c.VersionFor(url), nil, nil)
-		if err != nil {
-			cancel()
-			return nil, err
+	ctx, cancel := context.WithCancel(context.Background())
+	// A paused peer accepts the connection but never answers (the bound
+	// covers the opening, sent again in an earlier version if need be).
+	timer := time.AfterFunc(t.c.timing.PeerRequest, cancel)
+	req, resp, err := t.c.do(url+StreamPath, func(v int) (*http.Request, error) {
+		req, err := t.c.newRequest(ctx, url+StreamPath, v, nil, nil)
+		if err == nil {
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", streamProtocol)
 		}
-		req.Header.Set("Connection", "Upgrade")
-		req.Header.Set("Upgrade", streamProtocol)
-		// A paused peer accepts the connection but never answers.
-		timer := time.AfterFunc(t.c.timing.PeerRequest, cancel)
-		resp, err = t.c.http.Do(req)
-		if !timer.Stop() && err == nil {
-			resp.Body.Close()
-			err = errors.New("the stream's opening timed out")
-		}
-		if err != nil {
-			cancel()
-			return nil, err
-		}
-		if !t.c.learn(req, resp) || try > 0 {
-			break
-		}
+		return req, err
+	})
+	if !timer.Stop() && err == nil {
 		resp.Body.Close()
+		err = errors.New("the stream's opening timed out")
+	}
+	if err != nil {
 		cancel()
+		return nil, err
 	}
 	version, _ := RequestVersion(req)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
