@@ -121,7 +121,7 @@ func (s *Server) hostAllowed(host string) bool {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	host = cluster.HostName(host)
 	if net.ParseIP(host) != nil || cluster.IsLoopbackHost(host) {
 		return true
 	}

@@ -255,12 +255,18 @@ func (c *Config) ListenAddr() string {
 // port) is this machine's loopback: localhost (or a name under it), or an
 // address in 127.0.0.0/8 or ::1.
 func IsLoopbackHost(host string) bool {
-	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
-	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+	host = HostName(host)
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// HostName is host (without a port) as names are compared: lower case,
+// without brackets around an IPv6 address, without a final dot.
+func HostName(host string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(strings.TrimSpace(host), "[]"), "."))
 }
 
 // KnownHosts are the host names a request's Host header may name (besides
@@ -281,7 +287,7 @@ func (c *Config) KnownHosts() []string {
 	hosts = append(hosts, c.AllowHosts...)
 	out := hosts[:0]
 	for _, h := range hosts {
-		h = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(h), "."))
+		h = HostName(h)
 		if h != "" && !slices.Contains(out, h) {
 			out = append(out, h)
 		}

@@ -99,7 +99,8 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	tr := peer.NewClient(cluster.NewAuth(secret, nil), cfg.Name(), tlsClient, timing)
 	tr.SetProgress(track)
 	n := &Node{Config: cfg, Store: st, ln: ln, done: make(chan error, 1), logger: logger}
-	n.eng, err = consensus.StartEngine(st, raftConfig(cfg, timing, tr, logger))
+	engCfg := raftConfig(cfg, timing, tr, logger)
+	n.eng, err = consensus.StartEngine(st, engCfg)
 	if err != nil {
 		ln.Close()
 		st.Close()
@@ -149,7 +150,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		}
 		n.done <- err
 	}()
-	peers := raftConfig(cfg, timing, tr, logger).Peers
+	peers := engCfg.Peers
 	var peerURLs []string
 	for _, id := range slices.Sorted(maps.Keys(peers)) {
 		if id != cluster.RaftID(cfg.ID) {
