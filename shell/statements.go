@@ -83,7 +83,7 @@ func splitStatements(text string) (done []string, rest string) {
 			}
 		case ';':
 			stmt := text[start:i]
-			if isTrigger(stmt) && !endsWithEnd(stmt) {
+			if isTrigger(stmt) && !endsTrigger(stmt) {
 				continue // a ; inside the trigger's body
 			}
 			if t := strings.TrimSpace(stmt); strings.TrimSpace(stripComments(t)) != "" {
@@ -114,12 +114,16 @@ func isTrigger(sql string) bool {
 }
 
 // endsWithEnd says whether sql's last word is END.
-func endsWithEnd(sql string) bool {
+// endsTrigger says whether sql, a trigger up to a ;, ends its body: its
+// last word is END, and the END begins a statement of its own (it follows
+// a ;), as SQLite's own test (sqlite3_complete) has it; the END of a CASE
+// inside the body does not end it.
+func endsTrigger(sql string) bool {
 	t := strings.TrimRightFunc(stripComments(sql), unicode.IsSpace)
-	if len(t) < 3 || !strings.EqualFold(t[len(t)-3:], "END") {
+	if len(t) < 3 || !strings.EqualFold(t[len(t)-3:], "END") || len(t) > 3 && isWordByte(t[len(t)-4]) {
 		return false
 	}
-	return len(t) == 3 || !isWordByte(t[len(t)-4])
+	return strings.HasSuffix(strings.TrimRightFunc(t[:len(t)-3], unicode.IsSpace), ";")
 }
 
 func isWordByte(b byte) bool {
