@@ -11,10 +11,12 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
 
@@ -769,11 +771,38 @@ func appendRqValue(b []byte, v any, blobArray bool) []byte {
 	return appendString(b, fmt.Sprint(v))
 }
 
+// controlsTransaction says whether sql, one statement, begins or ends a
+// transaction or savepoint (its first word, comments aside).
+func controlsTransaction(sql string) bool {
+	for {
+		sql = strings.TrimSpace(sql)
+		switch {
+		case strings.HasPrefix(sql, "--"):
+			_, sql, _ = strings.Cut(sql, "\n")
+			continue
+		case strings.HasPrefix(sql, "/*"):
+			_, sql, _ = strings.Cut(sql, "*/")
+			continue
+		}
+		break
+	}
+	words := strings.FieldsFunc(sql, func(r rune) bool { return !unicode.IsLetter(r) })
+	if len(words) == 0 {
+		return false
+	}
+	switch strings.ToUpper(words[0]) {
+	case "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
+		return true
+	}
+	return false
+}
+
 // splitStatements gives each SQL statement of a /db/request its own place
 // (and so its own result, as rqlite answers): a string without parameters
 // that holds several statements ("SELECT 1; SELECT 2") becomes one entry
 // for each, as SQLite reads them. A string with parameters stays whole
-// (which statement they belong to would be a guess).
+// (which statement they belong to would be a guess), and so does one that
+// controls its own transaction.
 func splitStatements(stmts []rlog.Statement) []rlog.Statement {
 	out := make([]rlog.Statement, 0, len(stmts))
 	for _, st := range stmts {
@@ -782,7 +811,10 @@ func splitStatements(stmts []rlog.Statement) []rlog.Statement {
 			continue
 		}
 		parts := sqlite.Split(st.SQL)
-		if len(parts) <= 1 {
+		if len(parts) <= 1 || slices.ContainsFunc(parts, controlsTransaction) {
+			// (A string that opens or ends its own transaction means its
+			// statements to go together: it stays whole, and is refused
+			// whole, applying none of them.)
 			out = append(out, st)
 			continue
 		}

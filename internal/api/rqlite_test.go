@@ -84,3 +84,25 @@ func TestRqliteAnswersAreEncodedAsRqliteEncodesThem(t *testing.T) {
 		t.Errorf("associative form:\n got %s\nwant %s", got, want)
 	}
 }
+
+// A /db/request string that holds several statements is cut into them,
+// each with a result of its own; one with parameters, or one that opens or
+// ends its own transaction, stays whole.
+func TestRequestStringsAreCutIntoStatements(t *testing.T) {
+	for _, c := range []struct {
+		in   rlog.Statement
+		want int
+	}{
+		{rlog.Statement{SQL: "SELECT 1; SELECT 2"}, 2},
+		{rlog.Statement{SQL: "SELECT 1;;; SELECT 'a;b';"}, 2},
+		{rlog.Statement{SQL: "SELECT ?; SELECT 2", Pos: []any{int64(1)}}, 1},
+		{rlog.Statement{SQL: "BEGIN; INSERT INTO t VALUES (1); COMMIT"}, 1},
+		{rlog.Statement{SQL: "INSERT INTO t VALUES (1); -- done\n end"}, 1},
+		{rlog.Statement{SQL: "SAVEPOINT a; INSERT INTO t VALUES (1); RELEASE a"}, 1},
+		{rlog.Statement{SQL: "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END; SELECT 2"}, 2},
+	} {
+		if got := splitStatements([]rlog.Statement{c.in}); len(got) != c.want {
+			t.Errorf("%q: %d statements, want %d: %q", c.in.SQL, len(got), c.want, got)
+		}
+	}
+}
