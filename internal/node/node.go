@@ -112,6 +112,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	handler.SetProgress(track)
 	handler.SetStatus("progress", func() any { return track.UnderWay() })
 	n.stop = make(chan struct{})
+	go track.Run(n.stop)
 	if cfg.BackupDir != "" {
 		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop, track)
 	}

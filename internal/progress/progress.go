@@ -26,10 +26,49 @@ type Tracker struct {
 	ops  map[int64]*Op
 }
 
-// New returns a tracker that logs each operation's progress to log at
-// most every every (and when it ends).
+// New returns a tracker that logs each operation's progress to log every
+// every while it runs (Run), and when it starts and ends.
 func New(log *slog.Logger, every time.Duration) *Tracker {
 	return &Tracker{log: log, every: every, now: time.Now, ops: map[int64]*Op{}}
+}
+
+// Run logs the operations under way every t.every, until stop is closed:
+// one whose step takes long (a large load's commit) is reported too.
+func (t *Tracker) Run(stop <-chan struct{}) {
+	tick := time.NewTicker(t.every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			t.logUnderWay()
+		case <-stop:
+			return
+		}
+	}
+}
+
+// logUnderWay logs each operation under way that has run for every at
+// least since it started or was last logged.
+func (t *Tracker) logUnderWay() {
+	now := t.now()
+	t.mu.Lock()
+	var due []*Op
+	for _, op := range t.ops {
+		if now.Sub(op.logged) >= t.every {
+			op.logged = now
+			due = append(due, op)
+		}
+	}
+	t.mu.Unlock()
+	sort.Slice(due, func(i, j int) bool { return due[i].id < due[j].id })
+	for _, op := range due {
+		st := op.status(now)
+		args := []any{"detail", op.detail, "done", sized(st.Done, op.unit), "elapsed", time.Duration(st.ElapsedSeconds * float64(time.Second)).Round(time.Second)}
+		if st.Total > 0 {
+			args = append(args, "total", sized(st.Total, op.unit), "percent", fmt.Sprintf("%.0f%%", st.Percent))
+		}
+		t.log.Info(op.kind+" under way", args...)
+	}
 }
 
 // Op is one operation under way.
@@ -42,7 +81,7 @@ type Op struct {
 	total   atomic.Int64
 	done    atomic.Int64
 	started time.Time
-	logged  atomic.Int64 // unix ns of the last progress line
+	logged  time.Time // the last progress line (t.mu)
 }
 
 // Status is an operation's state, as /status shows it.
@@ -64,7 +103,7 @@ func (t *Tracker) Start(kind, detail, unit string, total int64) *Op {
 	}
 	op := &Op{t: t, kind: kind, detail: detail, unit: unit, started: t.now()}
 	op.total.Store(total)
-	op.logged.Store(op.started.UnixNano())
+	op.logged = op.started
 	t.mu.Lock()
 	t.next++
 	op.id = t.next
@@ -74,14 +113,12 @@ func (t *Tracker) Start(kind, detail, unit string, total int64) *Op {
 	return op
 }
 
-// Add counts n more units done, and logs the progress if it has not for
-// a while.
+// Add counts n more units done.
 func (o *Op) Add(n int64) {
 	if o == nil {
 		return
 	}
 	o.done.Add(n)
-	o.maybeLog()
 }
 
 // Set says done units are done.
@@ -90,7 +127,6 @@ func (o *Op) Set(done int64) {
 		return
 	}
 	o.done.Store(done)
-	o.maybeLog()
 }
 
 // SetTotal sets the total, once it is known.
@@ -99,20 +135,6 @@ func (o *Op) SetTotal(total int64) {
 		return
 	}
 	o.total.Store(total)
-}
-
-func (o *Op) maybeLog() {
-	now := o.t.now()
-	last := o.logged.Load()
-	if now.UnixNano()-last < int64(o.t.every) || !o.logged.CompareAndSwap(last, now.UnixNano()) {
-		return
-	}
-	st := o.status(now)
-	args := []any{"detail", o.detail, "done", sized(st.Done, o.unit), "elapsed", time.Duration(st.ElapsedSeconds * float64(time.Second)).Round(time.Second)}
-	if st.Total > 0 {
-		args = append(args, "total", sized(st.Total, o.unit), "percent", fmt.Sprintf("%.0f%%", st.Percent))
-	}
-	o.t.log.Info(o.kind+" under way", args...)
 }
 
 // End records the operation's end (err: how it failed).
