@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,7 +18,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -74,7 +72,7 @@ type deployHosts struct {
 	secret   string
 	work     string // where curl runs (its -o files land here)
 	procs    map[string]*exec.Cmd
-	logs     map[string]*syncBuf
+	logs     map[string]*testcluster.Output
 	client   *http.Client
 }
 
@@ -107,7 +105,7 @@ func (h *deployHosts) start(name, line string, env ...string) *exec.Cmd {
 	bin := filepath.Join(h.bin, strings.TrimPrefix(f[0], "ddb-"))
 	cmd := exec.Command(bin, f[1:]...)
 	cmd.Env = append(append(os.Environ(), "DDB_CLUSTER_SECRET="+h.secret), env...)
-	out := &syncBuf{}
+	out := &testcluster.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		h.t.Fatal(err)
@@ -181,24 +179,6 @@ func (h *deployHosts) waitLog(host, want string) {
 
 func (h *deployHosts) logOf(host string) string { return h.logs[host].String() }
 
-// syncBuf is a process's output, read while it is written.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // deployCerts makes a CA and a certificate for each of db1..db5 (as
 // 127.0.0.N) in etc, as section 2 of the guide does with openssl.
 func deployCerts(t *testing.T, etc string) *x509.CertPool {
@@ -252,7 +232,7 @@ func TestTheDeploymentGuideAsWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &deployHosts{t: t, etc: t.TempDir(), dir: t.TempDir(), work: t.TempDir(), port: port, bin: bin, procs: map[string]*exec.Cmd{}, logs: map[string]*syncBuf{}}
+	h := &deployHosts{t: t, etc: t.TempDir(), dir: t.TempDir(), work: t.TempDir(), port: port, bin: bin, procs: map[string]*exec.Cmd{}, logs: map[string]*testcluster.Output{}}
 	pool := deployCerts(t, h.etc)
 	h.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	h.secret = strings.Repeat("5e", 32)

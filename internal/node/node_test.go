@@ -16,18 +16,6 @@ import (
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
-// syncBuffer is a log sink several goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
 // A master and two slaves in one process, each a whole node (its Engine
 // with its store, its API, its transport) on loopback: so that the race
 // detector sees every goroutine of the engine at once (go test -race
@@ -40,7 +28,7 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	logs := &syncBuffer{}
+	logs := &testcluster.Output{}
 	start := func(id int) *Node {
 		role, args := cluster.Slave, []string{fmt.Sprint(id), "2"}
 		if id == 0 {
@@ -65,7 +53,7 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 			}
 		}
 		if t.Failed() {
-			t.Logf("logs:\n%s", logs.b.String())
+			t.Logf("logs:\n%s", logs.String())
 		}
 	}()
 	defer func() { checkJSONLog(t, logs.String(), 3) }()
@@ -132,12 +120,6 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 	}
 }
 
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // checkJSONLog checks a JSON log: every line an object whose keys appear
 // once, and nodes start-up lines, each naming everything a reader needs
 // (role and id, URL, listen address, data file, users, TLS, where the
@@ -201,7 +183,7 @@ func TestANodeOpenToTheNetworkWithoutUsersSaysSo(t *testing.T) {
 		listen string
 		warn   bool
 	}{{fmt.Sprintf("0.0.0.0:%d", base), true}, {fmt.Sprintf("127.0.0.1:%d", base), false}} {
-		logs := &syncBuffer{}
+		logs := &testcluster.Output{}
 		cfg, err := cluster.ParseArgs(cluster.Master, []string{"-listen", c.listen, "-dir", t.TempDir(), "-secret", "s", "0"}, io.Discard)
 		if err != nil {
 			t.Fatal(err)

@@ -538,3 +538,23 @@ func (p *Proc) ExitCode() int {
 	}
 	return p.cmd.ProcessState.ExitCode()
 }
+
+// Output is a process's (or a logger's) output, written by several
+// goroutines and read while it is written.
+type Output struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+// String is what was written so far.
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
