@@ -32,9 +32,10 @@ const (
 	flagEach
 	flagAtomic
 	flagReplace
-	flagSteps // a step budget follows the byte limit (bodies written before have none)
-	flagLoad  // a load step follows
-	flagCheck // a consistency check: no statements (see Write.Check)
+	flagSteps   // a step budget follows the byte limit (bodies written before have none)
+	flagLoad    // a load step follows
+	flagCheck   // a consistency check: no statements (see Write.Check)
+	flagChanges // the change stream's setting follows (see Write.SetChanges)
 )
 
 const (
@@ -85,12 +86,12 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	for _, f := range []struct {
 		on  bool
 		bit uint64
-	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}, {w.Check, flagCheck}} {
+	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}, {w.Check, flagCheck}, {w.SetChanges, flagChanges}} {
 		if f.on {
 			flags |= f.bit
 		}
 	}
-	if w.MaxRows < 0 || w.MaxBytes < 0 || w.MaxSteps < 0 {
+	if w.MaxRows < 0 || w.MaxBytes < 0 || w.MaxSteps < 0 || w.ChangesKeep < 0 {
 		return nil, errors.New("negative limit")
 	}
 	size := 16 + len(w.RequestID)
@@ -113,6 +114,9 @@ func (w *Write) encodeBinary() ([]byte, error) {
 		b = appendString(b, l.ID)
 		b = binary.AppendUvarint(b, uint64(l.Op))
 		b = binary.AppendUvarint(b, uint64(l.Seq))
+	}
+	if w.SetChanges {
+		b = binary.AppendUvarint(b, uint64(w.ChangesKeep))
 	}
 	b = binary.AppendUvarint(b, uint64(len(w.Stmts)))
 	var err error
@@ -246,6 +250,13 @@ func decodeBinary(body []byte) (Write, error) {
 		l.Op, l.Seq = LoadOp(op), int64(seq)
 		w.Load = l
 	}
+	if flags&flagChanges != 0 {
+		keep := r.uvarint()
+		if keep > math.MaxInt64 {
+			return Write{}, errShort
+		}
+		w.SetChanges, w.ChangesKeep = true, int64(keep)
+	}
 	n := r.count()
 	if r.err == nil && n > 0 {
 		w.Stmts = make([]Statement, n)
@@ -275,3 +286,44 @@ func decodeBinary(body []byte) (Write, error) {
 	}
 	return w, nil
 }
+
+// AppendValue appends v in the binary encoding of a value (a tag byte and
+// its payload), as entries hold parameters and the change stream holds
+// row values.
+func AppendValue(b []byte, v any) ([]byte, error) { return appendValue(b, v) }
+
+// AppendString appends s as the binary encoding holds a string.
+func AppendString(b []byte, s string) []byte { return appendString(b, s) }
+
+// Reader reads what AppendValue and AppendString wrote, and uvarints;
+// Err is the first failure (every later read returns a zero value).
+type Reader struct{ r binReader }
+
+// NewReader reads b.
+func NewReader(b []byte) *Reader { return &Reader{binReader{b: b}} }
+
+// Value reads one value.
+func (r *Reader) Value() any { return r.r.value() }
+
+// String reads one string.
+func (r *Reader) String() string { return string(r.r.bytes()) }
+
+// Uvarint reads one uvarint.
+func (r *Reader) Uvarint() uint64 { return r.r.uvarint() }
+
+// Byte reads one byte.
+func (r *Reader) Byte() byte {
+	if r.r.err != nil || len(r.r.b) == 0 {
+		r.r.err = errShort
+		return 0
+	}
+	c := r.r.b[0]
+	r.r.b = r.r.b[1:]
+	return c
+}
+
+// Len is how many bytes are left to read.
+func (r *Reader) Len() int { return len(r.r.b) }
+
+// Err is the first failure.
+func (r *Reader) Err() error { return r.r.err }

@@ -217,6 +217,12 @@ type Write struct {
 	// ends its transaction after it and computes a digest of its database
 	// as of its index, and the nodes compare their digests.
 	Check bool
+	// SetChanges sets the change stream for the whole cluster (it holds
+	// no statements): on, keeping the row changes of the last ChangesKeep
+	// log indexes, or off (ChangesKeep 0). Every node captures, or not,
+	// from the same entry on.
+	SetChanges  bool
+	ChangesKeep int64
 }
 
 // LoadOp is what one step of a load does.

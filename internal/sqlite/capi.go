@@ -242,6 +242,7 @@ import (
 	"fmt"
 	"net/url"
 	"runtime"
+	"runtime/cgo"
 	"strconv"
 	"strings"
 	"sync"
@@ -292,9 +293,13 @@ func IsCode(err error, code int) bool {
 type Conn struct {
 	db     *C.sqlite3
 	Driver *sqlite3.SQLiteConn
-	auth   func(op int, arg1, arg2, dbName string) int
+	auth   Authorizer
+	self   cgo.Handle // how SQLite's authorizer finds the Conn (see auth.go)
 	cache  map[string]*CachedStmt
 	budget *C.ddb_budget // C memory, from open to Close (see SetStepBudget)
+	// changes is the capture buffer of the change stream's triggers (see
+	// changes.go), C memory from open to Close.
+	changes *C.ddb_changes
 }
 
 // CachedStmt is a prepared statement kept for reuse, with whatever the
@@ -340,7 +345,7 @@ func (c *Conn) DropCache() {
 
 // SetAuthorizer sets the function consulted for every action while a
 // statement is prepared; nil allows everything. It returns the previous one.
-func (c *Conn) SetAuthorizer(f func(op int, arg1, arg2, dbName string) int) func(int, string, string, string) int {
+func (c *Conn) SetAuthorizer(f Authorizer) Authorizer {
 	old := c.auth
 	c.auth = f
 	return old
@@ -349,7 +354,9 @@ func (c *Conn) SetAuthorizer(f func(op int, arg1, arg2, dbName string) int) func
 // Close closes the connection.
 func (c *Conn) Close() error {
 	c.DropCache()
+	c.removeAuthorizer()
 	err := c.Driver.Close()
+	c.freeChanges()
 	if c.budget != nil {
 		C.free(unsafe.Pointer(c.budget))
 		c.budget = nil
@@ -926,12 +933,14 @@ func open(path string, params url.Values) (*Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("register zeroblob(): SQLite error %d", int(rc))
 	}
-	c.Driver.RegisterAuthorizer(func(op int, a1, a2, db string) int {
-		if c.auth == nil {
-			return 0
-		}
-		return c.auth(op, a1, a2, db)
-	})
+	if err := c.registerChanges(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("register the change stream's capture: %w", err)
+	}
+	if err := c.installAuthorizer(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("set the authorizer: %w", err)
+	}
 	return c, nil
 }
 
@@ -966,7 +975,7 @@ const minVersion = 3_038_000
 // selfTest checks, on a fresh connection, what this package relies on from
 // the SQLite build and the driver: the version; that the handle is the
 // driver's own connection (a table the driver creates is seen through it);
-// that the driver calls the authorizer for statements compiled through the
+// that SQLite calls the authorizer for statements compiled through the
 // handle; and that values read through the handle come back exactly (no
 // driver conversion of a column declared TIMESTAMP).
 func selfTest(c *Conn) error {
@@ -986,7 +995,7 @@ func selfTest(c *Conn) error {
 	}
 	called := false
 	prev := c.auth
-	c.auth = func(op int, a1, a2, db string) int { called = true; return 0 }
+	c.auth = func(op int, a1, a2, db, trigger string) int { called = true; return 0 }
 	st, err := c.Prepare("SELECT 1")
 	c.auth = prev
 	if err != nil {
@@ -994,7 +1003,7 @@ func selfTest(c *Conn) error {
 	}
 	st.Close()
 	if !called {
-		return errors.New("the driver's authorizer is not called for statements compiled through the handle")
+		return errors.New("the authorizer is not called for statements compiled through the handle")
 	}
 	return nil
 }

@@ -29,4 +29,21 @@ int ddb_register_match(sqlite3 *db, ddb_budget *b);
 // place of SQLite's on db (see blob.c).
 int ddb_register_blob(sqlite3 *db, ddb_budget *b);
 
+// The row changes a writer connection captured for the change stream (see
+// changes.c and Conn.CaptureChanges): records appended by the capture
+// triggers' calls of _ddb_change() and _ddb_vals(), in SQLite's order.
+typedef struct {
+	unsigned char *buf;
+	sqlite3_int64 len, cap;
+	sqlite3_int64 limit; // the most buf may hold; a call past it fails
+	int off;             // nonzero: record nothing (see Conn.PauseCapture)
+} ddb_changes;
+
+// ddb_register_changes makes _ddb_change() and _ddb_vals() append to c on db.
+int ddb_register_changes(sqlite3 *db, ddb_changes *c);
+
+// ddb_set_authorizer makes SQLite consult the Go authorizer registered
+// under handle (see auth.go), with the trigger or view an action runs in.
+int ddb_set_authorizer(sqlite3 *db, unsigned long long handle);
+
 #endif

@@ -190,6 +190,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			s.internal("ROLLBACK")
 			return nil, nil, fmt.Errorf("savepoint: %w", err)
 		}
+		s.cap.mark = s.w.CaptureMark()
 		if err := s.enter(e.TimeMs, e.Seed); err != nil {
 			s.internal("ROLLBACK")
 			return nil, nil, err
@@ -202,7 +203,17 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		}
 		var results []Result
 		s.steps = stepBudget{on: w.MaxSteps > 0, left: w.MaxSteps, total: w.MaxSteps}
-		if w.Load != nil {
+		bulk := s.cap.on && (w.Load != nil || w.Replace)
+		if bulk {
+			// A load's rows are not captured one by one (a load may hold
+			// gigabytes): the stream says the entry loaded, and a
+			// consumer reads the tables again.
+			s.w.PauseCapture(true)
+		}
+		if w.SetChanges {
+			s.cap.stale = true
+			err = s.setChanges(e.Index, w.ChangesKeep)
+		} else if w.Load != nil {
 			results, err = s.applyLoad(w)
 		} else if len(w.Stmts) == 0 {
 			err = &ParamError{Msg: "the log entry holds no statement"}
@@ -222,6 +233,12 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 			}
 			if err == nil {
 				results, err = s.runWrite(context.Background(), w.Stmts, w.AllowSchema, w.Collect, w.RequestID != "", Limits{MaxRows: w.MaxRows, MaxBytes: w.MaxBytes})
+			}
+		}
+		if bulk {
+			s.w.PauseCapture(false)
+			if err == nil && (w.Load == nil || w.Load.Op == rlog.LoadCommit) {
+				err = s.captureLoad()
 			}
 		}
 		if s.steps.spent() {
@@ -250,6 +267,10 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		if err := s.internal("RELEASE req"); err != nil {
 			s.internal("ROLLBACK")
 			return nil, nil, fmt.Errorf("release savepoint: %w", err)
+		}
+		if err := s.storeChanges(e.Index, e.TimeMs); err != nil {
+			s.internal("ROLLBACK")
+			return nil, nil, err
 		}
 		if !w.Collect {
 			results = dropRows(results)

@@ -61,7 +61,7 @@ func isInternal(name string) bool {
 
 // internalTables are the tables the project keeps for itself, in every
 // version: the only names of the internal namespace a database may hold.
-var internalTables = []string{"_ddb_meta", "_ddb_log", "_ddb_members", "_ddb_requests", "_ddb_raft_state", "_ddb_raft_log", "_ddb_load"}
+var internalTables = []string{"_ddb_meta", "_ddb_log", "_ddb_members", "_ddb_requests", "_ddb_raft_state", "_ddb_raft_log", "_ddb_load", "_ddb_changes"}
 
 // knownInternal reports whether name is one of internalTables.
 func knownInternal(name string) bool {
@@ -149,6 +149,9 @@ func judge(op int, a1, a2 string) (Kind, string) {
 	case sqlite3.SQLITE_FUNCTION:
 		if strings.EqualFold(a2, "load_extension") {
 			return KindRead, "load_extension is not allowed"
+		}
+		if isInternal(a2) {
+			return KindRead, fmt.Sprintf("%s() is internal to the database", a2)
 		}
 		return KindRead, ""
 	case sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE:
@@ -268,7 +271,12 @@ type authState struct {
 
 func (a *authState) reset(p policy) { *a = authState{policy: p} }
 
-func (a *authState) authorize(op int, a1, a2, db string) int {
+func (a *authState) authorize(op int, a1, a2, db, trigger string) int {
+	if strings.HasPrefix(trigger, captureTrigger) {
+		// The change stream's own triggers (see changes.go): what they do
+		// is the store's, not the statement's.
+		return sqlite3.SQLITE_OK
+	}
 	k, why := judge(op, a1, a2)
 	if s := schemaOf(op, a1, db); why == "" && s != "" && !strings.EqualFold(s, "main") {
 		// What a statement changes is judged by where it lies, however

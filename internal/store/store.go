@@ -92,6 +92,8 @@ type Store struct {
 	// schema version vtabsAt (vtabsKnown once looked at).
 	vtabs, vtabsKnown bool
 	vtabsAt           int64
+	// cap is the change stream's capture on the writer (see changes.go).
+	cap capture
 	// digests are the consistency checks' digests (see startDigest).
 	digests  digests
 	sync     string // the writer's PRAGMA synchronous (Options.Synchronous)
@@ -443,7 +445,7 @@ func (s *Store) initWriter() error {
 	}
 	s.w.SetAuthorizer(s.wconn.auth.authorize)
 	s.wconn.auth.reset(policyReplica)
-	return nil
+	return s.loadChangeSetting()
 }
 
 // randSource draws from the store's current entry generator (s.rng is
@@ -738,8 +740,32 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			return res, &ParamError{Msg: err.Error()}
 		}
 		pos = pos[used:]
+		capturing := kind == KindSchema && cn.entry != nil && s.cap.on
+		if capturing {
+			// A capture trigger naming a column would keep ALTER TABLE
+			// from dropping it: they go for the statement, and are made
+			// again for the schema it leaves.
+			saved := *a
+			err := s.dropCaptureTriggers()
+			*a = saved
+			if err != nil {
+				release()
+				return res, err
+			}
+		}
 		r, err := s.stepWithin(ctx, cn, stmt, collect, b)
 		release()
+		if capturing {
+			saved := *a
+			cerr := s.ensureCapture()
+			if cerr == nil && err == nil {
+				cerr = s.captureSchema(stmt.SQL)
+			}
+			*a = saved
+			if cerr != nil {
+				return res, cerr
+			}
+		}
 		if kind == KindSchema {
 			// Every connection drops its statements before its next use;
 			// this one at once, for the rest of its transaction.

@@ -25,7 +25,8 @@ func (s *Store) CommitBatch(reqs []*Request, now Now) []Outcome {
 	entries := make([]rlog.Entry, len(reqs))
 	for i, r := range reqs {
 		w := rlog.Write{RequestID: r.RequestID, Stmts: r.Stmts, AllowSchema: r.AllowSchema, Collect: r.Collect,
-			MaxRows: r.Limits.MaxRows, MaxBytes: r.Limits.MaxBytes, MaxSteps: r.Limits.MaxSteps, Each: r.Each, Atomic: r.Atomic, Replace: r.Replace}
+			MaxRows: r.Limits.MaxRows, MaxBytes: r.Limits.MaxBytes, MaxSteps: r.Limits.MaxSteps, Each: r.Each, Atomic: r.Atomic, Replace: r.Replace,
+			SetChanges: r.SetChanges, ChangesKeep: r.ChangesKeep}
 		body, err := w.Encode()
 		if err != nil {
 			panic(err)

@@ -29,6 +29,10 @@ type Request struct {
 	Load *rlog.LoadStep
 	// Check: the entry is a consistency check (see rlog.Write.Check).
 	Check bool
+	// SetChanges sets the cluster's change stream (see
+	// rlog.Write.SetChanges): on, keeping ChangesKeep indexes, or off.
+	SetChanges  bool
+	ChangesKeep int64
 }
 
 // Outcome is what happened to one Request of a batch.
@@ -61,6 +65,13 @@ func (s *Store) beginEntries() error {
 	}
 	if err == nil {
 		err = s.afterEntry() // a transaction rolled back after a schema change
+	}
+	if err == nil && s.cap.stale {
+		err = s.loadChangeSetting() // a transaction that changed it rolled back
+	}
+	if err == nil {
+		s.w.TruncateCapture(0)
+		err = s.ensureCapture()
 	}
 	if err != nil {
 		s.internal("ROLLBACK")
@@ -108,6 +119,7 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 		if err := s.internal("SAVEPOINT stmt"); err != nil {
 			return nil, false, err
 		}
+		mark := s.w.CaptureMark()
 		s.wconn.auth.reset(p)
 		r, rerr := s.run(context.Background(), s.wconn, st, collect || hasID, b)
 		if rerr != nil {
@@ -117,6 +129,7 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 			if err := s.internal("ROLLBACK TO stmt", "RELEASE stmt"); err != nil {
 				return nil, false, err
 			}
+			s.w.TruncateCapture(mark)
 			if err := s.afterEntry(); err != nil {
 				return nil, false, err
 			}
@@ -171,6 +184,7 @@ func (s *Store) undoEntry() error {
 	if err := s.internal("ROLLBACK TO req"); err != nil {
 		return err
 	}
+	s.w.TruncateCapture(s.cap.mark)
 	return s.afterEntry()
 }
 
@@ -181,7 +195,12 @@ func (s *Store) rollbackEntry() error {
 		s.internal("ROLLBACK")
 		return fmt.Errorf("roll back failed entry: %w", err)
 	}
-	if err := s.afterEntry(); err != nil {
+	s.w.TruncateCapture(s.cap.mark)
+	err := s.afterEntry()
+	if err == nil && s.cap.stale {
+		err = s.loadChangeSetting() // the entry that changed it failed
+	}
+	if err != nil {
 		s.internal("ROLLBACK")
 		return err
 	}
@@ -322,6 +341,7 @@ func (s *Store) commitAt(index uint64) error {
 		s.visible.Store(s.applied.Load())
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.cap.stale = false
 	if afterCommit != nil {
 		afterCommit(index)
 	}

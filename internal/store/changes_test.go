@@ -1,0 +1,403 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ddbgo/ddb/internal/sqlite"
+)
+
+func enableChanges(t testing.TB, s *Store, keep int64) {
+	t.Helper()
+	out := s.CommitBatch([]*Request{{SetChanges: true, ChangesKeep: keep}}, time.Now)
+	if out[0].Err != nil {
+		t.Fatal(out[0].Err)
+	}
+}
+
+func allChanges(t testing.TB, s *Store, since uint64) []ChangeEntry {
+	t.Helper()
+	var all []ChangeEntry
+	for {
+		got, next, err := s.Changes(context.Background(), since, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, got...)
+		if len(got) < 100 {
+			return all
+		}
+		since = next
+	}
+}
+
+func TestTheChangeStreamRecordsEachEntrysRowChanges(t *testing.T) {
+	s := openTemp(t, "c.db")
+	if _, _, err := s.Changes(context.Background(), 1, 10); !errors.Is(err, ErrChangesOff) {
+		t.Fatalf("before it is on: %v", err)
+	}
+	mustCommit(t, s, time.Now, "CREATE TABLE before_on (a)", "INSERT INTO before_on VALUES (1)")
+	enableChanges(t, s, 1000)
+	start := s.Applied() + 1
+	mustCommit(t, s, time.Now,
+		"CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, data BLOB, r REAL)",
+		"INSERT INTO t(name, data, r) VALUES ('a', x'00ff', 2.0), ('b', NULL, 1e300)",
+		"UPDATE t SET name = 'c' WHERE name = 'a'",
+		"DELETE FROM t WHERE name = 'b'",
+		"INSERT OR REPLACE INTO t(name, r) VALUES ('c', 3)",
+		"INSERT INTO before_on VALUES (2)",
+		"SELECT 1",
+	)
+	got := allChanges(t, s, start)
+	var ops []string
+	for _, e := range got {
+		for _, c := range e.Changes {
+			ops = append(ops, c.Op+" "+c.Table)
+		}
+	}
+	want := []string{"schema ", "insert t", "insert t", "update t", "delete t", "delete t", "insert t", "insert before_on"}
+	if len(ops) != len(want) {
+		t.Fatalf("got %v, want %v", ops, want)
+	}
+	for i := range ops {
+		if ops[i] != want[i] {
+			t.Fatalf("got %v, want %v", ops, want)
+		}
+	}
+	ins := got[1].Changes[0]
+	if b, ok := ins.After[2].([]byte); !ok || len(b) != 2 || b[1] != 0xff {
+		t.Fatalf("blob value: %#v", ins.After)
+	}
+	if r, ok := ins.After[3].(float64); !ok || r != 2 {
+		t.Fatalf("real value: %#v", ins.After)
+	}
+	if got[0].Changes[0].SQL == "" {
+		t.Fatal("the schema change has no SQL")
+	}
+	if _, _, err := s.Changes(context.Background(), start-1, 10); err == nil {
+		t.Fatal("the entry that turned it on has no changes to read, yet it was served")
+	}
+}
+
+// replayChanges applies a change stream to conn as a consumer would: the
+// schema changes as they came (the user's triggers left out: what they
+// did is in the stream as changes of their own), each row change by its
+// key.
+func replayChanges(t *testing.T, c *sqlite.Conn, entries []ChangeEntry) {
+	t.Helper()
+	for _, e := range entries {
+		for _, ch := range e.Changes {
+			var err error
+			switch ch.Op {
+			case "schema":
+				if strings.HasPrefix(strings.ToUpper(ch.SQL), "CREATE TRIGGER") {
+					continue
+				}
+				err = c.Exec(ch.SQL)
+			case "insert":
+				cols := slices.Clone(ch.Columns)
+				vals := slices.Clone(ch.After)
+				if ch.NewRowID != nil {
+					cols, vals = append(cols, "rowid"), append(vals, *ch.NewRowID)
+				}
+				err = c.Exec(fmt.Sprintf("INSERT INTO %s(%s) VALUES (%s)", quoteIdent(ch.Table), quoteIdents(cols), marks(len(cols))), vals...)
+			case "update", "delete":
+				where, args := keyOf(ch, ch.Before, ch.OldRowID)
+				if ch.Op == "delete" {
+					err = c.Exec(fmt.Sprintf("DELETE FROM %s WHERE %s", quoteIdent(ch.Table), where), args...)
+					break
+				}
+				var sets []string
+				var vals []any
+				for i, col := range ch.Columns {
+					sets, vals = append(sets, quoteIdent(col)+" = ?"), append(vals, ch.After[i])
+				}
+				if ch.NewRowID != nil {
+					sets, vals = append(sets, "rowid = ?"), append(vals, *ch.NewRowID)
+				}
+				err = c.Exec(fmt.Sprintf("UPDATE %s SET %s WHERE %s", quoteIdent(ch.Table), strings.Join(sets, ", "), where), append(vals, args...)...)
+			case "load":
+				t.Fatalf("index %d: a load in a workload without one", e.Index)
+			}
+			if err != nil {
+				t.Fatalf("replaying index %d, %s of %s (%v -> %v): %v", e.Index, ch.Op, ch.Table, ch.Before, ch.After, err)
+			}
+			if ch.Op == "update" || ch.Op == "delete" {
+				if n := c.Changes(); n != 1 {
+					t.Fatalf("replaying index %d, %s of %s %v: %d rows matched its key, not 1", e.Index, ch.Op, ch.Table, ch.Before, n)
+				}
+			}
+		}
+	}
+}
+
+func keyOf(ch Change, row []any, rowid *int64) (string, []any) {
+	if len(ch.KeyColumns) == 0 {
+		return "rowid = ?", []any{*rowid}
+	}
+	var conds []string
+	var args []any
+	for _, p := range ch.KeyColumns {
+		conds, args = append(conds, quoteIdent(ch.Columns[p])+" IS ?"), append(args, row[p])
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+func quoteIdents(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = quoteIdent(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+func marks(n int) string { return strings.TrimSuffix(strings.Repeat("?, ", n), ", ") }
+
+// tableContents reads every user table of c with its rowid (where it has one).
+func tableContents(t *testing.T, c *sqlite.Conn) map[string][][]any {
+	t.Helper()
+	tables, err := c.All(`SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\' AND name NOT LIKE '\_ddb\_%' ESCAPE '\'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][][]any{}
+	for _, tb := range tables {
+		name := tb[0].(string)
+		q := "SELECT rowid, * FROM " + quoteIdent(name) + " ORDER BY rowid"
+		if tb[1] == int64(1) {
+			q = "SELECT * FROM " + quoteIdent(name) + " ORDER BY 1, 2"
+		}
+		rows, err := c.All(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = rows
+	}
+	return out
+}
+
+// changeWorkload is a random mix of writes over tables of every kind of
+// key: an integer primary key, a WITHOUT ROWID table, and a table keyed
+// by its rowid alone; with REPLACE and upserts, key changes, writes that
+// fail whole or in part, columns added, renamed and dropped, and tables
+// made and dropped.
+func changeWorkload(r *rand.Rand) (*Request, string) {
+	val := func() string {
+		switch r.IntN(7) {
+		case 0:
+			return "NULL"
+		case 1:
+			return strconv.FormatInt(r.Int64()-r.Int64(), 10)
+		case 2:
+			return strconv.FormatFloat(r.NormFloat64()*1e6, 'g', -1, 64)
+		case 3:
+			return fmt.Sprintf("x'%x'", r.Uint64())
+		case 4:
+			return "9223372036854775807"
+		default:
+			return fmt.Sprintf("'s%d'", r.IntN(50))
+		}
+	}
+	u := func() string { return fmt.Sprintf("'u%d'", r.IntN(30)) }
+	id := func() int { return r.IntN(40) }
+	one := func() string {
+		switch r.IntN(22) {
+		case 0, 1:
+			return fmt.Sprintf("INSERT INTO t1(u, v) VALUES (%s, %s)", u(), val())
+		case 2:
+			return fmt.Sprintf("INSERT OR REPLACE INTO t1(id, u, v) VALUES (%d, %s, %s)", id(), u(), val())
+		case 3:
+			return fmt.Sprintf("INSERT INTO t1(u, v) VALUES (%s, %s) ON CONFLICT(u) DO UPDATE SET v = excluded.v", u(), val())
+		case 4:
+			return fmt.Sprintf("UPDATE t1 SET v = %s WHERE id %% 3 = %d", val(), r.IntN(3))
+		case 5:
+			return fmt.Sprintf("UPDATE t1 SET id = id + 100 WHERE id = %d", id())
+		case 6:
+			return fmt.Sprintf("UPDATE OR REPLACE t1 SET u = %s WHERE id = %d", u(), id())
+		case 7:
+			return fmt.Sprintf("DELETE FROM t1 WHERE id %% 7 = %d", r.IntN(7))
+		case 8:
+			return fmt.Sprintf("INSERT OR IGNORE INTO t1(id, u) VALUES (%d, %s)", id(), u())
+		case 9:
+			return fmt.Sprintf("INSERT INTO t1(id, u) VALUES (%d, %s)", id(), u()) // may fail: a key taken
+		case 10, 11:
+			return fmt.Sprintf("INSERT OR REPLACE INTO t2(a, b, c) VALUES (%s, %d, %s)", u(), r.IntN(3), val())
+		case 12:
+			return fmt.Sprintf("UPDATE t2 SET b = b + 1, c = %s WHERE a = %s", val(), u())
+		case 13:
+			return fmt.Sprintf("DELETE FROM t2 WHERE b = %d", r.IntN(4))
+		case 14, 15:
+			return fmt.Sprintf("INSERT INTO t3(x, y) VALUES (%s, %s)", val(), u())
+		case 16:
+			return fmt.Sprintf("REPLACE INTO t3(x, y) VALUES (%s, %s)", val(), u())
+		case 17:
+			return "DELETE FROM t3"
+		case 18:
+			return fmt.Sprintf("UPDATE t3 SET x = %s WHERE rowid %% 2 = %d", val(), r.IntN(2))
+		case 19:
+			switch r.IntN(4) {
+			case 0:
+				return fmt.Sprintf("ALTER TABLE t3 ADD COLUMN c%d DEFAULT %s", r.IntN(1000000), val())
+			case 1:
+				return "CREATE TABLE IF NOT EXISTS t4 (k INTEGER PRIMARY KEY, w)"
+			case 2:
+				return "DROP TABLE IF EXISTS t4"
+			default:
+				return fmt.Sprintf("ALTER TABLE t2 RENAME COLUMN c TO c%d", r.IntN(1000000)) // fails once renamed
+			}
+		case 20:
+			return fmt.Sprintf("INSERT INTO t4(w) VALUES (%s)", val()) // fails while t4 does not exist
+		default:
+			return fmt.Sprintf("INSERT INTO t1(u, v) SELECT 'copy' || id, v FROM t1 WHERE id = %d", id())
+		}
+	}
+	n := 1 + r.IntN(4)
+	var sqls []string
+	for range n {
+		sqls = append(sqls, one())
+	}
+	req := &Request{Stmts: stmts(sqls...), AllowSchema: true}
+	if r.IntN(4) == 0 {
+		req.Each = true // statements fail alone, as rqlite's API runs them
+	}
+	return req, strings.Join(sqls, "; ")
+}
+
+func TestTheChangeStreamReplaysToTheSameDatabase(t *testing.T) {
+	for seed := uint64(1); seed <= 12; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			s := openTemp(t, "live.db")
+			enableChanges(t, s, 1<<40)
+			start := s.Applied() + 1
+			mustCommit(t, s, time.Now,
+				"CREATE TABLE t1 (id INTEGER PRIMARY KEY, u TEXT UNIQUE, v)",
+				"CREATE TABLE t2 (a TEXT, b INTEGER, c, PRIMARY KEY (a, b)) WITHOUT ROWID",
+				"CREATE TABLE t3 (x, y UNIQUE)")
+			r := rand.New(rand.NewPCG(seed, seed))
+			for range 60 {
+				var reqs []*Request
+				for range 1 + r.IntN(8) {
+					req, _ := changeWorkload(r)
+					reqs = append(reqs, req)
+				}
+				s.CommitBatch(reqs, time.Now)
+			}
+			replica, err := sqlite.Open(filepath.Join(t.TempDir(), "replay.db"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer replica.Close()
+			all := allChanges(t, s, start)
+			n := map[string]int{}
+			for _, e := range all {
+				for _, c := range e.Changes {
+					n[c.Op]++
+				}
+			}
+			t.Logf("%d entries with changes: %v", len(all), n)
+			replayChanges(t, replica, all)
+			live, err := sqlite.Open(s.Path(), url.Values{"mode": {"ro"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer live.Close()
+			want, got := tableContents(t, live), tableContents(t, replica)
+			if !reflect.DeepEqual(want, got) {
+				for name := range want {
+					if !reflect.DeepEqual(want[name], got[name]) {
+						t.Errorf("table %s:\n live   %v\n replay %v", name, want[name], got[name])
+					}
+				}
+				t.Fatalf("the replayed stream differs from the database")
+			}
+		})
+	}
+}
+
+// storedChanges reads the change stream's table as stored, bytes and all.
+func storedChanges(t *testing.T, path string) [][]any {
+	t.Helper()
+	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rows, err := c.All("SELECT idx, time_ms, events FROM _ddb_changes ORDER BY idx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+// Every node stores the same bytes for the same index, whatever batches
+// it applied the entries in and however often it restarted in between
+// (the triggers are made again, with other numbers, after a restart).
+func TestEveryReplicaStoresTheSameChanges(t *testing.T) {
+	dir := t.TempDir()
+	leader, err := Open(Options{Path: filepath.Join(dir, "leader.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Close()
+	mustCommit(t, leader, time.Now, "CREATE TABLE t1 (id INTEGER PRIMARY KEY, u TEXT UNIQUE, v)")
+	enableChanges(t, leader, 1<<40)
+	mustCommit(t, leader, time.Now,
+		"CREATE TABLE t2 (a TEXT, b INTEGER, c, PRIMARY KEY (a, b)) WITHOUT ROWID",
+		"CREATE TABLE t3 (x, y UNIQUE)",
+		"CREATE TABLE t5 (p, q)",
+		"CREATE TRIGGER keep AFTER INSERT ON t5 BEGIN INSERT INTO t3(x, y) VALUES (new.p, 'from ' || new.q); END")
+	r := rand.New(rand.NewPCG(7, 7))
+	for i := range 80 {
+		var reqs []*Request
+		for range 1 + r.IntN(6) {
+			req, _ := changeWorkload(r)
+			reqs = append(reqs, req)
+		}
+		if i%10 == 0 {
+			reqs = append(reqs, &Request{Stmts: stmts(fmt.Sprintf("INSERT INTO t5 VALUES (%d, 'x')", i))})
+		}
+		leader.CommitBatch(reqs, time.Now)
+	}
+	log, err := leader.LogRange(context.Background(), 1, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicaPath := filepath.Join(dir, "replica.db")
+	open := func() *Store {
+		s, err := Open(Options{Path: replicaPath})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	replica := open()
+	for len(log) > 0 {
+		n := min(len(log), 1+r.IntN(9))
+		if _, err := replica.Apply(log[:n]); err != nil {
+			t.Fatal(err)
+		}
+		log = log[n:]
+		if r.IntN(5) == 0 {
+			replica.Close()
+			replica = open()
+		}
+	}
+	replica.Close()
+	want, got := storedChanges(t, leader.Path()), storedChanges(t, replicaPath)
+	if len(want) < 50 {
+		t.Fatalf("only %d entries with changes", len(want))
+	}
+	if !reflect.DeepEqual(want, got) {
+		t.Fatalf("the replica stored other changes than the leader: %d and %d entries", len(want), len(got))
+	}
+}
