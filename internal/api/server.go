@@ -404,6 +404,7 @@ func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	s.mux.HandleFunc("/leader", s.handleLeader)
 	s.mux.HandleFunc("/db/backup", s.handleBackup)
 	s.mux.HandleFunc("/db/load", s.handleLoad)
+	s.mux.HandleFunc("/db/changes", s.handleChanges)
 	// The node-to-node endpoints (package peer): the engine's (Raft), and
 	// the others. Every refusal for a signature is counted.
 	others := peer.Handlers(peer.Local{Auth: auth, Admin: admin, Repl: repl, Store: st, Dir: cfg.Dir,

@@ -92,7 +92,11 @@ type Config struct {
 	// flag's 0).
 	CheckRate  int
 	BackupKeep int    // periodic backups kept
-	Restore    string // master: a backup file a fresh cluster starts from
+	// ChangesKeep sets the cluster's change stream once the node runs: on,
+	// keeping the row changes of this many log indexes (> 0), or off
+	// (< 0); 0 leaves the setting the cluster has.
+	ChangesKeep int64
+	Restore     string // master: a backup file a fresh cluster starts from
 	LogLevel   string // debug, info, warn, error
 	LogFormat  string // text or json
 
@@ -402,6 +406,8 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
 	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir")
 	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
+	var changes string
+	fs.StringVar(&changes, "changes-keep", "", "turn the cluster's change stream (GET /db/changes) on, keeping the row changes of this many log indexes, or turn it off with \"off\"; set through the log, for every node, once this node runs (default: leave the cluster's setting as it is)")
 	fs.IntVar(&c.CheckRate, "check-rate", defaults.CheckRate, "how fast a node reads its database for a consistency check's digest, in MB of rows a second, so that a large database's check takes a share of a core over seconds rather than all of it at once (0: as fast as it can)")
 	fs.StringVar(&c.CheckRepair, "check-repair", defaults.CheckRepair, "what a follower whose data a consistency check finds different from the leader's does: auto (keep its diverged database as <database>.diverged and replace its data with a copy of the leader's) or off (serve nothing until repaired by hand)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", defaults.CheckInterval, "how often the leader starts a consistency check, when writes were applied since the last one: every node takes a digest of its database as of one log index, and the replicas compare them (0: never)")
@@ -509,6 +515,17 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	}
 	if c.BackupDir != "" && (c.BackupInterval <= 0 || c.BackupKeep < 1) {
 		return nil, fmt.Errorf("-backup-interval must be positive and -backup-keep at least 1")
+	}
+	switch changes {
+	case "":
+	case "off":
+		c.ChangesKeep = -1
+	default:
+		n, err := strconv.ParseInt(changes, 10, 64)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-changes-keep must be a number of log indexes (1 or more) or \"off\", not %q", changes)
+		}
+		c.ChangesKeep = n
 	}
 	if c.Restore != "" {
 		if _, err := os.Stat(c.Restore); err != nil {

@@ -93,7 +93,8 @@ func (e *Engine) writeOnce(ctx context.Context, req *store.Request, ack cluster.
 	}
 	fctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout+2*time.Second)
 	resp, err := e.cfg.Calls.Forward(fctx, url, &replication.ForwardRequest{Origin: int(e.cfg.ID), Body: body, Collect: req.Collect, Ack: ack, RequestID: req.RequestID,
-		Schema: req.AllowSchema, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load})
+		Schema: req.AllowSchema, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load,
+		SetChanges: req.SetChanges, ChangesKeep: req.ChangesKeep})
 	cancel()
 	if err != nil {
 		var uo *replication.UnknownOutcomeError
@@ -240,7 +241,8 @@ func (e *Engine) HandleForward(ctx context.Context, req *replication.ForwardRequ
 		return &replication.ForwardResponse{Error: replication.ToWireError(&replication.UnavailableError{Reason: "this node does not lead any more; retry"})}
 	}
 	out, err := e.proposeHere(ctx, &store.Request{Stmts: stmts, Collect: req.Collect, Limits: e.cfg.Limits, RequestID: req.RequestID,
-		AllowSchema: req.Schema, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load}, req.Ack)
+		AllowSchema: req.Schema, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load,
+		SetChanges: req.SetChanges, ChangesKeep: req.ChangesKeep}, req.Ack)
 	var nl *NotLeaderError
 	var uo *UnknownOutcomeError
 	switch {

@@ -111,10 +111,20 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	handler.SetStatus("consistency", func() any { return n.eng.Consistency() })
 	handler.SetProgress(track)
 	handler.SetStatus("progress", func() any { return track.UnderWay() })
+	handler.SetStatus("changes", func() any {
+		cs, err := st.ChangeSetting(context.Background())
+		if err != nil {
+			return map[string]any{"error": err.Error()}
+		}
+		return map[string]any{"on": cs.On, "keep": cs.Keep, "oldest": cs.Oldest}
+	})
 	n.stop = make(chan struct{})
 	go track.Run(n.stop)
 	if cfg.BackupDir != "" {
 		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop, track)
+	}
+	if cfg.ChangesKeep != 0 {
+		go setChangeStream(n.eng, st, cfg.ChangesKeep, logger, n.stop)
 	}
 	if cfg.Restore != "" {
 		rs := &restoreState{}

@@ -38,6 +38,9 @@ type ForwardRequest struct {
 	Replace bool `json:"replace,omitempty"`
 	// Load: the write is one step of a load sent in several entries.
 	Load *rlog.LoadStep `json:"load,omitempty"`
+	// SetChanges: the write sets the change stream (see rlog.Write).
+	SetChanges  bool  `json:"set_changes,omitempty"`
+	ChangesKeep int64 `json:"changes_keep,omitempty"`
 }
 
 // ForwardResponse is the leader's answer to a forwarded write.
