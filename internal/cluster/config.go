@@ -91,14 +91,14 @@ type Config struct {
 	// digest, in MB of rows a second; negative: as fast as it can (the
 	// flag's 0).
 	CheckRate  int
-	BackupKeep int    // periodic backups kept
+	BackupKeep int // periodic backups kept
 	// ChangesKeep sets the cluster's change stream once the node runs: on,
 	// keeping the row changes of this many log indexes (> 0), or off
 	// (< 0); 0 leaves the setting the cluster has.
 	ChangesKeep int64
 	Restore     string // master: a backup file a fresh cluster starts from
-	LogLevel   string // debug, info, warn, error
-	LogFormat  string // text or json
+	LogLevel    string // debug, info, warn, error
+	LogFormat   string // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It
