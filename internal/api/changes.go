@@ -27,7 +27,7 @@ const changesBatch = 256
 // changesHeartbeat is how often a stream with nothing to send says so:
 // a line (or an SSE comment) that keeps proxies from closing it and lets
 // either side see a dead connection.
-const changesHeartbeat = 15 * time.Second
+const changesHeartbeat = 5 * time.Second
 
 // ChangesFilter selects what a stream carries.
 type ChangesFilter struct {
@@ -170,6 +170,11 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 				}
 				if err == nil {
 					break
+				}
+				if s.repl.SinceLeaderContact() > changesHeartbeat {
+					// Cut off from the leader, this node's stream stalls:
+					// it ends, and the client goes on at another node.
+					return
 				}
 				if sse {
 					buf = append(buf[:0], ": waiting for index "...)
