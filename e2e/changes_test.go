@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
+	"net/http"
 	"net/url"
 	"path/filepath"
 	"reflect"
@@ -14,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/client"
+	"github.com/ddbgo/ddb/internal/changefeed"
 	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
@@ -291,5 +295,190 @@ func replayEntries(t *testing.T, c *sqlite.Conn, entries []client.ChangeEntry) {
 				t.Fatalf("index %d: %s: %v", e.Index, sql, err)
 			}
 		}
+	}
+}
+
+// receiver is a webhook endpoint that records what it is sent, and can
+// refuse (503) or be gone (its port closed).
+type receiver struct {
+	mu       sync.Mutex
+	addr     string
+	ln       net.Listener
+	srv      *http.Server
+	refuse   bool
+	messages map[uint64][]string // index -> each delivery's events, as JSON
+	posts    int
+	envs     []changefeed.Envelope
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{messages: map[uint64][]string{}}
+	r.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var env changefeed.Envelope
+		if err := json.NewDecoder(req.Body).Decode(&env); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.refuse {
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		r.posts++
+		r.envs = append(r.envs, env)
+		for _, m := range env.Payload {
+			b, _ := json.Marshal(m.Events)
+			r.messages[m.Index] = append(r.messages[m.Index], string(b))
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})}
+	r.up(t)
+	t.Cleanup(func() { r.srv.Close() })
+	return r
+}
+
+func (r *receiver) up(t *testing.T) {
+	t.Helper()
+	addr := r.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	var err error
+	for range 50 {
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.addr, r.ln = ln.Addr().String(), ln
+	go r.srv.Serve(ln)
+}
+
+func (r *receiver) down() { r.ln.Close() }
+
+// The webhook gets every change at least once, through SIGKILLs of the
+// leader, a receiver that refuses for a while and one that is gone for a
+// while; a change sent twice is the same both times, and carries its index.
+func TestTheChangeWebhookDeliversEveryChangeThroughKillsAndOutages(t *testing.T) {
+	recv := newReceiver(t)
+	c := testcluster.Start(t, 2, "-changes-keep", "1000000", "-changes-webhook", "http://"+recv.addr+"/cdc", "-changes-service-id", "svc1", "-ack-timeout", "3s")
+	waitLeader(t, c, 0, 10*time.Second)
+	start := waitChangesOn(t, c, 0)
+	c.Exec(0, "CREATE TABLE w (id INTEGER PRIMARY KEY, rid TEXT UNIQUE, n INTEGER DEFAULT 0, r REAL)")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 2 {
+		cl, err := client.New([]string{c.URL(1), c.URL(2), c.URL(0)}, client.WithRetryTimeout(30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+				if i%3 == 2 {
+					cl.Exec(wctx, "UPDATE w SET n = n + 1, r = ? WHERE id % 5 = ?", float64(i)/7, i%5)
+				} else {
+					cl.Exec(wctx, "INSERT INTO w(rid, r) VALUES (?, ?)", fmt.Sprintf("w%d-%d", w, i), float64(i))
+				}
+				wcancel()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	c.Node(0).Kill()
+	time.Sleep(1500 * time.Millisecond)
+	c.Restart(0)
+	recv.mu.Lock()
+	recv.refuse = true
+	recv.mu.Unlock()
+	time.Sleep(2 * time.Second)
+	recv.mu.Lock()
+	recv.refuse = false
+	recv.mu.Unlock()
+	time.Sleep(time.Second)
+	recv.down()
+	time.Sleep(2 * time.Second)
+	recv.up(t)
+	time.Sleep(time.Second)
+	c.Node(0).Kill()
+	time.Sleep(1500 * time.Millisecond)
+	c.Restart(0)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	c.WaitConverged(30*time.Second, 0, 1, 2)
+
+	want := readChanges(t, c.URL(1), start)
+	if len(want) < 50 {
+		t.Fatalf("only %d entries with changes", len(want))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		recv.mu.Lock()
+		missing := 0
+		for _, e := range want {
+			if len(recv.messages[e.Index]) == 0 {
+				missing++
+			}
+		}
+		recv.mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d entries never reached the webhook", missing, len(want))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	recv.mu.Lock()
+	defer recv.mu.Unlock()
+	dups := 0
+	for _, e := range want {
+		got := recv.messages[e.Index]
+		for _, m := range got[1:] {
+			dups++
+			if m != got[0] {
+				t.Fatalf("index %d was delivered twice, differently:\n%s\n%s", e.Index, got[0], m)
+			}
+		}
+		var events []changefeed.Event
+		json.Unmarshal([]byte(got[0]), &events)
+		if len(events) != len(e.Events) {
+			t.Fatalf("index %d: the webhook got %d events, the stream has %d", e.Index, len(events), len(e.Events))
+		}
+		for i, ev := range events {
+			if !strings.EqualFold(ev.Op, e.Events[i].Op) || ev.Table != e.Events[i].Table {
+				t.Fatalf("index %d event %d: the webhook got %s %s, the stream has %s %s", e.Index, i, ev.Op, ev.Table, e.Events[i].Op, e.Events[i].Table)
+			}
+		}
+	}
+	nodes := map[string]bool{}
+	for _, env := range recv.envs {
+		if env.ServiceID != "svc1" {
+			t.Fatalf("service_id %q", env.ServiceID)
+		}
+		nodes[env.NodeID] = true
+		for i := 1; i < len(env.Payload); i++ {
+			if env.Payload[i].Index <= env.Payload[i-1].Index {
+				t.Fatalf("an envelope out of index order: %d after %d", env.Payload[i].Index, env.Payload[i-1].Index)
+			}
+		}
+	}
+	t.Logf("%d entries, %d posts, %d entries delivered again, from nodes %v", len(want), recv.posts, dups, slices.Sorted(maps.Keys(nodes)))
+	if len(nodes) < 2 {
+		t.Fatalf("only node(s) %v delivered: the leader never changed hands?", nodes)
 	}
 }

@@ -96,7 +96,11 @@ type Config struct {
 	// keeping the row changes of this many log indexes (> 0), or off
 	// (< 0); 0 leaves the setting the cluster has.
 	ChangesKeep int64
-	Restore     string // master: a backup file a fresh cluster starts from
+	// ChangesWebhook is the URL the change stream is pushed to while this
+	// node leads ("" = none), with ChangesServiceID in each envelope.
+	ChangesWebhook   string
+	ChangesServiceID string
+	Restore          string // master: a backup file a fresh cluster starts from
 	LogLevel    string // debug, info, warn, error
 	LogFormat   string // text or json
 
@@ -408,6 +412,8 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
 	var changes string
 	fs.StringVar(&changes, "changes-keep", "", "turn the cluster's change stream (GET /db/changes) on, keeping the row changes of this many log indexes, or turn it off with \"off\"; set through the log, for every node, once this node runs (default: leave the cluster's setting as it is)")
+	fs.StringVar(&c.ChangesWebhook, "changes-webhook", "", "POST the change stream to this URL while this node leads (rqlite's CDC JSON; at least once, in index order); give every node the same")
+	fs.StringVar(&c.ChangesServiceID, "changes-service-id", "", "service_id in every change webhook envelope")
 	fs.IntVar(&c.CheckRate, "check-rate", defaults.CheckRate, "how fast a node reads its database for a consistency check's digest, in MB of rows a second, so that a large database's check takes a share of a core over seconds rather than all of it at once (0: as fast as it can)")
 	fs.StringVar(&c.CheckRepair, "check-repair", defaults.CheckRepair, "what a follower whose data a consistency check finds different from the leader's does: auto (keep its diverged database as <database>.diverged and replace its data with a copy of the leader's) or off (serve nothing until repaired by hand)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", defaults.CheckInterval, "how often the leader starts a consistency check, when writes were applied since the last one: every node takes a digest of its database as of one log index, and the replicas compare them (0: never)")
@@ -515,6 +521,12 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	}
 	if c.BackupDir != "" && (c.BackupInterval <= 0 || c.BackupKeep < 1) {
 		return nil, fmt.Errorf("-backup-interval must be positive and -backup-keep at least 1")
+	}
+	if c.ChangesWebhook != "" {
+		u, err := url.Parse(c.ChangesWebhook)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("-changes-webhook must be an http:// or https:// URL")
+		}
 	}
 	switch changes {
 	case "":

@@ -152,7 +152,7 @@ func (r *Replica) propose(ctx context.Context, req *store.Request, propose func(
 func (r *Replica) Entry(req *store.Request) ([]byte, error) {
 	w := rlog.Write{RequestID: req.RequestID, Stmts: req.Stmts, AllowSchema: req.AllowSchema, Collect: req.Collect,
 		MaxRows: req.Limits.MaxRows, MaxBytes: req.Limits.MaxBytes, MaxSteps: req.Limits.MaxSteps, Each: req.Each, Atomic: req.Atomic, Replace: req.Replace, Load: req.Load, Check: req.Check,
-		SetChanges: req.SetChanges, ChangesKeep: req.ChangesKeep}
+		SetChanges: req.SetChanges, ChangesKeep: req.ChangesKeep, ChangesDelivered: req.ChangesDelivered}
 	body, err := w.Encode()
 	if err != nil {
 		return nil, &store.ParamError{Msg: err.Error()}

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ddbgo/ddb/internal/api"
+	"github.com/ddbgo/ddb/internal/changefeed"
 	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/consensus"
 	"github.com/ddbgo/ddb/internal/faults"
@@ -125,6 +126,13 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	}
 	if cfg.ChangesKeep != 0 {
 		go setChangeStream(n.eng, st, cfg.ChangesKeep, logger, n.stop)
+	}
+	if cfg.ChangesWebhook != "" {
+		hookTransport := http.DefaultTransport.(*http.Transport).Clone()
+		hookTransport.TLSClientConfig = tlsClient
+		hook := &changefeed.Webhook{URL: cfg.ChangesWebhook, ServiceID: cfg.ChangesServiceID, NodeID: changefeed.NodeID(cfg.ID),
+			Store: st, Repl: n.eng, Log: logger, Client: &http.Client{Timeout: 10 * time.Second, Transport: hookTransport}}
+		go hook.Run(n.stop)
 	}
 	if cfg.Restore != "" {
 		rs := &restoreState{}

@@ -35,7 +35,8 @@ const (
 	flagSteps   // a step budget follows the byte limit (bodies written before have none)
 	flagLoad    // a load step follows
 	flagCheck   // a consistency check: no statements (see Write.Check)
-	flagChanges // the change stream's setting follows (see Write.SetChanges)
+	flagChanges   // the change stream's setting follows (see Write.SetChanges)
+	flagDelivered // the webhook's delivered index follows (see Write.ChangesDelivered)
 )
 
 const (
@@ -86,7 +87,7 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	for _, f := range []struct {
 		on  bool
 		bit uint64
-	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}, {w.Check, flagCheck}, {w.SetChanges, flagChanges}} {
+	}{{w.AllowSchema, flagSchema}, {w.Collect, flagCollect}, {w.Each, flagEach}, {w.Atomic, flagAtomic}, {w.Replace, flagReplace}, {w.MaxSteps > 0, flagSteps}, {w.Load != nil, flagLoad}, {w.Check, flagCheck}, {w.SetChanges, flagChanges}, {w.ChangesDelivered > 0, flagDelivered}} {
 		if f.on {
 			flags |= f.bit
 		}
@@ -117,6 +118,9 @@ func (w *Write) encodeBinary() ([]byte, error) {
 	}
 	if w.SetChanges {
 		b = binary.AppendUvarint(b, uint64(w.ChangesKeep))
+	}
+	if w.ChangesDelivered > 0 {
+		b = binary.AppendUvarint(b, w.ChangesDelivered)
 	}
 	b = binary.AppendUvarint(b, uint64(len(w.Stmts)))
 	var err error
@@ -256,6 +260,11 @@ func decodeBinary(body []byte) (Write, error) {
 			return Write{}, errShort
 		}
 		w.SetChanges, w.ChangesKeep = true, int64(keep)
+	}
+	if flags&flagDelivered != 0 {
+		if w.ChangesDelivered = r.uvarint(); w.ChangesDelivered == 0 {
+			return Write{}, errShort
+		}
 	}
 	n := r.count()
 	if r.err == nil && n > 0 {

@@ -223,6 +223,10 @@ type Write struct {
 	// from the same entry on.
 	SetChanges  bool
 	ChangesKeep int64
+	// ChangesDelivered records (when > 0; it holds no statements) that
+	// the change stream's webhook received every entry up to this index:
+	// a new leader's webhook goes on after it.
+	ChangesDelivered uint64
 }
 
 // LoadOp is what one step of a load does.

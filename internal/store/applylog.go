@@ -213,6 +213,8 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		if w.SetChanges {
 			s.cap.stale = true
 			err = s.setChanges(e.Index, w.ChangesKeep)
+		} else if w.ChangesDelivered > 0 {
+			err = s.setDelivered(w.ChangesDelivered)
 		} else if w.Load != nil {
 			results, err = s.applyLoad(w)
 		} else if len(w.Stmts) == 0 {

@@ -124,13 +124,20 @@ func (s *Store) setChanges(index uint64, keep int64) error {
 		if err := s.w.Exec("DROP TABLE IF EXISTS _ddb_changes"); err != nil {
 			return err
 		}
-		if err := s.w.Exec("DELETE FROM _ddb_meta WHERE key IN ('changes_keep', 'changes_from')"); err != nil {
+		if err := s.w.Exec("DELETE FROM _ddb_meta WHERE key IN ('changes_keep', 'changes_from', 'changes_delivered')"); err != nil {
 			return err
 		}
 	}
 	s.cap.on, s.cap.keep = keep > 0, keep
 	s.cap.madeAt = -1
 	return s.ensureCapture()
+}
+
+// setDelivered records the webhook's delivered index (inside the entry's
+// savepoint); it never goes back.
+func (s *Store) setDelivered(index uint64) error {
+	s.wconn.auth.reset(policyReplica)
+	return s.w.Exec("INSERT INTO _ddb_meta(key, value) VALUES ('changes_delivered', ?) ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)", int64(index))
 }
 
 // ensureCapture makes the capture triggers match the schema and the
@@ -430,6 +437,9 @@ type ChangeStream struct {
 	On     bool
 	Keep   int64
 	Oldest uint64 // the first index whose changes are kept
+	// Delivered is the index up to which the webhook received every
+	// entry, as the cluster recorded it (0: none).
+	Delivered uint64
 }
 
 // ChangeSetting reports the change stream's state as of the applied index.
@@ -444,7 +454,7 @@ func (s *Store) ChangeSetting(ctx context.Context) (ChangeStream, error) {
 
 func changeSettingOn(r *conn) (ChangeStream, error) {
 	r.auth.reset(policyReplica)
-	rows, err := r.c.All("SELECT key, value FROM _ddb_meta WHERE key IN ('changes_keep', 'changes_from', 'applied')")
+	rows, err := r.c.All("SELECT key, value FROM _ddb_meta WHERE key IN ('changes_keep', 'changes_from', 'changes_delivered', 'applied')")
 	if err != nil {
 		return ChangeStream{}, err
 	}
@@ -457,6 +467,8 @@ func changeSettingOn(r *conn) (ChangeStream, error) {
 			cs.Keep, cs.On = v, v > 0
 		case "changes_from":
 			cs.Oldest = uint64(v)
+		case "changes_delivered":
+			cs.Delivered = uint64(v)
 		case "applied":
 			applied = uint64(v)
 		}

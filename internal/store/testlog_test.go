@@ -26,7 +26,7 @@ func (s *Store) CommitBatch(reqs []*Request, now Now) []Outcome {
 	for i, r := range reqs {
 		w := rlog.Write{RequestID: r.RequestID, Stmts: r.Stmts, AllowSchema: r.AllowSchema, Collect: r.Collect,
 			MaxRows: r.Limits.MaxRows, MaxBytes: r.Limits.MaxBytes, MaxSteps: r.Limits.MaxSteps, Each: r.Each, Atomic: r.Atomic, Replace: r.Replace,
-			SetChanges: r.SetChanges, ChangesKeep: r.ChangesKeep}
+			SetChanges: r.SetChanges, ChangesKeep: r.ChangesKeep, ChangesDelivered: r.ChangesDelivered}
 		body, err := w.Encode()
 		if err != nil {
 			panic(err)

@@ -33,6 +33,9 @@ type Request struct {
 	// rlog.Write.SetChanges): on, keeping ChangesKeep indexes, or off.
 	SetChanges  bool
 	ChangesKeep int64
+	// ChangesDelivered records the webhook's delivered index (see
+	// rlog.Write.ChangesDelivered).
+	ChangesDelivered uint64
 }
 
 // Outcome is what happened to one Request of a batch.
