@@ -101,8 +101,8 @@ type Config struct {
 	ChangesWebhook   string
 	ChangesServiceID string
 	Restore          string // master: a backup file a fresh cluster starts from
-	LogLevel    string // debug, info, warn, error
-	LogFormat   string // text or json
+	LogLevel         string // debug, info, warn, error
+	LogFormat        string // text or json
 
 	// InjectBug switches on a deliberate defect, from $DDB_INJECT_BUG, in
 	// builds with the ddb_faults tag only (package faults). It

@@ -32,9 +32,9 @@ const (
 	flagEach
 	flagAtomic
 	flagReplace
-	flagSteps   // a step budget follows the byte limit (bodies written before have none)
-	flagLoad    // a load step follows
-	flagCheck   // a consistency check: no statements (see Write.Check)
+	flagSteps     // a step budget follows the byte limit (bodies written before have none)
+	flagLoad      // a load step follows
+	flagCheck     // a consistency check: no statements (see Write.Check)
 	flagChanges   // the change stream's setting follows (see Write.SetChanges)
 	flagDelivered // the webhook's delivered index follows (see Write.ChangesDelivered)
 )
