@@ -43,10 +43,12 @@ func browser(t *testing.T) context.Context {
 
 // The web console in a real browser: the page loads, shows three nodes
 // and the leader, runs a query and shows its rows, shows an error in plain
-// words, and shows the new leader after the leader is killed.
+// words, shows the write in the live tail of the change stream, and shows
+// the new leader after the leader is killed.
 func TestWebConsoleInABrowser(t *testing.T) {
 	ctx := browser(t)
-	c := testcluster.Start(t, 2)
+	c := testcluster.Start(t, 2, "-changes-keep", "1000")
+	waitChangesOn(t, c, 1)
 	c.Exec(0, "CREATE TABLE pets (id INTEGER PRIMARY KEY, name TEXT)")
 	c.Exec(1, "INSERT INTO pets (name) VALUES ('rex'), ('tom')")
 	do := func(what string, timeout time.Duration, actions ...chromedp.Action[chromedp.Void]) {
@@ -87,6 +89,10 @@ func TestWebConsoleInABrowser(t *testing.T) {
 	msg, index := get("message", chromedp.Text(`#message`)), get("index", chromedp.Text(`#index`))
 	if !strings.Contains(msg, "1 row(s) changed") || !strings.HasPrefix(index, "log index ") {
 		t.Fatalf("the write: %q %q", msg, index)
+	}
+	do("see the write in the change stream's tail", 15*time.Second, chromedp.WaitVisible(`#changes div[data-index="`+strings.TrimPrefix(index, "log index ")+`"]`))
+	if tail := get("tail", chromedp.Text(`#changes`)); !strings.Contains(tail, `insert pets {"id":3} {"id":3,"name":"kit"}`) {
+		t.Fatalf("the change stream's tail: %q", tail)
 	}
 	do("show an error", 15*time.Second,
 		chromedp.SetValue(`#sql`, "SELECT * FROM nowhere"),
