@@ -104,9 +104,16 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	sse := strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 	since := s.st.Applied() + 1 // from now on
 	switch v := q.Get("since"); {
+	case v == "oldest":
+		cs, err := s.st.ChangeSetting(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "read the change stream's setting: "+err.Error())
+			return
+		}
+		since = max(cs.Oldest, 1)
 	case v != "":
 		if since, err = strconv.ParseUint(v, 10, 64); err != nil || since == 0 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("since=%s: give the first log index to send (1 or more)", v))
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("since=%s: give the first log index to send (1 or more), or oldest", v))
 			return
 		}
 	case r.Header.Get("Last-Event-ID") != "":

@@ -11,7 +11,8 @@ import (
 )
 
 // The change stream: every row change an entry makes, kept with the entry's
-// index in the database itself (see DESIGN.md, "The change stream").
+// index in the database itself (docs/CHANGES.md; why it is captured this
+// way: its "Limits, and why").
 //
 // Capture happens where entries are applied, so every node records the
 // same changes for the same index. It is a setting of the whole cluster,
