@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/rlog"
 	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
@@ -399,5 +400,129 @@ func TestEveryReplicaStoresTheSameChanges(t *testing.T) {
 	}
 	if !reflect.DeepEqual(want, got) {
 		t.Fatalf("the replica stored other changes than the leader: %d and %d entries", len(want), len(got))
+	}
+}
+
+// The consistency checks compare the change stream too: two nodes that
+// applied the same log have the same digest, its table included, and a
+// change stream altered in one file makes them differ, naming its table.
+func TestConsistencyChecksCompareTheChangeStream(t *testing.T) {
+	ws := []rlog.Write{{SetChanges: true, ChangesKeep: 1000}, {AllowSchema: true, Stmts: stmts("CREATE TABLE a (id INTEGER PRIMARY KEY, v)")}}
+	for i := range 30 {
+		ws = append(ws, rlog.Write{Stmts: stmts(fmt.Sprintf("INSERT INTO a (v) VALUES (%d)", i))})
+	}
+	entries := logEntries(t, ws...)
+	dir := t.TempDir()
+	var conns []*sqlite.Conn
+	for _, name := range []string{"a.db", "b.db"} {
+		s, err := Open(Options{Path: filepath.Join(dir, name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Apply(entries); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		c, err := sqlite.Open(filepath.Join(dir, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	digest := func(c *sqlite.Conn) *Digest {
+		d, err := digestOn(c, 1, newPacer(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	da := digest(conns[0])
+	if diff := da.Differences(digest(conns[1])); diff != "" {
+		t.Fatalf("the same log gave different digests: %s", diff)
+	}
+	if !slices.ContainsFunc(da.Tables, func(td TableDigest) bool { return td.Name == "_ddb_changes" && td.Rows == 31 }) {
+		t.Fatalf("the digest does not cover the change stream: %+v", da.Tables)
+	}
+	if err := conns[1].Exec("UPDATE _ddb_changes SET time_ms = time_ms + 1 WHERE idx = 10"); err != nil {
+		t.Fatal(err)
+	}
+	if diff := da.Differences(digest(conns[1])); !strings.Contains(diff, "_ddb_changes") {
+		t.Fatalf("an altered change stream: %q", diff)
+	}
+}
+
+// Retention: the stream keeps the changes of the last keep indexes, on
+// every node alike, and says so (410 with the oldest kept) across a
+// restart; turned off and on again, it starts afresh.
+func TestTheChangeStreamKeepsWhatItsRetentionSays(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, time.Now, "CREATE TABLE a (v)")
+	enableChanges(t, s, 100)
+	for i := range 600 {
+		mustCommit(t, s, time.Now, fmt.Sprintf("INSERT INTO a VALUES (%d)", i))
+	}
+	applied := s.Applied()
+	cs, err := s.ChangeSetting(context.Background())
+	if err != nil || cs.Oldest != applied+1-100 {
+		t.Fatalf("oldest %d (%v), want %d", cs.Oldest, err, applied+1-100)
+	}
+	var gone *ChangesGoneError
+	if _, _, err := s.Changes(context.Background(), cs.Oldest-1, 10); !errors.As(err, &gone) || gone.Oldest != cs.Oldest {
+		t.Fatalf("before the oldest: %v", err)
+	}
+	if got := allChanges(t, s, cs.Oldest); len(got) != 100 || got[0].Index != cs.Oldest {
+		t.Fatalf("%d entries from the oldest", len(got))
+	}
+	s.Close()
+	if s, err = Open(Options{Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if cs2, _ := s.ChangeSetting(context.Background()); cs2 != cs {
+		t.Fatalf("after a restart: %+v, before %+v", cs2, cs)
+	}
+	out := s.CommitBatch([]*Request{{SetChanges: true}}, time.Now)
+	if out[0].Err != nil {
+		t.Fatal(out[0].Err)
+	}
+	if _, _, err := s.Changes(context.Background(), 1, 10); !errors.Is(err, ErrChangesOff) {
+		t.Fatalf("turned off: %v", err)
+	}
+	mustCommit(t, s, time.Now, "INSERT INTO a VALUES (-1)") // not captured
+	enableChanges(t, s, 100)
+	mustCommit(t, s, time.Now, "INSERT INTO a VALUES (-2)")
+	cs, _ = s.ChangeSetting(context.Background())
+	got := allChanges(t, s, cs.Oldest)
+	if len(got) != 1 || got[0].Changes[0].After[0] != int64(-2) {
+		t.Fatalf("turned on again: %+v", got)
+	}
+}
+
+// One entry's changes are bounded: a write whose changes would take more
+// fails, alike everywhere, with a message that says what to do, and
+// changes nothing; with the stream off, the same write applies.
+func TestAWriteWhoseChangesAreTooLargeFailsClearly(t *testing.T) {
+	s := openTemp(t, "big.db")
+	enableChanges(t, s, 100)
+	mustCommit(t, s, time.Now, "CREATE TABLE b (v)",
+		"WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 20) INSERT INTO b SELECT zeroblob(1000000) FROM s")
+	big := &Request{Stmts: stmts("UPDATE b SET v = zeroblob(1000001)")}
+	out := s.CommitBatch([]*Request{big}, time.Now)
+	if out[0].Err == nil || !strings.Contains(out[0].Err.Error(), "write fewer rows at a time, or turn the change stream off") {
+		t.Fatalf("a write of 40 MB of changes: %v", out[0].Err)
+	}
+	if res := dump(t, s, "b"); len(res) != 20 || len(res[0][0].([]byte)) != 1000000 {
+		t.Fatal("the refused write changed something")
+	}
+	if out := s.CommitBatch([]*Request{{SetChanges: true}}, time.Now); out[0].Err != nil {
+		t.Fatal(out[0].Err)
+	}
+	if out := s.CommitBatch([]*Request{big}, time.Now); out[0].Err != nil {
+		t.Fatalf("with the stream off: %v", out[0].Err)
 	}
 }

@@ -293,10 +293,12 @@ func digestOn(c *sqlite.Conn, index uint64, p *pacer) (*Digest, error) {
 	d.Schema = hex.EncodeToString(h.Sum(nil))
 	all.Write([]byte(d.Schema))
 	tables, err := c.All("SELECT s.name, t.wr FROM sqlite_schema s JOIN pragma_table_list t ON t.name = s.name AND t.schema = 'main' " +
-		"WHERE s.type = 'table' AND s.rootpage != 0 AND s.name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' ORDER BY s.name")
+		"WHERE s.type = 'table' AND s.rootpage != 0 AND (s.name NOT LIKE '\\_ddb\\_%' ESCAPE '\\' OR s.name = '_ddb_changes') ORDER BY s.name")
 	if err != nil {
 		return nil, fmt.Errorf("list the tables: %w", err)
 	}
+	// The change stream's table is compared too: every node stores the
+	// same changes for the same index (see changes.go).
 	for _, t := range tables {
 		name, _ := t[0].(string)
 		wr, _ := t[1].(int64)
