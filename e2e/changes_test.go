@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -480,5 +483,166 @@ func TestTheChangeWebhookDeliversEveryChangeThroughKillsAndOutages(t *testing.T)
 	t.Logf("%d entries, %d posts, %d entries delivered again, from nodes %v", len(want), recv.posts, dups, slices.Sorted(maps.Keys(nodes)))
 	if len(nodes) < 2 {
 		t.Fatalf("only node(s) %v delivered: the leader never changed hands?", nodes)
+	}
+}
+
+// The stream's HTTP contract: permissions (changes or query; 401 for
+// anonymous, 403 for a user without), 404 while off, 410 with the oldest
+// index, 400 for bad parameters, table filters and patterns, keys only,
+// and server-sent events that resume from Last-Event-ID.
+func TestTheChangeStreamsHTTPContract(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.json")
+	os.WriteFile(users, []byte(`[
+	  {"username": "admin", "password": "a", "perms": ["all"]},
+	  {"username": "feed", "password": "f", "perms": ["changes"]},
+	  {"username": "reader", "password": "r", "perms": ["query"]},
+	  {"username": "ops", "password": "o", "perms": ["status"]}
+	]`), 0o600)
+	c := testcluster.Start(t, 2, "-auth", users)
+	get := func(node int, user, path string, hdr ...string) (int, http.Header, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", c.URL(node)+path, nil)
+		if user != "" {
+			req.SetBasicAuth(user, map[string]string{"admin": "a", "feed": "f", "reader": "r", "ops": "o"}[user])
+		}
+		for i := 0; i < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := c.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header, string(b)
+	}
+	post := func(node int, body string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", c.URL(node)+"/", strings.NewReader(body))
+		req.SetBasicAuth("admin", "a")
+		resp, err := c.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", body, resp.StatusCode)
+		}
+	}
+	// (With a users file, the cluster's own waits cannot see whether a
+	// node serves: this one asks with credentials.)
+	deadline := time.Now().Add(20 * time.Second)
+	for id := 0; id <= 2; id++ {
+		for st, _, _ := get(id, "admin", "/db/changes?follow=false"); st == 503 && time.Now().Before(deadline); st, _, _ = get(id, "admin", "/db/changes?follow=false") {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if st, _, body := get(1, "admin", "/db/changes?follow=false"); st != 404 || !strings.Contains(body, "-changes-keep") {
+		t.Fatalf("while off: %d %s", st, body)
+	}
+	// Turned on from a slave's command line: through the log, for all.
+	c.Node(2).Stop()
+	c.StartNode(2, "-changes-keep", "500")
+	var start uint64
+	for deadline := time.Now().Add(20 * time.Second); start == 0; time.Sleep(50 * time.Millisecond) {
+		var st struct {
+			Changes struct {
+				On     bool   `json:"on"`
+				Oldest uint64 `json:"oldest"`
+			} `json:"changes"`
+		}
+		_, _, body := get(0, "admin", "/status")
+		if json.Unmarshal([]byte(body), &st); st.Changes.On {
+			start = st.Changes.Oldest
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the change stream is not on: %s", body)
+		}
+	}
+	post(0, `{"command":"exec","query":"CREATE TABLE pets (id INTEGER PRIMARY KEY, name TEXT)"}`)
+	post(0, `{"command":"exec","query":"CREATE TABLE people (name TEXT PRIMARY KEY, age INTEGER) WITHOUT ROWID"}`)
+	post(0, `{"command":"exec","query":"CREATE TABLE other (x)"}`)
+	post(1, `{"command":"exec","query":"INSERT INTO pets(name) VALUES ('rex')"}`)
+	post(1, `{"command":"exec","query":"INSERT INTO people VALUES ('ann', 30)"}`)
+	post(2, `{"command":"exec","query":"INSERT INTO other VALUES (1)"}`)
+	post(2, `{"command":"exec","query":"UPDATE people SET name = 'anne' WHERE name = 'ann'"}`)
+	for id, deadline := 0, time.Now().Add(10*time.Second); id <= 2; time.Sleep(20 * time.Millisecond) {
+		if _, _, body := get(id, "admin", "/db/changes?since=oldest&follow=false"); strings.Count(body, "\n") == 7 {
+			id++
+		} else if time.Now().After(deadline) {
+			t.Fatalf("node %d's stream: %s", id, body)
+		}
+	}
+
+	for _, tc := range []struct {
+		user string
+		want int
+	}{{"", 401}, {"ops", 403}, {"feed", 200}, {"reader", 200}, {"admin", 200}} {
+		if st, _, body := get(1, tc.user, "/db/changes?since=oldest&follow=false"); st != tc.want {
+			t.Fatalf("user %q: %d %s, want %d", tc.user, st, body, tc.want)
+		}
+	}
+	for path, want := range map[string]int{
+		"/db/changes?since=0":                   400,
+		"/db/changes?since=x":                   400,
+		"/db/changes?keys_only=maybe":           400,
+		"/db/changes?tables=[":                  400,
+		"/db/changes?since=1&follow=false":      410,
+		"/db/changes?since=oldest&follow=false": 200,
+	} {
+		if st, _, body := get(2, "feed", path); st != want {
+			t.Fatalf("%s: %d %s, want %d", path, st, body, want)
+		}
+	}
+	st, _, body := get(0, "feed", "/db/changes?since=1&follow=false")
+	var gone struct {
+		Error  string `json:"error"`
+		Oldest uint64 `json:"oldest"`
+	}
+	if json.Unmarshal([]byte(body), &gone); st != 410 || gone.Oldest != start {
+		t.Fatalf("410: %d %s, want oldest %d", st, body, start)
+	}
+	lines := func(body string) []map[string]any {
+		var out []map[string]any
+		for _, l := range strings.Split(strings.TrimSpace(body), "\n") {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("a line that is not JSON: %q", l)
+			}
+			out = append(out, m)
+		}
+		return out
+	}
+	_, _, body = get(1, "feed", "/db/changes?since=oldest&follow=false&tables=pe*")
+	var tables []string
+	for _, l := range lines(body) {
+		for _, e := range l["events"].([]any) {
+			ev := e.(map[string]any)
+			tables = append(tables, fmt.Sprint(ev["op"], " ", ev["table"]))
+		}
+	}
+	if want := []string{"schema <nil>", "schema <nil>", "schema <nil>", "insert pets", "insert people", "update people"}; !reflect.DeepEqual(tables, want) {
+		t.Fatalf("tables=pe*: %v, want %v", tables, want)
+	}
+	_, _, body = get(1, "feed", "/db/changes?since=oldest&follow=false&tables=people,pets&keys_only=true")
+	all := lines(body)
+	upd := all[len(all)-1]["events"].([]any)[0].(map[string]any)
+	if fmt.Sprint(upd["key"], upd["old_key"], upd["before"], upd["after"]) != "map[name:anne] map[name:ann] map[name:ann] map[name:anne]" {
+		t.Fatalf("keys only, a key changed: %v", upd)
+	}
+	// Server-sent events: ids are log indexes, and a reconnection with
+	// Last-Event-ID goes on after it.
+	_, hdr, body := get(2, "reader", "/db/changes?since=oldest&follow=false", "Accept", "text/event-stream")
+	if hdr.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("Content-Type %q", hdr.Get("Content-Type"))
+	}
+	ids := regexp.MustCompile(`(?m)^id: (\d+)$`).FindAllStringSubmatch(body, -1)
+	if len(ids) != 7 || !strings.Contains(body, "event: change\ndata: {") {
+		t.Fatalf("server-sent events: %q", body)
+	}
+	third := ids[2][1]
+	_, _, rest := get(2, "reader", "/db/changes?follow=false", "Accept", "text/event-stream", "Last-Event-ID", third)
+	if n := strings.Count(rest, "\nid: ") + strings.Count(rest[:min(len(rest), 4)], "id: "); n != 4 || strings.Contains(rest, "id: "+third+"\n") {
+		t.Fatalf("after Last-Event-ID %s: %q", third, rest)
 	}
 }

@@ -73,7 +73,7 @@ func LoadUsers(path string) (*Users, error) {
 				if p == PermSchema {
 					u.schemaGuarded = true
 				}
-			case PermReady, PermLeaderOps, PermBackup, PermLoad, "join", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
+			case PermReady, PermLeaderOps, PermBackup, PermLoad, PermChanges, "join", "snapshot", "join-read-only", "query-read-only", "ready-read-only":
 				// rqlite's own permission names: an rqlite users file
 				// loads as it is.
 				perms[p] = true
