@@ -76,8 +76,14 @@ type Config struct {
 	TLSCert        string
 	TLSKey         string
 	TLSCA          string
-	Pprof          string        // address to serve Go profiles on ("" = off)
-	BackupDir      string        // periodic backups go here ("" = none)
+	Pprof          string // address to serve Go profiles on ("" = off)
+	BackupDir      string // periodic backups go here ("" = none)
+	// BackupURL is an object store periodic backups go to ("" = none):
+	// s3://, gs://, azblob:// or file:// (package offsite); BackupBy says
+	// who takes them: "leader" (the node that leads at the time) or
+	// "this" (this node, whatever its role).
+	BackupURL      string
+	BackupBy       string
 	BackupInterval time.Duration // between periodic backups
 	// CheckInterval is how often the leader logs a consistency check (the
 	// replicas then compare digests of their databases); negative: never
@@ -100,7 +106,8 @@ type Config struct {
 	// node leads ("" = none), with ChangesServiceID in each envelope.
 	ChangesWebhook   string
 	ChangesServiceID string
-	Restore          string // master: a backup file a fresh cluster starts from
+	Restore          string // master: a backup (file or object-store URL) a fresh cluster starts from
+	RestoreIndex     uint64 // with a URL: the backup at this index (0: the newest)
 	LogLevel         string // debug, info, warn, error
 	LogFormat        string // text or json
 
@@ -135,7 +142,7 @@ var defaults = Config{
 	MaxResultRows: 1_000_000, MaxResultBytes: 256 << 20, MaxConcurrent: 1024,
 	LogKeep:  200_000,
 	LogLevel: "info", LogFormat: "text",
-	BackupInterval: time.Hour, BackupKeep: 24,
+	BackupInterval: time.Hour, BackupKeep: 24, BackupBy: "leader",
 	CheckInterval: 30 * time.Second, CheckRepair: "auto", CheckRate: 64,
 }
 
@@ -190,6 +197,7 @@ func (c *Config) Defaults() {
 	fill(&c.LogFormat, d.LogFormat)
 	fill(&c.BackupInterval, d.BackupInterval)
 	fill(&c.BackupKeep, d.BackupKeep)
+	fill(&c.BackupBy, d.BackupBy)
 	fill(&c.CheckInterval, d.CheckInterval)
 	fill(&c.CheckRepair, d.CheckRepair)
 	fill(&c.CheckRate, d.CheckRate)
@@ -408,8 +416,10 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.StringVar(&c.LogFormat, "log-format", defaults.LogFormat, "log format: text (key=value) or json (one object a line)")
 	fs.StringVar(&c.Pprof, "pprof", "", "serve Go profiles (/debug/pprof/) on this address, e.g. localhost:6060; off by default")
 	fs.StringVar(&c.BackupDir, "backup-dir", "", "write a consistent backup of this node's database to this directory every -backup-interval (each verified before older ones are deleted); off by default")
-	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir")
-	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir (the oldest go first)")
+	fs.StringVar(&c.BackupURL, "backup-url", "", "upload a consistent backup every -backup-interval to object storage: s3://bucket/prefix?region=R[&endpoint=URL&use_path_style=true] (any S3-compatible store), gs://bucket/prefix, azblob://container/prefix or file:///dir; credentials come from the store's usual environment variables and files, never from flags. Unchanged backups are skipped; -backup-keep are kept")
+	fs.StringVar(&c.BackupBy, "backup-by", "leader", "who uploads to -backup-url: leader (whichever node leads at the time, so one cluster uploads one copy) or this (this node, whatever its role)")
+	fs.DurationVar(&c.BackupInterval, "backup-interval", defaults.BackupInterval, "time between backups to -backup-dir and -backup-url")
+	fs.IntVar(&c.BackupKeep, "backup-keep", defaults.BackupKeep, "backups kept in -backup-dir and at -backup-url (the oldest go first)")
 	var changes string
 	fs.StringVar(&changes, "changes-keep", "", "turn the cluster's change stream (GET /db/changes) on, keeping the row changes of this many log indexes, or turn it off with \"off\"; set through the log, for every node, once this node runs (default: leave the cluster's setting as it is)")
 	fs.StringVar(&c.ChangesWebhook, "changes-webhook", "", "POST the change stream to this URL while this node leads (rqlite's CDC JSON; at least once, in index order); give every node the same")
@@ -419,7 +429,8 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.DurationVar(&c.CheckInterval, "check-interval", defaults.CheckInterval, "how often the leader starts a consistency check, when writes were applied since the last one: every node takes a digest of its database as of one log index, and the replicas compare them (0: never)")
 	var slaves string
 	if role == Master {
-		fs.StringVar(&c.Restore, "restore", "", "start a fresh cluster from this backup file (a SQLite file or SQL dump): once the master leads and if the database holds no table yet, the backup is loaded through the log, so every node gets it")
+		fs.StringVar(&c.Restore, "restore", "", "start a fresh cluster from this backup: a file (a SQLite file or SQL dump), or an object-storage URL as -backup-url takes, whose newest backup (or -restore-index's) is downloaded and its SHA-256 checked; once the master leads and if the database holds no table yet, the backup is loaded through the log, so every node gets it")
+		fs.Uint64Var(&c.RestoreIndex, "restore-index", 0, "with -restore URL: the backup at this log index instead of the newest")
 		fs.StringVar(&slaves, "slaves", "", "comma-separated slave URLs (instead of http://host:port+i)")
 	} else {
 		fs.StringVar(&slaves, "slaves", "", "comma-separated URLs of the slaves as this slave reaches them (default: http://host:port+i with the port arithmetic, else learned from the master)")
@@ -539,9 +550,28 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 		}
 		c.ChangesKeep = n
 	}
-	if c.Restore != "" {
+	if c.BackupURL != "" {
+		if _, _, err := ParseBackupURL(c.BackupURL); err != nil {
+			return nil, fmt.Errorf("-backup-url: %w", err)
+		}
+		if c.BackupInterval <= 0 || c.BackupKeep < 1 {
+			return nil, fmt.Errorf("-backup-interval must be positive and -backup-keep at least 1")
+		}
+	}
+	if c.BackupBy != "leader" && c.BackupBy != "this" {
+		return nil, fmt.Errorf("-backup-by must be leader or this, not %q", c.BackupBy)
+	}
+	switch {
+	case c.Restore != "" && IsBackupURL(c.Restore):
+		if _, _, err := ParseBackupURL(c.Restore); err != nil {
+			return nil, fmt.Errorf("-restore: %w", err)
+		}
+	case c.Restore != "":
 		if _, err := os.Stat(c.Restore); err != nil {
 			return nil, fmt.Errorf("-restore: %w", err)
+		}
+		if c.RestoreIndex != 0 {
+			return nil, errors.New("-restore-index goes with a -restore URL (a backup in object storage), not a file")
 		}
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {

@@ -121,6 +121,9 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	})
 	n.stop = make(chan struct{})
 	go track.Run(n.stop)
+	if cfg.BackupURL != "" {
+		go offsiteLoop(cfg, n.eng, st, logger, n.stop, track)
+	}
 	if cfg.BackupDir != "" {
 		go backupLoop(st, cfg.BackupDir, cfg.BackupInterval, cfg.BackupKeep, logger, n.stop, track)
 	}
@@ -137,7 +140,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	if cfg.Restore != "" {
 		rs := &restoreState{}
 		handler.SetStatus("restore", rs.Status)
-		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.Dir, logger, n.stop, rs, track)
+		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.RestoreIndex, cfg.Dir, logger, n.stop, rs, track)
 	}
 	n.server = &http.Server{
 		Handler:           handler,

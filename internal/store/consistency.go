@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"math"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -519,4 +520,20 @@ func hashValue(h hash.Hash, v any) {
 	default:
 		fmt.Fprintf(h, "%T:%v", v, v)
 	}
+}
+
+// ContentDigest is a digest of the content of the database file at path
+// (its schema and rows, as a consistency check's): two files with the same
+// content have the same, whatever their layout and their applied index.
+func ContentDigest(path string) (string, error) {
+	c, err := sqlite.Open(path, url.Values{"mode": {"ro"}})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	d, err := digestOn(c, 0, newPacer(0))
+	if err != nil {
+		return "", err
+	}
+	return d.Sum, nil
 }
