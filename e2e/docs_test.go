@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
@@ -156,6 +157,72 @@ func TestTheChangeStreamGuideRunsAsWritten(t *testing.T) {
 	c := testcluster.Start(t, 2, "-changes-keep", "100000")
 	waitChangesOn(t, c, 0)
 	runCurlExamples(t, c, "docs/CHANGES.md")
+}
+
+// The backup guide (docs/BACKUP.md) runs as written: its curl commands
+// against a live cluster, and every master and node command line it shows
+// is one the binaries accept. (Its off-site backups and restores run for
+// real in offsite_test.go, on a directory and on SeaweedFS.)
+func TestTheBackupGuideRunsAsWritten(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl is not installed")
+	}
+	path := filepath.Join(testcluster.RepoRoot(), "docs/BACKUP.md")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		var role cluster.Role
+		switch {
+		case strings.HasPrefix(l, "go run master/main.go "):
+			role = cluster.Master
+		case strings.HasPrefix(l, "go run node/main.go "):
+			role = cluster.Slave
+		default:
+			continue
+		}
+		lines++
+		args := shellWords(t, strings.SplitN(l, " ", 4)[3])
+		if _, err := cluster.ParseArgs(role, args, io.Discard); err != nil {
+			t.Fatalf("docs/BACKUP.md: %q is refused: %v", l, err)
+		}
+	}
+	if lines < 4 {
+		t.Fatalf("only %d command lines found in docs/BACKUP.md", lines)
+	}
+	runCurlExamples(t, testcluster.Start(t, 2), "docs/BACKUP.md")
+}
+
+// shellWords splits a command line as the shell would, for single quotes.
+func shellWords(t *testing.T, s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted, in := false, false
+	for _, r := range s {
+		switch {
+		case r == '\'':
+			quoted, in = !quoted, true
+		case r == ' ' && !quoted:
+			if in {
+				out = append(out, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteRune(r)
+			in = true
+		}
+	}
+	if quoted {
+		t.Fatalf("unbalanced quotes in %q", s)
+	}
+	if in {
+		out = append(out, cur.String())
+	}
+	return out
 }
 
 func runCurlExamples(t *testing.T, c *testcluster.Cluster, files ...string) {
