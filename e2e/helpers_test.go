@@ -16,6 +16,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// SeaweedFS (for the backups to S3) takes minutes to build the first
+	// time: it builds while the tests before those that need it run,
+	// which mostly wait on clusters.
+	go testcluster.WeedBinary()
 	code := m.Run()
 	if dir, err := testcluster.Binaries(); err == nil {
 		os.RemoveAll(dir)

@@ -49,6 +49,11 @@ func ParseBackupURL(raw string) (bucketURL, shown string, err error) {
 		return "", "", fmt.Errorf("backup URL %q: name the bucket: %s://bucket/prefix", shown, u.Scheme)
 	}
 	q := u.Query()
+	if u.Scheme == "s3" && !q.Has("response_checksum_validation") {
+		// Every download is checked against its manifest's SHA-256; the
+		// SDK's own check of multipart objects only warns on stderr.
+		q.Set("response_checksum_validation", "when_required")
+	}
 	if p := strings.Trim(u.Path, "/"); p != "" {
 		q.Set("prefix", p+"/")
 	}

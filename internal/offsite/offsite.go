@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/smithy-go"
 	"gocloud.dev/blob"
 
 	"github.com/ddbgo/ddb/internal/cluster"
@@ -118,6 +119,9 @@ func (t *Target) List(ctx context.Context) ([]Manifest, error) {
 			continue
 		}
 		b, err := t.bucket.ReadAll(ctx, obj.Key)
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			continue // deleted since it was listed (pruned by another node)
+		}
 		if err != nil {
 			return nil, t.explain("read "+obj.Key, err)
 		}
@@ -293,6 +297,13 @@ func Permanent(err error) bool {
 	case gcerrors.PermissionDenied, gcerrors.NotFound, gcerrors.InvalidArgument:
 		return true
 	}
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode() {
+		case "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "NoSuchBucket":
+			return true
+		}
+	}
 	return false
 }
 
@@ -304,7 +315,17 @@ func (e *DamagedError) Error() string { return e.Msg }
 // explain names the target and says what to check for the errors a user
 // can mend: credentials, a bucket that does not exist.
 func (t *Target) explain(what string, err error) error {
-	switch gcerrors.Code(err) {
+	code := gcerrors.Code(err)
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode() {
+		case "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken":
+			code = gcerrors.PermissionDenied
+		case "NoSuchBucket":
+			code = gcerrors.NotFound
+		}
+	}
+	switch code {
 	case gcerrors.PermissionDenied:
 		return fmt.Errorf("%s at %s: access denied: check the credentials (from the environment or the store's files) and that they may use this bucket: %w", what, t.shown, err)
 	case gcerrors.NotFound:
