@@ -94,6 +94,13 @@ func (s *sim) check() {
 	found = append(found, verify.Appends(dbs, s.appended)...)
 	found = append(found, verify.Bank(dbs)...)
 	found = append(found, verify.Counter(dbs, s.counterAcked, s.counterUnknown)...)
+	if s.o.Changes {
+		var paths []string
+		for _, nd := range s.nodes {
+			paths = append(paths, nd.path)
+		}
+		found = append(found, verify.ChangeStreams(paths, s.o.Dir)...)
+	}
 	reg, did, _ := verify.Register(s.regOps, time.Minute)
 	found = append(found, reg...)
 	for _, a := range found {

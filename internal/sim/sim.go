@@ -51,6 +51,10 @@ type Options struct {
 	// only; see consensus.EngineConfig.InjectBug and store.Options.InjectBug).
 	Bug string
 	Dir string // where the nodes keep their files (required)
+	// Changes turns the change stream on before the workloads' schema,
+	// and then judges it: every node stores the same changes, and they
+	// replay to the same tables (verify.ChangeStreams).
+	Changes bool
 	// Log, if set, gets the trace line of every event as it runs.
 	Log func(line string)
 }

@@ -208,6 +208,11 @@ func (s *sim) settleOp(nd *node, o *op) func() {
 // setup creates the workloads' tables and the bank's accounts, through
 // the leader, before anything else happens.
 func (s *sim) setup() error {
+	if s.o.Changes {
+		if err := s.setupWrite(&store.Request{SetChanges: true, ChangesKeep: 1 << 40, RequestID: "changes"}); err != nil {
+			return err
+		}
+	}
 	var stmts []rlog.Statement
 	for _, q := range verify.Schema {
 		stmts = append(stmts, rlog.Statement{SQL: q})
@@ -215,6 +220,15 @@ func (s *sim) setup() error {
 	for i := range verify.BankAccounts {
 		stmts = append(stmts, rlog.Statement{SQL: verify.BankInitSQL, Pos: []any{int64(i), int64(verify.BankTotal / verify.BankAccounts)}})
 	}
+	if err := s.setupWrite(&store.Request{Stmts: stmts, AllowSchema: true, RequestID: "setup"}); err != nil {
+		return err
+	}
+	s.log("setup done")
+	return nil
+}
+
+// setupWrite writes req through the leader, again until it is applied.
+func (s *sim) setupWrite(req *store.Request) error {
 	deadline := s.now + time.Minute
 	for s.now < deadline {
 		var got *result
@@ -222,17 +236,16 @@ func (s *sim) setup() error {
 			s.runUntil(func() bool { return s.leader() != nil || s.now >= deadline })
 			continue
 		}
-		s.write(&store.Request{Stmts: stmts, AllowSchema: true, RequestID: "setup"}, func(r result) { got = &r })
+		s.write(req, func(r result) { got = &r })
 		s.runUntil(func() bool { return got != nil })
 		if got != nil && got.outcome == verify.OK {
-			s.log("setup done")
 			return nil
 		}
 		if got != nil && got.outcome == verify.Failed && got.out.Err != nil {
 			return fmt.Errorf("setup: %v", got.out.Err)
 		}
 	}
-	return fmt.Errorf("setup: no leader took the schema within a simulated minute")
+	return fmt.Errorf("setup: no leader took the write within a simulated minute")
 }
 
 // startWorkloads starts every client.

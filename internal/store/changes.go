@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // The change stream: every row change an entry makes, kept with the entry's
@@ -608,4 +609,81 @@ func DecodeChanges(b []byte) ([]Change, error) {
 		return nil, fmt.Errorf("stored changes: %w", r.Err())
 	}
 	return out, nil
+}
+
+// ApplyChanges applies a change stream to c, another SQLite database, as a
+// consumer keeping a copy does: schema changes as they came (but the
+// user's triggers: what they did is in the stream as changes of their
+// own), each row change by its key. An update or delete that does not
+// find exactly one row by its key is an error: the stream and the copy
+// disagree. A load cannot be applied (its rows are not in the stream).
+func ApplyChanges(c *sqlite.Conn, entries []ChangeEntry) error {
+	for _, e := range entries {
+		for _, ch := range e.Changes {
+			var err error
+			switch ch.Op {
+			case "schema":
+				if strings.HasPrefix(strings.ToUpper(ch.SQL), "CREATE TRIGGER") {
+					continue
+				}
+				err = c.Exec(ch.SQL)
+			case "insert":
+				cols := append([]string(nil), ch.Columns...)
+				vals := append([]any(nil), ch.After...)
+				if ch.NewRowID != nil {
+					cols, vals = append(cols, "rowid"), append(vals, *ch.NewRowID)
+				}
+				err = c.Exec(fmt.Sprintf("INSERT INTO %s(%s) VALUES (%s)", quoteIdent(ch.Table), quoteIdentList(cols), strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ")), vals...)
+			case "update", "delete":
+				where, args := keyCondition(ch)
+				if ch.Op == "delete" {
+					err = c.Exec(fmt.Sprintf("DELETE FROM %s WHERE %s", quoteIdent(ch.Table), where), args...)
+					break
+				}
+				var sets []string
+				var vals []any
+				for i, col := range ch.Columns {
+					sets, vals = append(sets, quoteIdent(col)+" = ?"), append(vals, ch.After[i])
+				}
+				if ch.NewRowID != nil {
+					sets, vals = append(sets, "rowid = ?"), append(vals, *ch.NewRowID)
+				}
+				err = c.Exec(fmt.Sprintf("UPDATE %s SET %s WHERE %s", quoteIdent(ch.Table), strings.Join(sets, ", "), where), append(vals, args...)...)
+			case "load":
+				err = errors.New("a load: its rows are not in the stream")
+			}
+			if err == nil && (ch.Op == "update" || ch.Op == "delete") && c.Changes() != 1 {
+				err = fmt.Errorf("%d rows have its key, not 1", c.Changes())
+			}
+			if err != nil {
+				return fmt.Errorf("index %d, %s of %s (%v -> %v): %w", e.Index, ch.Op, ch.Table, ch.Before, ch.After, err)
+			}
+		}
+	}
+	return nil
+}
+
+// keyCondition is the WHERE clause that finds a change's row as it was
+// before the change.
+func keyCondition(ch Change) (string, []any) {
+	if len(ch.KeyColumns) == 0 {
+		if ch.OldRowID == nil {
+			return "0", nil
+		}
+		return "rowid = ?", []any{*ch.OldRowID}
+	}
+	var conds []string
+	var args []any
+	for _, p := range ch.KeyColumns {
+		conds, args = append(conds, quoteIdent(ch.Columns[p])+" IS ?"), append(args, ch.Before[p])
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+func quoteIdentList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = quoteIdent(n)
+	}
+	return strings.Join(q, ", ")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -88,70 +89,6 @@ func TestTheChangeStreamRecordsEachEntrysRowChanges(t *testing.T) {
 	if _, _, err := s.Changes(context.Background(), start-1, 10); err == nil {
 		t.Fatal("the entry that turned it on has no changes to read, yet it was served")
 	}
-}
-
-// replayChanges applies a change stream to conn as a consumer would: the
-// schema changes as they came (the user's triggers left out: what they
-// did is in the stream as changes of their own), each row change by its
-// key.
-func replayChanges(t *testing.T, c *sqlite.Conn, entries []ChangeEntry) {
-	t.Helper()
-	for _, e := range entries {
-		for _, ch := range e.Changes {
-			var err error
-			switch ch.Op {
-			case "schema":
-				if strings.HasPrefix(strings.ToUpper(ch.SQL), "CREATE TRIGGER") {
-					continue
-				}
-				err = c.Exec(ch.SQL)
-			case "insert":
-				cols := slices.Clone(ch.Columns)
-				vals := slices.Clone(ch.After)
-				if ch.NewRowID != nil {
-					cols, vals = append(cols, "rowid"), append(vals, *ch.NewRowID)
-				}
-				err = c.Exec(fmt.Sprintf("INSERT INTO %s(%s) VALUES (%s)", quoteIdent(ch.Table), quoteIdents(cols), marks(len(cols))), vals...)
-			case "update", "delete":
-				where, args := keyOf(ch, ch.Before, ch.OldRowID)
-				if ch.Op == "delete" {
-					err = c.Exec(fmt.Sprintf("DELETE FROM %s WHERE %s", quoteIdent(ch.Table), where), args...)
-					break
-				}
-				var sets []string
-				var vals []any
-				for i, col := range ch.Columns {
-					sets, vals = append(sets, quoteIdent(col)+" = ?"), append(vals, ch.After[i])
-				}
-				if ch.NewRowID != nil {
-					sets, vals = append(sets, "rowid = ?"), append(vals, *ch.NewRowID)
-				}
-				err = c.Exec(fmt.Sprintf("UPDATE %s SET %s WHERE %s", quoteIdent(ch.Table), strings.Join(sets, ", "), where), append(vals, args...)...)
-			case "load":
-				t.Fatalf("index %d: a load in a workload without one", e.Index)
-			}
-			if err != nil {
-				t.Fatalf("replaying index %d, %s of %s (%v -> %v): %v", e.Index, ch.Op, ch.Table, ch.Before, ch.After, err)
-			}
-			if ch.Op == "update" || ch.Op == "delete" {
-				if n := c.Changes(); n != 1 {
-					t.Fatalf("replaying index %d, %s of %s %v: %d rows matched its key, not 1", e.Index, ch.Op, ch.Table, ch.Before, n)
-				}
-			}
-		}
-	}
-}
-
-func keyOf(ch Change, row []any, rowid *int64) (string, []any) {
-	if len(ch.KeyColumns) == 0 {
-		return "rowid = ?", []any{*rowid}
-	}
-	var conds []string
-	var args []any
-	for _, p := range ch.KeyColumns {
-		conds, args = append(conds, quoteIdent(ch.Columns[p])+" IS ?"), append(args, row[p])
-	}
-	return strings.Join(conds, " AND "), args
 }
 
 func quoteIdents(names []string) string {
@@ -306,7 +243,9 @@ func TestTheChangeStreamReplaysToTheSameDatabase(t *testing.T) {
 				}
 			}
 			t.Logf("%d entries with changes: %v", len(all), n)
-			replayChanges(t, replica, all)
+			if err := ApplyChanges(replica, all); err != nil {
+				t.Fatal(err)
+			}
 			live, err := sqlite.Open(s.Path(), url.Values{"mode": {"ro"}})
 			if err != nil {
 				t.Fatal(err)
@@ -524,5 +463,53 @@ func TestAWriteWhoseChangesAreTooLargeFailsClearly(t *testing.T) {
 	}
 	if out := s.CommitBatch([]*Request{big}, time.Now); out[0].Err != nil {
 		t.Fatalf("with the stream off: %v", out[0].Err)
+	}
+}
+
+// A node that takes a copy of another's database (a snapshot, a repair)
+// captures as the copy's setting says from then on: the simulator found a
+// wiped node that caught up from a snapshot and never captured again.
+func TestACopyInstalledBringsItsChangeStreamSetting(t *testing.T) {
+	dir := t.TempDir()
+	var ws []rlog.Write
+	ws = append(ws, rlog.Write{SetChanges: true, ChangesKeep: 1000}, rlog.Write{AllowSchema: true, Stmts: stmts("CREATE TABLE a (v)")})
+	for i := range 10 {
+		ws = append(ws, rlog.Write{Stmts: stmts(fmt.Sprintf("INSERT INTO a VALUES (%d)", i))})
+	}
+	entries := logEntries(t, ws...)
+	leader, err := Open(Options{Path: filepath.Join(dir, "leader.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Close()
+	if _, err := leader.Apply(entries[:6]); err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := leader.Snapshot(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wiped, err := Open(Options{Path: filepath.Join(dir, "wiped.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wiped.Close()
+	f, err := os.Open(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wiped.Restore(f, dir); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, s := range []*Store{leader, wiped} {
+		if _, err := s.Apply(entries[6:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leader.Close()
+	wiped.Close()
+	if a, b := storedChanges(t, filepath.Join(dir, "leader.db")), storedChanges(t, filepath.Join(dir, "wiped.db")); len(a) != 11 || !reflect.DeepEqual(a, b) {
+		t.Fatalf("the node that took a copy stores %d entries' changes, the leader %d", len(b), len(a))
 	}
 }

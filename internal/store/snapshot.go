@@ -136,11 +136,19 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	if notBehind && index < s.applied.Load() {
 		return 0, fmt.Errorf("%w (the copy is at index %d, this database at %d)", ErrCopyBehind, index, s.applied.Load())
 	}
+	// The change stream's triggers are made again for the copy's schema,
+	// under the copy's setting of the stream.
+	if err := s.dropCaptureTriggers(); err != nil {
+		return 0, fmt.Errorf("install snapshot: %w", err)
+	}
 	s.wconn.auth.reset(policyReplica)
 	sqlite.LockPRNG() // the copy's WAL writes may salt a new WAL header
 	err = s.w.Backup(src)
 	sqlite.UnlockPRNG()
 	if err != nil {
+		return 0, fmt.Errorf("install snapshot: %w", err)
+	}
+	if err := s.loadChangeSetting(); err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}
 	if afterInstall != nil {
