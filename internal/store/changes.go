@@ -374,9 +374,9 @@ func (s *Store) encodeChanges(rec []byte) ([]byte, error) {
 	}
 	b := []byte{changesFormat}
 	b = appendUvarint(b, uint64(len(order)))
-	for i, id := range order {
+	for _, id := range order {
 		sh := s.cap.shapes[id]
-		b = appendUvarint(b, uint64(i+1))
+		b = appendUvarint(b, local[id])
 		b = rlog.AppendString(b, sh.table)
 		b = appendUvarint(b, uint64(len(sh.cols)))
 		for _, c := range sh.cols {
