@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -391,4 +393,85 @@ func TestOffsiteBackupsToS3(t *testing.T) {
 		e, _ := rs["error"].(string)
 		return rs["state"] == "failed" && strings.Contains(e, "is damaged")
 	})
+}
+
+// The backup guide's off-site commands run as written, against SeaweedFS:
+// its URL pointed at the test's store and its interval shortened, the
+// three nodes it starts upload a backup, and its restore command starts a
+// new cluster from it.
+func TestTheBackupGuidesOffsiteCommandsRun(t *testing.T) {
+	s3 := testcluster.StartS3(t, t.TempDir(), "backups")
+	b, err := os.ReadFile(filepath.Join(testcluster.RepoRoot(), "docs/BACKUP.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const docURL = "s3://backups/shop?region=eu-west-1"
+	rawURL := s3.URL("backups", "shop")
+	var nodes, restores [][]string
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if !strings.Contains(l, "'"+docURL+"'") {
+			continue
+		}
+		l = strings.ReplaceAll(l, docURL, rawURL)
+		l = strings.ReplaceAll(l, "-backup-interval 1h", "-backup-interval 1s")
+		if i := strings.Index(l, " #"); i > 0 {
+			l = l[:i]
+		}
+		var args []string
+		switch {
+		case strings.HasPrefix(l, "go run master/main.go "), strings.HasPrefix(l, "go run node/main.go "):
+			args = shellWords(t, strings.SplitN(l, " ", 4)[3])
+		default:
+			continue
+		}
+		// The port arithmetic's positional arguments are the test
+		// cluster's to give.
+		for len(args) > 0 && !strings.HasPrefix(args[len(args)-1], "-") && !strings.HasPrefix(args[len(args)-2], "-") {
+			args = args[:len(args)-1]
+		}
+		if slices.Contains(args, "-restore") {
+			restores = append(restores, args)
+		} else {
+			nodes = append(nodes, args)
+		}
+	}
+	if len(nodes) != 3 || len(restores) != 2 {
+		t.Fatalf("the guide's off-site commands: %d to start nodes, %d to restore; want 3 and 2", len(nodes), len(restores))
+	}
+	c := testcluster.New(t, 2)
+	c.Env = s3.Env()
+	for id := range nodes {
+		c.Flags[id] = nodes[id]
+		c.StartNode(id)
+	}
+	c.WaitReady()
+	waitLeader(t, c, 0, 10*time.Second)
+	c.Exec(0, "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+	c.Exec(1, "INSERT INTO orders(item) VALUES ('tea'), ('cake')")
+	applied := c.Applied(1)
+	waitFor(t, 30*time.Second, "a backup of the orders", func() bool {
+		l := listBackups(t, s3.Env(), rawURL)
+		return len(l) > 0 && l[len(l)-1].Index >= applied
+	})
+	want := userTables(t, c.DBPath(0))
+	r := testcluster.New(t, 2)
+	r.Env = s3.Env()
+	r.Flags[0] = restores[0]
+	for id := 0; id <= 2; id++ {
+		r.StartNode(id)
+	}
+	r.WaitReady()
+	waitFor(t, 60*time.Second, "the guide's restore", func() bool {
+		st, err := r.Status(0)
+		if err != nil {
+			return false
+		}
+		rs, _ := st["restore"].(map[string]any)
+		return rs["state"] == "restored"
+	})
+	r.WaitConverged(30*time.Second, 0, 1, 2)
+	if got := userTables(t, r.DBPath(2)); !reflect.DeepEqual(got, want) || len(got["orders"]) != 2 {
+		t.Fatalf("the restored cluster: %v, want %v", got, want)
+	}
 }

@@ -163,7 +163,7 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		rc.Flush()
-		if len(entries) == changesBatch {
+		if next <= s.st.Applied() {
 			since = next // more are there already
 		} else {
 			if !follow {

@@ -186,7 +186,7 @@ func (w *Webhook) Run(stop <-chan struct{}) {
 				w.Log.Debug("change webhook: could not record what was delivered", "err", err)
 			}
 		}
-		if len(entries) < w.Batch {
+		if next > w.Store.Applied() {
 			// Up to date: wait for the next entry (or a while, to record
 			// what was delivered and see whether this node still leads).
 			w.Repl.WaitApplied(ctx, next, w.RecordEvery)

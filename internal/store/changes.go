@@ -483,11 +483,15 @@ func changeSettingOn(r *conn) (ChangeStream, error) {
 	return cs, nil
 }
 
+// maxChangesRead bounds the stored bytes one read of the stream takes
+// (beyond its first entry), so that what a reader holds is bounded.
+const maxChangesRead = 8 << 20
+
 // Changes reads the changes of the entries from index since on, at most
-// max entries (entries that changed nothing are not kept, so the indexes
-// skip), and the index the next read starts from: past the last entry
-// returned, or past the applied index when every entry up to it was
-// read.
+// max entries and some 8 MiB of them (entries that changed nothing are not
+// kept, so the indexes skip), and the index the next read starts from:
+// past the last entry returned when it stopped short, else past the
+// applied index (then next > Applied() until another entry applies).
 func (s *Store) Changes(ctx context.Context, since uint64, max int) ([]ChangeEntry, uint64, error) {
 	r, err := s.getReader(ctx)
 	if err != nil {
@@ -514,23 +518,48 @@ func (s *Store) Changes(ctx context.Context, since uint64, max int) ([]ChangeEnt
 		return nil, since, err
 	}
 	applied, _ := row[0].(int64)
-	rows, err := r.c.All("SELECT idx, time_ms, events FROM _ddb_changes WHERE idx >= ? ORDER BY idx LIMIT ?", int64(since), max)
+	// At most max entries, and (but for the first) at most
+	// maxChangesRead bytes of them: an entry's changes may take 32 MiB.
+	st, err := r.c.Prepare("SELECT idx, time_ms, events FROM _ddb_changes WHERE idx >= ? ORDER BY idx")
 	if err != nil {
 		return nil, since, err
 	}
-	out := make([]ChangeEntry, 0, len(rows))
-	for _, row := range rows {
+	defer st.Close()
+	if _, err := st.Bind([]any{int64(since)}, nil); err != nil {
+		return nil, since, err
+	}
+	var out []ChangeEntry
+	full, bytes := false, 0
+	row = nil
+	for {
+		more, err := st.Step()
+		if err != nil {
+			return nil, since, err
+		}
+		if !more {
+			break
+		}
+		row = st.Row(row[:0])
 		idx, _ := row[0].(int64)
 		t, _ := row[1].(int64)
 		b, _ := row[2].([]byte)
+		if len(out) > 0 && bytes+len(b) > maxChangesRead {
+			full = true
+			break
+		}
+		bytes += len(b)
 		ch, err := DecodeChanges(b)
 		if err != nil {
 			return nil, since, fmt.Errorf("changes of index %d: %w", idx, err)
 		}
 		out = append(out, ChangeEntry{Index: uint64(idx), TimeMs: t, Changes: ch})
+		if len(out) == max {
+			full = true
+			break
+		}
 	}
 	next := uint64(applied) + 1
-	if len(rows) == max && max > 0 {
+	if full {
 		next = out[len(out)-1].Index + 1
 	}
 	if next < since {

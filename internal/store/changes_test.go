@@ -36,7 +36,7 @@ func allChanges(t testing.TB, s *Store, since uint64) []ChangeEntry {
 			t.Fatal(err)
 		}
 		all = append(all, got...)
-		if len(got) < 100 {
+		if next > s.Applied() {
 			return all
 		}
 		since = next
@@ -511,5 +511,44 @@ func TestACopyInstalledBringsItsChangeStreamSetting(t *testing.T) {
 	wiped.Close()
 	if a, b := storedChanges(t, filepath.Join(dir, "leader.db")), storedChanges(t, filepath.Join(dir, "wiped.db")); len(a) != 11 || !reflect.DeepEqual(a, b) {
 		t.Fatalf("the node that took a copy stores %d entries' changes, the leader %d", len(b), len(a))
+	}
+}
+
+// A read of the stream holds a bounded amount: entries whose changes are
+// large come a few at a time, and every one comes, in order.
+func TestAReadOfTheStreamIsBounded(t *testing.T) {
+	s := openTemp(t, "bounded.db")
+	enableChanges(t, s, 1000)
+	start := s.Applied() + 1
+	mustCommit(t, s, time.Now, "CREATE TABLE b (v)", "INSERT INTO b VALUES (zeroblob(1500000))")
+	for range 8 {
+		mustCommit(t, s, time.Now, "UPDATE b SET v = randomblob(1500000)")
+	}
+	since, reads := start, 0
+	var got []uint64
+	for since <= s.Applied() {
+		entries, next, err := s.Changes(context.Background(), since, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reads++
+		size := 0
+		for _, e := range entries {
+			got = append(got, e.Index)
+			for _, c := range e.Changes {
+				for _, v := range append(slices.Clone(c.Before), c.After...) {
+					if b, ok := v.([]byte); ok {
+						size += len(b)
+					}
+				}
+			}
+		}
+		if size > maxChangesRead+3_000_000 {
+			t.Fatalf("one read took %d entries, %d bytes", len(entries), size)
+		}
+		since = next
+	}
+	if len(got) != 10 || reads < 4 || !slices.IsSorted(got) {
+		t.Fatalf("%d reads gave %v", reads, got)
 	}
 }
