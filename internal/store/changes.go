@@ -62,9 +62,13 @@ type capture struct {
 	on   bool  // the cluster's setting, as of the last applied entry
 	keep int64 // log indexes kept (while on)
 	from uint64
-	// madeAt is the schema version the triggers were made for (-1: none
-	// made, or not known): they are made again when the schema differs.
-	madeAt int64
+	// madeAt is the schema version the triggers were made for (-1: not
+	// known): they are made again when the schema differs. made: some may
+	// exist (a connection starts with none). recursive: the writer's
+	// recursive_triggers is on (it starts off; setting it expires every
+	// prepared statement, so it is set only when it changes).
+	madeAt          int64
+	made, recursive bool
 	// shapes are every table shape triggers were made for since the
 	// store opened, by number (0 is unused); never reused, so what a
 	// rolled back schema change's triggers captured still decodes.
@@ -148,14 +152,12 @@ func (s *Store) setDelivered(index uint64) error {
 // when they were made for this schema version.
 func (s *Store) ensureCapture() error {
 	if !s.cap.on {
-		if s.cap.madeAt == -2 {
-			return nil // known to have none
+		if s.cap.made {
+			if err := s.dropCaptureTriggers(); err != nil {
+				return err
+			}
 		}
-		if err := s.dropCaptureTriggers(); err != nil {
-			return err
-		}
-		s.cap.madeAt = -2
-		return s.internal("PRAGMA recursive_triggers = OFF")
+		return s.setRecursive(false)
 	}
 	s.wconn.auth.reset(policyReplica)
 	row, err := s.w.QueryRow("PRAGMA schema_version")
@@ -169,6 +171,7 @@ func (s *Store) ensureCapture() error {
 	if err := s.dropCaptureTriggers(); err != nil {
 		return err
 	}
+	s.cap.made = true
 	tables, err := s.w.All(`SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\' AND name NOT LIKE '\_ddb\_%' ESCAPE '\' ORDER BY name`)
 	if err != nil {
 		return fmt.Errorf("list tables for the change stream: %w", err)
@@ -189,14 +192,26 @@ func (s *Store) ensureCapture() error {
 	if err != nil {
 		return err
 	}
-	rec := "OFF"
-	if row[0] == int64(0) {
-		rec = "ON"
-	}
-	if err := s.internal("PRAGMA recursive_triggers = " + rec); err != nil {
+	if err := s.setRecursive(row[0] == int64(0)); err != nil {
 		return err
 	}
 	s.cap.madeAt = v
+	return nil
+}
+
+// setRecursive sets the writer's recursive_triggers, if it differs.
+func (s *Store) setRecursive(on bool) error {
+	if s.cap.recursive == on {
+		return nil
+	}
+	v := "OFF"
+	if on {
+		v = "ON"
+	}
+	if err := s.internal("PRAGMA recursive_triggers = " + v); err != nil {
+		return err
+	}
+	s.cap.recursive = on
 	return nil
 }
 
@@ -213,7 +228,7 @@ func (s *Store) dropCaptureTriggers() error {
 			return fmt.Errorf("drop the change stream's trigger: %w", err)
 		}
 	}
-	s.cap.madeAt = -1
+	s.cap.madeAt, s.cap.made = -1, false
 	return nil
 }
 
