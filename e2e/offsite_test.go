@@ -21,29 +21,9 @@ import (
 	"github.com/ddbgo/ddb/internal/testcluster"
 )
 
-// listBackups lists the backups at url as a node would, with env's
-// credentials.
-func listBackups(t *testing.T, env []string, rawURL string) []offsite.Manifest {
-	t.Helper()
-	restore := setEnv(t, env)
-	defer restore()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	tg, err := offsite.Open(ctx, rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tg.Close()
-	list, err := tg.List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return list
-}
-
-// fetchAll downloads every backup at url, each checked against its
-// manifest, and returns their paths by index.
-func fetchAll(t *testing.T, env []string, rawURL string) map[uint64]string {
+// withTarget opens the backup target at rawURL with env's credentials, as
+// a node would, for f.
+func withTarget(t *testing.T, env []string, rawURL string, f func(ctx context.Context, tg *offsite.Target)) {
 	t.Helper()
 	restore := setEnv(t, env)
 	defer restore()
@@ -54,18 +34,39 @@ func fetchAll(t *testing.T, env []string, rawURL string) map[uint64]string {
 		t.Fatal(err)
 	}
 	defer tg.Close()
-	list, err := tg.List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[uint64]string{}
-	for _, m := range list {
-		path, _, err := tg.Fetch(ctx, m.Index, t.TempDir(), nil)
-		if err != nil {
-			t.Fatalf("backup at %d: %v", m.Index, err)
+	f(ctx, tg)
+}
+
+// listBackups lists the backups at rawURL.
+func listBackups(t *testing.T, env []string, rawURL string) (list []offsite.Manifest) {
+	t.Helper()
+	withTarget(t, env, rawURL, func(ctx context.Context, tg *offsite.Target) {
+		var err error
+		if list, err = tg.List(ctx); err != nil {
+			t.Fatal(err)
 		}
-		out[m.Index] = path
-	}
+	})
+	return list
+}
+
+// fetchAll downloads every backup at rawURL, each checked against its
+// manifest, and returns their paths by index.
+func fetchAll(t *testing.T, env []string, rawURL string) map[uint64]string {
+	t.Helper()
+	out := map[uint64]string{}
+	withTarget(t, env, rawURL, func(ctx context.Context, tg *offsite.Target) {
+		list, err := tg.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range list {
+			path, _, err := tg.Fetch(ctx, m.Index, t.TempDir(), nil)
+			if err != nil {
+				t.Fatalf("backup at %d: %v", m.Index, err)
+			}
+			out[m.Index] = path
+		}
+	})
 	return out
 }
 

@@ -307,12 +307,26 @@ func appendKey(b []byte, c store.Change, row []any, rowid *int64) []byte {
 		b = append(b, `{"rowid":`...)
 		return append(strconv.AppendInt(b, *rowid, 10), '}')
 	}
+	return appendColumns(b, c.Columns, row, c.KeyColumns)
+}
+
+// appendColumns writes an object of the columns at positions (all of
+// them when positions is nil) with their values in row.
+func appendColumns(b []byte, cols []string, row []any, positions []int) []byte {
 	b = append(b, '{')
-	for i, p := range c.KeyColumns {
+	n := len(positions)
+	if positions == nil {
+		n = len(cols)
+	}
+	for i := range n {
+		p := i
+		if positions != nil {
+			p = positions[i]
+		}
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(appendString(b, c.Columns[p]), ':')
+		b = append(appendString(b, cols[p]), ':')
 		b = appendTypedValue(b, row[p])
 	}
 	return append(b, '}')
@@ -334,27 +348,11 @@ func sameKey(c store.Change) bool {
 
 // appendRow writes a row as an object of its columns (keysOnly: its key's).
 func appendRow(b []byte, c store.Change, row []any, keysOnly bool) []byte {
-	if keysOnly {
-		if len(c.KeyColumns) == 0 {
-			return append(b, "{}"...)
-		}
-		b = append(b, '{')
-		for i, p := range c.KeyColumns {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(appendString(b, c.Columns[p]), ':')
-			b = appendTypedValue(b, row[p])
-		}
-		return append(b, '}')
+	if !keysOnly {
+		return appendColumns(b, c.Columns, row, nil)
 	}
-	b = append(b, '{')
-	for i, col := range c.Columns {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(appendString(b, col), ':')
-		b = appendTypedValue(b, row[i])
+	if len(c.KeyColumns) == 0 {
+		return append(b, "{}"...)
 	}
-	return append(b, '}')
+	return appendColumns(b, c.Columns, row, c.KeyColumns)
 }

@@ -215,25 +215,14 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, source string, i
 		// The backup is downloaded once this node leads a cluster whose
 		// database holds no table: a restart with the flag still given
 		// downloads nothing.
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			if !eng.IsLeader() {
-				continue
-			}
-			empty, err := holdsNoTable(st)
-			if err != nil {
-				continue
-			}
-			if !empty {
-				log.Info("restore: the database already holds tables; the backup is not loaded", "file", shown)
-				rs.set(func(s *RestoreStatus) { s.State = "skipped" })
-				return
-			}
-			break
+		empty, ok := whenLeading(eng, st, stop)
+		if !ok {
+			return
+		}
+		if !empty {
+			log.Info("restore: the database already holds tables; the backup is not loaded", "file", shown)
+			rs.set(func(s *RestoreStatus) { s.State = "skipped" })
+			return
 		}
 		rs.set(func(s *RestoreStatus) { s.State = "downloading" })
 		path, m, err := fetchBackup(source, index, dir, stop, log, track)
@@ -255,17 +244,9 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, source string, i
 	// taken up by the next, entry by entry.
 	id := fmt.Sprintf("restore-%d", time.Now().UnixNano())
 	for tries := 0; ; {
-		select {
-		case <-stop:
+		empty, ok := whenLeading(eng, st, stop)
+		if !ok {
 			return
-		case <-time.After(100 * time.Millisecond):
-		}
-		if !eng.IsLeader() {
-			continue
-		}
-		empty, err := holdsNoTable(st)
-		if err != nil {
-			continue
 		}
 		if !empty && tries == 0 {
 			log.Info("restore: the database already holds tables; the backup is not loaded", "file", shown)
@@ -294,6 +275,25 @@ func restoreWhenLeading(eng *consensus.Engine, st *store.Store, source string, i
 		log.Info("restored from a backup", "file", shown, "index", out.Index)
 		rs.set(func(s *RestoreStatus) { s.State, s.Index, s.Error = "restored", out.Index, "" })
 		return
+	}
+}
+
+// whenLeading waits, in steps of 100 ms, until this node leads and
+// can say whether its database holds no table of the user's (empty); ok
+// is false when the node stops first.
+func whenLeading(eng *consensus.Engine, st *store.Store, stop <-chan struct{}) (empty, ok bool) {
+	for {
+		select {
+		case <-stop:
+			return false, false
+		case <-time.After(100 * time.Millisecond):
+		}
+		if !eng.IsLeader() {
+			continue
+		}
+		if empty, err := holdsNoTable(st); err == nil {
+			return empty, true
+		}
 	}
 }
 

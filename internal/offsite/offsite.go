@@ -106,30 +106,26 @@ func indexOf(key string) (uint64, string, bool) {
 // List returns the target's backups, oldest first: those with a manifest.
 func (t *Target) List(ctx context.Context) ([]Manifest, error) {
 	var out []Manifest
-	it := t.bucket.List(&blob.ListOptions{Prefix: "ddb-"})
-	for {
-		obj, err := it.Next(ctx)
-		if err == io.EOF {
-			break
+	err := t.eachObject(ctx, func(key string, _ uint64, ext string) error {
+		if ext != ".json" {
+			return nil
 		}
-		if err != nil {
-			return nil, t.explain("list the backups", err)
-		}
-		if _, ext, ok := indexOf(obj.Key); !ok || ext != ".json" {
-			continue
-		}
-		b, err := t.bucket.ReadAll(ctx, obj.Key)
+		b, err := t.bucket.ReadAll(ctx, key)
 		if gcerrors.Code(err) == gcerrors.NotFound {
-			continue // deleted since it was listed (pruned by another node)
+			return nil // deleted since it was listed (pruned by another node)
 		}
 		if err != nil {
-			return nil, t.explain("read "+obj.Key, err)
+			return t.explain("read "+key, err)
 		}
 		var m Manifest
 		if err := json.Unmarshal(b, &m); err != nil || m.Format != manifestFormat || len(m.SHA256) != 64 {
-			continue // not one of ours, or damaged: not a backup
+			return nil // not one of ours, or damaged: not a backup
 		}
 		out = append(out, m)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Manifest) int { return compare(a.Index, b.Index) })
 	return out, nil
@@ -211,22 +207,34 @@ func (t *Target) Prune(ctx context.Context, keep int) (deleted int, err error) {
 		deleted++
 	}
 	newest := list[len(list)-1].Index
+	err = t.eachObject(ctx, func(key string, idx uint64, ext string) error {
+		if ext == ".db" && idx < newest && !kept[idx] {
+			if err := t.bucket.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+				return t.explain("delete "+key, err)
+			}
+		}
+		return nil
+	})
+	return deleted, err
+}
+
+// eachObject calls f with every backup object's key, index and extension.
+func (t *Target) eachObject(ctx context.Context, f func(key string, index uint64, ext string) error) error {
 	it := t.bucket.List(&blob.ListOptions{Prefix: "ddb-"})
 	for {
 		obj, err := it.Next(ctx)
 		if err == io.EOF {
-			break
+			return nil
 		}
 		if err != nil {
-			return deleted, t.explain("list the backups", err)
+			return t.explain("list the backups", err)
 		}
-		if idx, ext, ok := indexOf(obj.Key); ok && ext == ".db" && idx < newest && !kept[idx] {
-			if err := t.bucket.Delete(ctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
-				return deleted, t.explain("delete "+obj.Key, err)
+		if idx, ext, ok := indexOf(obj.Key); ok {
+			if err := f(obj.Key, idx, ext); err != nil {
+				return err
 			}
 		}
 	}
-	return deleted, nil
 }
 
 // ErrNoBackup: the target holds no backup (or none at the index asked for).
