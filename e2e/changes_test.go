@@ -646,3 +646,33 @@ func TestTheChangeStreamsHTTPContract(t *testing.T) {
 		t.Fatalf("after Last-Event-ID %s: %q", third, rest)
 	}
 }
+
+// A node stops cleanly while a client follows its change stream: the
+// stream ends, and the node's shutdown does not wait for the client (the
+// HTTP server's shutdown would, to its 15 s deadline, and then fail).
+func TestANodeStopsWhileAClientFollowsItsChangeStream(t *testing.T) {
+	c := testcluster.Start(t, 2, "-changes-keep", "1000")
+	waitChangesOn(t, c, 1)
+	resp, err := http.Get(c.URL(1) + "/db/changes?since=oldest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, resp.Body)
+		ended <- err
+	}()
+	c.Exec(0, "CREATE TABLE t (x)")
+	stopping := time.Now()
+	c.Node(1).Stop()
+	t.Logf("the node stopped %v after SIGTERM", time.Since(stopping).Round(time.Millisecond))
+	if code := c.Node(1).ExitCode(); code != 0 {
+		b, _ := os.ReadFile(c.Node(1).Log)
+		t.Fatalf("the node exited with %d:\n%s", code, b)
+	}
+	if b, _ := os.ReadFile(c.Node(1).Log); strings.Contains(string(b), "deadline") {
+		t.Fatalf("the node's shutdown waited for its deadline:\n%s", b)
+	}
+	<-ended // the stream ended with the node
+}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -143,6 +144,16 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	}
 	rc := http.NewResponseController(w)
 	rc.SetWriteDeadline(time.Time{}) // a stream lasts as long as the client reads it
+	// It ends when the client goes or the node stops.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if sse {
 		w.Header().Set("Content-Type", "text/event-stream")
 	} else {
@@ -171,8 +182,8 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 			}
 			since = next
 			for {
-				err := s.repl.WaitApplied(r.Context(), since, changesHeartbeat)
-				if r.Context().Err() != nil {
+				err := s.repl.WaitApplied(ctx, since, changesHeartbeat)
+				if ctx.Err() != nil {
 					return
 				}
 				if err == nil {
@@ -196,12 +207,12 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 				rc.Flush()
 			}
 		}
-		entries, next, err = s.st.Changes(r.Context(), since, changesBatch)
+		entries, next, err = s.st.Changes(ctx, since, changesBatch)
 		if err != nil {
 			// The stream was turned off, or its start left the retention
 			// while the client was behind: it ends, and the client's next
 			// request says which.
-			if r.Context().Err() == nil {
+			if ctx.Err() == nil {
 				s.log.Warn("a change stream ended", "since", since, "err", err)
 			}
 			return

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,11 +31,14 @@ import (
 
 // Server serves one node.
 type Server struct {
-	cfg   *cluster.Config
-	st    *store.Store
-	repl  replication.Replicator // the client protocol's only view of replication
-	admin replication.Admin      // membership, status, node-to-node endpoints
-	tr    *peer.Client           // signed calls to other nodes
+	// closing is closed when the node stops: open change streams end.
+	closing   chan struct{}
+	closeOnce sync.Once
+	cfg       *cluster.Config
+	st        *store.Store
+	repl      replication.Replicator // the client protocol's only view of replication
+	admin     replication.Admin      // membership, status, node-to-node endpoints
+	tr        *peer.Client           // signed calls to other nodes
 	// progress is where long operations are reported (nil: nowhere).
 	progress *progress.Tracker
 	// hosts are the names requests may give in Host (see hostAllowed).
@@ -383,7 +387,7 @@ func (s *Server) permitted(req *Request, command Command) bool {
 // operations endpoints, and the engine's node-to-node endpoints.
 func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator, admin replication.Admin, tr *peer.Client, users *Users) *Server {
 	auth := tr.Auth()
-	s := &Server{cfg: cfg, st: st, repl: repl, admin: admin, tr: tr, auth: auth, users: users, hosts: cfg.KnownHosts(),
+	s := &Server{closing: make(chan struct{}), cfg: cfg, st: st, repl: repl, admin: admin, tr: tr, auth: auth, users: users, hosts: cfg.KnownHosts(),
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		metrics: NewMetrics(), mux: http.NewServeMux(), log: slog.Default(), started: time.Now()}
 	s.metrics.reg.MustRegister(nodeCollector{s})
@@ -421,6 +425,11 @@ func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	s.mux.HandleFunc("/console/cluster", s.handleConsoleCluster)
 	return s
 }
+
+// Close ends what the server keeps open beyond a request's work (the
+// change streams), so that the HTTP server's shutdown need not wait for
+// their clients to go.
+func (s *Server) Close() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // Kind: unauthorized when credentials may grant the permission.
 func (e *permissionError) Kind() errkind.Kind {

@@ -41,6 +41,7 @@ type Node struct {
 	Store  *store.Store
 	eng    *consensus.Engine
 	server *http.Server
+	api    *api.Server
 	ln     net.Listener
 	done   chan error
 	logger *slog.Logger
@@ -108,6 +109,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 		return nil, err
 	}
 	handler := api.NewServer(cfg, st, n.eng, n.eng, tr, users)
+	n.api = handler
 	handler.SetLogger(logger)
 	handler.SetStatus("consistency", func() any { return n.eng.Consistency() })
 	handler.SetProgress(track)
@@ -224,6 +226,7 @@ func (n *Node) Done() <-chan error { return n.done }
 // ctx), stops replication and closes the database.
 func (n *Node) Shutdown(ctx context.Context) error {
 	close(n.stop)
+	n.api.Close()
 	err := n.server.Shutdown(ctx)
 	n.eng.Close()
 	if cerr := n.Store.Close(); cerr != nil && err == nil {
