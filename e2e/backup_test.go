@@ -158,7 +158,12 @@ func TestPeriodicBackupsAndRestoreIntoAFreshCluster(t *testing.T) {
 	time.Sleep(2 * time.Second) // two seconds of writes, several backups
 	load.Stop()
 	time.Sleep(time.Second) // a backup after the last write
-	a.Node(0).Stop()        // and no more
+	// Idle, the next backups are skipped: their content is the newest's.
+	waitFor(t, 10*time.Second, "a backup skipped", func() bool {
+		b, _ := os.ReadFile(a.Node(0).Log)
+		return strings.Contains(string(b), "backup skipped: nothing changed since the last one")
+	})
+	a.Node(0).Stop() // and no more
 	entries, _ := os.ReadDir(dir)
 	var names []string
 	for _, e := range entries {
