@@ -310,12 +310,13 @@ type receiver struct {
 	srv      *http.Server
 	refuse   bool
 	messages map[uint64][]string // index -> each delivery's events, as JSON
+	stamps   map[uint64]int64    // index -> commit_timestamp
 	posts    int
 	envs     []changefeed.Envelope
 }
 
 func newReceiver(t *testing.T) *receiver {
-	r := &receiver{messages: map[uint64][]string{}}
+	r := &receiver{messages: map[uint64][]string{}, stamps: map[uint64]int64{}}
 	r.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		var env changefeed.Envelope
 		if err := json.NewDecoder(req.Body).Decode(&env); err != nil {
@@ -333,6 +334,7 @@ func newReceiver(t *testing.T) *receiver {
 		for _, m := range env.Payload {
 			b, _ := json.Marshal(m.Events)
 			r.messages[m.Index] = append(r.messages[m.Index], string(b))
+			r.stamps[m.Index] = m.Timestamp
 		}
 		w.WriteHeader(http.StatusAccepted)
 	})}
@@ -456,6 +458,9 @@ func TestTheChangeWebhookDeliversEveryChangeThroughKillsAndOutages(t *testing.T)
 			if m != got[0] {
 				t.Fatalf("index %d was delivered twice, differently:\n%s\n%s", e.Index, got[0], m)
 			}
+		}
+		if ms := recv.stamps[e.Index]; ms != e.Time.UnixMilli() {
+			t.Fatalf("index %d: commit_timestamp %d, the entry's time is %d ms", e.Index, ms, e.Time.UnixMilli())
 		}
 		var events []changefeed.Event
 		json.Unmarshal([]byte(got[0]), &events)

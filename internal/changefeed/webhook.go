@@ -56,8 +56,8 @@ type Envelope struct {
 // Message is one log entry's changes.
 type Message struct {
 	Index uint64 `json:"index"`
-	// Timestamp is the leader's time for the entry, in Unix nanoseconds
-	// (at a millisecond's precision).
+	// Timestamp is the leader's time for the entry, in Unix milliseconds
+	// (as rqlite's).
 	Timestamp int64   `json:"commit_timestamp"`
 	Events    []Event `json:"events"`
 }
@@ -214,7 +214,7 @@ func (w *Webhook) delivered(ctx context.Context) (uint64, error) {
 func (w *Webhook) post(ctx context.Context, entries []store.ChangeEntry) error {
 	env := Envelope{ServiceID: w.ServiceID, NodeID: w.NodeID, Payload: make([]Message, 0, len(entries))}
 	for _, e := range entries {
-		env.Payload = append(env.Payload, Message{Index: e.Index, Timestamp: e.TimeMs * 1e6, Events: Events(e.Changes)})
+		env.Payload = append(env.Payload, Message{Index: e.Index, Timestamp: e.TimeMs, Events: Events(e.Changes)})
 	}
 	body, err := json.Marshal(env)
 	if err != nil {
