@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/aws/smithy-go"
 	"gocloud.dev/blob"
 
@@ -301,18 +302,35 @@ func Permanent(err error) bool {
 	case errors.Is(err, ErrNoBackup), errors.As(err, &d):
 		return true
 	}
-	switch gcerrors.Code(err) {
+	switch errorCode(err) {
 	case gcerrors.PermissionDenied, gcerrors.NotFound, gcerrors.InvalidArgument:
 		return true
 	}
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		switch api.ErrorCode() {
-		case "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "NoSuchBucket":
-			return true
-		}
-	}
 	return false
+}
+
+// errorCode is gcerrors.Code, with what the stores' own error codes say
+// where gocloud.dev leaves it Unknown: S3's and Azure's refusals of a
+// credential, and their missing buckets and containers.
+func errorCode(err error) gcerrors.ErrorCode {
+	code := gcerrors.Code(err)
+	var store string
+	var aws smithy.APIError
+	var az *azcore.ResponseError
+	switch {
+	case errors.As(err, &aws):
+		store = aws.ErrorCode()
+	case errors.As(err, &az):
+		store = az.ErrorCode
+	}
+	switch store {
+	case "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken",
+		"AuthorizationFailure", "AuthenticationFailed", "AuthorizationPermissionMismatch":
+		return gcerrors.PermissionDenied
+	case "NoSuchBucket", "ContainerNotFound":
+		return gcerrors.NotFound
+	}
+	return code
 }
 
 // DamagedError: a backup's file does not match its manifest.
@@ -323,17 +341,7 @@ func (e *DamagedError) Error() string { return e.Msg }
 // explain names the target and says what to check for the errors a user
 // can mend: credentials, a bucket that does not exist.
 func (t *Target) explain(what string, err error) error {
-	code := gcerrors.Code(err)
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		switch api.ErrorCode() {
-		case "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken":
-			code = gcerrors.PermissionDenied
-		case "NoSuchBucket":
-			code = gcerrors.NotFound
-		}
-	}
-	switch code {
+	switch errorCode(err) {
 	case gcerrors.PermissionDenied:
 		return fmt.Errorf("%s at %s: access denied: check the credentials (from the environment or the store's files) and that they may use this bucket: %w", what, t.shown, err)
 	case gcerrors.NotFound:
