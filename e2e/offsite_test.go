@@ -319,6 +319,7 @@ func offsiteScenario(t *testing.T, env []string, rawURL string, storeDown func()
 // Backups to a directory (file://), which needs no store: the whole
 // scenario but the store going away.
 func TestOffsiteBackupsToADirectory(t *testing.T) {
+	t.Parallel() // they wait on clusters and stores, mostly: two at a time
 	dir := t.TempDir()
 	offsiteScenario(t, nil, "file://"+dir, nil, nil)
 }
@@ -328,6 +329,7 @@ func TestOffsiteBackupsToADirectory(t *testing.T) {
 // credentials and a bucket that does not exist, which the node's log
 // names; and a damaged backup, which a restore refuses.
 func TestOffsiteBackupsToS3(t *testing.T) {
+	t.Parallel() // they wait on clusters and stores, mostly: two at a time
 	s3 := testcluster.StartS3(t, t.TempDir(), "backups")
 	env := s3.Env()
 	rawURL := s3.URL("backups", "cluster-a")
@@ -401,6 +403,7 @@ func TestOffsiteBackupsToS3(t *testing.T) {
 // three nodes it starts upload a backup, and its restore command starts a
 // new cluster from it.
 func TestTheBackupGuidesOffsiteCommandsRun(t *testing.T) {
+	t.Parallel() // they wait on clusters and stores, mostly: two at a time
 	s3 := testcluster.StartS3(t, t.TempDir(), "backups")
 	b, err := os.ReadFile(filepath.Join(testcluster.RepoRoot(), "docs/BACKUP.md"))
 	if err != nil {
@@ -481,6 +484,7 @@ func TestTheBackupGuidesOffsiteCommandsRun(t *testing.T) {
 // by the test): uploaded by the leader, restored into a new cluster equal
 // table by table; a wrong key is named in the log.
 func TestOffsiteBackupsToAzure(t *testing.T) {
+	t.Parallel() // they wait on clusters and stores, mostly: two at a time
 	az := testcluster.StartAzure(t, t.TempDir(), "backups")
 	env, rawURL := az.Env(), az.URL("cluster-a")
 	c := testcluster.New(t, 2, "-backup-url", rawURL, "-backup-interval", "1s")

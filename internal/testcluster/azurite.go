@@ -47,6 +47,16 @@ func AzuriteBinary() (string, error) {
 		}
 		dir := filepath.Join(cache, "ddb-test", "azurite-"+AzuriteVersion)
 		azuritePath = filepath.Join(dir, "node_modules", ".bin", "azurite-blob")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			azuriteErr = err
+			return
+		}
+		unlock, err := lockFile(dir + ".lock")
+		if err != nil {
+			azuriteErr = err
+			return
+		}
+		defer unlock()
 		if _, err := os.Stat(azuritePath); err == nil {
 			return
 		}

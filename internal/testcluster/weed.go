@@ -41,11 +41,19 @@ func WeedBinary() (string, error) {
 		}
 		dir := filepath.Join(cache, "ddb-test")
 		weedPath = filepath.Join(dir, "weed-"+WeedModule[len("github.com/seaweedfs/seaweedfs@"):])
-		if _, err := os.Stat(weedPath); err == nil {
-			return
-		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			weedErr = err
+			return
+		}
+		// One build at a time, whichever process starts it (CI builds it
+		// ahead, beside the other steps: see internal/testcluster/prepare).
+		unlock, err := lockFile(weedPath + ".lock")
+		if err != nil {
+			weedErr = err
+			return
+		}
+		defer unlock()
+		if _, err := os.Stat(weedPath); err == nil {
 			return
 		}
 		// The module's go.mod has replace directives, which go install
@@ -207,4 +215,18 @@ func tail(b []byte) string {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
+}
+
+// lockFile takes an exclusive lock on path (made if missing), waiting for
+// another process that holds it.
+func lockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
