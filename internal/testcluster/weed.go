@@ -40,7 +40,7 @@ func WeedBinary() (string, error) {
 			cache = os.TempDir()
 		}
 		dir := filepath.Join(cache, "ddb-test")
-		weedPath = filepath.Join(dir, "weed-"+WeedModule[len("github.com/seaweedfs/seaweedfs@"):])
+		weedPath = filepath.Join(dir, "weed-"+WeedModule[len("github.com/seaweedfs/seaweedfs@"):]+"-noopt")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			weedErr = err
 			return
@@ -81,7 +81,9 @@ func WeedBinary() (string, error) {
 		}
 		exec.Command("chmod", "-R", "u+w", src).Run()
 		tmp := weedPath + ".tmp"
-		build := exec.Command("go", "build", "-o", tmp, "./weed")
+		// Unoptimized, unlinked from debug data: a third faster to build
+		// (154 s against 223 s here), and fast enough for the tests.
+		build := exec.Command("go", "build", "-gcflags=all=-N -l", "-ldflags=-s -w", "-o", tmp, "./weed")
 		build.Dir = src
 		build.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
 		if out, err := build.CombinedOutput(); err != nil {
