@@ -123,38 +123,30 @@ func TestChangeConsumersSeeEveryChangeOnceThroughKills(t *testing.T) {
 		}()
 	}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 3 {
+	var writers []*client.Client
+	for range 3 {
 		cl, err := client.New([]string{c.URL(1), c.URL(2), c.URL(0)}, client.WithRetryTimeout(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
-				rid := fmt.Sprintf("w%d-%d", w, i)
-				switch i % 5 {
-				case 0, 1:
-					cl.Exec(wctx, "INSERT INTO w(rid, client, data) VALUES (?, ?, ?)", rid, w, []byte(rid))
-				case 2:
-					cl.Exec(wctx, "UPDATE w SET n = n + 1 WHERE client = ? AND id % 3 = ?", w, i%3)
-				case 3:
-					cl.Exec(wctx, "INSERT OR REPLACE INTO kv(k, part, v) VALUES (?, ?, ?)", fmt.Sprint("k", i%7), w, float64(i)/3)
-				case 4:
-					cl.Exec(wctx, "DELETE FROM w WHERE client = ? AND id % 4 = ?", w, i%4)
-				}
-				wcancel()
-			}
-		}()
+		writers = append(writers, cl)
 	}
+	load := startWorkers(3, func(w, i int) {
+		cl := writers[w]
+		wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer wcancel()
+		rid := fmt.Sprintf("w%d-%d", w, i)
+		switch i % 5 {
+		case 0, 1:
+			cl.Exec(wctx, "INSERT INTO w(rid, client, data) VALUES (?, ?, ?)", rid, w, []byte(rid))
+		case 2:
+			cl.Exec(wctx, "UPDATE w SET n = n + 1 WHERE client = ? AND id % 3 = ?", w, i%3)
+		case 3:
+			cl.Exec(wctx, "INSERT OR REPLACE INTO kv(k, part, v) VALUES (?, ?, ?)", fmt.Sprint("k", i%7), w, float64(i)/3)
+		case 4:
+			cl.Exec(wctx, "DELETE FROM w WHERE client = ? AND id % 4 = ?", w, i%4)
+		}
+	})
 	time.Sleep(time.Second)
 	for k := 0; k < 2; k++ {
 		c.Node(0).Kill()
@@ -166,8 +158,7 @@ func TestChangeConsumersSeeEveryChangeOnceThroughKills(t *testing.T) {
 	time.Sleep(time.Second)
 	c.Restart(1)
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	c.WaitConverged(30*time.Second, 0, 1, 2)
 
 	// What every node's stream holds, read afterwards: the same on each.
@@ -375,33 +366,24 @@ func TestTheChangeWebhookDeliversEveryChangeThroughKillsAndOutages(t *testing.T)
 	waitLeader(t, c, 0, 10*time.Second)
 	start := waitChangesOn(t, c, 0)
 	c.Exec(0, "CREATE TABLE w (id INTEGER PRIMARY KEY, rid TEXT UNIQUE, n INTEGER DEFAULT 0, r REAL)")
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 2 {
+	var writers []*client.Client
+	for range 2 {
 		cl, err := client.New([]string{c.URL(1), c.URL(2), c.URL(0)}, client.WithRetryTimeout(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
-				if i%3 == 2 {
-					cl.Exec(wctx, "UPDATE w SET n = n + 1, r = ? WHERE id % 5 = ?", float64(i)/7, i%5)
-				} else {
-					cl.Exec(wctx, "INSERT INTO w(rid, r) VALUES (?, ?)", fmt.Sprintf("w%d-%d", w, i), float64(i))
-				}
-				wcancel()
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
+		writers = append(writers, cl)
 	}
+	load := startWorkers(2, func(w, i int) {
+		wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer wcancel()
+		if i%3 == 2 {
+			writers[w].Exec(wctx, "UPDATE w SET n = n + 1, r = ? WHERE id % 5 = ?", float64(i)/7, i%5)
+		} else {
+			writers[w].Exec(wctx, "INSERT INTO w(rid, r) VALUES (?, ?)", fmt.Sprintf("w%d-%d", w, i), float64(i))
+		}
+		time.Sleep(5 * time.Millisecond)
+	})
 	time.Sleep(time.Second)
 	c.Node(0).Kill()
 	time.Sleep(1500 * time.Millisecond)
@@ -422,8 +404,7 @@ func TestTheChangeWebhookDeliversEveryChangeThroughKillsAndOutages(t *testing.T)
 	time.Sleep(1500 * time.Millisecond)
 	c.Restart(0)
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	c.WaitConverged(30*time.Second, 0, 1, 2)
 
 	want := readChanges(t, c.URL(1), start)

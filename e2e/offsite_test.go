@@ -163,28 +163,16 @@ func offsiteScenario(t *testing.T, env []string, rawURL string, storeDown func()
 	waitLeader(t, c, 0, 10*time.Second)
 	c.Exec(0, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, photo BLOB)")
 	// Writes for a while: a backup each interval, by the leader alone.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c.Do(1+i%2, map[string]any{"command": "exec", "query": "INSERT INTO items(name, photo) VALUES (?, randomblob(2000))", "params": []any{fmt.Sprint("item", i)}})
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
+	load := startWorkers(1, func(_, i int) {
+		c.Do(1+i%2, map[string]any{"command": "exec", "query": "INSERT INTO items(name, photo) VALUES (?, randomblob(2000))", "params": []any{fmt.Sprint("item", i)}})
+		time.Sleep(5 * time.Millisecond)
+	})
 	var seen []offsite.Manifest
 	waitFor(t, 30*time.Second, "three backups under write load", func() bool {
 		seen = listBackups(t, env, rawURL)
 		return len(seen) == 3 && seen[0].Index > 0
 	})
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	for _, m := range seen {
 		if m.Node != "master" {
 			t.Fatalf("backup at %d was taken by %s, not the leader (the master)", m.Index, m.Node)
