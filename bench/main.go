@@ -35,6 +35,7 @@ func main() {
 	soak := flag.Duration("soak", 10*time.Minute, "length of the soak workload (memory growth under sustained load)")
 	markdown := flag.Bool("markdown", false, "print the table as Markdown")
 	nodeArgs := flag.String("node-args", "", "extra flags for the nodes it starts, space-separated (e.g. \"-check-interval 0\")")
+	rqlited := flag.String("rqlited", "", "path of an rqlited binary: run the side-by-side comparison with a 3-node rqlite cluster instead (-workloads then names its rows, e.g. insert-via-the-leader-own-api; default all)")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -55,6 +56,18 @@ func main() {
 		if _, err := bench.Post(hc, nodes[0], []byte(body)); err != nil {
 			tb.Fatalf("setup: %v", err)
 		}
+	}
+	if *rqlited != "" {
+		want := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) {
+			if f.Name == "workloads" {
+				for _, w := range strings.Split(*workloads, ",") {
+					want[strings.TrimSpace(w)] = true
+				}
+			}
+		})
+		compare(&tb, c, nodes, *rqlited, want, *clients, *duration, *markdown)
+		return
 	}
 	must(`{"command":"exec","query":"CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, c INTEGER, v TEXT)"}`)
 

@@ -111,12 +111,15 @@ func parseRqStatements(body []byte, contentType string) ([]rlog.Statement, error
 	if err := checkText(trimmed); err != nil {
 		return nil, err
 	}
-	if err := checkKeys(trimmed); err != nil {
-		return nil, err
+	// (A body without '{' holds no object, so no key twice.)
+	if bytes.IndexByte(trimmed, '{') >= 0 {
+		if err := checkKeys(trimmed); err != nil {
+			return nil, err
+		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.UseNumber()
-	var raw []json.RawMessage
+	var raw []any
 	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("the body is not a JSON array of statements: %v", err)
 	}
@@ -137,18 +140,17 @@ func parseRqStatements(body []byte, contentType string) ([]rlog.Statement, error
 	return stmts, nil
 }
 
-func parseRqStatement(r json.RawMessage) (rlog.Statement, error) {
-	var sql string
-	if err := json.Unmarshal(r, &sql); err == nil {
+// parseRqStatement is one statement of the body as decoded (numbers as
+// json.Number): an SQL string, or an array of the SQL and its parameters.
+func parseRqStatement(r any) (rlog.Statement, error) {
+	if sql, ok := r.(string); ok {
 		if strings.TrimSpace(sql) == "" {
 			return rlog.Statement{}, errors.New("empty SQL")
 		}
 		return rlog.Statement{SQL: sql}, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(r))
-	dec.UseNumber()
-	var parts []any
-	if err := dec.Decode(&parts); err != nil {
+	parts, ok := r.([]any)
+	if !ok {
 		return rlog.Statement{}, errors.New(`a statement is an SQL string or an array ["SQL", params...]`)
 	}
 	if len(parts) == 0 {

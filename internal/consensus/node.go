@@ -141,6 +141,7 @@ type Node struct {
 	waiting     map[uint64]*proposer   // proposal id -> its proposer
 	reported    []applyWaiter          // waiting for leaderApplied
 	reads       map[string]chan uint64 // read request context -> its reader
+	readBatch   readBatcher            // ReadIndex's rounds, shared by the reads waiting
 	confWaiters []confWaiter
 
 	caughtUp int // ticks the preferred leader has held the whole log (run goroutine only)

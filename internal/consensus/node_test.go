@@ -770,3 +770,62 @@ func TestLeaderChangesAreCountedAsTheyHappen(t *testing.T) {
 		}
 	}
 }
+
+// The reads that arrive while a confirmation round is under way share the
+// next round: fifty reads arriving while the first read's round waits on
+// the leader cost one more round, not fifty; and none of them is answered
+// by the round under way, which began before they arrived.
+func TestReadsWaitingTogetherShareOneConfirmationRound(t *testing.T) {
+	g := newGroup(t, 3)
+	l := g.waitLeader(100)
+	a := g.propose(l, "x")
+	f := g.ids[0]
+	if f == l {
+		f = g.ids[1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rb := &g.nodes[f].readBatch
+	release := g.holdLoop(l)
+	var wg sync.WaitGroup
+	read := func() {
+		wg.Go(func() {
+			idx, err := g.nodes[f].ReadIndex(ctx)
+			if err != nil || idx < a.Index {
+				t.Errorf("read index %d, %v; the write is at %d", idx, err, a.Index)
+			}
+		})
+	}
+	read()
+	for {
+		if _, rounds := rb.counts(); rounds == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for range 50 {
+		read()
+	}
+	for {
+		if reads, _ := rb.counts(); reads == 51 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, rounds := rb.counts(); rounds != 1 {
+		t.Fatalf("%d rounds started while the first was under way", rounds)
+	}
+	release()
+	wg.Wait()
+	if reads, rounds := rb.counts(); rounds != 2 {
+		t.Fatalf("%d reads took %d rounds, want 2", reads, rounds)
+	}
+	// At rest, each read has its own round.
+	for range 3 {
+		read()
+		wg.Wait()
+	}
+	if reads, rounds := rb.counts(); rounds != 5 {
+		t.Fatalf("%d reads took %d rounds, want 5", reads, rounds)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -44,36 +45,58 @@ const (
 
 var errStreamUnsupported = errors.New("the peer does not take streams")
 
-func frameMAC(key []byte, seq uint64, payload []byte) []byte {
-	m := hmac.New(sha256.New, key)
+// macer authenticates frames and acknowledgements under one key. It keeps
+// its HMAC between uses (the key's setup costs as much as a short frame's
+// hash), so each goroutine that authenticates holds its own.
+type macer struct {
+	h   hash.Hash
+	sum []byte
+}
+
+func newMacer(key []byte) *macer { return &macer{h: hmac.New(sha256.New, key)} }
+
+// frame is frame seq's MAC; it is valid until the next call.
+func (m *macer) frame(seq uint64, payload []byte) []byte {
+	m.h.Reset()
 	var b [9]byte
 	b[0] = 'f'
 	binary.BigEndian.PutUint64(b[1:], seq)
-	m.Write(b[:])
-	m.Write(payload)
-	return m.Sum(nil)
+	m.h.Write(b[:])
+	m.h.Write(payload)
+	m.sum = m.h.Sum(m.sum[:0])
+	return m.sum
 }
 
-func ackMAC(key []byte, seq uint64) []byte {
-	m := hmac.New(sha256.New, key)
+// ack is acknowledgement seq's MAC; it is valid until the next call.
+func (m *macer) ack(seq uint64) []byte {
+	m.h.Reset()
 	var b [9]byte
 	b[0] = 'a'
 	binary.BigEndian.PutUint64(b[1:], seq)
-	m.Write(b[:])
-	return m.Sum(nil)[:ackMACLen]
+	m.h.Write(b[:])
+	m.sum = m.h.Sum(m.sum[:0])
+	return m.sum[:ackMACLen]
 }
+
+func frameMAC(key []byte, seq uint64, payload []byte) []byte {
+	return newMacer(key).frame(seq, payload)
+}
+
+func ackMAC(key []byte, seq uint64) []byte { return newMacer(key).ack(seq) }
 
 // outStream is this node's stream of batches to one peer.
 type outStream struct {
-	t       *RaftTransport
-	to      uint64
-	url     string // the peer's address when the stream was opened
-	rwc     io.ReadWriteCloser
-	w       *bufio.Writer
-	key     []byte
-	cancel  context.CancelFunc
-	seq     uint64 // frames written (the peer's sender goroutine only)
-	version int    // the protocol version of the stream's frames
+	t      *RaftTransport
+	to     uint64
+	url    string // the peer's address when the stream was opened
+	rwc    io.ReadWriteCloser
+	w      *bufio.Writer
+	key    []byte
+	cancel context.CancelFunc
+	seq    uint64 // frames written (the peer's sender goroutine only)
+	// frameMAC authenticates the frames (the sender goroutine only).
+	frameMAC *macer
+	version  int // the protocol version of the stream's frames
 
 	mu     sync.Mutex
 	sent   []time.Time // when each frame after acked was written
@@ -136,7 +159,10 @@ func (s *outStream) send(payload []byte) error {
 	s.seq++
 	var hdr [binary.MaxVarintLen64]byte
 	n := binary.PutUvarint(hdr[:], uint64(len(payload)))
-	mac := frameMAC(s.key, s.seq, payload)
+	if s.frameMAC == nil {
+		s.frameMAC = newMacer(s.key)
+	}
+	mac := s.frameMAC.frame(s.seq, payload)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -158,12 +184,13 @@ func (s *outStream) send(payload []byte) error {
 func (s *outStream) readAcks(r *bufio.Reader) {
 	defer s.close()
 	var b [8 + ackMACLen]byte
+	acks := newMacer(s.key)
 	for {
 		if _, err := io.ReadFull(r, b[:]); err != nil {
 			return
 		}
 		seq := binary.BigEndian.Uint64(b[:8])
-		if !hmac.Equal(b[8:], ackMAC(s.key, seq)) {
+		if !hmac.Equal(b[8:], acks.ack(seq)) {
 			s.t.log.Warn("a stream's acknowledgement does not match its key; the stream is closed", "peer", cluster.CommandLineID(s.to))
 			return
 		}
@@ -323,6 +350,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, version int, idle t
 	var seq uint64
 	var buf []byte
 	var deadlineSet time.Time
+	macs := newMacer(key)
 	for {
 		if now := time.Now(); now.Sub(deadlineSet) > time.Second {
 			conn.SetDeadline(now.Add(idle))
@@ -344,7 +372,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, version int, idle t
 		}
 		seq++
 		payload := frame[:size]
-		if !hmac.Equal(frame[size:], frameMAC(key, seq, payload)) {
+		if !hmac.Equal(frame[size:], macs.frame(seq, payload)) {
 			return errors.New("a frame does not match its authentication (altered, replayed or reordered); the stream is closed")
 		}
 		report, msgs, err := DecodeFrame(version, payload)
@@ -361,7 +389,7 @@ func serveStream(conn net.Conn, r *bufio.Reader, key []byte, version int, idle t
 			// acknowledged together after them.
 			var ack [8 + ackMACLen]byte
 			binary.BigEndian.PutUint64(ack[:8], seq)
-			copy(ack[8:], ackMAC(key, seq))
+			copy(ack[8:], macs.ack(seq))
 			if _, err := conn.Write(ack[:]); err != nil {
 				return nil
 			}

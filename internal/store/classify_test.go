@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -104,7 +105,9 @@ func TestClassifierCorpus(t *testing.T) {
 	if len(classifierCorpus) < 40 {
 		t.Fatalf("corpus has %d statements; keep at least 40", len(classifierCorpus))
 	}
-	for _, c := range classifierCorpus {
+	// Twice: the second time, the texts kept compiled with their kinds
+	// answer.
+	for _, c := range append(slices.Clone(classifierCorpus), classifierCorpus...) {
 		kind, err := s.Classify(context.Background(), []rlog.Statement{{SQL: c.sql}})
 		var fe *ForbiddenError
 		if c.forbidden {
@@ -363,4 +366,33 @@ func TestEverySpellingOfTempAndInternalNamesIsRefused(t *testing.T) {
 		}
 	}
 	t.Logf("%d spellings refused", refused)
+}
+
+// A text kept compiled with its kind is forgotten when the schema changes:
+// a read, or a write, of a table dropped since fails to compile.
+func TestClassifyForgetsWhatItKeptWhenTheSchemaChanges(t *testing.T) {
+	s := openTemp(t, "k.db")
+	mustCommit(t, s, time.Now, "CREATE TABLE t (x)")
+	q := []rlog.Statement{{SQL: "SELECT x FROM t"}}
+	// (Enough times that every read connection of the pool keeps it.)
+	for range 64 {
+		if kind, err := s.Classify(context.Background(), q); err != nil || kind != KindRead {
+			t.Fatalf("before: %v %v", kind, err)
+		}
+	}
+	mustCommit(t, s, time.Now, "DROP TABLE t")
+	if kind, err := s.Classify(context.Background(), q); err == nil {
+		t.Fatalf("after DROP TABLE: kind %v, no error", kind)
+	}
+	ins := []rlog.Statement{{SQL: "INSERT INTO v VALUES (1)"}}
+	mustCommit(t, s, time.Now, "CREATE TABLE v (x)")
+	for range 64 {
+		if kind, err := s.Classify(context.Background(), ins); err != nil || kind != KindWrite {
+			t.Fatalf("insert into a table: %v %v", kind, err)
+		}
+	}
+	mustCommit(t, s, time.Now, "DROP TABLE v")
+	if _, err := s.Classify(context.Background(), ins); err == nil {
+		t.Fatalf("insert into a dropped table: no error")
+	}
 }

@@ -672,25 +672,36 @@ func (e *ResultTooLargeError) Error() string { return "result too large: " + e.W
 // maxCachedSQL is the longest statement text kept prepared.
 const maxCachedSQL = 4096
 
+// freshen empties cn's statement cache when the schema changed since it
+// was filled.
+func (s *Store) freshen(cn *conn) error {
+	gen := s.schemaGen.Load()
+	if cn.gen == gen {
+		return nil
+	}
+	cn.c.DropCache()
+	cn.gen = gen
+	if cn.entry == nil && !s.faulty(faults.StaleReaderStats) {
+		// A read connection also loads the schema and the statistics
+		// afresh (SQLite reloads the schema when another connection
+		// changes it, but not the statistics ANALYZE gathered): it
+		// then plans as a connection opened now would.
+		p := cn.auth.policy
+		cn.auth.reset(policyReplica)
+		err := cn.c.ExecScript("PRAGMA writable_schema = RESET")
+		cn.auth.reset(p)
+		if err != nil {
+			return fmt.Errorf("reload the schema: %w", err)
+		}
+	}
+	return nil
+}
+
 func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bool, b *budget) (Result, error) {
 	var res Result
 	c, a := cn.c, &cn.auth
-	if gen := s.schemaGen.Load(); cn.gen != gen {
-		c.DropCache()
-		cn.gen = gen
-		if cn.entry == nil && !s.faulty(faults.StaleReaderStats) {
-			// A read connection also loads the schema and the statistics
-			// afresh (SQLite reloads the schema when another connection
-			// changes it, but not the statistics ANALYZE gathered): it
-			// then plans as a connection opened now would.
-			p := cn.auth.policy
-			cn.auth.reset(policyReplica)
-			err := c.ExecScript("PRAGMA writable_schema = RESET")
-			cn.auth.reset(p)
-			if err != nil {
-				return res, fmt.Errorf("reload the schema: %w", err)
-			}
-		}
+	if err := s.freshen(cn); err != nil {
+		return res, err
 	}
 	sql, pos := st.SQL, st.Pos
 	ran := 0
@@ -1093,9 +1104,24 @@ func (s *Store) Classify(ctx context.Context, stmts []rlog.Statement) (Kind, err
 		return 0, err
 	}
 	defer s.putReader(r)
+	if err := s.freshen(r); err != nil {
+		return 0, err
+	}
 	kind := KindRead
 	for _, st := range stmts {
 		sql := st.SQL
+		// A text of one statement is kept compiled with its kind, as run
+		// keeps it (and dropped with the cache when the schema changes):
+		// a client sending the same read again is classified without
+		// compiling it again.
+		key := ""
+		if len(sql) <= maxCachedSQL {
+			key = string(rune('0'+policyClient)) + sql
+			if e := r.c.Cached(key); e != nil {
+				kind = max(kind, e.Meta.(Kind))
+				continue
+			}
+		}
 		for sql != "" {
 			r.auth.reset(policyClient)
 			stmt, err := prepare(r.c, &r.auth, sql)
@@ -1106,8 +1132,10 @@ func (s *Store) Classify(ctx context.Context, stmts []rlog.Statement) (Kind, err
 				break
 			}
 			k := r.auth.kind
-			if k > kind {
-				kind = k
+			kind = max(kind, k)
+			if key != "" && sql == st.SQL && stmt.Tail == "" && k != KindSchema && len(r.auth.triggerOn) == 0 {
+				r.c.Cache(key, stmt, k)
+				break
 			}
 			sql = stmt.Tail
 			stmt.Close()
