@@ -35,6 +35,7 @@ func main() {
 	soak := flag.Duration("soak", 10*time.Minute, "length of the soak workload (memory growth under sustained load)")
 	markdown := flag.Bool("markdown", false, "print the table as Markdown")
 	nodeArgs := flag.String("node-args", "", "extra flags for the nodes it starts, space-separated (e.g. \"-check-interval 0\")")
+	loadMB := flag.Int("load-mb", 0, "with -rqlited: after the comparison, load a SQLite file of about this many MiB and its dump into both, then time a follower's restart and a wiped follower's catch-up on it")
 	rqlited := flag.String("rqlited", "", "path of an rqlited binary: run the side-by-side comparison with a 3-node rqlite cluster instead (-workloads then names its rows, e.g. insert-via-the-leader-own-api; default all)")
 	flag.Parse()
 	log.SetFlags(0)
@@ -45,7 +46,12 @@ func main() {
 	nodes := strings.Split(*urls, ",")
 	if *urls == "" {
 		log.Printf("starting 1 master + 2 slaves (separate processes)...")
-		c = testcluster.Start(&tb, 2, strings.Fields(*nodeArgs)...)
+		args := strings.Fields(*nodeArgs)
+		if *loadMB > 0 {
+			// A load's body is the whole file.
+			args = append([]string{"-max-body", fmt.Sprint(int64(*loadMB+64) << 21), "-body-timeout", "30m"}, args...)
+		}
+		c = testcluster.Start(&tb, 2, args...)
 		nodes = []string{c.URL(0), c.URL(1), c.URL(2)}
 	}
 	for i := range nodes {
@@ -66,7 +72,7 @@ func main() {
 				}
 			}
 		})
-		compare(&tb, c, nodes, *rqlited, want, *clients, *duration, *markdown)
+		compare(&tb, c, nodes, *rqlited, want, *clients, *duration, *markdown, *loadMB)
 		return
 	}
 	must(`{"command":"exec","query":"CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, c INTEGER, v TEXT)"}`)

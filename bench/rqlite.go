@@ -26,6 +26,10 @@ import (
 type rqCluster struct {
 	urls  []string // HTTP base URLs, leader first, each ending in "/"
 	procs []*exec.Cmd
+	bin   string
+	args  [][]string // each node's command line
+	data  []string   // each node's data directory
+	logs  []*os.File
 }
 
 func startRqlite(tb *testcluster.Standalone, bin string) *rqCluster {
@@ -41,7 +45,7 @@ func startRqlite(tb *testcluster.Standalone, bin string) *rqCluster {
 		tb.Fatalf("%v", err)
 	}
 	dir := tb.TempDir()
-	c := &rqCluster{}
+	c := &rqCluster{bin: abs}
 	tb.Cleanup(c.stop)
 	for i := 0; i < 3; i++ {
 		httpAddr := fmt.Sprintf("127.0.0.1:%d", base+2*i)
@@ -50,17 +54,15 @@ func startRqlite(tb *testcluster.Standalone, bin string) *rqCluster {
 		if i > 0 {
 			args = append(args, "-join", fmt.Sprintf("127.0.0.1:%d", base+1))
 		}
-		args = append(args, filepath.Join(dir, fmt.Sprintf("rq%d", i+1)))
-		cmd := exec.Command(abs, args...)
+		data := filepath.Join(dir, fmt.Sprintf("rq%d", i+1))
+		args = append(args, data)
 		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("rq%d.log", i+1)))
 		if err != nil {
 			tb.Fatalf("%v", err)
 		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			tb.Fatalf("start rqlited: %v", err)
-		}
-		c.procs = append(c.procs, cmd)
+		c.args, c.data, c.logs = append(c.args, args), append(c.data, data), append(c.logs, logf)
+		c.procs = append(c.procs, nil)
+		c.start(tb, i)
 		c.urls = append(c.urls, "http://"+httpAddr+"/")
 		if i == 0 {
 			c.waitLeader(tb)
@@ -89,6 +91,29 @@ func startRqlite(tb *testcluster.Standalone, bin string) *rqCluster {
 	return nil
 }
 
+// start starts node i's process.
+func (c *rqCluster) start(tb *testcluster.Standalone, i int) {
+	cmd := exec.Command(c.bin, c.args[i]...)
+	cmd.Stdout, cmd.Stderr = c.logs[i], c.logs[i]
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start rqlited: %v", err)
+	}
+	c.procs[i] = cmd
+}
+
+// restart stops node i (SIGTERM), removes its data if wipe, starts it
+// again, and waits until it serves and has applied the leader's commit
+// index.
+func (c *rqCluster) restart(tb *testcluster.Standalone, i int, wipe bool) {
+	c.stopOne(c.procs[i])
+	if wipe {
+		os.RemoveAll(c.data[i])
+	}
+	c.start(tb, i)
+	waitServes(c.urls[i])
+	c.settle()
+}
+
 func (c *rqCluster) waitLeader(tb *testcluster.Standalone) {
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
@@ -106,16 +131,28 @@ func (c *rqCluster) waitLeader(tb *testcluster.Standalone) {
 
 func (c *rqCluster) stop() {
 	for _, p := range c.procs {
-		_ = p.Process.Signal(syscall.SIGTERM)
+		if p != nil {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
 	}
 	for _, p := range c.procs {
-		done := make(chan struct{})
-		go func() { _ = p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = p.Process.Kill()
+		if p != nil {
+			c.stopOne(p)
 		}
+	}
+}
+
+// stopOne sends SIGTERM and waits for the process to end (SIGKILL after
+// a minute).
+func (c *rqCluster) stopOne(p *exec.Cmd) {
+	_ = p.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		_ = p.Process.Kill()
+		<-done
 	}
 }
 
@@ -228,8 +265,13 @@ type sideBySide struct {
 
 // compare runs every pair on both systems, in slices alternating between
 // them, and prints the table.
-func compare(tb *testcluster.Standalone, c *testcluster.Cluster, ours []string, rqBin string, want map[string]bool, clients int, d time.Duration, md bool) {
+func compare(tb *testcluster.Standalone, c *testcluster.Cluster, ours []string, rqBin string, want map[string]bool, clients int, d time.Duration, md bool, loadMB int) {
 	rq := startRqlite(tb, rqBin)
+	defer func() {
+		if loadMB > 0 {
+			bulk(tb, c, ours, rq, loadMB, md)
+		}
+	}()
 	hc := bench.Client(64)
 	rows := 10000
 	for _, u := range []string{ours[0], rq.urls[0]} {

@@ -25,6 +25,12 @@ type Timing struct {
 	// -read-timeout); ReadResend is when a request Raft dropped is asked
 	// again.
 	ReadWait, ReadResend time.Duration
+	// ReadLease is how long a read index round of the leader's own lets
+	// it answer read index requests without another (see consensus'
+	// lease.go): 80% of the shortest time in which a follower that heard
+	// from it could vote for another node, (ElectionTicks-1) ticks. Also
+	// how long a node that starts refuses votes. 0: no leases.
+	ReadLease time.Duration
 	// ProposalResend is when a follower's proposal that has not come
 	// back as an entry is sent again (then twice as long, and so on).
 	ProposalResend time.Duration
@@ -74,6 +80,7 @@ func TimingOf(tick time.Duration) Timing {
 		Tick: tick, ElectionTicks: electionTicks, HeartbeatTicks: 1,
 		ElectionWindow: window,
 		ReadWait:       window, ReadResend: 2 * tick,
+		ReadLease:      (electionTicks - 1) * tick * 8 / 10,
 		ProposalResend: 10 * tick,
 		ChangeResend:   2 * electionTicks * tick,
 		PreferredAfter: 2 * electionTicks,

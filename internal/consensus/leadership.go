@@ -136,6 +136,7 @@ func (n *Node) leadPreferred() {
 	if n.caughtUp >= n.cfg.Timing.PreferredAfter {
 		n.caughtUp = 0
 		n.cfg.Log.Info("handing leadership back to the preferred leader", "to", cluster.CommandLineID(p))
+		n.transferAsked()
 		n.rn.TransferLeader(p)
 	}
 }
@@ -146,5 +147,10 @@ func (n *Node) LeaderChanges() uint64 { return n.leaderChanges.Load() }
 // TransferLeadership asks Raft, on the leader, to hand leadership to node
 // id.
 func (n *Node) TransferLeadership(ctx context.Context, id uint64) {
-	n.do(ctx, func(rn *raft.RawNode) { rn.TransferLeader(id) })
+	n.do(ctx, func(rn *raft.RawNode) {
+		if n.leading {
+			n.transferAsked()
+		}
+		rn.TransferLeader(id)
+	})
 }

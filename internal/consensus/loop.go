@@ -84,6 +84,9 @@ const maxStepInputs = 8192
 // Tick advances Raft's clock by one tick, and on the leader hands
 // leadership to the preferred node once it has caught up.
 func (n *Node) Tick() {
+	if n.ticks < n.cfg.Timing.ElectionTicks {
+		n.ticks++
+	}
 	n.rn.Tick()
 	n.leadPreferred()
 	if len(n.late) > 0 {
@@ -198,6 +201,9 @@ func (n *Node) handle(rd raft.Ready) error {
 	if len(rd.ReadStates) > 0 {
 		n.mu.Lock()
 		for _, r := range rd.ReadStates {
+			if n.leaseConfirmed(r) {
+				continue
+			}
 			if ch := n.reads[string(r.RequestCtx)]; ch != nil {
 				select {
 				case ch <- r.Index:

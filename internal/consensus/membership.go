@@ -106,6 +106,7 @@ func (n *Node) confApplied(cc pb.ConfChange) {
 // configuration reached, encoded.
 func (n *Node) confChange(cc pb.ConfChangeI) ([]byte, error) {
 	cs := *n.rn.ApplyConfChange(cc)
+	n.endLease() // a majority is no longer what it was
 	n.changed = true
 	if err := n.storage.SetConfState(cs, !n.cfg.ApplyRecordsConf); err != nil {
 		return nil, err

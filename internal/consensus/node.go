@@ -80,11 +80,15 @@ type Config struct {
 	// Now is the node's clock (default time.Now): when a leader was last
 	// heard from, how long a proposal was held, how old RecentStatus is.
 	Now func() time.Time
+	// Mono is a clock that never jumps (default time.Now, whose readings
+	// compare by the monotonic clock): read leases are timed by it.
+	Mono func() time.Time
 	// InjectBug switches deliberate defects of the node on (fault builds
 	// only; comma-separated): "ack-before-commit" (a proposal is answered
 	// as applied when the loop takes it, and handed to Raft only some
-	// 100 ms later) and "stale-strong-read" (a read index confirms
-	// nothing: it is 0 at once).
+	// 100 ms later), "endless-lease" (a leader's read lease never ends)
+	// and "stale-strong-read" (a read index confirms nothing: it is 0 at
+	// once).
 	InjectBug string
 }
 
@@ -145,6 +149,9 @@ type Node struct {
 	confWaiters []confWaiter
 
 	caughtUp int // ticks the preferred leader has held the whole log (run goroutine only)
+
+	lease leaseState // the leader's read lease (run goroutine only)
+	ticks int        // ticks counted since the node started, up to ElectionTicks (run goroutine only)
 
 	// The applier: committed entries wait in applyq, in order, for the
 	// applier goroutine (applyLoop). handed is the last index handed to it
@@ -265,6 +272,9 @@ func open(ctx context.Context, st *store.Store, tr Transport, cfg Config) (*Node
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Mono == nil {
+		cfg.Mono = time.Now
 	}
 	n := &Node{cfg: cfg, storage: storage, tr: tr, waiting: map[uint64]*proposer{}, reads: map[string]chan uint64{},
 		props: make(chan proposal, 4096), ops: make(chan func(), 256), inbox: make(chan pb.Message, 4096),
@@ -389,6 +399,20 @@ func (n *Node) Queue(ctx context.Context, m pb.Message) error {
 // wiped): Raft would stop the process on it, so it is dropped, and the
 // node waits until the leader probes it afresh (see Engine.HandleJoin).
 func (n *Node) step(m pb.Message) {
+	switch m.Type {
+	case pb.MsgVote, pb.MsgPreVote:
+		if n.holdVotes(m) {
+			return
+		}
+	case pb.MsgReadIndex:
+		if len(m.Entries) == 1 && n.readLocally(m.From, m.Entries[0].Data) {
+			return
+		}
+	case pb.MsgTransferLeader:
+		if n.leading {
+			n.transferAsked()
+		}
+	}
 	if m.Type == pb.MsgHeartbeat {
 		if last, _ := n.storage.LastIndex(); m.Commit > last {
 			return

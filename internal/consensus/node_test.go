@@ -32,15 +32,24 @@ type group struct {
 	st    map[uint64]*store.Store
 	ticks map[uint64]chan time.Time
 
-	preferred     uint64        // every node's Config.Preferred
+	preferred uint64 // every node's Config.Preferred
+	noLease   bool   // every node's Timing.ReadLease is 0
+	// frozen: the nodes' monotonic clock stands still at base (plus
+	// skew), so a lease lasts until the test moves time on.
+	frozen        bool
+	base          time.Time
 	holdProposals time.Duration // every node's Config.HoldProposals
 	// hold, when set, holds node holdID's Apply until it is closed (an
 	// entry that runs long); entered is closed once an Apply is held.
 	hold    chan struct{}
 	holdID  uint64
 	entered chan struct{}
-	// appends counts the appends carrying entries each node sent.
-	appends map[uint64]*atomic.Int64
+	// appends counts the appends carrying entries each node sent; rounds,
+	// the heartbeats of read index rounds (with a context).
+	appends, rounds map[uint64]*atomic.Int64
+	// skew is added to every node's monotonic clock (Config.Mono): the
+	// test moves time on without waiting.
+	skew atomic.Int64
 	// loopHeld: the node's loop is held by the test (holdLoop).
 	loopHeld map[uint64]bool
 
@@ -56,14 +65,21 @@ func newGroup(t *testing.T, n int, preferred ...uint64) *group {
 // newGroupHolding is newGroup whose nodes hold a leader's proposals for
 // hold (Config.HoldProposals; 0: the default).
 func newGroupHolding(t *testing.T, n int, hold time.Duration, preferred ...uint64) *group {
-	g := &group{t: t, dir: t.TempDir(), net: NewMemNetwork(), nodes: map[uint64]*Node{}, st: map[uint64]*store.Store{},
-		ticks: map[uint64]chan time.Time{}, applied: map[uint64][]string{}, last: map[uint64]uint64{}, holdProposals: hold,
-		loopHeld: map[uint64]bool{}}
-	for i := 1; i <= n; i++ {
-		g.ids = append(g.ids, uint64(i))
-	}
+	g := &group{t: t, holdProposals: hold}
 	if len(preferred) > 0 {
 		g.preferred = preferred[0]
+	}
+	g.init(n)
+	return g
+}
+
+// init starts a group of n nodes with g's settings.
+func (g *group) init(n int) {
+	t := g.t
+	g.dir, g.net, g.nodes, g.st, g.base = t.TempDir(), NewMemNetwork(), map[uint64]*Node{}, map[uint64]*store.Store{}, time.Now()
+	g.ticks, g.applied, g.last, g.loopHeld = map[uint64]chan time.Time{}, map[uint64][]string{}, map[uint64]uint64{}, map[uint64]bool{}
+	for i := 1; i <= n; i++ {
+		g.ids = append(g.ids, uint64(i))
 	}
 	for _, id := range g.ids {
 		g.start(id)
@@ -73,7 +89,6 @@ func newGroupHolding(t *testing.T, n int, hold time.Duration, preferred ...uint6
 			g.stop(id)
 		}
 	})
-	return g
 }
 
 func (g *group) start(id uint64) {
@@ -88,13 +103,28 @@ func (g *group) start(id uint64) {
 	if g.appends[id] == nil {
 		g.appends[id] = new(atomic.Int64)
 	}
-	tr := countingTransport{Transport: g.net.Transport(id), appends: g.appends[id]}
+	if g.rounds == nil {
+		g.rounds = map[uint64]*atomic.Int64{}
+	}
+	if g.rounds[id] == nil {
+		g.rounds[id] = new(atomic.Int64)
+	}
+	tr := countingTransport{Transport: g.net.Transport(id), appends: g.appends[id], rounds: g.rounds[id]}
 	timing := cluster.DefaultTiming()
 	if g.holdProposals != 0 {
 		timing.HoldProposals = g.holdProposals
 	}
+	if g.noLease {
+		timing.ReadLease = 0
+	}
 	n, err := Start(context.Background(), st, tr, Config{
 		ID: id, Voters: g.ids, Ticks: ticks, Applied: g.lastApplied(id), Preferred: g.preferred, Timing: timing,
+		Mono: func() time.Time {
+			if g.frozen {
+				return g.base.Add(time.Duration(g.skew.Load()))
+			}
+			return time.Now().Add(time.Duration(g.skew.Load()))
+		},
 		Apply: func(ents []Entry) ([]any, error) {
 			g.mu.Lock()
 			hold, entered := g.hold, g.entered
@@ -510,13 +540,16 @@ func (g *group) holdLoop(id uint64) (release func()) {
 // countingTransport counts the appends with entries a node sends.
 type countingTransport struct {
 	Transport
-	appends *atomic.Int64
+	appends, rounds *atomic.Int64
 }
 
 func (t countingTransport) Send(msgs []pb.Message) {
 	for _, m := range msgs {
 		if m.Type == pb.MsgApp && len(m.Entries) > 0 {
 			t.appends.Add(1)
+		}
+		if m.Type == pb.MsgHeartbeat && len(m.Context) > 0 && t.rounds != nil {
+			t.rounds.Add(1)
 		}
 	}
 	t.Transport.Send(msgs)
@@ -828,4 +861,174 @@ func TestReadsWaitingTogetherShareOneConfirmationRound(t *testing.T) {
 	if reads, rounds := rb.counts(); rounds != 5 {
 		t.Fatalf("%d reads took %d rounds, want 5", reads, rounds)
 	}
+}
+
+// readsFrom reads n read indexes, one after the other, on node id while
+// the group ticks, and checks each covers index.
+func (g *group) readsFrom(id uint64, n int, index uint64) {
+	g.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range n {
+		idx, err := g.nodes[id].ReadIndex(ctx)
+		if err != nil || idx < index {
+			g.t.Fatalf("node %d: read index %d, %v; want at least %d", id, idx, err, index)
+		}
+	}
+}
+
+// While the leader holds a lease, read index requests are answered from
+// its commit index without a round of heartbeats: a hundred reads on a
+// follower, and a hundred on the leader, cost a round or two (the ones
+// that renew the lease), not two hundred. Without leases each read costs
+// its round.
+func TestALeaseAnswersReadsWithoutARoundEach(t *testing.T) {
+	for _, lease := range []bool{true, false} {
+		t.Run(fmt.Sprint("lease=", lease), func(t *testing.T) {
+			g := &group{t: t}
+			if !lease {
+				g.noLease = true
+			}
+			g.init(3)
+			l := g.waitLeader(100)
+			a := g.propose(l, "x")
+			f := g.ids[0]
+			if f == l {
+				f = g.ids[1]
+			}
+			g.readsFrom(f, 1, a.Index) // the first may find no lease
+			before := g.rounds[l].Load()
+			g.readsFrom(f, 100, a.Index)
+			g.readsFrom(l, 100, a.Index)
+			b := g.propose(f, "y")
+			g.readsFrom(f, 1, b.Index)
+			g.readsFrom(l, 1, b.Index)
+			heartbeats := g.rounds[l].Load() - before // two per round: one per follower
+			if lease && heartbeats > 8 {
+				t.Fatalf("202 reads under a lease sent %d heartbeats of read rounds", heartbeats)
+			}
+			if !lease && heartbeats < 202 {
+				t.Fatalf("202 reads without leases sent %d heartbeats of read rounds; want a round each", heartbeats)
+			}
+		})
+	}
+}
+
+// A leader whose lease ran out (it was paused, say: its monotonic clock
+// moved on) answers no read from it; cut off from the others it confirms
+// none. Nor does a leader that asked for a leadership transfer in its
+// term, even once the transfer is over.
+func TestALeaseEndsWithItsTimeAndWithATransfer(t *testing.T) {
+	g := newGroup(t, 3)
+	l := g.waitLeader(100)
+	a := g.propose(l, "x")
+	g.readsFrom(l, 3, a.Index)
+	var holding bool
+	g.nodes[l].do(context.Background(), func(*raft.RawNode) { holding = g.nodes[l].holding(g.nodes[l].cfg.Mono()) })
+	if !holding {
+		t.Fatal("the leader holds no lease after three reads")
+	}
+	g.skew.Add(int64(g.nodes[l].cfg.Timing.ReadLease))
+	for _, id := range g.ids {
+		if id != l {
+			g.net.Cut(l, id)
+			g.net.Cut(id, l)
+		}
+	}
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if idx, err := g.nodes[l].ReadIndex(short); err == nil {
+		t.Fatalf("a leader cut off, its lease over, confirmed read index %d", idx)
+	}
+	g.net.Heal()
+	g.readsFrom(l, 3, a.Index)
+	g.nodes[l].do(context.Background(), func(*raft.RawNode) {
+		n := g.nodes[l]
+		holding = n.holding(n.cfg.Mono())
+		n.transferAsked()
+		if n.holding(n.cfg.Mono()) {
+			t.Error("the leader holds a lease after asking for a transfer")
+		}
+		n.renewLease(n.cfg.Mono())
+		if n.lease.roundKey != nil && n.lease.roundTerm == n.rn.BasicStatus().Term {
+			t.Error("the leader renews its lease in the term it asked for a transfer")
+		}
+	})
+	if !holding {
+		t.Fatal("the leader holds no lease after the partition healed and three reads")
+	}
+}
+
+// A node that starts refuses every vote until it has counted an election
+// timeout of ticks: it does not know when it last heard from its leader,
+// whose lease it may be part of.
+func TestANodeThatStartsRefusesVotesForAnElectionTimeout(t *testing.T) {
+	g := newGroup(t, 3)
+	l := g.waitLeader(100)
+	n := g.nodes[l]
+	vote := pb.Message{Type: pb.MsgPreVote}
+	n.do(context.Background(), func(*raft.RawNode) {
+		n.ticks = 0
+		for i := range n.cfg.Timing.ElectionTicks {
+			if !n.holdVotes(vote) {
+				t.Errorf("a vote is taken after %d ticks", i)
+			}
+			n.ticks++
+		}
+		if n.holdVotes(vote) || n.holdVotes(pb.Message{Type: pb.MsgHeartbeat}) {
+			t.Error("votes are still refused after an election timeout of ticks")
+		}
+	})
+}
+
+// A node that restarts takes no vote until it has counted an election
+// timeout of ticks, so it cannot help elect a leader while the leader it
+// confirmed still reads under a lease. The leader L holds a lease that
+// X confirmed; Y, cut off from L, campaigns while X restarts. Without the
+// hold, X (which knows no leader once restarted) votes for Y at once, Y
+// can commit a write, and L answer a read from its lease without it.
+// (Random faults rarely line this up: the simulator did not find the
+// hold switched off in 30 seeds; this test fails without it.)
+func TestARestartedNodeElectsNoLeaderDuringALease(t *testing.T) {
+	g := &group{t: t, frozen: true}
+	g.init(3)
+	l := g.waitLeader(100)
+	a := g.propose(l, "x")
+	g.readsFrom(l, 3, a.Index)
+	var x, y uint64
+	for _, id := range g.ids {
+		if id != l {
+			if x == 0 {
+				x = id
+			} else {
+				y = id
+			}
+		}
+	}
+	g.net.Cut(l, y)
+	g.net.Cut(y, l)
+	g.stop(x)
+	g.start(x)
+	et := g.nodes[y].cfg.Timing.ElectionTicks
+	tickOne := func(id uint64) {
+		g.ticks[id] <- time.Time{}
+		g.settle()
+	}
+	for range 4 * et {
+		tickOne(y)
+	}
+	if st := g.nodes[y].Status(); st.RaftState == raft.StateLeader {
+		t.Fatalf("node %d was elected (term %d) by a node that had just started", y, st.Term)
+	}
+	g.readsFrom(l, 1, a.Index) // still under the lease
+	// Time goes on: the lease ends, X counts its ticks and votes again.
+	g.skew.Add(int64(g.nodes[l].cfg.Timing.ReadLease))
+	for range 4 * et {
+		tickOne(x)
+		tickOne(y)
+		if g.nodes[x].Status().RaftState == raft.StateLeader || g.nodes[y].Status().RaftState == raft.StateLeader {
+			return
+		}
+	}
+	t.Fatal("neither X nor Y was elected once X had counted its ticks")
 }

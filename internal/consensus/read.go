@@ -117,7 +117,11 @@ func (n *Node) readRound(ctx context.Context) (uint64, error) {
 	// that has not committed an entry of its term yet, or that is lost on
 	// the way: it is sent again every resend until answered.
 	for {
-		if !n.do(ctx, func(rn *raft.RawNode) { rn.ReadIndex(key[:]) }) {
+		if !n.do(ctx, func(rn *raft.RawNode) {
+			if !n.readLocally(n.cfg.ID, key[:]) {
+				rn.ReadIndex(key[:])
+			}
+		}) {
 			return 0, cmp.Or(ctx.Err(), ErrStopped)
 		}
 		select {
@@ -145,7 +149,9 @@ func (n *Node) RequestRead(key []byte) (index <-chan uint64, forget func()) {
 	n.mu.Lock()
 	n.reads[string(key)] = ch
 	n.mu.Unlock()
-	n.rn.ReadIndex(key)
+	if !n.readLocally(n.cfg.ID, key) {
+		n.rn.ReadIndex(key)
+	}
 	return ch, func() {
 		n.mu.Lock()
 		delete(n.reads, string(key))

@@ -31,6 +31,7 @@ func listed(list string, b Bug) bool {
 const (
 	AckBeforeCommit   Bug = "ack-before-commit"
 	StaleStrongRead   Bug = "stale-strong-read"
+	EndlessLease      Bug = "endless-lease" // a leader's read lease never ends
 	AdmitFreshVoter   Bug = "admit-fresh-voter"
 	CreateAlone       Bug = "create-alone"
 	RejoinOnce        Bug = "rejoin-once"

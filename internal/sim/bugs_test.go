@@ -21,12 +21,13 @@ func TestSimFindsDeliberateBugs(t *testing.T) {
 	}{
 		{"ack-before-commit", []string{"crash", "crash-master"}, "append:", 10},
 		{"stale-strong-read", []string{"isolate", "split"}, "register:", 10},
+		{"endless-lease", []string{"isolate", "split"}, "register:", 30},
 		{"partial-apply", []string{"lossy"}, "bank:", 3},
 		{"skip-entry", []string{"lossy"}, "append:", 3},
 		{"unpinned-clock", []string{"clock"}, "replicas differ", 3},
 		{"rejoin-once", []string{"wipe"}, "converge:", 10},
 		{"admit-fresh-voter", []string{"wipe", "isolate", "crash"}, "", 30},
-		{"create-alone", []string{"wipe", "isolate"}, "", 30},
+		{"create-alone", []string{"wipe", "isolate"}, "", 60},
 	}
 	for _, c := range cases {
 		t.Run(c.bug, func(t *testing.T) {

@@ -63,6 +63,10 @@ func newNode(s *sim, i int) *node {
 // clock is the node's time.
 func (nd *node) clock() time.Time { return epoch.Add(nd.s.now + nd.offset) }
 
+// mono is every node's clock that never jumps (read leases are timed by
+// it): the simulation's time, which the clock faults do not move.
+func (s *sim) mono() time.Time { return epoch.Add(s.now) }
+
 // url is how the others know the node.
 func url(id uint64) string { return fmt.Sprintf("sim://node%d", id-1) }
 
@@ -116,7 +120,7 @@ func (s *sim) start(nd *node) error {
 	rep, err := consensus.OpenReplica(context.Background(), st, transport{s, nd, nd.inc}, consensus.ReplicaConfig{
 		Applied: &applied, Now: nd.clock, Seeds: s.rng.Int64,
 		Node: consensus.Config{ID: nd.id, Voters: voters, Timing: timing, Preferred: 1,
-			LogKeep: logKeep, Now: nd.clock, Log: log, InjectBug: s.o.Bug},
+			LogKeep: logKeep, Now: nd.clock, Mono: s.mono, Log: log, InjectBug: s.o.Bug},
 	})
 	if err != nil {
 		st.Close()
