@@ -145,7 +145,8 @@ func (e *Engine) joinRound(fresh bool) (running bool, empty []uint64) {
 			empty = append(empty, id)
 		}
 		if resp.Admitted && fresh && !e.admitted.Load() {
-			e.cfg.Log.Info("admitted", "by", cluster.CommandLineID(id), "url", u)
+			e.cfg.Log.Info("admitted", "by", cluster.CommandLineID(id), "url", u, "serves_from_index", resp.Commit)
+			e.catchUpTo.Store(resp.Commit)
 			e.admitted.Store(true)
 		}
 	}
@@ -222,6 +223,9 @@ func (e *Engine) HandleJoin(ctx context.Context, req *replication.JoinRequest) (
 		e.finishRejoins()
 	}
 	resp.Admitted = d.Admitted
+	if d.Admitted {
+		resp.Commit = st.Commit
+	}
 	return resp, nil
 }
 

@@ -78,10 +78,13 @@ type Engine struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 
-	forwards    atomic.Uint64 // request ids made here
-	boot        string
-	fatal       chan error
-	admitted    atomic.Bool            // this node's Raft takes messages (see replication.JoinRequest.Fresh)
+	forwards atomic.Uint64 // request ids made here
+	boot     string
+	fatal    chan error
+	admitted atomic.Bool // this node's Raft takes messages (see replication.JoinRequest.Fresh)
+	// catchUpTo: a node admitted without Raft state serves nothing until
+	// it has applied this index (see replication.JoinResponse.Commit).
+	catchUpTo   atomic.Uint64
 	fresh       bool                   // it started without Raft state
 	creating    atomic.Bool            // the master, without Raft state, creates the cluster once it may (see mayCreate)
 	leaderSeen  atomic.Int64           // unix ns when a leader was last known here (checked every tick)

@@ -171,6 +171,18 @@ func (e *Engine) Serving() error {
 		}
 		return notMemberError{why: why}
 	}
+	return e.caughtUp()
+}
+
+// caughtUp is nil unless this node was admitted without data and has not
+// yet applied what was committed when it was admitted.
+func (e *Engine) caughtUp() error {
+	if to := e.catchUpTo.Load(); to > 0 {
+		if applied := e.st.Applied(); applied < to {
+			return catchingUpError{applied: applied, to: to}
+		}
+		e.catchUpTo.Store(0) // caught up: from now on it serves as any node
+	}
 	return nil
 }
 
@@ -212,3 +224,15 @@ func (removedError) Error() string {
 func (removedError) Unwrap() error { return replication.ErrUnavailable }
 
 func (notMemberError) Unwrap() error { return replication.ErrUnavailable }
+
+// catchingUpError is Serving's answer on a node admitted without data
+// until it has applied what was committed when it was admitted: it
+// receives the log from its start, and its database passes through states
+// long gone.
+type catchingUpError struct{ applied, to uint64 }
+
+func (e catchingUpError) Error() string {
+	return fmt.Sprintf("this node lost its data and is catching up (applied index %d of the %d committed when it was admitted): it serves again once it has", e.applied, e.to)
+}
+
+func (catchingUpError) Unwrap() error { return replication.ErrUnavailable }

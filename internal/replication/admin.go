@@ -110,6 +110,11 @@ type JoinResponse struct {
 	// once a majority of its voters are empty (consensus.MayCreate).
 	Empty  bool   `json:"empty,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Commit is the answering node's commit index when it admitted the
+	// node: a node without Raft state that was admitted serves nothing
+	// until it has applied that far (it receives the log from its start,
+	// and would otherwise answer reads from long-gone states).
+	Commit uint64 `json:"commit,omitempty"`
 }
 
 // NodeStatus is one node as the leader sees it. Ids are those of the
