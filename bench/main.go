@@ -79,22 +79,7 @@ func main() {
 
 	// settle waits until every node has applied the master's log, so a
 	// workload does not start behind the previous one's replication backlog.
-	settle := func() {
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			want := applied(hc, nodes[0])
-			ok := true
-			for _, n := range nodes[1:] {
-				if applied(hc, n) < want {
-					ok = false
-				}
-			}
-			if ok {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	settle := func() { settleURLs(hc, nodes) }
 	// The cluster's CPU time, when this run started its processes.
 	nodeCPU := func() time.Duration {
 		if c == nil {

@@ -431,6 +431,8 @@ func measure(name string, clients int, d time.Duration, op func(cl, i int) error
 	return r
 }
 
+// settleURLs waits (up to two minutes) until every node has applied the
+// first node's index.
 func settleURLs(hc *http.Client, nodes []string) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
