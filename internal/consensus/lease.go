@@ -56,36 +56,43 @@ type leaseState struct {
 	noLeaseTerm uint64
 }
 
-// holding says whether this node leads with a lease now.
-func (n *Node) holding(now time.Time) bool {
+// leaseTerm is the term in which this node may hold a lease now: it leads,
+// leases are on, and it has asked for no leadership transfer in the term
+// (0: it may hold none).
+func (n *Node) leaseTerm() uint64 {
 	if n.cfg.Timing.ReadLease <= 0 || !n.leading {
-		return false
+		return 0
 	}
 	bs := n.rn.BasicStatus()
-	return bs.RaftState == raft.StateLeader && bs.LeadTransferee == raft.None &&
-		n.lease.term == bs.Term && n.lease.noLeaseTerm != bs.Term && (now.Before(n.lease.until) || n.bug(faults.EndlessLease))
+	if bs.RaftState != raft.StateLeader || bs.LeadTransferee != raft.None || n.lease.noLeaseTerm == bs.Term {
+		return 0
+	}
+	return bs.Term
+}
+
+// holding says whether this node leads with a lease now.
+func (n *Node) holding(now time.Time) bool {
+	t := n.leaseTerm()
+	return t != 0 && n.lease.term == t && (now.Before(n.lease.until) || n.bug(faults.EndlessLease))
 }
 
 // renewLease starts a round of the leader's own when the lease is over or
 // half spent and no round is under way (or the last one was lost).
 func (n *Node) renewLease(now time.Time) {
-	if n.cfg.Timing.ReadLease <= 0 || !n.leading {
+	t := n.leaseTerm()
+	if t == 0 {
 		return
 	}
-	bs := n.rn.BasicStatus()
-	if bs.RaftState != raft.StateLeader || n.lease.noLeaseTerm == bs.Term || bs.LeadTransferee != raft.None {
+	if n.lease.term == t && n.lease.until.Sub(now) > n.cfg.Timing.ReadLease/2 {
 		return
 	}
-	if n.lease.term == bs.Term && n.lease.until.Sub(now) > n.cfg.Timing.ReadLease/2 {
-		return
-	}
-	if n.lease.roundKey != nil && n.lease.roundTerm == bs.Term && now.Sub(n.lease.roundAt) < n.cfg.Timing.ReadResend {
+	if n.lease.roundKey != nil && n.lease.roundTerm == t && now.Sub(n.lease.roundAt) < n.cfg.Timing.ReadResend {
 		return
 	}
 	key := make([]byte, 17)
 	key[0] = leaseKeyTag
 	_, _ = rand.Read(key[1:])
-	n.lease.roundKey, n.lease.roundTerm, n.lease.roundAt = key, bs.Term, now
+	n.lease.roundKey, n.lease.roundTerm, n.lease.roundAt = key, t, now
 	n.rn.ReadIndex(key)
 }
 
@@ -99,8 +106,8 @@ func (n *Node) leaseConfirmed(rs raft.ReadState) bool {
 		return false
 	}
 	if n.lease.roundKey != nil && string(rs.RequestCtx) == string(n.lease.roundKey) {
-		if bs := n.rn.BasicStatus(); n.leading && bs.Term == n.lease.roundTerm && n.lease.noLeaseTerm != bs.Term {
-			n.lease.term, n.lease.until = bs.Term, n.lease.roundAt.Add(n.cfg.Timing.ReadLease)
+		if t := n.leaseTerm(); t != 0 && t == n.lease.roundTerm {
+			n.lease.term, n.lease.until = t, n.lease.roundAt.Add(n.cfg.Timing.ReadLease)
 		}
 		n.lease.roundKey = nil
 	}
@@ -133,14 +140,8 @@ func (n *Node) readLocally(from uint64, key []byte) bool {
 	bs := n.rn.BasicStatus()
 	if from == n.cfg.ID || from == raft.None {
 		n.mu.Lock()
-		ch := n.reads[string(key)]
+		n.answerRead(key, bs.Commit)
 		n.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- bs.Commit:
-			default:
-			}
-		}
 		return true
 	}
 	n.tr.Send([]pb.Message{{Type: pb.MsgReadIndexResp, To: from, From: n.cfg.ID, Term: bs.Term,

@@ -201,14 +201,8 @@ func (n *Node) handle(rd raft.Ready) error {
 	if len(rd.ReadStates) > 0 {
 		n.mu.Lock()
 		for _, r := range rd.ReadStates {
-			if n.leaseConfirmed(r) {
-				continue
-			}
-			if ch := n.reads[string(r.RequestCtx)]; ch != nil {
-				select {
-				case ch <- r.Index:
-				default: // answered already (the request was sent again)
-				}
+			if !n.leaseConfirmed(r) {
+				n.answerRead(r.RequestCtx, r.Index)
 			}
 		}
 		n.mu.Unlock()

@@ -206,6 +206,17 @@ func (g *group) settle() {
 	}
 }
 
+// followers are the group's nodes other than l, in id order.
+func (g *group) followers(l uint64) []uint64 {
+	var out []uint64
+	for _, id := range g.ids {
+		if id != l {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 func (g *group) leader() uint64 {
 	for id, n := range g.nodes {
 		if n.Status().RaftState == raft.StateLeader {
@@ -381,10 +392,7 @@ func TestReadIndexCoversAcknowledgedWritesAndNeedsAMajority(t *testing.T) {
 	g := newGroup(t, 3)
 	leader := g.waitLeader(100)
 	a := g.propose(leader, "x")
-	follower := g.ids[0]
-	if follower == leader {
-		follower = g.ids[1]
-	}
+	follower := g.followers(leader)[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ticking := make(chan struct{})
@@ -606,10 +614,7 @@ func TestProposalsQueuedDuringAStepGoOutAsOneAppend(t *testing.T) {
 func TestFollowerProposalAnswersOnlyOnceTheLeaderApplied(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
-	f := g.ids[0]
-	if f == l {
-		f = g.ids[1]
-	}
+	f := g.followers(l)[0]
 	g.propose(l, "first") // the leader's appends report what it applied
 	for !g.nodes[f].LeaderReports(l) {
 		g.tick()
@@ -812,10 +817,7 @@ func TestReadsWaitingTogetherShareOneConfirmationRound(t *testing.T) {
 	g := newGroup(t, 3)
 	l := g.waitLeader(100)
 	a := g.propose(l, "x")
-	f := g.ids[0]
-	if f == l {
-		f = g.ids[1]
-	}
+	f := g.followers(l)[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	rb := &g.nodes[f].readBatch
@@ -892,10 +894,7 @@ func TestALeaseAnswersReadsWithoutARoundEach(t *testing.T) {
 			g.init(3)
 			l := g.waitLeader(100)
 			a := g.propose(l, "x")
-			f := g.ids[0]
-			if f == l {
-				f = g.ids[1]
-			}
+			f := g.followers(l)[0]
 			g.readsFrom(f, 1, a.Index) // the first may find no lease
 			before := g.rounds[l].Load()
 			g.readsFrom(f, 100, a.Index)
@@ -995,16 +994,7 @@ func TestARestartedNodeElectsNoLeaderDuringALease(t *testing.T) {
 	l := g.waitLeader(100)
 	a := g.propose(l, "x")
 	g.readsFrom(l, 3, a.Index)
-	var x, y uint64
-	for _, id := range g.ids {
-		if id != l {
-			if x == 0 {
-				x = id
-			} else {
-				y = id
-			}
-		}
-	}
+	x, y := g.followers(l)[0], g.followers(l)[1]
 	g.net.Cut(l, y)
 	g.net.Cut(y, l)
 	g.stop(x)

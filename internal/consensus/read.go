@@ -136,6 +136,18 @@ func (n *Node) readRound(ctx context.Context) (uint64, error) {
 	}
 }
 
+// answerRead gives the reader of key its read index (n.mu is held). A
+// reader already answered (the request was sent again) or gone gets
+// nothing.
+func (n *Node) answerRead(key []byte, index uint64) {
+	if ch := n.reads[string(key)]; ch != nil {
+		select {
+		case ch <- index:
+		default:
+		}
+	}
+}
+
 // RequestRead asks Raft, on a stepped node (see Open), for a read index
 // under key: the channel gets the index once a majority confirmed it. A
 // request Raft drops (no leader, or one without an entry of its term
