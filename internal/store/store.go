@@ -672,6 +672,23 @@ func (e *ResultTooLargeError) Error() string { return "result too large: " + e.W
 // maxCachedSQL is the longest statement text kept prepared.
 const maxCachedSQL = 4096
 
+// cacheKey is the key a statement text compiled under policy p is kept
+// under, and whether it is kept at all (only texts of at most
+// maxCachedSQL bytes).
+func cacheKey(p policy, sql string) (string, bool) {
+	if len(sql) > maxCachedSQL {
+		return "", false
+	}
+	return string(rune('0'+p)) + sql, true
+}
+
+// keepable says whether a statement just compiled may be kept with the
+// kind the authorizer gave it: a whole text of one statement that is not a
+// schema change and fires no trigger.
+func keepable(stmt *sqlite.Stmt, a *authState) bool {
+	return stmt.Tail == "" && a.kind != KindSchema && len(a.triggerOn) == 0
+}
+
 // freshen empties cn's statement cache when the schema changed since it
 // was filled.
 func (s *Store) freshen(cn *conn) error {
@@ -715,11 +732,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 		// Only short texts are looked up and kept: a long text of many
 		// statements would be hashed and copied again for each of them
 		// (quadratic in its length).
-		cacheable := len(sql) <= maxCachedSQL
-		var key string
-		if cacheable {
-			key = string(rune('0'+p)) + sql
-		}
+		key, cacheable := cacheKey(p, sql)
 		var stmt *sqlite.Stmt
 		cached := false
 		if e := c.Cached(key); cacheable && e != nil {
@@ -732,7 +745,7 @@ func (s *Store) run(ctx context.Context, cn *conn, st rlog.Statement, collect bo
 			if stmt == nil {
 				break
 			}
-			if cacheable && stmt.Tail == "" && a.kind != KindSchema && len(a.triggerOn) == 0 {
+			if cacheable && keepable(stmt, a) {
 				c.Cache(key, stmt, a.kind)
 				cached = true
 			}
@@ -1114,13 +1127,10 @@ func (s *Store) Classify(ctx context.Context, stmts []rlog.Statement) (Kind, err
 		// keeps it (and dropped with the cache when the schema changes):
 		// a client sending the same read again is classified without
 		// compiling it again.
-		key := ""
-		if len(sql) <= maxCachedSQL {
-			key = string(rune('0'+policyClient)) + sql
-			if e := r.c.Cached(key); e != nil {
-				kind = max(kind, e.Meta.(Kind))
-				continue
-			}
+		key, cacheable := cacheKey(policyClient, sql)
+		if e := r.c.Cached(key); cacheable && e != nil {
+			kind = max(kind, e.Meta.(Kind))
+			continue
 		}
 		for sql != "" {
 			r.auth.reset(policyClient)
@@ -1133,7 +1143,7 @@ func (s *Store) Classify(ctx context.Context, stmts []rlog.Statement) (Kind, err
 			}
 			k := r.auth.kind
 			kind = max(kind, k)
-			if key != "" && sql == st.SQL && stmt.Tail == "" && k != KindSchema && len(r.auth.triggerOn) == 0 {
+			if cacheable && sql == st.SQL && keepable(stmt, &r.auth) {
 				r.c.Cache(key, stmt, k)
 				break
 			}
