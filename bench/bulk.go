@@ -155,32 +155,33 @@ CREATE INDEX big_a ON big(a);`, rows)
 
 	// A follower's restart (SIGTERM, start, until it serves and has the
 	// leader's index), then a wiped follower's catch-up (its data removed).
-	if c != nil {
-		r := bulkResult{what: "a follower's restart, until it serves at the leader's index"}
+	for _, step := range []struct {
+		what string
+		wipe bool
+	}{
+		{"a follower's restart, until it serves at the leader's index", false},
+		{"a wiped follower's catch-up (its data removed), until it serves at the leader's index", true},
+	} {
+		if c == nil {
+			break
+		}
+		r := bulkResult{what: step.what}
 		t := time.Now()
-		c.Node(2).Stop()
-		c.StartNode(2)
-		waitServes(ours[2])
-		settleURLs(bench.Client(4), ours)
-		r.ours = time.Since(t)
-		t = time.Now()
-		rq.restart(tb, 2, false)
-		r.rq = time.Since(t)
-		out = append(out, r)
-
-		r = bulkResult{what: "a wiped follower's catch-up (its data removed), until it serves at the leader's index"}
-		t = time.Now()
-		c.Node(2).Kill()
-		matches, _ := filepath.Glob(c.DBPath(2) + "*")
-		for _, m := range matches {
-			os.RemoveAll(m)
+		if step.wipe {
+			c.Node(2).Kill()
+			matches, _ := filepath.Glob(c.DBPath(2) + "*")
+			for _, m := range matches {
+				os.RemoveAll(m)
+			}
+		} else {
+			c.Node(2).Stop()
 		}
 		c.StartNode(2)
 		waitServes(ours[2])
 		settleURLs(bench.Client(4), ours)
 		r.ours = time.Since(t)
 		t = time.Now()
-		rq.restart(tb, 2, true)
+		rq.restart(tb, 2, step.wipe)
 		r.rq = time.Since(t)
 		out = append(out, r)
 	}

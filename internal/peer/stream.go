@@ -147,7 +147,8 @@ func (t *RaftTransport) openStream(to uint64) (*outStream, error) {
 		cancel()
 		return nil, errStreamUnsupported
 	}
-	s := &outStream{t: t, to: to, url: url, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: t.c.auth.SessionKey(req), cancel: cancel, version: version, done: make(chan struct{})}
+	key := t.c.auth.SessionKey(req)
+	s := &outStream{t: t, to: to, url: url, rwc: rwc, w: bufio.NewWriterSize(rwc, 64<<10), key: key, frameMAC: newMacer(key), cancel: cancel, version: version, done: make(chan struct{})}
 	go s.readAcks(bufio.NewReader(rwc))
 	go s.watch()
 	return s, nil
@@ -159,9 +160,6 @@ func (s *outStream) send(payload []byte) error {
 	s.seq++
 	var hdr [binary.MaxVarintLen64]byte
 	n := binary.PutUvarint(hdr[:], uint64(len(payload)))
-	if s.frameMAC == nil {
-		s.frameMAC = newMacer(s.key)
-	}
 	mac := s.frameMAC.frame(s.seq, payload)
 	s.mu.Lock()
 	if s.closed {
