@@ -41,29 +41,15 @@ func AzuriteBinary() (string, error) {
 			azuriteErr = err
 			return
 		}
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			cache = os.TempDir()
-		}
-		dir := filepath.Join(cache, "ddb-test", "azurite-"+AzuriteVersion)
+		dir := filepath.Join(testCache(), "azurite-"+AzuriteVersion)
 		azuritePath = filepath.Join(dir, "node_modules", ".bin", "azurite-blob")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			azuriteErr = err
-			return
-		}
-		unlock, err := lockFile(dir + ".lock")
-		if err != nil {
-			azuriteErr = err
-			return
-		}
-		defer unlock()
-		if _, err := os.Stat(azuritePath); err == nil {
-			return
-		}
-		out, err := exec.Command("npm", "install", "--prefix", dir, "azurite@"+AzuriteVersion, "--no-audit", "--no-fund").CombinedOutput()
-		if err != nil {
-			azuriteErr = &installError{string(out), err}
-		}
+		azuriteErr = installOnce(dir, azuritePath, dir+".lock", func() error {
+			out, err := exec.Command("npm", "install", "--prefix", dir, "azurite@"+AzuriteVersion, "--no-audit", "--no-fund").CombinedOutput()
+			if err != nil {
+				return &installError{string(out), err}
+			}
+			return nil
+		})
 	})
 	return azuritePath, azuriteErr
 }

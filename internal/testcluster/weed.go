@@ -35,62 +35,43 @@ func WeedBinary() (string, error) {
 			weedPath = p
 			return
 		}
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			cache = os.TempDir()
-		}
-		dir := filepath.Join(cache, "ddb-test")
+		dir := testCache()
 		weedPath = filepath.Join(dir, "weed-"+WeedModule[len("github.com/seaweedfs/seaweedfs@"):]+"-noopt")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			weedErr = err
-			return
-		}
 		// One build at a time, whichever process starts it (CI builds it
 		// ahead, beside the other steps: see internal/testcluster/prepare).
-		unlock, err := lockFile(weedPath + ".lock")
-		if err != nil {
-			weedErr = err
-			return
-		}
-		defer unlock()
-		if _, err := os.Stat(weedPath); err == nil {
-			return
-		}
-		// The module's go.mod has replace directives, which go install
-		// refuses: its source is downloaded, copied, and built as the
-		// main module it is.
-		out, err := exec.Command("go", "mod", "download", "-json", WeedModule).Output()
-		if err != nil {
-			weedErr = fmt.Errorf("download %s: %v", WeedModule, err)
-			return
-		}
-		var mod struct{ Dir string }
-		if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
-			weedErr = fmt.Errorf("download %s: %s", WeedModule, out)
-			return
-		}
-		src, err := os.MkdirTemp(dir, "weed-src-")
-		if err != nil {
-			weedErr = err
-			return
-		}
-		defer os.RemoveAll(src)
-		if out, err := exec.Command("cp", "-r", mod.Dir+"/.", src).CombinedOutput(); err != nil {
-			weedErr = fmt.Errorf("copy the source: %v %s", err, out)
-			return
-		}
-		exec.Command("chmod", "-R", "u+w", src).Run()
-		tmp := weedPath + ".tmp"
-		// Unoptimized, unlinked from debug data: a third faster to build
-		// (154 s against 223 s here), and fast enough for the tests.
-		build := exec.Command("go", "build", "-gcflags=all=-N -l", "-ldflags=-s -w", "-o", tmp, "./weed")
-		build.Dir = src
-		build.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
-		if out, err := build.CombinedOutput(); err != nil {
-			weedErr = fmt.Errorf("build weed: %v\n%s", err, out)
-			return
-		}
-		weedErr = os.Rename(tmp, weedPath)
+		weedErr = installOnce(dir, weedPath, weedPath+".lock", func() error {
+			// The module's go.mod has replace directives, which go
+			// install refuses: its source is downloaded, copied, and
+			// built as the main module it is.
+			out, err := exec.Command("go", "mod", "download", "-json", WeedModule).Output()
+			if err != nil {
+				return fmt.Errorf("download %s: %v", WeedModule, err)
+			}
+			var mod struct{ Dir string }
+			if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+				return fmt.Errorf("download %s: %s", WeedModule, out)
+			}
+			src, err := os.MkdirTemp(dir, "weed-src-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(src)
+			if out, err := exec.Command("cp", "-r", mod.Dir+"/.", src).CombinedOutput(); err != nil {
+				return fmt.Errorf("copy the source: %v %s", err, out)
+			}
+			exec.Command("chmod", "-R", "u+w", src).Run()
+			tmp := weedPath + ".tmp"
+			// Unoptimized, unlinked from debug data: a third faster to
+			// build (154 s against 223 s here), and fast enough for the
+			// tests.
+			build := exec.Command("go", "build", "-gcflags=all=-N -l", "-ldflags=-s -w", "-o", tmp, "./weed")
+			build.Dir = src
+			build.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+			if out, err := build.CombinedOutput(); err != nil {
+				return fmt.Errorf("build weed: %v\n%s", err, out)
+			}
+			return os.Rename(tmp, weedPath)
+		})
 	})
 	return weedPath, weedErr
 }
@@ -217,6 +198,34 @@ func tail(b []byte) string {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
+}
+
+// testCache is the folder of the user cache where the tests keep what they
+// install (the system's temporary folder without one).
+func testCache() string {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	return filepath.Join(cache, "ddb-test")
+}
+
+// installOnce makes sure path exists: under an exclusive lock on lock,
+// which one process at a time takes, install runs unless path is there
+// already. dir (which holds what install writes) is made first.
+func installOnce(dir, path, lock string, install func() error) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	unlock, err := lockFile(lock)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	return install()
 }
 
 // lockFile takes an exclusive lock on path (made if missing), waiting for
