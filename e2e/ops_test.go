@@ -153,6 +153,9 @@ func TestOperationsEndpointsReportTheCluster(t *testing.T) {
 	if v := metric(t, text, "ddb_applied_index"); v < float64(want) {
 		t.Fatalf("ddb_applied_index %v, want %d", v, want)
 	}
+	if v := metric(t, text, "ddb_sqlite_memory_bytes"); v <= 0 || v > metric(t, text, "ddb_sqlite_memory_highwater_bytes") {
+		t.Fatalf("ddb_sqlite_memory_bytes %v", v)
+	}
 	if v := metric(t, text, "ddb_raft_is_leader"); v != 1 {
 		t.Fatalf("ddb_raft_is_leader %v on the master", v)
 	}

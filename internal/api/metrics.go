@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ddbgo/ddb/internal/sqlite"
 	"github.com/ddbgo/ddb/internal/store"
 )
 
@@ -73,11 +74,13 @@ var (
 	descRoundTrip     = prometheus.NewDesc("ddb_raft_send_round_trip_seconds_total", "Round trips of those batches, summed (divide by the batches for the mean).", nil, nil)
 	descSnapshots     = prometheus.NewDesc("ddb_raft_snapshots_installed_total", "Snapshots this node installed since it started.", nil, nil)
 	descChecks        = prometheus.NewDesc("ddb_consistency_checks_total", "Consistency checks this node compared (its digest against the leader's, or on the leader against every node's).", nil, nil)
+	descSQLiteMemory  = prometheus.NewDesc("ddb_sqlite_memory_bytes", "Memory SQLite holds in this process (page caches, statements).", nil, nil)
+	descSQLiteHigh    = prometheus.NewDesc("ddb_sqlite_memory_highwater_bytes", "The most memory SQLite has held in this process since it started.", nil, nil)
 	descDiverged      = prometheus.NewDesc("ddb_consistency_diverged_nodes", "Nodes the last consistency check found differing from the leader (on a follower: 1 when it is this node).", nil, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descApplied, descTerm, descCommit, descIsLeader, descLeaderChanges, descPending, descLag, descBatches, descRoundTrip, descSnapshots, descChecks, descDiverged} {
+	for _, d := range []*prometheus.Desc{descApplied, descTerm, descCommit, descIsLeader, descLeaderChanges, descPending, descLag, descBatches, descRoundTrip, descSnapshots, descChecks, descDiverged, descSQLiteMemory, descSQLiteHigh} {
 		ch <- d
 	}
 }
@@ -103,6 +106,9 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBatches, prometheus.CounterValue, float64(v.Batches))
 	ch <- prometheus.MustNewConstMetric(descRoundTrip, prometheus.CounterValue, v.RoundTripSeconds)
 	ch <- prometheus.MustNewConstMetric(descSnapshots, prometheus.CounterValue, float64(v.SnapshotsInstalled))
+	used, high := sqlite.Memory(false)
+	ch <- prometheus.MustNewConstMetric(descSQLiteMemory, prometheus.GaugeValue, float64(used))
+	ch <- prometheus.MustNewConstMetric(descSQLiteHigh, prometheus.GaugeValue, float64(high))
 }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {

@@ -23,6 +23,8 @@ extern int sqlite3_step(sqlite3_stmt*);
 extern int sqlite3_reset(sqlite3_stmt*);
 extern int sqlite3_clear_bindings(sqlite3_stmt*);
 extern int sqlite3_finalize(sqlite3_stmt*);
+extern sqlite3_int64 sqlite3_memory_used(void);
+extern sqlite3_int64 sqlite3_memory_highwater(int);
 extern int sqlite3_column_count(sqlite3_stmt*);
 extern const char *sqlite3_column_name(sqlite3_stmt*, int);
 extern const char *sqlite3_column_decltype(sqlite3_stmt*, int);
@@ -300,7 +302,15 @@ type Conn struct {
 	// changes is the capture buffer of the change stream's triggers (see
 	// changes.go), C memory from open to Close.
 	changes *C.ddb_changes
+	// long is the last long SQL text prepared, and clong its NUL-ended
+	// copy in C memory (see Prepare).
+	long  string
+	clong *C.char
 }
+
+// longText is the length from which Prepare reads a text from a NUL-ended
+// copy of its own (see Prepare).
+const longText = 16 << 10
 
 // CachedStmt is a prepared statement kept for reuse, with whatever the
 // caller learned when it was prepared.
@@ -357,6 +367,7 @@ func (c *Conn) Close() error {
 	c.removeAuthorizer()
 	err := c.Driver.Close()
 	c.freeChanges()
+	c.forgetLong()
 	if c.budget != nil {
 		C.free(unsafe.Pointer(c.budget))
 		c.budget = nil
@@ -441,16 +452,23 @@ func (c *Conn) Prepare(sql string) (*Stmt, error) {
 	if len(sql) == 0 {
 		return nil, nil
 	}
-	// SQLite reads the text where it lies (no copy: a long text of many
-	// statements is prepared one statement at a time, and copying the
-	// rest each time would be quadratic); it keeps no pointer into it.
-	csql := (*C.char)(unsafe.Pointer(unsafe.StringData(sql)))
+	// SQLite keeps no pointer into the text. Given a text whose length
+	// does not count a NUL at its end, it copies the whole text before it
+	// reads its first statement: a long text of many statements, prepared
+	// one statement at a time (each time its rest), would be copied
+	// quadratically (a load's 4 MiB chunk of 30,000 statements spent
+	// seconds in that copy). A long text is copied once, NUL-ended, and
+	// its rest (a substring of it: a Stmt's Tail) read from that copy.
+	csql, n := (*C.char)(unsafe.Pointer(unsafe.StringData(sql))), len(sql)
+	if len(sql) >= longText {
+		csql, n = c.nulEnded(sql)
+	}
 	var s *C.sqlite3_stmt
 	var tail *C.char
-	rv := C.sqlite3_prepare_v2(c.db, csql, C.int(len(sql)), &s, &tail)
+	rv := C.sqlite3_prepare_v2(c.db, csql, C.int(n), &s, &tail)
 	consumed := len(sql)
 	if tail != nil {
-		consumed = int(uintptr(unsafe.Pointer(tail)) - uintptr(unsafe.Pointer(csql)))
+		consumed = min(consumed, int(uintptr(unsafe.Pointer(tail))-uintptr(unsafe.Pointer(csql))))
 	}
 	if consumed < len(sql) && sql[consumed] == 0 || rv != codeOK && strings.IndexByte(sql[:min(consumed+1, len(sql))], 0) >= 0 {
 		// SQLite stops reading at a NUL; what follows would never be
@@ -464,6 +482,9 @@ func (c *Conn) Prepare(sql string) (*Stmt, error) {
 		return nil, c.lastError()
 	}
 	rest := strings.TrimSpace(sql[consumed:])
+	if rest == "" && c.clong != nil {
+		c.forgetLong() // the long text is read to its end
+	}
 	if s == nil {
 		if rest != "" && consumed > 0 {
 			return c.Prepare(rest)
@@ -474,6 +495,31 @@ func (c *Conn) Prepare(sql string) (*Stmt, error) {
 		return nil, nil
 	}
 	return &Stmt{c: c, s: s, SQL: strings.TrimSpace(sql[:consumed]), Tail: rest}, nil
+}
+
+// nulEnded returns sql as SQLite may read it without copying it: within
+// the NUL-ended C copy of the last long text, if sql is a part of that
+// text that reaches to its end but for white space, otherwise within a new
+// copy. n counts the bytes up to the copy's NUL, which it includes (what
+// lies beyond sql in the copy is white space).
+func (c *Conn) nulEnded(sql string) (*C.char, int) {
+	base, p := uintptr(unsafe.Pointer(unsafe.StringData(c.long))), uintptr(unsafe.Pointer(unsafe.StringData(sql)))
+	if c.clong != nil && p >= base && p+uintptr(len(sql)) <= base+uintptr(len(c.long)) &&
+		strings.TrimSpace(c.long[p-base+uintptr(len(sql)):]) == "" {
+		off := int(p - base)
+		return (*C.char)(unsafe.Add(unsafe.Pointer(c.clong), off)), len(c.long) - off + 1
+	}
+	c.forgetLong()
+	c.long, c.clong = sql, C.CString(sql)
+	return c.clong, len(sql) + 1
+}
+
+// forgetLong frees the copy of the last long text.
+func (c *Conn) forgetLong() {
+	if c.clong != nil {
+		C.free(unsafe.Pointer(c.clong))
+	}
+	c.long, c.clong = "", nil
 }
 
 // Close finalizes the statement.
@@ -1006,4 +1052,15 @@ func selfTest(c *Conn) error {
 		return errors.New("the authorizer is not called for statements compiled through the handle")
 	}
 	return nil
+}
+
+// Memory reports the memory SQLite holds in this process, and the most it
+// has held since the process started (or since the last call that reset
+// that high-water mark).
+func Memory(resetHighwater bool) (used, highwater int64) {
+	reset := C.int(0)
+	if resetHighwater {
+		reset = 1
+	}
+	return int64(C.sqlite3_memory_used()), int64(C.sqlite3_memory_highwater(reset))
 }

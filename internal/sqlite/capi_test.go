@@ -129,3 +129,73 @@ func TestACachedStatementKeepsNoPartOfItsText(t *testing.T) {
 		}
 	}
 }
+
+// A long text of many statements, prepared one statement at a time (each
+// time its rest, a Stmt's Tail), is not copied by SQLite for each of them:
+// SQLite copies a text whose length leaves out its NUL, and doing so for
+// every statement of a load's 4 MiB chunk took seconds. SQLite's memory
+// high-water mark would show one such copy of the text's rest; the whole
+// pass must stay far below the text's size. Every statement is read (and
+// run), and an embedded NUL is still refused.
+func TestALongTextIsNotCopiedForEachOfItsStatements(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "a.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Exec("CREATE TABLE t (x, y)"); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	const rows = 20000
+	for i := range rows {
+		b.WriteString("SELECT y, 'some text to make it longer' FROM t WHERE x = " + strings.Repeat("7", 1+i%9) + ";\n")
+	}
+	b.WriteString("  \n")
+	text := b.String()
+	if len(text) < 1<<20 {
+		t.Fatalf("the text is %d bytes", len(text))
+	}
+	used, _ := Memory(true)
+	n := 0
+	for sql := text; sql != ""; {
+		st, err := c.Prepare(sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st == nil {
+			break
+		}
+		if _, err := st.Step(); err != nil {
+			t.Fatal(err)
+		}
+		sql = st.Tail
+		st.Close()
+		n++
+	}
+	_, high := Memory(false)
+	if grew := high - used; grew > int64(len(text))/4 {
+		t.Fatalf("SQLite's memory grew by %d bytes while a text of %d bytes was prepared statement by statement: it copied the text", grew, len(text))
+	}
+	if n != rows {
+		t.Fatalf("%d statements read of %d", n, rows)
+	}
+	if c.clong != nil {
+		t.Fatal("the copy of the long text is kept after its last statement")
+	}
+	nul := text[:len(text)/2] + "\x00" + text[len(text)/2:]
+	for sql := nul; ; {
+		st, err := c.Prepare(sql)
+		if err != nil {
+			if !strings.Contains(err.Error(), "NUL") {
+				t.Fatal(err)
+			}
+			break
+		}
+		if st == nil {
+			t.Fatal("a text with a NUL was read to its end")
+		}
+		sql = st.Tail
+		st.Close()
+	}
+}
