@@ -72,6 +72,7 @@ type Config struct {
 	MaxResultBytes int
 	MaxConcurrent  int // client requests served at once; beyond: 503
 	LogKeep        uint64
+	LogKeepBytes   uint64 // the data of those entries, at most
 	AuthFile       string // optional users file
 	TLSCert        string
 	TLSKey         string
@@ -140,7 +141,7 @@ var defaults = Config{
 	Ack: AckQuorum, AckTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second, QueryTimeout: 30 * time.Second,
 	MaxBodyBytes: 16 << 20, BodyTimeout: 10 * time.Second,
 	MaxResultRows: 1_000_000, MaxResultBytes: 256 << 20, MaxConcurrent: 1024,
-	LogKeep:  200_000,
+	LogKeep: 200_000, LogKeepBytes: 32 << 20,
 	LogLevel: "info", LogFormat: "text",
 	BackupInterval: time.Hour, BackupKeep: 24, BackupBy: "leader",
 	CheckInterval: 30 * time.Second, CheckRepair: "auto", CheckRate: 64,
@@ -193,6 +194,7 @@ func (c *Config) Defaults() {
 	fill(&c.MaxResultBytes, d.MaxResultBytes)
 	fill(&c.MaxConcurrent, d.MaxConcurrent)
 	fill(&c.LogKeep, d.LogKeep)
+	fill(&c.LogKeepBytes, d.LogKeepBytes)
 	fill(&c.LogLevel, d.LogLevel)
 	fill(&c.LogFormat, d.LogFormat)
 	fill(&c.BackupInterval, d.BackupInterval)
@@ -408,6 +410,7 @@ func parseArgs(role Role, usageLine string, args []string, stderr io.Writer) (*C
 	fs.IntVar(&c.MaxResultBytes, "max-result-bytes", defaults.MaxResultBytes, "most bytes of values one query may return")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", defaults.MaxConcurrent, "client requests served at once (503 with Retry-After beyond)")
 	fs.Uint64Var(&c.LogKeep, "log-keep", defaults.LogKeep, "applied log entries each node keeps for followers that fall behind; one further behind gets a snapshot of the database instead")
+	fs.Uint64Var(&c.LogKeepBytes, "log-keep-bytes", defaults.LogKeepBytes, "the most data those kept entries hold, in bytes: older ones are dropped sooner when they are large (a load's), since a snapshot then costs less than replaying them")
 	fs.StringVar(&c.AuthFile, "auth", "", "users file (JSON: username, password, perms); without it anyone may use the API")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for the HTTP API and peer traffic")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key")

@@ -36,6 +36,8 @@ type EngineConfig struct {
 	Limits     store.Limits  // result limits of forwarded writes
 	Dir        string        // where snapshot copies are written (the data directory)
 	LogKeep    uint64        // applied entries the log keeps for followers behind (0: 200,000)
+	// LogKeepBytes bounds the data of those entries (0: 32 MiB).
+	LogKeepBytes uint64
 	// MaxSnapshot is the largest snapshot this node accepts (0: 1 TiB).
 	MaxSnapshot int64
 	// InjectBug switches on a deliberate defect, for the fault-injection
@@ -112,6 +114,9 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	if cfg.LogKeep == 0 {
 		cfg.LogKeep = 200_000
 	}
+	if cfg.LogKeepBytes == 0 {
+		cfg.LogKeepBytes = cluster.Default().LogKeepBytes
+	}
 	if cfg.MaxSnapshot == 0 {
 		cfg.MaxSnapshot = 1 << 40
 	}
@@ -178,6 +183,7 @@ func StartEngine(st *store.Store, cfg EngineConfig) (*Engine, error) {
 	rep, err := StartReplica(context.Background(), st, e.tr, ReplicaConfig{Applied: &applied, Node: Config{
 		ID: cfg.ID, Voters: voters, Ticks: ticks, Timing: cfg.Timing, Preferred: cfg.Preferred, Log: cfg.Log,
 		LogKeep:      cfg.LogKeep,
+		LogKeepBytes: cfg.LogKeepBytes,
 		OnConfChange: e.confChanged,
 		InjectBug:    cfg.InjectBug,
 	}})

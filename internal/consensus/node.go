@@ -70,6 +70,11 @@ type Config struct {
 	// that fall behind; once it holds an eighth more, it is compacted (0:
 	// never). A follower behind the kept log gets a snapshot.
 	LogKeep uint64
+	// LogKeepBytes bounds the data of those applied entries as well (0:
+	// no bound): replaying a log much larger than the database costs more
+	// than a snapshot of it (a load's chunks, for a node that lost its
+	// data).
+	LogKeepBytes uint64
 	// Installed is told when a snapshot from the leader replaced the
 	// database (may be nil).
 	Installed func(index uint64)

@@ -57,16 +57,23 @@ func (n *Node) install(snap pb.Snapshot, hard pb.HardState) error {
 	return nil
 }
 
-// compact drops applied entries beyond the LogKeep the log keeps, in
-// steps of an eighth of it (each delete stays short).
+// compact drops applied entries beyond the LogKeep the log keeps, and
+// beyond the LogKeepBytes of data, in steps of an eighth of either (each
+// delete stays short).
 func (n *Node) compact() error {
-	keep := n.cfg.LogKeep
-	if keep == 0 {
-		return nil
-	}
+	keep, keepBytes := n.cfg.LogKeep, n.cfg.LogKeepBytes
 	applied := n.applied.Load()
 	first, _ := n.storage.FirstIndex()
-	if applied+1 < first+keep+keep/8+1 {
+	upTo := first - 1
+	if keep > 0 && applied+1 >= first+keep+keep/8+1 {
+		upTo = applied - keep
+	}
+	if keepBytes > 0 {
+		if bytes, to := n.storage.keptBehind(applied, keepBytes); bytes > keepBytes+keepBytes/8 {
+			upTo = max(upTo, to)
+		}
+	}
+	if upTo < first {
 		return nil
 	}
 	// The data commits without an fsync: it must be durable before the
@@ -75,7 +82,7 @@ func (n *Node) compact() error {
 	if err := n.storage.st.Checkpoint(); err != nil {
 		return err
 	}
-	return n.storage.Compact(applied - keep)
+	return n.storage.Compact(upTo)
 }
 
 // SnapshotToSend turns Raft's request to send a snapshot into one that

@@ -33,6 +33,7 @@ type replicas struct {
 	done  chan struct{}
 	tmu   sync.Mutex                  // guards ids and ticks against the ticking goroutine
 	keep  uint64                      // every node's LogKeep (0: the log is never compacted)
+	bytes uint64                      // every node's LogKeepBytes (0: no bound)
 	now   map[uint64]func() time.Time // a node's clock, if not the system's
 }
 
@@ -99,7 +100,7 @@ func (g *replicas) start(id uint64) {
 		g.t.Fatal(err)
 	}
 	voters := []uint64{1, 2, 3}
-	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Now: g.now[id], Node: Config{ID: id, Voters: voters[:min(3, len(g.ids))], Ticks: g.clock(id), LogKeep: g.keep}})
+	r, err := StartReplica(context.Background(), st, g.net.Transport(id), ReplicaConfig{Now: g.now[id], Node: Config{ID: id, Voters: voters[:min(3, len(g.ids))], Ticks: g.clock(id), LogKeep: g.keep, LogKeepBytes: g.bytes}})
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -548,6 +549,40 @@ func TestFollowerBehindTheCompactedLogGetsASnapshot(t *testing.T) {
 	g.start(l)
 	g.converge()
 	g.identical()
+}
+
+// A log of few but large entries (a load's chunks) is compacted by its
+// bytes, though it holds far fewer entries than LogKeep: a follower that
+// lost its data gets a snapshot instead of replaying them all.
+func TestALogOfLargeEntriesIsCompactedByItsBytes(t *testing.T) {
+	g := newReplicas(t, 3, 10_000)
+	g.bytes = 64 << 10
+	for _, id := range g.ids {
+		g.kill(id)
+		g.start(id)
+	}
+	l := g.leader()
+	g.mustWrite(l, "CREATE TABLE t (id INTEGER PRIMARY KEY, b)")
+	f := g.follower(l)
+	g.converge()
+	g.kill(f)
+	for range 30 {
+		g.mustWrite(l, "INSERT INTO t (b) VALUES (randomblob(8000) || '"+strings.Repeat("x", 8000)+"')")
+	}
+	first, _ := g.r[l].Node().storage.FirstIndex()
+	if first <= 10 {
+		t.Fatalf("30 entries of 8 KB with 64 KiB kept: the log still starts at %d", first)
+	}
+	applied := g.r[l].Node().applied.Load()
+	if kept, _ := g.r[l].Node().storage.keptBehind(applied, 0); kept > 64<<10+64<<10/8+9000 {
+		t.Fatalf("the log keeps %d bytes behind what it applied, over 64 KiB and an eighth", kept)
+	}
+	g.start(f)
+	g.converge()
+	g.identical()
+	if n := g.r[f].Node().SnapshotsInstalled(); n != 1 {
+		t.Fatalf("the follower installed %d snapshots, want 1", n)
+	}
 }
 
 // A node records the commit index only with the steps that write entries

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 
 	"go.etcd.io/raft/v3"
@@ -42,6 +43,11 @@ type Storage struct {
 	// dropped: entries up to this index hold no Data here (it is in the
 	// file); always the oldest ones.
 	dropped uint64
+	// cum[i] is the data of every entry up to ents[i] (held here or not),
+	// counted from a start of no meaning; snapCum is the count at
+	// snapIndex. Their differences are the log's bytes between indexes.
+	cum     []uint64
+	snapCum uint64
 }
 
 // memLogBytes bounds the entries' data a node keeps in memory.
@@ -90,6 +96,7 @@ func OpenStorage(ctx context.Context, st *store.Store) (*Storage, error) {
 		for _, e := range stored {
 			s.ents = append(s.ents, raftEntry(e))
 			s.dataBytes += len(e.Data)
+			s.cum = append(s.cum, s.cumAt(s.lastIndex()-1)+uint64(len(e.Data)))
 		}
 		s.keepWithinMemory()
 		next += uint64(len(stored))
@@ -188,6 +195,33 @@ func (s *Storage) LastIndex() (uint64, error) {
 
 func (s *Storage) lastIndex() uint64 { return s.snapIndex + uint64(len(s.ents)) }
 
+// cumAt is cum at index i (snapIndex ≤ i ≤ lastIndex). Called with mu
+// held.
+func (s *Storage) cumAt(i uint64) uint64 {
+	if i == s.snapIndex {
+		return s.snapCum
+	}
+	return s.cum[i-s.snapIndex-1]
+}
+
+// keptBehind returns the log's data bytes from its first entry up to
+// applied, and the index up to which the log may be compacted so that the
+// entries after it, up to applied, hold no more than keepBytes of data (at
+// most applied; the log's start when they already do).
+func (s *Storage) keptBehind(applied, keepBytes uint64) (bytes, upTo uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	applied = min(applied, s.lastIndex())
+	if applied <= s.snapIndex {
+		return 0, s.snapIndex
+	}
+	end := s.cumAt(applied)
+	bytes = end - s.snapCum
+	// The first index after which at most keepBytes lie up to applied.
+	j := sort.Search(int(applied-s.snapIndex)+1, func(j int) bool { return end-s.cumAt(s.snapIndex+uint64(j)) <= keepBytes })
+	return bytes, s.snapIndex + uint64(j)
+}
+
 // FirstIndex implements raft.Storage.
 func (s *Storage) FirstIndex() (uint64, error) {
 	s.mu.Lock()
@@ -223,7 +257,9 @@ func (s *Storage) Compact(index uint64) error {
 	for _, e := range s.ents[:index-s.snapIndex] {
 		s.dataBytes -= len(e.Data)
 	}
+	s.snapCum = s.cum[index-s.snapIndex-1]
 	s.ents = append([]pb.Entry(nil), s.ents[index-s.snapIndex:]...)
+	s.cum = append([]uint64(nil), s.cum[index-s.snapIndex:]...)
 	s.snapIndex, s.snapTerm = index, term
 	s.dropped = max(s.dropped, index)
 	return nil
@@ -235,6 +271,7 @@ func (s *Storage) installed(meta pb.SnapshotMetadata, hard pb.HardState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ents, s.dataBytes = nil, 0
+	s.cum, s.snapCum = nil, 0
 	s.snapIndex, s.snapTerm = meta.Index, meta.Term
 	s.dropped = meta.Index
 	s.conf = meta.ConfState
@@ -303,8 +340,10 @@ func (s *Storage) saved(entries []pb.Entry, hard pb.HardState) error {
 		s.dataBytes -= len(e.Data)
 	}
 	s.ents = append(s.ents[:first-s.snapIndex-1], entries...)
+	s.cum = s.cum[:first-s.snapIndex-1]
 	for _, e := range entries {
 		s.dataBytes += len(e.Data)
+		s.cum = append(s.cum, s.cumAt(e.Index-1)+uint64(len(e.Data)))
 	}
 	// Entries replaced from first on hold their data here again.
 	s.dropped = min(s.dropped, first-1)

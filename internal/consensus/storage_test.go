@@ -83,3 +83,85 @@ func TestTheLogKeepsBoundedDataInMemoryAndServesTheRestFromTheFile(t *testing.T)
 	}
 	check("after a restart")
 }
+
+// keptBehind counts the log's data up to an index, and finds where to
+// compact it so that at most a number of bytes stay: across appends, a
+// replaced suffix, a compaction, a restart and an installed snapshot.
+func TestTheLogCountsItsBytesToCompactByThem(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	st, err := store.Open(store.Options{Path: path, Synchronous: "OFF"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { st.Close() }()
+	s, err := OpenStorage(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := map[uint64]int{} // index -> data bytes, as the log now holds it
+	save := func(from, to, term uint64, size func(i uint64) int) {
+		t.Helper()
+		var es []pb.Entry
+		for i := from; i <= to; i++ {
+			es = append(es, pb.Entry{Index: i, Term: term, Data: make([]byte, size(i))})
+			sizes[i] = size(i)
+		}
+		for i := to + 1; sizes[i] > 0; i++ {
+			delete(sizes, i)
+		}
+		if err := s.Save(es, pb.HardState{Term: term, Commit: from - 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The oracle: the bytes from first to applied, and the least index
+	// after which at most keep bytes lie up to applied.
+	check := func(when string, applied, keep uint64) {
+		t.Helper()
+		first, _ := s.FirstIndex()
+		var total uint64
+		for i := first; i <= applied; i++ {
+			total += uint64(sizes[i])
+		}
+		upTo, rest := first-1, total
+		for rest > keep {
+			upTo++
+			rest -= uint64(sizes[upTo])
+		}
+		bytes, to := s.keptBehind(applied, keep)
+		if bytes != total || to != upTo {
+			t.Fatalf("%s: keptBehind(%d, %d) = %d bytes, up to %d; want %d, %d", when, applied, keep, bytes, to, total, upTo)
+		}
+	}
+	save(1, 40, 1, func(i uint64) int { return int(i%7) * 100 })
+	for _, keep := range []uint64{0, 1, 99, 100, 600, 5000, 1 << 20} {
+		for applied := uint64(0); applied <= 40; applied += 5 {
+			check("appended", applied, keep)
+		}
+	}
+	save(30, 50, 2, func(i uint64) int { return 1000 + int(i) }) // replaces 30..40
+	check("replaced", 50, 3000)
+	check("replaced", 35, 10)
+	if _, to := s.keptBehind(50, 3000); true {
+		if err := s.Compact(to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("compacted", 50, 3000)
+	check("compacted", 50, 0)
+	save(51, 60, 2, func(i uint64) int { return 10 })
+	check("after compaction", 60, 2500)
+	st.Close()
+	if st, err = store.Open(store.Options{Path: path, Synchronous: "OFF"}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = OpenStorage(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	check("restarted", 60, 2500)
+	check("restarted", 55, 0)
+	s.installed(pb.SnapshotMetadata{Index: 100, Term: 3}, pb.HardState{Term: 3, Commit: 100})
+	clear(sizes)
+	check("installed", 100, 0)
+	save(101, 110, 3, func(i uint64) int { return 50 })
+	check("after the snapshot", 110, 120)
+}

@@ -210,7 +210,7 @@ func raftConfig(cfg *cluster.Config, timing cluster.Timing, tr *peer.Client, log
 		ID: cluster.RaftID(cfg.ID), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: master,
 		AckTimeout: cfg.AckTimeout, Timing: timing,
 		Limits: api.Limits(cfg),
-		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, InjectBug: cfg.InjectBug,
+		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, LogKeepBytes: cfg.LogKeepBytes, InjectBug: cfg.InjectBug,
 		Peer: tr, Log: logger,
 		CheckInterval: cfg.CheckInterval, NoRepair: cfg.CheckRepair == "off",
 	}

@@ -25,9 +25,12 @@ import (
 var timing = cluster.DefaultTiming()
 
 const (
-	tick       = cluster.DefaultTick
-	logKeep    = 64
-	ackTimeout = 4 * time.Second // how long a write or a configuration change may wait
+	tick    = cluster.DefaultTick
+	logKeep = 64
+	// logKeepBytes bounds the kept log's data too (a few large writes
+	// compact it sooner).
+	logKeepBytes = 16 << 10
+	ackTimeout   = 4 * time.Second // how long a write or a configuration change may wait
 )
 
 // node is one simulated node.
@@ -120,7 +123,7 @@ func (s *sim) start(nd *node) error {
 	rep, err := consensus.OpenReplica(context.Background(), st, transport{s, nd, nd.inc}, consensus.ReplicaConfig{
 		Applied: &applied, Now: nd.clock, Seeds: s.rng.Int64,
 		Node: consensus.Config{ID: nd.id, Voters: voters, Timing: timing, Preferred: 1,
-			LogKeep: logKeep, Now: nd.clock, Mono: s.mono, Log: log, InjectBug: s.o.Bug},
+			LogKeep: logKeep, LogKeepBytes: logKeepBytes, Now: nd.clock, Mono: s.mono, Log: log, InjectBug: s.o.Bug},
 	})
 	if err != nil {
 		st.Close()
