@@ -44,7 +44,11 @@ func (s *Store) Dump(ctx context.Context, w io.Writer) (uint64, error) {
 
 // DumpFile writes the user content of the SQLite database file at path as
 // SQL text (see Dump). The file is opened read-only and must pass SQLite's
-// integrity check: a damaged file is refused, not half read.
+// quick check (its pages and tables whole): a damaged file is refused, not
+// half read. Its indexes are not read (rows come from the tables, NOT
+// INDEXED, and the dump makes the indexes again), so the quick check, which
+// does not compare them with their tables, suffices, at a fraction of the
+// full check's time (a second for a 64 MiB file).
 func DumpFile(path string, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	if err := dumpFile(path, writerSink{bw}); err != nil {
@@ -59,7 +63,7 @@ func dumpFile(path string, out stmtSink) error {
 		return fmt.Errorf("open the database file: %w", err)
 	}
 	defer c.Close()
-	row, err := c.QueryRow("PRAGMA integrity_check")
+	row, err := c.QueryRow("PRAGMA quick_check")
 	if err != nil {
 		return fmt.Errorf("not a readable SQLite database: %w", err)
 	}
@@ -253,35 +257,70 @@ func dumpRows(c *sqlite.Conn, out stmtSink, table string) error {
 		names = append(names, quoteIdent(col[0].(string)))
 	}
 	list := strings.Join(names, ",")
-	stmt, err := c.Prepare("SELECT " + list + " FROM " + quoteIdent(table))
+	stmt, err := c.Prepare("SELECT " + list + " FROM " + quoteIdent(table) + " NOT INDEXED")
 	if err != nil {
 		return fmt.Errorf("read %s: %w", table, err)
 	}
 	defer stmt.Close()
 	prefix := "INSERT INTO " + quoteIdent(table) + "(" + list + ") VALUES("
+	per := 1
+	if g, ok := out.(groupingSink); ok {
+		per = g.rowsPerInsert()
+	}
 	row := make([]any, len(names))
-	var b []byte
+	var b, r []byte
+	n := 0 // rows in b
 	for {
 		more, err := stmt.Step()
 		if err != nil {
 			return fmt.Errorf("read %s: %w", table, err)
 		}
 		if !more {
+			if n > 0 {
+				return out.stmt(append(b, ");"...))
+			}
 			return nil
 		}
 		row = stmt.Row(row[:0])
-		b = append(b[:0], prefix...)
+		r = r[:0]
 		for i, v := range row {
 			if i > 0 {
-				b = append(b, ',')
+				r = append(r, ',')
 			}
-			b = append(b, sqlLiteral(v)...)
+			r = append(r, sqlLiteral(v)...)
 		}
-		if err := out.stmt(append(b, ");"...)); err != nil {
-			return err
+		if n > 0 && len(b)+len(r) > groupedInsertBytes {
+			// A long row goes alone: it never makes a statement too long
+			// that would fit on its own.
+			if err := out.stmt(append(b, ");"...)); err != nil {
+				return err
+			}
+			n = 0
+		}
+		if n == 0 {
+			b = append(b[:0], prefix...)
+		} else {
+			b = append(b, "),("...)
+		}
+		b = append(b, r...)
+		if n++; n >= per || len(b) >= groupedInsertBytes {
+			if err := out.stmt(append(b, ");"...)); err != nil {
+				return err
+			}
+			n = 0
 		}
 	}
 }
+
+// groupingSink is a statement sink that takes INSERTs of several rows: a
+// load runs them at a fraction of the cost of one statement a row (each
+// statement is compiled, authorized and run on every node). A dump a user
+// reads keeps one row a statement, as sqlite3's does.
+type groupingSink interface{ rowsPerInsert() int }
+
+// groupedInsertBytes ends an INSERT of several rows once it is this long
+// (a row longer than that goes alone).
+const groupedInsertBytes = 64 << 10
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // A dump read back into another database gives the same content, value
@@ -296,4 +297,122 @@ func TestTheFuzzersFinalDatabaseRoundTripsThroughBackups(t *testing.T) {
 			t.Fatalf("the final databases held no %s table: the runs cover less than they should (%v)", k, kinds)
 		}
 	}
+}
+
+// A file's rows are read from its tables, never from its indexes: the
+// quick check it must pass does not compare an index with its table, so a
+// file whose index holds another table's rows (their root pages swapped)
+// passes it, and reading rows through that index (which the file's own
+// statistics can make SQLite prefer) would load the wrong ones.
+func TestAFileIsDumpedFromItsTablesNotItsIndexes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "swapped.db")
+	c, err := sqlite.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"CREATE TABLE t (a)", "CREATE TABLE u (a)",
+		"WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 500) INSERT INTO t SELECT x FROM s",
+		"INSERT INTO u SELECT -a FROM t",
+		"CREATE INDEX t_a ON t (a)", "CREATE INDEX u_a ON u (a)",
+		// Statistics that make the indexes look far smaller than their
+		// tables: a full scan would read them instead.
+		"ANALYZE", "UPDATE sqlite_stat1 SET stat = stat || ' sz=1' WHERE idx IS NOT NULL",
+	} {
+		if err := c.Exec(q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	roots, err := c.All("SELECT name, rootpage FROM sqlite_schema WHERE type = 'index' ORDER BY name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"PRAGMA writable_schema = ON",
+		fmt.Sprintf("UPDATE sqlite_schema SET rootpage = %d WHERE name = 't_a'", roots[1][1]),
+		fmt.Sprintf("UPDATE sqlite_schema SET rootpage = %d WHERE name = 'u_a'", roots[0][1]),
+		"PRAGMA writable_schema = OFF",
+	} {
+		if err := c.Exec(q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	c.Close()
+	var dump strings.Builder
+	if err := DumpFile(path, &dump); err != nil {
+		t.Fatalf("the file fails the check a load makes: %v", err)
+	}
+	if strings.Contains(dump.String(), `INSERT INTO "t"(rowid,"a") VALUES(1,-1)`) || !strings.Contains(dump.String(), `INSERT INTO "t"(rowid,"a") VALUES(1,1)`) {
+		t.Fatalf("the rows of t were read from another table's index:\n%.400s", dump.String())
+	}
+}
+
+// A load's plan takes a file's rows many to an INSERT (each statement is
+// compiled and authorized on every node: one a row cost a load most of its
+// time), and loads them as they were; a row as long as a statement may be
+// still loads, alone, whatever rows came before it.
+func TestALoadGroupsAFilesRowsAndLoadsThemWhole(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rows.db")
+	c, err := sqlite.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := (MaxLoadStatementBytes - 200) / 2 // bytes of a blob whose literal just fits
+	for _, q := range []string{
+		"CREATE TABLE t (id INTEGER PRIMARY KEY, v)",
+		"CREATE TABLE k (a TEXT, b REAL, c BLOB)",
+		"WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 250) INSERT INTO t SELECT x, x * 3 FROM s",
+		fmt.Sprintf("INSERT INTO t VALUES (251, zeroblob(%d))", long),
+		"WITH RECURSIVE s(x) AS (SELECT 252 UNION ALL SELECT x + 1 FROM s WHERE x < 500) INSERT INTO t SELECT x, 'row ' || x FROM s",
+		"WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 300) INSERT INTO k SELECT char(x % 50 + 40) || x, x / 7.0, randomblob(x % 5) FROM s",
+	} {
+		if err := c.Exec(q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	c.Close()
+	plan, err := PlanLoad(path, dir)
+	if err != nil {
+		t.Fatalf("a file with a row as long as a statement may be: %v", err)
+	}
+	defer plan.Close()
+	inserts := 0
+	for i := range plan.Chunks() {
+		text, err := plan.Chunk(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inserts += strings.Count(text, "INSERT INTO ")
+	}
+	if inserts > 12 {
+		t.Fatalf("800 rows in %d INSERTs: rows are not grouped", inserts)
+	}
+	// The same file as a dump of one row a statement, loaded beside it.
+	text, err := os.Create(filepath.Join(dir, "rows.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := DumpFile(path, text); err != nil {
+		t.Fatal(err)
+	}
+	text.Close()
+	single, err := PlanLoad(text.Name(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer single.Close()
+	src := openTemp(t, "src.db")
+	if res := applyNext(t, src, loadWrites(t, single, "S")...); res[len(res)-1].Err != nil {
+		t.Fatalf("load of the dump: %v", res[len(res)-1].Err)
+	}
+	if n := scalar(t, src, "SELECT count(*) FROM t"); n != int64(500) {
+		t.Fatalf("%v rows of t from the dump", n)
+	}
+	dst := openTemp(t, "dst.db")
+	res := applyNext(t, dst, loadWrites(t, plan, "G")...)
+	if err := res[len(res)-1].Err; err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	sameContent(t, src, dst)
 }

@@ -177,6 +177,9 @@ func (c *chunker) stmt(st []byte) error {
 	return nil
 }
 
+// rowsPerInsert: a load's plan takes a file's rows 100 to an INSERT.
+func (c *chunker) rowsPerInsert() int { return 100 }
+
 func (c *chunker) finish() error {
 	if c.cur > 0 {
 		c.p.ends = append(c.p.ends, c.p.Bytes)
@@ -307,7 +310,7 @@ func (s *Store) stagedLoad(id string) (chunks, bytes int64, err error) {
 		return 0, 0, err
 	}
 	s.wconn.auth.reset(policyReplica)
-	row, err := s.w.QueryRow("SELECT count(*), coalesce(sum(length(CAST(sql AS BLOB))), 0) FROM _ddb_load WHERE load = ?", id)
+	row, err := s.w.QueryRow("SELECT count(*), coalesce(sum(octet_length(sql)), 0) FROM _ddb_load WHERE load = ?", id)
 	if err != nil {
 		return 0, 0, fmt.Errorf("read a load's staged chunks: %w", err)
 	}
