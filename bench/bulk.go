@@ -145,13 +145,7 @@ CREATE INDEX big_a ON big(a);`, rows)
 		out = append(out, r)
 	}
 	// Every node holds the loaded database now: its memory.
-	var ourRSS []int64
-	if c != nil {
-		for i := 0; i <= c.Slaves; i++ {
-			ourRSS = append(ourRSS, bench.RSS(c.Node(i).Pid()))
-		}
-	}
-	rqRSS := rq.rss()
+	ourMem, rqMem := bench.Memory(ourPids(c)), bench.Memory(rq.pids())
 
 	// A follower's restart (SIGTERM, start, until it serves and has the
 	// leader's index), then a wiped follower's catch-up (its data removed).
@@ -219,7 +213,7 @@ CREATE INDEX big_a ON big(a);`, rows)
 			fmt.Printf("%-90s ours %10v rqlite %10v ratio %s  rows/s %s / %s  sqlite3 %s\n", r.what, r.ours.Round(time.Millisecond), r.rq.Round(time.Millisecond), ratio, rate(r.ours, r.oursErr, r.rows), rate(r.rq, r.rqErr, r.rqRows), fl)
 		}
 	}
-	fmt.Printf("\nresident memory per node with the database loaded: ours %v MiB, rqlite %v MiB\n", mib(ourRSS), mib(rqRSS))
+	fmt.Printf("\nresident memory per node with the database loaded: ours %s, rqlite %s\n", ourMem, rqMem)
 }
 
 // waitServes waits until a node answers /readyz with 200.

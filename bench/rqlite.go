@@ -165,11 +165,23 @@ func (c *rqCluster) cpu() time.Duration {
 	return t
 }
 
-// rss is the resident memory of each process.
-func (c *rqCluster) rss() []int64 {
-	var out []int64
+// pids are the nodes' processes.
+func (c *rqCluster) pids() []int {
+	var out []int
 	for _, p := range c.procs {
-		out = append(out, bench.RSS(p.Process.Pid))
+		out = append(out, p.Process.Pid)
+	}
+	return out
+}
+
+// ourPids are the processes of our cluster's nodes (none if it was not
+// started here).
+func ourPids(c *testcluster.Cluster) []int {
+	var out []int
+	if c != nil {
+		for i := 0; i <= c.Slaves; i++ {
+			out = append(out, c.Node(i).Pid())
+		}
 	}
 	return out
 }
@@ -385,13 +397,7 @@ func compare(tb *testcluster.Standalone, c *testcluster.Cluster, ours []string, 
 		out = append(out, row)
 	}
 	printComparison(out, clients, md)
-	var ourRSS []int64
-	if c != nil {
-		for i := 0; i <= c.Slaves; i++ {
-			ourRSS = append(ourRSS, bench.RSS(c.Node(i).Pid()))
-		}
-	}
-	fmt.Printf("\nresident memory per node after the run: ours %v MiB, rqlite %v MiB\n", mib(ourRSS), mib(rq.rss()))
+	fmt.Printf("\nresident memory per node after the run: ours %s, rqlite %s\n", bench.Memory(ourPids(c)), bench.Memory(rq.pids()))
 }
 
 // shortName is a pair's name as -workloads can give it: its words joined
@@ -476,12 +482,4 @@ func printComparison(rows []sideBySide, clients int, md bool) {
 			fmt.Printf("    errors: ours %d, rqlite %d\n", r.ours.Errors, r.rq.Errors)
 		}
 	}
-}
-
-func mib(b []int64) string {
-	var s []string
-	for _, v := range b {
-		s = append(s, fmt.Sprintf("%.0f", float64(v)/(1<<20)))
-	}
-	return strings.Join(s, "/")
 }

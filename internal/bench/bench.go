@@ -188,6 +188,22 @@ func SQLiteCeiling(dir string, clients int, d time.Duration) (Result, error) {
 // RSS is the resident memory of process pid in bytes (Linux), 0 if unknown.
 func RSS(pid int) int64 { return statusBytes(pid, "VmRSS:") }
 
+// AnonRSS is the part of RSS that is the process's own memory (heap,
+// stacks), without the file pages it maps (its executable's among them),
+// in bytes (Linux), 0 if unknown.
+func AnonRSS(pid int) int64 { return statusBytes(pid, "RssAnon:") }
+
+// Memory describes the resident memory of processes pids, in MiB, and
+// how much of it is their own (not mapped files, such as the binary).
+func Memory(pids []int) string {
+	var all, anon []string
+	for _, p := range pids {
+		all = append(all, fmt.Sprintf("%.0f", float64(RSS(p))/(1<<20)))
+		anon = append(anon, fmt.Sprintf("%.0f", float64(AnonRSS(p))/(1<<20)))
+	}
+	return fmt.Sprintf("%s MiB (anonymous %s)", strings.Join(all, "/"), strings.Join(anon, "/"))
+}
+
 // PeakRSS is the most resident memory process pid has had, in bytes
 // (Linux), 0 if unknown.
 func PeakRSS(pid int) int64 { return statusBytes(pid, "VmHWM:") }

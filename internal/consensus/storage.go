@@ -51,7 +51,7 @@ type Storage struct {
 }
 
 // memLogBytes bounds the entries' data a node keeps in memory.
-const memLogBytes = 64 << 20
+const memLogBytes = 8 << 20
 
 // keepWithinMemory drops the oldest entries' data until what is kept fits
 // memLogBytes (the newest entry always keeps its own). Called with mu held.
