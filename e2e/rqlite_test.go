@@ -265,6 +265,22 @@ func TestRqliteShellRequestsAreAnsweredAsRqliteAnswersThem(t *testing.T) {
 	if res := r["results"].([]any); len(res) != 2 || res[1].(map[string]any)["last_insert_id"] != 3.0 {
 		t.Fatalf("two writes in one string: %v", r)
 	}
+	// A write sent to /db/query fails alone, per statement, and changes
+	// nothing; the reads around it answer (a schema change too, and one
+	// that would change nothing).
+	r = post("/db/query?level=none", `["SELECT count(*) FROM foo", "INSERT INTO foo(name) VALUES ('q')", "DROP TABLE IF EXISTS nothere", "CREATE TABLE q (x)", "SELECT name FROM foo WHERE id = 1"]`)
+	res := r["results"].([]any)
+	for _, i := range []int{1, 2, 3} {
+		if len(res) != 5 || res[i].(map[string]any)["error"] != "attempt to change database via query operation" {
+			t.Fatalf("writes in /db/query: %v", r)
+		}
+	}
+	if !reflect.DeepEqual(res[0].(map[string]any)["values"], []any{[]any{3.0}}) || !reflect.DeepEqual(res[4].(map[string]any)["values"], []any{[]any{"fiona"}}) {
+		t.Fatalf("reads around writes in /db/query: %v", r)
+	}
+	if r = post("/db/query", `["SELECT count(*) FROM foo WHERE name = 'q'", "SELECT count(*) FROM sqlite_master WHERE name = 'q'"]`); !reflect.DeepEqual(r["results"].([]any)[0].(map[string]any)["values"], []any{[]any{0.0}}) || !reflect.DeepEqual(r["results"].([]any)[1].(map[string]any)["values"], []any{[]any{0.0}}) {
+		t.Fatalf("a write in /db/query changed something: %v", r)
+	}
 	status, _, b := get("/db/query?level=weak&q=" + url.QueryEscape(`SELECT name FROM sqlite_master WHERE type="table"`))
 	if status != 200 || !strings.Contains(string(b), `["foo"]`) {
 		t.Fatalf(".tables: %d %s", status, b)

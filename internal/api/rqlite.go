@@ -459,15 +459,13 @@ func (s *Server) rqRead(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	lim := all
 	var rows, bytes int
 	for _, st := range stmts {
-		one := []rlog.Statement{st}
-		kind, err := s.st.Classify(ctx, one)
-		if err == nil && kind != store.KindRead {
+		// A statement that would change something is refused by Read
+		// before it runs (compiled once, on the connection that runs it,
+		// where a Classify first would compile it on another).
+		res, err := s.st.Read(ctx, []rlog.Statement{st}, lim)
+		if nr := (*store.NotReadError)(nil); errors.As(err, &nr) {
 			resp.results = append(resp.results, rqResult{err: &store.StatementError{Message: "attempt to change database via query operation"}})
 			continue
-		}
-		var res []store.Result
-		if err == nil {
-			res, err = s.st.Read(ctx, one, lim)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
