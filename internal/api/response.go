@@ -88,9 +88,21 @@ func appendStrings(b []byte, ss []string) []byte {
 	return append(b, ']')
 }
 
+// appendString appends s as encoding/json writes it. A string of printable
+// ASCII that needs no escape (no quote, backslash, or the <, > and & that
+// encoding/json escapes) is copied as it is; any other goes through
+// encoding/json (most column names and many values are the first kind, and
+// encoding/json costs an allocation and a conversion for each).
 func appendString(b []byte, s string) []byte {
-	j, _ := json.Marshal(s)
-	return append(b, j...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			j, _ := json.Marshal(s)
+			return append(b, j...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // appendRows writes a result in the requested format. objects: an array of

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"encoding/json"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -103,6 +105,34 @@ func TestRequestStringsAreCutIntoStatements(t *testing.T) {
 	} {
 		if got := splitStatements([]rlog.Statement{c.in}); len(got) != c.want {
 			t.Errorf("%q: %d statements, want %d: %q", c.in.SQL, len(got), c.want, got)
+		}
+	}
+}
+
+// appendString writes every string exactly as encoding/json does: every
+// byte value alone and next to printable text, the characters
+// encoding/json escapes, invalid UTF-8, and random strings.
+func TestStringsAreEncodedAsEncodingJSONEncodesThem(t *testing.T) {
+	cases := []string{"", "plain", "a b", `"quoted"`, `back\slash`, "<tag>", "a&b", "tab\there", "nl\n", "del\x7f", "é", "\u2028\u2029", "\xff\xfe", "日本語", "emoji 🙂", "\x00"}
+	for c := 0; c < 256; c++ {
+		cases = append(cases, string([]byte{byte(c)}), "text "+string([]byte{byte(c)})+" more")
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		b := make([]byte, rng.IntN(20))
+		for i := range b {
+			if rng.IntN(4) == 0 {
+				b[i] = byte(rng.IntN(256))
+			} else {
+				b[i] = byte(0x20 + rng.IntN(0x5f))
+			}
+		}
+		cases = append(cases, string(b))
+	}
+	for _, s := range cases {
+		want, _ := json.Marshal(s)
+		if got := appendString([]byte("x"), s); string(got) != "x"+string(want) {
+			t.Fatalf("%q: %s, encoding/json writes %s", s, got[1:], want)
 		}
 	}
 }
