@@ -7,6 +7,7 @@ import (
 
 	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // ApplyLog applies committed log entries whose bodies are rlog.Write
@@ -251,6 +252,15 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		s.steps = stepBudget{}
 		if err == nil && w.RequestID != "" {
 			err = s.record(w.RequestID, fingerprint, e.Index, e.TimeMs, results)
+		}
+		if sqlite.Environmental(err) {
+			// The disk full, an I/O error, memory exhausted: this node's
+			// trouble, not the entry's. Recorded as the entry's failure, it
+			// would leave this node without what every other node applied.
+			// The batch rolls back and the apply stops; the entry applies
+			// again once the node can (after a restart).
+			s.internal("ROLLBACK")
+			return nil, nil, fmt.Errorf("entry %d could not be applied on this node: %w", e.Index, err)
 		}
 		if err != nil {
 			if !s.w.InTransaction() {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -270,5 +271,60 @@ func TestALogFileBesideAnotherDatabaseIsEmptied(t *testing.T) {
 	defer s.Close()
 	if empty, err := s.RaftStateEmpty(context.Background()); !empty || err != nil || !s.RaftLogDiscarded {
 		t.Fatalf("empty %v, discarded %v, %v", empty, s.RaftLogDiscarded, err)
+	}
+}
+
+// A write that fails on one node for that machine's sake (its disk full:
+// here the connection's page limit, which SQLite reports as the disk
+// full) is not the write's outcome: recorded as the entry's failure, it
+// would leave that node without what every other node applied. ApplyLog
+// fails instead, keeping nothing of the batch; once the node has room, the
+// same entries apply as on a node that never lacked it. For a write of
+// independent statements (rqlite's API) and for an ordinary one, with
+// entries before it in the batch.
+func TestAFullDiskStopsTheApplyInsteadOfFailingTheEntry(t *testing.T) {
+	for _, each := range []bool{false, true} {
+		full, roomy := openTemp(t, "full.db"), openTemp(t, "roomy.db")
+		for _, s := range []*Store{full, roomy} {
+			applyNext(t, s, rlog.Write{Stmts: stmts("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)", "INSERT INTO t (b) VALUES (x'00')"), AllowSchema: true})
+		}
+		pages := scalar(t, full, "PRAGMA page_count").(int64)
+		full.wconn.auth.reset(policyReplica)
+		if err := full.w.Exec(fmt.Sprintf("PRAGMA max_page_count = %d", pages+8)); err != nil {
+			t.Fatal(err)
+		}
+		ws := []rlog.Write{
+			{Stmts: stmts("INSERT INTO t (b) VALUES (x'01')")},
+			{Stmts: stmts("INSERT INTO t (b) VALUES (x'02')", "INSERT INTO t (b) VALUES (zeroblob(200000))", "INSERT INTO t (b) VALUES (x'03')"), Each: each},
+			{Stmts: stmts("INSERT INTO t (b) VALUES (x'04')")},
+		}
+		es := logEntries(t, ws...)
+		for i := range es {
+			es[i].Index += full.Applied()
+		}
+		before := full.Applied()
+		out, err := full.ApplyLog(es)
+		if err == nil || !sqlite.Environmental(err) {
+			t.Fatalf("each=%v: a full disk: %v, outcomes %v", each, err, describe(out))
+		}
+		if full.Applied() != before || scalar(t, full, "SELECT count(*) FROM t") != int64(1) {
+			t.Fatalf("each=%v: the failed batch left something: applied %d (was %d)", each, full.Applied(), before)
+		}
+		full.wconn.auth.reset(policyReplica)
+		if err := full.w.Exec("PRAGMA max_page_count = 1073741823"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := full.ApplyLog(es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := roomy.ApplyLog(es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, w := describe(got), describe(want); !slices.Equal(g, w) {
+			t.Fatalf("each=%v: once it has room:\n%v\nwhere a node never short of it:\n%v", each, g, w)
+		}
+		sameContent(t, full, roomy)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Request is one client write: its statements run as one atomic unit.
@@ -126,6 +127,9 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 		s.wconn.auth.reset(p)
 		r, rerr := s.run(context.Background(), s.wconn, st, collect || hasID, b)
 		if rerr != nil {
+			if sqlite.Environmental(rerr) {
+				return nil, false, rerr // not the statement's failure: the entry stops (see applyOnce)
+			}
 			if !s.w.InTransaction() {
 				return nil, false, rerr // it rolled back the whole transaction: the entry fails alone
 			}
