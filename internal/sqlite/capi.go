@@ -284,31 +284,6 @@ const (
 	ErrCodeRange      = 25
 )
 
-// Environmental reports whether err is SQLite's report of the machine
-// rather than of the SQL: the disk full (or the file at its page limit), an
-// I/O error, memory exhausted, a file damaged, unreadable, read-only or
-// locked by another process. The same statement on another machine, or
-// later on this one, may succeed.
-func Environmental(err error) bool {
-	var e *Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	switch e.Code {
-	case 5, // SQLITE_BUSY
-		7,  // SQLITE_NOMEM
-		8,  // SQLITE_READONLY
-		10, // SQLITE_IOERR
-		11, // SQLITE_CORRUPT
-		13, // SQLITE_FULL
-		14, // SQLITE_CANTOPEN
-		15, // SQLITE_PROTOCOL
-		26: // SQLITE_NOTADB
-		return true
-	}
-	return false
-}
-
 // IsCode reports whether err is a SQLite error with the given primary code.
 func IsCode(err error, code int) bool {
 	var e *Error

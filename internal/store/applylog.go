@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 
 	"github.com/ddbgo/ddb/internal/faults"
 	"github.com/ddbgo/ddb/internal/rlog"
@@ -253,7 +254,7 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		if err == nil && w.RequestID != "" {
 			err = s.record(w.RequestID, fingerprint, e.Index, e.TimeMs, results)
 		}
-		if sqlite.Environmental(err) {
+		if sqlite.Environmental(err, filepath.Dir(s.Path())) {
 			// The disk full, an I/O error, memory exhausted: this node's
 			// trouble, not the entry's. Recorded as the entry's failure, it
 			// would leave this node without what every other node applied.

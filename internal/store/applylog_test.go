@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -276,13 +278,31 @@ func TestALogFileBesideAnotherDatabaseIsEmptied(t *testing.T) {
 
 // A write that fails on one node for that machine's sake (its disk full:
 // here the connection's page limit, which SQLite reports as the disk
-// full) is not the write's outcome: recorded as the entry's failure, it
-// would leave that node without what every other node applied. ApplyLog
-// fails instead, keeping nothing of the batch; once the node has room, the
-// same entries apply as on a node that never lacked it. For a write of
-// independent statements (rqlite's API) and for an ordinary one, with
-// entries before it in the batch.
+// full, while a directory SQLite may use has no room: /proc, as
+// SQLITE_TMPDIR) is not the write's outcome: recorded as the entry's
+// failure, it would leave that node without what every other node applied.
+// ApplyLog fails instead, keeping nothing of the batch; once the node has
+// room, the same entries apply as on a node that never lacked it. For a
+// write of independent statements (rqlite's API) and for an ordinary one,
+// with entries before it in the batch. The same error from the SQL itself
+// (an AUTOINCREMENT counter at its end) fails the entry, as on every node,
+// while the disk has room (with the disk nearly full it would stop the
+// node: SQLite reports both alike).
 func TestAFullDiskStopsTheApplyInsteadOfFailingTheEntry(t *testing.T) {
+	var st syscall.Statfs_t
+	if syscall.Statfs("/proc", &st) != nil || st.Bavail != 0 {
+		t.Skip("needs /proc, a file system without room")
+	}
+	auto := openTemp(t, "auto.db")
+	out := applyNext(t, auto,
+		rlog.Write{Stmts: stmts("CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)", "INSERT INTO a VALUES (9223372036854775807, 1)"), AllowSchema: true},
+		rlog.Write{Stmts: stmts("INSERT INTO a (v) VALUES (2)")},
+		rlog.Write{Stmts: stmts("INSERT INTO a (v) VALUES (3)"), Each: true},
+	)
+	if out[0].Err != nil || out[1].Err == nil || !strings.Contains(out[1].Err.Error(), "full") || out[2].Err == nil || auto.Applied() != 3 {
+		t.Fatalf("an AUTOINCREMENT at its end: %v", describe(out))
+	}
+	t.Setenv("SQLITE_TMPDIR", "/proc")
 	for _, each := range []bool{false, true} {
 		full, roomy := openTemp(t, "full.db"), openTemp(t, "roomy.db")
 		for _, s := range []*Store{full, roomy} {
@@ -304,7 +324,7 @@ func TestAFullDiskStopsTheApplyInsteadOfFailingTheEntry(t *testing.T) {
 		}
 		before := full.Applied()
 		out, err := full.ApplyLog(es)
-		if err == nil || !sqlite.Environmental(err) {
+		if err == nil || !sqlite.Environmental(err, t.TempDir()) {
 			t.Fatalf("each=%v: a full disk: %v, outcomes %v", each, err, describe(out))
 		}
 		if full.Applied() != before || scalar(t, full, "SELECT count(*) FROM t") != int64(1) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -127,7 +128,7 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 		s.wconn.auth.reset(p)
 		r, rerr := s.run(context.Background(), s.wconn, st, collect || hasID, b)
 		if rerr != nil {
-			if sqlite.Environmental(rerr) {
+			if sqlite.Environmental(rerr, filepath.Dir(s.Path())) {
 				return nil, false, rerr // not the statement's failure: the entry stops (see applyOnce)
 			}
 			if !s.w.InTransaction() {
