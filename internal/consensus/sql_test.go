@@ -527,12 +527,7 @@ func TestFollowerBehindTheCompactedLogGetsASnapshot(t *testing.T) {
 	if first <= 10 {
 		t.Fatalf("the leader's log was not compacted (first index %d)", first)
 	}
-	g.start(f)
-	g.converge()
-	g.identical()
-	if n := g.r[f].Node().SnapshotsInstalled(); n != 1 {
-		t.Fatalf("the follower installed %d snapshots, want 1", n)
-	}
+	g.startFromASnapshot(f)
 	for i := 0; i < 10; i++ {
 		g.mustWrite(l, "INSERT INTO t (r) VALUES (random())")
 	}
@@ -577,11 +572,18 @@ func TestALogOfLargeEntriesIsCompactedByItsBytes(t *testing.T) {
 	if kept, _ := g.r[l].Node().storage.keptBehind(applied, 0); kept > 64<<10+64<<10/8+9000 {
 		t.Fatalf("the log keeps %d bytes behind what it applied, over 64 KiB and an eighth", kept)
 	}
+	g.startFromASnapshot(f)
+}
+
+// startFromASnapshot starts follower f, which is behind the leader's
+// compacted log, and checks that it caught up with one snapshot.
+func (g *replicas) startFromASnapshot(f uint64) {
+	g.t.Helper()
 	g.start(f)
 	g.converge()
 	g.identical()
 	if n := g.r[f].Node().SnapshotsInstalled(); n != 1 {
-		t.Fatalf("the follower installed %d snapshots, want 1", n)
+		g.t.Fatalf("the follower installed %d snapshots, want 1", n)
 	}
 }
 

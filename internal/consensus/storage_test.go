@@ -11,21 +11,29 @@ import (
 	"github.com/ddbgo/ddb/internal/store"
 )
 
+// openLogAt opens the store at path and its log; the store is closed when
+// the test ends.
+func openLogAt(t *testing.T, path string) (*store.Store, *Storage) {
+	t.Helper()
+	st, err := store.Open(store.Options{Path: path, Synchronous: "OFF"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	s, err := OpenStorage(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, s
+}
+
 // The log keeps at most memLogBytes of entries' data in memory, however
 // big the entries: older data is read back from the file, exactly, for
 // any range Raft asks (the range crossing from file to memory too), after
 // a suffix is replaced, after compaction, and after a restart.
 func TestTheLogKeepsBoundedDataInMemoryAndServesTheRestFromTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.db")
-	st, err := store.Open(store.Options{Path: path, Synchronous: "OFF"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { st.Close() }()
-	s, err := OpenStorage(context.Background(), st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, s := openLogAt(t, path)
 	const size = 4 << 20
 	data := func(i uint64, term uint64) []byte {
 		b := bytes.Repeat([]byte{byte(i), byte(term)}, size/2)
@@ -75,12 +83,7 @@ func TestTheLogKeepsBoundedDataInMemoryAndServesTheRestFromTheFile(t *testing.T)
 	}
 	check("after compaction")
 	st.Close()
-	if st, err = store.Open(store.Options{Path: path, Synchronous: "OFF"}); err != nil {
-		t.Fatal(err)
-	}
-	if s, err = OpenStorage(context.Background(), st); err != nil {
-		t.Fatal(err)
-	}
+	st, s = openLogAt(t, path)
 	check("after a restart")
 }
 
@@ -89,15 +92,7 @@ func TestTheLogKeepsBoundedDataInMemoryAndServesTheRestFromTheFile(t *testing.T)
 // replaced suffix, a compaction, a restart and an installed snapshot.
 func TestTheLogCountsItsBytesToCompactByThem(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.db")
-	st, err := store.Open(store.Options{Path: path, Synchronous: "OFF"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { st.Close() }()
-	s, err := OpenStorage(context.Background(), st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, s := openLogAt(t, path)
 	sizes := map[uint64]int{} // index -> data bytes, as the log now holds it
 	save := func(from, to, term uint64, size func(i uint64) int) {
 		t.Helper()
@@ -151,12 +146,7 @@ func TestTheLogCountsItsBytesToCompactByThem(t *testing.T) {
 	save(51, 60, 2, func(i uint64) int { return 10 })
 	check("after compaction", 60, 2500)
 	st.Close()
-	if st, err = store.Open(store.Options{Path: path, Synchronous: "OFF"}); err != nil {
-		t.Fatal(err)
-	}
-	if s, err = OpenStorage(context.Background(), st); err != nil {
-		t.Fatal(err)
-	}
+	st, s = openLogAt(t, path)
 	check("restarted", 60, 2500)
 	check("restarted", 55, 0)
 	s.installed(pb.SnapshotMetadata{Index: 100, Term: 3}, pb.HardState{Term: 3, Commit: 100})
