@@ -23,7 +23,7 @@ func Environmental(err error, dir string) bool {
 		return false
 	}
 	switch e.Code {
-	case 5, // SQLITE_BUSY
+	case ErrCodeBusy,
 		8,  // SQLITE_READONLY
 		10, // SQLITE_IOERR
 		14, // SQLITE_CANTOPEN

@@ -118,6 +118,13 @@ type abortedAt struct {
 	err error
 }
 
+// machineFailure reports whether err is this node's machine failing (see
+// sqlite.Environmental) rather than the entry: the one test for every path
+// that would otherwise record a statement's failure as the entry's outcome.
+func (s *Store) machineFailure(err error) bool {
+	return sqlite.Environmental(err, filepath.Dir(s.Path()))
+}
+
 // applyOnce applies entries from the first on in one transaction, and
 // says what came of those it applied: all of them, or, while the database
 // holds a virtual table, only the first (see isolating). aborting: the
@@ -254,9 +261,9 @@ func (s *Store) applyOnce(entries []rlog.Entry, writes []rlog.Write, aborting ma
 		if err == nil && w.RequestID != "" {
 			err = s.record(w.RequestID, fingerprint, e.Index, e.TimeMs, results)
 		}
-		if sqlite.Environmental(err, filepath.Dir(s.Path())) {
-			// The disk full, an I/O error, memory exhausted: this node's
-			// trouble, not the entry's. Recorded as the entry's failure, it
+		if s.machineFailure(err) {
+			// The disk full, an I/O error, a damaged or locked file: this
+			// node's trouble, not the entry's. Recorded as the entry's failure, it
 			// would leave this node without what every other node applied.
 			// The batch rolls back and the apply stops; the entry applies
 			// again once the node can (after a restart).

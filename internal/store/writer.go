@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
-	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // Request is one client write: its statements run as one atomic unit.
@@ -128,7 +126,7 @@ func (s *Store) runEach(stmts []rlog.Statement, allowSchema, collect, hasID, ato
 		s.wconn.auth.reset(p)
 		r, rerr := s.run(context.Background(), s.wconn, st, collect || hasID, b)
 		if rerr != nil {
-			if sqlite.Environmental(rerr, filepath.Dir(s.Path())) {
+			if s.machineFailure(rerr) {
 				return nil, false, rerr // not the statement's failure: the entry stops (see applyOnce)
 			}
 			if !s.w.InTransaction() {
