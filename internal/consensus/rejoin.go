@@ -134,7 +134,7 @@ func (e *Engine) watchMembers() {
 			return
 		}
 		e.noteMissingVoters(since, time.Now())
-		e.noteNoLeader(&warned, time.Now())
+		e.noteNoLeader(&warned, time.Now(), e.rep.Node().InstallingSnapshot())
 		if _, self := e.rep.Node().Leader(); self && !e.bug(faults.RejoinOnce) {
 			e.finishRejoins()
 		}
@@ -145,10 +145,16 @@ func (e *Engine) watchMembers() {
 // node has known no leader for three election windows: a majority of the
 // voters is down, or the others cannot reach this node at its URL (a
 // wrong -advertise or -host, a firewall), which the node cannot tell
-// apart but its operator can.
-func (e *Engine) noteNoLeader(warned *bool, now time.Time) {
+// apart but its operator can. Not while the node installs a snapshot from
+// its leader: its Raft loop, and with it what it knows of the leader,
+// waits for the install, and the warning would send its operator looking
+// for a network fault while it catches up as it should.
+func (e *Engine) noteNoLeader(warned *bool, now time.Time, installing bool) {
 	quiet := now.Sub(time.Unix(0, e.leaderSeen.Load()))
 	switch {
+	case installing:
+		e.leaderSeen.Store(now.UnixNano())
+		*warned = false
 	case quiet <= 3*e.cfg.Timing.ElectionWindow:
 		*warned = false
 	case !*warned && e.admitted.Load():

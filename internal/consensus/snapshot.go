@@ -153,6 +153,27 @@ func removeFile(path string) {
 	}
 }
 
+// InstallingSnapshot reports whether a snapshot received from the leader
+// is being installed: the node runs no Raft step meanwhile (a copy of
+// several GB takes a minute or more to install).
+func (n *Node) InstallingSnapshot() bool {
+	installing := false
+	n.receiving.Range(func(_, v any) bool {
+		f := v.(*snapshotFile)
+		select {
+		case <-f.started:
+			select {
+			case <-f.done:
+			default:
+				installing = true
+			}
+		default:
+		}
+		return !installing
+	})
+	return installing
+}
+
 // SnapshotsInstalled counts the snapshots this node installed since it
 // started.
 func (n *Node) SnapshotsInstalled() uint64 { return n.installed.Load() }
