@@ -160,21 +160,8 @@ CREATE INDEX big_a ON big(a);`, rows)
 			break
 		}
 		r := bulkResult{what: step.what}
+		r.ours = oursFollower(c, ours, step.wipe, 2*time.Minute)
 		t := time.Now()
-		if step.wipe {
-			c.Node(2).Kill()
-			matches, _ := filepath.Glob(c.DBPath(2) + "*")
-			for _, m := range matches {
-				os.RemoveAll(m)
-			}
-		} else {
-			c.Node(2).Stop()
-		}
-		c.StartNode(2)
-		waitServes(ours[2])
-		settleURLs(bench.Client(4), ours)
-		r.ours = time.Since(t)
-		t = time.Now()
 		rq.restart(tb, 2, step.wipe)
 		r.rq = time.Since(t)
 		out = append(out, r)

@@ -36,6 +36,7 @@ func main() {
 	markdown := flag.Bool("markdown", false, "print the table as Markdown")
 	nodeArgs := flag.String("node-args", "", "extra flags for the nodes it starts, space-separated (e.g. \"-check-interval 0\")")
 	loadMB := flag.Int("load-mb", 0, "with -rqlited: after the comparison, load a SQLite file of about this many MiB and its dump into both, then time a follower's restart and a wiped follower's catch-up on it")
+	largeGB := flag.Int("large-gb", 0, "with -rqlited: after the comparison (and -load-mb), fill each cluster in turn with about this many GiB (ours first, removed before rqlite's is filled), then time a follower's restart and a wiped follower's catch-up on it and read every node's memory; ours runs with -log-keep 16 (and -ack-timeout 30m, for statements that run for seconds) so that the catch-up is a copy of the database, as rqlite's is after a snapshot")
 	rqlited := flag.String("rqlited", "", "path of an rqlited binary: run the side-by-side comparison with a 3-node rqlite cluster instead (-workloads then names its rows, e.g. insert-via-the-leader-own-api; default all)")
 	flag.Parse()
 	log.SetFlags(0)
@@ -50,6 +51,11 @@ func main() {
 		if *loadMB > 0 {
 			// A load's body is the whole file.
 			args = append([]string{"-max-body", fmt.Sprint(int64(*loadMB+64) << 21), "-body-timeout", "30m"}, args...)
+		}
+		if *largeGB > 0 {
+			// A fill statement runs for seconds, longer than the default
+			// wait for a write's acknowledgement.
+			args = append([]string{"-log-keep", "16", "-ack-timeout", "30m"}, args...)
 		}
 		c = testcluster.Start(&tb, 2, args...)
 		nodes = []string{c.URL(0), c.URL(1), c.URL(2)}
@@ -72,7 +78,7 @@ func main() {
 				}
 			}
 		})
-		compare(&tb, c, nodes, *rqlited, want, *clients, *duration, *markdown, *loadMB)
+		compare(&tb, c, nodes, *rqlited, want, *clients, *duration, *markdown, *loadMB, *largeGB)
 		return
 	}
 	must(`{"command":"exec","query":"CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, c INTEGER, v TEXT)"}`)

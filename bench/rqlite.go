@@ -105,13 +105,19 @@ func (c *rqCluster) start(tb *testcluster.Standalone, i int) {
 // again, and waits until it serves and has applied the leader's commit
 // index.
 func (c *rqCluster) restart(tb *testcluster.Standalone, i int, wipe bool) {
+	c.restartWithin(tb, i, wipe, 2*time.Minute)
+}
+
+// restartWithin is restart, waiting up to within for the follower to
+// catch up.
+func (c *rqCluster) restartWithin(tb *testcluster.Standalone, i int, wipe bool, within time.Duration) {
 	c.stopOne(c.procs[i])
 	if wipe {
 		os.RemoveAll(c.data[i])
 	}
 	c.start(tb, i)
 	waitServes(c.urls[i])
-	c.settle()
+	c.settleWithin(within)
 }
 
 func (c *rqCluster) waitLeader(tb *testcluster.Standalone) {
@@ -186,8 +192,12 @@ func ourPids(c *testcluster.Cluster) []int {
 	return out
 }
 
-// settle waits until both followers have applied the leader's commit index.
-func (c *rqCluster) settle() {
+// settle waits (up to two minutes) until both followers have applied the
+// leader's commit index.
+func (c *rqCluster) settle() { c.settleWithin(2 * time.Minute) }
+
+// settleWithin is settle, waiting up to within.
+func (c *rqCluster) settleWithin(within time.Duration) {
 	type raftStatus struct {
 		Store struct {
 			Raft struct {
@@ -196,7 +206,7 @@ func (c *rqCluster) settle() {
 			} `json:"raft"`
 		} `json:"store"`
 	}
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		var l raftStatus
 		if rqGet(c.urls[0]+"status", &l) != nil {
@@ -277,11 +287,14 @@ type sideBySide struct {
 
 // compare runs every pair on both systems, in slices alternating between
 // them, and prints the table.
-func compare(tb *testcluster.Standalone, c *testcluster.Cluster, ours []string, rqBin string, want map[string]bool, clients int, d time.Duration, md bool, loadMB int) {
+func compare(tb *testcluster.Standalone, c *testcluster.Cluster, ours []string, rqBin string, want map[string]bool, clients int, d time.Duration, md bool, loadMB, largeGB int) {
 	rq := startRqlite(tb, rqBin)
 	defer func() {
 		if loadMB > 0 {
 			bulk(tb, c, ours, rq, loadMB, md)
+		}
+		if largeGB > 0 {
+			large(tb, c, ours, rq, largeGB, md)
 		}
 	}()
 	hc := bench.Client(64)
@@ -439,8 +452,11 @@ func measure(name string, clients int, d time.Duration, op func(cl, i int) error
 
 // settleURLs waits (up to two minutes) until every node has applied the
 // first node's index.
-func settleURLs(hc *http.Client, nodes []string) {
-	deadline := time.Now().Add(2 * time.Minute)
+func settleURLs(hc *http.Client, nodes []string) { settleURLsWithin(hc, nodes, 2*time.Minute) }
+
+// settleURLsWithin is settleURLs, waiting up to within.
+func settleURLsWithin(hc *http.Client, nodes []string, within time.Duration) {
+	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		want := applied(hc, nodes[0])
 		ok := true
