@@ -235,6 +235,10 @@ const TempBytesPerStep = C.DDB_TEMP_BYTES_PER_STEP
 // have been opened with ?vfs=Name, and be closed before the Clock.
 func (c *Clock) CountTempWrites(conn *Conn) { c.v.budget = conn.budget }
 
+// StopCounting forgets the connection CountTempWrites named, which is about
+// to close; temporary storage written meanwhile counts against nothing.
+func (c *Clock) StopCounting() { c.v.budget = nil }
+
 // Close unregisters the VFS. Every connection using it must be closed first.
 func (c *Clock) Close() {
 	if c.v != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"math"
@@ -225,8 +226,11 @@ func (s *Store) startDigest(index uint64) {
 		fail(err)
 		return
 	}
+	p := newPacer(s.digestRate)
+	swaps := s.swaps.Load()
+	p.stop = func() bool { return s.swaps.Load() != swaps }
 	go func() {
-		d, err := digestOn(r.c, index, newPacer(s.digestRate))
+		d, err := digestOn(r.c, index, p)
 		r.c.Exec("ROLLBACK")
 		s.putReader(r)
 		if err != nil {
@@ -246,22 +250,33 @@ type pacer struct {
 	bytes int64
 	now   func() time.Time
 	sleep func(time.Duration)
+	// stop, if set, says the digest is to stop: the database it reads was
+	// replaced (swapIn waits for its connection).
+	stop func() bool
 }
+
+func (p *pacer) stopped() bool { return p.stop != nil && p.stop() }
+
+// errDigestStopped: the database was replaced while its digest was taken.
+var errDigestStopped = errors.New("the database was replaced while its digest was taken")
 
 func newPacer(rate int64) *pacer {
 	return &pacer{rate: rate, start: time.Now(), now: time.Now, sleep: time.Sleep}
 }
 
-// wait sleeps until the bytes read so far are due at the rate.
+// wait sleeps until the bytes read so far are due at the rate, or the
+// digest is to stop (it looks every pacerLook).
 func (p *pacer) wait() {
 	if p.rate <= 0 {
 		return
 	}
 	due := p.start.Add(time.Duration(float64(p.bytes) / float64(p.rate) * float64(time.Second)))
-	if d := due.Sub(p.now()); d > 0 {
-		p.sleep(d)
+	for d := due.Sub(p.now()); d > 0 && !p.stopped(); d = due.Sub(p.now()) {
+		p.sleep(min(d, pacerLook))
 	}
 }
+
+const pacerLook = 100 * time.Millisecond
 
 // valueBytes is about what v takes in a row.
 func valueBytes(v any) int64 {
@@ -301,6 +316,9 @@ func digestOn(c *sqlite.Conn, index uint64, p *pacer) (*Digest, error) {
 	// The change stream's table is compared too: every node stores the
 	// same changes for the same index (see changes.go).
 	for _, t := range tables {
+		if p.stopped() {
+			return nil, errDigestStopped
+		}
 		name, _ := t[0].(string)
 		wr, _ := t[1].(int64)
 		td, err := digestTable(c, name, wr == 1, p)
@@ -371,6 +389,9 @@ func digestTable(c *sqlite.Conn, name string, withoutRowid bool, p *pacer) (Tabl
 		}
 	}
 	err = eachRow(st, func(row []any) {
+		if p.stopped() {
+			c.Interrupt() // the next step fails
+		}
 		if cur.Rows == 0 {
 			cur.First = keyLiteral(row[:keyCols])
 		}
@@ -439,6 +460,9 @@ func digestOwnTable(c *sqlite.Conn, td TableDigest, quoted string, p *pacer) (Ta
 	defer st.Close()
 	var sorted []string
 	err = eachRow(st, func(row []any) {
+		if p.stopped() {
+			c.Interrupt() // the next step fails
+		}
 		if n, _ := row[0].(string); isInternal(n) {
 			return
 		}

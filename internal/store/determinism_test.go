@@ -684,3 +684,52 @@ func TestADatabaseTheFormerEngineWroteOpensThroughOneMigration(t *testing.T) {
 		s.Close()
 	}
 }
+
+// A clean stop leaves a note of the file it left; the next start skips
+// SQLite's quick check (minutes on a large database) while the file is
+// exactly what the note names, and checks it otherwise. The note goes at
+// every start, so a node killed after it started is checked again. The
+// damage below is made behind the file's back (its time of change put
+// back), which only a start without the note sees: what a clean stop
+// trades is the check of a file nobody changed since.
+func TestACleanStopSparesTheNextStartItsCheck(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, fixedClock(time.Now()), "CREATE TABLE t (x)", "CREATE INDEX tx ON t (x)",
+		"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO t SELECT i FROM n")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-clean"); err != nil {
+		t.Fatalf("a clean stop left no note: %v", err)
+	}
+	damage := func() {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(path)
+		for i := len(b) / 2; i < len(b)/2+4096; i++ {
+			b[i] = 0x5a
+		}
+		os.WriteFile(path, b, 0o644)
+		os.Chtimes(path, fi.ModTime(), fi.ModTime())
+	}
+	damage()
+	s, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatalf("the start after a clean stop checked the file: %v", err)
+	}
+	if _, err := os.Stat(path + "-clean"); !os.IsNotExist(err) {
+		t.Fatalf("the note is still there once the node started: %v", err)
+	}
+	s.Close()
+	// Without the note (a kill, a crash), the start checks the file.
+	os.Remove(path + "-clean")
+	if _, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "integrity check") {
+		t.Fatalf("Open without the note = %v, want a refusal naming the failed integrity check", err)
+	}
+}
