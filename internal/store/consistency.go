@@ -227,8 +227,8 @@ func (s *Store) startDigest(index uint64) {
 		return
 	}
 	p := newPacer(s.digestRate)
-	swaps := s.swaps.Load()
-	p.stop = func() bool { return s.swaps.Load() != swaps }
+	gen := s.stopDigests.Load()
+	p.stop = func() bool { return s.stopDigests.Load() != gen }
 	go func() {
 		d, err := digestOn(r.c, index, p)
 		r.c.Exec("ROLLBACK")
@@ -251,14 +251,15 @@ type pacer struct {
 	now   func() time.Time
 	sleep func(time.Duration)
 	// stop, if set, says the digest is to stop: the database it reads was
-	// replaced (swapIn waits for its connection).
+	// replaced or is closing (both wait for its connection).
 	stop func() bool
 }
 
 func (p *pacer) stopped() bool { return p.stop != nil && p.stop() }
 
-// errDigestStopped: the database was replaced while its digest was taken.
-var errDigestStopped = errors.New("the database was replaced while its digest was taken")
+// errDigestStopped: the database was replaced or closed while its digest
+// was taken.
+var errDigestStopped = errors.New("the database was replaced or closed while its digest was taken")
 
 func newPacer(rate int64) *pacer {
 	return &pacer{rate: rate, start: time.Now(), now: time.Now, sleep: time.Sleep}

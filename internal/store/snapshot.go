@@ -362,7 +362,7 @@ func (s *Store) swapIn(path string) (bool, error) {
 	if abs, err := filepath.Abs(path); err != nil || filepath.Dir(abs) != filepath.Dir(s.path) {
 		return false, nil
 	}
-	s.swaps.Add(1) // a digest under way stops at its next rows
+	s.stopDigests.Add(1) // a digest under way stops at its next rows
 	var held []*conn
 	deadline := time.NewTimer(swapWait)
 	defer deadline.Stop()

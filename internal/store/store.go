@@ -107,12 +107,13 @@ type Store struct {
 	visible   atomic.Uint64
 	schemaGen atomic.Uint64 // bumped by every schema change; see conn.gen
 	closed    atomic.Bool
-	// swaps counts the files swapIn put in place: a digest under way when
-	// it changes stops (its database is gone).
-	swaps atomic.Uint64
-	bug   string // Options.InjectBug
-	seeds func() int64
-	lock  *os.File // flock held on the database file while open
+	// stopDigests is raised when the database is replaced (swapIn) or
+	// closed: a digest under way stops at its next rows (it holds a read
+	// connection for minutes on a large database, which both wait for).
+	stopDigests atomic.Uint64
+	bug         string // Options.InjectBug
+	seeds       func() int64
+	lock        *os.File // flock held on the database file while open
 }
 
 // conn is one connection with what the store keeps beside it.
@@ -512,6 +513,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	var errs []error
+	s.stopDigests.Add(1)
 	for i := 0; i < s.nreaders; i++ {
 		r := <-s.readers // waits for reads in progress
 		errs = append(errs, r.c.Close())

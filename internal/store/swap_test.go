@@ -179,3 +179,27 @@ func TestADigestUnderWayStopsForACopyToBeRenamedIn(t *testing.T) {
 	}
 	sameContent(t, leader, follower)
 }
+
+// A clean stop does not wait for a digest under way (minutes on a large
+// database): the digest stops, and the stop leaves its note, so the next
+// start skips the check. (A stop held by a digest was killed by the
+// service manager's patience, or the test harness's, and the next start
+// checked 10 GB.)
+func TestACleanStopDoesNotWaitForADigest(t *testing.T) {
+	_, follower, _ := swapStores(t, 4, 4)
+	follower.digestRate = 1 // a byte a second: the digest sleeps after its first rows
+	got := make(chan *Digest, 1)
+	follower.OnDigest(func(d *Digest) { got <- d })
+	follower.wmu.Lock()
+	follower.startDigest(follower.Applied())
+	follower.wmu.Unlock()
+	if err := follower.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := <-got; d.Err == "" {
+		t.Fatalf("the digest of the closed database finished: %+v", d)
+	}
+	if _, err := os.Stat(follower.Path() + "-clean"); err != nil {
+		t.Fatalf("the stop left no note: %v", err)
+	}
+}
