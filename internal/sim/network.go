@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/ddbgo/ddb/internal/peer"
@@ -155,8 +154,10 @@ func (s *sim) sendSnapshot(from *node, inc int, m pb.Message) {
 	if from.inc != inc || !from.up {
 		return
 	}
-	dir := filepath.Join(s.o.Dir, "snapshots")
-	os.MkdirAll(dir, 0o755)
+	// Copies are written beside the databases, as a node writes them in
+	// its -dir, so that a follower renames the copy into place (a copy in
+	// another directory is written in through the backup API instead).
+	dir := s.o.Dir
 	var path string
 	var out pb.Message
 	var err error
