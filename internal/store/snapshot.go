@@ -81,7 +81,8 @@ func removeCopy(path string) {
 
 // install replaces the database's content with the snapshot file at path,
 // after prepare (if set) has adjusted the copy, and returns its applied
-// index. The copy becomes the database in one transaction. With notBehind,
+// index. The copy becomes the database in one step: renamed over its file
+// (swapIn), or else written in by one transaction. With notBehind,
 // a copy that stands before what the database has applied is refused
 // (ErrCopyBehind), and nothing changes.
 func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) error, notBehind bool) (uint64, error) {
@@ -276,7 +277,7 @@ func (s *Store) installOwn(path string, notBehind bool) (uint64, error) {
 var ErrCopyBehind = errors.New("the copy stands before what this database has applied")
 
 // InstallCopy makes a copy of the leader's database (received whole and
-// verified) this node's database, in one transaction, while the node runs:
+// verified) this node's database, in one step, while the node runs:
 // a node whose data a consistency check found different from the leader's
 // repairs itself so. Only the data changes: the consensus log file is
 // this node's, and the entries after the copy's index apply from it as
