@@ -135,7 +135,7 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 	}
 	// Written without a sync (received, then prepared without a journal):
 	// on disk before it is the database.
-	if err := syncFile(path); err != nil {
+	if err := syncPath(path); err != nil {
 		return 0, fmt.Errorf("install snapshot: %w", err)
 	}
 	s.wmu.Lock()
@@ -400,7 +400,7 @@ func (s *Store) swapIn(path string) (bool, error) {
 	if err := os.Rename(path, s.path); err != nil {
 		return false, s.broken(err)
 	}
-	if err := syncDir(filepath.Dir(s.path)); err != nil {
+	if err := syncPath(filepath.Dir(s.path)); err != nil {
 		return false, s.broken(err)
 	}
 	// The lock was on the file renamed over; it moves to the copy.
@@ -428,27 +428,15 @@ func (s *Store) broken(err error) error {
 	return err
 }
 
-// syncFile flushes the file at path to disk.
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+// syncPath flushes the file or directory at path to disk (a directory:
+// the renames in it).
+func syncPath(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	err = f.Sync()
 	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
 	return err

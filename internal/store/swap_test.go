@@ -39,6 +39,29 @@ func swapStores(t *testing.T, lead, follow int) (leader, follower *Store, entrie
 	return leader, follower, entries
 }
 
+// installBeside installs a copy of leader's database, made beside
+// follower's file as a node makes it, and reports whether it was renamed
+// into place (the database is another file afterwards).
+func installBeside(t *testing.T, leader, follower *Store) (renamed bool) {
+	t.Helper()
+	before, err := os.Stat(follower.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath, _, err := leader.Snapshot(context.Background(), filepath.Dir(follower.Path()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := follower.InstallCopy(copyPath); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(follower.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return !os.SameFile(before, after)
+}
+
 func fileSize(t *testing.T, path string) int64 {
 	fi, err := os.Stat(path)
 	if os.IsNotExist(err) {
@@ -127,16 +150,7 @@ func TestACopyIsWrittenInWhenAReadHoldsItsConnection(t *testing.T) {
 			follower.putReader(r)
 		}
 	}()
-	before, _ := os.Stat(follower.Path())
-	copyPath, _, err := leader.Snapshot(context.Background(), filepath.Dir(follower.Path()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := follower.InstallCopy(copyPath); err != nil {
-		t.Fatal(err)
-	}
-	after, _ := os.Stat(follower.Path())
-	if !os.SameFile(before, after) {
+	if installBeside(t, leader, follower) {
 		t.Fatal("the file was replaced under a connection in use")
 	}
 	r.auth.reset(policyReplica)
@@ -162,16 +176,7 @@ func TestADigestUnderWayStopsForACopyToBeRenamedIn(t *testing.T) {
 	follower.wmu.Lock() // as the writer starts it, between entries
 	follower.startDigest(follower.Applied())
 	follower.wmu.Unlock()
-	before, _ := os.Stat(follower.Path())
-	copyPath, _, err := leader.Snapshot(context.Background(), filepath.Dir(follower.Path()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := follower.InstallCopy(copyPath); err != nil {
-		t.Fatal(err)
-	}
-	after, _ := os.Stat(follower.Path())
-	if os.SameFile(before, after) {
+	if !installBeside(t, leader, follower) {
 		t.Fatal("the copy was not renamed in")
 	}
 	if d := <-got; d.Err == "" {
