@@ -14,6 +14,28 @@ import (
 // before it sends it, and the receiver checks what arrives against the
 // signed hash as it writes it.
 
+// A SnapshotSource is a node's database as it is sent to another node:
+// its length, a reader from its start (a request sent again reads it
+// again), and Close, which lets it go.
+type SnapshotSource interface {
+	Size() int64
+	NewReader() io.Reader
+	Close()
+}
+
+// HashSource reads src whole and returns its SHA-256 (hex).
+func HashSource(src SnapshotSource) (string, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, src.NewReader())
+	if err == nil && n != src.Size() {
+		err = fmt.Errorf("read %d bytes of %d", n, src.Size())
+	}
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
 // OpenHashed opens the file at path to send it: its size and SHA-256 (hex),
 // with the file read from its start again. The caller closes it.
 func OpenHashed(path string) (f *os.File, size int64, sum string, err error) {
@@ -41,30 +63,40 @@ var ErrOverLimit = errors.New("over this node's limit")
 // against sum, the SHA-256 (hex) it was signed with. On any failure the
 // file is removed; the caller removes it otherwise.
 func ReceiveFile(r io.Reader, dir, pattern string, maxBytes int64, sum string) (path string, err error) {
+	path, got, _, err := ReceiveHashing(r, dir, pattern, maxBytes)
+	if err == nil && got != sum {
+		os.Remove(path)
+		return "", errors.New("it does not match its signed SHA-256")
+	}
+	return path, err
+}
+
+// ReceiveHashing is ReceiveFile for a file whose hash comes after it (a
+// trailer): it returns the SHA-256 (hex) and length of what it received,
+// which the caller checks (and removes the file if they are wrong).
+func ReceiveHashing(r io.Reader, dir, pattern string, maxBytes int64) (path, sum string, size int64, err error) {
 	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
-		return "", err
+		return "", "", 0, err
 	}
 	path = f.Name()
 	if maxBytes > 0 {
 		r = io.LimitReader(r, maxBytes+1)
 	}
 	h := sha256.New()
-	got, err := io.Copy(io.MultiWriter(f, h), r)
+	size, err = io.Copy(io.MultiWriter(f, h), r)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	switch {
 	case err != nil:
 		err = fmt.Errorf("receive: %w", err)
-	case maxBytes > 0 && got > maxBytes:
+	case maxBytes > 0 && size > maxBytes:
 		err = fmt.Errorf("%w of %d bytes", ErrOverLimit, maxBytes)
-	case hex.EncodeToString(h.Sum(nil)) != sum:
-		err = errors.New("it does not match its signed SHA-256")
 	}
 	if err != nil {
 		os.Remove(path)
-		return "", err
+		return "", "", 0, err
 	}
-	return path, nil
+	return path, hex.EncodeToString(h.Sum(nil)), size, nil
 }

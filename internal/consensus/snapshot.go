@@ -4,9 +4,12 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"slices"
 	"time"
 
+	"github.com/ddbgo/ddb/internal/cluster"
 	"github.com/ddbgo/ddb/internal/store"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -85,27 +88,85 @@ func (n *Node) compact() error {
 	return n.storage.Compact(upTo)
 }
 
-// SnapshotToSend turns Raft's request to send a snapshot into one that
-// carries a fresh copy of this node's database (written to a new file in
-// dir, which the caller sends and removes): the message then describes the
-// copy's own position in the log, which is at or after the compacted
-// position Raft asked for, and is what the follower restores to.
+// SnapshotSource turns Raft's request to send a snapshot into one that
+// carries this node's database as it stands now (its file held still, or
+// a copy written in dir; the caller closes it): the message then
+// describes the database's own position in the log, which is at or after
+// the compacted position Raft asked for, and is what the follower
+// restores to.
+func (n *Node) SnapshotSource(ctx context.Context, m pb.Message, dir string) (cluster.SnapshotSource, pb.Message, error) {
+	src, out, err := n.snapshotFile(ctx, m, dir)
+	if err != nil {
+		return nil, m, err
+	}
+	return src, out, nil
+}
+
+// snapshotConfWait bounds how long snapshotFile waits for the database to
+// apply the configuration that adds the node it is for.
+const snapshotConfWait = 10 * time.Second
+
+// snapshotFile is SnapshotSource's database. Raft asks for a snapshot for
+// a node as soon as it applies the configuration change that adds it,
+// which the applier may not yet have committed to the database: a copy
+// taken then names a configuration without the node, which Raft on the
+// node refuses to restore ("not in the ConfState"), after the whole
+// transfer, and the leader sends another (minutes each for a large
+// database). It waits for the database to apply the change instead.
+func (n *Node) snapshotFile(ctx context.Context, m pb.Message, dir string) (*store.FileSnapshot, pb.Message, error) {
+	deadline := time.Now().Add(snapshotConfWait)
+	for {
+		sig := *n.appliedSig.Load()
+		src, err := n.storage.st.SnapshotToSend(ctx, dir)
+		if err != nil {
+			return nil, m, err
+		}
+		var cs pb.ConfState
+		if err := cs.Unmarshal(src.Pos.Conf); err != nil {
+			src.Close()
+			return nil, m, err
+		}
+		if confHolds(cs, m.To) {
+			m.Snapshot = &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: src.Pos.Index, Term: src.Pos.Term, ConfState: cs}}
+			return src, m, nil
+		}
+		src.Close()
+		err = fmt.Errorf("the database, at index %d, has not yet applied the configuration that adds node %d", src.Pos.Index, cluster.CommandLineID(m.To))
+		if n.stepped || time.Now().After(deadline) {
+			return nil, m, err
+		}
+		select {
+		case <-sig: // the applier moved on
+		case <-time.After(time.Until(deadline)):
+		case <-ctx.Done():
+			return nil, m, ctx.Err()
+		case <-n.done:
+			return nil, m, ErrStopped
+		}
+	}
+}
+
+// confHolds says whether configuration cs has node id (as a voter or a
+// learner, in either half of a joint configuration).
+func confHolds(cs pb.ConfState, id uint64) bool {
+	for _, ids := range [][]uint64{cs.Voters, cs.Learners, cs.VotersOutgoing, cs.LearnersNext} {
+		if slices.Contains(ids, id) {
+			return true
+		}
+	}
+	return false
+}
+
+// SnapshotToSend is SnapshotSource written into a new file in dir (which
+// the caller sends and removes).
 func (n *Node) SnapshotToSend(ctx context.Context, m pb.Message, dir string) (path string, out pb.Message, err error) {
-	path, _, err = n.storage.st.Snapshot(ctx, dir)
+	src, out, err := n.snapshotFile(ctx, m, dir)
 	if err != nil {
 		return "", m, err
 	}
-	pos, err := store.SnapshotPosition(path)
-	var cs pb.ConfState
-	if err == nil {
-		err = cs.Unmarshal(pos.Conf)
-	}
-	if err != nil {
-		os.Remove(path)
-		return "", m, err
-	}
-	m.Snapshot = &pb.Snapshot{Metadata: pb.SnapshotMetadata{Index: pos.Index, Term: pos.Term, ConfState: cs}}
-	return path, m, nil
+	defer src.Close()
+	path, err = src.WriteFile(dir)
+	return path, out, err
 }
 
 // snapshotFile follows a received snapshot file from Step to its install.

@@ -402,6 +402,35 @@ func TestSnapshotStreamsOverSignedHTTPThroughASlowLink(t *testing.T) {
 	if n := reps[3].Node().SnapshotsInstalled(); n != 1 {
 		t.Fatalf("a tampered snapshot was installed")
 	}
+	// In version 3 the hash follows the body, in a trailer, with a MAC
+	// keyed by the request's signature: a trailer that does not match the
+	// body, or whose MAC is not the cluster's, is refused.
+	sumY := sha256.Sum256(bytes.Repeat([]byte("y"), 1000))
+	for _, c := range []struct {
+		name string
+		sum  string
+		mac  func(req *http.Request, sum string) string
+	}{
+		{"the hash of another body", hex.EncodeToString(sum[:]), func(req *http.Request, sum string) string { return cluster.NewAuth(secret, nil).CopyMAC(req, 1, sum) }},
+		{"a MAC under another secret", hex.EncodeToString(sumY[:]), func(req *http.Request, sum string) string {
+			return cluster.NewAuth("another secret", nil).CopyMAC(req, 1, sum)
+		}},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, servers[3].URL+peer.SnapshotPath, bytes.NewReader(bytes.Repeat([]byte("y"), 1000)))
+		req.ContentLength = -1
+		req.Header.Set("X-Ddb-Raft-Message", base64.StdEncoding.EncodeToString(msg))
+		req.Header.Set("X-Ddb-Snapshot-Size", "1000")
+		peer.Sign(cluster.NewAuth(secret, nil), req, "node1", cluster.BodyHash(append(msg, "\nsize 1000"...)))
+		req.Trailer = http.Header{"X-Ddb-Snapshot-Sha256": {c.sum}, "X-Ddb-Snapshot-Mac": {c.mac(req, c.sum)}}
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("a snapshot with %s in its trailer: %v %v", c.name, resp, err)
+		}
+		resp.Body.Close()
+	}
+	if n := reps[3].Node().SnapshotsInstalled(); n != 1 {
+		t.Fatalf("a tampered snapshot was installed")
+	}
 	left, _ := filepath.Glob(filepath.Join(dir, "raft-snapshot-*"))
 	if len(left) > 0 {
 		t.Fatalf("received snapshot files left behind: %v", left)

@@ -39,7 +39,8 @@ const (
 //	1: a leader's applied index rides as a marked MsgHup among the
 //	   messages (see decodeFrameV1).
 //	2: a frame starts with the applied index (EncodeFrame).
-const Version = 2
+//	3: a snapshot's SHA-256 follows it, in a trailer (see snapshot.go).
+const Version = 3
 
 // HeaderVersion carries Version on every peer request and answer, so
 // that nodes of different versions (a rolling upgrade) tell each other

@@ -32,9 +32,10 @@ type RaftNode interface {
 	// peer; ReportUnreachable of a peer that could not be reached.
 	Undelivered(msgs []pb.Message)
 	ReportUnreachable(id uint64)
-	// SnapshotToSend copies the database for snapshot message m into a
-	// file in dir (the caller removes it), with the message to send.
-	SnapshotToSend(ctx context.Context, m pb.Message, dir string) (path string, out pb.Message, err error)
+	// SnapshotSource is the database to send for snapshot message m (a
+	// copy may be written in dir), with the message to send; the caller
+	// closes it.
+	SnapshotSource(ctx context.Context, m pb.Message, dir string) (src cluster.SnapshotSource, out pb.Message, err error)
 	// ReportSnapshot says whether a snapshot reached peer id.
 	ReportSnapshot(id uint64, ok bool)
 	// StepSnapshot installs a received snapshot (m, the copy at path).

@@ -58,8 +58,8 @@ func (f *fakeNode) ReportedApplied() uint64 {
 }
 func (f *fakeNode) Undelivered([]pb.Message) {}
 func (f *fakeNode) ReportUnreachable(uint64) {}
-func (f *fakeNode) SnapshotToSend(context.Context, pb.Message, string) (string, pb.Message, error) {
-	return "", pb.Message{}, io.EOF
+func (f *fakeNode) SnapshotSource(context.Context, pb.Message, string) (cluster.SnapshotSource, pb.Message, error) {
+	return nil, pb.Message{}, io.EOF
 }
 func (f *fakeNode) ReportSnapshot(uint64, bool)                            {}
 func (f *fakeNode) StepSnapshot(context.Context, pb.Message, string) error { return nil }

@@ -872,12 +872,21 @@ func (c *Conn) Backup(src *Conn) error {
 // Checkpoint runs a WAL checkpoint in the given mode (0 passive, 1 full,
 // 2 restart, 3 truncate).
 func (c *Conn) Checkpoint(mode int) error {
+	_, _, err := c.CheckpointFrames(mode)
+	return err
+}
+
+// CheckpointFrames runs a checkpoint as Checkpoint does and returns the
+// frames the WAL holds and how many of them are now in the database file
+// (equal: the file alone holds every commit; both -1 outside WAL mode).
+func (c *Conn) CheckpointFrames(mode int) (frames, copied int, err error) {
 	main := C.CString("main")
 	defer C.free(unsafe.Pointer(main))
-	if rv := C.sqlite3_wal_checkpoint_v2(c.db, main, C.int(mode), nil, nil); rv != codeOK {
-		return c.lastError()
+	var nLog, nCkpt C.int
+	if rv := C.sqlite3_wal_checkpoint_v2(c.db, main, C.int(mode), &nLog, &nCkpt); rv != codeOK {
+		return 0, 0, c.lastError()
 	}
-	return nil
+	return int(nLog), int(nCkpt), nil
 }
 
 // Complete reports whether sql ends a complete statement (SQLite's own

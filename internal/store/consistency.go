@@ -227,8 +227,8 @@ func (s *Store) startDigest(index uint64) {
 		return
 	}
 	p := newPacer(s.digestRate)
-	gen := s.stopDigests.Load()
-	p.stop = func() bool { return s.stopDigests.Load() != gen }
+	gen, yield := s.stopDigests.Load(), s.yieldDigests.Load()
+	p.stop = func() bool { return s.stopDigests.Load() != gen || s.yieldDigests.Load() != yield }
 	go func() {
 		d, err := digestOn(r.c, index, p)
 		r.c.Exec("ROLLBACK")
@@ -258,8 +258,8 @@ type pacer struct {
 func (p *pacer) stopped() bool { return p.stop != nil && p.stop() }
 
 // errDigestStopped: the database was replaced or closed while its digest
-// was taken.
-var errDigestStopped = errors.New("the database was replaced or closed while its digest was taken")
+// was taken, or a FileSnapshot needed the WAL the digest held.
+var errDigestStopped = errors.New("the digest was stopped: the database was replaced or closed, or its file was held still to be sent to a follower")
 
 func newPacer(rate int64) *pacer {
 	return &pacer{rate: rate, start: time.Now(), now: time.Now, sleep: time.Sleep}

@@ -111,9 +111,12 @@ type Store struct {
 	// closed: a digest under way stops at its next rows (it holds a read
 	// connection for minutes on a large database, which both wait for).
 	stopDigests atomic.Uint64
-	bug         string // Options.InjectBug
-	seeds       func() int64
-	lock        *os.File // flock held on the database file while open
+	// yieldDigests is raised when a FileSnapshot needs the WAL emptied:
+	// a digest under way stops (its read holds the WAL).
+	yieldDigests atomic.Uint64
+	bug          string // Options.InjectBug
+	seeds        func() int64
+	lock         *os.File // flock held on the database file while open
 }
 
 // conn is one connection with what the store keeps beside it.

@@ -44,6 +44,10 @@ func swapStores(t *testing.T, lead, follow int) (leader, follower *Store, entrie
 // into place (the database is another file afterwards).
 func installBeside(t *testing.T, leader, follower *Store) (renamed bool) {
 	t.Helper()
+	// (The database's permissions are kept: a copy is made private.)
+	if err := os.Chmod(follower.Path(), 0o640); err != nil {
+		t.Fatal(err)
+	}
 	before, err := os.Stat(follower.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +62,9 @@ func installBeside(t *testing.T, leader, follower *Store) (renamed bool) {
 	after, err := os.Stat(follower.Path())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if after.Mode().Perm() != 0o640 {
+		t.Fatalf("the database's permissions went from 0640 to %o", after.Mode().Perm())
 	}
 	return !os.SameFile(before, after)
 }
