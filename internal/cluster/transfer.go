@@ -10,9 +10,10 @@ import (
 )
 
 // A copy of a database travels between nodes with its SHA-256, which the
-// sender signs (a snapshot, a repair's copy): the sender hashes the file
-// before it sends it, and the receiver checks what arrives against the
-// signed hash as it writes it.
+// sender signs (a snapshot, a repair's copy): the sender hashes the
+// database before it sends it, or as it sends it (a snapshot's hash then
+// follows it), and the receiver checks what arrives against the signed
+// hash as it writes it.
 
 // A SnapshotSource is a node's database as it is sent to another node:
 // its length, a reader from its start (a request sent again reads it
@@ -34,25 +35,6 @@ func HashSource(src SnapshotSource) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// OpenHashed opens the file at path to send it: its size and SHA-256 (hex),
-// with the file read from its start again. The caller closes it.
-func OpenHashed(path string) (f *os.File, size int64, sum string, err error) {
-	f, err = os.Open(path)
-	if err != nil {
-		return nil, 0, "", err
-	}
-	h := sha256.New()
-	size, err = io.Copy(h, f)
-	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		f.Close()
-		return nil, 0, "", err
-	}
-	return f, size, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // ErrOverLimit: a file received was longer than the receiver takes.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -226,25 +225,27 @@ func (l *Local) copy(w http.ResponseWriter, r *http.Request, _ []byte, _ int) {
 		writeError(w, http.StatusServiceUnavailable, "this node does not lead: ask the leader for its copy")
 		return
 	}
-	path, index, err := l.Store.Snapshot(r.Context(), l.Dir)
+	// The database file held still (or a copy, as for a snapshot): read
+	// once for its hash, which the answer's headers carry, then sent.
+	src, err := l.Store.SnapshotToSend(r.Context(), l.Dir)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "copy the database: "+err.Error())
 		return
 	}
-	defer os.Remove(path)
-	f, size, sum, err := cluster.OpenHashed(path)
+	defer src.Close()
+	sum, err := cluster.HashSource(src)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	defer f.Close()
+	index := src.Index()
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(cluster.DefaultTiming().SnapshotTransfer))
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Length", strconv.FormatInt(src.Size(), 10))
 	w.Header().Set(headerCopyIndex, strconv.FormatUint(index, 10))
 	w.Header().Set(headerCopySHA256, sum)
 	w.Header().Set(headerCopyMAC, l.Auth.CopyMAC(r, index, sum))
-	io.Copy(w, f)
+	io.Copy(w, src.NewReader())
 }
 
 // status answers another node's console with this node's status.
