@@ -150,24 +150,12 @@ func (fs *FileSnapshot) holdNow() (bool, error) {
 	}
 	err = func() error {
 		var err error
-		if fs.Pos.Index, err = appliedOf(c); err != nil { // begins the read
+		if fs.Pos, err = positionOn(c); err != nil { // begins the read
 			return err
 		}
-		if err := positionOf(c, &fs.Pos); err != nil {
+		if fs.size, err = pagesBytes(c); err != nil {
 			return err
 		}
-		if fs.Pos.Index > 0 && fs.Pos.Term == 0 {
-			return fmt.Errorf("the database at index %d records no Raft term", fs.Pos.Index)
-		}
-		pages, err := c.QueryRow("PRAGMA page_count")
-		if err != nil {
-			return err
-		}
-		size, err := c.QueryRow("PRAGMA page_size")
-		if err != nil {
-			return err
-		}
-		fs.size = pages[0].(int64) * size[0].(int64)
 		fi, err := fs.f.Stat()
 		if err != nil {
 			return err

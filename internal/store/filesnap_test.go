@@ -70,12 +70,7 @@ func TestAFileSnapshotStopsADigestUnderWay(t *testing.T) {
 	leader, _, entries := swapStores(t, 3, 3)
 	defer func(w time.Duration) { fileSnapshotWait = w }(fileSnapshotWait)
 	fileSnapshotWait = time.Hour // a digest that does not stop would hold the test
-	leader.digestRate = 1        // a byte a second: the digest sleeps after its first rows
-	got := make(chan *Digest, 1)
-	leader.OnDigest(func(d *Digest) { got <- d })
-	leader.wmu.Lock()
-	leader.startDigest(leader.Applied())
-	leader.wmu.Unlock()
+	got := digestUnderWay(leader)
 	// A commit after the digest's read began: the WAL is not empty.
 	if _, err := leader.ApplyLog(entries[3:4]); err != nil {
 		t.Fatal(err)

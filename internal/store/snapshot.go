@@ -191,11 +191,7 @@ func (s *Store) install(path string, prepare func(c *sqlite.Conn, index uint64) 
 // fileWhole checks that the database c has open at path is whole: as
 // long as its pages say, with a schema that reads.
 func fileWhole(c *sqlite.Conn, path string) error {
-	pages, err := c.QueryRow("PRAGMA page_count")
-	if err != nil {
-		return err
-	}
-	size, err := c.QueryRow("PRAGMA page_size")
+	want, err := pagesBytes(c)
 	if err != nil {
 		return err
 	}
@@ -203,11 +199,24 @@ func fileWhole(c *sqlite.Conn, path string) error {
 	if err != nil {
 		return err
 	}
-	if want := pages[0].(int64) * size[0].(int64); fi.Size() != want {
+	if fi.Size() != want {
 		return fmt.Errorf("the file holds %d bytes, its pages %d", fi.Size(), want)
 	}
 	_, err = c.All("SELECT type, name, sql FROM sqlite_schema")
 	return err
+}
+
+// pagesBytes is how many bytes the pages of c's database take.
+func pagesBytes(c *sqlite.Conn) (int64, error) {
+	pages, err := c.QueryRow("PRAGMA page_count")
+	if err != nil {
+		return 0, err
+	}
+	size, err := c.QueryRow("PRAGMA page_size")
+	if err != nil {
+		return 0, err
+	}
+	return pages[0].(int64) * size[0].(int64), nil
 }
 
 // RaftPosition is where a copy of the database stands in the consensus
@@ -249,6 +258,14 @@ func SnapshotPosition(path string) (RaftPosition, error) {
 		return p, err
 	}
 	defer c.Close()
+	return positionOn(c)
+}
+
+// positionOn reads, on c, where its database stands in the log (a read
+// transaction begun on c is at that index from then on).
+func positionOn(c *sqlite.Conn) (RaftPosition, error) {
+	var p RaftPosition
+	var err error
 	if p.Index, err = appliedOf(c); err != nil {
 		return p, err
 	}

@@ -69,6 +69,19 @@ func installBeside(t *testing.T, leader, follower *Store) (renamed bool) {
 	return !os.SameFile(before, after)
 }
 
+// digestUnderWay starts a digest of s at its applied index, as the writer
+// starts one between entries, so slow (a byte a second) that it sleeps
+// after its first rows; the digest arrives on the channel when it ends.
+func digestUnderWay(s *Store) <-chan *Digest {
+	s.digestRate = 1
+	got := make(chan *Digest, 1)
+	s.OnDigest(func(d *Digest) { got <- d })
+	s.wmu.Lock()
+	s.startDigest(s.Applied())
+	s.wmu.Unlock()
+	return got
+}
+
 func fileSize(t *testing.T, path string) int64 {
 	fi, err := os.Stat(path)
 	if os.IsNotExist(err) {
@@ -176,13 +189,8 @@ func TestACopyIsWrittenInWhenAReadHoldsItsConnection(t *testing.T) {
 func TestADigestUnderWayStopsForACopyToBeRenamedIn(t *testing.T) {
 	leader, follower, _ := swapStores(t, 4, 4)
 	defer func(w time.Duration) { swapWait = w }(swapWait)
-	swapWait = time.Hour    // a digest that does not stop would hold the test
-	follower.digestRate = 1 // a byte a second: the digest sleeps after its first rows
-	got := make(chan *Digest, 1)
-	follower.OnDigest(func(d *Digest) { got <- d })
-	follower.wmu.Lock() // as the writer starts it, between entries
-	follower.startDigest(follower.Applied())
-	follower.wmu.Unlock()
+	swapWait = time.Hour // a digest that does not stop would hold the test
+	got := digestUnderWay(follower)
 	if !installBeside(t, leader, follower) {
 		t.Fatal("the copy was not renamed in")
 	}
@@ -199,12 +207,7 @@ func TestADigestUnderWayStopsForACopyToBeRenamedIn(t *testing.T) {
 // checked 10 GB.)
 func TestACleanStopDoesNotWaitForADigest(t *testing.T) {
 	_, follower, _ := swapStores(t, 4, 4)
-	follower.digestRate = 1 // a byte a second: the digest sleeps after its first rows
-	got := make(chan *Digest, 1)
-	follower.OnDigest(func(d *Digest) { got <- d })
-	follower.wmu.Lock()
-	follower.startDigest(follower.Applied())
-	follower.wmu.Unlock()
+	got := digestUnderWay(follower)
 	if err := follower.Close(); err != nil {
 		t.Fatal(err)
 	}
