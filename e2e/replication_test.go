@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -140,6 +142,15 @@ func TestSlaveCatchesUpFromTheLogAndFromASnapshot(t *testing.T) {
 	}
 	if n := count(t, c, 1, "k"); n != 23008 {
 		t.Fatalf("slave 1 has %d rows", n)
+	}
+	// The snapshot was received in slave 1's work directory and renamed
+	// into place: nothing of it is left, there or beside the databases.
+	left, err := os.ReadDir(filepath.Join(c.Dir, "slave1.db-tmp"))
+	if err != nil || len(left) != 0 {
+		t.Fatalf("slave 1's work directory holds %v (%v)", left, err)
+	}
+	if stray, _ := filepath.Glob(filepath.Join(c.Dir, "*snapshot-*")); len(stray) != 0 {
+		t.Fatalf("files left in the data directory: %v", stray)
 	}
 }
 

@@ -41,7 +41,7 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 		w.Write(buf.Bytes())
 	case "", "binary", "db":
-		path, index, err := s.st.Snapshot(r.Context(), s.cfg.Dir)
+		path, index, err := s.st.Snapshot(r.Context(), s.cfg.WorkDir())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, "backup: "+err.Error())
 			return
@@ -91,7 +91,7 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(30 * time.Minute))
 	recv := s.progress.Start("load-body", "from "+r.RemoteAddr, "bytes", r.ContentLength)
-	body, err := store.WriteTemp(recv.Reader(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)), s.cfg.Dir, "load-body-*")
+	body, err := store.WriteTemp(recv.Reader(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)), s.cfg.WorkDir(), "load-body-*")
 	recv.End(err)
 	if err != nil {
 		var mb *http.MaxBytesError
@@ -103,7 +103,7 @@ func (s *Server) handleLoad(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "could not read the body; nothing was loaded: "+err.Error())
 		return
 	}
-	plan, err := store.PlanLoad(body, s.cfg.Dir)
+	plan, err := store.PlanLoad(body, s.cfg.WorkDir())
 	os.Remove(body)
 	if err != nil {
 		var pe *store.ParamError

@@ -411,7 +411,7 @@ func NewServer(cfg *cluster.Config, st *store.Store, repl replication.Replicator
 	s.mux.HandleFunc("/db/changes", s.handleChanges)
 	// The node-to-node endpoints (package peer): the engine's (Raft), and
 	// the others. Every refusal for a signature is counted.
-	others := peer.Handlers(peer.Local{Auth: auth, Admin: admin, Repl: repl, Store: st, Dir: cfg.Dir,
+	others := peer.Handlers(peer.Local{Auth: auth, Admin: admin, Repl: repl, Store: st, Dir: cfg.WorkDir(),
 		ForwardTimeout: cfg.QueryTimeout + cfg.AckTimeout, AckTimeout: cfg.AckTimeout, DefaultAck: cfg.Ack,
 		Progress: func() []progress.Status { return s.progress.UnderWay() },
 		Refused: func(r *http.Request, err error) {

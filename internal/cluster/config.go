@@ -316,6 +316,30 @@ func (c *Config) KnownHosts() []string {
 // DBPath is the node's database file: slave<id>.db in Dir.
 func (c *Config) DBPath() string { return filepath.Join(c.Dir, fmt.Sprintf("slave%d.db", c.ID)) }
 
+// WorkDir holds the files the node makes on the way to something else: a
+// snapshot or a repair's copy while it arrives, a copy while it is checked
+// or sent, a load's body and plan, a backup before its upload. It is
+// slave<id>.db-tmp in Dir, one per node (the nodes of a local cluster share
+// Dir), and on the database's file system, so that a finished copy is
+// renamed into place. Nothing in it outlives the node's run:
+// ResetWorkDir empties it at every start.
+func (c *Config) WorkDir() string { return filepath.Join(c.Dir, fmt.Sprintf("slave%d.db-tmp", c.ID)) }
+
+// ResetWorkDir empties the node's WorkDir (creating it if need be), so
+// that what a node killed mid-way left there (a partial snapshot of the
+// database's size, a load's staged body) does not stay. The caller holds
+// the database's lock, so no other process of this node uses the files.
+func (c *Config) ResetWorkDir() error {
+	dir := c.WorkDir()
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("empty the work directory %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fmt.Errorf("create the work directory: %w", err)
+	}
+	return nil
+}
+
 // Name identifies the node in logs and peer headers.
 func (c *Config) Name() string {
 	if c.Role == Master {

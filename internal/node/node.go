@@ -84,6 +84,10 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := cfg.ResetWorkDir(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr())
 	if err != nil {
 		st.Close()
@@ -142,7 +146,7 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 	if cfg.Restore != "" {
 		rs := &restoreState{}
 		handler.SetStatus("restore", rs.Status)
-		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.RestoreIndex, cfg.Dir, logger, n.stop, rs, track)
+		go restoreWhenLeading(n.eng, st, cfg.Restore, cfg.RestoreIndex, cfg.WorkDir(), logger, n.stop, rs, track)
 	}
 	n.server = &http.Server{
 		Handler:           handler,
@@ -210,7 +214,7 @@ func raftConfig(cfg *cluster.Config, timing cluster.Timing, tr *peer.Client, log
 		ID: cluster.RaftID(cfg.ID), URL: cfg.URL(), Peers: peers, Voters: voters, Preferred: master,
 		AckTimeout: cfg.AckTimeout, Timing: timing,
 		Limits: api.Limits(cfg),
-		Dir:    cfg.Dir, LogKeep: cfg.LogKeep, LogKeepBytes: cfg.LogKeepBytes, InjectBug: cfg.InjectBug,
+		Dir:    cfg.WorkDir(), LogKeep: cfg.LogKeep, LogKeepBytes: cfg.LogKeepBytes, InjectBug: cfg.InjectBug,
 		Peer: tr, Log: logger,
 		CheckInterval: cfg.CheckInterval, NoRepair: cfg.CheckRepair == "off",
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -196,5 +198,47 @@ func TestANodeOpenToTheNetworkWithoutUsersSaysSo(t *testing.T) {
 		if got := strings.Contains(logs.String(), "anyone who can reach"); got != c.warn {
 			t.Errorf("listening on %s: warned %v, want %v:\n%s", c.listen, got, c.warn, logs.String())
 		}
+	}
+}
+
+// A node killed while it received a snapshot leaves the partial file (up
+// to the database's size) in its work directory; its next start empties
+// that directory, and only its own: the nodes of a local cluster share
+// the data directory.
+func TestAStartRemovesWhatAKilledRunLeftInItsWorkDirectory(t *testing.T) {
+	base, err := testcluster.FreeBasePort(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	plant := func(path string) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine := filepath.Join(dir, "slave0.db-tmp", "raft-snapshot-1234.db")
+	theirs := filepath.Join(dir, "slave1.db-tmp", "raft-snapshot-5678.db")
+	plant(mine)
+	plant(theirs)
+	cfg, err := cluster.ParseArgs(cluster.Master, []string{"-port", fmt.Sprint(base), "-host", "127.0.0.1", "-dir", dir, "-secret", "s", "0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Start(cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Shutdown(context.Background())
+	if _, err := os.Stat(mine); !os.IsNotExist(err) {
+		t.Errorf("the partial snapshot of the killed run is still there: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "slave0.db-tmp")); err != nil || !fi.IsDir() {
+		t.Errorf("no work directory after the start: %v", err)
+	}
+	if _, err := os.Stat(theirs); err != nil {
+		t.Errorf("another node's file was removed: %v", err)
 	}
 }

@@ -69,7 +69,7 @@ func uploadOnce(ctx context.Context, cfg *cluster.Config, st *store.Store, track
 	if err != nil {
 		return offsite.Manifest{}, false, err
 	}
-	tmp, index, err := st.Snapshot(ctx, cfg.Dir)
+	tmp, index, err := st.Snapshot(ctx, cfg.WorkDir())
 	if err != nil {
 		return offsite.Manifest{}, false, err
 	}

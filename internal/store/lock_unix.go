@@ -28,3 +28,19 @@ func lockFile(path string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// sameFileSystem reports whether the directories a and b are on one file
+// system (a file renames from one into the other).
+func sameFileSystem(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		return false
+	}
+	sa, ok := fa.Sys().(*syscall.Stat_t)
+	sb, ok2 := fb.Sys().(*syscall.Stat_t)
+	return ok && ok2 && sa.Dev == sb.Dev
+}

@@ -393,8 +393,8 @@ var swapWait = 10 * time.Second
 // check's digest stops), later ones wait for the new connections. The
 // writer's checkpoint empties its WAL, and a WAL or index left beside the
 // file is removed, so none is replayed into the copy. It does not swap,
-// and changes nothing, when the copy lies in another directory than the
-// database (it may be on another file system) or a read holds its
+// and changes nothing, when the copy lies on another file system than the
+// database (a rename cannot cross it) or a read holds its
 // connection past swapWait (a dump sent to a slow client, a copy for a
 // follower): then the caller copies the pages in, which reads do not
 // hinder. The caller holds wmu.
@@ -404,7 +404,7 @@ var swapWait = 10 * time.Second
 // leaves the store closed (ErrClosed everywhere): the node stops, and
 // starts on whichever file stands.
 func (s *Store) swapIn(path string) (bool, error) {
-	if abs, err := filepath.Abs(path); err != nil || filepath.Dir(abs) != filepath.Dir(s.path) {
+	if !sameFileSystem(filepath.Dir(path), filepath.Dir(s.path)) {
 		return false, nil
 	}
 	// The copy was made private (os.CreateTemp); the database keeps the

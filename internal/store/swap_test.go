@@ -39,9 +39,20 @@ func swapStores(t *testing.T, lead, follow int) (leader, follower *Store, entrie
 	return leader, follower, entries
 }
 
-// installBeside installs a copy of leader's database, made beside
-// follower's file as a node makes it, and reports whether it was renamed
-// into place (the database is another file afterwards).
+// workDir is a directory beside s's file, as a node's work directory is
+// (its copies are made there, then renamed into place).
+func workDir(t *testing.T, s *Store) string {
+	t.Helper()
+	dir := filepath.Join(filepath.Dir(s.Path()), "work")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// installBeside installs a copy of leader's database, made in a work
+// directory beside follower's file as a node makes it, and reports whether
+// it was renamed into place (the database is another file afterwards).
 func installBeside(t *testing.T, leader, follower *Store) (renamed bool) {
 	t.Helper()
 	// (The database's permissions are kept: a copy is made private.)
@@ -52,7 +63,7 @@ func installBeside(t *testing.T, leader, follower *Store) (renamed bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copyPath, _, err := leader.Snapshot(context.Background(), filepath.Dir(follower.Path()))
+	copyPath, _, err := leader.Snapshot(context.Background(), workDir(t, follower))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +104,8 @@ func fileSize(t *testing.T, path string) int64 {
 	return fi.Size()
 }
 
-// A copy of the leader's database received beside the follower's file is
-// renamed over it: the follower's database is the copy's file, not the
+// A copy of the leader's database received in the follower's work
+// directory (beside its file, on its file system) is renamed over it: the follower's database is the copy's file, not the
 // copy written again through the WAL (which cost 5 minutes 48 seconds for
 // 10 GB here). The store then works as before: reads, writes, a restart,
 // and the lock that keeps a second process off the file, which moves to
@@ -105,7 +116,7 @@ func TestACopyBesideTheDatabaseIsRenamedIntoPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copyPath, _, err := leader.Snapshot(context.Background(), filepath.Dir(follower.Path()))
+	copyPath, _, err := leader.Snapshot(context.Background(), workDir(t, follower))
 	if err != nil {
 		t.Fatal(err)
 	}
