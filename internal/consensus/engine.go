@@ -34,7 +34,7 @@ type EngineConfig struct {
 	Timing     cluster.Timing
 	AckTimeout time.Duration // how long a write may wait for its ack level or a leader
 	Limits     store.Limits  // result limits of forwarded writes
-	Dir        string        // where snapshot copies are written (the data directory)
+	Dir        string        // where copies are written and received (the node's work directory, on the database's file system)
 	LogKeep    uint64        // applied entries the log keeps for followers behind (0: 200,000)
 	// LogKeepBytes bounds the data of those entries (0: 32 MiB).
 	LogKeepBytes uint64
