@@ -163,6 +163,8 @@ func Start(cfg *cluster.Config, logOut io.Writer) (*Node, error) {
 			mux := http.NewServeMux()
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace) // an execution trace: where a slow request waited
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 			logger.Error("profiles server stopped", "addr", cfg.Pprof, "err", http.ListenAndServe(cfg.Pprof, mux))
 		}()
 	}

@@ -240,6 +240,8 @@ import "C"
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
@@ -299,6 +301,7 @@ type Conn struct {
 	self   cgo.Handle // how SQLite's authorizer finds the Conn (see auth.go)
 	cache  map[string]*CachedStmt
 	budget *C.ddb_budget // C memory, from open to Close (see SetStepBudget)
+	rand   *C.ddb_rand   // random()'s and randomblob()'s generator, C memory from open to Close (see SeedRandom)
 	// changes is the capture buffer of the change stream's triggers (see
 	// changes.go), C memory from open to Close.
 	changes *C.ddb_changes
@@ -372,7 +375,19 @@ func (c *Conn) Close() error {
 		C.free(unsafe.Pointer(c.budget))
 		c.budget = nil
 	}
+	if c.rand != nil {
+		C.free(unsafe.Pointer(c.rand))
+		c.rand = nil
+	}
 	return err
+}
+
+// SeedRandom restarts the generator random() and randomblob() draw from
+// on this connection (see random.c) at the state Go's rand.NewPCG(hi, lo)
+// starts in: from here on they give the words that generator gives. A
+// connection starts from a seed of its own, drawn from crypto/rand.
+func (c *Conn) SeedRandom(hi, lo uint64) {
+	c.rand.hi, c.rand.lo = C.ulonglong(hi), C.ulonglong(lo)
 }
 
 // SetStepBudget limits what the connection runs from now on, all its
@@ -987,6 +1002,15 @@ func open(path string, params url.Values) (*Conn, error) {
 	if rc := C.ddb_register_blob(db, c.budget); rc != codeOK {
 		c.Close()
 		return nil, fmt.Errorf("register zeroblob(): SQLite error %d", int(rc))
+	}
+	c.rand = (*C.ddb_rand)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ddb_rand{}))))
+	c.rand.budget, c.rand.max = c.budget, MaxLength
+	var seed [16]byte
+	_, _ = crand.Read(seed[:])
+	c.SeedRandom(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))
+	if rc := C.ddb_register_random(db, c.rand); rc != codeOK {
+		c.Close()
+		return nil, fmt.Errorf("register random() and randomblob(): SQLite error %d", int(rc))
 	}
 	if err := c.registerChanges(); err != nil {
 		c.Close()

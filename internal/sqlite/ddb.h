@@ -29,6 +29,22 @@ int ddb_register_match(sqlite3 *db, ddb_budget *b);
 // place of SQLite's on db (see blob.c).
 int ddb_register_blob(sqlite3 *db, ddb_budget *b);
 
+// A connection's generator of random() and randomblob() (see random.c):
+// PCG-DXSM's 128-bit state, the budget what randomblob() makes is charged
+// to, and the longest value it makes.
+typedef struct {
+	unsigned long long hi, lo;
+	ddb_budget *budget;
+	sqlite3_int64 max;
+} ddb_rand;
+
+// ddb_register_random puts random() and randomblob() drawing from r in
+// place of SQLite's on db (r lives as long as db).
+int ddb_register_random(sqlite3 *db, ddb_rand *r);
+
+// ddb_rand_uint64 is r's next 64-bit draw.
+unsigned long long ddb_rand_uint64(ddb_rand *r);
+
 // The row changes a writer connection captured for the change stream (see
 // changes.c and Conn.CaptureChanges): records appended by the capture
 // triggers' calls of _ddb_change() and _ddb_vals(), in SQLite's order.

@@ -16,7 +16,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -67,7 +66,6 @@ type Store struct {
 	w          *sqlite.Conn
 	wconn      *conn      // w with its state; nil once closed
 	entry      entryState // the writer's per-entry connection state
-	rng        *rand.Rand // random()/randomblob() source while an entry runs
 	entering   bool       // lockEntries holds SQLite's generator
 	// schemaDirty: a statement that changes the schema or the statistics
 	// ran on the writer (and may have failed and been rolled back) since
@@ -271,10 +269,6 @@ func (s *Store) openReaders(n int) error {
 		}
 		rd := &conn{c: r}
 		r.SetAuthorizer(rd.auth.authorize)
-		if err := registerRandom(r, rand.New(rand.NewChaCha8(cryptoSeed()))); err != nil {
-			r.Close()
-			return err
-		}
 		s.readers <- rd
 		s.nreaders++
 	}
@@ -287,48 +281,6 @@ func newFileID() string {
 	_, _ = crand.Read(b[:])
 	return fmt.Sprintf("%x", b)
 }
-
-func cryptoSeed() (seed [32]byte) {
-	_, _ = crand.Read(seed[:])
-	return seed
-}
-
-// registerRandom makes random() and randomblob() draw from rng instead of
-// SQLite's process-wide generator, which the writer pins to each entry's
-// seed: no other connection may draw from it. randomblob() keeps SQLite's
-// limits: a length past sqlite.MaxLength fails ("string or blob too big")
-// before anything is made (randomblob(9223372036854775807) once crashed
-// the process, and randomblob(50000000000) would have made 50 GB), and
-// what it makes counts against the step budget like the project's own
-// zeroblob() (sqlite.Conn.ChargeMade).
-func registerRandom(c *sqlite.Conn, rng *rand.Rand) error {
-	if err := c.Driver.RegisterFunc("random", func() int64 { return int64(rng.Uint64()) }, false); err != nil {
-		return err
-	}
-	return c.Driver.RegisterFunc("randomblob", func(n int64) ([]byte, error) {
-		if n < 1 {
-			n = 1
-		}
-		if n > sqlite.MaxLength {
-			return nil, errTooBig
-		}
-		if c.ChargeMade(n) {
-			return nil, errMadeTooMuch
-		}
-		b := make([]byte, n)
-		for i := 0; i < len(b); i += 8 {
-			var w [8]byte
-			binary.LittleEndian.PutUint64(w[:], rng.Uint64())
-			copy(b[i:], w[:])
-		}
-		return b, nil
-	}, false)
-}
-
-var (
-	errTooBig      = errors.New("string or blob too big")
-	errMadeTooMuch = errors.New("the write made more bytes than its step budget allows")
-)
 
 // checkFile refuses to open a database that is not whole: SQLite's
 // integrity check must pass, and a WAL beside the file must belong to it.
@@ -456,12 +408,10 @@ func (s *Store) initWriter() error {
 	if err := s.migratePreRaft(); err != nil {
 		return err
 	}
-	// random() and randomblob() draw from the entry's seed, so every node
-	// computes the same values. The clock VFS does the same for 'now'.
-	s.rng = rand.New(rand.NewPCG(1, 2))
-	if err := registerRandom(s.w, rand.New(randSource{s})); err != nil {
-		return err
-	}
+	// random() and randomblob() draw from the entry's seed (see enter), so
+	// every node computes the same values; until the first entry, from a
+	// fixed one. The clock VFS does the same for 'now'.
+	s.w.SeedRandom(1, 2)
 	// Connection state, pinned to the entry (see entryState and enter).
 	w, e := s.w, &s.entry
 	for name, f := range map[string]func() int64{
@@ -481,12 +431,6 @@ func (s *Store) initWriter() error {
 	s.wconn.auth.reset(policyReplica)
 	return s.loadChangeSetting()
 }
-
-// randSource draws from the store's current entry generator (s.rng is
-// replaced for every entry).
-type randSource struct{ s *Store }
-
-func (r randSource) Uint64() uint64 { return r.s.rng.Uint64() }
 
 // faulty reports whether the deliberate defect name is switched on; in a
 // build without the ddb_faults tag it is constantly false, and the
@@ -1266,7 +1210,7 @@ func (s *Store) enter(timeMs, seed int64) error {
 	if !s.faulty(faults.UnpinnedClock) {
 		s.clock.Pin(timeMs)
 	}
-	s.rng = rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
+	s.w.SeedRandom(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15)
 	if !s.faulty(faults.UnpinnedPRNG) {
 		sqlite.SeedPRNG(seed)
 	}
