@@ -68,8 +68,12 @@ type Timing struct {
 	StreamAck, StreamIdle time.Duration
 	StreamRetry           time.Duration
 	// SnapshotTransfer bounds sending a snapshot or a repair's copy (a
-	// large database over a slow link).
-	SnapshotTransfer time.Duration
+	// large database over a slow link). SnapshotIdle is how long the
+	// receiver of a snapshot waits for its next bytes before it gives the
+	// transfer up: the HTTP server's own timeouts, which bound every other
+	// request, would cut off a transfer that lasts longer than they do
+	// however steadily it arrives.
+	SnapshotTransfer, SnapshotIdle time.Duration
 }
 
 // TimingOf derives every timing from tick.
@@ -90,7 +94,7 @@ func TimingOf(tick time.Duration) Timing {
 		StatusEvery: 20 * time.Millisecond, StatusWait: 50 * time.Millisecond,
 		PeerDial: time.Second, PeerRequest: 5 * time.Second,
 		StreamAck: 3 * time.Second, StreamIdle: 30 * time.Second, StreamRetry: time.Minute,
-		SnapshotTransfer: 6 * time.Hour,
+		SnapshotTransfer: 6 * time.Hour, SnapshotIdle: time.Minute,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 
@@ -215,7 +216,12 @@ func (t *RaftTransport) snapshotHandler(node func() RaftNode, dir string, maxByt
 		}
 		index := m.Snapshot.Metadata.Index
 		op := t.c.progress.Start("snapshot-receive", fmt.Sprintf("from %s (index %d)", r.RemoteAddr, index), "bytes", size)
-		path, sum, got, err := cluster.ReceiveHashing(op.Reader(r.Body), dir, "raft-snapshot-*.db", maxBytes)
+		// The server's timeouts bound a request's whole body and its
+		// answer (a minute or so): a 10 GB snapshot outlasts them. Its
+		// sender is authenticated by now; it has SnapshotTransfer, and is
+		// cut off only when its bytes stop for SnapshotIdle.
+		body := newIdleReader(r.Body, http.NewResponseController(w), t.c.timing.SnapshotIdle, t.c.timing.SnapshotTransfer)
+		path, sum, got, err := cluster.ReceiveHashing(op.Reader(body), dir, "raft-snapshot-*.db", maxBytes)
 		if err == nil {
 			switch {
 			case got != size:
@@ -244,4 +250,35 @@ func (t *RaftTransport) snapshotHandler(node func() RaftNode, dir string, maxByt
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+}
+
+// idleReader reads a long request body, moving the connection's read
+// deadline forward as bytes arrive, so that a body that keeps arriving is
+// read to its end (up to the transfer's bound) and one that stops for idle
+// is cut off. It also moves the answer's write deadline to the transfer's
+// end.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+	end  time.Time
+	next time.Time // when the deadline is moved next
+}
+
+func newIdleReader(r io.Reader, rc *http.ResponseController, idle, bound time.Duration) *idleReader {
+	end := time.Now().Add(bound)
+	rc.SetWriteDeadline(end)
+	return &idleReader{r: r, rc: rc, idle: idle, end: end}
+}
+
+func (d *idleReader) Read(p []byte) (int, error) {
+	if now := time.Now(); !now.Before(d.next) {
+		deadline := now.Add(d.idle)
+		if deadline.After(d.end) {
+			deadline = d.end
+		}
+		d.rc.SetReadDeadline(deadline)
+		d.next = now.Add(d.idle / 4) // moved at most four times an idle period
+	}
+	return d.r.Read(p)
 }
