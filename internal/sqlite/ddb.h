@@ -42,9 +42,6 @@ typedef struct {
 // place of SQLite's on db (r lives as long as db).
 int ddb_register_random(sqlite3 *db, ddb_rand *r);
 
-// ddb_rand_uint64 is r's next 64-bit draw.
-unsigned long long ddb_rand_uint64(ddb_rand *r);
-
 // The row changes a writer connection captured for the change stream (see
 // changes.c and Conn.CaptureChanges): records appended by the capture
 // triggers' calls of _ddb_change() and _ddb_vals(), in SQLite's order.

@@ -54,8 +54,6 @@ static unsigned long long ddb_rand_next(ddb_rand *r) {
 	return hi;
 }
 
-unsigned long long ddb_rand_uint64(ddb_rand *r) { return ddb_rand_next(r); }
-
 static void ddb_random(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 	(void)argc;
 	(void)argv;
