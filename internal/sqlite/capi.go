@@ -240,8 +240,6 @@ import "C"
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
@@ -385,7 +383,8 @@ func (c *Conn) Close() error {
 // SeedRandom restarts the generator random() and randomblob() draw from
 // on this connection (see random.c) at the state Go's rand.NewPCG(hi, lo)
 // starts in: from here on they give the words that generator gives. A
-// connection starts from a seed of its own, drawn from crypto/rand.
+// connection starts at rand.NewPCG(0, 0)'s state; its owner seeds it (the
+// store: a writer from each entry's seed, a reader from crypto/rand).
 func (c *Conn) SeedRandom(hi, lo uint64) {
 	c.rand.hi, c.rand.lo = C.ulonglong(hi), C.ulonglong(lo)
 }
@@ -1005,9 +1004,6 @@ func open(path string, params url.Values) (*Conn, error) {
 	}
 	c.rand = (*C.ddb_rand)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ddb_rand{}))))
 	c.rand.budget, c.rand.max = c.budget, MaxLength
-	var seed [16]byte
-	_, _ = crand.Read(seed[:])
-	c.SeedRandom(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))
 	if rc := C.ddb_register_random(db, c.rand); rc != codeOK {
 		c.Close()
 		return nil, fmt.Errorf("register random() and randomblob(): SQLite error %d", int(rc))

@@ -269,6 +269,9 @@ func (s *Store) openReaders(n int) error {
 		}
 		rd := &conn{c: r}
 		r.SetAuthorizer(rd.auth.authorize)
+		// A read's random() and randomblob() are its own, unpredictable.
+		seed := cryptoSeed()
+		r.SeedRandom(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:16])^binary.LittleEndian.Uint64(seed[16:24]))
 		s.readers <- rd
 		s.nreaders++
 	}
@@ -280,6 +283,14 @@ func newFileID() string {
 	var b [12]byte
 	_, _ = crand.Read(b[:])
 	return fmt.Sprintf("%x", b)
+}
+
+// cryptoSeed is a seed from crypto/rand (32 bytes: what a reader drew
+// when its generator was Go's ChaCha8, so that a simulation, which fixes
+// crypto/rand to its seed, draws the same from it as before).
+func cryptoSeed() (seed [32]byte) {
+	_, _ = crand.Read(seed[:])
+	return seed
 }
 
 // checkFile refuses to open a database that is not whole: SQLite's

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ddbgo/ddb/internal/rlog"
+	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 func openTemp(t testing.TB, name string) *Store {
@@ -396,5 +397,41 @@ func TestCountersAreTheLastStatements(t *testing.T) {
 		if r.RowsAffected != tc.affected || r.LastInsertID != tc.id || len(r.Rows) != tc.rows {
 			t.Errorf("%s: rows_affected %d, last_insert_id %d, %d rows; want %d, %d, %d", tc.sql, r.RowsAffected, r.LastInsertID, len(r.Rows), tc.affected, tc.id, tc.rows)
 		}
+	}
+}
+
+// A read's random() and randomblob() are unpredictable: every read
+// connection draws from a seed of its own (from crypto/rand), not from
+// the fixed state a connection starts at, nor from another's.
+func TestReadsDrawRandomValuesOfTheirOwn(t *testing.T) {
+	s, err := Open(Options{Path: filepath.Join(t.TempDir(), "r.db"), ReadConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var got []string
+	for range 2 {
+		r, err := s.getReader(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.putReader(r)
+		row, err := r.c.QueryRow("SELECT hex(randomblob(16))")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, row[0].(string))
+	}
+	fixed, err := sqlite.Open(filepath.Join(t.TempDir(), "f.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fixed.Close()
+	row, err := fixed.QueryRow("SELECT hex(randomblob(16))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] == got[1] || got[0] == row[0] || got[1] == row[0] {
+		t.Fatalf("two readers drew %s and %s; an unseeded connection %s", got[0], got[1], row[0])
 	}
 }
