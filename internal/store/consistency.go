@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -9,10 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"math"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -232,7 +229,6 @@ func (s *Store) startDigest(index uint64) {
 	p := newPacer(s.digestRate)
 	gen, yield := s.stopDigests.Load(), s.yieldDigests.Load()
 	p.stop = func() bool { return s.stopDigests.Load() != gen || s.yieldDigests.Load() != yield }
-	p.behind = walHeld(s.path)
 	go func() {
 		d, err := digestOn(r.c, index, p)
 		r.c.Exec("ROLLBACK")
@@ -257,10 +253,6 @@ type pacer struct {
 	// stop, if set, says the digest is to stop: the database it reads was
 	// replaced or is closing (both wait for its connection).
 	stop func() bool
-	// behind, if set, says the digest holds back too much of the WAL: it
-	// then reads as fast as it can for the rest of its run (see
-	// digestWALGrowth).
-	behind func() bool
 }
 
 func (p *pacer) stopped() bool { return p.stop != nil && p.stop() }
@@ -274,61 +266,15 @@ func newPacer(rate int64) *pacer {
 }
 
 // wait sleeps until the bytes read so far are due at the rate, or the
-// digest is to stop, or it holds back too much of the WAL (it looks every
-// pacerLook); from then on it does not sleep.
+// digest is to stop (it looks every pacerLook).
 func (p *pacer) wait() {
 	if p.rate <= 0 {
 		return
 	}
 	due := p.start.Add(time.Duration(float64(p.bytes) / float64(p.rate) * float64(time.Second)))
 	for d := due.Sub(p.now()); d > 0 && !p.stopped(); d = due.Sub(p.now()) {
-		if p.behind != nil && p.behind() {
-			p.rate = 0
-			return
-		}
 		p.sleep(min(d, pacerLook))
 	}
-}
-
-// digestWALGrowth is how much of the WAL a paced digest may hold back:
-// its read transaction keeps every frame written since it began (SQLite
-// starts the WAL afresh only once no reader needs it), so a digest of a
-// large database paced over minutes while writes poured in left a WAL of
-// 4.3 GB beside each node's file, which every later checkpoint, a restart
-// after a kill and the next snapshot for a follower had to work through.
-// Past it, the digest reads as fast as it can and ends.
-var digestWALGrowth int64 = 256 << 20
-
-// walHeld reports whether the WAL beside path holds more than
-// digestWALGrowth bytes of frames since it last started afresh.
-func walHeld(path string) func() bool {
-	return func() bool { return walInUse(path) > digestWALGrowth }
-}
-
-// walInUse is how many bytes of the WAL beside the database at path are
-// in use: its frames since it last started afresh, read from the header
-// of the WAL index (the -shm file), whose layout SQLite documents
-// (https://sqlite.org/walformat.html): two copies of a 48-byte header, in
-// the machine's byte order, holding the page size (bytes 14-15, 1 for
-// 65536) and the last valid frame (bytes 16-19). 0 when it cannot be read
-// or the two copies differ (a write under way): the caller only paces a
-// digest by it.
-func walInUse(path string) int64 {
-	f, err := os.Open(path + "-shm")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	var h [96]byte
-	if _, err := io.ReadFull(f, h[:]); err != nil || !bytes.Equal(h[:48], h[48:]) {
-		return 0
-	}
-	page := int64(binary.NativeEndian.Uint16(h[14:16]))
-	if page == 1 {
-		page = 65536
-	}
-	frames := int64(binary.NativeEndian.Uint32(h[16:20]))
-	return frames * (page + 24)
 }
 
 const pacerLook = 100 * time.Millisecond

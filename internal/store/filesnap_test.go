@@ -4,14 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/url"
 	"os"
-	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
-
-	"github.com/ddbgo/ddb/internal/sqlite"
 )
 
 // A FileSnapshot is the leader's file as it stood at one index, though
@@ -160,68 +156,5 @@ func TestACopyCutShortIsNotInstalled(t *testing.T) {
 	}
 	if n := count(t, follower, "a"); n != 2000 {
 		t.Fatalf("the follower holds %d rows of a", n)
-	}
-}
-
-// walInUse reads the WAL's frames from its index as SQLite counts them
-// (the log frames a checkpoint reports), as writes go on and after the
-// WAL starts afresh.
-func TestWALInUseIsSQLitesFrameCount(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "w.db")
-	c, err := sqlite.Open(path, url.Values{"_journal_mode": {"WAL"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.ExecScript("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (b BLOB)"); err != nil {
-		t.Fatal(err)
-	}
-	for i, n := range []int{1, 30, 200, 5} {
-		if err := c.Exec("INSERT INTO t SELECT randomblob(1000) FROM (SELECT 1 UNION ALL SELECT 2) s, (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < ?) SELECT x FROM r)", n); err != nil {
-			t.Fatal(err)
-		}
-		row, err := c.QueryRow("PRAGMA wal_checkpoint(PASSIVE)")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, want := walInUse(path), row[1].(int64)*(4096+24); got != want || want == 0 {
-			t.Fatalf("write %d: %d bytes in use, SQLite counts %d frames (%d bytes)", i, got, row[1], want)
-		}
-		if i == 2 {
-			// Checkpointed whole: the next write starts the WAL afresh.
-			if err := c.Exec("INSERT INTO t VALUES (x'00')"); err != nil {
-				t.Fatal(err)
-			}
-			if got := walInUse(path); got != 4096+24 {
-				t.Fatalf("%d bytes in use after the WAL started afresh, not one frame's", got)
-			}
-		}
-	}
-}
-
-// A paced digest that holds back more of the WAL than digestWALGrowth (its
-// read keeps every frame written meanwhile) reads the rest as fast as it
-// can, and its digest is the database's at its index, as an unpaced one.
-func TestADigestThatHoldsBackTheWALStopsPacing(t *testing.T) {
-	leader, follower, entries := swapStores(t, 3, 3)
-	defer func(g int64) { digestWALGrowth = g }(digestWALGrowth)
-	digestWALGrowth = 16 << 10
-	got := digestUnderWay(leader) // a byte a second: it would take days
-	if _, err := leader.ApplyLog(entries[3:5]); err != nil {
-		t.Fatal(err)
-	}
-	var d *Digest
-	select {
-	case d = <-got:
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("the digest still paces with %d bytes of WAL held back", walInUse(leader.Path()))
-	}
-	want := make(chan *Digest, 1)
-	follower.OnDigest(func(d *Digest) { want <- d })
-	follower.wmu.Lock()
-	follower.startDigest(follower.Applied())
-	follower.wmu.Unlock()
-	if w := <-want; d.Err != "" || d.Index != 3 || d.Sum != w.Sum {
-		t.Fatalf("digest %+v, the follower's at index 3 %+v", d, w)
 	}
 }
