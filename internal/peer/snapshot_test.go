@@ -128,14 +128,18 @@ func receiver(t *testing.T, auth *cluster.Auth, timing cluster.Timing) (*snapNod
 	dir := t.TempDir()
 	tr := NewRaftTransport(NewClientOver(http.DefaultClient, auth, "node2", timing), nil)
 	srv := httptest.NewUnstartedServer(tr.Handlers(func() RaftNode { return recv }, dir, 1<<30)[SnapshotPath])
-	srv.Config.ReadTimeout = 50 * time.Millisecond
-	srv.Config.WriteTimeout = 50 * time.Millisecond
+	// The request's headers get all the time a busy machine needs; its
+	// body and answer do not.
+	srv.Config.ReadHeaderTimeout = 10 * time.Second
+	srv.Config.ReadTimeout = 100 * time.Millisecond
+	srv.Config.WriteTimeout = 100 * time.Millisecond
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return recv, srv, dir
 }
 
-// A snapshot whose bytes keep arriving is received to its end however
+// A snapshot whose bytes keep arriving (16 pieces 40 ms apart: at least
+// six times the server's limits) is received to its end however
 // long it takes, past the server's timeouts for other requests (a minute:
 // a 10 GB snapshot on a busy machine took longer, was cut off and sent
 // again, twice); one whose bytes stop is given up after SnapshotIdle, and
@@ -154,7 +158,7 @@ func TestASnapshotOutlastsTheServersTimeoutsWhileItsBytesArrive(t *testing.T) {
 	}
 
 	recv, srv, _ := receiver(t, auth, cluster.DefaultTiming())
-	if !send(srv, pacedSource{memSource: db, pause: 20 * time.Millisecond}) {
+	if !send(srv, pacedSource{memSource: db, pause: 40 * time.Millisecond}) {
 		t.Fatal("a snapshot arriving steadily for longer than the server's timeouts was reported as not sent")
 	}
 	if got := <-recv.got; !bytes.Equal(got, db) {
